@@ -1,0 +1,4 @@
+//! Command handlers, grouped by what they act on.
+
+pub mod crud;
+pub mod ddl;

@@ -1,0 +1,5 @@
+//! mongod's `failCommand` fail point (`configureFailPoint`), for fault injection in tests.
+
+/// Configured fail points.
+#[derive(Default)]
+pub struct FailPoints {}

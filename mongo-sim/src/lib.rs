@@ -1,0 +1,31 @@
+//! mongo-sim: a wire-compatible MongoDB test server that behaves as the primary of a
+//! single-node replica set.
+//!
+//! It speaks OP_MSG to the official drivers, keeps data in memory, records every write in a
+//! bounded oplog, serves change streams with resume tokens, and offers mongod's `failCommand`
+//! fail point. Where it does not implement something it fails the way mongod fails an unknown
+//! command or option, never silently.
+
+pub mod aggregate;
+pub mod bsontype;
+pub mod changestream;
+pub mod commands;
+pub mod compare;
+pub mod cursor;
+pub mod dispatch;
+pub mod error;
+pub mod expr;
+pub mod failpoint;
+pub mod fields;
+pub mod handshake;
+pub mod oplog;
+pub mod path;
+pub mod query;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod update;
+pub mod wire;
+
+pub use server::MongoSim;
+pub use state::ServerOptions;

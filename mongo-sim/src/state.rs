@@ -1,0 +1,104 @@
+//! The server's shared state: data, cursors, fail points and topology, each behind its own
+//! lock, plus the notification that wakes change-stream `getMore`s waiting for new writes.
+
+use crate::cursor::Cursors;
+use crate::failpoint::FailPoints;
+use crate::handshake::Topology;
+use crate::storage::Data;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// How the server was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Address to bind (`127.0.0.1`).
+    pub bind: String,
+    /// Port to bind; 0 picks a free one.
+    pub port: u16,
+    /// Replica set name announced in `hello` (`rs0`).
+    pub replica_set: String,
+    /// How many oplog entries are retained before the oldest are dropped. Small values let
+    /// tests provoke `ChangeStreamHistoryLost`.
+    pub oplog_capacity: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1".to_string(),
+            port: 0,
+            replica_set: "rs0".to_string(),
+            oplog_capacity: 1_000_000,
+        }
+    }
+}
+
+/// Everything the connection tasks share.
+pub struct Shared {
+    pub options: ServerOptions,
+    /// `host:port` as announced in `hello` (`hosts`, `me`, `primary`).
+    pub host: String,
+    pub data: Mutex<Data>,
+    pub cursors: Mutex<Cursors>,
+    pub failpoints: Mutex<FailPoints>,
+    pub topology: Mutex<Topology>,
+    /// The oplog's newest sequence number; change-stream getMores wait on changes.
+    oplog_head: watch::Sender<u64>,
+    next_connection_id: AtomicI64,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(options: ServerOptions, host: String) -> Self {
+        let data = Data::new(options.oplog_capacity);
+        Self {
+            options,
+            host,
+            data: Mutex::new(data),
+            cursors: Mutex::new(Cursors::default()),
+            failpoints: Mutex::new(FailPoints::default()),
+            topology: Mutex::new(Topology::new()),
+            oplog_head: watch::channel(0).0,
+            next_connection_id: AtomicI64::new(1),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn next_connection_id(&self) -> i64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Wakes waiting change streams if the oplog grew. Called after every command.
+    pub fn publish_oplog_head(&self) {
+        let head = self.data.lock().oplog.head_seq();
+        self.oplog_head.send_if_modified(|cur| {
+            if *cur != head {
+                *cur = head;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A receiver that sees every later change of the oplog head.
+    pub fn subscribe_oplog(&self) -> watch::Receiver<u64> {
+        self.oplog_head.subscribe()
+    }
+}
+
+/// Facts about the command being run that handlers may need.
+#[derive(Debug, Clone, Default)]
+pub struct CommandContext {
+    /// The `$db` of the command.
+    pub db: String,
+    pub connection_id: i64,
+    /// `client.application.name` from this connection's handshake.
+    pub app_name: Option<String>,
+    /// The session id (`lsid`), when the driver sent one.
+    pub lsid: Option<bson::Document>,
+    /// `txnNumber` of a retryable write.
+    pub txn_number: Option<i64>,
+}
