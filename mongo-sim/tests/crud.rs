@@ -1,0 +1,755 @@
+//! CRUD commands through the driver and as raw commands: replies must carry exactly the counts
+//! and fields mongod reports.
+
+mod common;
+
+use common::{aggregate, collect, expect_code, num, start};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::ReturnDocument;
+
+fn ids(docs: &[Document]) -> Vec<Bson> {
+    docs.iter().map(|d| d.get("_id").cloned().unwrap()).collect()
+}
+
+// Manual: "insert" — reply {n, ok}; a document without _id gets an ObjectId _id as first field.
+#[tokio::test]
+async fn insert_reports_n_and_adds_object_id() {
+    let env = start("insert_reports_n").await;
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"a": 1}, {"_id": 7, "a": 2}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    assert!(reply.get("writeErrors").is_none());
+    let docs = collect(env.coll("c").find(doc! {}).sort(doc! {"a": 1}).await.unwrap()).await;
+    assert_eq!(docs.len(), 2);
+    assert!(docs[0].get_object_id("_id").is_ok(), "{:?}", docs[0]);
+    assert_eq!(docs[0].keys().next().unwrap(), "_id", "_id comes first");
+    assert_eq!(docs[1], doc! {"_id": 7, "a": 2});
+
+    let res = env
+        .coll("c")
+        .insert_many(vec![doc! {"_id": 8}, doc! {"_id": 9}])
+        .await
+        .unwrap();
+    assert_eq!(res.inserted_ids.len(), 2);
+    assert_eq!(env.coll("c").count_documents(doc! {}).await.unwrap(), 4);
+}
+
+// Manual: "insert" — ordered inserts stop at the first error; unordered ones go on. Each
+// write error names the index of the failing document.
+#[tokio::test]
+async fn ordered_and_unordered_insert_errors() {
+    let env = start("ordered_insert_errors").await;
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 1}, {"_id": 2}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 1.0, "{reply}");
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    assert_eq!(errors.len(), 1);
+    let first = errors[0].as_document().unwrap();
+    assert_eq!(num(first.get("index")), 1.0);
+    assert_eq!(num(first.get("code")), 11000.0);
+
+    let reply = env
+        .run(doc! {"insert": "d", "ordered": false,
+                   "documents": [{"_id": 1}, {"_id": 1}, {"_id": 2}, {"_id": 2}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    let indexes: Vec<f64> = errors
+        .iter()
+        .map(|e| num(e.as_document().unwrap().get("index")))
+        .collect();
+    assert_eq!(indexes, vec![1.0, 3.0]);
+}
+
+// Manual: "Field Update Operators" ($set, $unset, $inc, $mul, $min, $max, $rename,
+// $currentDate); since 5.0 new fields are added in lexicographic order.
+#[tokio::test]
+async fn field_update_operators() {
+    let env = start("field_update_operators").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "n": 5, "m": 3, "lo": 10, "hi": 10, "old": "x", "gone": true})
+        .await
+        .unwrap();
+    c.update_one(
+        doc! {"_id": 1},
+        doc! {
+            "$set": {"z": 1, "a.b.c": "deep", "y": 2},
+            "$unset": {"gone": ""},
+            "$inc": {"n": 2, "fresh": 1},
+            "$mul": {"m": 2.5},
+            "$min": {"lo": 3},
+            "$max": {"hi": 20},
+            "$rename": {"old": "renamed"},
+            "$currentDate": {"when": true},
+        },
+    )
+    .await
+    .unwrap();
+    let got = c.find_one(doc! {"_id": 1}).await.unwrap().unwrap();
+    assert_eq!(got.get_i32("n").unwrap(), 7);
+    assert_eq!(got.get_f64("m").unwrap(), 7.5);
+    assert_eq!(got.get_i32("lo").unwrap(), 3);
+    assert_eq!(got.get_i32("hi").unwrap(), 20);
+    assert_eq!(got.get_i32("fresh").unwrap(), 1);
+    assert_eq!(got.get_str("renamed").unwrap(), "x");
+    assert!(got.get("old").is_none() && got.get("gone").is_none());
+    assert_eq!(
+        got.get_document("a").unwrap(),
+        &doc! {"b": {"c": "deep"}}
+    );
+    assert!(got.get_datetime("when").is_ok());
+    let keys: Vec<&str> = got.keys().map(String::as_str).collect();
+    // Existing fields keep their place; new ones follow in lexicographic order.
+    assert_eq!(
+        keys,
+        vec!["_id", "n", "m", "lo", "hi", "a", "fresh", "renamed", "when", "y", "z"],
+        "{got}"
+    );
+}
+
+// Manual: "Array Update Operators" ($push with $each/$slice, $addToSet, $pull, $pop).
+#[tokio::test]
+async fn array_update_operators() {
+    let env = start("array_update_operators").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "list": [1, 2], "set": ["a"], "nums": [1, 5, 8, 2], "q": [1, 2, 3]})
+        .await
+        .unwrap();
+    c.update_one(
+        doc! {"_id": 1},
+        doc! {
+            "$push": {"list": {"$each": [3, 4, 5], "$slice": -4}, "newList": "x"},
+            "$addToSet": {"set": {"$each": ["a", "b", "b"]}},
+            "$pull": {"nums": {"$gte": 5}},
+            "$pop": {"q": -1},
+        },
+    )
+    .await
+    .unwrap();
+    let got = c.find_one(doc! {"_id": 1}).await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        doc! {"_id": 1, "list": [2, 3, 4, 5], "set": ["a", "b"], "nums": [1, 2], "q": [2, 3], "newList": ["x"]}
+    );
+}
+
+// Manual: "$inc" — incrementing a non-numeric field fails (TypeMismatch 14); "Update
+// Operators" — two operators on the same path conflict (40); "_id" is immutable (66).
+#[tokio::test]
+async fn update_operator_errors() {
+    let env = start("update_operator_errors").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "s": "text"}).await.unwrap();
+    expect_code(
+        c.update_one(doc! {"_id": 1}, doc! {"$inc": {"s": 1}}).await,
+        14,
+    );
+    expect_code(
+        c.update_one(doc! {"_id": 1}, doc! {"$set": {"a": 1}, "$inc": {"a": 1}})
+            .await,
+        40,
+    );
+    expect_code(
+        c.update_one(doc! {"_id": 1}, doc! {"$set": {"_id": 2}}).await,
+        66,
+    );
+    // An unknown update operator fails the statement with FailedToParse (9): a write error
+    // in an ok: 1 reply.
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$bogus": {"a": 1}}}]})
+        .await;
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    assert_eq!(num(errors[0].as_document().unwrap().get("code")), 9.0, "{reply}");
+    assert_eq!(num(reply.get("n")), 0.0);
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap().unwrap(),
+        doc! {"_id": 1, "s": "text"}
+    );
+}
+
+// Manual: "update" command output — n counts matched documents, nModified only the ones
+// actually changed.
+#[tokio::test]
+async fn update_counts_matched_and_modified() {
+    let env = start("update_counts").await;
+    env.run(doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}, {"_id": 2, "a": 1}, {"_id": 3, "a": 2}]})
+        .await;
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"a": 1}, "u": {"$set": {"a": 1}}, "multi": true}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    assert_eq!(num(reply.get("nModified")), 0.0);
+    assert!(reply.get("upserted").is_none());
+    let reply = env
+        .run(doc! {"update": "c", "updates": [
+            {"q": {"a": 1}, "u": {"$set": {"b": 1}}, "multi": true},
+            {"q": {"_id": 3}, "u": {"$set": {"b": 1}}},
+            {"q": {"_id": 99}, "u": {"$set": {"b": 1}}},
+        ]})
+        .await;
+    assert_eq!(num(reply.get("n")), 3.0, "{reply}");
+    assert_eq!(num(reply.get("nModified")), 3.0);
+
+    let res = env
+        .coll("c")
+        .update_many(doc! {}, doc! {"$set": {"b": 2}})
+        .await
+        .unwrap();
+    assert_eq!((res.matched_count, res.modified_count), (3, 3));
+    assert_eq!(res.upserted_id, None);
+}
+
+// Manual: "db.collection.update() — Upsert Behavior": the new document is seeded from the
+// equality clauses of the query (including $eq, dotted paths and $and), then the update
+// applies; $setOnInsert only on insert.
+#[tokio::test]
+async fn upsert_seeds_from_equality_filter() {
+    let env = start("upsert_seeds").await;
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{
+            "q": {"a": 1, "b.c": 2, "d": {"$gt": 5}, "e": {"$eq": 3}, "$and": [{"f": "x"}]},
+            "u": {"$set": {"x": 1}, "$setOnInsert": {"created": true}},
+            "upsert": true,
+        }]})
+        .await;
+    assert_eq!(num(reply.get("n")), 1.0, "{reply}");
+    assert_eq!(num(reply.get("nModified")), 0.0);
+    let upserted = reply.get_array("upserted").expect("upserted");
+    assert_eq!(upserted.len(), 1);
+    let entry = upserted[0].as_document().unwrap();
+    assert_eq!(num(entry.get("index")), 0.0);
+    let id = entry.get_object_id("_id").expect("generated ObjectId _id");
+    let got = env.coll("c").find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(got.get_object_id("_id").unwrap(), id);
+    assert_eq!(got.get_i32("a").unwrap(), 1);
+    assert_eq!(got.get_document("b").unwrap(), &doc! {"c": 2});
+    assert!(got.get("d").is_none(), "non-equality clauses do not seed: {got}");
+    assert_eq!(got.get_i32("e").unwrap(), 3);
+    assert_eq!(got.get_str("f").unwrap(), "x");
+    assert_eq!(got.get_i32("x").unwrap(), 1);
+    assert_eq!(got.get_bool("created").unwrap(), true);
+
+    // Matching now: $setOnInsert does nothing.
+    let res = env
+        .coll("c")
+        .update_one(
+            doc! {"a": 1},
+            doc! {"$set": {"x": 2}, "$setOnInsert": {"created": false}},
+        )
+        .upsert(true)
+        .await
+        .unwrap();
+    assert_eq!((res.matched_count, res.modified_count), (1, 1));
+    assert_eq!(res.upserted_id, None);
+    let got = env.coll("c").find_one(doc! {}).await.unwrap().unwrap();
+    assert_eq!(got.get_bool("created").unwrap(), true);
+
+    // The _id of the filter is the _id of the upserted document.
+    let res = env
+        .coll("c")
+        .update_one(doc! {"_id": "k"}, doc! {"$inc": {"n": 1}})
+        .upsert(true)
+        .await
+        .unwrap();
+    assert_eq!(res.upserted_id, Some(Bson::String("k".into())));
+    assert_eq!(
+        env.coll("c").find_one(doc! {"_id": "k"}).await.unwrap(),
+        Some(doc! {"_id": "k", "n": 1})
+    );
+}
+
+// Manual: "db.collection.replaceOne()" — the replacement keeps the _id; an upserted
+// replacement takes only the _id from the filter; changing _id is ImmutableField (66).
+#[tokio::test]
+async fn replacement_documents() {
+    let env = start("replacement_documents").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "a": 1, "b": 1}).await.unwrap();
+    let res = c
+        .replace_one(doc! {"_id": 1}, doc! {"c": 3})
+        .await
+        .unwrap();
+    assert_eq!((res.matched_count, res.modified_count), (1, 1));
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap(),
+        Some(doc! {"_id": 1, "c": 3})
+    );
+    let res = c
+        .replace_one(doc! {"_id": 2, "a": 5}, doc! {"b": 2})
+        .upsert(true)
+        .await
+        .unwrap();
+    assert_eq!(res.upserted_id, Some(Bson::Int32(2)));
+    assert_eq!(
+        c.find_one(doc! {"_id": 2}).await.unwrap(),
+        Some(doc! {"_id": 2, "b": 2})
+    );
+    expect_code(
+        c.replace_one(doc! {"_id": 1}, doc! {"_id": 5, "c": 4}).await,
+        66,
+    );
+    // A replacement whose _id equals the current one is allowed.
+    c.replace_one(doc! {"_id": 1}, doc! {"_id": 1, "c": 4})
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap(),
+        Some(doc! {"_id": 1, "c": 4})
+    );
+}
+
+// Manual: "Updates with Aggregation Pipeline" and "update" command `let` (5.0+): `$$var`
+// refers to the command's let variables.
+#[tokio::test]
+async fn update_pipeline_with_let_variables() {
+    let env = start("update_pipeline_let").await;
+    let c = env.coll("accounts");
+    c.insert_one(doc! {"_id": "acc-1", "balance": 100, "note": "x"})
+        .await
+        .unwrap();
+    let res = c
+        .update_one(
+            doc! {"_id": "acc-1"},
+            vec![
+                doc! {"$set": {
+                    "balance": {"$subtract": ["$balance", "$$event.data.amount"]},
+                    "lastEvent": "$$event.type",
+                }},
+                doc! {"$unset": "note"},
+            ],
+        )
+        .let_vars(doc! {"event": {"type": "Withdrawn", "data": {"amount": 30}}})
+        .await
+        .unwrap();
+    assert_eq!((res.matched_count, res.modified_count), (1, 1));
+    assert_eq!(
+        c.find_one(doc! {"_id": "acc-1"}).await.unwrap(),
+        Some(doc! {"_id": "acc-1", "balance": 70, "lastEvent": "Withdrawn"})
+    );
+
+    // Upsert with a pipeline: the seed comes from the filter, then the pipeline runs.
+    let res = c
+        .update_one(
+            doc! {"_id": "acc-2"},
+            vec![doc! {"$set": {"balance": {"$add": [{"$ifNull": ["$balance", 0]}, "$$amount"]}}}],
+        )
+        .let_vars(doc! {"amount": 5})
+        .upsert(true)
+        .await
+        .unwrap();
+    assert_eq!(res.upserted_id, Some(Bson::String("acc-2".into())));
+    assert_eq!(
+        c.find_one(doc! {"_id": "acc-2"}).await.unwrap(),
+        Some(doc! {"_id": "acc-2", "balance": 5})
+    );
+
+    // find also takes let (manual: "find" command, `let`).
+    let found = collect(
+        c.find(doc! {"$expr": {"$eq": ["$balance", "$$target"]}})
+            .let_vars(doc! {"target": 70})
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ids(&found), vec![Bson::String("acc-1".into())]);
+}
+
+// Manual: "delete" — reply n; limit 1 deletes one, limit 0 all matching.
+#[tokio::test]
+async fn delete_counts() {
+    let env = start("delete_counts").await;
+    env.run(doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}, {"_id": 2, "a": 1}, {"_id": 3, "a": 1}, {"_id": 4, "a": 2}]})
+        .await;
+    let reply = env
+        .run(doc! {"delete": "c", "deletes": [{"q": {"a": 1}, "limit": 1}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 1.0, "{reply}");
+    let reply = env
+        .run(doc! {"delete": "c", "deletes": [{"q": {"a": 1}, "limit": 0}, {"q": {"a": 9}, "limit": 0}]})
+        .await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    let res = env.coll("c").delete_many(doc! {}).await.unwrap();
+    assert_eq!(res.deleted_count, 1);
+    let res = env.coll("c").delete_one(doc! {}).await.unwrap();
+    assert_eq!(res.deleted_count, 0);
+}
+
+// Manual: "find" and "getMore" — batches, cursor ids (int64, 0 when exhausted), ns,
+// sort/skip/limit/projection.
+#[tokio::test]
+async fn find_batches_across_get_more() {
+    let env = start("find_batches").await;
+    let docs: Vec<Document> = (0..25).map(|i| doc! {"_id": i, "v": 24 - i, "pad": "p"}).collect();
+    env.coll("c").insert_many(docs).await.unwrap();
+
+    let all = collect(
+        env.coll("c")
+            .find(doc! {"v": {"$gte": 0}})
+            .sort(doc! {"v": 1})
+            .batch_size(4)
+            .projection(doc! {"pad": 0})
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(all.len(), 25);
+    assert_eq!(all[0], doc! {"_id": 24, "v": 0});
+    assert_eq!(all[24], doc! {"_id": 0, "v": 24});
+
+    let page = collect(
+        env.coll("c")
+            .find(doc! {})
+            .sort(doc! {"_id": -1})
+            .skip(3)
+            .limit(5)
+            .batch_size(2)
+            .projection(doc! {"v": 1, "_id": 0})
+            .await
+            .unwrap(),
+    )
+    .await;
+    let vs: Vec<i32> = page.iter().map(|d| d.get_i32("v").unwrap()).collect();
+    assert_eq!(vs, vec![3, 4, 5, 6, 7]);
+    assert!(page.iter().all(|d| d.len() == 1));
+
+    let reply = env
+        .run(doc! {"find": "c", "filter": {}, "sort": {"_id": 1}, "batchSize": 10})
+        .await;
+    let cursor = reply.get_document("cursor").unwrap();
+    assert_eq!(
+        cursor.get_str("ns").unwrap(),
+        format!("{}.c", env.db_name)
+    );
+    assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 10);
+    let id = match cursor.get("id") {
+        Some(Bson::Int64(id)) => *id,
+        other => panic!("cursor id must be int64, got {other:?}"),
+    };
+    assert_ne!(id, 0);
+    let more = env
+        .run(doc! {"getMore": id, "collection": "c", "batchSize": 10})
+        .await;
+    let cursor = more.get_document("cursor").unwrap();
+    assert_eq!(cursor.get_i64("id").unwrap(), id);
+    let batch = cursor.get_array("nextBatch").unwrap();
+    assert_eq!(batch[0].as_document().unwrap().get_i32("_id").unwrap(), 10);
+    let last = env
+        .run(doc! {"getMore": id, "collection": "c", "batchSize": 10})
+        .await;
+    let cursor = last.get_document("cursor").unwrap();
+    assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 5);
+    assert_eq!(cursor.get_i64("id").unwrap(), 0, "exhausted cursor has id 0");
+
+    // Everything fits in the first batch: id 0 at once.
+    let reply = env.run(doc! {"find": "c", "filter": {"_id": 1}}).await;
+    assert_eq!(
+        reply.get_document("cursor").unwrap().get_i64("id").unwrap(),
+        0
+    );
+    // singleBatch closes the cursor after the first batch.
+    let reply = env
+        .run(doc! {"find": "c", "batchSize": 3, "singleBatch": true})
+        .await;
+    let cursor = reply.get_document("cursor").unwrap();
+    assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 3);
+    assert_eq!(cursor.get_i64("id").unwrap(), 0);
+}
+
+// Manual: "killCursors" — killed ids are reported, a later getMore is CursorNotFound (43).
+#[tokio::test]
+async fn kill_cursors_then_get_more_fails() {
+    let env = start("kill_cursors").await;
+    let docs: Vec<Document> = (0..10).map(|i| doc! {"_id": i}).collect();
+    env.coll("c").insert_many(docs).await.unwrap();
+    let reply = env.run(doc! {"find": "c", "batchSize": 2}).await;
+    let id = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_i64("id")
+        .unwrap();
+    let killed = env
+        .run(doc! {"killCursors": "c", "cursors": [id, 12345_i64]})
+        .await;
+    assert_eq!(killed.get_array("cursorsKilled").unwrap(), &vec![Bson::Int64(id)]);
+    assert_eq!(
+        killed.get_array("cursorsNotFound").unwrap(),
+        &vec![Bson::Int64(12345)]
+    );
+    let (code, _) = env.run_err(doc! {"getMore": id, "collection": "c"}).await;
+    assert_eq!(code, 43);
+}
+
+// Manual: "findAndModify" — value before/after, lastErrorObject {n, updatedExisting,
+// upserted}, sort picks the document, remove.
+#[tokio::test]
+async fn find_and_modify() {
+    let env = start("find_and_modify").await;
+    let c = env.coll("c");
+    c.insert_many(vec![doc! {"_id": 1, "q": 1}, doc! {"_id": 2, "q": 1}])
+        .await
+        .unwrap();
+    let before = c
+        .find_one_and_update(doc! {"q": 1}, doc! {"$inc": {"n": 1}})
+        .sort(doc! {"_id": -1})
+        .await
+        .unwrap();
+    assert_eq!(before, Some(doc! {"_id": 2, "q": 1}));
+    let after = c
+        .find_one_and_update(doc! {"_id": 2}, doc! {"$inc": {"n": 1}})
+        .return_document(ReturnDocument::After)
+        .projection(doc! {"n": 1})
+        .await
+        .unwrap();
+    assert_eq!(after, Some(doc! {"_id": 2, "n": 2}));
+
+    let reply = env
+        .run(doc! {"findAndModify": "c", "query": {"_id": 1}, "update": {"$set": {"x": 1}}})
+        .await;
+    assert_eq!(
+        reply.get_document("lastErrorObject").unwrap(),
+        &doc! {"n": 1, "updatedExisting": true},
+        "{reply}"
+    );
+    assert_eq!(reply.get_document("value").unwrap(), &doc! {"_id": 1, "q": 1});
+
+    let reply = env
+        .run(doc! {"findAndModify": "c", "query": {"_id": 3}, "update": {"$set": {"x": 1}},
+                   "upsert": true, "new": true})
+        .await;
+    let leo = reply.get_document("lastErrorObject").unwrap();
+    assert_eq!(num(leo.get("n")), 1.0, "{reply}");
+    assert_eq!(leo.get_bool("updatedExisting").unwrap(), false);
+    assert_eq!(leo.get_i32("upserted").unwrap(), 3);
+    assert_eq!(reply.get_document("value").unwrap(), &doc! {"_id": 3, "x": 1});
+
+    let reply = env
+        .run(doc! {"findAndModify": "c", "query": {"_id": 99}, "update": {"$set": {"x": 1}}})
+        .await;
+    assert_eq!(
+        reply.get_document("lastErrorObject").unwrap(),
+        &doc! {"n": 0, "updatedExisting": false},
+        "{reply}"
+    );
+    assert_eq!(reply.get("value"), Some(&Bson::Null));
+
+    let replaced = c
+        .find_one_and_replace(doc! {"_id": 1}, doc! {"r": true})
+        .return_document(ReturnDocument::After)
+        .await
+        .unwrap();
+    assert_eq!(replaced, Some(doc! {"_id": 1, "r": true}));
+
+    let reply = env
+        .run(doc! {"findAndModify": "c", "query": {"_id": 1}, "remove": true})
+        .await;
+    assert_eq!(
+        reply.get_document("lastErrorObject").unwrap(),
+        &doc! {"n": 1},
+        "{reply}"
+    );
+    let deleted = c.find_one_and_delete(doc! {"_id": 2}).await.unwrap();
+    assert_eq!(deleted, Some(doc! {"_id": 2, "q": 1, "n": 2}));
+    assert_eq!(c.count_documents(doc! {}).await.unwrap(), 1);
+}
+
+// Manual: "count" (query, skip, limit) and "distinct" (array values are unwound).
+#[tokio::test]
+async fn count_and_distinct() {
+    let env = start("count_and_distinct").await;
+    let c = env.coll("c");
+    c.insert_many(vec![
+        doc! {"_id": 1, "k": "a", "tags": [1, 2]},
+        doc! {"_id": 2, "k": "b", "tags": 2},
+        doc! {"_id": 3, "k": "a", "tags": [3]},
+        doc! {"_id": 4, "k": "c"},
+    ])
+    .await
+    .unwrap();
+    let reply = env.run(doc! {"count": "c", "query": {"k": "a"}}).await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    let reply = env
+        .run(doc! {"count": "c", "query": {}, "skip": 1, "limit": 2})
+        .await;
+    assert_eq!(num(reply.get("n")), 2.0, "{reply}");
+    assert_eq!(c.estimated_document_count().await.unwrap(), 4);
+    assert_eq!(c.count_documents(doc! {"k": "a"}).await.unwrap(), 2);
+    let reply = env.run(doc! {"count": "missing"}).await;
+    assert_eq!(num(reply.get("n")), 0.0);
+
+    let mut keys = c.distinct("k", doc! {}).await.unwrap();
+    keys.sort_by_key(|b| b.as_str().unwrap_or_default().to_string());
+    assert_eq!(keys, vec![Bson::from("a"), Bson::from("b"), Bson::from("c")]);
+    let mut tags: Vec<i32> = c
+        .distinct("tags", doc! {})
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.as_i32().unwrap())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, vec![1, 2, 3]);
+    let filtered = c.distinct("k", doc! {"_id": {"$gt": 2}}).await.unwrap();
+    assert_eq!(filtered.len(), 2);
+}
+
+// Manual: "Aggregation Pipeline Stages" ($match $sort $skip $limit $project $addFields $set
+// $unset $count).
+#[tokio::test]
+async fn aggregate_shaping_stages() {
+    let env = start("aggregate_shaping").await;
+    let c = env.coll("c");
+    let docs: Vec<Document> = (1..=10).map(|i| doc! {"_id": i, "v": i * 10, "odd": i % 2 == 1, "x": "drop"}).collect();
+    c.insert_many(docs).await.unwrap();
+    let out = aggregate(
+        &c,
+        vec![
+            doc! {"$match": {"odd": true}},
+            doc! {"$sort": {"v": -1}},
+            doc! {"$skip": 1},
+            doc! {"$limit": 2},
+            doc! {"$addFields": {"w": {"$multiply": ["$v", 2]}}},
+            doc! {"$set": {"tag": "t"}},
+            doc! {"$unset": ["x", "odd"]},
+            doc! {"$project": {"v": 1, "w": 1, "tag": 1}},
+        ],
+    )
+    .await;
+    assert_eq!(
+        out,
+        vec![
+            doc! {"_id": 7, "v": 70, "w": 140, "tag": "t"},
+            doc! {"_id": 5, "v": 50, "w": 100, "tag": "t"},
+        ]
+    );
+    let excluded = aggregate(
+        &c,
+        vec![doc! {"$match": {"_id": 1}}, doc! {"$project": {"x": 0, "_id": 0}}],
+    )
+    .await;
+    assert_eq!(excluded, vec![doc! {"v": 10, "odd": true}]);
+    let counted = aggregate(&c, vec![doc! {"$match": {"v": {"$gt": 35}}}, doc! {"$count": "n"}]).await;
+    assert_eq!(counted, vec![doc! {"n": 7}]);
+    // $count over nothing returns no document at all.
+    let none = aggregate(&c, vec![doc! {"$match": {"v": -1}}, doc! {"$count": "n"}]).await;
+    assert!(none.is_empty());
+}
+
+// Manual: "$group" with accumulators $sum $avg $min $max $first $last $push $count.
+#[tokio::test]
+async fn aggregate_group_accumulators() {
+    let env = start("aggregate_group").await;
+    let c = env.coll("c");
+    c.insert_many(vec![
+        doc! {"_id": 1, "k": "a", "v": 3},
+        doc! {"_id": 2, "k": "b", "v": 1},
+        doc! {"_id": 3, "k": "a", "v": 5},
+        doc! {"_id": 4, "k": "a", "v": 4},
+        doc! {"_id": 5, "k": "b", "v": "text"},
+    ])
+    .await
+    .unwrap();
+    let out = aggregate(
+        &c,
+        vec![
+            doc! {"$sort": {"_id": 1}},
+            doc! {"$group": {
+                "_id": "$k",
+                "total": {"$sum": "$v"},
+                "n": {"$sum": 1},
+                "lo": {"$min": "$v"},
+                "hi": {"$max": "$v"},
+                "first": {"$first": "$v"},
+                "last": {"$last": "$v"},
+                "all": {"$push": "$_id"},
+                "cnt": {"$count": {}},
+            }},
+            doc! {"$sort": {"_id": 1}},
+        ],
+    )
+    .await;
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        out[0],
+        doc! {"_id": "a", "total": 12, "n": 3, "lo": 3, "hi": 5, "first": 3, "last": 4, "all": [1, 3, 4], "cnt": 3}
+    );
+    // $sum ignores non-numbers; $min/$max compare across types by BSON order (strings > numbers).
+    assert_eq!(
+        out[1],
+        doc! {"_id": "b", "total": 1, "n": 2, "lo": 1, "hi": "text", "first": 1, "last": "text", "all": [2, 5], "cnt": 2}
+    );
+    let whole = aggregate(
+        &c,
+        vec![doc! {"$group": {"_id": null, "avg": {"$avg": "$v"}, "n": {"$sum": 1}}}],
+    )
+    .await;
+    assert_eq!(whole, vec![doc! {"_id": null, "avg": 3.25, "n": 5}]);
+}
+
+// Manual: "Aggregation Pipeline Stages" — an unknown stage is 40324; "aggregate" needs a
+// cursor option (9) unless explain.
+#[tokio::test]
+async fn aggregate_errors() {
+    let env = start("aggregate_errors").await;
+    env.coll("c").insert_one(doc! {"a": 1}).await.unwrap();
+    let (code, _) = env
+        .run_err(doc! {"aggregate": "c", "pipeline": [{"$noSuchStage": {}}], "cursor": {}})
+        .await;
+    assert_eq!(code, 40324);
+    let (code, _) = env
+        .run_err(doc! {"aggregate": "c", "pipeline": [{"$match": {}}]})
+        .await;
+    assert_eq!(code, 9);
+}
+
+// Manual: "Database Commands" — unknown command 59, unknown field 40415 (IDL parsing).
+#[tokio::test]
+async fn unknown_command_and_unknown_field() {
+    let env = start("unknown_command_field").await;
+    let (code, reply) = env.run_err(doc! {"frobnicate": "c"}).await;
+    assert_eq!(code, 59);
+    assert_eq!(reply.get_str("codeName").unwrap(), "CommandNotFound");
+    let (code, reply) = env
+        .run_err(doc! {"find": "c", "filter": {}, "bogusField": 1})
+        .await;
+    assert_eq!(code, 40415, "{reply}");
+    assert!(
+        reply
+            .get_str("errmsg")
+            .unwrap()
+            .contains("BSON field 'find.bogusField' is an unknown field"),
+        "{reply}"
+    );
+    let (code, _) = env
+        .run_err(doc! {"insert": "c", "documents": [{}], "bogus": true})
+        .await;
+    assert_eq!(code, 40415);
+}
+
+// mongod supports collation; mongo-sim may not. Either the option is honoured (manual:
+// "Collation", strength 2 is case-insensitive) or rejected with 115 CommandNotSupported —
+// never ignored.
+#[tokio::test]
+async fn unsupported_option_is_rejected_not_ignored() {
+    let env = start("unsupported_option").await;
+    env.coll("c")
+        .insert_many(vec![doc! {"_id": 1, "s": "a"}, doc! {"_id": 2, "s": "A"}])
+        .await
+        .unwrap();
+    let result = env
+        .db
+        .run_command(doc! {"find": "c", "filter": {"s": "a"}, "collation": {"locale": "en", "strength": 2}})
+        .await;
+    match result {
+        Ok(reply) => {
+            let batch = reply
+                .get_document("cursor")
+                .unwrap()
+                .get_array("firstBatch")
+                .unwrap();
+            assert_eq!(batch.len(), 2, "collation honoured: {reply}");
+        }
+        Err(e) => assert_eq!(common::error_code(&e), Some(115), "{e}"),
+    }
+}
