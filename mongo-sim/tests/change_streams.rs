@@ -18,7 +18,10 @@ const AWAIT: Duration = Duration::from_millis(200);
 async fn next_event(stream: &mut ChangeStream<Document>) -> Document {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(stream.is_alive(), "change stream closed while waiting for an event");
+        assert!(
+            stream.is_alive(),
+            "change stream closed while waiting for an event"
+        );
         match stream.next_if_any().await {
             Ok(Some(event)) => return event,
             Ok(None) => assert!(Instant::now() < deadline, "no change event within 10s"),
@@ -93,14 +96,19 @@ async fn collection_stream_reports_crud_events() {
     )
     .await
     .unwrap();
-    c.replace_one(doc! {"_id": 1}, doc! {"r": true}).await.unwrap();
+    c.replace_one(doc! {"_id": 1}, doc! {"r": true})
+        .await
+        .unwrap();
     c.delete_one(doc! {"_id": 1}).await.unwrap();
 
     let ns = doc! {"db": &env.db_name, "coll": "c"};
     let insert = next_event(&mut stream).await;
     assert_eq!(op(&insert), "insert");
     assert_eq!(insert.get_document("ns").unwrap(), &ns);
-    assert_eq!(insert.get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    assert_eq!(
+        insert.get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
     assert_eq!(
         insert.get_document("fullDocument").unwrap(),
         &doc! {"_id": 1, "a": 1, "c": 1, "n": {"x": 0}}
@@ -110,8 +118,14 @@ async fn collection_stream_reports_crud_events() {
 
     let update = next_event(&mut stream).await;
     assert_eq!(op(&update), "update");
-    assert_eq!(update.get_document("documentKey").unwrap(), &doc! {"_id": 1});
-    assert!(update.get("fullDocument").is_none(), "no lookup by default: {update}");
+    assert_eq!(
+        update.get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
+    assert!(
+        update.get("fullDocument").is_none(),
+        "no lookup by default: {update}"
+    );
     let desc = update.get_document("updateDescription").unwrap();
     assert_eq!(
         desc.get_document("updatedFields").unwrap(),
@@ -131,7 +145,10 @@ async fn collection_stream_reports_crud_events() {
     );
     let delete = next_event(&mut stream).await;
     assert_eq!(op(&delete), "delete");
-    assert_eq!(delete.get_document("documentKey").unwrap(), &doc! {"_id": 1});
+    assert_eq!(
+        delete.get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
     assert!(delete.get("fullDocument").is_none());
 
     let events = [&insert, &update, &replace, &delete];
@@ -243,7 +260,10 @@ async fn match_and_project_after_change_stream() {
     );
     assert!(first.get("wallTime").is_none());
     let second = next_event(&mut stream).await;
-    assert_eq!(second.get_document("documentKey").unwrap(), &doc! {"_id": 3});
+    assert_eq!(
+        second.get_document("documentKey").unwrap(),
+        &doc! {"_id": 3}
+    );
 
     let mut broken = c
         .watch()
@@ -279,8 +299,15 @@ async fn drop_invalidates_collection_stream() {
     assert!(invalidate.get_timestamp("clusterTime").is_ok());
     let deadline = Instant::now() + Duration::from_secs(10);
     while stream.is_alive() {
-        assert_eq!(stream.next_if_any().await.unwrap(), None, "nothing after invalidate");
-        assert!(Instant::now() < deadline, "stream stays open after invalidate");
+        assert_eq!(
+            stream.next_if_any().await.unwrap(),
+            None,
+            "nothing after invalidate"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stream stays open after invalidate"
+        );
     }
     let token = resume_token(&token_doc(&invalidate));
 
@@ -354,16 +381,43 @@ async fn database_stream_and_drop_database() {
     env.db.drop().await.unwrap();
 
     let e1 = next_event(&mut stream).await;
-    assert_eq!((op(&e1), e1.get_document("ns").unwrap().get_str("coll").unwrap()), ("insert", "c1"));
+    assert_eq!(
+        (
+            op(&e1),
+            e1.get_document("ns").unwrap().get_str("coll").unwrap()
+        ),
+        ("insert", "c1")
+    );
     let e2 = next_event(&mut stream).await;
-    assert_eq!((op(&e2), e2.get_document("ns").unwrap().get_str("coll").unwrap()), ("insert", "c2"));
+    assert_eq!(
+        (
+            op(&e2),
+            e2.get_document("ns").unwrap().get_str("coll").unwrap()
+        ),
+        ("insert", "c2")
+    );
     let e3 = next_event(&mut stream).await;
-    assert_eq!((op(&e3), e3.get_document("ns").unwrap().get_str("coll").unwrap()), ("drop", "c1"));
+    assert_eq!(
+        (
+            op(&e3),
+            e3.get_document("ns").unwrap().get_str("coll").unwrap()
+        ),
+        ("drop", "c1")
+    );
     let e4 = next_event(&mut stream).await;
     assert_eq!(op(&e4), "rename");
-    assert_eq!(e4.get_document("to").unwrap().get_str("coll").unwrap(), "c3");
+    assert_eq!(
+        e4.get_document("to").unwrap().get_str("coll").unwrap(),
+        "c3"
+    );
     let e5 = next_event(&mut stream).await;
-    assert_eq!((op(&e5), e5.get_document("ns").unwrap().get_str("coll").unwrap()), ("drop", "c3"));
+    assert_eq!(
+        (
+            op(&e5),
+            e5.get_document("ns").unwrap().get_str("coll").unwrap()
+        ),
+        ("drop", "c3")
+    );
     let e6 = next_event(&mut stream).await;
     assert_eq!(op(&e6), "dropDatabase");
     assert_eq!(e6.get_document("ns").unwrap(), &doc! {"db": &env.db_name});
@@ -379,7 +433,9 @@ async fn cluster_stream_sees_all_databases() {
     let mut stream = env
         .client
         .watch()
-        .pipeline(vec![doc! {"$match": {"ns.db": {"$in": [&env.db_name, &other]}}}])
+        .pipeline(vec![
+            doc! {"$match": {"ns.db": {"$in": [&env.db_name, &other]}}},
+        ])
         .max_await_time(AWAIT)
         .await
         .unwrap()
@@ -392,9 +448,15 @@ async fn cluster_stream_sees_all_databases() {
         .await
         .unwrap();
     let a = next_event(&mut stream).await;
-    assert_eq!(a.get_document("ns").unwrap(), &doc! {"db": &env.db_name, "coll": "x"});
+    assert_eq!(
+        a.get_document("ns").unwrap(),
+        &doc! {"db": &env.db_name, "coll": "x"}
+    );
     let b = next_event(&mut stream).await;
-    assert_eq!(b.get_document("ns").unwrap(), &doc! {"db": &other, "coll": "y"});
+    assert_eq!(
+        b.get_document("ns").unwrap(),
+        &doc! {"db": &other, "coll": "y"}
+    );
     env.client.database(&other).drop().await.unwrap();
 }
 
@@ -433,9 +495,16 @@ async fn resume_after_start_after_and_operation_time() {
         .await
         .unwrap()
         .with_type::<Document>();
-    let r = [next_event(&mut resumed).await, next_event(&mut resumed).await];
+    let r = [
+        next_event(&mut resumed).await,
+        next_event(&mut resumed).await,
+    ];
     assert_eq!(keys(&r), vec![doc! {"_id": 2}, doc! {"_id": 3}]);
-    assert_eq!(token_doc(&r[0]), token_doc(&e2), "the same event has the same token");
+    assert_eq!(
+        token_doc(&r[0]),
+        token_doc(&e2),
+        "the same event has the same token"
+    );
 
     let mut started = c
         .watch()
@@ -521,7 +590,10 @@ async fn post_batch_resume_token_on_every_batch() {
     assert_eq!(token_data(&driver_token(&stream)), event_token);
     assert_eq!(stream.next_if_any().await.unwrap(), None);
     let later = token_data(&driver_token(&stream));
-    assert!(later >= event_token, "PBRT of an empty batch never goes back");
+    assert!(
+        later >= event_token,
+        "PBRT of an empty batch never goes back"
+    );
 }
 
 // Change-streams specification, "Resumable Error": the driver resumes after a network error
@@ -535,7 +607,10 @@ async fn driver_resumes_after_connection_closed_on_get_more() {
     let mut stream = watch_coll(&env, "c").await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     assert_eq!(
-        next_event(&mut stream).await.get_document("documentKey").unwrap(),
+        next_event(&mut stream)
+            .await
+            .get_document("documentKey")
+            .unwrap(),
         &doc! {"_id": 1}
     );
     env.fail_command(

@@ -8,7 +8,9 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::ReturnDocument;
 
 fn ids(docs: &[Document]) -> Vec<Bson> {
-    docs.iter().map(|d| d.get("_id").cloned().unwrap()).collect()
+    docs.iter()
+        .map(|d| d.get("_id").cloned().unwrap())
+        .collect()
 }
 
 // Manual: "insert" — reply {n, ok}; a document without _id gets an ObjectId _id as first field.
@@ -20,7 +22,14 @@ async fn insert_reports_n_and_adds_object_id() {
         .await;
     assert_eq!(num(reply.get("n")), 2.0, "{reply}");
     assert!(reply.get("writeErrors").is_none());
-    let docs = collect(env.coll("c").find(doc! {}).sort(doc! {"a": 1}).await.unwrap()).await;
+    let docs = collect(
+        env.coll("c")
+            .find(doc! {})
+            .sort(doc! {"a": 1})
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(docs.len(), 2);
     assert!(docs[0].get_object_id("_id").is_ok(), "{:?}", docs[0]);
     assert_eq!(docs[0].keys().next().unwrap(), "_id", "_id comes first");
@@ -52,7 +61,7 @@ async fn ordered_and_unordered_insert_errors() {
 
     let reply = env
         .run(doc! {"insert": "d", "ordered": false,
-                   "documents": [{"_id": 1}, {"_id": 1}, {"_id": 2}, {"_id": 2}]})
+        "documents": [{"_id": 1}, {"_id": 1}, {"_id": 2}, {"_id": 2}]})
         .await;
     assert_eq!(num(reply.get("n")), 2.0, "{reply}");
     let errors = reply.get_array("writeErrors").expect("writeErrors");
@@ -95,16 +104,15 @@ async fn field_update_operators() {
     assert_eq!(got.get_i32("fresh").unwrap(), 1);
     assert_eq!(got.get_str("renamed").unwrap(), "x");
     assert!(got.get("old").is_none() && got.get("gone").is_none());
-    assert_eq!(
-        got.get_document("a").unwrap(),
-        &doc! {"b": {"c": "deep"}}
-    );
+    assert_eq!(got.get_document("a").unwrap(), &doc! {"b": {"c": "deep"}});
     assert!(got.get_datetime("when").is_ok());
     let keys: Vec<&str> = got.keys().map(String::as_str).collect();
     // Existing fields keep their place; new ones follow in lexicographic order.
     assert_eq!(
         keys,
-        vec!["_id", "n", "m", "lo", "hi", "a", "fresh", "renamed", "when", "y", "z"],
+        vec![
+            "_id", "n", "m", "lo", "hi", "a", "fresh", "renamed", "when", "y", "z"
+        ],
         "{got}"
     );
 }
@@ -114,9 +122,11 @@ async fn field_update_operators() {
 async fn array_update_operators() {
     let env = start("array_update_operators").await;
     let c = env.coll("c");
-    c.insert_one(doc! {"_id": 1, "list": [1, 2], "set": ["a"], "nums": [1, 5, 8, 2], "q": [1, 2, 3]})
-        .await
-        .unwrap();
+    c.insert_one(
+        doc! {"_id": 1, "list": [1, 2], "set": ["a"], "nums": [1, 5, 8, 2], "q": [1, 2, 3]},
+    )
+    .await
+    .unwrap();
     c.update_one(
         doc! {"_id": 1},
         doc! {
@@ -152,7 +162,8 @@ async fn update_operator_errors() {
         40,
     );
     expect_code(
-        c.update_one(doc! {"_id": 1}, doc! {"$set": {"_id": 2}}).await,
+        c.update_one(doc! {"_id": 1}, doc! {"$set": {"_id": 2}})
+            .await,
         66,
     );
     // An unknown update operator fails the statement with FailedToParse (9): a write error
@@ -161,7 +172,11 @@ async fn update_operator_errors() {
         .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$bogus": {"a": 1}}}]})
         .await;
     let errors = reply.get_array("writeErrors").expect("writeErrors");
-    assert_eq!(num(errors[0].as_document().unwrap().get("code")), 9.0, "{reply}");
+    assert_eq!(
+        num(errors[0].as_document().unwrap().get("code")),
+        9.0,
+        "{reply}"
+    );
     assert_eq!(num(reply.get("n")), 0.0);
     assert_eq!(
         c.find_one(doc! {"_id": 1}).await.unwrap().unwrap(),
@@ -225,11 +240,14 @@ async fn upsert_seeds_from_equality_filter() {
     assert_eq!(got.get_object_id("_id").unwrap(), id);
     assert_eq!(got.get_i32("a").unwrap(), 1);
     assert_eq!(got.get_document("b").unwrap(), &doc! {"c": 2});
-    assert!(got.get("d").is_none(), "non-equality clauses do not seed: {got}");
+    assert!(
+        got.get("d").is_none(),
+        "non-equality clauses do not seed: {got}"
+    );
     assert_eq!(got.get_i32("e").unwrap(), 3);
     assert_eq!(got.get_str("f").unwrap(), "x");
     assert_eq!(got.get_i32("x").unwrap(), 1);
-    assert_eq!(got.get_bool("created").unwrap(), true);
+    assert!(got.get_bool("created").unwrap());
 
     // Matching now: $setOnInsert does nothing.
     let res = env
@@ -244,7 +262,7 @@ async fn upsert_seeds_from_equality_filter() {
     assert_eq!((res.matched_count, res.modified_count), (1, 1));
     assert_eq!(res.upserted_id, None);
     let got = env.coll("c").find_one(doc! {}).await.unwrap().unwrap();
-    assert_eq!(got.get_bool("created").unwrap(), true);
+    assert!(got.get_bool("created").unwrap());
 
     // The _id of the filter is the _id of the upserted document.
     let res = env
@@ -267,10 +285,7 @@ async fn replacement_documents() {
     let env = start("replacement_documents").await;
     let c = env.coll("c");
     c.insert_one(doc! {"_id": 1, "a": 1, "b": 1}).await.unwrap();
-    let res = c
-        .replace_one(doc! {"_id": 1}, doc! {"c": 3})
-        .await
-        .unwrap();
+    let res = c.replace_one(doc! {"_id": 1}, doc! {"c": 3}).await.unwrap();
     assert_eq!((res.matched_count, res.modified_count), (1, 1));
     assert_eq!(
         c.find_one(doc! {"_id": 1}).await.unwrap(),
@@ -287,7 +302,8 @@ async fn replacement_documents() {
         Some(doc! {"_id": 2, "b": 2})
     );
     expect_code(
-        c.replace_one(doc! {"_id": 1}, doc! {"_id": 5, "c": 4}).await,
+        c.replace_one(doc! {"_id": 1}, doc! {"_id": 5, "c": 4})
+            .await,
         66,
     );
     // A replacement whose _id equals the current one is allowed.
@@ -381,7 +397,9 @@ async fn delete_counts() {
 #[tokio::test]
 async fn find_batches_across_get_more() {
     let env = start("find_batches").await;
-    let docs: Vec<Document> = (0..25).map(|i| doc! {"_id": i, "v": 24 - i, "pad": "p"}).collect();
+    let docs: Vec<Document> = (0..25)
+        .map(|i| doc! {"_id": i, "v": 24 - i, "pad": "p"})
+        .collect();
     env.coll("c").insert_many(docs).await.unwrap();
 
     let all = collect(
@@ -418,10 +436,7 @@ async fn find_batches_across_get_more() {
         .run(doc! {"find": "c", "filter": {}, "sort": {"_id": 1}, "batchSize": 10})
         .await;
     let cursor = reply.get_document("cursor").unwrap();
-    assert_eq!(
-        cursor.get_str("ns").unwrap(),
-        format!("{}.c", env.db_name)
-    );
+    assert_eq!(cursor.get_str("ns").unwrap(), format!("{}.c", env.db_name));
     assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 10);
     let id = match cursor.get("id") {
         Some(Bson::Int64(id)) => *id,
@@ -440,7 +455,11 @@ async fn find_batches_across_get_more() {
         .await;
     let cursor = last.get_document("cursor").unwrap();
     assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 5);
-    assert_eq!(cursor.get_i64("id").unwrap(), 0, "exhausted cursor has id 0");
+    assert_eq!(
+        cursor.get_i64("id").unwrap(),
+        0,
+        "exhausted cursor has id 0"
+    );
 
     // Everything fits in the first batch: id 0 at once.
     let reply = env.run(doc! {"find": "c", "filter": {"_id": 1}}).await;
@@ -464,15 +483,14 @@ async fn kill_cursors_then_get_more_fails() {
     let docs: Vec<Document> = (0..10).map(|i| doc! {"_id": i}).collect();
     env.coll("c").insert_many(docs).await.unwrap();
     let reply = env.run(doc! {"find": "c", "batchSize": 2}).await;
-    let id = reply
-        .get_document("cursor")
-        .unwrap()
-        .get_i64("id")
-        .unwrap();
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
     let killed = env
         .run(doc! {"killCursors": "c", "cursors": [id, 12345_i64]})
         .await;
-    assert_eq!(killed.get_array("cursorsKilled").unwrap(), &vec![Bson::Int64(id)]);
+    assert_eq!(
+        killed.get_array("cursorsKilled").unwrap(),
+        &vec![Bson::Int64(id)]
+    );
     assert_eq!(
         killed.get_array("cursorsNotFound").unwrap(),
         &vec![Bson::Int64(12345)]
@@ -512,17 +530,25 @@ async fn find_and_modify() {
         &doc! {"n": 1, "updatedExisting": true},
         "{reply}"
     );
-    assert_eq!(reply.get_document("value").unwrap(), &doc! {"_id": 1, "q": 1});
+    assert_eq!(
+        reply.get_document("value").unwrap(),
+        &doc! {"_id": 1, "q": 1}
+    );
 
     let reply = env
-        .run(doc! {"findAndModify": "c", "query": {"_id": 3}, "update": {"$set": {"x": 1}},
-                   "upsert": true, "new": true})
+        .run(
+            doc! {"findAndModify": "c", "query": {"_id": 3}, "update": {"$set": {"x": 1}},
+            "upsert": true, "new": true},
+        )
         .await;
     let leo = reply.get_document("lastErrorObject").unwrap();
     assert_eq!(num(leo.get("n")), 1.0, "{reply}");
-    assert_eq!(leo.get_bool("updatedExisting").unwrap(), false);
+    assert!(!leo.get_bool("updatedExisting").unwrap());
     assert_eq!(leo.get_i32("upserted").unwrap(), 3);
-    assert_eq!(reply.get_document("value").unwrap(), &doc! {"_id": 3, "x": 1});
+    assert_eq!(
+        reply.get_document("value").unwrap(),
+        &doc! {"_id": 3, "x": 1}
+    );
 
     let reply = env
         .run(doc! {"findAndModify": "c", "query": {"_id": 99}, "update": {"$set": {"x": 1}}})
@@ -580,7 +606,10 @@ async fn count_and_distinct() {
 
     let mut keys = c.distinct("k", doc! {}).await.unwrap();
     keys.sort_by_key(|b| b.as_str().unwrap_or_default().to_string());
-    assert_eq!(keys, vec![Bson::from("a"), Bson::from("b"), Bson::from("c")]);
+    assert_eq!(
+        keys,
+        vec![Bson::from("a"), Bson::from("b"), Bson::from("c")]
+    );
     let mut tags: Vec<i32> = c
         .distinct("tags", doc! {})
         .await
@@ -600,7 +629,9 @@ async fn count_and_distinct() {
 async fn aggregate_shaping_stages() {
     let env = start("aggregate_shaping").await;
     let c = env.coll("c");
-    let docs: Vec<Document> = (1..=10).map(|i| doc! {"_id": i, "v": i * 10, "odd": i % 2 == 1, "x": "drop"}).collect();
+    let docs: Vec<Document> = (1..=10)
+        .map(|i| doc! {"_id": i, "v": i * 10, "odd": i % 2 == 1, "x": "drop"})
+        .collect();
     c.insert_many(docs).await.unwrap();
     let out = aggregate(
         &c,
@@ -625,11 +656,18 @@ async fn aggregate_shaping_stages() {
     );
     let excluded = aggregate(
         &c,
-        vec![doc! {"$match": {"_id": 1}}, doc! {"$project": {"x": 0, "_id": 0}}],
+        vec![
+            doc! {"$match": {"_id": 1}},
+            doc! {"$project": {"x": 0, "_id": 0}},
+        ],
     )
     .await;
     assert_eq!(excluded, vec![doc! {"v": 10, "odd": true}]);
-    let counted = aggregate(&c, vec![doc! {"$match": {"v": {"$gt": 35}}}, doc! {"$count": "n"}]).await;
+    let counted = aggregate(
+        &c,
+        vec![doc! {"$match": {"v": {"$gt": 35}}}, doc! {"$count": "n"}],
+    )
+    .await;
     assert_eq!(counted, vec![doc! {"n": 7}]);
     // $count over nothing returns no document at all.
     let none = aggregate(&c, vec![doc! {"$match": {"v": -1}}, doc! {"$count": "n"}]).await;
@@ -739,7 +777,9 @@ async fn unsupported_option_is_rejected_not_ignored() {
         .unwrap();
     let result = env
         .db
-        .run_command(doc! {"find": "c", "filter": {"s": "a"}, "collation": {"locale": "en", "strength": 2}})
+        .run_command(
+            doc! {"find": "c", "filter": {"s": "a"}, "collation": {"locale": "en", "strength": 2}},
+        )
         .await;
     match result {
         Ok(reply) => {

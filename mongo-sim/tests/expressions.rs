@@ -63,29 +63,62 @@ fn e(d: Document) -> Bson {
 #[tokio::test]
 async fn arithmetic() {
     let env = seeded("expr_arithmetic").await;
-    assert_eq!(value(&env, e(doc! {"$add": ["$a", "$b"]})).await, Bson::Int32(7));
-    assert_eq!(value(&env, e(doc! {"$add": ["$a", "$d"]})).await, Bson::Double(7.5));
+    assert_eq!(
+        value(&env, e(doc! {"$add": ["$a", "$b"]})).await,
+        Bson::Int32(7)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$add": ["$a", "$d"]})).await,
+        Bson::Double(7.5)
+    );
     assert_eq!(
         value(&env, e(doc! {"$add": ["$big", 1]})).await,
         Bson::Int64(i64::from(i32::MAX) + 1)
     );
-    assert_eq!(value(&env, e(doc! {"$add": ["$a", "$nul"]})).await, Bson::Null);
-    assert_eq!(value(&env, e(doc! {"$add": ["$a", "$missing"]})).await, Bson::Null);
+    assert_eq!(
+        value(&env, e(doc! {"$add": ["$a", "$nul"]})).await,
+        Bson::Null
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$add": ["$a", "$missing"]})).await,
+        Bson::Null
+    );
     assert_eq!(
         value(&env, e(doc! {"$add": ["$date", 500]})).await,
         Bson::DateTime(DateTime::from_millis(1_500))
     );
-    assert_eq!(value(&env, e(doc! {"$subtract": ["$a", "$b"]})).await, Bson::Int32(3));
+    assert_eq!(
+        value(&env, e(doc! {"$subtract": ["$a", "$b"]})).await,
+        Bson::Int32(3)
+    );
     assert_eq!(
         value(&env, e(doc! {"$subtract": ["$date", "$date"]})).await,
         Bson::Int64(0)
     );
-    assert_eq!(value(&env, e(doc! {"$subtract": ["$nul", 1]})).await, Bson::Null);
-    assert_eq!(value(&env, e(doc! {"$multiply": ["$a", "$d"]})).await, Bson::Double(12.5));
-    assert_eq!(value(&env, e(doc! {"$multiply": ["$a", "$b", 3]})).await, Bson::Int32(30));
-    assert_eq!(value(&env, e(doc! {"$divide": ["$a", "$b"]})).await, Bson::Double(2.5));
-    assert_eq!(value(&env, e(doc! {"$divide": [4, 2]})).await, Bson::Double(2.0));
-    assert_eq!(value(&env, e(doc! {"$mod": ["$a", "$b"]})).await, Bson::Int32(1));
+    assert_eq!(
+        value(&env, e(doc! {"$subtract": ["$nul", 1]})).await,
+        Bson::Null
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$multiply": ["$a", "$d"]})).await,
+        Bson::Double(12.5)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$multiply": ["$a", "$b", 3]})).await,
+        Bson::Int32(30)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$divide": ["$a", "$b"]})).await,
+        Bson::Double(2.5)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$divide": [4, 2]})).await,
+        Bson::Double(2.0)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$mod": ["$a", "$b"]})).await,
+        Bson::Int32(1)
+    );
     assert_eq!(value(&env, e(doc! {"$abs": -3})).await, Bson::Int32(3));
 }
 
@@ -106,12 +139,30 @@ async fn arithmetic_errors() {
 #[tokio::test]
 async fn comparisons() {
     let env = seeded("expr_comparisons").await;
-    assert_eq!(value(&env, e(doc! {"$eq": ["$a", 5.0]})).await, Bson::Boolean(true));
-    assert_eq!(value(&env, e(doc! {"$gt": ["$s", "$a"]})).await, Bson::Boolean(true));
-    assert_eq!(value(&env, e(doc! {"$cmp": ["$a", "$b"]})).await, Bson::Int32(1));
-    assert_eq!(value(&env, e(doc! {"$cmp": ["$b", "$a"]})).await, Bson::Int32(-1));
-    assert_eq!(value(&env, e(doc! {"$ne": ["$a", "$b"]})).await, Bson::Boolean(true));
-    assert_eq!(value(&env, e(doc! {"$lte": ["$a", 5]})).await, Bson::Boolean(true));
+    assert_eq!(
+        value(&env, e(doc! {"$eq": ["$a", 5.0]})).await,
+        Bson::Boolean(true)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$gt": ["$s", "$a"]})).await,
+        Bson::Boolean(true)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$cmp": ["$a", "$b"]})).await,
+        Bson::Int32(1)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$cmp": ["$b", "$a"]})).await,
+        Bson::Int32(-1)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$ne": ["$a", "$b"]})).await,
+        Bson::Boolean(true)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$lte": ["$a", 5]})).await,
+        Bson::Boolean(true)
+    );
     assert_eq!(
         value(&env, e(doc! {"$eq": ["$missing", null]})).await,
         Bson::Boolean(false)
@@ -132,18 +183,29 @@ async fn comparisons() {
 async fn conditionals_and_truthiness() {
     let env = seeded("expr_conditionals").await;
     assert_eq!(
-        value(&env, e(doc! {"$cond": [{"$gte": ["$a", 5]}, "big", "small"]})).await,
+        value(
+            &env,
+            e(doc! {"$cond": [{"$gte": ["$a", 5]}, "big", "small"]})
+        )
+        .await,
         Bson::from("big")
     );
     assert_eq!(
-        value(&env, e(doc! {"$cond": {"if": "$nul", "then": 1, "else": 2}})).await,
+        value(
+            &env,
+            e(doc! {"$cond": {"if": "$nul", "then": 1, "else": 2}})
+        )
+        .await,
         Bson::Int32(2)
     );
     assert_eq!(
         value(&env, e(doc! {"$ifNull": ["$nul", "$missing", "fallback"]})).await,
         Bson::from("fallback")
     );
-    assert_eq!(value(&env, e(doc! {"$ifNull": ["$a", 0]})).await, Bson::Int32(5));
+    assert_eq!(
+        value(&env, e(doc! {"$ifNull": ["$a", 0]})).await,
+        Bson::Int32(5)
+    );
     assert_eq!(
         value(
             &env,
@@ -156,20 +218,33 @@ async fn conditionals_and_truthiness() {
         Bson::from("big")
     );
     assert_eq!(
-        fails(&env, e(doc! {"$switch": {"branches": [{"case": false, "then": 1}]}})).await,
+        fails(
+            &env,
+            e(doc! {"$switch": {"branches": [{"case": false, "then": 1}]}})
+        )
+        .await,
         40066
     );
     assert_eq!(
         value(&env, e(doc! {"$and": [1, "", []]})).await,
         Bson::Boolean(true)
     );
-    assert_eq!(value(&env, e(doc! {"$and": [0, true]})).await, Bson::Boolean(false));
+    assert_eq!(
+        value(&env, e(doc! {"$and": [0, true]})).await,
+        Bson::Boolean(false)
+    );
     assert_eq!(
         value(&env, e(doc! {"$or": ["$nul", "$missing", false]})).await,
         Bson::Boolean(false)
     );
-    assert_eq!(value(&env, e(doc! {"$not": ["$nul"]})).await, Bson::Boolean(true));
-    assert_eq!(value(&env, e(doc! {"$not": [[]]})).await, Bson::Boolean(false));
+    assert_eq!(
+        value(&env, e(doc! {"$not": ["$nul"]})).await,
+        Bson::Boolean(true)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$not": [[]]})).await,
+        Bson::Boolean(false)
+    );
 }
 
 // Manual: "String Expression Operators" — $concat is null when any argument is null or
@@ -181,13 +256,31 @@ async fn strings() {
         value(&env, e(doc! {"$concat": ["$s", ", ", "world"]})).await,
         Bson::from("Hello, world")
     );
-    assert_eq!(value(&env, e(doc! {"$concat": ["$s", "$nul"]})).await, Bson::Null);
-    assert_eq!(value(&env, e(doc! {"$concat": ["$s", "$missing"]})).await, Bson::Null);
+    assert_eq!(
+        value(&env, e(doc! {"$concat": ["$s", "$nul"]})).await,
+        Bson::Null
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$concat": ["$s", "$missing"]})).await,
+        Bson::Null
+    );
     assert_eq!(fails(&env, e(doc! {"$concat": ["$s", "$a"]})).await, 16702);
-    assert_eq!(value(&env, e(doc! {"$toUpper": "$s"})).await, Bson::from("HELLO"));
-    assert_eq!(value(&env, e(doc! {"$toLower": "$s"})).await, Bson::from("hello"));
-    assert_eq!(value(&env, e(doc! {"$toUpper": "$nul"})).await, Bson::from(""));
-    assert_eq!(value(&env, e(doc! {"$strLenCP": "$s"})).await, Bson::Int32(5));
+    assert_eq!(
+        value(&env, e(doc! {"$toUpper": "$s"})).await,
+        Bson::from("HELLO")
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$toLower": "$s"})).await,
+        Bson::from("hello")
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$toUpper": "$nul"})).await,
+        Bson::from("")
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$strLenCP": "$s"})).await,
+        Bson::Int32(5)
+    );
     assert_eq!(
         value(&env, e(doc! {"$split": ["a,b,c", ","]})).await,
         Bson::Array(vec!["a".into(), "b".into(), "c".into()])
@@ -203,19 +296,36 @@ async fn strings() {
 #[tokio::test]
 async fn conversions() {
     let env = seeded("expr_conversions").await;
-    assert_eq!(value(&env, e(doc! {"$toString": "$a"})).await, Bson::from("5"));
+    assert_eq!(
+        value(&env, e(doc! {"$toString": "$a"})).await,
+        Bson::from("5")
+    );
     assert_eq!(value(&env, e(doc! {"$toInt": "42"})).await, Bson::Int32(42));
     assert_eq!(value(&env, e(doc! {"$toLong": "$a"})).await, Bson::Int64(5));
-    assert_eq!(value(&env, e(doc! {"$toDouble": "2.5"})).await, Bson::Double(2.5));
-    assert_eq!(value(&env, e(doc! {"$toBool": 0})).await, Bson::Boolean(false));
+    assert_eq!(
+        value(&env, e(doc! {"$toDouble": "2.5"})).await,
+        Bson::Double(2.5)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$toBool": 0})).await,
+        Bson::Boolean(false)
+    );
     assert_eq!(value(&env, e(doc! {"$toString": "$nul"})).await, Bson::Null);
     assert_eq!(fails(&env, e(doc! {"$toInt": "abc"})).await, 241);
     assert_eq!(
-        value(&env, e(doc! {"$convert": {"input": "abc", "to": "int", "onError": -1}})).await,
+        value(
+            &env,
+            e(doc! {"$convert": {"input": "abc", "to": "int", "onError": -1}})
+        )
+        .await,
         Bson::Int32(-1)
     );
     assert_eq!(
-        value(&env, e(doc! {"$convert": {"input": "$nul", "to": "int", "onNull": 0}})).await,
+        value(
+            &env,
+            e(doc! {"$convert": {"input": "$nul", "to": "int", "onNull": 0}})
+        )
+        .await,
         Bson::Int32(0)
     );
 }
@@ -234,10 +344,20 @@ async fn type_names() {
         ("$date", "date"),
         ("$missing", "missing"),
     ] {
-        assert_eq!(value(&env, e(doc! {"$type": path})).await, Bson::from(name), "{path}");
+        assert_eq!(
+            value(&env, e(doc! {"$type": path})).await,
+            Bson::from(name),
+            "{path}"
+        );
     }
-    assert_eq!(value(&env, e(doc! {"$isArray": ["$arr"]})).await, Bson::Boolean(true));
-    assert_eq!(value(&env, e(doc! {"$isNumber": "$s"})).await, Bson::Boolean(false));
+    assert_eq!(
+        value(&env, e(doc! {"$isArray": ["$arr"]})).await,
+        Bson::Boolean(true)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$isNumber": "$s"})).await,
+        Bson::Boolean(false)
+    );
 }
 
 // Manual: "Array Expression Operators" — $size rejects non-arrays (17124), $in needs an
@@ -247,16 +367,33 @@ async fn arrays() {
     let env = seeded("expr_arrays").await;
     assert_eq!(value(&env, e(doc! {"$size": "$arr"})).await, Bson::Int32(3));
     assert_eq!(fails(&env, e(doc! {"$size": "$a"})).await, 17124);
-    assert_eq!(value(&env, e(doc! {"$arrayElemAt": ["$arr", -1]})).await, Bson::Int32(3));
-    assert_eq!(eval(&env, e(doc! {"$arrayElemAt": ["$arr", 10]})).await, Ok(None));
-    assert_eq!(value(&env, e(doc! {"$in": [2, "$arr"]})).await, Bson::Boolean(true));
+    assert_eq!(
+        value(&env, e(doc! {"$arrayElemAt": ["$arr", -1]})).await,
+        Bson::Int32(3)
+    );
+    assert_eq!(
+        eval(&env, e(doc! {"$arrayElemAt": ["$arr", 10]})).await,
+        Ok(None)
+    );
+    assert_eq!(
+        value(&env, e(doc! {"$in": [2, "$arr"]})).await,
+        Bson::Boolean(true)
+    );
     assert_eq!(fails(&env, e(doc! {"$in": [2, "$a"]})).await, 40081);
     assert_eq!(
-        value(&env, e(doc! {"$filter": {"input": "$arr", "as": "x", "cond": {"$gt": ["$$x", 1]}}})).await,
+        value(
+            &env,
+            e(doc! {"$filter": {"input": "$arr", "as": "x", "cond": {"$gt": ["$$x", 1]}}})
+        )
+        .await,
         Bson::Array(vec![Bson::Int32(2), Bson::Int32(3)])
     );
     assert_eq!(
-        value(&env, e(doc! {"$map": {"input": "$arr", "in": {"$multiply": ["$$this", 10]}}})).await,
+        value(
+            &env,
+            e(doc! {"$map": {"input": "$arr", "in": {"$multiply": ["$$this", 10]}}})
+        )
+        .await,
         Bson::Array(vec![Bson::Int32(10), Bson::Int32(20), Bson::Int32(30)])
     );
     assert_eq!(
@@ -267,7 +404,10 @@ async fn arrays() {
         value(&env, e(doc! {"$concatArrays": ["$arr", [4]]})).await,
         Bson::Array(vec![1.into(), 2.into(), 3.into(), 4.into()])
     );
-    assert_eq!(value(&env, e(doc! {"$concatArrays": ["$arr", "$nul"]})).await, Bson::Null);
+    assert_eq!(
+        value(&env, e(doc! {"$concatArrays": ["$arr", "$nul"]})).await,
+        Bson::Null
+    );
     // A path through an array of documents yields the array of values.
     assert_eq!(
         value(&env, Bson::from("$items.k")).await,
@@ -281,20 +421,30 @@ async fn arrays() {
 async fn variables_literals_and_objects() {
     let env = seeded("expr_variables").await;
     assert_eq!(
-        value(&env, e(doc! {"$let": {"vars": {"x": "$a"}, "in": {"$add": ["$$x", 1]}}})).await,
+        value(
+            &env,
+            e(doc! {"$let": {"vars": {"x": "$a"}, "in": {"$add": ["$$x", 1]}}})
+        )
+        .await,
         Bson::Int32(6)
     );
     assert_eq!(
         value(&env, e(doc! {"$literal": {"$add": [1, 2]}})).await,
         e(doc! {"$add": [1, 2]})
     );
-    assert_eq!(value(&env, e(doc! {"$literal": "$a"})).await, Bson::from("$a"));
+    assert_eq!(
+        value(&env, e(doc! {"$literal": "$a"})).await,
+        Bson::from("$a")
+    );
     assert_eq!(
         value(&env, e(doc! {"$mergeObjects": ["$obj", {"y": 2}, "$nul"]})).await,
         e(doc! {"x": 1, "y": 2})
     );
     assert_eq!(value(&env, Bson::from("$$ROOT.a")).await, Bson::Int32(5));
-    assert_eq!(value(&env, Bson::from("$$CURRENT.obj.x")).await, Bson::Int32(1));
+    assert_eq!(
+        value(&env, Bson::from("$$CURRENT.obj.x")).await,
+        Bson::Int32(1)
+    );
     assert_eq!(fails(&env, e(doc! {"$bogusOperator": 1})).await, 168);
     assert_eq!(fails(&env, Bson::from("$$undefinedVar")).await, 17276);
 }
@@ -326,9 +476,22 @@ async fn expressions_in_expr_and_update_pipelines() {
         )
         .await
         .unwrap();
-    let two = env.coll("c").find_one(doc! {"_id": 2}).await.unwrap().unwrap();
-    assert_eq!(two, doc! {"_id": 2, "a": 1, "b": 2, "size": "small", "sum": 3});
-    let one = env.coll("c").find_one(doc! {"_id": 1}).await.unwrap().unwrap();
+    let two = env
+        .coll("c")
+        .find_one(doc! {"_id": 2})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        two,
+        doc! {"_id": 2, "a": 1, "b": 2, "size": "small", "sum": 3}
+    );
+    let one = env
+        .coll("c")
+        .find_one(doc! {"_id": 1})
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(one.get_str("size").unwrap(), "big");
     assert_eq!(one.get_i32("sum").unwrap(), 7);
     // A computed field that is missing is not written.
@@ -336,6 +499,11 @@ async fn expressions_in_expr_and_update_pipelines() {
         .update_one(doc! {"_id": 2}, vec![doc! {"$set": {"gone": "$missing"}}])
         .await
         .unwrap();
-    let two = env.coll("c").find_one(doc! {"_id": 2}).await.unwrap().unwrap();
+    let two = env
+        .coll("c")
+        .find_one(doc! {"_id": 2})
+        .await
+        .unwrap()
+        .unwrap();
     assert!(two.get("gone").is_none(), "{two}");
 }

@@ -11,8 +11,8 @@ use mongodb::bson::{Bson, doc};
 async fn hello_describes_a_writable_primary_of_rs0() {
     let env = start("hello_describes_primary").await;
     let hello = env.admin(doc! {"hello": 1}).await;
-    assert_eq!(hello.get_bool("isWritablePrimary").unwrap(), true, "{hello}");
-    assert_eq!(hello.get_bool("secondary").unwrap(), false);
+    assert!(hello.get_bool("isWritablePrimary").unwrap(), "{hello}");
+    assert!(!hello.get_bool("secondary").unwrap());
     let set_name = hello.get_str("setName").expect("setName");
     if common::real_uri().is_none() {
         assert_eq!(set_name, "rs0");
@@ -21,10 +21,16 @@ async fn hello_describes_a_writable_primary_of_rs0() {
     assert_eq!(hello.get_str("primary").unwrap(), me);
     let hosts = hello.get_array("hosts").expect("hosts");
     assert!(hosts.contains(&Bson::String(me.to_string())), "{hello}");
-    assert!(hello.get_object_id("electionId").is_ok(), "electionId: {hello}");
+    assert!(
+        hello.get_object_id("electionId").is_ok(),
+        "electionId: {hello}"
+    );
     assert!(hello.get("setVersion").is_some());
     assert!(hello.get_document("topologyVersion").is_ok());
-    assert!(hello.get_document("lastWrite").is_ok(), "lastWrite: {hello}");
+    assert!(
+        hello.get_document("lastWrite").is_ok(),
+        "lastWrite: {hello}"
+    );
     // mongod 7.0 speaks wire version 21.
     assert!(num(hello.get("maxWireVersion")) >= 21.0, "{hello}");
     assert_eq!(num(hello.get("minWireVersion")), 0.0);
@@ -34,7 +40,7 @@ async fn hello_describes_a_writable_primary_of_rs0() {
     assert!(num(hello.get("logicalSessionTimeoutMinutes")) > 0.0);
     assert!(hello.get_datetime("localTime").is_ok());
     assert!(hello.get("connectionId").is_some());
-    assert_eq!(hello.get_bool("readOnly").unwrap(), false);
+    assert!(!hello.get_bool("readOnly").unwrap());
     assert_eq!(num(hello.get("ok")), 1.0);
 }
 
@@ -44,10 +50,10 @@ async fn hello_describes_a_writable_primary_of_rs0() {
 async fn legacy_is_master_reports_ismaster() {
     let env = start("legacy_is_master").await;
     let reply = env.admin(doc! {"isMaster": 1}).await;
-    assert_eq!(reply.get_bool("ismaster").unwrap(), true, "{reply}");
+    assert!(reply.get_bool("ismaster").unwrap(), "{reply}");
     assert!(reply.get_str("setName").is_ok());
     let reply = env.admin(doc! {"ismaster": 1}).await;
-    assert_eq!(reply.get_bool("ismaster").unwrap(), true, "{reply}");
+    assert!(reply.get_bool("ismaster").unwrap(), "{reply}");
 }
 
 // Manual: "ping".
@@ -79,7 +85,8 @@ async fn sessions_and_change_streams_are_allowed() {
     assert!(session.cluster_time().is_some(), "$clusterTime gossiped");
     let stream = coll.watch().await.expect("change stream opens");
     assert!(stream.is_alive());
-    env.admin(doc! {"endSessions": [session.id().clone()]}).await;
+    env.admin(doc! {"endSessions": [session.id().clone()]})
+        .await;
 }
 
 // Manual: "Read Isolation, Consistency, and Recency" — replies on a replica set carry
@@ -94,11 +101,11 @@ async fn replies_carry_operation_and_cluster_time() {
         .run(doc! {"insert": "c", "documents": [{"_id": 2}]})
         .await;
     let t1 = first.get_timestamp("operationTime").expect("operationTime");
-    let t2 = second.get_timestamp("operationTime").expect("operationTime");
+    let t2 = second
+        .get_timestamp("operationTime")
+        .expect("operationTime");
     assert!(t2 > t1, "{t1:?} < {t2:?}");
-    let cluster = second
-        .get_document("$clusterTime")
-        .expect("$clusterTime");
+    let cluster = second.get_document("$clusterTime").expect("$clusterTime");
     assert!(cluster.get_timestamp("clusterTime").unwrap() >= t2);
     assert!(cluster.get_document("signature").is_ok(), "{cluster}");
 }
@@ -119,7 +126,10 @@ async fn build_info_is_well_formed() {
     );
     assert!(major >= 7, "a 7.0-compatible server: {version}");
     if common::real_uri().is_none() {
-        assert!(version.starts_with("7.0."), "mongo-sim is mongod 7.0: {version}");
+        assert!(
+            version.starts_with("7.0."),
+            "mongo-sim is mongod 7.0: {version}"
+        );
     }
     assert_eq!(num(info.get("maxBsonObjectSize")), 16_777_216.0);
     assert!(info.get_str("gitVersion").is_ok());
@@ -145,7 +155,7 @@ async fn server_status_is_well_formed() {
     assert!(num(connections.get("totalCreated")) >= 1.0);
     let repl = status.get_document("repl").expect("repl");
     assert!(repl.get_str("setName").is_ok());
-    assert_eq!(repl.get_bool("isWritablePrimary").unwrap(), true, "{repl}");
+    assert!(repl.get_bool("isWritablePrimary").unwrap(), "{repl}");
     assert_eq!(num(status.get("ok")), 1.0);
 }
 
@@ -162,7 +172,7 @@ async fn list_databases_is_well_formed() {
         .find(|d| d.get_str("name").ok() == Some(env.db_name.as_str()))
         .unwrap_or_else(|| panic!("{} not listed in {reply}", env.db_name));
     assert!(num(ours.get("sizeOnDisk")) >= 0.0);
-    assert_eq!(ours.get_bool("empty").unwrap(), false);
+    assert!(!ours.get_bool("empty").unwrap());
     assert!(num(reply.get("totalSize")) >= 0.0);
     assert_eq!(num(reply.get("ok")), 1.0);
 

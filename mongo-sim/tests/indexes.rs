@@ -19,10 +19,17 @@ fn only_write_error(reply: &Document) -> Document {
 
 fn assert_duplicate(err: &Document, key_pattern: Document, key_value: Document) {
     assert_eq!(num(err.get("code")), 11000.0, "{err}");
-    assert_eq!(err.get_document("keyPattern").unwrap(), &key_pattern, "{err}");
+    assert_eq!(
+        err.get_document("keyPattern").unwrap(),
+        &key_pattern,
+        "{err}"
+    );
     assert_eq!(err.get_document("keyValue").unwrap(), &key_value, "{err}");
     let msg = err.get_str("errmsg").unwrap();
-    assert!(msg.starts_with("E11000 duplicate key error collection: "), "{msg}");
+    assert!(
+        msg.starts_with("E11000 duplicate key error collection: "),
+        "{msg}"
+    );
 }
 
 async fn unique_index(env: &common::TestEnv, coll: &str, keys: Document) -> String {
@@ -44,7 +51,10 @@ async fn unique_index_rejects_duplicates_on_insert() {
         .insert_one(doc! {"_id": 1, "email": "a@x"})
         .await
         .unwrap();
-    let err = expect_code(users.insert_one(doc! {"_id": 2, "email": "a@x"}).await, 11000);
+    let err = expect_code(
+        users.insert_one(doc! {"_id": 2, "email": "a@x"}).await,
+        11000,
+    );
     assert!(err.to_string().contains("email_1"), "{err}");
 
     let reply = env
@@ -56,7 +66,10 @@ async fn unique_index_rejects_duplicates_on_insert() {
     assert_duplicate(&we, doc! {"email": 1}, doc! {"email": "a@x"});
     let msg = we.get_str("errmsg").unwrap();
     assert!(
-        msg.contains(&format!("{}.users index: email_1 dup key: {{ email: \"a@x\" }}", env.db_name)),
+        msg.contains(&format!(
+            "{}.users index: email_1 dup key: {{ email: \"a@x\" }}",
+            env.db_name
+        )),
         "{msg}"
     );
     assert_eq!(users.count_documents(doc! {}).await.unwrap(), 1);
@@ -72,7 +85,11 @@ async fn unique_index_treats_missing_as_null() {
     let reply = env
         .run(doc! {"insert": "c", "documents": [{"_id": 2}]})
         .await;
-    assert_duplicate(&only_write_error(&reply), doc! {"email": 1}, doc! {"email": null});
+    assert_duplicate(
+        &only_write_error(&reply),
+        doc! {"email": 1},
+        doc! {"email": null},
+    );
 }
 
 // Manual: "Unique Compound Index" — uniqueness of the combination of values.
@@ -82,9 +99,13 @@ async fn unique_compound_index() {
     let name = unique_index(&env, "c", doc! {"a": 1, "b": -1}).await;
     assert_eq!(name, "a_1_b_-1");
     let c = env.coll("c");
-    c.insert_many(vec![doc! {"a": 1, "b": 1}, doc! {"a": 1, "b": 2}, doc! {"a": 2, "b": 1}])
-        .await
-        .unwrap();
+    c.insert_many(vec![
+        doc! {"a": 1, "b": 1},
+        doc! {"a": 1, "b": 2},
+        doc! {"a": 2, "b": 1},
+    ])
+    .await
+    .unwrap();
     let reply = env
         .run(doc! {"insert": "c", "documents": [{"a": 1, "b": 2, "z": 0}]})
         .await;
@@ -121,7 +142,11 @@ async fn upsert_hits_unique_index() {
             {"q": {"name": "n2"}, "u": {"$set": {"email": "a@x"}}, "upsert": true}
         ]})
         .await;
-    assert_duplicate(&only_write_error(&reply), doc! {"email": 1}, doc! {"email": "a@x"});
+    assert_duplicate(
+        &only_write_error(&reply),
+        doc! {"email": 1},
+        doc! {"email": "a@x"},
+    );
     assert_eq!(num(reply.get("n")), 0.0);
     assert!(reply.get("upserted").is_none());
 
@@ -129,12 +154,19 @@ async fn upsert_hits_unique_index() {
     let result = env
         .db
         .run_command(doc! {"findAndModify": "users", "query": {"name": "n3"},
-                           "update": {"$set": {"email": "a@x"}}, "upsert": true})
+        "update": {"$set": {"email": "a@x"}}, "upsert": true})
         .await;
     let err = expect_code(result, 11000);
     let raw = server_response(&err).expect("server reply behind the error");
-    assert_eq!(raw.get_document("keyPattern").unwrap(), &doc! {"email": 1}, "{raw}");
-    assert_eq!(raw.get_document("keyValue").unwrap(), &doc! {"email": "a@x"});
+    assert_eq!(
+        raw.get_document("keyPattern").unwrap(),
+        &doc! {"email": 1},
+        "{raw}"
+    );
+    assert_eq!(
+        raw.get_document("keyValue").unwrap(),
+        &doc! {"email": "a@x"}
+    );
     assert_eq!(env.coll("users").count_documents(doc! {}).await.unwrap(), 1);
 }
 
@@ -182,7 +214,9 @@ async fn guarded_upsert_outcomes() {
     assert_eq!(num(we.get("index")), 0.0);
     assert_duplicate(&we, doc! {"_id": 1}, doc! {"_id": "acc-1"});
     assert!(
-        we.get_str("errmsg").unwrap().contains("index: _id_ dup key: { _id: \"acc-1\" }"),
+        we.get_str("errmsg")
+            .unwrap()
+            .contains("index: _id_ dup key: { _id: \"acc-1\" }"),
         "{we}"
     );
 
@@ -198,7 +232,10 @@ async fn guarded_upsert_outcomes() {
     expect_code(result, 11000);
 
     assert_eq!(
-        env.coll("acc").find_one(doc! {"_id": "acc-1"}).await.unwrap(),
+        env.coll("acc")
+            .find_one(doc! {"_id": "acc-1"})
+            .await
+            .unwrap(),
         Some(doc! {"_id": "acc-1", "lastSequenceNumber": 2_i64, "count": 2})
     );
 
@@ -210,7 +247,7 @@ async fn guarded_upsert_outcomes() {
     assert_eq!(only_write_error(&reply).get_i32("index").unwrap(), 0);
     let reply = env
         .run(doc! {"update": "acc", "ordered": false,
-                   "updates": [guarded("acc-1", 0, 1), guarded("acc-2", 0, 1)]})
+        "updates": [guarded("acc-1", 0, 1), guarded("acc-2", 0, 1)]})
         .await;
     assert_eq!(num(reply.get("n")), 1.0, "{reply}");
     assert_eq!(
@@ -243,7 +280,10 @@ async fn list_indexes() {
         specs[1],
         doc! {"v": 2, "key": {"email": 1}, "name": "email_1", "unique": true}
     );
-    assert_eq!(specs[2], doc! {"v": 2, "key": {"a": 1, "b": -1}, "name": "a_1_b_-1"});
+    assert_eq!(
+        specs[2],
+        doc! {"v": 2, "key": {"a": 1, "b": -1}, "name": "a_1_b_-1"}
+    );
     let mut names = env.coll("c").list_index_names().await.unwrap();
     names.sort();
     assert_eq!(names, vec!["_id_", "a_1_b_-1", "email_1"]);
@@ -263,7 +303,7 @@ async fn create_indexes_rules() {
         .await;
     assert_eq!(num(reply.get("numIndexesBefore")), 1.0, "{reply}");
     assert_eq!(num(reply.get("numIndexesAfter")), 2.0);
-    assert_eq!(reply.get_bool("createdCollectionAutomatically").unwrap(), true);
+    assert!(reply.get_bool("createdCollectionAutomatically").unwrap());
     let names = env.db.list_collection_names().await.unwrap();
     assert!(names.contains(&"c".to_string()));
 
@@ -311,12 +351,19 @@ async fn drop_indexes() {
         env.coll("c").list_index_names().await.unwrap(),
         vec!["_id_", "c_1"]
     );
-    let (code, _) = env.run_err(doc! {"dropIndexes": "c", "index": "nope_1"}).await;
+    let (code, _) = env
+        .run_err(doc! {"dropIndexes": "c", "index": "nope_1"})
+        .await;
     assert_eq!(code, 27);
-    let (code, _) = env.run_err(doc! {"dropIndexes": "c", "index": "_id_"}).await;
+    let (code, _) = env
+        .run_err(doc! {"dropIndexes": "c", "index": "_id_"})
+        .await;
     assert_eq!(code, 72);
     env.run(doc! {"dropIndexes": "c", "index": "*"}).await;
-    assert_eq!(env.coll("c").list_index_names().await.unwrap(), vec!["_id_"]);
+    assert_eq!(
+        env.coll("c").list_index_names().await.unwrap(),
+        vec!["_id_"]
+    );
 
     // A dropped unique index no longer constrains.
     unique_index(&env, "u", doc! {"k": 1}).await;

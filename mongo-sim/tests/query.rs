@@ -4,7 +4,9 @@
 mod common;
 
 use common::{TestEnv, collect, start};
-use mongodb::bson::{Binary, Bson, DateTime, Document, Regex, Timestamp, doc, oid::ObjectId, spec::BinarySubtype};
+use mongodb::bson::{
+    Binary, Bson, DateTime, Document, Regex, Timestamp, doc, oid::ObjectId, spec::BinarySubtype,
+};
 
 async fn ids(env: &TestEnv, filter: Document) -> Vec<Bson> {
     let docs = collect(
@@ -15,7 +17,9 @@ async fn ids(env: &TestEnv, filter: Document) -> Vec<Bson> {
             .unwrap_or_else(|e| panic!("find {filter} failed: {e}")),
     )
     .await;
-    docs.iter().map(|d| d.get("_id").cloned().unwrap()).collect()
+    docs.iter()
+        .map(|d| d.get("_id").cloned().unwrap())
+        .collect()
 }
 
 fn list(v: &[i32]) -> Vec<Bson> {
@@ -46,15 +50,30 @@ async fn comparison_operators() {
     assert_eq!(ids(&env, doc! {"n": 1.0}).await, list(&[1]));
     assert_eq!(ids(&env, doc! {"n": 3}).await, list(&[3]));
     assert_eq!(ids(&env, doc! {"n": {"$gt": 1}}).await, list(&[2, 3]));
-    assert_eq!(ids(&env, doc! {"n": {"$gte": 1, "$lt": 3}}).await, list(&[1, 2]));
+    assert_eq!(
+        ids(&env, doc! {"n": {"$gte": 1, "$lt": 3}}).await,
+        list(&[1, 2])
+    );
     assert_eq!(ids(&env, doc! {"n": {"$lte": 2.5}}).await, list(&[1, 2]));
     assert_eq!(ids(&env, doc! {"n": {"$gt": "0"}}).await, list(&[4]));
     assert_eq!(ids(&env, doc! {"n": null}).await, list(&[5, 6]));
-    assert_eq!(ids(&env, doc! {"n": {"$ne": 1}}).await, list(&[2, 3, 4, 5, 6]));
+    assert_eq!(
+        ids(&env, doc! {"n": {"$ne": 1}}).await,
+        list(&[2, 3, 4, 5, 6])
+    );
     assert_eq!(ids(&env, doc! {"n": {"$eq": "4"}}).await, list(&[4]));
-    assert_eq!(ids(&env, doc! {"n": {"$in": [1, "4", null]}}).await, list(&[1, 4, 5, 6]));
-    assert_eq!(ids(&env, doc! {"n": {"$nin": [1, 2.5, null]}}).await, list(&[3, 4]));
-    assert_eq!(ids(&env, doc! {"s": {"$gte": "b", "$lt": "d"}}).await, list(&[3]));
+    assert_eq!(
+        ids(&env, doc! {"n": {"$in": [1, "4", null]}}).await,
+        list(&[1, 4, 5, 6])
+    );
+    assert_eq!(
+        ids(&env, doc! {"n": {"$nin": [1, 2.5, null]}}).await,
+        list(&[3, 4])
+    );
+    assert_eq!(
+        ids(&env, doc! {"s": {"$gte": "b", "$lt": "d"}}).await,
+        list(&[3])
+    );
 }
 
 // Manual: "$exists", "$type" (names, numbers, "number" alias, arrays of types).
@@ -62,16 +81,31 @@ async fn comparison_operators() {
 async fn element_operators() {
     let env = start("element_operators").await;
     seed(&env).await;
-    assert_eq!(ids(&env, doc! {"n": {"$exists": true}}).await, list(&[1, 2, 3, 4, 5]));
+    assert_eq!(
+        ids(&env, doc! {"n": {"$exists": true}}).await,
+        list(&[1, 2, 3, 4, 5])
+    );
     assert_eq!(ids(&env, doc! {"n": {"$exists": false}}).await, list(&[6]));
     assert_eq!(ids(&env, doc! {"n": {"$type": "string"}}).await, list(&[4]));
     assert_eq!(ids(&env, doc! {"n": {"$type": 1}}).await, list(&[2]));
     assert_eq!(ids(&env, doc! {"n": {"$type": "long"}}).await, list(&[3]));
-    assert_eq!(ids(&env, doc! {"n": {"$type": "number"}}).await, list(&[1, 2, 3]));
-    assert_eq!(ids(&env, doc! {"n": {"$type": ["null", "int"]}}).await, list(&[1, 5]));
-    assert_eq!(ids(&env, doc! {"tags": {"$type": "array"}}).await, list(&[1, 2, 3]));
+    assert_eq!(
+        ids(&env, doc! {"n": {"$type": "number"}}).await,
+        list(&[1, 2, 3])
+    );
+    assert_eq!(
+        ids(&env, doc! {"n": {"$type": ["null", "int"]}}).await,
+        list(&[1, 5])
+    );
+    assert_eq!(
+        ids(&env, doc! {"tags": {"$type": "array"}}).await,
+        list(&[1, 2, 3])
+    );
     // $type matches array elements too.
-    assert_eq!(ids(&env, doc! {"tags": {"$type": "string"}}).await, list(&[1, 2, 4]));
+    assert_eq!(
+        ids(&env, doc! {"tags": {"$type": "string"}}).await,
+        list(&[1, 2, 4])
+    );
 }
 
 // Manual: "Logical Query Operators" ($and $or $nor $not).
@@ -88,13 +122,24 @@ async fn logical_operators() {
         list(&[2])
     );
     assert_eq!(
-        ids(&env, doc! {"$nor": [{"n": {"$type": "number"}}, {"s": "date"}]}).await,
+        ids(
+            &env,
+            doc! {"$nor": [{"n": {"$type": "number"}}, {"s": "date"}]}
+        )
+        .await,
         list(&[4, 6])
     );
     // $not also selects documents without the field.
-    assert_eq!(ids(&env, doc! {"n": {"$not": {"$gt": 1}}}).await, list(&[1, 4, 5, 6]));
     assert_eq!(
-        ids(&env, doc! {"s": {"$not": Regex { pattern: "^[a-c]".into(), options: String::new() }}}).await,
+        ids(&env, doc! {"n": {"$not": {"$gt": 1}}}).await,
+        list(&[1, 4, 5, 6])
+    );
+    assert_eq!(
+        ids(
+            &env,
+            doc! {"s": {"$not": Regex { pattern: "^[a-c]".into(), options: String::new() }}}
+        )
+        .await,
         list(&[2, 4, 5, 6])
     );
 }
@@ -109,7 +154,11 @@ async fn regex_matching() {
         list(&[2])
     );
     assert_eq!(
-        ids(&env, doc! {"s": Regex { pattern: "^[cd]".into(), options: String::new() }}).await,
+        ids(
+            &env,
+            doc! {"s": Regex { pattern: "^[cd]".into(), options: String::new() }}
+        )
+        .await,
         list(&[3, 5])
     );
     assert_eq!(ids(&env, doc! {"tags": {"$regex": "c"}}).await, list(&[2]));
@@ -124,11 +173,20 @@ async fn array_operators() {
     seed(&env).await;
     assert_eq!(ids(&env, doc! {"tags": "a"}).await, list(&[1, 4]));
     assert_eq!(ids(&env, doc! {"tags": ["a", "b"]}).await, list(&[1]));
-    assert_eq!(ids(&env, doc! {"tags": ["b", "a"]}).await, Vec::<Bson>::new());
+    assert_eq!(
+        ids(&env, doc! {"tags": ["b", "a"]}).await,
+        Vec::<Bson>::new()
+    );
     assert_eq!(ids(&env, doc! {"tags": {"$size": 0}}).await, list(&[3]));
     assert_eq!(ids(&env, doc! {"tags": {"$size": 2}}).await, list(&[1, 2]));
-    assert_eq!(ids(&env, doc! {"tags": {"$all": ["b", "a"]}}).await, list(&[1]));
-    assert_eq!(ids(&env, doc! {"nums": {"$gt": 10, "$lt": 5}}).await, list(&[6]));
+    assert_eq!(
+        ids(&env, doc! {"tags": {"$all": ["b", "a"]}}).await,
+        list(&[1])
+    );
+    assert_eq!(
+        ids(&env, doc! {"nums": {"$gt": 10, "$lt": 5}}).await,
+        list(&[6])
+    );
     assert_eq!(
         ids(&env, doc! {"nums": {"$elemMatch": {"$gt": 10, "$lt": 5}}}).await,
         Vec::<Bson>::new()
@@ -138,7 +196,11 @@ async fn array_operators() {
         list(&[6])
     );
     assert_eq!(
-        ids(&env, doc! {"items": {"$elemMatch": {"k": "a", "q": {"$gte": 5}}}}).await,
+        ids(
+            &env,
+            doc! {"items": {"$elemMatch": {"k": "a", "q": {"$gte": 5}}}}
+        )
+        .await,
         list(&[3])
     );
     // Without $elemMatch, the conditions may be met by different elements.
@@ -161,12 +223,21 @@ async fn dotted_paths() {
     assert_eq!(ids(&env, doc! {"sub.x": {"$gte": 2}}).await, list(&[2, 6]));
     assert_eq!(ids(&env, doc! {"sub": {"x": 2}}).await, list(&[2]));
     // Whole-document equality is field-order sensitive.
-    assert_eq!(ids(&env, doc! {"sub": {"y": "p", "x": 1}}).await, Vec::<Bson>::new());
+    assert_eq!(
+        ids(&env, doc! {"sub": {"y": "p", "x": 1}}).await,
+        Vec::<Bson>::new()
+    );
     assert_eq!(ids(&env, doc! {"items.k": "c"}).await, list(&[4]));
     assert_eq!(ids(&env, doc! {"items.0.q": 5}).await, list(&[3]));
     assert_eq!(ids(&env, doc! {"tags.1": "c"}).await, list(&[2]));
-    assert_eq!(ids(&env, doc! {"sub.y": {"$exists": true}}).await, list(&[1]));
-    assert_eq!(ids(&env, doc! {"no.such.path": null}).await, list(&[1, 2, 3, 4, 5, 6]));
+    assert_eq!(
+        ids(&env, doc! {"sub.y": {"$exists": true}}).await,
+        list(&[1])
+    );
+    assert_eq!(
+        ids(&env, doc! {"no.such.path": null}).await,
+        list(&[1, 2, 3, 4, 5, 6])
+    );
 }
 
 // Manual: "$expr" — aggregation expressions compare fields of the same document.
@@ -187,7 +258,11 @@ async fn expr_compares_fields() {
         "a missing field is less than any number in $gt"
     );
     assert_eq!(
-        ids(&env, doc! {"$expr": {"$lt": [{"$multiply": ["$spent", 1.1]}, "$budget"]}}).await,
+        ids(
+            &env,
+            doc! {"$expr": {"$lt": [{"$multiply": ["$spent", 1.1]}, "$budget"]}}
+        )
+        .await,
         list(&[1])
     );
 }
@@ -233,7 +308,9 @@ async fn bson_type_order_in_sort() {
     let order: Vec<i32> = sorted.iter().map(|d| d.get_i32("_id").unwrap()).collect();
     assert_eq!(
         order,
-        vec![16, 15, 17, 14, 13, 18, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+        vec![
+            16, 15, 17, 14, 13, 18, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1
+        ]
     );
     // Descending: an array sorts by its largest element.
     let sorted = collect(
@@ -261,7 +338,10 @@ async fn unknown_query_operators_fail() {
         .await;
     assert_eq!(code, 2);
     assert!(
-        reply.get_str("errmsg").unwrap().contains("unknown operator: $bogus"),
+        reply
+            .get_str("errmsg")
+            .unwrap()
+            .contains("unknown operator: $bogus"),
         "{reply}"
     );
     let (code, reply) = env
@@ -275,8 +355,6 @@ async fn unknown_query_operators_fail() {
             .contains("unknown top level operator: $bogus"),
         "{reply}"
     );
-    let (code, _) = env
-        .run_err(doc! {"find": "c", "filter": {"$or": []}})
-        .await;
+    let (code, _) = env.run_err(doc! {"find": "c", "filter": {"$or": []}}).await;
     assert_eq!(code, 2, "$or needs a nonempty array");
 }

@@ -26,7 +26,9 @@ pub struct TestEnv {
 
 /// The real deployment to test against instead of mongo-sim, if any.
 pub fn real_uri() -> Option<String> {
-    std::env::var("MONGODB_URI").ok().filter(|s| !s.trim().is_empty())
+    std::env::var("MONGODB_URI")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// A name unique across tests and test processes (database names are limited to 63 bytes).
@@ -176,6 +178,14 @@ pub fn error_code(err: &Error) -> Option<i32> {
             .or_else(|| e.write_concern_error.as_ref().map(|w| w.code)),
         _ => None,
     }
+}
+
+/// Whether the driver saw the connection fail rather than a server reply.
+pub fn is_network_error(err: &Error) -> bool {
+    matches!(
+        err.kind.as_ref(),
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    )
 }
 
 /// The server's whole reply behind a driver error, for fields the driver does not model.
