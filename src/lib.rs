@@ -5,3 +5,5 @@
 //! Events that cannot be applied yet are parked ([`park`]); see `ARCHITECTURE.md`.
 
 pub mod config;
+pub mod event;
+pub mod projection;
