@@ -162,7 +162,8 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let root: toml::Table = toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("syntax: {e}")]))?;
+        let root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("syntax: {e}")]))?;
         let mut errors = Vec::new();
         let config = read_config(&root, &mut errors);
         if errors.is_empty() {
@@ -200,7 +201,12 @@ pub fn redact_uri(uri: &str) -> String {
         Some(at) => {
             let userinfo = &authority[..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***@{}{}", &uri[..scheme_end + 3], &authority[at + 1..], &rest[authority_end..])
+            format!(
+                "{}{user}:***@{}{}",
+                &uri[..scheme_end + 3],
+                &authority[at + 1..],
+                &rest[authority_end..]
+            )
         }
         None => uri.to_string(),
     }
@@ -216,11 +222,19 @@ struct TableReader<'a> {
 
 impl<'a> TableReader<'a> {
     fn new(table: &'a toml::Table, path: impl Into<String>) -> Self {
-        Self { table, path: path.into(), seen: Vec::new() }
+        Self {
+            table,
+            path: path.into(),
+            seen: Vec::new(),
+        }
     }
 
     fn at(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     fn get(&mut self, key: &'static str) -> Option<&'a toml::Value> {
@@ -236,7 +250,11 @@ impl<'a> TableReader<'a> {
                 None
             }
             other => {
-                errors.push(format!("{}: expected a string, found {}", self.at(key), other.type_str()));
+                errors.push(format!(
+                    "{}: expected a string, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
                 None
             }
         }
@@ -257,13 +275,22 @@ impl<'a> TableReader<'a> {
             None => default,
             Some(toml::Value::Boolean(b)) => *b,
             Some(other) => {
-                errors.push(format!("{}: expected true or false, found {}", self.at(key), other.type_str()));
+                errors.push(format!(
+                    "{}: expected true or false, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
                 default
             }
         }
     }
 
-    fn positive_integer(&mut self, key: &'static str, default: u64, errors: &mut Vec<String>) -> u64 {
+    fn positive_integer(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        errors: &mut Vec<String>,
+    ) -> u64 {
         match self.get(key) {
             None => default,
             Some(toml::Value::Integer(i)) if *i > 0 => *i as u64,
@@ -272,13 +299,22 @@ impl<'a> TableReader<'a> {
                 default
             }
             Some(other) => {
-                errors.push(format!("{}: expected an integer, found {}", self.at(key), other.type_str()));
+                errors.push(format!(
+                    "{}: expected an integer, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
                 default
             }
         }
     }
 
-    fn duration(&mut self, key: &'static str, default: Duration, errors: &mut Vec<String>) -> Duration {
+    fn duration(
+        &mut self,
+        key: &'static str,
+        default: Duration,
+        errors: &mut Vec<String>,
+    ) -> Duration {
         match self.get(key) {
             None => default,
             Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
@@ -288,7 +324,10 @@ impl<'a> TableReader<'a> {
                     default
                 }
                 Err(e) => {
-                    errors.push(format!("{}: not a duration like \"250ms\" or \"5s\": {e}", self.at(key)));
+                    errors.push(format!(
+                        "{}: not a duration like \"250ms\" or \"5s\": {e}",
+                        self.at(key)
+                    ));
                     default
                 }
             },
@@ -307,7 +346,11 @@ impl<'a> TableReader<'a> {
         match self.get(key)? {
             toml::Value::Table(t) => Some(t),
             other => {
-                errors.push(format!("{}: expected a table, found {}", self.at(key), other.type_str()));
+                errors.push(format!(
+                    "{}: expected a table, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
                 None
             }
         }
@@ -320,7 +363,11 @@ impl<'a> TableReader<'a> {
                 let mut known: Vec<&str> = self.seen.clone();
                 known.sort_unstable();
                 known.dedup();
-                errors.push(format!("{}: unknown key (known keys: {})", self.at(key), known.join(", ")));
+                errors.push(format!(
+                    "{}: unknown key (known keys: {})",
+                    self.at(key),
+                    known.join(", ")
+                ));
             }
         }
     }
@@ -334,7 +381,9 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         let mut c = TableReader::new(t, "checkpoints");
         let cfg = CheckpointConfig {
             database: c.string("database", errors),
-            collection: c.string("collection", errors).unwrap_or_else(|| "projector_checkpoints".into()),
+            collection: c
+                .string("collection", errors)
+                .unwrap_or_else(|| "projector_checkpoints".into()),
             every_events: c.positive_integer("every_events", 1000, errors),
             every: c.duration("every", Duration::from_secs(1), errors),
         };
@@ -345,7 +394,9 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         let empty = toml::Table::new();
         let t = r.table("shutdown", errors).unwrap_or(&empty);
         let mut c = TableReader::new(t, "shutdown");
-        let cfg = ShutdownConfig { deadline: c.duration("deadline", Duration::from_secs(10), errors) };
+        let cfg = ShutdownConfig {
+            deadline: c.duration("deadline", Duration::from_secs(10), errors),
+        };
         c.finish(errors);
         cfg
     };
@@ -355,7 +406,11 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         let mut c = TableReader::new(t, "source");
         let cfg = SourceConfig {
             max_await: c.duration("max_await", Duration::from_millis(500), errors),
-            reopen_backoff_initial: c.duration("reopen_backoff_initial", Duration::from_millis(100), errors),
+            reopen_backoff_initial: c.duration(
+                "reopen_backoff_initial",
+                Duration::from_millis(100),
+                errors,
+            ),
             reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
         };
         c.finish(errors);
@@ -363,7 +418,9 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
     };
     let mut projections = Vec::new();
     match r.get("projections") {
-        None => errors.push("projections: missing (at least one [[projections]] is required)".into()),
+        None => {
+            errors.push("projections: missing (at least one [[projections]] is required)".into())
+        }
         Some(toml::Value::Array(items)) => {
             if items.is_empty() {
                 errors.push("projections: at least one projection is required".into());
@@ -372,27 +429,47 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
                 let path = format!("projections[{i}]");
                 match item {
                     toml::Value::Table(t) => projections.push(read_projection(t, &path, errors)),
-                    other => errors.push(format!("{path}: expected a table, found {}", other.type_str())),
+                    other => errors.push(format!(
+                        "{path}: expected a table, found {}",
+                        other.type_str()
+                    )),
                 }
             }
         }
-        Some(other) => errors.push(format!("projections: expected [[projections]] tables, found {}", other.type_str())),
+        Some(other) => errors.push(format!(
+            "projections: expected [[projections]] tables, found {}",
+            other.type_str()
+        )),
     }
     r.finish(errors);
     let mut names = std::collections::HashSet::new();
     for (i, p) in projections.iter().enumerate() {
         if !p.name.is_empty() && !names.insert(p.name.clone()) {
-            errors.push(format!("projections[{i}].name: duplicate projection name {:?}", p.name));
+            errors.push(format!(
+                "projections[{i}].name: duplicate projection name {:?}",
+                p.name
+            ));
         }
     }
-    Config { checkpoints, shutdown, source, projections }
+    Config {
+        checkpoints,
+        shutdown,
+        source,
+        projections,
+    }
 }
 
 fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> ProjectionConfig {
     let mut r = TableReader::new(t, path);
     let name = r.required_string("name", errors);
-    if !name.is_empty() && !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        errors.push(format!("{path}.name: use only letters, digits, '_' and '-' (found {name:?})"));
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        errors.push(format!(
+            "{path}.name: use only letters, digits, '_' and '-' (found {name:?})"
+        ));
     }
     let database = r.required_string("database", errors);
     let events = r.required_string("events", errors);
@@ -405,7 +482,9 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
                 Some(d)
             }
             _ => {
-                errors.push(format!("{path}.filter: expected a table (a $match document)"));
+                errors.push(format!(
+                    "{path}.filter: expected a table (a $match document)"
+                ));
                 None
             }
         },
@@ -417,7 +496,9 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
             let d = EventFields::default();
             let fields = EventFields {
                 aggregate_id: f.string("aggregate_id", errors).unwrap_or(d.aggregate_id),
-                sequence_number: f.string("sequence_number", errors).unwrap_or(d.sequence_number),
+                sequence_number: f
+                    .string("sequence_number", errors)
+                    .unwrap_or(d.sequence_number),
                 event_type: f.string("event_type", errors).unwrap_or(d.event_type),
                 data: f.string("data", errors).unwrap_or(d.data),
                 timestamp: f.string("timestamp", errors).unwrap_or(d.timestamp),
@@ -430,7 +511,9 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         None | Some("now") => StartFrom::Now,
         Some("beginning") => StartFrom::Beginning,
         Some(other) => {
-            errors.push(format!("{path}.start: expected \"now\" or \"beginning\", found {other:?}"));
+            errors.push(format!(
+                "{path}.start: expected \"now\" or \"beginning\", found {other:?}"
+            ));
             StartFrom::Now
         }
     };
@@ -439,16 +522,22 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         None | Some("skip") => UnhandledPolicy::Skip,
         Some("park") => UnhandledPolicy::Park,
         Some(other) => {
-            errors.push(format!("{path}.unhandled_events: expected \"skip\" or \"park\", found {other:?}"));
+            errors.push(format!(
+                "{path}.unhandled_events: expected \"skip\" or \"park\", found {other:?}"
+            ));
             UnhandledPolicy::Skip
         }
     };
     let mut handlers = BTreeMap::new();
     match r.table("handlers", errors) {
-        None => errors.push(format!("{path}.handlers: missing (at least one event type needs a handler)")),
+        None => errors.push(format!(
+            "{path}.handlers: missing (at least one event type needs a handler)"
+        )),
         Some(ht) => {
             if ht.is_empty() {
-                errors.push(format!("{path}.handlers: at least one event type needs a handler"));
+                errors.push(format!(
+                    "{path}.handlers: at least one event type needs a handler"
+                ));
             }
             for (event_type, value) in ht {
                 let hpath = format!("{path}.handlers.{event_type}");
@@ -463,10 +552,14 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         let pt = r.table("parking", errors).unwrap_or(&empty);
         let mut p = TableReader::new(pt, format!("{path}.parking"));
         let cfg = ParkingConfig {
-            collection: p.string("collection", errors).unwrap_or_else(|| format!("{name}_parked")),
+            collection: p
+                .string("collection", errors)
+                .unwrap_or_else(|| format!("{name}_parked")),
             retry_initial: p.duration("retry_initial", Duration::from_millis(500), errors),
             retry_max: p.duration("retry_max", Duration::from_secs(60), errors),
-            max_attempts: p.positive_integer("max_attempts", 20, errors).min(u32::MAX as u64) as u32,
+            max_attempts: p
+                .positive_integer("max_attempts", 20, errors)
+                .min(u32::MAX as u64) as u32,
             max_age: p.duration("max_age", Duration::from_secs(3600), errors),
             sweep_every: p.duration("sweep_every", Duration::from_millis(250), errors),
         };
@@ -475,19 +568,52 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
     };
     r.finish(errors);
     if !events.is_empty() && events == target {
-        errors.push(format!("{path}.target: must differ from the event collection {events:?}"));
+        errors.push(format!(
+            "{path}.target: must differ from the event collection {events:?}"
+        ));
     }
-    ProjectionConfig { name, database, events, target, filter, fields, start, create_index, unhandled, handlers, parking }
+    ProjectionConfig {
+        name,
+        database,
+        events,
+        target,
+        filter,
+        fields,
+        start,
+        create_index,
+        unhandled,
+        handlers,
+        parking,
+    }
 }
 
 /// Update operators a handler may use (manual: "Update Operators").
 const UPDATE_OPERATORS: &[&str] = &[
-    "$set", "$unset", "$inc", "$mul", "$min", "$max", "$rename", "$setOnInsert", "$currentDate",
-    "$push", "$addToSet", "$pull", "$pullAll", "$pop",
+    "$set",
+    "$unset",
+    "$inc",
+    "$mul",
+    "$min",
+    "$max",
+    "$rename",
+    "$setOnInsert",
+    "$currentDate",
+    "$push",
+    "$addToSet",
+    "$pull",
+    "$pullAll",
+    "$pop",
 ];
 
 /// Stages allowed in an update pipeline (manual: "Updates with Aggregation Pipeline").
-const PIPELINE_STAGES: &[&str] = &["$set", "$addFields", "$unset", "$project", "$replaceWith", "$replaceRoot"];
+const PIPELINE_STAGES: &[&str] = &[
+    "$set",
+    "$addFields",
+    "$unset",
+    "$project",
+    "$replaceWith",
+    "$replaceRoot",
+];
 
 /// Fields the daemon owns in every read-model document.
 const RESERVED_FIELDS: &[&str] = &["_id", "lastSequenceNumber"];
@@ -497,7 +623,9 @@ fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Op
         Bson::Document(ops) => {
             let before = errors.len();
             if ops.is_empty() {
-                errors.push(format!("{path}: an update document needs at least one operator"));
+                errors.push(format!(
+                    "{path}: an update document needs at least one operator"
+                ));
             }
             for (op, arg) in &ops {
                 if !UPDATE_OPERATORS.contains(&op.as_str()) {
@@ -514,7 +642,9 @@ fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Op
                 for (field, v) in fields {
                     let root = field.split('.').next().unwrap_or(field);
                     if RESERVED_FIELDS.contains(&root) {
-                        errors.push(format!("{path}.{op}.{field}: {root} is maintained by mongo-projector"));
+                        errors.push(format!(
+                            "{path}.{op}.{field}: {root} is maintained by mongo-projector"
+                        ));
                     }
                     check_placeholders(v, &format!("{path}.{op}.{field}"), errors);
                 }
@@ -525,7 +655,9 @@ fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Op
             let before = errors.len();
             let mut out = Vec::new();
             if stages.is_empty() {
-                errors.push(format!("{path}: an update pipeline needs at least one stage"));
+                errors.push(format!(
+                    "{path}: an update pipeline needs at least one stage"
+                ));
             }
             for (i, stage) in stages.into_iter().enumerate() {
                 match stage {
@@ -539,7 +671,9 @@ fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Op
                         }
                         out.push(d);
                     }
-                    _ => errors.push(format!("{path}[{i}]: each stage must be a table with exactly one stage name")),
+                    _ => errors.push(format!(
+                        "{path}[{i}]: each stage must be a table with exactly one stage name"
+                    )),
                 }
             }
             (errors.len() == before).then_some(Handler::Pipeline(out))
@@ -581,7 +715,9 @@ fn check_placeholders(v: &Bson, path: &str, errors: &mut Vec<String>) {
 pub fn placeholder(s: &str) -> Option<&str> {
     let inner = s.strip_prefix("${")?.strip_suffix('}')?;
     let valid = !inner.is_empty()
-        && inner.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'));
+        && inner
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'));
     valid.then_some(inner)
 }
 
@@ -679,7 +815,10 @@ mod tests {
             "projections[0].handlers.Closed[0]: \"$group\" is not allowed",
         ];
         for e in expect {
-            assert!(errors.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errors:#?}");
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
         }
         assert_eq!(errors.len(), expect.len(), "{errors:#?}");
     }
@@ -697,15 +836,32 @@ mod tests {
             handlers = { A = { "$set" = { a = 1 } } }
         "#;
         let errors = Config::parse(text).unwrap_err().0;
-        assert!(errors.contains(&"checkpoints.every_events: expected an integer, found string".to_string()), "{errors:?}");
-        assert!(errors.contains(&"projections[0].name: expected a string, found integer".to_string()), "{errors:?}");
+        assert!(
+            errors.contains(
+                &"checkpoints.every_events: expected an integer, found string".to_string()
+            ),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"projections[0].name: expected a string, found integer".to_string()),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_uri("mongodb://u:pw@h:1/db?x=1"), "mongodb://u:***@h:1/db?x=1");
-        assert_eq!(redact_uri("mongodb+srv://u:p@w@cluster/"), "mongodb+srv://u:***@cluster/");
-        assert_eq!(redact_uri("mongodb://h:1/?replicaSet=rs0"), "mongodb://h:1/?replicaSet=rs0");
+        assert_eq!(
+            redact_uri("mongodb://u:pw@h:1/db?x=1"),
+            "mongodb://u:***@h:1/db?x=1"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://u:p@w@cluster/"),
+            "mongodb+srv://u:***@cluster/"
+        );
+        assert_eq!(
+            redact_uri("mongodb://h:1/?replicaSet=rs0"),
+            "mongodb://h:1/?replicaSet=rs0"
+        );
     }
 
     #[test]

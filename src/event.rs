@@ -47,7 +47,8 @@ pub struct ChangeEvent {
 /// Decodes one raw change event. `Err` only when not even the resume token can be read
 /// (then the position itself is unknown and the stream must be re-opened).
 pub fn decode_change(raw: &RawDocumentBuf, fields: &EventFields) -> Result<ChangeEvent, String> {
-    let doc = Document::try_from(raw.as_ref()).map_err(|e| format!("change event is not valid BSON: {e}"))?;
+    let doc = Document::try_from(raw.as_ref())
+        .map_err(|e| format!("change event is not valid BSON: {e}"))?;
     let token = match doc.get("_id") {
         Some(id @ Bson::Document(_)) => bson::from_bson::<ResumeToken>(id.clone())
             .map_err(|e| format!("change event has an unreadable resume token: {e}"))?,
@@ -60,25 +61,47 @@ pub fn decode_change(raw: &RawDocumentBuf, fields: &EventFields) -> Result<Chang
     let event = match doc.get_str("operationType") {
         Ok("insert") => match doc.get("fullDocument") {
             Some(Bson::Document(d)) => decode_event(d, fields),
-            _ => Err(Malformed { reason: "insert change event without fullDocument".into(), document: None }),
+            _ => Err(Malformed {
+                reason: "insert change event without fullDocument".into(),
+                document: None,
+            }),
         },
         Ok(other) => Err(Malformed {
             reason: format!("unexpected change event operationType {other:?}"),
             document: None,
         }),
-        Err(_) => Err(Malformed { reason: "change event without operationType".into(), document: None }),
+        Err(_) => Err(Malformed {
+            reason: "change event without operationType".into(),
+            document: None,
+        }),
     };
-    Ok(ChangeEvent { token, cluster_time, event })
+    Ok(ChangeEvent {
+        token,
+        cluster_time,
+        event,
+    })
 }
 
 /// Decodes an event document (from a change event or read back from the event collection).
 pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malformed> {
-    let malformed = |reason: String| Malformed { reason, document: Some(doc.clone()) };
+    let malformed = |reason: String| Malformed {
+        reason,
+        document: Some(doc.clone()),
+    };
     let aggregate_id = match doc.get(&fields.aggregate_id) {
         None => return Err(malformed(format!("missing {}", fields.aggregate_id))),
-        Some(v @ (Bson::String(_) | Bson::ObjectId(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Binary(_))) => {
+        Some(
+            v @ (Bson::String(_)
+            | Bson::ObjectId(_)
+            | Bson::Int32(_)
+            | Bson::Int64(_)
+            | Bson::Binary(_)),
+        ) => {
             if matches!(v, Bson::String(s) if s.is_empty()) {
-                return Err(malformed(format!("{} is an empty string", fields.aggregate_id)));
+                return Err(malformed(format!(
+                    "{} is an empty string",
+                    fields.aggregate_id
+                )));
             }
             v.clone()
         }
@@ -103,12 +126,20 @@ pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malfo
         }
     };
     if sequence < 1 {
-        return Err(malformed(format!("{} is {sequence}; sequences start at 1", fields.sequence_number)));
+        return Err(malformed(format!(
+            "{} is {sequence}; sequences start at 1",
+            fields.sequence_number
+        )));
     }
     let event_type = match doc.get(&fields.event_type) {
         None => return Err(malformed(format!("missing {}", fields.event_type))),
         Some(Bson::String(s)) if !s.is_empty() => s.clone(),
-        Some(Bson::String(_)) => return Err(malformed(format!("{} is an empty string", fields.event_type))),
+        Some(Bson::String(_)) => {
+            return Err(malformed(format!(
+                "{} is an empty string",
+                fields.event_type
+            )));
+        }
         Some(other) => {
             return Err(malformed(format!(
                 "{} has type {:?}; expected a string",
@@ -117,7 +148,12 @@ pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malfo
             )));
         }
     };
-    Ok(Event { aggregate_id, sequence, event_type, document: doc.clone() })
+    Ok(Event {
+        aggregate_id,
+        sequence,
+        event_type,
+        document: doc.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -141,12 +177,30 @@ mod tests {
     #[test]
     fn malformed_events_say_why() {
         let cases = [
-            (doc! {"sequenceNumber": 1, "eventType": "A"}, "missing aggregateId"),
-            (doc! {"aggregateId": null, "sequenceNumber": 1, "eventType": "A"}, "aggregateId has type Null"),
-            (doc! {"aggregateId": "a", "sequenceNumber": "1", "eventType": "A"}, "sequenceNumber has type String"),
-            (doc! {"aggregateId": "a", "sequenceNumber": 0, "eventType": "A"}, "sequenceNumber is 0"),
-            (doc! {"aggregateId": "a", "sequenceNumber": 1}, "missing eventType"),
-            (doc! {"aggregateId": "a", "sequenceNumber": 1, "eventType": 7}, "eventType has type Int32"),
+            (
+                doc! {"sequenceNumber": 1, "eventType": "A"},
+                "missing aggregateId",
+            ),
+            (
+                doc! {"aggregateId": null, "sequenceNumber": 1, "eventType": "A"},
+                "aggregateId has type Null",
+            ),
+            (
+                doc! {"aggregateId": "a", "sequenceNumber": "1", "eventType": "A"},
+                "sequenceNumber has type String",
+            ),
+            (
+                doc! {"aggregateId": "a", "sequenceNumber": 0, "eventType": "A"},
+                "sequenceNumber is 0",
+            ),
+            (
+                doc! {"aggregateId": "a", "sequenceNumber": 1},
+                "missing eventType",
+            ),
+            (
+                doc! {"aggregateId": "a", "sequenceNumber": 1, "eventType": 7},
+                "eventType has type Int32",
+            ),
         ];
         for (d, want) in cases {
             let err = decode_event(&d, &fields()).unwrap_err();
@@ -165,7 +219,13 @@ mod tests {
         })
         .unwrap();
         let change = decode_change(&raw, &fields()).unwrap();
-        assert_eq!(change.cluster_time, Some(Timestamp { time: 5, increment: 1 }));
+        assert_eq!(
+            change.cluster_time,
+            Some(Timestamp {
+                time: 5,
+                increment: 1
+            })
+        );
         assert!(change.event.is_err());
         let raw = RawDocumentBuf::from_document(&doc! {"operationType": "insert"}).unwrap();
         assert!(decode_change(&raw, &fields()).is_err());

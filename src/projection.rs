@@ -67,7 +67,9 @@ pub fn guarded_statement(event: &Event, change: &Change) -> Result<Document, Ren
                 .iter()
                 .map(|s| inline_event(&Bson::Document(s.clone()), &event.document))
                 .collect();
-            rendered.push(Bson::Document(doc! {"$set": {SEQUENCE_FIELD: {"$literal": seq}}}));
+            rendered.push(Bson::Document(
+                doc! {"$set": {SEQUENCE_FIELD: {"$literal": seq}}},
+            ));
             Bson::Array(rendered)
         }
     };
@@ -90,7 +92,11 @@ fn substitute(v: &Bson, event: &Document) -> Result<Bson, RenderError> {
             }
             Bson::Document(out)
         }
-        Bson::Array(a) => Bson::Array(a.iter().map(|v| substitute(v, event)).collect::<Result<_, _>>()?),
+        Bson::Array(a) => Bson::Array(
+            a.iter()
+                .map(|v| substitute(v, event))
+                .collect::<Result<_, _>>()?,
+        ),
         other => other.clone(),
     })
 }
@@ -100,7 +106,8 @@ fn substitute(v: &Bson, event: &Document) -> Result<Bson, RenderError> {
 fn inline_event(v: &Bson, event: &Document) -> Bson {
     match v {
         Bson::String(s) if s == "$$event" => Bson::Document(doc! {"$literal": event.clone()}),
-        Bson::String(s) if s.starts_with("$$event.") => match lookup(event, &s["$$event.".len()..]) {
+        Bson::String(s) if s.starts_with("$$event.") => match lookup(event, &s["$$event.".len()..])
+        {
             Some(value) => Bson::Document(doc! {"$literal": value.clone()}),
             None => Bson::String("$$REMOVE".into()),
         },
@@ -147,7 +154,11 @@ mod tests {
     #[test]
     fn the_first_event_upserts_only_a_document_without_a_sequence() {
         let h = Handler::Operators(doc! {"$set": {"owner": "${data.owner}", "balance": 0i64}});
-        let s = guarded_statement(&event(1, "AccountOpened", doc! {"owner": "ann"}), &Change::Handler(h)).unwrap();
+        let s = guarded_statement(
+            &event(1, "AccountOpened", doc! {"owner": "ann"}),
+            &Change::Handler(h),
+        )
+        .unwrap();
         assert_eq!(
             s,
             doc! {
@@ -161,7 +172,11 @@ mod tests {
     #[test]
     fn later_events_require_their_predecessor_and_never_upsert() {
         let h = Handler::Operators(doc! {"$inc": {"balance": "${data.amount}"}});
-        let s = guarded_statement(&event(5, "Deposited", doc! {"amount": 7i64}), &Change::Handler(h)).unwrap();
+        let s = guarded_statement(
+            &event(5, "Deposited", doc! {"amount": 7i64}),
+            &Change::Handler(h),
+        )
+        .unwrap();
         assert_eq!(
             s,
             doc! {
@@ -174,26 +189,41 @@ mod tests {
 
     #[test]
     fn pipelines_see_the_event_as_literals() {
-        let h = Handler::Pipeline(vec![doc! {"$set": {"balance": {"$subtract": ["$balance", "$$event.data.amount"]}, "note": "$$event.data.missing"}}]);
-        let s = guarded_statement(&event(2, "Withdrawn", doc! {"amount": "$5"}), &Change::Handler(h)).unwrap();
+        let h = Handler::Pipeline(vec![
+            doc! {"$set": {"balance": {"$subtract": ["$balance", "$$event.data.amount"]}, "note": "$$event.data.missing"}},
+        ]);
+        let s = guarded_statement(
+            &event(2, "Withdrawn", doc! {"amount": "$5"}),
+            &Change::Handler(h),
+        )
+        .unwrap();
         let u = s.get_array("u").unwrap();
         assert_eq!(
             u[0],
-            Bson::Document(doc! {"$set": {"balance": {"$subtract": ["$balance", {"$literal": "$5"}]}, "note": "$$REMOVE"}})
+            Bson::Document(
+                doc! {"$set": {"balance": {"$subtract": ["$balance", {"$literal": "$5"}]}, "note": "$$REMOVE"}}
+            )
         );
-        assert_eq!(u[1], Bson::Document(doc! {"$set": {"lastSequenceNumber": {"$literal": 2i64}}}));
+        assert_eq!(
+            u[1],
+            Bson::Document(doc! {"$set": {"lastSequenceNumber": {"$literal": 2i64}}})
+        );
     }
 
     #[test]
     fn a_missing_placeholder_field_is_an_error_not_a_null() {
         let h = Handler::Operators(doc! {"$inc": {"balance": "${data.amount}"}});
-        let err = guarded_statement(&event(2, "Deposited", doc! {}), &Change::Handler(h)).unwrap_err();
+        let err =
+            guarded_statement(&event(2, "Deposited", doc! {}), &Change::Handler(h)).unwrap_err();
         assert_eq!(err.0, "the event has no field data.amount");
     }
 
     #[test]
     fn skipped_event_types_only_advance_the_sequence() {
         let s = guarded_statement(&event(3, "Audited", doc! {}), &Change::AdvanceOnly).unwrap();
-        assert_eq!(s.get_document("u").unwrap(), &doc! {"$set": {"lastSequenceNumber": 3i64}});
+        assert_eq!(
+            s.get_document("u").unwrap(),
+            &doc! {"$set": {"lastSequenceNumber": 3i64}}
+        );
     }
 }
