@@ -5,7 +5,7 @@
 use crate::config::{ProjectionConfig, UnhandledPolicy};
 use crate::error::StoreError;
 use crate::event::{Event, Malformed, decode_event};
-use crate::park::{ParkReason, ParkedStore};
+use crate::park::{ParkReason, ParkedEvent, ParkedStore};
 use crate::projection::{Change, SEQUENCE_FIELD, guarded_statement};
 use crate::stats::ProjectionStats;
 use bson::{Bson, Document, doc};
@@ -392,6 +392,45 @@ impl Applier {
             "event dead-lettered"
         );
         Ok(())
+    }
+
+    /// Operator action: gives up on a parked or dead-lettered event by advancing its
+    /// aggregate's sequence past it without applying its handler, then releases the parked
+    /// events that follow. Only possible when the event is the next one its aggregate needs.
+    pub async fn skip_parked(
+        &self,
+        parked: &ParkedEvent,
+    ) -> Result<Result<(), String>, StoreError> {
+        let event = match decode_event(&parked.event, &self.config.fields) {
+            Ok(e) => e,
+            Err(_) => {
+                // A malformed entry has no place in any sequence: skipping it only acknowledges it.
+                self.parked.remove_entry(&parked.id).await?;
+                return Ok(Ok(()));
+            }
+        };
+        let statement =
+            guarded_statement(&event, &Change::AdvanceOnly).map_err(|e| StoreError::Reply(e.0))?;
+        match self.read_model.apply(&event, &statement).await? {
+            Outcome::Applied | Outcome::Duplicate { .. } => {
+                self.parked.remove_entry(&parked.id).await?;
+                tracing::warn!(
+                    projection = %self.config.name,
+                    aggregate = %event.aggregate_id,
+                    sequence = event.sequence,
+                    "parked event skipped by an operator"
+                );
+                self.release_successors(&event).await?;
+                Ok(Ok(()))
+            }
+            Outcome::Gap { stored } => Ok(Err(format!(
+                "cannot skip sequence {} of {}: the read model is at {stored}; resolve sequence {} first",
+                event.sequence,
+                event.aggregate_id,
+                stored + 1
+            ))),
+            Outcome::Rejected(reason) => Ok(Err(reason)),
+        }
     }
 
     /// Retries parked events whose next attempt is due; dead-letters those past their limits.

@@ -38,6 +38,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// List, retry or skip parked and dead-lettered events.
+    Parked {
+        #[command(subcommand)]
+        action: ParkedAction,
+    },
     /// Run the example domain end to end on an embedded test server.
     Demo {
         #[arg(long, default_value_t = 200)]
@@ -46,6 +51,43 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 4)]
         writers: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct ParkedTarget {
+    #[arg(long)]
+    config: PathBuf,
+    /// The projection whose parked events to act on.
+    #[arg(long)]
+    projection: String,
+    /// Only this aggregate (a string id).
+    #[arg(long)]
+    aggregate: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ParkedAction {
+    /// Show parked and dead-lettered events, oldest first.
+    List {
+        #[command(flatten)]
+        target: ParkedTarget,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Make them due for another attempt now (dead-lettered ones too); a running daemon
+    /// retries them at its next sweep.
+    Retry {
+        #[command(flatten)]
+        target: ParkedTarget,
+    },
+    /// Give up on them: advance each aggregate's sequence past its entry without applying it.
+    Skip {
+        #[command(flatten)]
+        target: ParkedTarget,
+        /// Only the entry with this sequence number.
+        #[arg(long)]
+        sequence: Option<i64>,
     },
 }
 
@@ -98,6 +140,23 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             runtime().block_on(run_daemon(config, uri))
+        }
+        Command::Parked { action } => {
+            init_logging(cli.log_format, "warn");
+            let path = match &action {
+                ParkedAction::List { target, .. }
+                | ParkedAction::Retry { target }
+                | ParkedAction::Skip { target, .. } => target.config.clone(),
+            };
+            let config = match load_config(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!("MONGODB_URI is not set: it must hold the connection string");
+                return ExitCode::from(2);
+            };
+            runtime().block_on(parked(config, uri, action))
         }
         Command::Demo {
             accounts,
@@ -214,4 +273,103 @@ async fn demo(options: DemoOptions) -> ExitCode {
         }
         ExitCode::FAILURE
     }
+}
+
+async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
+    use mongo_projector::apply::Applier;
+    let target = match &action {
+        ParkedAction::List { target, .. }
+        | ParkedAction::Retry { target }
+        | ParkedAction::Skip { target, .. } => target,
+    };
+    let Some(projection) = config.projection(&target.projection) else {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "no projection {:?} in the configuration (known: {})",
+            target.projection,
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let stats = std::sync::Arc::new(mongo_projector::stats::ProjectionStats::default());
+    let applier = Applier::new(
+        std::sync::Arc::new(projection.clone()),
+        &client.database(&projection.database),
+        stats,
+    );
+    let aggregate = target.aggregate.clone().map(bson::Bson::String);
+    let result: Result<ExitCode, mongo_projector::error::StoreError> = async {
+        match &action {
+            ParkedAction::List { limit, .. } => {
+                let entries = applier.parked.list(aggregate.as_ref(), *limit).await?;
+                for e in &entries {
+                    println!(
+                        "{}\t{}\t{}\tattempts={}\tparked={}\t{}",
+                        e.state,
+                        e.reason,
+                        bson::Bson::Document(e.id.clone()),
+                        e.attempts,
+                        e.first_parked_at
+                            .try_to_rfc3339_string()
+                            .unwrap_or_default(),
+                        e.detail
+                    );
+                }
+                println!(
+                    "{} entr{}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ParkedAction::Retry { .. } => {
+                let n = applier.parked.retry_now(aggregate.as_ref()).await?;
+                println!(
+                    "{n} entr{} due for retry now",
+                    if n == 1 { "y is" } else { "ies are" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ParkedAction::Skip { sequence, .. } => {
+                let mut entries = applier.parked.list(aggregate.as_ref(), i64::MAX).await?;
+                if let Some(seq) = sequence {
+                    entries.retain(|e| {
+                        e.id.get("sequenceNumber").and_then(bson::Bson::as_i64) == Some(*seq)
+                    });
+                }
+                entries.sort_by_key(|e| {
+                    e.id.get("sequenceNumber")
+                        .and_then(bson::Bson::as_i64)
+                        .unwrap_or(0)
+                });
+                let mut failed = false;
+                for e in &entries {
+                    match applier.skip_parked(e).await? {
+                        Ok(()) => println!("skipped {}", bson::Bson::Document(e.id.clone())),
+                        Err(why) => {
+                            failed = true;
+                            eprintln!("not skipped {}: {why}", bson::Bson::Document(e.id.clone()));
+                        }
+                    }
+                }
+                Ok(if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }

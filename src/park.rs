@@ -233,6 +233,12 @@ impl ParkedStore {
         Ok(r.deleted_count > 0)
     }
 
+    /// Removes one entry by its `_id`.
+    pub async fn remove_entry(&self, id: &Document) -> Result<bool, StoreError> {
+        let r = self.coll.delete_one(doc! {"_id": id.clone()}).await?;
+        Ok(r.deleted_count > 0)
+    }
+
     /// Parked events whose next attempt is due, oldest first.
     pub async fn due(&self, limit: i64) -> Result<Vec<ParkedEvent>, StoreError> {
         let cursor = self
