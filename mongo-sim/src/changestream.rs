@@ -6,6 +6,9 @@
 //! and the change-streams specification for what the drivers rely on (`postBatchResumeToken`,
 //! error labels, resuming with `resumeAfter`/`startAfter`/`startAtOperationTime`).
 
+// Every handler returns the crate-wide `CommandError`, whose size is fixed by `error.rs`.
+#![allow(clippy::result_large_err)]
+
 use crate::aggregate::Pipeline;
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, ErrorCode, Result};
@@ -260,6 +263,8 @@ impl ChangeStreamCursor {
     fn post_batch_resume_token(&self) -> Document {
         let kind = match self.position.stage {
             Stage::HighWater => TokenKind::HighWaterMark,
+            // A stream closes exactly at its invalidate event.
+            _ if self.closed => TokenKind::Invalidate,
             _ => TokenKind::Event,
         };
         match self.position.stage {
@@ -681,13 +686,13 @@ fn parse_following_stages(stages: &[Bson]) -> Result<Option<Pipeline>> {
         return Ok(None);
     }
     for stage in stages {
-        if let Bson::Document(d) = stage {
-            if d.contains_key(STAGE) {
-                return Err(CommandError::location(
-                    40602,
-                    "$changeStream is only valid as the first stage in a pipeline",
-                ));
-            }
+        if let Bson::Document(d) = stage
+            && d.contains_key(STAGE)
+        {
+            return Err(CommandError::location(
+                40602,
+                "$changeStream is only valid as the first stage in a pipeline",
+            ));
         }
     }
     let pipeline = Pipeline::parse(stages)?;
@@ -1240,9 +1245,10 @@ mod tests {
                 ns: Namespace::new("db", "c"),
             },
         );
-        let (batch, _, closed) = next(&s, &mut cursor, None).await.unwrap();
+        let (batch, pbrt, closed) = next(&s, &mut cursor, None).await.unwrap();
         assert_eq!(op_types(&batch), ["insert", "drop", "invalidate"]);
         assert!(closed);
+        assert_eq!(pbrt, id_of(&batch[2]));
         assert_eq!(batch[2].keys().count(), 4);
         let drop_id = id_of(&batch[1]);
         let invalidate_id = id_of(&batch[2]);

@@ -337,10 +337,10 @@ fn update_diff(before: &Document, after: &Document) -> Document {
                 inserted.insert(k.clone(), new.clone());
             }
             Some(Bson::Document(old)) if matches!(new, Bson::Document(_)) => {
-                if let Bson::Document(new) = new {
-                    if old != new {
-                        nested.insert(format!("s{k}"), update_diff(old, new));
-                    }
+                if let Bson::Document(new) = new
+                    && old != new
+                {
+                    nested.insert(format!("s{k}"), update_diff(old, new));
                 }
             }
             Some(old) if old != new => {
