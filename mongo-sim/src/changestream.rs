@@ -256,6 +256,8 @@ pub struct ChangeStreamCursor {
     position: Point,
     /// Set once an `invalidate` event has been delivered.
     closed: bool,
+    /// The event a `resumeAfter`/`startAfter` token names, until it has been seen in the oplog.
+    resumed_event: Option<Point>,
 }
 
 impl ChangeStreamCursor {
@@ -309,10 +311,44 @@ impl ChangeStreamCursor {
         Ok(())
     }
 
+    /// mongod refuses to resume from an event its stream would not have produced: the entry at
+    /// the token's time must yield that event for this stream (change-streams spec, "Resume
+    /// Process"; the server's "resume token was not found").
+    fn check_resumed_event(&mut self, data: &Data) -> Result<()> {
+        let Some(expected) = self.resumed_event else {
+            return Ok(());
+        };
+        let oplog = &data.oplog;
+        let Some(entry) = oplog.entries().get(oplog.first_at_or_after(expected.ts())) else {
+            // Nothing written at or after the token yet: the check waits for the next entry.
+            return Ok(());
+        };
+        if entry.ts == expected.ts()
+            && self.events_for(entry, data).len() > usize::from(expected.position)
+        {
+            self.resumed_event = None;
+            return Ok(());
+        }
+        let token = ResumeToken {
+            point: expected,
+            kind: TokenKind::Event,
+        }
+        .encode();
+        Err(CommandError::new(
+            error::CHANGE_STREAM_FATAL_ERROR,
+            format!(
+                "cannot resume stream; the resume token was not found. {{_data: \"{}\"}}",
+                token.get_str("_data").unwrap_or_default()
+            ),
+        )
+        .with_label("NonResumableChangeStreamError"))
+    }
+
     /// Reads events after the position, up to `limit` of them; returns them and advances the
     /// position (to the last event when the batch is full, else to the newest cluster time).
     fn scan(&mut self, data: &Data, limit: usize) -> Result<Vec<Document>> {
         self.check_history(data)?;
+        self.check_resumed_event(data)?;
         let mut batch = Vec::new();
         if limit == 0 || self.closed {
             return Ok(batch);
@@ -760,6 +796,7 @@ fn open_cursor(
         pipeline: following,
         position,
         closed: false,
+        resumed_event: (position.stage == Stage::Event).then_some(position),
     };
     let batch = cursor.scan(&data, batch_size)?;
     Ok((cursor, batch))
@@ -1232,6 +1269,51 @@ mod tests {
         let err = next(&s, &mut cursor, None).await.unwrap_err();
         assert_eq!(err.code, 286);
         assert_eq!(err.labels, ["NonResumableChangeStreamError"]);
+    }
+
+    #[test]
+    fn resuming_from_an_event_this_stream_never_had_is_fatal() {
+        let s = shared(100);
+        let (_, _) = watch_coll(&s, doc! {});
+        let start = s.data.lock().oplog.tick();
+        write(&s, insert("db", "other", 1));
+        let (_, theirs) = open_on(
+            &s,
+            "db",
+            "other".into(),
+            doc! {"startAtOperationTime": start},
+            None,
+        )
+        .unwrap();
+        write(&s, insert("db", "c", 1));
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"resumeAfter": id_of(&theirs[0])},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 280);
+        assert!(
+            err.errmsg
+                .starts_with("cannot resume stream; the resume token was not found.")
+        );
+        assert_eq!(err.labels, ["NonResumableChangeStreamError"]);
+        let (_, db_events) = open_on(
+            &s,
+            "db",
+            1.into(),
+            doc! {"resumeAfter": id_of(&theirs[0])},
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            op_types(&db_events),
+            ["insert"],
+            "the database stream did see that event"
+        );
     }
 
     #[tokio::test]
