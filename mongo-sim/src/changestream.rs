@@ -476,12 +476,17 @@ impl ChangeStreamCursor {
                 }
                 events
             }
-            OplogOp::Rename { from, to } if self.scope.covers(from) => {
+            // A rename concerns a stream when it moves a watched collection away or overwrites
+            // one; a collection stream is invalidated by either, when the rename ran in its
+            // database (mongod's change_stream_filter_helpers.cpp).
+            OplogOp::Rename { from, to } if self.scope.covers(from) || self.scope.covers(to) => {
                 let mut events = vec![RawEvent::new(
                     "rename",
                     doc! {"ns": ns_doc(from), "to": ns_doc(to)},
                 )];
-                if matches!(self.scope, Scope::Collection(_)) {
+                if let Scope::Collection(watched) = &self.scope
+                    && watched.db == from.db
+                {
                     events.push(RawEvent::invalidate());
                 }
                 events
@@ -1399,6 +1404,29 @@ mod tests {
         let (batch, _, closed) = next(&s, &mut db, None).await.unwrap();
         assert_eq!(op_types(&batch), ["rename"]);
         assert!(!closed);
+    }
+
+    #[tokio::test]
+    async fn renaming_over_the_watched_collection_invalidates_it() {
+        let s = shared(100);
+        let (mut coll, _) = watch_coll(&s, doc! {});
+        let (mut other_db, _) = open_on(&s, "elsewhere", 1.into(), doc! {}, None).unwrap();
+        write(
+            &s,
+            OplogOp::Rename {
+                from: Namespace::new("db", "tmp"),
+                to: Namespace::new("db", "c"),
+            },
+        );
+        let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["rename", "invalidate"]);
+        assert_eq!(
+            batch[0].get_document("ns").unwrap(),
+            &doc! {"db": "db", "coll": "tmp"}
+        );
+        assert!(closed);
+        let (batch, _, _) = next(&s, &mut other_db, None).await.unwrap();
+        assert!(batch.is_empty());
     }
 
     #[tokio::test]
