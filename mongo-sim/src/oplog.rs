@@ -243,6 +243,17 @@ impl Oplog {
     pub fn as_documents(&self) -> Vec<Document> {
         self.entries.iter().map(OplogEntry::to_document).collect()
     }
+
+    /// The oldest retained entry as a `local.oplog.rs` document, without converting the rest
+    /// (`find` with `sort: {$natural: 1}, limit: 1`, how clients learn the oplog window).
+    pub fn oldest_document(&self) -> Option<Document> {
+        self.entries.front().map(OplogEntry::to_document)
+    }
+
+    /// The newest entry as a `local.oplog.rs` document (`sort: {$natural: -1}, limit: 1`).
+    pub fn newest_document(&self) -> Option<Document> {
+        self.entries.back().map(OplogEntry::to_document)
+    }
 }
 
 impl OplogEntry {
@@ -400,6 +411,17 @@ mod tests {
         assert_eq!(oplog.truncated_through(), Some(first));
         assert_eq!(oplog.oldest_ts(), Some(second));
         assert_eq!(oplog.entries()[0].seq, 2);
+        let oldest = oplog.oldest_document().unwrap();
+        assert_eq!(oldest.get_timestamp("ts").unwrap(), second);
+        assert_eq!(Some(oldest), oplog.as_documents().into_iter().next());
+        assert_eq!(
+            oplog
+                .newest_document()
+                .unwrap()
+                .get_timestamp("ts")
+                .unwrap(),
+            oplog.last_ts()
+        );
     }
 
     #[test]
