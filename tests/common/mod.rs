@@ -45,7 +45,11 @@ impl TestEnv {
 
     async fn with_oplog(name: &str, capacity: Option<usize>) -> TestEnv {
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
-        let db_name = format!("t_{}_{}_{n}", name.chars().take(30).collect::<String>(), std::process::id());
+        let db_name = format!(
+            "t_{}_{}_{n}",
+            name.chars().take(30).collect::<String>(),
+            std::process::id()
+        );
         let (uri, server) = match std::env::var("MONGODB_URI") {
             Ok(uri) => (uri, None),
             Err(_) => {
@@ -53,13 +57,20 @@ impl TestEnv {
                 if let Some(c) = capacity {
                     options.oplog_capacity = c;
                 }
-                let server = mongo_sim::MongoSim::start(options).await.expect("start mongo-sim");
+                let server = mongo_sim::MongoSim::start(options)
+                    .await
+                    .expect("start mongo-sim");
                 (server.uri().to_string(), Some(server))
             }
         };
         let client = Client::with_uri_str(&uri).await.expect("client");
         let db = client.database(&db_name);
-        TestEnv { client, db, uri, server }
+        TestEnv {
+            client,
+            db,
+            uri,
+            server,
+        }
     }
 
     /// The example configuration pointed at this test's database.
@@ -98,7 +109,9 @@ pub fn recording_projection(config: &mut Config) {
     for t in ["A", "B"] {
         p.handlers.insert(
             t.to_string(),
-            Handler::Operators(doc! {"$push": {"seen": "${sequenceNumber}"}, "$inc": {"applications": 1i64}}),
+            Handler::Operators(
+                doc! {"$push": {"seen": "${sequenceNumber}"}, "$inc": {"applications": 1i64}},
+            ),
         );
     }
 }
@@ -118,7 +131,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
