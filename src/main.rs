@@ -1,4 +1,375 @@
-fn main() {
-    eprintln!("mongo-projector: not implemented yet");
-    std::process::exit(1);
+//! The `mongo-projector` command: parse arguments, set up logging, hand over to the library.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mongo_projector::config::{Config, redact_uri};
+use mongo_projector::daemon::Daemon;
+use mongo_projector::demo::{DemoOptions, run_demo};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Keeps MongoDB read models in step with an event-sourced event collection"
+)]
+struct Cli {
+    /// Log format: human-readable lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (connection string from MONGODB_URI).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and report every problem.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List, retry or skip parked and dead-lettered events.
+    Parked {
+        #[command(subcommand)]
+        action: ParkedAction,
+    },
+    /// Run the example domain end to end on an embedded test server.
+    Demo {
+        #[arg(long, default_value_t = 200)]
+        accounts: u32,
+        #[arg(long, default_value_t = 5_000)]
+        events: u64,
+        #[arg(long, default_value_t = 4)]
+        writers: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct ParkedTarget {
+    #[arg(long)]
+    config: PathBuf,
+    /// The projection whose parked events to act on.
+    #[arg(long)]
+    projection: String,
+    /// Only this aggregate (a string id).
+    #[arg(long)]
+    aggregate: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ParkedAction {
+    /// Show parked and dead-lettered events, oldest first.
+    List {
+        #[command(flatten)]
+        target: ParkedTarget,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Make them due for another attempt now (dead-lettered ones too); a running daemon
+    /// retries them at its next sweep.
+    Retry {
+        #[command(flatten)]
+        target: ParkedTarget,
+    },
+    /// Give up on them: advance each aggregate's sequence past its entry without applying it.
+    Skip {
+        #[command(flatten)]
+        target: ParkedTarget,
+        /// Only the entry with this sequence number.
+        #[arg(long)]
+        sequence: Option<i64>,
+    },
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            init_logging(cli.log_format, "warn");
+            match load_config(&config) {
+                Ok(c) => {
+                    println!(
+                        "{}: valid ({} projection(s))",
+                        config.display(),
+                        c.projections.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Run { config } => {
+            init_logging(cli.log_format, "info");
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!(
+                    "MONGODB_URI is not set: it must hold the connection string (it is never read from the config file)"
+                );
+                return ExitCode::from(2);
+            };
+            runtime().block_on(run_daemon(config, uri))
+        }
+        Command::Parked { action } => {
+            init_logging(cli.log_format, "warn");
+            let path = match &action {
+                ParkedAction::List { target, .. }
+                | ParkedAction::Retry { target }
+                | ParkedAction::Skip { target, .. } => target.config.clone(),
+            };
+            let config = match load_config(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!("MONGODB_URI is not set: it must hold the connection string");
+                return ExitCode::from(2);
+            };
+            runtime().block_on(parked(config, uri, action))
+        }
+        Command::Demo {
+            accounts,
+            events,
+            writers,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let options = DemoOptions {
+                accounts,
+                events,
+                writers,
+                ..DemoOptions::default()
+            };
+            runtime().block_on(demo(options))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn run_daemon(config: Config, uri: String) -> ExitCode {
+    let shutdown = match mongo_projector::shutdown::install() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(uri = %redact_uri(&uri), projections = config.projections.len(), "starting");
+    let daemon = Daemon::new(&config, &client, &shutdown);
+    let deadline = config.shutdown.deadline;
+    let run = daemon.run();
+    tokio::pin!(run);
+    let report = tokio::select! {
+        report = &mut run => report,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(deadline).await } => {
+            eprintln!("shutdown deadline of {} passed; exiting without a final checkpoint (restart is safe)", humantime::format_duration(deadline));
+            return ExitCode::FAILURE;
+        }
+    };
+    if report.all_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn demo(options: DemoOptions) -> ExitCode {
+    let server = match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot start the embedded test server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("embedded test server at {}", server.uri());
+    let client = match mongodb::Client::with_uri_str(server.uri()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect to the embedded test server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "writing {} events over {} accounts with {} concurrent writers; the daemon is stopped and restarted half-way",
+        options.events, options.accounts, options.writers
+    );
+    let report = match run_demo(&client, &options).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let s = report.first_run + report.second_run;
+    println!("events written:        {}", report.events_written);
+    println!("applied:               {}", s.applied);
+    println!("skipped (no handler):  {}", s.skipped);
+    println!("duplicates absorbed:   {}", s.duplicates);
+    println!("healed from the store: {}", s.healed);
+    println!("parked:                {}", s.parked);
+    println!("released from parking: {}", s.released);
+    println!(
+        "dead-lettered:         {} (malformed: {})",
+        report.dead_lettered_entries, s.malformed
+    );
+    println!("checkpoints written:   {}", s.checkpoints);
+    println!("elapsed:               {:.1?}", report.elapsed);
+    if report.passed() {
+        println!(
+            "OK: all {} accounts equal the in-order fold of their events",
+            report.accounts_checked
+        );
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "FAILED: {} account(s) differ from the in-order fold:",
+            report.mismatches.len()
+        );
+        for m in report.mismatches.iter().take(20) {
+            println!("  {m}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
+    use mongo_projector::apply::Applier;
+    let target = match &action {
+        ParkedAction::List { target, .. }
+        | ParkedAction::Retry { target }
+        | ParkedAction::Skip { target, .. } => target,
+    };
+    let Some(projection) = config.projection(&target.projection) else {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "no projection {:?} in the configuration (known: {})",
+            target.projection,
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let stats = std::sync::Arc::new(mongo_projector::stats::ProjectionStats::default());
+    let applier = Applier::new(
+        std::sync::Arc::new(projection.clone()),
+        &client.database(&projection.database),
+        stats,
+    );
+    let aggregate = target.aggregate.clone().map(bson::Bson::String);
+    let result: Result<ExitCode, mongo_projector::error::StoreError> = async {
+        match &action {
+            ParkedAction::List { limit, .. } => {
+                let entries = applier.parked.list(aggregate.as_ref(), *limit).await?;
+                for e in &entries {
+                    println!(
+                        "{}\t{}\t{}\tattempts={}\tparked={}\t{}",
+                        e.state,
+                        e.reason,
+                        bson::Bson::Document(e.id.clone()),
+                        e.attempts,
+                        e.first_parked_at
+                            .try_to_rfc3339_string()
+                            .unwrap_or_default(),
+                        e.detail
+                    );
+                }
+                println!(
+                    "{} entr{}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ParkedAction::Retry { .. } => {
+                let n = applier.parked.retry_now(aggregate.as_ref()).await?;
+                println!(
+                    "{n} entr{} due for retry now",
+                    if n == 1 { "y is" } else { "ies are" }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ParkedAction::Skip { sequence, .. } => {
+                let mut entries = applier.parked.list(aggregate.as_ref(), i64::MAX).await?;
+                if let Some(seq) = sequence {
+                    entries.retain(|e| {
+                        e.id.get("sequenceNumber").and_then(bson::Bson::as_i64) == Some(*seq)
+                    });
+                }
+                entries.sort_by_key(|e| {
+                    e.id.get("sequenceNumber")
+                        .and_then(bson::Bson::as_i64)
+                        .unwrap_or(0)
+                });
+                let mut failed = false;
+                for e in &entries {
+                    match applier.skip_parked(e).await? {
+                        Ok(()) => println!("skipped {}", bson::Bson::Document(e.id.clone())),
+                        Err(why) => {
+                            failed = true;
+                            eprintln!("not skipped {}: {why}", bson::Bson::Document(e.id.clone()));
+                        }
+                    }
+                }
+                Ok(if failed {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }

@@ -1,15 +1,811 @@
 //! Change streams: `aggregate` with `$changeStream` opens one over a collection, a database
 //! or the cluster; `getMore` reads events from the oplog, waiting for new writes up to
 //! `maxTimeMS`; resume tokens are positions in the oplog.
+//!
+//! Follows the manual's "Change Streams", "Change Events" and "Resume a Change Stream" pages
+//! and the change-streams specification for what the drivers rely on (`postBatchResumeToken`,
+//! error labels, resuming with `resumeAfter`/`startAfter`/`startAtOperationTime`).
 
-use crate::error::{CommandError, Result};
+// Every handler returns the crate-wide `CommandError`, whose size is fixed by `error.rs`.
+#![allow(clippy::result_large_err)]
+
+use crate::aggregate::Pipeline;
+use crate::cursor::{CursorEntry, CursorKind};
+use crate::error::{self, CommandError, ErrorCode, Result};
+use crate::expr::Variables;
+use crate::fields;
+use crate::oplog::{Namespace, OplogEntry, OplogOp, ts_key};
 use crate::state::{CommandContext, Shared};
-use bson::{Bson, Document};
+use crate::storage::Data;
+use bson::{Bson, Document, Timestamp, doc};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The first byte of every resume token this server issues.
+const TOKEN_VERSION: u8 = 1;
+/// Bytes in a decoded token: version, seconds, counter, stage, position, kind.
+const TOKEN_LEN: usize = 13;
+/// mongod's default first batch size for `aggregate`.
+const DEFAULT_BATCH_SIZE: usize = 101;
+/// How long a `getMore` without `maxTimeMS` waits for events (mongod's awaitData default).
+const DEFAULT_AWAIT: Duration = Duration::from_millis(1000);
+
+const ID_MODIFIED: &str = "Encountered an event whose _id field, which contains the resume token, \
+was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume \
+the stream from that point. Only transformations that retain the unmodified _id field are allowed.";
+
+const HISTORY_LOST: &str =
+    "Resume of change stream was not possible, as the resume point may no longer be in the oplog.";
+
+/// Stages that may follow `$changeStream` (manual: "Modify Change Stream Output").
+const ALLOWED_STAGES: &[&str] = &[
+    "$match",
+    "$project",
+    "$addFields",
+    "$set",
+    "$unset",
+    "$replaceRoot",
+    "$replaceWith",
+];
+
+/// Where in a stream a point lies relative to the events of one cluster time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Before every event at this time (`startAtOperationTime`).
+    Before = 0,
+    /// At one event of the entry with this time.
+    Event = 1,
+    /// After every event at this time: a high-water mark.
+    HighWater = 2,
+}
+
+/// A position in stream order; a stream delivers exactly the events after its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Point {
+    time: u32,
+    increment: u32,
+    stage: Stage,
+    /// Index of the event among those one oplog entry yields.
+    position: u16,
+}
+
+impl Point {
+    fn high_water(ts: Timestamp) -> Point {
+        Point {
+            time: ts.time,
+            increment: ts.increment,
+            stage: Stage::HighWater,
+            position: 0,
+        }
+    }
+
+    fn before(ts: Timestamp) -> Point {
+        Point {
+            time: ts.time,
+            increment: ts.increment,
+            stage: Stage::Before,
+            position: 0,
+        }
+    }
+
+    fn event(ts: Timestamp, position: u16) -> Point {
+        Point {
+            time: ts.time,
+            increment: ts.increment,
+            stage: Stage::Event,
+            position,
+        }
+    }
+
+    fn ts(&self) -> Timestamp {
+        Timestamp {
+            time: self.time,
+            increment: self.increment,
+        }
+    }
+}
+
+/// What a resume token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    Event = 0,
+    Invalidate = 1,
+    HighWaterMark = 2,
+}
+
+/// A decoded resume token. Encoded as uppercase hex of fixed length, so that comparing the
+/// `_data` strings compares positions in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ResumeToken {
+    point: Point,
+    kind: TokenKind,
+}
+
+impl ResumeToken {
+    fn high_water(point: Point) -> ResumeToken {
+        ResumeToken {
+            point,
+            kind: TokenKind::HighWaterMark,
+        }
+    }
+
+    fn encode(&self) -> Document {
+        let mut bytes = Vec::with_capacity(TOKEN_LEN);
+        bytes.push(TOKEN_VERSION);
+        bytes.extend_from_slice(&self.point.time.to_be_bytes());
+        bytes.extend_from_slice(&self.point.increment.to_be_bytes());
+        bytes.push(self.point.stage as u8);
+        bytes.extend_from_slice(&self.point.position.to_be_bytes());
+        bytes.push(self.kind as u8);
+        doc! {"_data": hex::encode_upper(bytes)}
+    }
+
+    fn decode(token: &Document) -> Result<ResumeToken> {
+        let data = match token.get("_data") {
+            Some(Bson::String(s)) => s,
+            other => {
+                return Err(CommandError::location(
+                    40647,
+                    format!(
+                        "Bad resume token: _data of missing or of wrong type. Expected string, got {}",
+                        other.map_or("missing", crate::bsontype::type_name)
+                    ),
+                ));
+            }
+        };
+        let bytes = hex::decode(data).map_err(|_| {
+            CommandError::failed_to_parse("resume token string was not a valid hex string")
+        })?;
+        let malformed = || CommandError::failed_to_parse(format!("Bad resume token: {data}"));
+        if bytes.len() != TOKEN_LEN || bytes[0] != TOKEN_VERSION {
+            return Err(malformed());
+        }
+        let u32_at =
+            |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let stage = match bytes[9] {
+            1 => Stage::Event,
+            2 => Stage::HighWater,
+            _ => return Err(malformed()),
+        };
+        let kind = match (bytes[12], stage) {
+            (0, Stage::Event) => TokenKind::Event,
+            (1, Stage::Event) => TokenKind::Invalidate,
+            (2, Stage::HighWater) => TokenKind::HighWaterMark,
+            _ => return Err(malformed()),
+        };
+        Ok(ResumeToken {
+            point: Point {
+                time: u32_at(1),
+                increment: u32_at(5),
+                stage,
+                position: u16::from_be_bytes([bytes[10], bytes[11]]),
+            },
+            kind,
+        })
+    }
+}
+
+/// What a stream watches (manual: "Watch a Collection, Database, or Deployment").
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    Collection(Namespace),
+    Database(String),
+    Cluster,
+}
+
+impl Scope {
+    fn covers(&self, ns: &Namespace) -> bool {
+        match self {
+            Scope::Collection(watched) => watched == ns,
+            Scope::Database(db) => &ns.db == db && !ns.coll.starts_with("system."),
+            Scope::Cluster => !is_internal_db(&ns.db) && !ns.coll.starts_with("system."),
+        }
+    }
+
+    /// The namespace the cursor is registered under, as the driver will name it in `getMore`.
+    fn cursor_ns(&self) -> Namespace {
+        match self {
+            Scope::Collection(ns) => ns.clone(),
+            Scope::Database(db) => Namespace::new(db.clone(), "$cmd.aggregate"),
+            Scope::Cluster => Namespace::new("admin", "$cmd.aggregate"),
+        }
+    }
+}
+
+fn is_internal_db(db: &str) -> bool {
+    matches!(db, "admin" | "config" | "local")
+}
+
+/// One event an oplog entry yields for a scope, before it gets its token.
+struct RawEvent {
+    operation_type: &'static str,
+    /// The fields after `operationType`, `clusterTime` and `wallTime`, in mongod's order.
+    body: Document,
+    invalidates: bool,
+}
+
+impl RawEvent {
+    fn new(operation_type: &'static str, body: Document) -> Self {
+        Self {
+            operation_type,
+            body,
+            invalidates: false,
+        }
+    }
+
+    fn invalidate() -> Self {
+        Self {
+            operation_type: "invalidate",
+            body: Document::new(),
+            invalidates: true,
+        }
+    }
+}
+
+fn ns_doc(ns: &Namespace) -> Document {
+    doc! {"db": ns.db.clone(), "coll": ns.coll.clone()}
+}
 
 /// An open change stream's position and options.
-pub struct ChangeStreamCursor {}
+pub struct ChangeStreamCursor {
+    scope: Scope,
+    update_lookup: bool,
+    /// The stages after `$changeStream`, run on each event.
+    pipeline: Option<Pipeline>,
+    /// Every event up to and including this point has been delivered (or filtered out).
+    position: Point,
+    /// Set once an `invalidate` event has been delivered.
+    closed: bool,
+    /// The event a `resumeAfter`/`startAfter` token names, until it has been seen in the oplog.
+    resumed_event: Option<Point>,
+}
+
+impl ChangeStreamCursor {
+    /// The post-batch resume token for the current position.
+    fn post_batch_resume_token(&self) -> Document {
+        let kind = match self.position.stage {
+            Stage::HighWater => TokenKind::HighWaterMark,
+            // A stream closes exactly at its invalidate event.
+            _ if self.closed => TokenKind::Invalidate,
+            _ => TokenKind::Event,
+        };
+        match self.position.stage {
+            // A `startAtOperationTime` position nothing has been read from: everything before
+            // its time has been "delivered".
+            Stage::Before => {
+                let ts = self.position.ts();
+                let earlier = if ts.increment > 0 {
+                    Timestamp {
+                        time: ts.time,
+                        increment: ts.increment - 1,
+                    }
+                } else {
+                    Timestamp {
+                        time: ts.time.saturating_sub(1),
+                        increment: u32::MAX,
+                    }
+                };
+                ResumeToken::high_water(Point::high_water(earlier)).encode()
+            }
+            _ => ResumeToken {
+                point: self.position,
+                kind,
+            }
+            .encode(),
+        }
+    }
+
+    /// Fails when entries this stream has not read yet were dropped from the oplog.
+    fn check_history(&self, data: &Data) -> Result<()> {
+        let Some(lost) = data.oplog.truncated_through() else {
+            return Ok(());
+        };
+        let lost = ts_key(lost);
+        let here = (self.position.time, self.position.increment);
+        if lost > here || (lost == here && self.position.stage != Stage::HighWater) {
+            return Err(
+                CommandError::new(error::CHANGE_STREAM_HISTORY_LOST, HISTORY_LOST)
+                    .with_label("NonResumableChangeStreamError"),
+            );
+        }
+        Ok(())
+    }
+
+    /// mongod refuses to resume from an event its stream would not have produced: the entry at
+    /// the token's time must yield that event for this stream (change-streams spec, "Resume
+    /// Process"; the server's "resume token was not found").
+    fn check_resumed_event(&mut self, data: &Data) -> Result<()> {
+        let Some(expected) = self.resumed_event else {
+            return Ok(());
+        };
+        let oplog = &data.oplog;
+        let Some(entry) = oplog.entries().get(oplog.first_at_or_after(expected.ts())) else {
+            // Nothing written at or after the token yet: the check waits for the next entry.
+            return Ok(());
+        };
+        if entry.ts == expected.ts()
+            && self.events_for(entry, data).len() > usize::from(expected.position)
+        {
+            self.resumed_event = None;
+            return Ok(());
+        }
+        let token = ResumeToken {
+            point: expected,
+            kind: TokenKind::Event,
+        }
+        .encode();
+        Err(CommandError::new(
+            error::CHANGE_STREAM_FATAL_ERROR,
+            format!(
+                "cannot resume stream; the resume token was not found. {{_data: \"{}\"}}",
+                token.get_str("_data").unwrap_or_default()
+            ),
+        )
+        .with_label("NonResumableChangeStreamError"))
+    }
+
+    /// Reads events after the position, up to `limit` of them; returns them and advances the
+    /// position (to the last event when the batch is full, else to the newest cluster time).
+    fn scan(&mut self, data: &Data, limit: usize) -> Result<Vec<Document>> {
+        self.check_history(data)?;
+        self.check_resumed_event(data)?;
+        let mut batch = Vec::new();
+        if limit == 0 || self.closed {
+            return Ok(batch);
+        }
+        let oplog = &data.oplog;
+        let start = oplog.first_at_or_after(self.position.ts());
+        for entry in oplog.entries().range(start..) {
+            for (index, raw) in self.events_for(entry, data).into_iter().enumerate() {
+                let point = Point::event(entry.ts, index as u16);
+                if point <= self.position {
+                    continue;
+                }
+                self.position = point;
+                let token = ResumeToken {
+                    point,
+                    kind: if raw.invalidates {
+                        TokenKind::Invalidate
+                    } else {
+                        TokenKind::Event
+                    },
+                }
+                .encode();
+                let mut event = doc! {
+                    "_id": token.clone(),
+                    "operationType": raw.operation_type,
+                    "clusterTime": entry.ts,
+                    "wallTime": entry.wall,
+                };
+                event.extend(raw.body);
+                if let Some(event) = self.transform(event, &token, entry.ts)? {
+                    batch.push(event);
+                }
+                if raw.invalidates {
+                    self.closed = true;
+                    return Ok(batch);
+                }
+                if batch.len() >= limit {
+                    return Ok(batch);
+                }
+            }
+        }
+        let newest = Point::high_water(oplog.last_ts());
+        if newest > self.position {
+            self.position = newest;
+        }
+        Ok(batch)
+    }
+
+    /// Runs the user's stages on one event; `None` when they filter it out.
+    fn transform(
+        &self,
+        event: Document,
+        token: &Document,
+        ts: Timestamp,
+    ) -> Result<Option<Document>> {
+        let Some(pipeline) = &self.pipeline else {
+            return Ok(Some(event));
+        };
+        let vars = Variables::new(bson::DateTime::now(), ts);
+        let mut out = pipeline.run(vec![event], &vars)?;
+        let Some(event) = out.pop() else {
+            return Ok(None);
+        };
+        match event.get("_id") {
+            Some(Bson::Document(id)) if id == token => Ok(Some(event)),
+            _ => Err(
+                CommandError::new(error::CHANGE_STREAM_FATAL_ERROR, ID_MODIFIED)
+                    .with_label("NonResumableChangeStreamError"),
+            ),
+        }
+    }
+
+    /// The events `entry` yields for this stream, in order (manual: "Change Events").
+    fn events_for(&self, entry: &OplogEntry, data: &Data) -> Vec<RawEvent> {
+        match &entry.op {
+            OplogOp::Insert { ns, document } if self.scope.covers(ns) => {
+                let key = document
+                    .get("_id")
+                    .map(|id| doc! {"_id": id.clone()})
+                    .unwrap_or_default();
+                vec![RawEvent::new(
+                    "insert",
+                    doc! {"fullDocument": document.clone(), "ns": ns_doc(ns), "documentKey": key},
+                )]
+            }
+            OplogOp::Update {
+                ns,
+                document_key,
+                before,
+                after,
+            } if self.scope.covers(ns) => {
+                let mut body = Document::new();
+                if self.update_lookup {
+                    // `updateLookup` reads the document as it is now, not as the update left it.
+                    let current = data
+                        .lookup_document(ns, document_key)
+                        .map_or(Bson::Null, Bson::Document);
+                    body.insert("fullDocument", current);
+                }
+                body.insert("ns", ns_doc(ns));
+                body.insert("documentKey", document_key.clone());
+                body.insert("updateDescription", update_description(before, after));
+                vec![RawEvent::new("update", body)]
+            }
+            OplogOp::Replace {
+                ns,
+                document_key,
+                document,
+            } if self.scope.covers(ns) => vec![RawEvent::new(
+                "replace",
+                doc! {
+                    "fullDocument": document.clone(),
+                    "ns": ns_doc(ns),
+                    "documentKey": document_key.clone(),
+                },
+            )],
+            OplogOp::Delete { ns, document_key } if self.scope.covers(ns) => vec![RawEvent::new(
+                "delete",
+                doc! {"ns": ns_doc(ns), "documentKey": document_key.clone()},
+            )],
+            OplogOp::Drop { ns } if self.scope.covers(ns) => {
+                let mut events = vec![RawEvent::new("drop", doc! {"ns": ns_doc(ns)})];
+                if matches!(self.scope, Scope::Collection(_)) {
+                    events.push(RawEvent::invalidate());
+                }
+                events
+            }
+            // A rename concerns a stream when it moves a watched collection away or overwrites
+            // one; a collection stream is invalidated by either, when the rename ran in its
+            // database (mongod's change_stream_filter_helpers.cpp).
+            OplogOp::Rename { from, to } if self.scope.covers(from) || self.scope.covers(to) => {
+                let mut events = vec![RawEvent::new(
+                    "rename",
+                    doc! {"ns": ns_doc(from), "to": ns_doc(to)},
+                )];
+                if let Scope::Collection(watched) = &self.scope
+                    && watched.db == from.db
+                {
+                    events.push(RawEvent::invalidate());
+                }
+                events
+            }
+            OplogOp::DropDatabase { db } => match &self.scope {
+                Scope::Database(watched) if watched == db => vec![
+                    RawEvent::new("dropDatabase", doc! {"ns": {"db": db.clone()}}),
+                    RawEvent::invalidate(),
+                ],
+                Scope::Cluster if !is_internal_db(db) => {
+                    vec![RawEvent::new(
+                        "dropDatabase",
+                        doc! {"ns": {"db": db.clone()}},
+                    )]
+                }
+                // A collection stream was already invalidated by its collection's `drop`,
+                // which mongod writes before `dropDatabase`.
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `updateDescription` of an update event: sub-documents present before and after are compared
+/// field by field (reported as dotted paths), anything else that changed is reported whole.
+fn update_description(before: &Document, after: &Document) -> Document {
+    let mut updated = Document::new();
+    let mut removed = Vec::new();
+    diff_documents("", before, after, &mut updated, &mut removed);
+    doc! {
+        "updatedFields": updated,
+        "removedFields": removed,
+        "truncatedArrays": [],
+    }
+}
+
+fn diff_documents(
+    prefix: &str,
+    before: &Document,
+    after: &Document,
+    updated: &mut Document,
+    removed: &mut Vec<Bson>,
+) {
+    for (field, new) in after {
+        let path = format!("{prefix}{field}");
+        match (before.get(field), new) {
+            (Some(Bson::Document(old)), Bson::Document(new)) => {
+                if old != new {
+                    diff_documents(&format!("{path}."), old, new, updated, removed);
+                }
+            }
+            (Some(old), new) if old == new => {}
+            _ => {
+                updated.insert(path, new.clone());
+            }
+        }
+    }
+    for field in before.keys() {
+        if !after.contains_key(field) {
+            removed.push(Bson::String(format!("{prefix}{field}")));
+        }
+    }
+}
+
+/// Where a new stream starts.
+enum StartAt {
+    Now,
+    OperationTime(Timestamp),
+    ResumeAfter(ResumeToken),
+    StartAfter(ResumeToken),
+}
+
+/// The parsed `$changeStream` stage.
+struct Options {
+    start: StartAt,
+    update_lookup: bool,
+    all_changes_for_cluster: bool,
+}
+
+const STAGE: &str = "$changeStream";
+
+fn parse_options(spec: &Document) -> Result<Options> {
+    let mut update_lookup = false;
+    let mut all_changes_for_cluster = false;
+    let mut starts = Vec::new();
+    for (field, value) in spec {
+        match field.as_str() {
+            "fullDocument" => {
+                let Bson::String(mode) = value else {
+                    return Err(fields::wrong_type(STAGE, field, value, "string"));
+                };
+                update_lookup = match mode.as_str() {
+                    "default" => false,
+                    "updateLookup" => true,
+                    // Post-images need changeStreamPreAndPostImages, which is not kept.
+                    "whenAvailable" | "required" => {
+                        return Err(CommandError::not_supported(format!(
+                            "fullDocument: '{mode}' is not supported: post-images are not recorded"
+                        )));
+                    }
+                    _ => return Err(bad_enum(field, mode)),
+                };
+            }
+            "fullDocumentBeforeChange" => {
+                let Bson::String(mode) = value else {
+                    return Err(fields::wrong_type(STAGE, field, value, "string"));
+                };
+                match mode.as_str() {
+                    "off" => {}
+                    "whenAvailable" | "required" => {
+                        return Err(CommandError::not_supported(format!(
+                            "fullDocumentBeforeChange: '{mode}' is not supported: pre-images are not recorded"
+                        )));
+                    }
+                    _ => return Err(bad_enum(field, mode)),
+                }
+            }
+            "resumeAfter" | "startAfter" => {
+                let Bson::Document(token) = value else {
+                    return Err(fields::wrong_type(STAGE, field, value, "object"));
+                };
+                let token = ResumeToken::decode(token)?;
+                starts.push(if field == "resumeAfter" {
+                    StartAt::ResumeAfter(token)
+                } else {
+                    StartAt::StartAfter(token)
+                });
+            }
+            "startAtOperationTime" => {
+                let Bson::Timestamp(ts) = value else {
+                    return Err(fields::wrong_type(STAGE, field, value, "timestamp"));
+                };
+                starts.push(StartAt::OperationTime(*ts));
+            }
+            "allChangesForCluster" => {
+                all_changes_for_cluster = bool_option(field, value)?;
+            }
+            "showExpandedEvents"
+            | "showMigrationEvents"
+            | "showSystemEvents"
+            | "showRawUpdateDescription"
+            | "allowToRunOnConfigDB"
+            | "allowToRunOnSystemNS" => {
+                if bool_option(field, value)? {
+                    return Err(CommandError::not_supported(format!(
+                        "$changeStream option '{field}: true' is not supported"
+                    )));
+                }
+            }
+            _ => {
+                return Err(CommandError::new(
+                    error::UNKNOWN_FIELD,
+                    format!("BSON field '$changeStream.{field}' is an unknown field."),
+                ));
+            }
+        }
+    }
+    if starts.len() > 1 {
+        return Err(CommandError::location(
+            40674,
+            "Only one type of resume option is allowed, but multiple were found.",
+        ));
+    }
+    Ok(Options {
+        start: starts.pop().unwrap_or(StartAt::Now),
+        update_lookup,
+        all_changes_for_cluster,
+    })
+}
+
+fn bool_option(field: &str, value: &Bson) -> Result<bool> {
+    crate::bsontype::as_bool(value).ok_or_else(|| fields::wrong_type(STAGE, field, value, "bool"))
+}
+
+fn bad_enum(field: &str, value: &str) -> CommandError {
+    CommandError::bad_value(format!(
+        "Enumeration value '{value}' for field '$changeStream.{field}' is not a valid value."
+    ))
+}
+
+fn invalid_namespace(errmsg: String) -> CommandError {
+    CommandError::new(error::INVALID_NAMESPACE, errmsg)
+}
+
+/// The stream's scope from the command's target (manual: "Change Streams", availability).
+fn resolve_scope(ctx: &CommandContext, cmd: &Document, cluster: bool) -> Result<Scope> {
+    let db = ctx.db.as_str();
+    let scope = match cmd.get("aggregate") {
+        Some(Bson::String(coll)) => {
+            if cluster {
+                return Err(invalid_namespace(format!(
+                    "A $changeStream with 'allChangesForCluster:true' may only be opened on the \
+                     'admin' database, and with no collection name; found {db}.{coll}"
+                )));
+            }
+            if is_internal_db(db) {
+                return Err(invalid_namespace(format!(
+                    "$changeStream may not be opened on the internal {db} database"
+                )));
+            }
+            if coll.starts_with("system.") {
+                return Err(invalid_namespace(format!(
+                    "$changeStream may not be opened on the internal {db}.{coll} collection"
+                )));
+            }
+            Scope::Collection(Namespace::new(db, coll.clone()))
+        }
+        Some(v) if crate::bsontype::as_i64(v) == Some(1) => {
+            if cluster {
+                if db != "admin" {
+                    return Err(invalid_namespace(format!(
+                        "A $changeStream with 'allChangesForCluster:true' may only be opened on \
+                         the 'admin' database, and with no collection name; found {db}.$cmd.aggregate"
+                    )));
+                }
+                Scope::Cluster
+            } else if is_internal_db(db) {
+                return Err(invalid_namespace(format!(
+                    "$changeStream may not be opened on the internal {db} database"
+                )));
+            } else {
+                Scope::Database(db.to_string())
+            }
+        }
+        _ => {
+            return Err(CommandError::failed_to_parse(
+                "Invalid command format: the 'aggregate' field must specify a collection name or 1",
+            ));
+        }
+    };
+    Ok(scope)
+}
+
+/// The stages after `$changeStream`; only those that transform one event at a time are allowed.
+fn parse_following_stages(stages: &[Bson]) -> Result<Option<Pipeline>> {
+    if stages.is_empty() {
+        return Ok(None);
+    }
+    for stage in stages {
+        if let Bson::Document(d) = stage
+            && d.contains_key(STAGE)
+        {
+            return Err(CommandError::location(
+                40602,
+                "$changeStream is only valid as the first stage in a pipeline",
+            ));
+        }
+    }
+    let pipeline = Pipeline::parse(stages)?;
+    for name in pipeline.stage_names() {
+        if !ALLOWED_STAGES.contains(&name.as_str()) {
+            return Err(CommandError::new(
+                error::ILLEGAL_OPERATION,
+                format!("{name} is not permitted in a $changeStream pipeline"),
+            ));
+        }
+    }
+    Ok(Some(pipeline))
+}
+
+fn first_batch_size(cmd: &Document) -> Result<usize> {
+    let Some(cursor) = fields::opt_document(cmd, "aggregate", "cursor")? else {
+        return Ok(DEFAULT_BATCH_SIZE);
+    };
+    match fields::opt_count(cursor, "aggregate.cursor", "batchSize")? {
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(DEFAULT_BATCH_SIZE),
+    }
+}
+
+/// Parses the command, positions the stream and reads its first batch.
+fn open_cursor(
+    shared: &Shared,
+    ctx: &CommandContext,
+    cmd: &Document,
+    pipeline: &[Bson],
+) -> Result<(ChangeStreamCursor, Vec<Document>)> {
+    let spec = match pipeline.first() {
+        Some(Bson::Document(stage)) => stage.get(STAGE),
+        _ => None,
+    };
+    let Some(Bson::Document(spec)) = spec else {
+        return Err(CommandError::location(
+            50808,
+            "$changeStream stage expects a document as argument",
+        ));
+    };
+    let options = parse_options(spec)?;
+    let scope = resolve_scope(ctx, cmd, options.all_changes_for_cluster)?;
+    let following = parse_following_stages(&pipeline[1..])?;
+    let batch_size = first_batch_size(cmd)?;
+    let data = shared.data.lock();
+    let position = match options.start {
+        StartAt::Now => Point::high_water(data.oplog.last_ts()),
+        StartAt::OperationTime(ts) => Point::before(ts),
+        StartAt::ResumeAfter(token) => {
+            if token.kind == TokenKind::Invalidate {
+                return Err(CommandError::new(
+                    error::INVALID_RESUME_TOKEN,
+                    "Attempting to resume a change stream using 'resumeAfter' is not allowed \
+                     from an invalidate notification.",
+                ));
+            }
+            token.point
+        }
+        StartAt::StartAfter(token) => token.point,
+    };
+    let mut cursor = ChangeStreamCursor {
+        scope,
+        update_lookup: options.update_lookup,
+        pipeline: following,
+        position,
+        closed: false,
+        resumed_event: (position.stage == Stage::Event).then_some(position),
+    };
+    let batch = cursor.scan(&data, batch_size)?;
+    Ok((cursor, batch))
+}
 
 /// Opens a change stream for `aggregate` whose first stage is `$changeStream`; returns the
 /// full command reply body (`cursor: {firstBatch, id, ns, postBatchResumeToken}`).
@@ -19,34 +815,943 @@ pub fn open(
     cmd: &Document,
     pipeline: &[Bson],
 ) -> Result<Document> {
-    let _ = (shared, ctx, cmd, pipeline);
-    Err(CommandError::not_supported(
-        "change streams are not implemented yet",
-    ))
+    let (cursor, batch) = open_cursor(shared, ctx, cmd, pipeline)?;
+    let ns = cursor.scope.cursor_ns();
+    let token = cursor.post_batch_resume_token();
+    let id = if cursor.closed {
+        0
+    } else {
+        shared.cursors.lock().register(CursorEntry {
+            ns: ns.clone(),
+            kind: CursorKind::ChangeStream(Box::new(cursor)),
+        })
+    };
+    Ok(doc! {
+        "cursor": {
+            "firstBatch": batch,
+            "postBatchResumeToken": token,
+            "id": id,
+            "ns": ns.to_string(),
+        }
+    })
 }
 
 /// One `getMore` on a change stream: the batch, the post-batch resume token, and whether the
 /// cursor is now closed (after `invalidate`).
+///
+/// With nothing to return it waits for the oplog to grow, up to `max_time` (awaitData), and
+/// returns as soon as an event is available.
 pub async fn get_more(
     shared: &Arc<Shared>,
     cursor: &mut ChangeStreamCursor,
     batch_size: Option<usize>,
     max_time: Option<Duration>,
 ) -> Result<(Vec<Document>, Document, bool)> {
-    let _ = (shared, cursor, batch_size, max_time);
-    Err(CommandError::not_supported(
-        "change streams are not implemented yet",
-    ))
+    let limit = match batch_size {
+        None | Some(0) => usize::MAX,
+        Some(n) => n,
+    };
+    let deadline = Instant::now() + max_time.unwrap_or(DEFAULT_AWAIT);
+    // Subscribing before reading means a write landing after the read still wakes us.
+    let mut head = shared.subscribe_oplog();
+    loop {
+        head.borrow_and_update();
+        let batch = {
+            let data = shared.data.lock();
+            cursor.scan(&data, limit)?
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !batch.is_empty() || cursor.closed || remaining.is_zero() {
+            return Ok((batch, cursor.post_batch_resume_token(), cursor.closed));
+        }
+        match tokio::time::timeout(remaining, head.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok((batch, cursor.post_batch_resume_token(), false)),
+        }
+    }
 }
 
 /// `replSetGetStatus`: one PRIMARY member, with the oplog's first and last optimes.
+///
+/// The oldest retained entry is not part of mongod's reply; clients read it from
+/// `local.oplog.rs`.
 pub fn repl_set_get_status(
     shared: &Shared,
     ctx: &CommandContext,
     cmd: &Document,
 ) -> Result<Document> {
-    let _ = (shared, ctx, cmd);
-    Err(CommandError::not_supported(
-        "replSetGetStatus is not implemented yet",
-    ))
+    let _ = cmd;
+    if ctx.db != "admin" {
+        return Err(CommandError::new(
+            ErrorCode {
+                code: 13,
+                name: "Unauthorized",
+            },
+            "replSetGetStatus may only be run against the admin database",
+        ));
+    }
+    let (last_ts, last_wall) = {
+        let data = shared.data.lock();
+        let oplog = &data.oplog;
+        let wall = oplog
+            .entries()
+            .back()
+            .map_or_else(bson::DateTime::now, |e| e.wall);
+        (oplog.last_ts(), wall)
+    };
+    let now = std::time::SystemTime::now();
+    let uptime = shared.started.elapsed();
+    let elected = now.checked_sub(uptime).unwrap_or(now);
+    let elected_secs = elected
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let election_time = Timestamp {
+        time: u32::try_from(elected_secs).unwrap_or(u32::MAX),
+        increment: 1,
+    };
+    let optime = doc! {"ts": last_ts, "t": 1i64};
+    let optime_date = bson::DateTime::from_millis(i64::from(last_ts.time) * 1000);
+    Ok(doc! {
+        "set": shared.options.replica_set.clone(),
+        "date": bson::DateTime::from_system_time(now),
+        "myState": 1,
+        "term": 1i64,
+        "syncSourceHost": "",
+        "syncSourceId": -1,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": 1,
+        "writeMajorityCount": 1,
+        "votingMembersCount": 1,
+        "writableVotingMembersCount": 1,
+        "optimes": {
+            "lastCommittedOpTime": optime.clone(),
+            "lastCommittedWallTime": last_wall,
+            "readConcernMajorityOpTime": optime.clone(),
+            "appliedOpTime": optime.clone(),
+            "durableOpTime": optime.clone(),
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+        },
+        "members": [{
+            "_id": 0,
+            "name": shared.host.clone(),
+            "health": 1.0,
+            "state": 1,
+            "stateStr": "PRIMARY",
+            "uptime": i32::try_from(uptime.as_secs()).unwrap_or(i32::MAX),
+            "optime": optime,
+            "optimeDate": optime_date,
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+            "syncSourceHost": "",
+            "syncSourceId": -1,
+            "infoMessage": "",
+            "electionTime": election_time,
+            "electionDate": bson::DateTime::from_system_time(elected),
+            "configVersion": 1,
+            "configTerm": 1,
+            "self": true,
+            "lastHeartbeatMessage": "",
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ServerOptions;
+
+    fn shared(capacity: usize) -> Arc<Shared> {
+        let options = ServerOptions {
+            oplog_capacity: capacity,
+            ..ServerOptions::default()
+        };
+        Arc::new(Shared::new(options, "127.0.0.1:27017".to_string()))
+    }
+
+    fn ctx(db: &str) -> CommandContext {
+        CommandContext {
+            db: db.to_string(),
+            ..CommandContext::default()
+        }
+    }
+
+    fn write(shared: &Shared, op: OplogOp) -> Timestamp {
+        let ts = shared.data.lock().oplog.record(op, None);
+        shared.publish_oplog_head();
+        ts
+    }
+
+    fn insert(db: &str, coll: &str, id: i32) -> OplogOp {
+        OplogOp::Insert {
+            ns: Namespace::new(db, coll),
+            document: doc! {"_id": id, "x": id},
+        }
+    }
+
+    fn open_on(
+        shared: &Shared,
+        db: &str,
+        target: Bson,
+        spec: Document,
+        batch_size: Option<i32>,
+    ) -> Result<(ChangeStreamCursor, Vec<Document>)> {
+        let mut cmd = doc! {"aggregate": target};
+        cmd.insert(
+            "cursor",
+            batch_size.map_or_else(Document::new, |n| doc! {"batchSize": n}),
+        );
+        open_cursor(
+            shared,
+            &ctx(db),
+            &cmd,
+            &[Bson::Document(doc! {STAGE: spec})],
+        )
+    }
+
+    fn watch_coll(shared: &Shared, spec: Document) -> (ChangeStreamCursor, Vec<Document>) {
+        open_on(shared, "db", "c".into(), spec, None).unwrap()
+    }
+
+    fn op_types(events: &[Document]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|e| e.get_str("operationType").unwrap())
+            .collect()
+    }
+
+    fn data_of(d: &Document) -> String {
+        d.get_str("_data").unwrap().to_string()
+    }
+
+    fn id_of(event: &Document) -> Document {
+        event.get_document("_id").unwrap().clone()
+    }
+
+    async fn next(
+        shared: &Arc<Shared>,
+        cursor: &mut ChangeStreamCursor,
+        batch_size: Option<usize>,
+    ) -> Result<(Vec<Document>, Document, bool)> {
+        get_more(shared, cursor, batch_size, Some(Duration::ZERO)).await
+    }
+
+    fn ts(time: u32, increment: u32) -> Timestamp {
+        Timestamp { time, increment }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_sort_as_strings_in_stream_order() {
+        let in_order = [
+            ResumeToken {
+                point: Point::event(ts(5, 1), 0),
+                kind: TokenKind::Event,
+            },
+            ResumeToken {
+                point: Point::event(ts(5, 1), 1),
+                kind: TokenKind::Invalidate,
+            },
+            ResumeToken::high_water(Point::high_water(ts(5, 1))),
+            ResumeToken {
+                point: Point::event(ts(5, 2), 0),
+                kind: TokenKind::Event,
+            },
+            ResumeToken::high_water(Point::high_water(ts(6, 0))),
+            ResumeToken {
+                point: Point::event(ts(300, 1), 0),
+                kind: TokenKind::Event,
+            },
+        ];
+        let encoded: Vec<String> = in_order.iter().map(|t| data_of(&t.encode())).collect();
+        for pair in encoded.windows(2) {
+            assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);
+        }
+        for (token, data) in in_order.iter().zip(&encoded) {
+            assert_eq!(data, &data.to_uppercase());
+            assert_eq!(ResumeToken::decode(&doc! {"_data": data}).unwrap(), *token);
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        let missing = ResumeToken::decode(&doc! {"x": 1}).unwrap_err();
+        assert_eq!(missing.code, 40647);
+        let not_hex = ResumeToken::decode(&doc! {"_data": "ZZ"}).unwrap_err();
+        assert_eq!(not_hex.code, error::FAILED_TO_PARSE.code);
+        let short = ResumeToken::decode(&doc! {"_data": "0100"}).unwrap_err();
+        assert_eq!(short.code, error::FAILED_TO_PARSE.code);
+        let s = shared(10);
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"resumeAfter": {"_data": "ZZ"}},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, error::FAILED_TO_PARSE.code);
+    }
+
+    #[tokio::test]
+    async fn a_new_stream_starts_after_the_newest_write() {
+        let s = shared(100);
+        write(&s, insert("db", "c", 1));
+        let (mut cursor, first) = watch_coll(&s, doc! {});
+        assert!(first.is_empty());
+        write(&s, insert("db", "c", 2));
+        let (batch, _, closed) = next(&s, &mut cursor, None).await.unwrap();
+        assert!(!closed);
+        assert_eq!(batch.len(), 1);
+        let event = &batch[0];
+        let keys: Vec<&str> = event.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "_id",
+                "operationType",
+                "clusterTime",
+                "wallTime",
+                "fullDocument",
+                "ns",
+                "documentKey"
+            ]
+        );
+        assert_eq!(
+            event.get_document("fullDocument").unwrap(),
+            &doc! {"_id": 2, "x": 2}
+        );
+        assert_eq!(
+            event.get_document("ns").unwrap(),
+            &doc! {"db": "db", "coll": "c"}
+        );
+        assert_eq!(event.get_document("documentKey").unwrap(), &doc! {"_id": 2});
+    }
+
+    #[tokio::test]
+    async fn resuming_returns_exactly_the_events_after_the_token() {
+        let s = shared(100);
+        let (_, _) = watch_coll(&s, doc! {});
+        let start = s.data.lock().oplog.last_ts();
+        for i in 1..=3 {
+            write(&s, insert("db", "c", i));
+        }
+        let (_, all) = watch_coll(&s, doc! {"startAtOperationTime": start});
+        assert_eq!(all.len(), 3);
+        let (_, after_first) = watch_coll(&s, doc! {"resumeAfter": id_of(&all[0])});
+        assert_eq!(after_first, all[1..].to_vec());
+        let (_, start_after) = watch_coll(&s, doc! {"startAfter": id_of(&all[1])});
+        assert_eq!(start_after, all[2..].to_vec());
+        let second_ts = all[1].get_timestamp("clusterTime").unwrap();
+        let (_, at) = watch_coll(&s, doc! {"startAtOperationTime": second_ts});
+        assert_eq!(at, all[1..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_high_water_mark_resumes_after_everything_it_covers() {
+        let s = shared(100);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        write(&s, insert("db", "c", 1));
+        write(&s, insert("db", "other", 1));
+        let (batch, pbrt, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        // The batch was not cut: the token is a high-water mark past the event.
+        assert!(data_of(&pbrt) > data_of(&id_of(&batch[0])));
+        let newest = s.data.lock().oplog.last_ts();
+        assert_eq!(
+            ResumeToken::decode(&pbrt).unwrap(),
+            ResumeToken::high_water(Point::high_water(newest))
+        );
+        write(&s, insert("db", "c", 2));
+        let (_, resumed) = watch_coll(&s, doc! {"resumeAfter": pbrt});
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(
+            resumed[0].get_document("documentKey").unwrap(),
+            &doc! {"_id": 2}
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_cut_by_batch_size_and_the_token_never_goes_back() {
+        let s = shared(100);
+        let start = s.data.lock().oplog.tick();
+        for i in 1..=5 {
+            write(&s, insert("db", "c", i));
+        }
+        let (mut cursor, first) = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"startAtOperationTime": start},
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(cursor.post_batch_resume_token(), id_of(&first[1]));
+        let (second, pbrt2, _) = next(&s, &mut cursor, Some(2)).await.unwrap();
+        assert_eq!(second.len(), 2);
+        assert_eq!(pbrt2, id_of(&second[1]));
+        let (third, pbrt3, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(third.len(), 1);
+        assert!(data_of(&pbrt3) > data_of(&id_of(&third[0])));
+        let (empty, pbrt4, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(pbrt4, pbrt3);
+        write(&s, insert("db", "elsewhere", 1));
+        let (empty, pbrt5, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert!(empty.is_empty());
+        assert!(
+            data_of(&pbrt5) > data_of(&pbrt4),
+            "an idle stream's token advances"
+        );
+    }
+
+    #[test]
+    fn batch_size_zero_returns_no_events_and_keeps_the_start_position() {
+        let s = shared(100);
+        let start = s.data.lock().oplog.tick();
+        write(&s, insert("db", "c", 1));
+        let (cursor, first) = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"startAtOperationTime": start},
+            Some(0),
+        )
+        .unwrap();
+        assert!(first.is_empty());
+        let (_, resumed) = watch_coll(&s, doc! {"resumeAfter": cursor.post_batch_resume_token()});
+        assert_eq!(resumed.len(), 1);
+    }
+
+    #[test]
+    fn opening_before_truncated_history_is_history_lost() {
+        let s = shared(2);
+        let first = write(&s, insert("db", "c", 1));
+        write(&s, insert("db", "c", 2));
+        let (_, kept) = watch_coll(&s, doc! {"startAtOperationTime": first});
+        assert_eq!(kept.len(), 2, "nothing dropped yet");
+        write(&s, insert("db", "c", 3));
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"startAtOperationTime": first},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 286);
+        assert_eq!(err.code_name, "ChangeStreamHistoryLost");
+        assert_eq!(err.errmsg, HISTORY_LOST);
+        assert_eq!(err.labels, ["NonResumableChangeStreamError"]);
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"resumeAfter": id_of(&kept[0])},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 286, "the resumed event's own entry is gone");
+        let (_, rest) = watch_coll(&s, doc! {"resumeAfter": id_of(&kept[1])});
+        assert_eq!(rest.len(), 1, "resuming after a retained event still works");
+    }
+
+    #[tokio::test]
+    async fn a_get_more_overtaken_by_truncation_is_history_lost() {
+        let s = shared(3);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        for i in 0..3 {
+            write(&s, insert("db", "other", i));
+        }
+        let (none, _, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert!(none.is_empty(), "an idle stream keeps up with the oplog");
+        for i in 0..4 {
+            write(&s, insert("db", "c", i));
+        }
+        let err = next(&s, &mut cursor, None).await.unwrap_err();
+        assert_eq!(err.code, 286);
+        assert_eq!(err.labels, ["NonResumableChangeStreamError"]);
+    }
+
+    #[test]
+    fn resuming_from_an_event_this_stream_never_had_is_fatal() {
+        let s = shared(100);
+        let (_, _) = watch_coll(&s, doc! {});
+        let start = s.data.lock().oplog.tick();
+        write(&s, insert("db", "other", 1));
+        let (_, theirs) = open_on(
+            &s,
+            "db",
+            "other".into(),
+            doc! {"startAtOperationTime": start},
+            None,
+        )
+        .unwrap();
+        write(&s, insert("db", "c", 1));
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"resumeAfter": id_of(&theirs[0])},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 280);
+        assert!(
+            err.errmsg
+                .starts_with("cannot resume stream; the resume token was not found.")
+        );
+        assert_eq!(err.labels, ["NonResumableChangeStreamError"]);
+        let (_, db_events) = open_on(
+            &s,
+            "db",
+            1.into(),
+            doc! {"resumeAfter": id_of(&theirs[0])},
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            op_types(&db_events),
+            ["insert"],
+            "the database stream did see that event"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_collection_invalidates_a_collection_stream() {
+        let s = shared(100);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        write(&s, insert("db", "c", 1));
+        write(
+            &s,
+            OplogOp::Drop {
+                ns: Namespace::new("db", "c"),
+            },
+        );
+        let (batch, pbrt, closed) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["insert", "drop", "invalidate"]);
+        assert!(closed);
+        assert_eq!(pbrt, id_of(&batch[2]));
+        assert_eq!(batch[2].keys().count(), 4);
+        let drop_id = id_of(&batch[1]);
+        let invalidate_id = id_of(&batch[2]);
+        let (_, again) = watch_coll(&s, doc! {"resumeAfter": drop_id});
+        assert_eq!(op_types(&again), ["invalidate"]);
+        let err = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"resumeAfter": invalidate_id.clone()},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 260);
+        write(&s, insert("db", "c", 2));
+        let (_, after) = watch_coll(&s, doc! {"startAfter": invalidate_id});
+        assert_eq!(op_types(&after), ["insert"]);
+    }
+
+    #[test]
+    fn an_invalidate_in_the_first_batch_closes_the_cursor() {
+        let s = shared(100);
+        let start = s.data.lock().oplog.tick();
+        write(
+            &s,
+            OplogOp::Drop {
+                ns: Namespace::new("db", "c"),
+            },
+        );
+        let cmd = doc! {"aggregate": "c", "cursor": {}};
+        let reply = open(
+            &s,
+            &ctx("db"),
+            &cmd,
+            &[Bson::Document(
+                doc! {STAGE: {"startAtOperationTime": start}},
+            )],
+        )
+        .unwrap();
+        let cursor = reply.get_document("cursor").unwrap();
+        assert_eq!(cursor.get_i64("id").unwrap(), 0);
+        assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 2);
+        assert!(s.cursors.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn renaming_away_invalidates_a_collection_stream_only() {
+        let s = shared(100);
+        let (mut coll, _) = watch_coll(&s, doc! {});
+        let (mut db, _) = open_on(&s, "db", 1.into(), doc! {}, None).unwrap();
+        write(
+            &s,
+            OplogOp::Rename {
+                from: Namespace::new("db", "c"),
+                to: Namespace::new("db", "d"),
+            },
+        );
+        let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["rename", "invalidate"]);
+        assert!(closed);
+        assert_eq!(
+            batch[0].get_document("to").unwrap(),
+            &doc! {"db": "db", "coll": "d"}
+        );
+        let (batch, _, closed) = next(&s, &mut db, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["rename"]);
+        assert!(!closed);
+    }
+
+    #[tokio::test]
+    async fn renaming_over_the_watched_collection_invalidates_it() {
+        let s = shared(100);
+        let (mut coll, _) = watch_coll(&s, doc! {});
+        let (mut other_db, _) = open_on(&s, "elsewhere", 1.into(), doc! {}, None).unwrap();
+        write(
+            &s,
+            OplogOp::Rename {
+                from: Namespace::new("db", "tmp"),
+                to: Namespace::new("db", "c"),
+            },
+        );
+        let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["rename", "invalidate"]);
+        assert_eq!(
+            batch[0].get_document("ns").unwrap(),
+            &doc! {"db": "db", "coll": "tmp"}
+        );
+        assert!(closed);
+        let (batch, _, _) = next(&s, &mut other_db, None).await.unwrap();
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drop_database_invalidates_collection_and_database_streams_but_not_the_cluster() {
+        let s = shared(100);
+        write(&s, insert("db", "c", 1));
+        write(&s, insert("db", "d", 1));
+        let (mut coll, _) = watch_coll(&s, doc! {});
+        let (mut db, _) = open_on(&s, "db", 1.into(), doc! {}, None).unwrap();
+        let (mut cluster, _) = open_on(
+            &s,
+            "admin",
+            1.into(),
+            doc! {"allChangesForCluster": true},
+            None,
+        )
+        .unwrap();
+        write(&s, OplogOp::DropDatabase { db: "db".into() });
+        let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["drop", "invalidate"]);
+        assert!(closed);
+        let (batch, _, closed) = next(&s, &mut db, None).await.unwrap();
+        assert_eq!(
+            op_types(&batch),
+            ["drop", "drop", "dropDatabase", "invalidate"]
+        );
+        assert_eq!(batch[2].get_document("ns").unwrap(), &doc! {"db": "db"});
+        assert!(closed);
+        let (batch, _, closed) = next(&s, &mut cluster, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["drop", "drop", "dropDatabase"]);
+        assert!(!closed);
+        write(&s, insert("db", "c", 2));
+        let (batch, _, _) = next(&s, &mut cluster, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["insert"]);
+    }
+
+    #[tokio::test]
+    async fn scopes_see_only_their_namespaces() {
+        let s = shared(100);
+        let (mut db, _) = open_on(&s, "db", 1.into(), doc! {}, None).unwrap();
+        let (mut cluster, _) = open_on(
+            &s,
+            "admin",
+            1.into(),
+            doc! {"allChangesForCluster": true},
+            None,
+        )
+        .unwrap();
+        write(&s, insert("db", "a", 1));
+        write(&s, insert("db", "system.views", 1));
+        write(&s, insert("other", "b", 1));
+        write(&s, insert("admin", "x", 1));
+        write(&s, insert("config", "x", 1));
+        write(&s, insert("local", "x", 1));
+        write(
+            &s,
+            OplogOp::Create {
+                ns: Namespace::new("db", "new"),
+            },
+        );
+        let colls = |events: &[Document]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| e.get_document("ns").unwrap().to_string())
+                .collect()
+        };
+        let (batch, _, _) = next(&s, &mut db, None).await.unwrap();
+        assert_eq!(colls(&batch), [doc! {"db": "db", "coll": "a"}.to_string()]);
+        let (batch, _, _) = next(&s, &mut cluster, None).await.unwrap();
+        assert_eq!(
+            colls(&batch),
+            [
+                doc! {"db": "db", "coll": "a"}.to_string(),
+                doc! {"db": "other", "coll": "b"}.to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn scope_errors_match_mongod() {
+        let s = shared(10);
+        let err = open_on(&s, "admin", 1.into(), doc! {}, None).err().unwrap();
+        assert_eq!(err.code, error::INVALID_NAMESPACE.code);
+        let err = open_on(
+            &s,
+            "db",
+            1.into(),
+            doc! {"allChangesForCluster": true},
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, error::INVALID_NAMESPACE.code);
+        let err = open_on(&s, "db", "system.x".into(), doc! {}, None)
+            .err()
+            .unwrap();
+        assert_eq!(err.code, error::INVALID_NAMESPACE.code);
+    }
+
+    #[test]
+    fn options_are_validated_as_mongod_does() {
+        let s = shared(10);
+        let code = |spec: Document| open_on(&s, "db", "c".into(), spec, None).err().unwrap();
+        let t = doc! {"_data": ResumeToken::high_water(Point::high_water(ts(1, 1))).encode().get_str("_data").unwrap()};
+        let err = code(doc! {"resumeAfter": t.clone(), "startAtOperationTime": ts(1, 1)});
+        assert_eq!(err.code, 40674);
+        assert_eq!(
+            err.errmsg,
+            "Only one type of resume option is allowed, but multiple were found."
+        );
+        assert_eq!(
+            code(doc! {"resumeAfter": t.clone(), "startAfter": t}).code,
+            40674
+        );
+        let err = code(doc! {"bogus": 1});
+        assert_eq!(err.code, 40415);
+        assert_eq!(
+            err.errmsg,
+            "BSON field '$changeStream.bogus' is an unknown field."
+        );
+        assert_eq!(code(doc! {"fullDocument": "whenAvailable"}).code, 115);
+        assert_eq!(code(doc! {"fullDocument": "required"}).code, 115);
+        assert_eq!(code(doc! {"fullDocument": "nope"}).code, 2);
+        assert_eq!(
+            code(doc! {"fullDocumentBeforeChange": "required"}).code,
+            115
+        );
+        assert_eq!(code(doc! {"showExpandedEvents": true}).code, 115);
+        assert_eq!(code(doc! {"resumeAfter": 1}).code, 14);
+        assert!(
+            open_on(
+                &s,
+                "db",
+                "c".into(),
+                doc! {"fullDocumentBeforeChange": "off", "showExpandedEvents": false},
+                None
+            )
+            .is_ok()
+        );
+        let stage_err = |stage: Document| {
+            open_cursor(
+                &s,
+                &ctx("db"),
+                &doc! {"aggregate": "c", "cursor": {}},
+                &[Bson::Document(doc! {STAGE: {}}), Bson::Document(stage)],
+            )
+            .err()
+            .unwrap()
+        };
+        let err = stage_err(doc! {"$group": {"_id": null}});
+        assert_eq!(err.code, 20);
+        assert_eq!(
+            err.errmsg,
+            "$group is not permitted in a $changeStream pipeline"
+        );
+        assert_eq!(stage_err(doc! {STAGE: {}}).code, 40602);
+        let err = open_cursor(
+            &s,
+            &ctx("db"),
+            &doc! {"aggregate": "c"},
+            &[Bson::Document(doc! {STAGE: 1})],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.code, 50808);
+    }
+
+    #[tokio::test]
+    async fn updates_describe_their_changes_and_look_up_on_request() {
+        let s = shared(100);
+        let (mut plain, _) = watch_coll(&s, doc! {});
+        let (mut lookup, _) = watch_coll(&s, doc! {"fullDocument": "updateLookup"});
+        write(
+            &s,
+            OplogOp::Update {
+                ns: Namespace::new("db", "c"),
+                document_key: doc! {"_id": 1},
+                before: doc! {"_id": 1, "a": 1, "n": {"x": 1, "y": {"z": 1}, "gone": 1}, "arr": [1], "s": "same", "old": 1},
+                after: doc! {"_id": 1, "a": 2, "n": {"x": 1, "y": {"z": 2}}, "arr": [1, 2], "s": "same", "added": {"k": 1}},
+            },
+        );
+        let (batch, _, _) = next(&s, &mut plain, None).await.unwrap();
+        let event = &batch[0];
+        assert_eq!(event.get_str("operationType").unwrap(), "update");
+        assert!(!event.contains_key("fullDocument"));
+        assert_eq!(
+            event.get_document("updateDescription").unwrap(),
+            &doc! {
+                "updatedFields": {"a": 2, "n.y.z": 2, "arr": [1, 2], "added": {"k": 1}},
+                "removedFields": ["n.gone", "old"],
+                "truncatedArrays": [],
+            }
+        );
+        let (batch, _, _) = next(&s, &mut lookup, None).await.unwrap();
+        let keys: Vec<&str> = batch[0].keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "_id",
+                "operationType",
+                "clusterTime",
+                "wallTime",
+                "fullDocument",
+                "ns",
+                "documentKey",
+                "updateDescription"
+            ]
+        );
+        // The document is not in storage here, so the lookup finds nothing.
+        assert_eq!(batch[0].get("fullDocument"), Some(&Bson::Null));
+    }
+
+    #[tokio::test]
+    async fn replace_and_delete_events_have_mongod_shape() {
+        let s = shared(100);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        write(
+            &s,
+            OplogOp::Replace {
+                ns: Namespace::new("db", "c"),
+                document_key: doc! {"_id": 1},
+                document: doc! {"_id": 1, "v": 2},
+            },
+        );
+        write(
+            &s,
+            OplogOp::Delete {
+                ns: Namespace::new("db", "c"),
+                document_key: doc! {"_id": 1},
+            },
+        );
+        let (batch, _, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(op_types(&batch), ["replace", "delete"]);
+        assert_eq!(
+            batch[0].get_document("fullDocument").unwrap(),
+            &doc! {"_id": 1, "v": 2}
+        );
+        assert!(!batch[1].contains_key("fullDocument"));
+        assert_eq!(
+            batch[1].get_document("documentKey").unwrap(),
+            &doc! {"_id": 1}
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_get_more_returns_as_soon_as_a_write_arrives() {
+        let s = shared(100);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let result = get_more(&s, &mut cursor, None, Some(Duration::from_secs(60))).await;
+                (result, cursor)
+            })
+        };
+        write(&s, insert("db", "c", 1));
+        let (result, _) = tokio::time::timeout(Duration::from_secs(20), waiter)
+            .await
+            .expect("getMore returned before its maxTimeMS")
+            .unwrap();
+        let (batch, _, closed) = result.unwrap();
+        assert_eq!(op_types(&batch), ["insert"]);
+        assert!(!closed);
+    }
+
+    #[tokio::test]
+    async fn an_idle_get_more_returns_an_empty_batch_after_max_time() {
+        let s = shared(100);
+        let (mut cursor, _) = watch_coll(&s, doc! {});
+        let (batch, pbrt, closed) =
+            get_more(&s, &mut cursor, None, Some(Duration::from_millis(20)))
+                .await
+                .unwrap();
+        assert!(batch.is_empty());
+        assert!(!closed);
+        assert_eq!(
+            ResumeToken::decode(&pbrt).unwrap().kind,
+            TokenKind::HighWaterMark
+        );
+    }
+
+    #[tokio::test]
+    async fn cursors_are_registered_under_the_namespace_get_more_names() {
+        let s = shared(100);
+        let cmd = doc! {"aggregate": 1, "cursor": {}};
+        let reply = open(&s, &ctx("db"), &cmd, &[Bson::Document(doc! {STAGE: {}})]).unwrap();
+        let cursor = reply.get_document("cursor").unwrap();
+        let keys: Vec<&str> = cursor.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["firstBatch", "postBatchResumeToken", "id", "ns"]);
+        assert_eq!(cursor.get_str("ns").unwrap(), "db.$cmd.aggregate");
+        let id = cursor.get_i64("id").unwrap();
+        assert_ne!(id, 0);
+        write(&s, insert("db", "c", 1));
+        let get_more_cmd = doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 0};
+        let reply = crate::cursor::get_more(&s, &ctx("db"), &get_more_cmd)
+            .await
+            .unwrap();
+        let cursor = reply.get_document("cursor").unwrap();
+        assert_eq!(cursor.get_i64("id").unwrap(), id);
+        assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 1);
+        assert!(cursor.get_document("postBatchResumeToken").is_ok());
+    }
+
+    #[test]
+    fn repl_set_get_status_reports_one_primary_on_admin_only() {
+        let s = shared(10);
+        let last = write(&s, insert("db", "c", 1));
+        let err = repl_set_get_status(&s, &ctx("db"), &doc! {"replSetGetStatus": 1}).unwrap_err();
+        assert_eq!(err.code, 13);
+        assert_eq!(err.code_name, "Unauthorized");
+        let reply = repl_set_get_status(&s, &ctx("admin"), &doc! {"replSetGetStatus": 1}).unwrap();
+        assert_eq!(reply.get_str("set").unwrap(), "rs0");
+        assert_eq!(reply.get_i32("myState").unwrap(), 1);
+        let optimes = reply.get_document("optimes").unwrap();
+        assert_eq!(
+            optimes.get_document("appliedOpTime").unwrap(),
+            &doc! {"ts": last, "t": 1i64}
+        );
+        let members = reply.get_array("members").unwrap();
+        assert_eq!(members.len(), 1);
+        let Bson::Document(me) = &members[0] else {
+            panic!("member is a document")
+        };
+        assert_eq!(me.get_str("stateStr").unwrap(), "PRIMARY");
+        assert_eq!(me.get_str("name").unwrap(), "127.0.0.1:27017");
+        assert!(me.get_bool("self").unwrap());
+    }
 }

@@ -133,8 +133,8 @@ pub async fn get_more(
     if entry.ns != ns {
         let belongs = entry.ns.to_string();
         shared.cursors.lock().checkin(id, entry);
-        return Err(CommandError::from_code(
-            13,
+        return Err(CommandError::new(
+            error::UNAUTHORIZED,
             format!(
                 "Requested getMore on namespace '{ns}', but cursor belongs to a different namespace {belongs}"
             ),

@@ -29,6 +29,7 @@ macro_rules! codes {
 codes! {
     INTERNAL_ERROR = 1, "InternalError";
     BAD_VALUE = 2, "BadValue";
+    UNAUTHORIZED = 13, "Unauthorized";
     NO_SUCH_KEY = 4, "NoSuchKey";
     HOST_UNREACHABLE = 6, "HostUnreachable";
     HOST_NOT_FOUND = 7, "HostNotFound";

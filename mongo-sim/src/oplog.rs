@@ -1,8 +1,8 @@
 //! The oplog: every write as an entry stamped with a strictly increasing cluster time, bounded
 //! to a number of entries; resume tokens are positions in it.
 
-use bson::{Binary, Document, Timestamp};
-use std::collections::VecDeque;
+use bson::{Binary, Bson, Document, Timestamp, doc};
+use std::collections::{BTreeMap, VecDeque};
 
 /// `db.collection`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +83,17 @@ pub struct Oplog {
     entries: VecDeque<OplogEntry>,
     next_seq: u64,
     last_ts: Timestamp,
+    /// The cluster time of the newest entry dropped to respect `capacity`: a reader positioned
+    /// before it has lost history.
+    truncated_through: Option<Timestamp>,
+    /// Collections that exist according to the entries written so far, with their UUIDs, so
+    /// that a `dropDatabase` is preceded by one drop per collection as mongod writes it.
+    live: BTreeMap<Namespace, Option<Binary>>,
+}
+
+/// A cluster time as an ordered pair (seconds, counter).
+pub fn ts_key(ts: Timestamp) -> (u32, u32) {
+    (ts.time, ts.increment)
 }
 
 impl Oplog {
@@ -95,6 +106,8 @@ impl Oplog {
                 time: 0,
                 increment: 0,
             },
+            truncated_through: None,
+            live: BTreeMap::new(),
         }
     }
 
@@ -109,7 +122,28 @@ impl Oplog {
     }
 
     /// Records `op` and returns its cluster time.
+    ///
+    /// mongod writes `dropDatabase` as one `drop` entry per collection followed by the
+    /// `dropDatabase` entry (manual: "Change Events", dropDatabase); collections of the database
+    /// not yet dropped by earlier entries get their `drop` entry here, so change streams on
+    /// them are invalidated whichever way the caller records the drop.
     pub fn record(&mut self, op: OplogOp, ui: Option<Binary>) -> Timestamp {
+        if let OplogOp::DropDatabase { db } = &op {
+            let remaining: Vec<(Namespace, Option<Binary>)> = self
+                .live
+                .iter()
+                .filter(|(ns, _)| &ns.db == db)
+                .map(|(ns, ui)| (ns.clone(), ui.clone()))
+                .collect();
+            for (ns, ui) in remaining {
+                self.push(OplogOp::Drop { ns }, ui);
+            }
+        }
+        self.push(op, ui)
+    }
+
+    fn push(&mut self, op: OplogOp, ui: Option<Binary>) -> Timestamp {
+        self.track_collections(&op, &ui);
         let ts = self.tick();
         let entry = OplogEntry {
             seq: self.next_seq,
@@ -121,9 +155,34 @@ impl Oplog {
         self.next_seq += 1;
         self.entries.push_back(entry);
         while self.entries.len() > self.capacity {
-            self.entries.pop_front();
+            if let Some(dropped) = self.entries.pop_front() {
+                self.truncated_through = Some(dropped.ts);
+            }
         }
         ts
+    }
+
+    fn track_collections(&mut self, op: &OplogOp, ui: &Option<Binary>) {
+        match op {
+            OplogOp::Insert { ns, .. }
+            | OplogOp::Update { ns, .. }
+            | OplogOp::Replace { ns, .. }
+            | OplogOp::Delete { ns, .. }
+            | OplogOp::Create { ns } => {
+                let known = self.live.entry(ns.clone()).or_insert(None);
+                if ui.is_some() {
+                    known.clone_from(ui);
+                }
+            }
+            OplogOp::Drop { ns } => {
+                self.live.remove(ns);
+            }
+            OplogOp::Rename { from, to } => {
+                let uuid = self.live.remove(from).flatten().or_else(|| ui.clone());
+                self.live.insert(to.clone(), uuid);
+            }
+            OplogOp::DropDatabase { db } => self.live.retain(|ns, _| &ns.db != db),
+        }
     }
 
     /// Advances the cluster time: seconds since the epoch, then a counter within the second.
@@ -149,12 +208,304 @@ impl Oplog {
     pub fn entries(&self) -> &VecDeque<OplogEntry> {
         &self.entries
     }
+
+    /// The cluster time of the oldest retained entry.
+    pub fn oldest_ts(&self) -> Option<Timestamp> {
+        self.entries.front().map(|e| e.ts)
+    }
+
+    /// The cluster time of the newest entry lost to the capacity bound, if any was.
+    pub fn truncated_through(&self) -> Option<Timestamp> {
+        self.truncated_through
+    }
+
+    /// Index in [`Oplog::entries`] of the first entry whose cluster time is `>= ts`.
+    pub fn first_at_or_after(&self, ts: Timestamp) -> usize {
+        let key = ts_key(ts);
+        self.entries.partition_point(|e| ts_key(e.ts) < key)
+    }
+
+    /// Index in [`Oplog::entries`] of the first entry whose cluster time is `> ts`.
+    pub fn first_after(&self, ts: Timestamp) -> usize {
+        let key = ts_key(ts);
+        self.entries.partition_point(|e| ts_key(e.ts) <= key)
+    }
+
+    /// Index in [`Oplog::entries`] of the first entry whose sequence number is `> seq`.
+    pub fn first_after_seq(&self, seq: u64) -> usize {
+        self.entries.partition_point(|e| e.seq <= seq)
+    }
 }
 
 impl Oplog {
-    /// The retained entries as mongod shows them in `local.oplog.rs` (`ts`, `t`, `op`, `ns`,
-    /// `ui`, `o`, `o2`, `wall`), oldest first.
+    /// The retained entries as mongod shows them in `local.oplog.rs` (`op`, `ns`, `ui`, `o`,
+    /// `o2`, `ts`, `t`, `v`, `wall`), oldest first.
     pub fn as_documents(&self) -> Vec<Document> {
-        Vec::new()
+        self.entries.iter().map(OplogEntry::to_document).collect()
+    }
+
+    /// The oldest retained entry as a `local.oplog.rs` document, without converting the rest
+    /// (`find` with `sort: {$natural: 1}, limit: 1`, how clients learn the oplog window).
+    pub fn oldest_document(&self) -> Option<Document> {
+        self.entries.front().map(OplogEntry::to_document)
+    }
+
+    /// The newest entry as a `local.oplog.rs` document (`sort: {$natural: -1}, limit: 1`).
+    pub fn newest_document(&self) -> Option<Document> {
+        self.entries.back().map(OplogEntry::to_document)
+    }
+}
+
+impl OplogEntry {
+    /// This entry as a `local.oplog.rs` document (manual: "Replica Set Oplog").
+    pub fn to_document(&self) -> Document {
+        let command_ns = |db: &str| format!("{db}.$cmd");
+        let (op, ns, o, o2): (&str, String, Document, Option<Document>) = match &self.op {
+            OplogOp::Insert { ns, document } => {
+                let key = document
+                    .get("_id")
+                    .map(|id| doc! {"_id": id.clone()})
+                    .unwrap_or_default();
+                ("i", ns.to_string(), document.clone(), Some(key))
+            }
+            OplogOp::Update {
+                ns,
+                document_key,
+                before,
+                after,
+            } => (
+                "u",
+                ns.to_string(),
+                doc! {"$v": 2, "diff": update_diff(before, after)},
+                Some(document_key.clone()),
+            ),
+            OplogOp::Replace {
+                ns,
+                document_key,
+                document,
+            } => (
+                "u",
+                ns.to_string(),
+                document.clone(),
+                Some(document_key.clone()),
+            ),
+            OplogOp::Delete { ns, document_key } => {
+                ("d", ns.to_string(), document_key.clone(), None)
+            }
+            OplogOp::Create { ns } => (
+                "c",
+                command_ns(&ns.db),
+                doc! {
+                    "create": ns.coll.clone(),
+                    "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+                },
+                None,
+            ),
+            OplogOp::Drop { ns } => (
+                "c",
+                command_ns(&ns.db),
+                doc! {"drop": ns.coll.clone()},
+                None,
+            ),
+            OplogOp::Rename { from, to } => (
+                "c",
+                command_ns(&from.db),
+                doc! {
+                    "renameCollection": from.to_string(),
+                    "to": to.to_string(),
+                    "stayTemp": false,
+                },
+                None,
+            ),
+            OplogOp::DropDatabase { db } => ("c", command_ns(db), doc! {"dropDatabase": 1}, None),
+        };
+        let mut d = doc! {"op": op, "ns": ns};
+        if let Some(ui) = &self.ui {
+            d.insert("ui", Bson::Binary(ui.clone()));
+        }
+        d.insert("o", o);
+        if let Some(o2) = o2 {
+            d.insert("o2", o2);
+        }
+        d.insert("ts", self.ts);
+        d.insert("t", 1i64);
+        d.insert("v", 2i64);
+        d.insert("wall", self.wall);
+        d
+    }
+}
+
+/// The `$v: 2` oplog diff of an update: `u` changed fields, `i` added fields, `d` removed
+/// fields, `s<field>` a nested diff of a sub-document present on both sides.
+fn update_diff(before: &Document, after: &Document) -> Document {
+    let mut updated = Document::new();
+    let mut inserted = Document::new();
+    let mut deleted = Document::new();
+    let mut nested = Document::new();
+    for (k, new) in after {
+        match before.get(k) {
+            None => {
+                inserted.insert(k.clone(), new.clone());
+            }
+            Some(Bson::Document(old)) if matches!(new, Bson::Document(_)) => {
+                if let Bson::Document(new) = new
+                    && old != new
+                {
+                    nested.insert(format!("s{k}"), update_diff(old, new));
+                }
+            }
+            Some(old) if old != new => {
+                updated.insert(k.clone(), new.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    for k in before.keys() {
+        if !after.contains_key(k) {
+            deleted.insert(k.clone(), false);
+        }
+    }
+    let mut diff = Document::new();
+    if !deleted.is_empty() {
+        diff.insert("d", deleted);
+    }
+    if !updated.is_empty() {
+        diff.insert("u", updated);
+    }
+    if !inserted.is_empty() {
+        diff.insert("i", inserted);
+    }
+    diff.extend(nested);
+    diff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(coll: &str, id: i32) -> OplogOp {
+        OplogOp::Insert {
+            ns: Namespace::new("db", coll),
+            document: doc! {"_id": id},
+        }
+    }
+
+    #[test]
+    fn every_write_gets_a_strictly_increasing_time_and_sequence() {
+        let mut oplog = Oplog::new(10);
+        let a = oplog.record(insert("c", 1), None);
+        let b = oplog.record(insert("c", 2), None);
+        assert!(ts_key(a) < ts_key(b));
+        assert_eq!(oplog.head_seq(), 2);
+        assert_eq!(oplog.last_ts(), b);
+    }
+
+    #[test]
+    fn capacity_drops_the_oldest_and_remembers_what_was_lost() {
+        let mut oplog = Oplog::new(2);
+        let first = oplog.record(insert("c", 1), None);
+        assert_eq!(oplog.truncated_through(), None);
+        let second = oplog.record(insert("c", 2), None);
+        oplog.record(insert("c", 3), None);
+        assert_eq!(oplog.entries().len(), 2);
+        assert_eq!(oplog.truncated_through(), Some(first));
+        assert_eq!(oplog.oldest_ts(), Some(second));
+        assert_eq!(oplog.entries()[0].seq, 2);
+        let oldest = oplog.oldest_document().unwrap();
+        assert_eq!(oldest.get_timestamp("ts").unwrap(), second);
+        assert_eq!(Some(oldest), oplog.as_documents().into_iter().next());
+        assert_eq!(
+            oplog
+                .newest_document()
+                .unwrap()
+                .get_timestamp("ts")
+                .unwrap(),
+            oplog.last_ts()
+        );
+    }
+
+    #[test]
+    fn binary_search_finds_positions_by_time_and_sequence() {
+        let mut oplog = Oplog::new(10);
+        let times: Vec<Timestamp> = (0..5).map(|i| oplog.record(insert("c", i), None)).collect();
+        assert_eq!(oplog.first_at_or_after(times[2]), 2);
+        assert_eq!(oplog.first_after(times[2]), 3);
+        assert_eq!(oplog.first_after(times[4]), 5);
+        assert_eq!(
+            oplog.first_at_or_after(Timestamp {
+                time: 0,
+                increment: 0
+            }),
+            0
+        );
+        assert_eq!(oplog.first_after_seq(3), 3);
+    }
+
+    #[test]
+    fn drop_database_is_preceded_by_a_drop_of_each_remaining_collection() {
+        let mut oplog = Oplog::new(100);
+        oplog.record(insert("a", 1), None);
+        oplog.record(insert("b", 1), None);
+        oplog.record(
+            OplogOp::Drop {
+                ns: Namespace::new("db", "a"),
+            },
+            None,
+        );
+        oplog.record(
+            OplogOp::Insert {
+                ns: Namespace::new("other", "x"),
+                document: doc! {"_id": 1},
+            },
+            None,
+        );
+        oplog.record(OplogOp::DropDatabase { db: "db".into() }, None);
+        let ops: Vec<String> = oplog
+            .as_documents()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{}",
+                    d.get_str("op").unwrap(),
+                    d.get_document("o").unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(ops.len(), 6);
+        assert_eq!(ops[4], "c:{ \"drop\": \"b\" }");
+        assert_eq!(ops[5], "c:{ \"dropDatabase\": 1 }");
+    }
+
+    #[test]
+    fn documents_look_like_local_oplog_rs() {
+        let mut oplog = Oplog::new(10);
+        let ui = Binary {
+            subtype: bson::spec::BinarySubtype::Uuid,
+            bytes: vec![7; 16],
+        };
+        let ts = oplog.record(insert("c", 1), Some(ui.clone()));
+        oplog.record(
+            OplogOp::Update {
+                ns: Namespace::new("db", "c"),
+                document_key: doc! {"_id": 1},
+                before: doc! {"_id": 1, "a": 1, "n": {"x": 1}, "gone": 1},
+                after: doc! {"_id": 1, "a": 2, "n": {"x": 2}, "b": 1},
+            },
+            Some(ui.clone()),
+        );
+        let docs = oplog.as_documents();
+        let i = &docs[0];
+        assert_eq!(i.get_str("op").unwrap(), "i");
+        assert_eq!(i.get_str("ns").unwrap(), "db.c");
+        assert_eq!(i.get("ui"), Some(&Bson::Binary(ui)));
+        assert_eq!(i.get_document("o2").unwrap(), &doc! {"_id": 1});
+        assert_eq!(i.get_timestamp("ts").unwrap(), ts);
+        assert_eq!(i.get_i64("t").unwrap(), 1);
+        assert_eq!(i.get_i64("v").unwrap(), 2);
+        assert!(i.get_datetime("wall").is_ok());
+        assert_eq!(
+            docs[1].get_document("o").unwrap(),
+            &doc! {"$v": 2, "diff": {"d": {"gone": false}, "u": {"a": 2}, "i": {"b": 1}, "sn": {"u": {"x": 2}}}}
+        );
     }
 }

@@ -1,0 +1,99 @@
+//! Checkpoints: per projection, the resume token up to which every event has been applied,
+//! skipped or parked, with its cluster time and a running count. Written with majority write
+//! concern, every N events or T time (whichever first), and from the post-batch resume token
+//! on quiet streams so that an idle projection's token never ages out of the oplog.
+
+use crate::error::StoreError;
+use bson::{Bson, DateTime, Document, Timestamp, doc};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::{ReadConcern, WriteConcern};
+use mongodb::{Collection, Database};
+
+/// A stored position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub token: ResumeToken,
+    pub cluster_time: Option<Timestamp>,
+    /// Events handled (applied, skipped, duplicate, parked) since the projection first started.
+    pub events_handled: i64,
+    pub updated_at: DateTime,
+}
+
+/// The checkpoint collection.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    coll: Collection<Document>,
+}
+
+impl CheckpointStore {
+    pub fn new(db: &Database, collection: &str) -> Self {
+        let options = mongodb::options::CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .read_concern(ReadConcern::majority())
+            .build();
+        Self {
+            coll: db.collection_with_options(collection, options),
+        }
+    }
+
+    pub async fn load(&self, projection: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(d) = self.coll.find_one(doc! {"_id": projection}).await? else {
+            return Ok(None);
+        };
+        let token = match d.get("resumeToken") {
+            Some(t @ Bson::Document(_)) => {
+                bson::from_bson::<ResumeToken>(t.clone()).map_err(|e| {
+                    StoreError::Fatal(format!(
+                        "checkpoint of {projection} has an unreadable resume token: {e}"
+                    ))
+                })?
+            }
+            _ => {
+                return Err(StoreError::Fatal(format!(
+                    "checkpoint of {projection} has no resumeToken"
+                )));
+            }
+        };
+        Ok(Some(Checkpoint {
+            token,
+            cluster_time: d.get_timestamp("clusterTime").ok(),
+            events_handled: match d.get("eventsHandled") {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => *n as i64,
+                _ => 0,
+            },
+            updated_at: d
+                .get_datetime("updatedAt")
+                .copied()
+                .unwrap_or_else(|_| DateTime::now()),
+        }))
+    }
+
+    pub async fn save(&self, projection: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let token = bson::to_bson(&checkpoint.token)
+            .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
+        let mut set = doc! {
+            "resumeToken": token,
+            "eventsHandled": checkpoint.events_handled,
+            "updatedAt": checkpoint.updated_at,
+        };
+        if let Some(ts) = checkpoint.cluster_time {
+            set.insert("clusterTime", ts);
+        }
+        self.coll
+            .update_one(doc! {"_id": projection}, doc! {"$set": set})
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a projection's position (it then starts as configured).
+    pub async fn reset(&self, projection: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .coll
+            .delete_one(doc! {"_id": projection})
+            .await?
+            .deleted_count
+            > 0)
+    }
+}

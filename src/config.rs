@@ -1,0 +1,874 @@
+//! Configuration: a TOML file read once at start-up, validated as a whole.
+//!
+//! Every problem is reported with its path (`projections[0].handlers.Deposited: ...`) and all of
+//! them at once, so that an operator fixes a file in one pass. The connection string never
+//! comes from the file: it is read from `MONGODB_URI` by the caller, and only ever logged
+//! through [`redact_uri`].
+
+use bson::{Bson, Document};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration of one daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub checkpoints: CheckpointConfig,
+    pub shutdown: ShutdownConfig,
+    pub source: SourceConfig,
+    pub projections: Vec<ProjectionConfig>,
+}
+
+/// Where and how often resume tokens are persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointConfig {
+    /// Database of the checkpoint collection; defaults to the first projection's database.
+    pub database: Option<String>,
+    pub collection: String,
+    /// Write a checkpoint at least every this many handled events...
+    pub every_events: u64,
+    /// ...or after this much time with unpersisted progress, whichever comes first.
+    pub every: Duration,
+}
+
+/// How long a graceful stop may take before the daemon gives up draining.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShutdownConfig {
+    pub deadline: Duration,
+}
+
+/// Tailing behaviour shared by all projections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    /// How long one `getMore` waits for new events before returning an empty batch.
+    pub max_await: Duration,
+    /// First and largest delay between attempts to re-open a failed stream.
+    pub reopen_backoff_initial: Duration,
+    pub reopen_backoff_max: Duration,
+}
+
+/// Where a projection starts when it has no checkpoint yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only events written after the first start.
+    Now,
+    /// Every event already in the event collection, then the live stream.
+    Beginning,
+}
+
+/// What to do with an event type that has no handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnhandledPolicy {
+    /// Advance the read model's sequence without changing anything else.
+    Skip,
+    /// Park the event for an operator to look at.
+    Park,
+}
+
+/// Names of the event document's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFields {
+    pub aggregate_id: String,
+    pub sequence_number: String,
+    pub event_type: String,
+    pub data: String,
+    pub timestamp: String,
+}
+
+impl Default for EventFields {
+    fn default() -> Self {
+        Self {
+            aggregate_id: "aggregateId".into(),
+            sequence_number: "sequenceNumber".into(),
+            event_type: "eventType".into(),
+            data: "data".into(),
+            timestamp: "timestamp".into(),
+        }
+    }
+}
+
+/// How one event type changes the read model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handler {
+    /// A document of update operators; string values `"${path}"` are replaced by the value
+    /// at that path of the event document.
+    Operators(Document),
+    /// An update pipeline; the event document is available as `$$event`.
+    Pipeline(Vec<Document>),
+}
+
+/// Parking and dead-lettering of events that cannot be applied yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkingConfig {
+    /// Collection of parked events; defaults to `<projection>_parked`.
+    pub collection: String,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// After this many attempts, or this long parked, an event is dead-lettered.
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    /// How often due parked events are retried.
+    pub sweep_every: Duration,
+}
+
+/// One projection: an event collection folded into one read-model collection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionConfig {
+    pub name: String,
+    pub database: String,
+    /// The event collection.
+    pub events: String,
+    /// The read-model collection (one document per aggregate, `_id` = aggregate id).
+    pub target: String,
+    /// An optional `$match` on event documents (before the change stream prefixes it).
+    pub filter: Option<Document>,
+    pub fields: EventFields,
+    pub start: StartFrom,
+    /// Create the unique `{aggregateId: 1, sequenceNumber: 1}` index when missing.
+    pub create_index: bool,
+    pub unhandled: UnhandledPolicy,
+    pub handlers: BTreeMap<String, Handler>,
+    pub parking: ParkingConfig,
+}
+
+/// Every problem found in a configuration file, each with its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration ({} problem", self.0.len())?;
+        if self.0.len() != 1 {
+            write!(f, "s")?;
+        }
+        write!(f, "):")?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("syntax: {e}")]))?;
+        let mut errors = Vec::new();
+        let config = read_config(&root, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The projection called `name`.
+    pub fn projection(&self, name: &str) -> Option<&ProjectionConfig> {
+        self.projections.iter().find(|p| p.name == name)
+    }
+
+    /// The database holding checkpoints.
+    pub fn checkpoint_database(&self) -> &str {
+        self.checkpoints
+            .database
+            .as_deref()
+            .or_else(|| self.projections.first().map(|p| p.database.as_str()))
+            .unwrap_or("mongo_projector")
+    }
+}
+
+/// `mongodb://user:secret@host` -> `mongodb://user:***@host`: the only form in which a
+/// connection string may be logged.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***@{}{}",
+                &uri[..scheme_end + 3],
+                &authority[at + 1..],
+                &rest[authority_end..]
+            )
+        }
+        None => uri.to_string(),
+    }
+}
+
+/// Reads one TOML table, remembering which keys were consumed so that the rest can be
+/// reported as unknown.
+struct TableReader<'a> {
+    table: &'a toml::Table,
+    path: String,
+    seen: Vec<&'static str>,
+}
+
+impl<'a> TableReader<'a> {
+    fn new(table: &'a toml::Table, path: impl Into<String>) -> Self {
+        Self {
+            table,
+            path: path.into(),
+            seen: Vec::new(),
+        }
+    }
+
+    fn at(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a toml::Value> {
+        self.seen.push(key);
+        self.table.get(key)
+    }
+
+    fn string(&mut self, key: &'static str, errors: &mut Vec<String>) -> Option<String> {
+        match self.get(key)? {
+            toml::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            toml::Value::String(_) => {
+                errors.push(format!("{}: must not be empty", self.at(key)));
+                None
+            }
+            other => {
+                errors.push(format!(
+                    "{}: expected a string, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, key: &'static str, errors: &mut Vec<String>) -> String {
+        if self.table.contains_key(key) {
+            self.string(key, errors).unwrap_or_default()
+        } else {
+            self.seen.push(key);
+            errors.push(format!("{}: missing (required)", self.at(key)));
+            String::new()
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str, default: bool, errors: &mut Vec<String>) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                errors.push(format!(
+                    "{}: expected true or false, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                default
+            }
+        }
+    }
+
+    fn positive_integer(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        errors: &mut Vec<String>,
+    ) -> u64 {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) if *i > 0 => *i as u64,
+            Some(toml::Value::Integer(i)) => {
+                errors.push(format!("{}: must be at least 1, found {i}", self.at(key)));
+                default
+            }
+            Some(other) => {
+                errors.push(format!(
+                    "{}: expected an integer, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                default
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &'static str,
+        default: Duration,
+        errors: &mut Vec<String>,
+    ) -> Duration {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(format!("{}: must be longer than zero", self.at(key)));
+                    default
+                }
+                Err(e) => {
+                    errors.push(format!(
+                        "{}: not a duration like \"250ms\" or \"5s\": {e}",
+                        self.at(key)
+                    ));
+                    default
+                }
+            },
+            Some(other) => {
+                errors.push(format!(
+                    "{}: expected a duration string like \"5s\", found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                default
+            }
+        }
+    }
+
+    fn table(&mut self, key: &'static str, errors: &mut Vec<String>) -> Option<&'a toml::Table> {
+        match self.get(key)? {
+            toml::Value::Table(t) => Some(t),
+            other => {
+                errors.push(format!(
+                    "{}: expected a table, found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                None
+            }
+        }
+    }
+
+    /// Reports every key that no reader asked for.
+    fn finish(self, errors: &mut Vec<String>) {
+        for key in self.table.keys() {
+            if !self.seen.contains(&key.as_str()) {
+                let mut known: Vec<&str> = self.seen.clone();
+                known.sort_unstable();
+                known.dedup();
+                errors.push(format!(
+                    "{}: unknown key (known keys: {})",
+                    self.at(key),
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
+    let mut r = TableReader::new(root, "");
+    let checkpoints = {
+        let empty = toml::Table::new();
+        let t = r.table("checkpoints", errors).unwrap_or(&empty);
+        let mut c = TableReader::new(t, "checkpoints");
+        let cfg = CheckpointConfig {
+            database: c.string("database", errors),
+            collection: c
+                .string("collection", errors)
+                .unwrap_or_else(|| "projector_checkpoints".into()),
+            every_events: c.positive_integer("every_events", 1000, errors),
+            every: c.duration("every", Duration::from_secs(1), errors),
+        };
+        c.finish(errors);
+        cfg
+    };
+    let shutdown = {
+        let empty = toml::Table::new();
+        let t = r.table("shutdown", errors).unwrap_or(&empty);
+        let mut c = TableReader::new(t, "shutdown");
+        let cfg = ShutdownConfig {
+            deadline: c.duration("deadline", Duration::from_secs(10), errors),
+        };
+        c.finish(errors);
+        cfg
+    };
+    let source = {
+        let empty = toml::Table::new();
+        let t = r.table("source", errors).unwrap_or(&empty);
+        let mut c = TableReader::new(t, "source");
+        let cfg = SourceConfig {
+            max_await: c.duration("max_await", Duration::from_millis(500), errors),
+            reopen_backoff_initial: c.duration(
+                "reopen_backoff_initial",
+                Duration::from_millis(100),
+                errors,
+            ),
+            reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
+        };
+        c.finish(errors);
+        cfg
+    };
+    let mut projections = Vec::new();
+    match r.get("projections") {
+        None => {
+            errors.push("projections: missing (at least one [[projections]] is required)".into())
+        }
+        Some(toml::Value::Array(items)) => {
+            if items.is_empty() {
+                errors.push("projections: at least one projection is required".into());
+            }
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("projections[{i}]");
+                match item {
+                    toml::Value::Table(t) => projections.push(read_projection(t, &path, errors)),
+                    other => errors.push(format!(
+                        "{path}: expected a table, found {}",
+                        other.type_str()
+                    )),
+                }
+            }
+        }
+        Some(other) => errors.push(format!(
+            "projections: expected [[projections]] tables, found {}",
+            other.type_str()
+        )),
+    }
+    r.finish(errors);
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in projections.iter().enumerate() {
+        if !p.name.is_empty() && !names.insert(p.name.clone()) {
+            errors.push(format!(
+                "projections[{i}].name: duplicate projection name {:?}",
+                p.name
+            ));
+        }
+    }
+    Config {
+        checkpoints,
+        shutdown,
+        source,
+        projections,
+    }
+}
+
+fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> ProjectionConfig {
+    let mut r = TableReader::new(t, path);
+    let name = r.required_string("name", errors);
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        errors.push(format!(
+            "{path}.name: use only letters, digits, '_' and '-' (found {name:?})"
+        ));
+    }
+    let database = r.required_string("database", errors);
+    let events = r.required_string("events", errors);
+    let target = r.required_string("target", errors);
+    let filter = match r.get("filter") {
+        None => None,
+        Some(v) => match toml_to_bson(v) {
+            Bson::Document(d) => {
+                validate_filter(&d, &format!("{path}.filter"), errors);
+                Some(d)
+            }
+            _ => {
+                errors.push(format!(
+                    "{path}.filter: expected a table (a $match document)"
+                ));
+                None
+            }
+        },
+    };
+    let fields = match r.table("fields", errors) {
+        None => EventFields::default(),
+        Some(ft) => {
+            let mut f = TableReader::new(ft, format!("{path}.fields"));
+            let d = EventFields::default();
+            let fields = EventFields {
+                aggregate_id: f.string("aggregate_id", errors).unwrap_or(d.aggregate_id),
+                sequence_number: f
+                    .string("sequence_number", errors)
+                    .unwrap_or(d.sequence_number),
+                event_type: f.string("event_type", errors).unwrap_or(d.event_type),
+                data: f.string("data", errors).unwrap_or(d.data),
+                timestamp: f.string("timestamp", errors).unwrap_or(d.timestamp),
+            };
+            f.finish(errors);
+            fields
+        }
+    };
+    let start = match r.string("start", errors).as_deref() {
+        None | Some("now") => StartFrom::Now,
+        Some("beginning") => StartFrom::Beginning,
+        Some(other) => {
+            errors.push(format!(
+                "{path}.start: expected \"now\" or \"beginning\", found {other:?}"
+            ));
+            StartFrom::Now
+        }
+    };
+    let create_index = r.boolean("create_index", true, errors);
+    let unhandled = match r.string("unhandled_events", errors).as_deref() {
+        None | Some("skip") => UnhandledPolicy::Skip,
+        Some("park") => UnhandledPolicy::Park,
+        Some(other) => {
+            errors.push(format!(
+                "{path}.unhandled_events: expected \"skip\" or \"park\", found {other:?}"
+            ));
+            UnhandledPolicy::Skip
+        }
+    };
+    let mut handlers = BTreeMap::new();
+    match r.table("handlers", errors) {
+        None => errors.push(format!(
+            "{path}.handlers: missing (at least one event type needs a handler)"
+        )),
+        Some(ht) => {
+            if ht.is_empty() {
+                errors.push(format!(
+                    "{path}.handlers: at least one event type needs a handler"
+                ));
+            }
+            for (event_type, value) in ht {
+                let hpath = format!("{path}.handlers.{event_type}");
+                if let Some(h) = read_handler(value, &hpath, errors) {
+                    handlers.insert(event_type.clone(), h);
+                }
+            }
+        }
+    }
+    let parking = {
+        let empty = toml::Table::new();
+        let pt = r.table("parking", errors).unwrap_or(&empty);
+        let mut p = TableReader::new(pt, format!("{path}.parking"));
+        let cfg = ParkingConfig {
+            collection: p
+                .string("collection", errors)
+                .unwrap_or_else(|| format!("{name}_parked")),
+            retry_initial: p.duration("retry_initial", Duration::from_millis(500), errors),
+            retry_max: p.duration("retry_max", Duration::from_secs(60), errors),
+            max_attempts: p
+                .positive_integer("max_attempts", 20, errors)
+                .min(u32::MAX as u64) as u32,
+            max_age: p.duration("max_age", Duration::from_secs(3600), errors),
+            sweep_every: p.duration("sweep_every", Duration::from_millis(250), errors),
+        };
+        p.finish(errors);
+        cfg
+    };
+    r.finish(errors);
+    if !events.is_empty() && events == target {
+        errors.push(format!(
+            "{path}.target: must differ from the event collection {events:?}"
+        ));
+    }
+    ProjectionConfig {
+        name,
+        database,
+        events,
+        target,
+        filter,
+        fields,
+        start,
+        create_index,
+        unhandled,
+        handlers,
+        parking,
+    }
+}
+
+/// Update operators a handler may use (manual: "Update Operators").
+const UPDATE_OPERATORS: &[&str] = &[
+    "$set",
+    "$unset",
+    "$inc",
+    "$mul",
+    "$min",
+    "$max",
+    "$rename",
+    "$setOnInsert",
+    "$currentDate",
+    "$push",
+    "$addToSet",
+    "$pull",
+    "$pullAll",
+    "$pop",
+];
+
+/// Stages allowed in an update pipeline (manual: "Updates with Aggregation Pipeline").
+const PIPELINE_STAGES: &[&str] = &[
+    "$set",
+    "$addFields",
+    "$unset",
+    "$project",
+    "$replaceWith",
+    "$replaceRoot",
+];
+
+/// Fields the daemon owns in every read-model document.
+const RESERVED_FIELDS: &[&str] = &["_id", "lastSequenceNumber"];
+
+fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Option<Handler> {
+    match toml_to_bson(value) {
+        Bson::Document(ops) => {
+            let before = errors.len();
+            if ops.is_empty() {
+                errors.push(format!(
+                    "{path}: an update document needs at least one operator"
+                ));
+            }
+            for (op, arg) in &ops {
+                if !UPDATE_OPERATORS.contains(&op.as_str()) {
+                    errors.push(format!(
+                        "{path}: {op:?} is not an update operator (expected one of {})",
+                        UPDATE_OPERATORS.join(" ")
+                    ));
+                    continue;
+                }
+                let Bson::Document(fields) = arg else {
+                    errors.push(format!("{path}.{op}: expected a table of fields"));
+                    continue;
+                };
+                for (field, v) in fields {
+                    let root = field.split('.').next().unwrap_or(field);
+                    if RESERVED_FIELDS.contains(&root) {
+                        errors.push(format!(
+                            "{path}.{op}.{field}: {root} is maintained by mongo-projector"
+                        ));
+                    }
+                    check_placeholders(v, &format!("{path}.{op}.{field}"), errors);
+                }
+            }
+            (errors.len() == before).then_some(Handler::Operators(ops))
+        }
+        Bson::Array(stages) => {
+            let before = errors.len();
+            let mut out = Vec::new();
+            if stages.is_empty() {
+                errors.push(format!(
+                    "{path}: an update pipeline needs at least one stage"
+                ));
+            }
+            for (i, stage) in stages.into_iter().enumerate() {
+                match stage {
+                    Bson::Document(d) if d.len() == 1 => {
+                        let name = d.keys().next().cloned().unwrap_or_default();
+                        if !PIPELINE_STAGES.contains(&name.as_str()) {
+                            errors.push(format!(
+                                "{path}[{i}]: {name:?} is not allowed in an update pipeline (expected one of {})",
+                                PIPELINE_STAGES.join(" ")
+                            ));
+                        }
+                        out.push(d);
+                    }
+                    _ => errors.push(format!(
+                        "{path}[{i}]: each stage must be a table with exactly one stage name"
+                    )),
+                }
+            }
+            (errors.len() == before).then_some(Handler::Pipeline(out))
+        }
+        _ => {
+            errors.push(format!(
+                "{path}: expected a table of update operators or an array of pipeline stages"
+            ));
+            None
+        }
+    }
+}
+
+/// A placeholder must be a whole string value `"${path}"`; anything else with `${` is a typo.
+fn check_placeholders(v: &Bson, path: &str, errors: &mut Vec<String>) {
+    match v {
+        Bson::String(s) if s.contains("${") => {
+            if placeholder(s).is_none() {
+                errors.push(format!(
+                    "{path}: {s:?}: a placeholder must be the whole value, like \"${{data.amount}}\""
+                ));
+            }
+        }
+        Bson::Document(d) => {
+            for (k, v) in d {
+                check_placeholders(v, &format!("{path}.{k}"), errors);
+            }
+        }
+        Bson::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                check_placeholders(v, &format!("{path}[{i}]"), errors);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The path inside `"${path}"`, when `s` is exactly one placeholder.
+pub fn placeholder(s: &str) -> Option<&str> {
+    let inner = s.strip_prefix("${")?.strip_suffix('}')?;
+    let valid = !inner.is_empty()
+        && inner
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_'));
+    valid.then_some(inner)
+}
+
+fn validate_filter(d: &Document, path: &str, errors: &mut Vec<String>) {
+    for (k, v) in d {
+        match k.as_str() {
+            "$and" | "$or" | "$nor" => match v {
+                Bson::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Bson::Document(sub) => validate_filter(sub, &format!("{path}.{k}[{i}]"), errors),
+                            _ => errors.push(format!("{path}.{k}[{i}]: expected a table")),
+                        }
+                    }
+                }
+                _ => errors.push(format!("{path}.{k}: expected an array of tables")),
+            },
+            other if other.starts_with('$') => errors.push(format!(
+                "{path}.{other}: only field conditions, $and, $or and $nor are supported in a projection filter"
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// TOML values as BSON: integers become Int64, datetimes become BSON dates where they are
+/// complete, tables keep their key order.
+pub fn toml_to_bson(v: &toml::Value) -> Bson {
+    match v {
+        toml::Value::String(s) => Bson::String(s.clone()),
+        toml::Value::Integer(i) => Bson::Int64(*i),
+        toml::Value::Float(f) => Bson::Double(*f),
+        toml::Value::Boolean(b) => Bson::Boolean(*b),
+        toml::Value::Datetime(d) => match bson::DateTime::parse_rfc3339_str(d.to_string()) {
+            Ok(dt) => Bson::DateTime(dt),
+            Err(_) => Bson::String(d.to_string()),
+        },
+        toml::Value::Array(a) => Bson::Array(a.iter().map(toml_to_bson).collect()),
+        toml::Value::Table(t) => {
+            let mut d = Document::new();
+            for (k, v) in t {
+                d.insert(k.clone(), toml_to_bson(v));
+            }
+            Bson::Document(d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../config/example.toml");
+
+    #[test]
+    fn the_example_configuration_is_valid() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        let p = config.projection("accounts").unwrap();
+        assert_eq!(p.database, "bank");
+        assert_eq!(p.events, "events");
+        assert_eq!(p.target, "accounts");
+        assert!(matches!(p.handlers["Withdrawn"], Handler::Pipeline(_)));
+        assert!(matches!(p.handlers["Deposited"], Handler::Operators(_)));
+        assert_eq!(p.parking.collection, "accounts_parked");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            bogus = 1
+            [checkpoints]
+            every = "soon"
+            [[projections]]
+            name = "a"
+            database = "db"
+            events = "events"
+            target = "events"
+            colour = "blue"
+            start = "yesterday"
+            [projections.handlers]
+            Opened = { "$frobnicate" = { a = 1 } }
+            Moved = { "$set" = { lastSequenceNumber = 3, "x" = "${data.}" } }
+            Closed = [ { "$group" = { _id = 1 } } ]
+        "#;
+        let errors = Config::parse(text).unwrap_err().0;
+        let expect = [
+            "bogus: unknown key",
+            "checkpoints.every: not a duration",
+            "projections[0].colour: unknown key",
+            "projections[0].start: expected \"now\" or \"beginning\"",
+            "projections[0].target: must differ",
+            "projections[0].handlers.Opened: \"$frobnicate\" is not an update operator",
+            "projections[0].handlers.Moved.$set.lastSequenceNumber: lastSequenceNumber is maintained",
+            "projections[0].handlers.Moved.$set.x: \"${data.}\": a placeholder must be the whole value",
+            "projections[0].handlers.Closed[0]: \"$group\" is not allowed",
+        ];
+        for e in expect {
+            assert!(
+                errors.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let text = r#"
+            [checkpoints]
+            every_events = "many"
+            [[projections]]
+            name = 5
+            database = "db"
+            events = "e"
+            target = "t"
+            handlers = { A = { "$set" = { a = 1 } } }
+        "#;
+        let errors = Config::parse(text).unwrap_err().0;
+        assert!(
+            errors.contains(
+                &"checkpoints.every_events: expected an integer, found string".to_string()
+            ),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(&"projections[0].name: expected a string, found integer".to_string()),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_uri("mongodb://u:pw@h:1/db?x=1"),
+            "mongodb://u:***@h:1/db?x=1"
+        );
+        assert_eq!(
+            redact_uri("mongodb+srv://u:p@w@cluster/"),
+            "mongodb+srv://u:***@cluster/"
+        );
+        assert_eq!(
+            redact_uri("mongodb://h:1/?replicaSet=rs0"),
+            "mongodb://h:1/?replicaSet=rs0"
+        );
+    }
+
+    #[test]
+    fn placeholders_must_be_whole_values() {
+        assert_eq!(placeholder("${data.amount}"), Some("data.amount"));
+        assert_eq!(placeholder("${timestamp}"), Some("timestamp"));
+        assert_eq!(placeholder("x${a}"), None);
+        assert_eq!(placeholder("${a..b}"), None);
+    }
+}

@@ -1,0 +1,482 @@
+//! Tailing one projection's event collection: opening the change stream from the stored
+//! checkpoint (or from now, or from the start of the collection), handing each event to the
+//! [`Applier`], checkpointing, re-opening with backoff after errors, and recovering without
+//! loss when the stored token has fallen off the oplog.
+
+use crate::apply::Applier;
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
+use crate::error::{ErrorAction, StoreError};
+use crate::event::{decode_change, decode_event};
+use crate::stats::ProjectionStats;
+use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
+use futures_util::TryStreamExt;
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::{ChangeStreamOptions, IndexOptions};
+use mongodb::{Collection, Database, IndexModel};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Why a projection stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("projection {projection}: {message}")]
+pub struct ProjectionStopped {
+    pub projection: String,
+    pub message: String,
+}
+
+/// Everything one projection's worker needs.
+pub struct ProjectionWorker {
+    pub config: Arc<ProjectionConfig>,
+    pub source: SourceConfig,
+    pub checkpointing: CheckpointConfig,
+    pub db: Database,
+    pub applier: Applier,
+    pub checkpoints: CheckpointStore,
+    pub stats: Arc<ProjectionStats>,
+    pub shutdown: CancellationToken,
+}
+
+/// Where the worker stands: the newest position below which everything is handled.
+struct Position {
+    token: Option<ResumeToken>,
+    cluster_time: Option<Timestamp>,
+    events_handled: i64,
+    saved_token: Option<ResumeToken>,
+    unsaved_events: u64,
+    last_save: Instant,
+}
+
+impl ProjectionWorker {
+    pub fn new(
+        config: Arc<ProjectionConfig>,
+        source: SourceConfig,
+        checkpointing: CheckpointConfig,
+        db: Database,
+        checkpoints: CheckpointStore,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let stats = Arc::new(ProjectionStats::default());
+        let applier = Applier::new(config.clone(), &db, stats.clone());
+        Self {
+            config,
+            source,
+            checkpointing,
+            db,
+            applier,
+            checkpoints,
+            stats,
+            shutdown,
+        }
+    }
+
+    fn events(&self) -> Collection<Document> {
+        self.db.collection(&self.config.events)
+    }
+
+    fn stopped(&self, message: impl Into<String>) -> ProjectionStopped {
+        ProjectionStopped {
+            projection: self.config.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Runs until shutdown (Ok) or until the projection cannot go on (Err).
+    pub async fn run(&self) -> Result<(), ProjectionStopped> {
+        let name = self.config.name.clone();
+        self.ensure_event_index().await;
+        let mut backoff = self.source.reopen_backoff_initial;
+        let mut position = Position {
+            token: None,
+            cluster_time: None,
+            events_handled: 0,
+            saved_token: None,
+            unsaved_events: 0,
+            last_save: Instant::now(),
+        };
+        match self.checkpoints.load(&name).await {
+            Ok(Some(c)) => {
+                tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
+                position.events_handled = c.events_handled;
+                position.cluster_time = c.cluster_time;
+                position.saved_token = Some(c.token.clone());
+                position.token = Some(c.token);
+            }
+            Ok(None) => {
+                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
+            }
+            Err(e) if e.action() == ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
+            Err(e) => {
+                tracing::warn!(projection = %name, error = %e, "cannot read checkpoint yet; will retry")
+            }
+        }
+        let mut first_start = position.token.is_none() && self.config.start == StartFrom::Beginning;
+        while !self.shutdown.is_cancelled() {
+            let opened = if first_start {
+                self.catch_up_from_collection(&mut position).await
+            } else {
+                self.open(position.token.clone()).await.map(Some)
+            };
+            let mut stream = match opened {
+                Ok(Some(s)) => s,
+                Ok(None) => break, // shut down during catch-up
+                Err(e) => match e.action() {
+                    ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
+                    ErrorAction::HistoryLost => {
+                        self.history_lost(&e);
+                        first_start = true;
+                        continue;
+                    }
+                    ErrorAction::Retry => {
+                        self.restart_after(&e, &mut backoff).await;
+                        continue;
+                    }
+                },
+            };
+            first_start = false;
+            if position.token.is_none() {
+                // First start from "now": remember where "now" was, so a restart continues there.
+                position.token = stream.resume_token();
+                self.save(&mut position).await;
+            }
+            match self.tail(&mut stream, &mut position, &mut backoff).await {
+                Ok(()) => break,
+                Err(e) => match e.action() {
+                    ErrorAction::Fatal => {
+                        self.save(&mut position).await;
+                        return Err(self.stopped(e.to_string()));
+                    }
+                    ErrorAction::HistoryLost => {
+                        self.history_lost(&e);
+                        first_start = true;
+                    }
+                    ErrorAction::Retry => self.restart_after(&e, &mut backoff).await,
+                },
+            }
+        }
+        self.save(&mut position).await;
+        tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
+        Ok(())
+    }
+
+    fn history_lost(&self, e: &StoreError) {
+        ProjectionStats::add(&self.stats.history_lost_recoveries, 1);
+        tracing::warn!(
+            projection = %self.config.name,
+            error = %e,
+            "resume point is no longer in the oplog: catching up from the event collection"
+        );
+    }
+
+    async fn restart_after(&self, e: &StoreError, backoff: &mut Duration) {
+        ProjectionStats::add(&self.stats.stream_restarts, 1);
+        tracing::warn!(
+            projection = %self.config.name,
+            reason = %e.reason(),
+            error = %e,
+            retry_in = ?*backoff,
+            "change stream failed; re-opening from the last handled position"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        *backoff = (*backoff * 2).min(self.source.reopen_backoff_max);
+    }
+
+    /// The `$match` after `$changeStream`: inserts (with the projection's filter on the event
+    /// document) and the invalidate that ends a stream.
+    fn stream_pipeline(&self) -> Vec<Document> {
+        let inserts = match &self.config.filter {
+            None => doc! {"operationType": "insert"},
+            Some(f) => {
+                let mut m = prefix_filter(f, "fullDocument.");
+                m.insert("operationType", "insert");
+                m
+            }
+        };
+        vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}]
+    }
+
+    async fn open(
+        &self,
+        token: Option<ResumeToken>,
+    ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
+        let options = ChangeStreamOptions::builder()
+            .resume_after(token)
+            .max_await_time(Some(self.source.max_await))
+            .build();
+        let stream = self
+            .events()
+            .watch()
+            .pipeline(self.stream_pipeline())
+            .with_options(options)
+            .await?
+            .with_type::<RawDocumentBuf>();
+        Ok(stream)
+    }
+
+    /// Reads change events until shutdown (Ok) or an error.
+    async fn tail(
+        &self,
+        stream: &mut ChangeStream<RawDocumentBuf>,
+        position: &mut Position,
+        backoff: &mut Duration,
+    ) -> Result<(), StoreError> {
+        let mut last_sweep = Instant::now();
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match stream.next_if_any().await? {
+                Some(raw) => {
+                    *backoff = self.source.reopen_backoff_initial;
+                    if raw.get_str("operationType").ok() == Some("invalidate") {
+                        return Err(StoreError::Fatal(format!(
+                            "the event collection {}.{} was dropped or renamed (change stream invalidated)",
+                            self.config.database, self.config.events
+                        )));
+                    }
+                    ProjectionStats::add(&self.stats.received, 1);
+                    let change =
+                        decode_change(&raw, &self.config.fields).map_err(StoreError::Reply)?;
+                    match &change.event {
+                        Ok(event) => self.handle_with_retry(event).await?,
+                        Err(malformed) => {
+                            let token = bson::to_bson(&change.token).ok();
+                            self.applier
+                                .dead_letter_malformed(malformed, token.as_ref())
+                                .await?;
+                        }
+                    }
+                    position.token = stream.resume_token();
+                    position.cluster_time = change.cluster_time.or(position.cluster_time);
+                    position.events_handled += 1;
+                    position.unsaved_events += 1;
+                    if position.unsaved_events >= self.checkpointing.every_events
+                        || position.last_save.elapsed() >= self.checkpointing.every
+                    {
+                        self.save(position).await;
+                    }
+                }
+                None => {
+                    // A quiet stream: the post-batch resume token still moves; persist it so
+                    // that an idle projection's position never ages out of the oplog.
+                    if !stream.is_alive() {
+                        return Err(StoreError::Fatal(
+                            "change stream closed by the server".into(),
+                        ));
+                    }
+                    let token = stream.resume_token();
+                    if token.is_some() && token != position.token {
+                        position.token = token;
+                    }
+                    if position.token != position.saved_token
+                        && position.last_save.elapsed() >= self.checkpointing.every
+                    {
+                        self.save(position).await;
+                    }
+                }
+            }
+            if last_sweep.elapsed() >= self.config.parking.sweep_every {
+                last_sweep = Instant::now();
+                self.applier.sweep_parked().await?;
+            }
+        }
+    }
+
+    /// Handles one event, retrying transient store errors in place: the stream does not move
+    /// on past an event until it is applied, skipped or parked.
+    async fn handle_with_retry(&self, event: &crate::event::Event) -> Result<(), StoreError> {
+        let mut delay = self.source.reopen_backoff_initial;
+        loop {
+            match self.applier.handle(event).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.action() == ErrorAction::Retry && !self.shutdown.is_cancelled() => {
+                    tracing::warn!(
+                        projection = %self.config.name,
+                        aggregate = %event.aggregate_id,
+                        sequence = event.sequence,
+                        error = %e,
+                        "applying event failed; retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return Err(e),
+                    }
+                    delay = (delay * 2).min(self.source.reopen_backoff_max);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Persists the position if it moved. Failures are logged and retried at the next save:
+    /// a checkpoint that lags behind only means more redelivery, never loss.
+    async fn save(&self, position: &mut Position) {
+        let Some(token) = position.token.clone() else {
+            return;
+        };
+        if position.saved_token.as_ref() == Some(&token) && position.unsaved_events == 0 {
+            return;
+        }
+        let checkpoint = Checkpoint {
+            token: token.clone(),
+            cluster_time: position.cluster_time,
+            events_handled: position.events_handled,
+            updated_at: DateTime::now(),
+        };
+        match self.checkpoints.save(&self.config.name, &checkpoint).await {
+            Ok(()) => {
+                ProjectionStats::add(&self.stats.checkpoints, 1);
+                position.saved_token = Some(token);
+                position.unsaved_events = 0;
+                position.last_save = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(projection = %self.config.name, error = %e, "checkpoint write failed; will retry")
+            }
+        }
+    }
+
+    /// Folds every stored event through the guard, then returns a stream opened before the
+    /// scan began, so nothing written meanwhile is missed. Used on a first start from the
+    /// beginning and when the stored token is no longer in the oplog. `None` on shutdown.
+    async fn catch_up_from_collection(
+        &self,
+        position: &mut Position,
+    ) -> Result<Option<ChangeStream<RawDocumentBuf>>, StoreError> {
+        let stream = self.open(None).await?;
+        let started_at = stream.resume_token();
+        let f = &self.config.fields;
+        let filter = self.config.filter.clone().unwrap_or_default();
+        let mut cursor = self
+            .events()
+            .find(filter)
+            .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
+            .batch_size(1000)
+            .await?;
+        let mut current: Option<(Bson, i64)> = None;
+        let mut scanned = 0u64;
+        while let Some(doc) = cursor.try_next().await? {
+            if self.shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            scanned += 1;
+            let event = match decode_event(&doc, f) {
+                Ok(e) => e,
+                Err(malformed) => {
+                    self.applier.dead_letter_malformed(&malformed, None).await?;
+                    continue;
+                }
+            };
+            // One probe per aggregate tells which of its events are already applied.
+            let stored = match &current {
+                Some((agg, stored)) if *agg == event.aggregate_id => *stored,
+                _ => {
+                    let stored = self
+                        .applier
+                        .read_model
+                        .stored_sequence(&event.aggregate_id)
+                        .await?
+                        .unwrap_or(0);
+                    current = Some((event.aggregate_id.clone(), stored));
+                    stored
+                }
+            };
+            if event.sequence <= stored {
+                ProjectionStats::add(&self.stats.duplicates, 1);
+                continue;
+            }
+            self.handle_with_retry(&event).await?;
+            if let Some((_, s)) = current.as_mut() {
+                *s = (*s).max(event.sequence);
+            }
+        }
+        tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
+        position.token = started_at;
+        position.unsaved_events += 1;
+        self.save(position).await;
+        Ok(Some(stream))
+    }
+
+    /// Checks for the unique `{aggregateId: 1, sequenceNumber: 1}` index that ordering and
+    /// healing rely on; creates it when configured to.
+    async fn ensure_event_index(&self) {
+        let f = &self.config.fields;
+        let wanted = doc! {&f.aggregate_id: 1, &f.sequence_number: 1};
+        let present = match self.events().list_indexes().await {
+            Ok(cursor) => match cursor.try_collect::<Vec<IndexModel>>().await {
+                Ok(indexes) => indexes.iter().any(|i| {
+                    i.keys == wanted && i.options.as_ref().and_then(|o| o.unique).unwrap_or(false)
+                }),
+                Err(_) => false,
+            },
+            Err(_) => false, // the collection does not exist yet
+        };
+        if present {
+            return;
+        }
+        if self.config.create_index {
+            let model = IndexModel::builder()
+                .keys(wanted)
+                .options(IndexOptions::builder().unique(true).build())
+                .build();
+            match self.events().create_index(model).await {
+                Ok(_) => {
+                    tracing::info!(projection = %self.config.name, "created the unique index on the event collection")
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "cannot create the unique event index")
+                }
+            }
+        } else {
+            tracing::warn!(
+                projection = %self.config.name,
+                "the event collection has no unique index on {{{}: 1, {}: 1}}: ordering and gap-healing rely on it",
+                f.aggregate_id,
+                f.sequence_number
+            );
+        }
+    }
+}
+
+/// Prefixes every field condition of a filter (`{a: 1}` -> `{"fullDocument.a": 1}`),
+/// descending into `$and`/`$or`/`$nor`.
+pub fn prefix_filter(filter: &Document, prefix: &str) -> Document {
+    let mut out = Document::new();
+    for (k, v) in filter {
+        match (k.as_str(), v) {
+            ("$and" | "$or" | "$nor", Bson::Array(items)) => {
+                let items: Vec<Bson> = items
+                    .iter()
+                    .map(|i| match i {
+                        Bson::Document(d) => Bson::Document(prefix_filter(d, prefix)),
+                        other => other.clone(),
+                    })
+                    .collect();
+                out.insert(k.clone(), items);
+            }
+            _ => {
+                out.insert(format!("{prefix}{k}"), v.clone());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_prefixed_for_the_change_stream() {
+        let f = doc! {"tenant": "t1", "$or": [{"kind": "a"}, {"kind": "b"}]};
+        assert_eq!(
+            prefix_filter(&f, "fullDocument."),
+            doc! {"fullDocument.tenant": "t1", "$or": [{"fullDocument.kind": "a"}, {"fullDocument.kind": "b"}]}
+        );
+    }
+}

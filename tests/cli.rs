@@ -1,0 +1,139 @@
+//! The `mongo-projector` binary: configuration checking, and a real SIGTERM while running.
+
+mod common;
+
+use bson::doc;
+use common::{TestEnv, event, eventually, stored_sequence};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mongo-projector"))
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mongo-projector-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let out = binary()
+        .args(["check-config", "--config", "config/example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 projection(s))"));
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let path = temp_file(
+        "bad.toml",
+        r#"
+        [checkpoints]
+        every = 5
+        [[projections]]
+        name = "p"
+        database = "db"
+        events = "events"
+        target = "t"
+        speling = true
+        handlers = { A = { "$sett" = { a = 1 } } }
+        "#,
+    );
+    let out = binary()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    assert!(
+        stderr.contains("checkpoints.every: expected a duration string"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("projections[0].speling: unknown key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("projections[0].handlers.A: \"$sett\" is not an update operator"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_without_mongodb_uri_says_so() {
+    let out = binary()
+        .args(["run", "--config", "config/example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("MONGODB_URI")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MONGODB_URI is not set"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_checkpoints_and_exits_zero() {
+    let env = TestEnv::new("sigterm").await;
+    let config = common::EXAMPLE.replace(
+        "database = \"bank\"",
+        &format!("database = \"{}\"", env.db.name()),
+    );
+    let path = temp_file("sigterm.toml", &config);
+    let mut child = binary()
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("MONGODB_URI", &env.uri)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.events()
+        .insert_many(vec![
+            event(
+                "s",
+                1,
+                "AccountOpened",
+                doc! {"owner": "o", "currency": "EUR"},
+            ),
+            event("s", 2, "Deposited", doc! {"amount": 5i64}),
+        ])
+        .await
+        .unwrap();
+    eventually(
+        "the daemon applied both events",
+        Duration::from_secs(30),
+        || async { stored_sequence(&env, "s").await == Some(2) },
+    )
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "graceful stop exits 0");
+    let checkpoint =
+        mongo_projector::checkpoint::CheckpointStore::new(&env.db, "projector_checkpoints")
+            .load("accounts")
+            .await
+            .unwrap()
+            .expect("a final checkpoint");
+    assert!(checkpoint.events_handled >= 2, "{checkpoint:?}");
+}
