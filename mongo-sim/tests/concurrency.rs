@@ -143,6 +143,8 @@ async fn two_hundred_connections_answer_ping() {
         .other_client(|o| {
             o.max_pool_size = Some(200);
             o.min_pool_size = Some(200);
+            // The driver opens at most max_connecting connections at a time (default 2).
+            o.max_connecting = Some(200);
         })
         .await;
     pool.database("admin")

@@ -415,8 +415,8 @@ async fn arrays() {
     );
 }
 
-// Manual: "$let", "$literal", "$mergeObjects", system variables ($$ROOT, $$CURRENT) and the
-// 168 InvalidPipelineOperator / 17276 undefined-variable errors.
+// Manual: "$let", "$literal", "$mergeObjects", system variables ($$ROOT, $$CURRENT); unknown
+// expressions and undefined variables (17276) fail the pipeline.
 #[tokio::test]
 async fn variables_literals_and_objects() {
     let env = seeded("expr_variables").await;
@@ -445,8 +445,14 @@ async fn variables_literals_and_objects() {
         value(&env, Bson::from("$$CURRENT.obj.x")).await,
         Bson::Int32(1)
     );
-    assert_eq!(fails(&env, e(doc! {"$bogusOperator": 1})).await, 168);
     assert_eq!(fails(&env, Bson::from("$$undefinedVar")).await, 17276);
+    // In $project an unknown $-name is "Unknown expression" (31325, projection parsing);
+    // elsewhere it is InvalidPipelineOperator (168).
+    assert_eq!(fails(&env, e(doc! {"$bogusOperator": 1})).await, 31325);
+    let (code, _) = env
+        .run_err(doc! {"aggregate": "c", "pipeline": [{"$addFields": {"r": {"$bogusOperator": 1}}}], "cursor": {}})
+        .await;
+    assert_eq!(code, 168);
 }
 
 // Manual: "$expr" in find and "Updates with Aggregation Pipeline" use the same expressions.
