@@ -675,3 +675,87 @@ async fn history_lost_after_oplog_rolls_over() {
     let status = env.admin(doc! {"replSetGetStatus": 1}).await;
     assert!(num(status.get("ok")) == 1.0);
 }
+
+// Manual: "Change Events" — an upsert that inserts is an insert event, findAndModify updates
+// are update events, delete_many gives one delete per document.
+#[tokio::test]
+async fn events_from_upserts_find_and_modify_and_multi_deletes() {
+    let env = start("cs_more_events").await;
+    let c = env.coll("c");
+    let mut stream = watch_coll(&env, "c").await;
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 1}})
+        .upsert(true)
+        .await
+        .unwrap();
+    c.find_one_and_update(doc! {"_id": 1}, doc! {"$inc": {"v": 1}})
+        .await
+        .unwrap();
+    c.insert_one(doc! {"_id": 2}).await.unwrap();
+    c.delete_many(doc! {}).await.unwrap();
+    let insert = next_event(&mut stream).await;
+    assert_eq!(op(&insert), "insert");
+    assert_eq!(
+        insert.get_document("fullDocument").unwrap(),
+        &doc! {"_id": 1, "v": 1}
+    );
+    let update = next_event(&mut stream).await;
+    assert_eq!(op(&update), "update");
+    assert_eq!(
+        update
+            .get_document("updateDescription")
+            .unwrap()
+            .get_document("updatedFields")
+            .unwrap(),
+        &doc! {"v": 2}
+    );
+    assert_eq!(op(&next_event(&mut stream).await), "insert");
+    let mut deleted = [next_event(&mut stream).await, next_event(&mut stream).await];
+    assert!(deleted.iter().all(|e| op(e) == "delete"));
+    deleted.sort_by_key(|e| {
+        e.get_document("documentKey")
+            .unwrap()
+            .get_i32("_id")
+            .unwrap()
+    });
+    assert_eq!(
+        deleted[1].get_document("documentKey").unwrap(),
+        &doc! {"_id": 2}
+    );
+}
+
+// Manual: "aggregate" (cursor.batchSize) and "$changeStream" — batches respect batchSize, and an
+// unknown $changeStream option is an unknown field (40415).
+#[tokio::test]
+async fn change_stream_batch_size_and_options() {
+    let env = start("cs_batch_size").await;
+    env.run(doc! {"create": "c"}).await;
+    let reply = env
+        .run(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {"batchSize": 2}})
+        .await;
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let docs: Vec<Document> = (0..5).map(|i| doc! {"_id": i}).collect();
+    env.coll("c").insert_many(docs).await.unwrap();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen < 5 {
+        let more = env
+            .run(doc! {"getMore": id, "collection": "c", "batchSize": 2, "maxTimeMS": 200_i64})
+            .await;
+        let batch = more
+            .get_document("cursor")
+            .unwrap()
+            .get_array("nextBatch")
+            .unwrap()
+            .len();
+        assert!(batch <= 2, "batchSize respected: {more}");
+        seen += batch;
+        assert!(Instant::now() < deadline, "only {seen} of 5 events");
+    }
+    assert_eq!(seen, 5);
+    let (code, _) = env
+        .run_err(
+            doc! {"aggregate": "c", "pipeline": [{"$changeStream": {"bogus": 1}}], "cursor": {}},
+        )
+        .await;
+    assert_eq!(code, 40415);
+}

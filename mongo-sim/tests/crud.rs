@@ -793,3 +793,146 @@ async fn unsupported_option_is_rejected_not_ignored() {
         Err(e) => assert_eq!(common::error_code(&e), Some(115), "{e}"),
     }
 }
+
+// Manual: "$ (update)", "$[]", "$[<identifier>]" with arrayFilters — positional updates of
+// array elements.
+#[tokio::test]
+async fn positional_array_updates() {
+    let env = start("positional_updates").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "items": [{"k": "a", "q": 1}, {"k": "b", "q": 2}]})
+        .await
+        .unwrap();
+    c.update_one(
+        doc! {"_id": 1, "items.k": "b"},
+        doc! {"$set": {"items.$.q": 9}},
+    )
+    .await
+    .unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$inc": {"items.$[].q": 1}})
+        .await
+        .unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"items.$[it].flag": true}})
+        .array_filters(vec![doc! {"it.q": {"$gte": 5}}])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap(),
+        Some(doc! {"_id": 1, "items": [{"k": "a", "q": 2}, {"k": "b", "q": 10, "flag": true}]})
+    );
+    // The positional operator needs the array in the query (2 BadValue, as a write error).
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"items.$.q": 0}}}]})
+        .await;
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    assert_eq!(
+        num(errors[0].as_document().unwrap().get("code")),
+        2.0,
+        "{reply}"
+    );
+}
+
+// Manual: "Project Fields to Return from Query" — dotted inclusion through arrays of
+// documents, and _id is kept unless excluded; mixing inclusion and exclusion is an error (31254).
+#[tokio::test]
+async fn find_projection_paths() {
+    let env = start("find_projection_paths").await;
+    let c = env.coll("c");
+    c.insert_one(
+        doc! {"_id": 1, "a": {"x": 1, "y": 2}, "items": [{"k": "a", "q": 1}, {"k": "b"}], "z": 0},
+    )
+    .await
+    .unwrap();
+    let got = c
+        .find_one(doc! {"_id": 1})
+        .projection(doc! {"a.x": 1, "items.k": 1})
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Some(doc! {"_id": 1, "a": {"x": 1}, "items": [{"k": "a"}, {"k": "b"}]})
+    );
+    let got = c
+        .find_one(doc! {"_id": 1})
+        .projection(doc! {"a.y": 0, "items": 0, "_id": 0})
+        .await
+        .unwrap();
+    assert_eq!(got, Some(doc! {"a": {"x": 1}, "z": 0}));
+    let (code, _) = env
+        .run_err(doc! {"find": "c", "projection": {"a": 1, "z": 0}})
+        .await;
+    assert_eq!(code, 31254);
+}
+
+// Manual: "listCollections" — {name, type, options, info {readOnly, uuid}, idIndex}; nameOnly
+// gives just name and type; "create" on an existing name is NamespaceExists (48);
+// "renameCollection" onto an existing collection needs dropTarget (48 otherwise).
+#[tokio::test]
+async fn list_create_rename_collections() {
+    let env = start("collections_ddl").await;
+    env.run(doc! {"create": "c1"}).await;
+    env.coll("c2").insert_one(doc! {"_id": 1}).await.unwrap();
+    let reply = env
+        .run(doc! {"listCollections": 1, "filter": {"name": "c1"}})
+        .await;
+    let batch = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap();
+    assert_eq!(batch.len(), 1, "{reply}");
+    let info = batch[0].as_document().unwrap();
+    assert_eq!(info.get_str("name").unwrap(), "c1");
+    assert_eq!(info.get_str("type").unwrap(), "collection");
+    assert_eq!(info.get_document("options").unwrap(), &doc! {});
+    assert!(
+        !info
+            .get_document("info")
+            .unwrap()
+            .get_bool("readOnly")
+            .unwrap()
+    );
+    assert!(matches!(
+        info.get_document("info").unwrap().get("uuid"),
+        Some(Bson::Binary(b)) if b.subtype == mongodb::bson::spec::BinarySubtype::Uuid
+    ));
+    assert_eq!(
+        info.get_document("idIndex").unwrap(),
+        &doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+    );
+    let reply = env.run(doc! {"listCollections": 1, "nameOnly": true}).await;
+    let mut names: Vec<Document> = reply
+        .get_document("cursor")
+        .unwrap()
+        .get_array("firstBatch")
+        .unwrap()
+        .iter()
+        .map(|b| b.as_document().unwrap().clone())
+        .collect();
+    names.sort_by_key(|d| d.get_str("name").unwrap().to_string());
+    assert_eq!(
+        names,
+        vec![
+            doc! {"name": "c1", "type": "collection"},
+            doc! {"name": "c2", "type": "collection"}
+        ]
+    );
+
+    let (code, _) = env.run_err(doc! {"create": "c1"}).await;
+    assert_eq!(code, 48);
+    let from = format!("{}.c2", env.db_name);
+    let to = format!("{}.c1", env.db_name);
+    let result = env
+        .client
+        .database("admin")
+        .run_command(doc! {"renameCollection": &from, "to": &to})
+        .await;
+    expect_code(result, 48);
+    env.admin(doc! {"renameCollection": &from, "to": &to, "dropTarget": true})
+        .await;
+    assert_eq!(
+        env.coll("c1").find_one(doc! {}).await.unwrap(),
+        Some(doc! {"_id": 1})
+    );
+    assert_eq!(env.db.list_collection_names().await.unwrap(), vec!["c1"]);
+}

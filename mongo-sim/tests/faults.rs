@@ -348,3 +348,44 @@ async fn step_down_rejects_writes_then_recovers() {
         "replSetStepDown closed client connections; mongod 4.2+ keeps them open"
     );
 }
+
+// Retryable-writes specification: since 4.4 the server labels retryable errors of a retryable
+// write with RetryableWriteError (ShutdownInProgress 91 here) and the driver retries once;
+// reads are retried on the same codes without a label.
+#[tokio::test]
+async fn retryable_error_codes_are_retried() {
+    let env = start("fail_retryable_codes").await;
+    let _turn = fail_point_turn().await;
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["insert"], "errorCode": 91},
+    )
+    .await;
+    env.coll("c")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .expect("insert retried after ShutdownInProgress");
+    assert_eq!(env.coll("c").count_documents(doc! {}).await.unwrap(), 1);
+
+    let no_retry = env.other_client(|o| o.retry_writes = Some(false)).await;
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["insert"], "errorCode": 91},
+    )
+    .await;
+    let err = no_retry
+        .database(&env.db_name)
+        .collection::<mongodb::bson::Document>("c")
+        .insert_one(doc! {"_id": 2})
+        .await
+        .expect_err("not retried without retryable writes");
+    assert_eq!(error_code(&err), Some(91));
+
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["find"], "errorCode": 91},
+    )
+    .await;
+    let found = env.coll("c").find_one(doc! {"_id": 1}).await;
+    assert_eq!(found.expect("find retried"), Some(doc! {"_id": 1}));
+}

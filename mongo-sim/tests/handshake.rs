@@ -234,3 +234,13 @@ async fn unknown_command_is_command_not_found() {
         "{reply}"
     );
 }
+
+// Handshake specification ("helloOk"): a legacy isMaster sent with helloOk: true is answered
+// with helloOk: true so the driver switches to hello.
+#[tokio::test]
+async fn is_master_with_hello_ok() {
+    let env = start("is_master_hello_ok").await;
+    let reply = env.admin(doc! {"isMaster": 1, "helloOk": true}).await;
+    assert!(reply.get_bool("helloOk").unwrap_or(false), "{reply}");
+    assert!(reply.get_bool("ismaster").unwrap());
+}

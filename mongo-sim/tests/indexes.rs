@@ -375,3 +375,77 @@ async fn drop_indexes() {
     let all = collect(env.coll("u").find(doc! {}).await.unwrap()).await;
     assert_eq!(all.len(), 2);
 }
+
+// Manual: "Unique Indexes" — on an array field every element is a key, so two documents may
+// not share an element; numerically equal values of different types are the same key.
+#[tokio::test]
+async fn unique_multikey_and_numeric_keys() {
+    let env = start("unique_multikey").await;
+    unique_index(&env, "c", doc! {"tags": 1}).await;
+    env.coll("c")
+        .insert_one(doc! {"_id": 1, "tags": ["a", "b"]})
+        .await
+        .unwrap();
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": 2, "tags": ["c", "b"]}]})
+        .await;
+    assert_duplicate(
+        &only_write_error(&reply),
+        doc! {"tags": 1},
+        doc! {"tags": "b"},
+    );
+    // One document may repeat its own element.
+    env.coll("c")
+        .insert_one(doc! {"_id": 3, "tags": ["x", "x"]})
+        .await
+        .unwrap();
+
+    unique_index(&env, "n", doc! {"k": 1}).await;
+    env.coll("n").insert_one(doc! {"k": 1}).await.unwrap();
+    let reply = env
+        .run(doc! {"insert": "n", "documents": [{"k": 1.0}, {"k": 1_i64}]})
+        .await;
+    let errors = reply.get_array("writeErrors").unwrap();
+    assert_eq!(
+        errors.len(),
+        1,
+        "ordered insert stops at the first: {reply}"
+    );
+    assert_eq!(num(errors[0].as_document().unwrap().get("code")), 11000.0);
+
+    unique_index(&env, "nested", doc! {"a.b": 1}).await;
+    env.coll("nested")
+        .insert_one(doc! {"a": {"b": 1}})
+        .await
+        .unwrap();
+    let reply = env
+        .run(doc! {"insert": "nested", "documents": [{"a": {"b": 1, "c": 2}}]})
+        .await;
+    assert_duplicate(&only_write_error(&reply), doc! {"a.b": 1}, doc! {"a.b": 1});
+}
+
+// Manual: "Sparse Indexes" — a unique sparse index ignores documents without the field.
+#[tokio::test]
+async fn unique_sparse_index_allows_many_missing() {
+    let env = start("unique_sparse").await;
+    env.run(doc! {"createIndexes": "c", "indexes": [
+        {"key": {"email": 1}, "name": "email_1", "unique": true, "sparse": true}
+    ]})
+    .await;
+    env.coll("c")
+        .insert_many(vec![
+            doc! {"_id": 1},
+            doc! {"_id": 2},
+            doc! {"_id": 3, "email": "a"},
+        ])
+        .await
+        .unwrap();
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": 4, "email": "a"}]})
+        .await;
+    assert_duplicate(
+        &only_write_error(&reply),
+        doc! {"email": 1},
+        doc! {"email": "a"},
+    );
+}

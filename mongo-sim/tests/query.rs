@@ -358,3 +358,50 @@ async fn unknown_query_operators_fail() {
     let (code, _) = env.run_err(doc! {"find": "c", "filter": {"$or": []}}).await;
     assert_eq!(code, 2, "$or needs a nonempty array");
 }
+
+// Manual: "Comparison/Sort Order" — strings compare by binary (UTF-8) order without a
+// collation, so upper case sorts before lower case; null compares equal to missing, so $gte
+// and $lte null match both while $gt and $lt null match nothing.
+#[tokio::test]
+async fn string_order_and_null_bounds() {
+    let env = start("string_order_null_bounds").await;
+    env.coll("c")
+        .insert_many(vec![
+            doc! {"_id": 1, "s": "b"},
+            doc! {"_id": 2, "s": "B"},
+            doc! {"_id": 3, "s": "a"},
+            doc! {"_id": 4, "s": "A"},
+            doc! {"_id": 5, "s": null},
+            doc! {"_id": 6},
+        ])
+        .await
+        .unwrap();
+    let sorted = collect(
+        env.coll("c")
+            .find(doc! {"s": {"$type": "string"}})
+            .sort(doc! {"s": 1})
+            .await
+            .unwrap(),
+    )
+    .await;
+    let order: Vec<&str> = sorted.iter().map(|d| d.get_str("s").unwrap()).collect();
+    assert_eq!(order, vec!["A", "B", "a", "b"]);
+    assert_eq!(ids(&env, doc! {"s": {"$gte": null}}).await, list(&[5, 6]));
+    assert_eq!(ids(&env, doc! {"s": {"$lte": null}}).await, list(&[5, 6]));
+    assert_eq!(
+        ids(&env, doc! {"s": {"$gt": null}}).await,
+        Vec::<Bson>::new()
+    );
+    assert_eq!(
+        ids(&env, doc! {"s": {"$exists": true, "$ne": null}}).await,
+        list(&[1, 2, 3, 4])
+    );
+    assert_eq!(
+        ids(
+            &env,
+            doc! {"s": {"$in": [Regex { pattern: "^a".into(), options: "i".into() }]}}
+        )
+        .await,
+        list(&[3, 4])
+    );
+}
