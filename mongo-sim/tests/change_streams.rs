@@ -630,6 +630,52 @@ async fn driver_resumes_after_connection_closed_on_get_more() {
     assert_eq!(b.get_document("documentKey").unwrap(), &doc! {"_id": 3});
 }
 
+// Change-streams specification, "change-streams-resume-errorLabels": since 4.4 mongod labels a
+// retryable error of a change stream's getMore (here failCommand's ShutdownInProgress, 91) with
+// ResumableChangeStreamError, and the driver resumes on that label alone.
+#[tokio::test]
+async fn driver_resumes_after_labelled_error_on_get_more() {
+    let env = start("cs_resume_label").await;
+    let _turn = fail_point_turn().await;
+    let c = env.coll("c");
+    let mut stream = watch_coll(&env, "c").await;
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
+    assert_eq!(
+        next_event(&mut stream)
+            .await
+            .get_document("documentKey")
+            .unwrap(),
+        &doc! {"_id": 1}
+    );
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 91},
+    )
+    .await;
+    c.insert_one(doc! {"_id": 2}).await.unwrap();
+    let event = next_event(&mut stream).await;
+    env.fail_command_off().await;
+    assert_eq!(event.get_document("documentKey").unwrap(), &doc! {"_id": 2});
+
+    // The label itself, as mongod sends it on a raw getMore.
+    let reply = env
+        .run(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+        .await;
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 91},
+    )
+    .await;
+    let err = env
+        .db
+        .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 100_i64})
+        .await
+        .expect_err("getMore fails");
+    assert_eq!(error_code(&err), Some(91));
+    assert!(err.contains_label("ResumableChangeStreamError"), "{err}");
+}
+
 // Manual: "Change Streams — Resumability" / error code 286 ChangeStreamHistoryLost with the
 // NonResumableChangeStreamError label, once the oplog no longer holds the resume point.
 #[tokio::test]
@@ -665,6 +711,22 @@ async fn history_lost_after_oplog_rolls_over() {
             let mut s = s.with_type::<Document>();
             let (e, seen) = next_error(&mut s).await;
             assert!(seen.is_empty(), "no events from a lost position: {seen:?}");
+            check(&e);
+        }
+    }
+    // So does a start time older than the oldest retained entry.
+    match c
+        .watch()
+        .start_at_operation_time(Timestamp {
+            time: 1,
+            increment: 0,
+        })
+        .await
+    {
+        Err(e) => check(&e),
+        Ok(s) => {
+            let mut s = s.with_type::<Document>();
+            let (e, _) = next_error(&mut s).await;
             check(&e);
         }
     }
