@@ -785,6 +785,39 @@ async fn events_from_upserts_find_and_modify_and_multi_deletes() {
     );
 }
 
+// Manual: "Change Events" (update) — a small pipeline update is reported as an update with
+// the changed and removed fields, like an operator update.
+#[tokio::test]
+async fn pipeline_update_is_an_update_event() {
+    let env = start("cs_pipeline_update").await;
+    let c = env.coll("c");
+    c.insert_one(doc! {"_id": 1, "balance": 100, "note": "x", "pad": "p".repeat(200)})
+        .await
+        .unwrap();
+    let mut stream = watch_coll(&env, "c").await;
+    c.update_one(
+        doc! {"_id": 1},
+        vec![
+            doc! {"$set": {"balance": {"$subtract": ["$balance", "$$amount"]}}},
+            doc! {"$unset": "note"},
+        ],
+    )
+    .let_vars(doc! {"amount": 30})
+    .await
+    .unwrap();
+    let event = next_event(&mut stream).await;
+    assert_eq!(op(&event), "update", "{event}");
+    let desc = event.get_document("updateDescription").unwrap();
+    assert_eq!(
+        desc.get_document("updatedFields").unwrap(),
+        &doc! {"balance": 70}
+    );
+    assert_eq!(
+        desc.get_array("removedFields").unwrap(),
+        &vec![Bson::from("note")]
+    );
+}
+
 // Manual: "aggregate" (cursor.batchSize) and "$changeStream" — batches respect batchSize, and an
 // unknown $changeStream option is an unknown field (40415).
 #[tokio::test]

@@ -794,33 +794,30 @@ async fn unsupported_option_is_rejected_not_ignored() {
     }
 }
 
-// Manual: "$ (update)", "$[]", "$[<identifier>]" with arrayFilters — positional updates of
-// array elements.
-#[tokio::test]
-async fn positional_array_updates() {
-    let env = start("positional_updates").await;
+async fn seed_items(env: &common::TestEnv) -> mongodb::Collection<Document> {
     let c = env.coll("c");
     c.insert_one(doc! {"_id": 1, "items": [{"k": "a", "q": 1}, {"k": "b", "q": 2}]})
         .await
         .unwrap();
+    c
+}
+
+// Manual: "$ (update)" — the first array element matched by the query; without the array in
+// the query the statement fails (2 BadValue, as a write error).
+#[tokio::test]
+async fn positional_operator_update() {
+    let env = start("positional_dollar").await;
+    let c = seed_items(&env).await;
     c.update_one(
         doc! {"_id": 1, "items.k": "b"},
         doc! {"$set": {"items.$.q": 9}},
     )
     .await
     .unwrap();
-    c.update_one(doc! {"_id": 1}, doc! {"$inc": {"items.$[].q": 1}})
-        .await
-        .unwrap();
-    c.update_one(doc! {"_id": 1}, doc! {"$set": {"items.$[it].flag": true}})
-        .array_filters(vec![doc! {"it.q": {"$gte": 5}}])
-        .await
-        .unwrap();
     assert_eq!(
         c.find_one(doc! {"_id": 1}).await.unwrap(),
-        Some(doc! {"_id": 1, "items": [{"k": "a", "q": 2}, {"k": "b", "q": 10, "flag": true}]})
+        Some(doc! {"_id": 1, "items": [{"k": "a", "q": 1}, {"k": "b", "q": 9}]})
     );
-    // The positional operator needs the array in the query (2 BadValue, as a write error).
     let reply = env
         .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"items.$.q": 0}}}]})
         .await;
@@ -829,6 +826,35 @@ async fn positional_array_updates() {
         num(errors[0].as_document().unwrap().get("code")),
         2.0,
         "{reply}"
+    );
+}
+
+// Manual: "$[] (update)" — every element of the array.
+#[tokio::test]
+async fn all_positional_operator_update() {
+    let env = start("all_positional").await;
+    let c = seed_items(&env).await;
+    c.update_one(doc! {"_id": 1}, doc! {"$inc": {"items.$[].q": 1}})
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap(),
+        Some(doc! {"_id": 1, "items": [{"k": "a", "q": 2}, {"k": "b", "q": 3}]})
+    );
+}
+
+// Manual: "$[<identifier>] (update)" with arrayFilters — the elements the filter selects.
+#[tokio::test]
+async fn filtered_positional_operator_update() {
+    let env = start("filtered_positional").await;
+    let c = seed_items(&env).await;
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"items.$[it].flag": true}})
+        .array_filters(vec![doc! {"it.q": {"$gte": 2}}])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_one(doc! {"_id": 1}).await.unwrap(),
+        Some(doc! {"_id": 1, "items": [{"k": "a", "q": 1}, {"k": "b", "q": 2, "flag": true}]})
     );
 }
 
@@ -935,4 +961,129 @@ async fn list_create_rename_collections() {
         Some(doc! {"_id": 1})
     );
     assert_eq!(env.db.list_collection_names().await.unwrap(), vec!["c1"]);
+}
+
+// Manual: "$unwind" (includeArrayIndex as long, preserveNullAndEmptyArrays), "$replaceRoot"
+// (a non-document newRoot fails with 40228), "$sortByCount", "$addToSet".
+#[tokio::test]
+async fn aggregate_unwind_replace_root_sort_by_count() {
+    let env = start("aggregate_unwind").await;
+    let c = env.coll("c");
+    c.insert_many(vec![
+        doc! {"_id": 1, "tags": ["a", "b"], "k": "x", "sub": {"v": 1}},
+        doc! {"_id": 2, "tags": [], "k": "x", "sub": {"v": 2}},
+        doc! {"_id": 3, "k": "y", "sub": {"v": 3}},
+        doc! {"_id": 4, "tags": "c", "k": "x", "sub": 5},
+    ])
+    .await
+    .unwrap();
+    let unwound = aggregate(
+        &c,
+        vec![
+            doc! {"$unwind": {"path": "$tags", "includeArrayIndex": "i"}},
+            doc! {"$project": {"tags": 1, "i": 1}},
+        ],
+    )
+    .await;
+    assert_eq!(
+        unwound,
+        vec![
+            doc! {"_id": 1, "tags": "a", "i": 0_i64},
+            doc! {"_id": 1, "tags": "b", "i": 1_i64},
+            doc! {"_id": 4, "tags": "c", "i": Bson::Null},
+        ]
+    );
+    let preserved = aggregate(
+        &c,
+        vec![doc! {"$unwind": {"path": "$tags", "preserveNullAndEmptyArrays": true}}],
+    )
+    .await;
+    assert_eq!(preserved.len(), 5);
+
+    let counted = aggregate(&c, vec![doc! {"$sortByCount": "$k"}]).await;
+    assert_eq!(
+        counted,
+        vec![doc! {"_id": "x", "count": 3}, doc! {"_id": "y", "count": 1}]
+    );
+    let mut sets = aggregate(
+        &c,
+        vec![doc! {"$group": {"_id": "$k", "ids": {"$addToSet": "$k"}}}],
+    )
+    .await;
+    sets.sort_by_key(|d| d.get_str("_id").unwrap().to_string());
+    assert_eq!(sets[0], doc! {"_id": "x", "ids": ["x"]});
+
+    let roots = aggregate(
+        &c,
+        vec![
+            doc! {"$match": {"_id": {"$lte": 2}}},
+            doc! {"$replaceRoot": {"newRoot": "$sub"}},
+        ],
+    )
+    .await;
+    assert_eq!(roots, vec![doc! {"v": 1}, doc! {"v": 2}]);
+    let (code, _) = env
+        .run_err(doc! {"aggregate": "c", "pipeline": [{"$replaceRoot": {"newRoot": "$sub"}}], "cursor": {}})
+        .await;
+    assert_eq!(code, 40228, "newRoot of a number");
+}
+
+// Manual: "Write Concern" — on a single-node replica set w: "majority" is satisfied, w: 2 can
+// never be: the write is applied and the reply (ok: 1) carries writeConcernError 100
+// UnsatisfiableWriteConcern.
+#[tokio::test]
+async fn write_concern_on_a_single_node() {
+    let env = start("write_concern_single_node").await;
+    let hello = env.admin(doc! {"hello": 1}).await;
+    if hello.get_array("hosts").map(|h| h.len()).unwrap_or(0) > 1 {
+        println!("skipping: w: 2 is satisfiable on a multi-member deployment");
+        return;
+    }
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": 1}], "writeConcern": {"w": "majority", "wtimeout": 1000}})
+        .await;
+    assert!(reply.get("writeConcernError").is_none(), "{reply}");
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": 2}], "writeConcern": {"w": 2}})
+        .await;
+    assert_eq!(num(reply.get("n")), 1.0, "{reply}");
+    let wce = reply
+        .get_document("writeConcernError")
+        .expect("writeConcernError");
+    assert_eq!(num(wce.get("code")), 100.0, "{wce}");
+    assert_eq!(
+        wce.get_str("codeName").unwrap(),
+        "UnsatisfiableWriteConcern"
+    );
+    assert_eq!(env.coll("c").count_documents(doc! {}).await.unwrap(), 2);
+}
+
+// Manual: "Transactions" — mongo-sim may not offer transactions, but then it must refuse them;
+// accepting the writes without transaction semantics would be wrong. If it accepts them,
+// aborting must roll back.
+#[tokio::test]
+async fn transactions_are_honoured_or_refused() {
+    let env = start("transactions").await;
+    env.run(doc! {"create": "c"}).await;
+    let coll = env.coll("c");
+    let mut session = env.client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    match coll.insert_one(doc! {"_id": 1}).session(&mut session).await {
+        Err(e) => {
+            assert!(
+                common::error_code(&e).is_some(),
+                "refused by the server: {e}"
+            );
+            assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 0);
+        }
+        Ok(_) => {
+            assert_eq!(
+                coll.count_documents(doc! {}).await.unwrap(),
+                0,
+                "uncommitted writes are invisible outside the transaction"
+            );
+            session.abort_transaction().await.unwrap();
+            assert_eq!(coll.count_documents(doc! {}).await.unwrap(), 0);
+        }
+    }
 }
