@@ -171,3 +171,60 @@ async fn two_hundred_connections_answer_ping() {
         assert_eq!(num(reply.get("ok")), 1.0);
     }
 }
+
+// Manual: "Change Streams" — every write from concurrent clients appears exactly once, in
+// increasing clusterTime order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn change_stream_sees_every_concurrent_write_once() {
+    let env = start("concurrent_change_stream").await;
+    env.run(doc! {"create": "c"}).await;
+    let mut stream = env
+        .coll("c")
+        .watch()
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    let mut writers = Vec::new();
+    for w in 0..5 {
+        let client = env.other_client(|_| {}).await;
+        let db_name = env.db_name.clone();
+        writers.push(tokio::spawn(async move {
+            let coll = client.database(&db_name).collection::<Document>("c");
+            for i in 0..20 {
+                coll.insert_one(doc! {"_id": format!("{w}-{i}")})
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 100 {
+        match stream.next_if_any().await.unwrap() {
+            Some(event) => {
+                let id = event
+                    .get_document("documentKey")
+                    .unwrap()
+                    .get_str("_id")
+                    .unwrap()
+                    .to_string();
+                assert!(seen.insert(id.clone()), "event for {id} seen twice");
+                let time = event.get_timestamp("clusterTime").unwrap();
+                if let Some(prev) = last {
+                    assert!(time > prev, "clusterTime increases");
+                }
+                last = Some(time);
+            }
+            None => assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of 100 events",
+                seen.len()
+            ),
+        }
+    }
+}

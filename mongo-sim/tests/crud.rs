@@ -1087,3 +1087,52 @@ async fn transactions_are_honoured_or_refused() {
         }
     }
 }
+
+// Manual: "comment" (any command, 4.4+), "maxTimeMS", "readConcern" and aggregate `let` are
+// accepted options of the commands drivers send.
+#[tokio::test]
+async fn common_command_options_are_accepted() {
+    let env = start("common_options").await;
+    env.coll("c")
+        .insert_many(vec![doc! {"_id": 1, "v": 1}, doc! {"_id": 2, "v": 2}])
+        .await
+        .unwrap();
+    let reply = env
+        .run(
+            doc! {"find": "c", "filter": {"v": 2}, "comment": "why", "maxTimeMS": 5000,
+            "readConcern": {"level": "majority"}},
+        )
+        .await;
+    assert_eq!(
+        reply
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .len(),
+        1
+    );
+    env.run(
+        doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"w": 1}}}],
+        "comment": {"source": "test"}, "writeConcern": {"w": 1}},
+    )
+    .await;
+    env.run(doc! {"insert": "c", "documents": [{"_id": 3}], "comment": "x", "bypassDocumentValidation": false})
+        .await;
+    env.run(doc! {"delete": "c", "deletes": [{"q": {"_id": 3}, "limit": 1}], "comment": "x"})
+        .await;
+    let out = collect(
+        env.coll("c")
+            .aggregate(vec![
+                doc! {"$match": {"$expr": {"$eq": ["$v", "$$want"]}}},
+                doc! {"$project": {"_id": 1}},
+            ])
+            .let_vars(doc! {"want": 1})
+            .comment("agg")
+            .max_time(std::time::Duration::from_secs(5))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(out, vec![doc! {"_id": 1}]);
+}
