@@ -12,6 +12,8 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use std::collections::HashSet;
 use std::time::Duration;
 
+// Manual: "Unique Indexes" and "insert" — inserts from many clients at once are all applied,
+// each exactly once, and a unique index sees every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_clients_insert_without_loss() {
     let env = start("concurrent_inserts").await;
@@ -104,7 +106,8 @@ async fn concurrent_single_document_updates_are_atomic() {
     assert_eq!(inc.get_i32("n").unwrap(), 200);
 }
 
-// Concurrent cursors: each reader sees the whole collection exactly once across getMores.
+// Manual: "getMore" — concurrent cursors are independent: each reader sees the whole
+// collection exactly once across its getMores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cursors_are_independent() {
     let env = start("concurrent_cursors").await;
@@ -133,7 +136,8 @@ async fn concurrent_cursors_are_independent() {
     }
 }
 
-// 200 connections open at once, each answering ping (manual: "serverStatus" connections).
+// Manual: "serverStatus" (connections.current) and "ping" — 200 connections open at once,
+// each answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_connections_answer_ping() {
     let env = start("two_hundred_connections").await;

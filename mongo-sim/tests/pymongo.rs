@@ -24,6 +24,8 @@ fn show(output: &Output) -> String {
     )
 }
 
+// PyMongo documentation (insert, update_one upsert, DuplicateKeyError, watch resume_after):
+// the official Python driver works against the server as against mongod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymongo_check_passes() {
     if Command::new("python3")
