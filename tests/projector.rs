@@ -158,12 +158,22 @@ async fn a_gap_is_healed_from_the_event_collection() {
         .insert_one(event("h", 2, "A", doc! {}))
         .await
         .unwrap();
-    let _first = watch.next_if_any().await.unwrap();
-    let mut second = None;
-    while second.is_none() {
-        second = watch.next_if_any().await.unwrap();
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        if let Some(change) = watch.next_if_any().await.unwrap() {
+            delivered.push(change);
+        }
     }
-    let token = second.unwrap().id;
+    assert_eq!(
+        delivered[1]
+            .full_document
+            .as_ref()
+            .unwrap()
+            .get_i64("sequenceNumber")
+            .unwrap(),
+        2
+    );
+    let token = delivered[1].id.clone();
     env.db
         .collection::<Document>("accounts")
         .insert_one(
