@@ -237,7 +237,8 @@ async fn a_true_gap_is_parked_and_released_when_its_predecessor_arrives() {
     wait_for_sequence(&env, "p", 4).await;
     let stats = running.stop().await;
     assert_eq!(seen(&env, "p").await, vec![1, 2, 3, 4]);
-    assert!(parked_entries(&env, "parked").await.is_empty());
+    let left = parked_entries(&env, "parked").await;
+    assert!(left.is_empty(), "{left:?} {stats:?}");
     assert_eq!(stats.parked, 2);
     assert_eq!(stats.released, 2);
 }
