@@ -1183,13 +1183,6 @@ fn parse_size(value: &Bson) -> Result<usize> {
             }
             *d as i64
         }
-        Bson::Decimal128(_) => {
-            let d = as_f64(value).unwrap_or(f64::NAN);
-            if d.fract() != 0.0 || !d.is_finite() {
-                return Err(CommandError::bad_value("$size must be a whole number"));
-            }
-            d as i64
-        }
         _ => return Err(CommandError::bad_value("$size needs a number")),
     };
     usize::try_from(size).map_err(|_| CommandError::bad_value("$size may not be negative"))
@@ -1399,4 +1392,961 @@ fn is_path_operator(op: &str) -> bool {
             | "$type"
             | "$within"
     ) || op.starts_with("$_internal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{Bson, Regex, doc};
+
+    fn vars() -> Variables {
+        Variables::default()
+    }
+
+    fn matches(filter: Document, doc: Document) -> bool {
+        Matcher::parse(&filter)
+            .unwrap_or_else(|e| panic!("{filter} failed to parse: {e}"))
+            .matches(&doc, &vars())
+            .unwrap()
+    }
+
+    fn parse_err(filter: Document) -> CommandError {
+        match Matcher::parse(&filter) {
+            Ok(_) => panic!("{filter} should not parse"),
+            Err(e) => e,
+        }
+    }
+
+    fn assert_parse_err(filter: Document, code: i32, msg: &str) {
+        let e = parse_err(filter.clone());
+        assert_eq!(e.code, code, "{filter}: {e}");
+        assert!(e.errmsg.contains(msg), "{filter}: {} lacks {msg}", e.errmsg);
+    }
+
+    fn re(pattern: &str, options: &str) -> Bson {
+        Bson::RegularExpression(Regex {
+            pattern: pattern.to_string(),
+            options: options.to_string(),
+        })
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(matches(doc! {}, doc! {}));
+        assert!(matches(doc! {}, doc! {"a": 1}));
+    }
+
+    #[test]
+    fn implicit_equality_matches_scalars_and_array_elements() {
+        assert!(matches(doc! {"a": 1}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": 1}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": 2}, doc! {"a": [1, 2]}));
+        assert!(!matches(doc! {"a": 1}, doc! {"a": 2}));
+        assert!(!matches(doc! {"a": 1}, doc! {"a": [2, 3]}));
+        assert!(!matches(doc! {"a": 1}, doc! {"b": 1}));
+        assert!(!matches(doc! {"a": 1}, doc! {"a": "1"}));
+    }
+
+    #[test]
+    fn numbers_match_by_value_across_widths() {
+        assert!(matches(doc! {"a": 1}, doc! {"a": 1.0}));
+        assert!(matches(doc! {"a": 1}, doc! {"a": 1_i64}));
+        assert!(matches(doc! {"a": 1.0}, doc! {"a": [1_i64]}));
+        let dec: bson::Decimal128 = "1.0".parse().unwrap();
+        assert!(matches(doc! {"a": 1}, doc! {"a": dec}));
+        assert!(matches(doc! {"a": {"$gt": 1_i64}}, doc! {"a": 1.5}));
+    }
+
+    #[test]
+    fn array_equality_matches_whole_array_or_nested_element() {
+        assert!(matches(doc! {"a": [1, 2]}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": [1, 2]}, doc! {"a": [[1, 2], 3]}));
+        assert!(!matches(doc! {"a": [1, 2]}, doc! {"a": [2, 1]}));
+        assert!(!matches(doc! {"a": [1, 2]}, doc! {"a": [1, 2, 3]}));
+        assert!(!matches(doc! {"a": [1, 2]}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": []}, doc! {"a": []}));
+        assert!(matches(doc! {"a": []}, doc! {"a": [[], 1]}));
+        assert!(!matches(doc! {"a": []}, doc! {"a": [1]}));
+    }
+
+    #[test]
+    fn document_equality_is_whole_and_field_order_sensitive() {
+        assert!(matches(
+            doc! {"a": {"x": 1, "y": 2}},
+            doc! {"a": {"x": 1, "y": 2}}
+        ));
+        assert!(!matches(
+            doc! {"a": {"x": 1, "y": 2}},
+            doc! {"a": {"y": 2, "x": 1}}
+        ));
+        assert!(!matches(doc! {"a": {"x": 1}}, doc! {"a": {"x": 1, "y": 2}}));
+        assert!(matches(
+            doc! {"a": {"x": 1}},
+            doc! {"a": [{"x": 1}, {"x": 2}]}
+        ));
+        assert!(matches(doc! {"a": {}}, doc! {"a": {}}));
+    }
+
+    #[test]
+    fn dotted_paths_reach_into_documents_and_arrays_of_documents() {
+        assert!(matches(doc! {"a.b": 1}, doc! {"a": {"b": 1}}));
+        assert!(matches(doc! {"a.b.c": 1}, doc! {"a": {"b": {"c": 1}}}));
+        assert!(matches(doc! {"a.b": 1}, doc! {"a": [{"b": 0}, {"b": 1}]}));
+        assert!(matches(doc! {"a.b": 1}, doc! {"a": [{"b": [0, 1]}]}));
+        assert!(matches(doc! {"a.b.c": 1}, doc! {"a": [{"b": [{"c": 1}]}]}));
+        assert!(!matches(doc! {"a.b": 1}, doc! {"a": [{"c": 1}]}));
+        assert!(!matches(doc! {"a.b": 1}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a.b": 1}, doc! {"a": [1]}));
+    }
+
+    #[test]
+    fn numeric_component_is_array_index_and_field_name() {
+        assert!(matches(doc! {"a.0": 5}, doc! {"a": [5, 6]}));
+        assert!(!matches(doc! {"a.1": 5}, doc! {"a": [5, 6]}));
+        assert!(matches(doc! {"a.0": 5}, doc! {"a": {"0": 5}}));
+        assert!(matches(doc! {"a.1.b": 2}, doc! {"a": [{"b": 1}, {"b": 2}]}));
+        assert!(!matches(
+            doc! {"a.0.b": 2},
+            doc! {"a": [{"b": 1}, {"b": 2}]}
+        ));
+        // Field "0" of a sub-document inside the array, as well as the element at offset 0.
+        assert!(matches(doc! {"a.0": 7}, doc! {"a": [{"0": 7}]}));
+        assert!(matches(doc! {"a.0": {"0": 7}}, doc! {"a": [{"0": 7}]}));
+        // An offset selects a nested array, and the rest of the path continues inside it.
+        assert!(matches(doc! {"a.0.b": 1}, doc! {"a": [[{"b": 1}]]}));
+        assert!(matches(doc! {"a.0.1": 3}, doc! {"a": [[2, 3]]}));
+        // The element at an offset is yielded as one value: an array there matches only
+        // whole (no implicit traversal after an explicit offset).
+        assert!(!matches(doc! {"a.0": 2}, doc! {"a": [[1, 2]]}));
+        assert!(matches(doc! {"a.0": [1, 2]}, doc! {"a": [[1, 2]]}));
+        // Not canonical offsets: "01" is only a field name.
+        assert!(!matches(doc! {"a.01": 5}, doc! {"a": [5]}));
+        assert!(matches(doc! {"a.01": 5}, doc! {"a": {"01": 5}}));
+    }
+
+    #[test]
+    fn nested_arrays_are_traversed_one_level_per_component() {
+        assert!(!matches(doc! {"a": 1}, doc! {"a": [[1]]}));
+        assert!(matches(doc! {"a": [1]}, doc! {"a": [[1]]}));
+        assert!(!matches(doc! {"a.b": 1}, doc! {"a": [[{"b": 1}]]}));
+        assert!(!matches(doc! {"a": {"$gt": 0}}, doc! {"a": [[1]]}));
+    }
+
+    #[test]
+    fn null_matches_missing_null_and_arrays_holding_null() {
+        let f = doc! {"a": null};
+        assert!(matches(f.clone(), doc! {}));
+        assert!(matches(f.clone(), doc! {"a": null}));
+        assert!(matches(f.clone(), doc! {"a": Bson::Undefined}));
+        assert!(matches(f.clone(), doc! {"a": [1, null]}));
+        assert!(!matches(f.clone(), doc! {"a": 0}));
+        assert!(!matches(f.clone(), doc! {"a": []}));
+        assert!(!matches(f, doc! {"a": [1]}));
+        assert!(matches(doc! {"a": {"$eq": null}}, doc! {"b": 1}));
+    }
+
+    #[test]
+    fn null_on_dotted_paths_follows_traversal() {
+        let f = doc! {"a.b": null};
+        assert!(matches(f.clone(), doc! {}));
+        assert!(matches(f.clone(), doc! {"a": {}}));
+        assert!(matches(f.clone(), doc! {"a": 1}));
+        assert!(matches(f.clone(), doc! {"a": [{"b": 1}, {"c": 1}]}));
+        assert!(matches(f.clone(), doc! {"a": [{"b": null}]}));
+        assert!(!matches(f.clone(), doc! {"a": [{"b": 1}]}));
+        // No sub-documents, nothing yielded: not even missing.
+        assert!(!matches(f.clone(), doc! {"a": [1, 2]}));
+        assert!(!matches(f, doc! {"a": []}));
+    }
+
+    #[test]
+    fn ne_null_is_the_negation_of_null() {
+        let f = doc! {"a": {"$ne": null}};
+        assert!(matches(f.clone(), doc! {"a": 1}));
+        assert!(matches(f.clone(), doc! {"a": []}));
+        assert!(!matches(f.clone(), doc! {}));
+        assert!(!matches(f.clone(), doc! {"a": null}));
+        assert!(!matches(f, doc! {"a": [1, null]}));
+        assert!(!matches(
+            doc! {"a.b": {"$ne": null}},
+            doc! {"a": [{"b": 1}, {}]}
+        ));
+        assert!(matches(doc! {"a.b": {"$ne": null}}, doc! {"a": [{"b": 1}]}));
+    }
+
+    #[test]
+    fn ne_and_nin_match_missing_fields_and_check_every_element() {
+        assert!(matches(doc! {"a": {"$ne": 1}}, doc! {}));
+        assert!(matches(doc! {"a": {"$ne": 1}}, doc! {"a": [2, 3]}));
+        assert!(!matches(doc! {"a": {"$ne": 1}}, doc! {"a": [1, 2]}));
+        assert!(matches(doc! {"a": {"$nin": [1, 2]}}, doc! {}));
+        assert!(matches(doc! {"a": {"$nin": [1, 2]}}, doc! {"a": 3}));
+        assert!(!matches(doc! {"a": {"$nin": [1, 2]}}, doc! {"a": [3, 2]}));
+    }
+
+    #[test]
+    fn exists() {
+        assert!(matches(doc! {"a": {"$exists": true}}, doc! {"a": null}));
+        assert!(matches(doc! {"a": {"$exists": 1}}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": {"$exists": true}}, doc! {"b": 1}));
+        assert!(matches(doc! {"a": {"$exists": false}}, doc! {"b": 1}));
+        assert!(matches(doc! {"a": {"$exists": 0}}, doc! {"b": 1}));
+        assert!(!matches(doc! {"a": {"$exists": false}}, doc! {"a": null}));
+        assert!(matches(
+            doc! {"a.b": {"$exists": true}},
+            doc! {"a": [{"c": 1}, {"b": 1}]}
+        ));
+        assert!(!matches(
+            doc! {"a.b": {"$exists": true}},
+            doc! {"a": [{"c": 1}]}
+        ));
+        assert!(!matches(doc! {"a.b": {"$exists": true}}, doc! {"a": []}));
+        assert!(matches(doc! {"a.b": {"$exists": false}}, doc! {"a": [1]}));
+        assert!(matches(doc! {"a.1": {"$exists": true}}, doc! {"a": [1, 2]}));
+        assert!(!matches(
+            doc! {"a.2": {"$exists": true}},
+            doc! {"a": [1, 2]}
+        ));
+    }
+
+    #[test]
+    fn comparisons_bracket_by_type() {
+        let gt5 = doc! {"a": {"$gt": 5}};
+        assert!(matches(gt5.clone(), doc! {"a": 6}));
+        assert!(matches(gt5.clone(), doc! {"a": 5.5}));
+        assert!(matches(gt5.clone(), doc! {"a": 7_i64}));
+        assert!(matches(gt5.clone(), doc! {"a": [1, 10]}));
+        assert!(!matches(gt5.clone(), doc! {"a": 5}));
+        assert!(!matches(gt5.clone(), doc! {"a": "6"}));
+        assert!(!matches(gt5.clone(), doc! {"a": true}));
+        assert!(!matches(gt5.clone(), doc! {"a": null}));
+        assert!(!matches(gt5.clone(), doc! {}));
+        assert!(!matches(gt5, doc! {"a": {"b": 6}}));
+        assert!(matches(doc! {"a": {"$gte": 5}}, doc! {"a": 5}));
+        assert!(matches(doc! {"a": {"$lt": 5}}, doc! {"a": -1}));
+        assert!(!matches(doc! {"a": {"$lt": 5}}, doc! {"a": "1"}));
+        assert!(matches(doc! {"a": {"$lte": 5}}, doc! {"a": 5.0}));
+        assert!(matches(doc! {"a": {"$lt": "b"}}, doc! {"a": "abc"}));
+        assert!(!matches(doc! {"a": {"$lt": "b"}}, doc! {"a": 1}));
+        let d = |ms| Bson::DateTime(bson::DateTime::from_millis(ms));
+        assert!(matches(doc! {"a": {"$gt": d(5)}}, doc! {"a": d(6)}));
+        assert!(!matches(doc! {"a": {"$gt": d(5)}}, doc! {"a": 6}));
+        // Range over the elements of one array: each bound may be met by a different element.
+        assert!(matches(
+            doc! {"a": {"$gt": 1, "$lt": 5}},
+            doc! {"a": [0, 6]}
+        ));
+        assert!(!matches(doc! {"a": {"$gt": 1, "$lt": 5}}, doc! {"a": 6}));
+    }
+
+    #[test]
+    fn comparisons_against_arrays_and_documents() {
+        assert!(matches(doc! {"a": {"$gt": [1]}}, doc! {"a": [2]}));
+        assert!(matches(doc! {"a": {"$gt": [1]}}, doc! {"a": [[2]]}));
+        assert!(matches(
+            doc! {"a": {"$gte": {"x": 1}}},
+            doc! {"a": {"x": 2}}
+        ));
+        assert!(!matches(doc! {"a": {"$gte": {"x": 1}}}, doc! {"a": 2}));
+    }
+
+    #[test]
+    fn min_and_max_key_bound_every_type() {
+        assert!(matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {"a": "x"}));
+        assert!(matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {"a": null}));
+        assert!(matches(
+            doc! {"a": {"$lt": Bson::MaxKey}},
+            doc! {"a": {"b": 1}}
+        ));
+        assert!(matches(
+            doc! {"a": {"$lte": Bson::MaxKey}},
+            doc! {"a": Bson::MaxKey}
+        ));
+        assert!(!matches(doc! {"a": {"$lt": Bson::MinKey}}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a": {"$gt": Bson::MaxKey}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": Bson::MinKey}, doc! {"a": Bson::MinKey}));
+        assert!(!matches(doc! {"a": Bson::MinKey}, doc! {"a": null}));
+    }
+
+    #[test]
+    fn null_bounds_match_missing() {
+        assert!(matches(doc! {"a": {"$gte": null}}, doc! {}));
+        assert!(matches(doc! {"a": {"$lte": null}}, doc! {"a": null}));
+        assert!(!matches(doc! {"a": {"$lt": null}}, doc! {}));
+        assert!(!matches(doc! {"a": {"$gt": null}}, doc! {"a": 1}));
+    }
+
+    #[test]
+    fn nan_equals_nan_only() {
+        assert!(matches(doc! {"a": f64::NAN}, doc! {"a": f64::NAN}));
+        assert!(matches(
+            doc! {"a": {"$gte": f64::NAN}},
+            doc! {"a": f64::NAN}
+        ));
+        assert!(!matches(doc! {"a": {"$gt": f64::NAN}}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a": {"$lt": 5}}, doc! {"a": f64::NAN}));
+        assert!(!matches(
+            doc! {"a": {"$lt": f64::NAN}},
+            doc! {"a": f64::NEG_INFINITY}
+        ));
+    }
+
+    #[test]
+    fn in_matches_values_regexes_and_null() {
+        let f = doc! {"a": {"$in": [1, "x", re("^ab", "")]}};
+        assert!(matches(f.clone(), doc! {"a": 1.0}));
+        assert!(matches(f.clone(), doc! {"a": "x"}));
+        assert!(matches(f.clone(), doc! {"a": "abc"}));
+        assert!(matches(f.clone(), doc! {"a": [5, "abz"]}));
+        assert!(!matches(f.clone(), doc! {"a": "b"}));
+        assert!(!matches(f.clone(), doc! {}));
+        assert!(matches(doc! {"a": {"$in": [null]}}, doc! {}));
+        assert!(matches(
+            doc! {"a": {"$in": [null, 2]}},
+            doc! {"a": [1, null]}
+        ));
+        assert!(!matches(doc! {"a": {"$in": []}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$in": [[1, 2]]}}, doc! {"a": [1, 2]}));
+        assert!(matches(
+            doc! {"a": {"$in": [{"b": 1}]}},
+            doc! {"a": {"b": 1}}
+        ));
+        let many: Vec<Bson> = (0..100).rev().map(Bson::Int32).collect();
+        assert!(matches(
+            doc! {"a": {"$in": many.clone()}},
+            doc! {"a": 42_i64}
+        ));
+        assert!(!matches(doc! {"a": {"$in": many}}, doc! {"a": 100}));
+    }
+
+    #[test]
+    fn in_and_nin_need_arrays() {
+        assert_parse_err(doc! {"a": {"$in": 1}}, 2, "$in needs an array");
+        assert_parse_err(doc! {"a": {"$nin": {"b": 1}}}, 2, "$nin needs an array");
+        assert_parse_err(
+            doc! {"a": {"$in": [{"$gt": 1}]}},
+            2,
+            "cannot nest $ under $in",
+        );
+        assert_parse_err(
+            doc! {"a": {"$in": [Bson::Undefined]}},
+            2,
+            "equality cannot be undefined",
+        );
+    }
+
+    #[test]
+    fn type_matches_codes_aliases_and_elements() {
+        assert!(matches(doc! {"a": {"$type": "string"}}, doc! {"a": "x"}));
+        assert!(matches(doc! {"a": {"$type": 2}}, doc! {"a": "x"}));
+        assert!(matches(doc! {"a": {"$type": 2.0}}, doc! {"a": "x"}));
+        assert!(!matches(doc! {"a": {"$type": "string"}}, doc! {"a": 1}));
+        assert!(matches(
+            doc! {"a": {"$type": "string"}},
+            doc! {"a": [1, "x"]}
+        ));
+        assert!(matches(doc! {"a": {"$type": "number"}}, doc! {"a": 1_i64}));
+        assert!(matches(doc! {"a": {"$type": "number"}}, doc! {"a": 1.5}));
+        assert!(!matches(doc! {"a": {"$type": "number"}}, doc! {"a": "1"}));
+        assert!(matches(
+            doc! {"a": {"$type": ["bool", "int"]}},
+            doc! {"a": 1}
+        ));
+        assert!(matches(doc! {"a": {"$type": "int"}}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a": {"$type": "long"}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$type": "array"}}, doc! {"a": [1]}));
+        assert!(matches(doc! {"a": {"$type": "array"}}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": {"$type": "array"}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$type": "object"}}, doc! {"a": [{}]}));
+        assert!(matches(doc! {"a": {"$type": "null"}}, doc! {"a": null}));
+        assert!(!matches(doc! {"a": {"$type": "null"}}, doc! {}));
+        assert!(matches(
+            doc! {"a": {"$type": "minKey"}},
+            doc! {"a": Bson::MinKey}
+        ));
+        assert!(matches(doc! {"a": {"$type": -1}}, doc! {"a": Bson::MinKey}));
+        assert!(matches(
+            doc! {"a": {"$type": 127}},
+            doc! {"a": Bson::MaxKey}
+        ));
+        assert!(matches(
+            doc! {"a.b": {"$type": "int"}},
+            doc! {"a": [{"b": 1}]}
+        ));
+    }
+
+    #[test]
+    fn type_rejects_bad_operands() {
+        assert_parse_err(
+            doc! {"a": {"$type": "foo"}},
+            2,
+            "Unknown type name alias: foo",
+        );
+        assert_parse_err(
+            doc! {"a": {"$type": 100}},
+            2,
+            "Invalid numerical type code: 100",
+        );
+        assert_parse_err(doc! {"a": {"$type": 0}}, 2, "Invalid numerical type code");
+        assert_parse_err(doc! {"a": {"$type": 2.5}}, 2, "Invalid numerical type code");
+        assert_parse_err(doc! {"a": {"$type": []}}, 9, "must match at least one type");
+        assert_parse_err(doc! {"a": {"$type": true}}, 14, "number or a string");
+    }
+
+    #[test]
+    fn and_or_nor() {
+        let and = doc! {"$and": [{"a": 1}, {"b": 2}]};
+        assert!(matches(and.clone(), doc! {"a": 1, "b": 2}));
+        assert!(!matches(and, doc! {"a": 1}));
+        let or = doc! {"$or": [{"a": 1}, {"b": 2}]};
+        assert!(matches(or.clone(), doc! {"b": 2}));
+        assert!(!matches(or, doc! {"a": 2, "b": 1}));
+        let nor = doc! {"$nor": [{"a": 1}, {"b": 2}]};
+        assert!(matches(nor.clone(), doc! {}));
+        assert!(!matches(nor, doc! {"b": 2}));
+        // Same path twice through $and: both predicates apply.
+        assert!(!matches(
+            doc! {"$and": [{"a": {"$gt": 1}}, {"a": {"$lt": 3}}], "a": 5},
+            doc! {"a": 5}
+        ));
+        assert!(matches(
+            doc! {"$or": [{"$and": [{"a": 1}]}]},
+            doc! {"a": [1]}
+        ));
+    }
+
+    #[test]
+    fn logical_operators_need_nonempty_arrays_of_objects() {
+        assert_parse_err(
+            doc! {"$and": []},
+            2,
+            "$and/$or/$nor must be a nonempty array",
+        );
+        assert_parse_err(doc! {"$or": []}, 2, "must be a nonempty array");
+        assert_parse_err(doc! {"$nor": {"a": 1}}, 2, "$nor must be an array");
+        assert_parse_err(doc! {"$or": 1}, 2, "$or must be an array");
+        assert_parse_err(
+            doc! {"$and": [1]},
+            2,
+            "$or/$and/$nor entries need to be full objects",
+        );
+        assert_parse_err(doc! {"$or": [{"a": 1}, "b"]}, 2, "need to be full objects");
+    }
+
+    #[test]
+    fn not_negates_the_whole_path_predicate() {
+        let f = doc! {"a": {"$not": {"$gt": 5}}};
+        assert!(matches(f.clone(), doc! {"a": 3}));
+        assert!(matches(f.clone(), doc! {}));
+        assert!(matches(f.clone(), doc! {"a": "x"}));
+        assert!(matches(f.clone(), doc! {"a": [1, 2]}));
+        assert!(!matches(f.clone(), doc! {"a": [1, 10]}));
+        assert!(!matches(f, doc! {"a": 6}));
+        let range = doc! {"a": {"$not": {"$gt": 1, "$lt": 5}}};
+        assert!(matches(range.clone(), doc! {"a": 7}));
+        assert!(!matches(range, doc! {"a": 3}));
+        assert!(matches(
+            doc! {"a": {"$not": re("^x", "")}},
+            doc! {"a": "yx"}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$not": re("^x", "i")}},
+            doc! {"a": "Xy"}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$not": {"$regex": "^x", "$options": "i"}}},
+            doc! {"a": "Xy"}
+        ));
+        assert!(matches(
+            doc! {"a": {"$not": {"$regex": "^x"}}},
+            doc! {"a": 1}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$not": {"$size": 1}}},
+            doc! {"a": [1]}
+        ));
+    }
+
+    #[test]
+    fn not_needs_a_regex_or_a_document_of_operators() {
+        assert_parse_err(
+            doc! {"a": {"$not": 5}},
+            2,
+            "$not needs a regex or a document",
+        );
+        assert_parse_err(
+            doc! {"a": {"$not": "x"}},
+            2,
+            "$not needs a regex or a document",
+        );
+        assert_parse_err(doc! {"a": {"$not": {}}}, 2, "$not cannot be empty");
+        assert_parse_err(doc! {"a": {"$not": {"b": 1}}}, 2, "unknown operator: b");
+        assert_parse_err(
+            doc! {"a": {"$not": {"$foo": 1}}},
+            2,
+            "unknown operator: $foo",
+        );
+        assert_parse_err(
+            doc! {"$not": {"a": 1}},
+            2,
+            "unknown top level operator: $not",
+        );
+    }
+
+    #[test]
+    fn elem_match_value_form_needs_one_element_satisfying_all() {
+        let f = doc! {"a": {"$elemMatch": {"$gt": 1, "$lt": 5}}};
+        assert!(matches(f.clone(), doc! {"a": [0, 3]}));
+        assert!(!matches(f.clone(), doc! {"a": [0, 6]}));
+        assert!(!matches(f.clone(), doc! {"a": 3}));
+        assert!(!matches(f.clone(), doc! {}));
+        // Elements are matched as values: a nested array is not looked into.
+        assert!(!matches(f, doc! {"a": [[3]]}));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$not": {"$gt": 5}}}},
+            doc! {"a": [9, 1]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$in": [1, 2]}}},
+            doc! {"a": [9, 2]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$elemMatch": {"$eq": 1}}}},
+            doc! {"a": [[0, 1]]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$regex": "^b"}}},
+            doc! {"a": ["ab", "bc"]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$exists": true}}},
+            doc! {"a": [1]}
+        ));
+        assert!(!matches(
+            doc! {"a": {"$elemMatch": {"$exists": true}}},
+            doc! {"a": []}
+        ));
+    }
+
+    #[test]
+    fn elem_match_object_form_needs_one_document_matching_all() {
+        let f = doc! {"a": {"$elemMatch": {"b": 1, "c": 2}}};
+        assert!(matches(f.clone(), doc! {"a": [{"b": 1, "c": 2}, {"b": 0}]}));
+        assert!(!matches(f.clone(), doc! {"a": [{"b": 1}, {"c": 2}]}));
+        assert!(!matches(f.clone(), doc! {"a": {"b": 1, "c": 2}}));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"b": {"$gt": 1}, "$or": [{"c": 1}, {"d": 1}]}}},
+            doc! {"a": [{"b": 2, "d": 1}]}
+        ));
+        assert!(matches(
+            doc! {"a.x": {"$elemMatch": {"b": 1}}},
+            doc! {"a": [{"x": [{"b": 1}]}]}
+        ));
+        // An empty $elemMatch matches arrays holding at least one document or array.
+        assert!(matches(doc! {"a": {"$elemMatch": {}}}, doc! {"a": [1, {}]}));
+        assert!(!matches(doc! {"a": {"$elemMatch": {}}}, doc! {"a": [1, 2]}));
+        // An array element is seen as an object with keys "0", "1", ...
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"0": 5}}},
+            doc! {"a": [[5, 6]]}
+        ));
+        assert_parse_err(
+            doc! {"a": {"$elemMatch": 1}},
+            2,
+            "$elemMatch needs an Object",
+        );
+        assert_parse_err(
+            doc! {"a": {"$elemMatch": {"$expr": true}}},
+            2,
+            "$expr can only be applied to the top-level document",
+        );
+        assert_parse_err(
+            doc! {"a": {"$elemMatch": {"$gt": 1, "b": 1}}},
+            2,
+            "unknown operator: b",
+        );
+    }
+
+    #[test]
+    fn size_counts_the_array_itself() {
+        assert!(matches(doc! {"a": {"$size": 2}}, doc! {"a": [1, 2]}));
+        assert!(matches(
+            doc! {"a": {"$size": 2.0}},
+            doc! {"a": [1, [2, 3, 4]]}
+        ));
+        assert!(matches(doc! {"a": {"$size": 0}}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": {"$size": 2}}, doc! {"a": [[1, 2]]}));
+        assert!(!matches(doc! {"a": {"$size": 1}}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a": {"$size": 0}}, doc! {}));
+        assert!(matches(
+            doc! {"a.b": {"$size": 1}},
+            doc! {"a": [{"b": [1]}, {"b": 2}]}
+        ));
+        assert_parse_err(doc! {"a": {"$size": -1}}, 2, "$size may not be negative");
+        assert_parse_err(
+            doc! {"a": {"$size": 1.5}},
+            2,
+            "$size must be a whole number",
+        );
+        assert_parse_err(doc! {"a": {"$size": "1"}}, 2, "$size needs a number");
+        assert_parse_err(doc! {"a": {"$size": i64::MAX}}, 2, "32-bit integer");
+    }
+
+    #[test]
+    fn all_requires_every_value() {
+        let f = doc! {"a": {"$all": [1, 2]}};
+        assert!(matches(f.clone(), doc! {"a": [2, 3, 1]}));
+        assert!(!matches(f.clone(), doc! {"a": [1]}));
+        assert!(!matches(f, doc! {}));
+        assert!(matches(doc! {"a": {"$all": [1]}}, doc! {"a": 1}));
+        assert!(matches(doc! {"a": {"$all": [[1, 2]]}}, doc! {"a": [1, 2]}));
+        assert!(matches(
+            doc! {"a": {"$all": [[1, 2]]}},
+            doc! {"a": [[1, 2], 3]}
+        ));
+        assert!(matches(
+            doc! {"a": {"$all": [re("^a", ""), "bb"]}},
+            doc! {"a": ["ax", "bb"]}
+        ));
+        // An empty $all matches nothing, not even an empty array.
+        assert!(!matches(doc! {"a": {"$all": []}}, doc! {"a": []}));
+        assert!(!matches(doc! {"a": {"$all": []}}, doc! {"a": [1]}));
+        assert_parse_err(doc! {"a": {"$all": 1}}, 2, "$all needs an array");
+        assert_parse_err(
+            doc! {"a": {"$all": [{"$gt": 1}]}},
+            2,
+            "no $ expressions in $all",
+        );
+    }
+
+    #[test]
+    fn all_with_elem_match() {
+        let f = doc! {"a": {"$all": [
+            {"$elemMatch": {"b": 1}},
+            {"$elemMatch": {"c": {"$gt": 5}}},
+        ]}};
+        assert!(matches(f.clone(), doc! {"a": [{"b": 1}, {"c": 6}]}));
+        assert!(!matches(f, doc! {"a": [{"b": 1}, {"c": 5}]}));
+        assert_parse_err(
+            doc! {"a": {"$all": [{"$elemMatch": {"b": 1}}, 5]}},
+            2,
+            "$all/$elemMatch has to be consistent",
+        );
+        assert_parse_err(
+            doc! {"a": {"$all": [{"$elemMatch": {"b": 1}}, {"b": 1}]}},
+            2,
+            "$all/$elemMatch has to be consistent",
+        );
+    }
+
+    #[test]
+    fn regex_values_and_operator() {
+        assert!(matches(doc! {"a": re("^ab", "")}, doc! {"a": "abc"}));
+        assert!(!matches(doc! {"a": re("^ab", "")}, doc! {"a": "ABC"}));
+        assert!(matches(doc! {"a": re("^ab", "i")}, doc! {"a": "ABC"}));
+        assert!(matches(
+            doc! {"a": {"$regex": "^ab", "$options": "i"}},
+            doc! {"a": "ABC"}
+        ));
+        assert!(matches(
+            doc! {"a": {"$options": "i", "$regex": "^ab"}},
+            doc! {"a": "ABC"}
+        ));
+        assert!(matches(
+            doc! {"a": {"$regex": re("^ab", "i")}},
+            doc! {"a": "ABC"}
+        ));
+        assert!(matches(
+            doc! {"a": {"$regex": "b"}},
+            doc! {"a": ["x", "abc"]}
+        ));
+        assert!(!matches(doc! {"a": {"$regex": "1"}}, doc! {"a": 1}));
+        assert!(!matches(doc! {"a": {"$regex": "b"}}, doc! {}));
+        assert!(matches(
+            doc! {"a": {"$regex": "x"}},
+            doc! {"a": Bson::Symbol("x".into())}
+        ));
+        // A stored regex matches only the identical regex.
+        assert!(matches(doc! {"a": re("x", "i")}, doc! {"a": re("x", "i")}));
+        assert!(!matches(doc! {"a": re("x", "i")}, doc! {"a": re("x", "")}));
+        assert!(matches(
+            doc! {"a": {"$eq": re("x", "")}},
+            doc! {"a": re("x", "")}
+        ));
+        assert!(!matches(doc! {"a": {"$eq": re("x", "")}}, doc! {"a": "x"}));
+    }
+
+    #[test]
+    fn regex_options_m_s_x() {
+        assert!(!matches(doc! {"a": re("^b", "")}, doc! {"a": "a\nb"}));
+        assert!(matches(doc! {"a": re("^b", "m")}, doc! {"a": "a\nb"}));
+        assert!(!matches(doc! {"a": re("a.b", "")}, doc! {"a": "a\nb"}));
+        assert!(matches(doc! {"a": re("a.b", "s")}, doc! {"a": "a\nb"}));
+        assert!(matches(
+            doc! {"a": re("a b # comment", "x")},
+            doc! {"a": "ab"}
+        ));
+        assert!(!matches(doc! {"a": re("a b", "")}, doc! {"a": "ab"}));
+    }
+
+    #[test]
+    fn regex_follows_pcre_where_the_regex_crate_differs() {
+        // `$` also matches before a final newline.
+        assert!(matches(doc! {"a": re("abc$", "")}, doc! {"a": "abc\n"}));
+        assert!(!matches(doc! {"a": re("abc$", "")}, doc! {"a": "abc\nd"}));
+        assert!(matches(doc! {"a": re(r"abc\Z", "")}, doc! {"a": "abc\n"}));
+        // `\d` and `\w` are ASCII.
+        assert!(matches(doc! {"a": re(r"^\d+$", "")}, doc! {"a": "123"}));
+        assert!(!matches(
+            doc! {"a": re(r"^\d$", "")},
+            doc! {"a": "\u{0663}"}
+        ));
+        assert!(!matches(doc! {"a": re(r"^\w$", "")}, doc! {"a": "é"}));
+        assert!(matches(doc! {"a": re(r"^[\d.]+$", "")}, doc! {"a": "1.5"}));
+        assert!(matches(
+            doc! {"a": re(r"^\S+\s\S+$", "")},
+            doc! {"a": "a b"}
+        ));
+        // Literal quoting and literal braces.
+        assert!(matches(
+            doc! {"a": re(r"\Qa.b*\E$", "")},
+            doc! {"a": "xa.b*"}
+        ));
+        assert!(!matches(doc! {"a": re(r"\Qa.b\E", "")}, doc! {"a": "axb"}));
+        assert!(matches(doc! {"a": re("a{", "")}, doc! {"a": "a{"}));
+        assert!(matches(doc! {"a": re("{x}", "")}, doc! {"a": "{x}"}));
+        assert!(matches(doc! {"a": re("^a{2}$", "")}, doc! {"a": "aa"}));
+        assert!(matches(doc! {"a": re("^a{1,2}b", "")}, doc! {"a": "aab"}));
+        // Class contents that are set syntax in the regex crate.
+        assert!(matches(doc! {"a": re("^[[]$", "")}, doc! {"a": "["}));
+        assert!(matches(doc! {"a": re("^[]a]+$", "")}, doc! {"a": "]a"}));
+        assert!(matches(doc! {"a": re("^[a&&b]+$", "")}, doc! {"a": "&a"}));
+        assert!(matches(
+            doc! {"a": re("^[[:alpha:]]+$", "")},
+            doc! {"a": "ab"}
+        ));
+        assert!(matches(doc! {"a": re(r"\/x\<", "")}, doc! {"a": "/x<"}));
+    }
+
+    #[test]
+    fn regex_errors() {
+        assert_parse_err(
+            doc! {"a": re("(", "")},
+            51091,
+            "Regular expression is invalid",
+        );
+        assert_parse_err(
+            doc! {"a": {"$regex": "a(?=b)"}},
+            51091,
+            "Regular expression is invalid",
+        );
+        assert_parse_err(
+            doc! {"a": {"$regex": "a", "$options": "q"}},
+            51108,
+            "invalid flag in regex options: q",
+        );
+        assert_parse_err(doc! {"a": {"$options": "i"}}, 2, "$options needs a $regex");
+        assert_parse_err(doc! {"a": {"$regex": 1}}, 2, "$regex has to be a string");
+        assert_parse_err(
+            doc! {"a": {"$regex": "a", "$options": 1}},
+            2,
+            "$options has to be a string",
+        );
+        assert_parse_err(
+            doc! {"a": {"$regex": re("a", "i"), "$options": "m"}},
+            51075,
+            "options set in both $regex and $options",
+        );
+        assert_parse_err(
+            doc! {"a": {"$options": "m", "$regex": re("a", "i")}},
+            51074,
+            "options set in both $regex and $options",
+        );
+        assert_parse_err(doc! {"a": {"$in": [re("(", "")]}}, 51091, "invalid");
+        assert_parse_err(
+            doc! {"a": {"$gt": re("a", "")}},
+            2,
+            "Can't have RegEx as arg to predicate over field 'a'",
+        );
+        assert_parse_err(
+            doc! {"a": {"$ne": re("a", "")}},
+            2,
+            "Can't have regex as arg to $ne.",
+        );
+    }
+
+    #[test]
+    fn mod_truncates_numbers() {
+        let f = doc! {"a": {"$mod": [4, 1]}};
+        assert!(matches(f.clone(), doc! {"a": 5}));
+        assert!(matches(f.clone(), doc! {"a": 9_i64}));
+        assert!(matches(f.clone(), doc! {"a": 5.9}));
+        assert!(matches(f.clone(), doc! {"a": [2, 13]}));
+        assert!(!matches(f.clone(), doc! {"a": 6}));
+        assert!(!matches(f.clone(), doc! {"a": "5"}));
+        assert!(!matches(f.clone(), doc! {"a": f64::NAN}));
+        assert!(!matches(f, doc! {}));
+        assert!(matches(doc! {"a": {"$mod": [4, -1]}}, doc! {"a": -5}));
+        assert!(matches(doc! {"a": {"$mod": [4.5, 1]}}, doc! {"a": 5}));
+        assert!(matches(doc! {"a": {"$mod": [-1, 0]}}, doc! {"a": i64::MIN}));
+    }
+
+    #[test]
+    fn mod_rejects_bad_operands() {
+        assert_parse_err(doc! {"a": {"$mod": [0, 1]}}, 2, "divisor cannot be 0");
+        assert_parse_err(doc! {"a": {"$mod": [0.5, 1]}}, 2, "divisor cannot be 0");
+        assert_parse_err(
+            doc! {"a": {"$mod": 4}},
+            2,
+            "malformed mod, needs to be an array",
+        );
+        assert_parse_err(
+            doc! {"a": {"$mod": [4]}},
+            2,
+            "malformed mod, not enough elements",
+        );
+        assert_parse_err(
+            doc! {"a": {"$mod": [4, 1, 2]}},
+            2,
+            "malformed mod, too many elements",
+        );
+        assert_parse_err(
+            doc! {"a": {"$mod": ["4", 1]}},
+            2,
+            "malformed mod, divisor not a number",
+        );
+        assert_parse_err(
+            doc! {"a": {"$mod": [4, "1"]}},
+            2,
+            "malformed mod, remainder not a number",
+        );
+        assert_parse_err(
+            doc! {"a": {"$mod": [f64::NAN, 1]}},
+            2,
+            "divisor value is invalid",
+        );
+    }
+
+    #[test]
+    fn comment_is_ignored() {
+        assert!(matches(doc! {"$comment": "why", "a": 1}, doc! {"a": 1}));
+        assert!(!matches(doc! {"$comment": "why", "a": 1}, doc! {"a": 2}));
+        assert!(matches(doc! {"$comment": {"any": "thing"}}, doc! {}));
+    }
+
+    #[test]
+    fn always_true_and_false() {
+        assert!(matches(doc! {"$alwaysTrue": 1}, doc! {}));
+        assert!(!matches(doc! {"$alwaysFalse": 1}, doc! {}));
+        assert_parse_err(doc! {"$alwaysTrue": 0}, 9, "must be an integer value of 1");
+    }
+
+    #[test]
+    fn expr_is_parsed_and_evaluated_for_truthiness() {
+        assert!(matches(doc! {"$expr": true}, doc! {"a": 1}));
+        assert!(!matches(doc! {"$expr": false}, doc! {"a": 1}));
+        assert!(!matches(doc! {"$expr": 0}, doc! {"a": 1}));
+        assert!(!matches(doc! {"$expr": true, "a": 2}, doc! {"a": 1}));
+        assert!(matches(doc! {"$or": [{"$expr": 1}]}, doc! {}));
+    }
+
+    #[test]
+    fn unknown_operators_are_rejected() {
+        assert_parse_err(doc! {"a": {"$foo": 1}}, 2, "unknown operator: $foo");
+        assert_parse_err(doc! {"a": {"$gt": 1, "b": 2}}, 2, "unknown operator: b");
+        assert_parse_err(doc! {"$foo": 1}, 2, "unknown top level operator: $foo");
+        assert_parse_err(
+            doc! {"a": {"$where": "x"}},
+            2,
+            "$where cannot be applied to a field",
+        );
+        assert_parse_err(
+            doc! {"a": {"$comment": "x"}},
+            2,
+            "unknown operator: $comment",
+        );
+        // Errors anywhere in the tree surface at parse time.
+        assert_parse_err(
+            doc! {"$or": [{"a": 1}, {"b": {"$foo": 1}}]},
+            2,
+            "unknown operator: $foo",
+        );
+        assert_parse_err(
+            doc! {"a": {"$eq": Bson::Undefined}},
+            2,
+            "cannot compare to undefined",
+        );
+    }
+
+    #[test]
+    fn unimplemented_operators_fail_as_not_supported() {
+        for (filter, op) in [
+            (doc! {"$where": "this.a == 1"}, "$where"),
+            (doc! {"$text": {"$search": "x"}}, "$text"),
+            (doc! {"$jsonSchema": {}}, "$jsonSchema"),
+            (doc! {"$sampleRate": 0.5}, "$sampleRate"),
+            (doc! {"a": {"$near": [0, 0]}}, "$near"),
+            (doc! {"a": {"$nearSphere": [0, 0]}}, "$nearSphere"),
+            (doc! {"a": {"$geoWithin": {}}}, "$geoWithin"),
+            (doc! {"a": {"$geoIntersects": {}}}, "$geoIntersects"),
+            (doc! {"a": {"$bitsAllSet": 1}}, "$bitsAllSet"),
+            (doc! {"a": {"$bitsAnySet": 1}}, "$bitsAnySet"),
+            (doc! {"a": {"$bitsAllClear": 1}}, "$bitsAllClear"),
+            (doc! {"a": {"$bitsAnyClear": 1}}, "$bitsAnyClear"),
+            (
+                doc! {"a": {"$elemMatch": {"$bitsAllSet": 1}}},
+                "$bitsAllSet",
+            ),
+        ] {
+            assert_parse_err(filter, 115, op);
+        }
+    }
+
+    #[test]
+    fn dbref_documents_are_values_not_operators() {
+        let f = doc! {"a": {"$ref": "c", "$id": 1}};
+        assert!(matches(f.clone(), doc! {"a": {"$ref": "c", "$id": 1}}));
+        assert!(!matches(f, doc! {"a": {"$ref": "c", "$id": 2}}));
+        assert!(matches(
+            doc! {"a": {"$elemMatch": {"$id": 1}}},
+            doc! {"a": [{"$ref": "c", "$id": 1}]}
+        ));
+    }
+
+    #[test]
+    fn equality_on_reports_scalar_pins_only() {
+        let pin = |filter: Document, path: &str| {
+            Matcher::parse(&filter).unwrap().equality_on(path).cloned()
+        };
+        assert_eq!(pin(doc! {"a": 5}, "a"), Some(Bson::Int32(5)));
+        assert_eq!(
+            pin(doc! {"a": {"$eq": "x"}}, "a"),
+            Some(Bson::String("x".into()))
+        );
+        assert_eq!(
+            pin(doc! {"a": {"$gt": 1, "$eq": 5}}, "a"),
+            Some(Bson::Int32(5))
+        );
+        assert_eq!(pin(doc! {"b": 1, "a.c": 5}, "a.c"), Some(Bson::Int32(5)));
+        assert_eq!(
+            pin(doc! {"$and": [{"b": 1}, {"a": 5}]}, "a"),
+            Some(Bson::Int32(5))
+        );
+        assert_eq!(pin(doc! {"a": 5}, "b"), None);
+        assert_eq!(pin(doc! {"a": [5]}, "a"), None);
+        assert_eq!(pin(doc! {"a": {"b": 5}}, "a"), None);
+        assert_eq!(pin(doc! {"a": null}, "a"), None);
+        assert_eq!(pin(doc! {"a": re("x", "")}, "a"), None);
+        assert_eq!(pin(doc! {"a": {"$gt": 5}}, "a"), None);
+        assert_eq!(pin(doc! {"a": {"$ne": 5}}, "a"), None);
+        assert_eq!(pin(doc! {"a": {"$in": [5]}}, "a"), None);
+        assert_eq!(pin(doc! {"$or": [{"a": 5}]}, "a"), None);
+        assert_eq!(pin(doc! {"a": Bson::MinKey}, "a"), None);
+    }
+
+    #[test]
+    fn filter_is_kept_as_given() {
+        let f = doc! {"a": {"$gt": 1}, "$comment": "c"};
+        assert_eq!(Matcher::parse(&f).unwrap().filter(), &f);
+    }
 }
