@@ -6,6 +6,9 @@
 //! copying it. Path traversal follows mongod's `BSONElementIterator` (manual: "Query an Array",
 //! "Query on Embedded/Nested Documents", "Query for Null or Missing Fields").
 
+// `CommandError` is the shared error type of every module; its size is not this module's to change.
+#![allow(clippy::result_large_err)]
+
 use crate::compare::{as_f64, compare, is_number, type_rank};
 use crate::error::{COMMAND_NOT_SUPPORTED, CommandError, FAILED_TO_PARSE, Result, TYPE_MISMATCH};
 use crate::expr::{Expr, Variables, is_truthy};
@@ -1188,6 +1191,9 @@ fn parse_size(value: &Bson) -> Result<usize> {
     usize::try_from(size).map_err(|_| CommandError::bad_value("$size may not be negative"))
 }
 
+/// 2^63 exactly: doubles at or beyond it do not fit an i64.
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
 fn parse_mod(value: &Bson) -> Result<(i64, i64)> {
     let Bson::Array(items) = value else {
         return Err(CommandError::bad_value(
@@ -1225,7 +1231,7 @@ fn parse_mod(value: &Bson) -> Result<(i64, i64)> {
                          coerce NaN/Inf to integral type"
                     )));
                 }
-                if d >= 9.223_372_036_854_775_807e18 || d < -9.223_372_036_854_775_808e18 {
+                if !(-TWO_POW_63..TWO_POW_63).contains(&d) {
                     return Err(CommandError::bad_value(format!(
                         "malformed mod, {what} value is invalid :: caused by :: Out of bounds \
                          coercing to integral value"
