@@ -406,6 +406,14 @@ fn translate_pcre(pattern: &str, multi_line: bool) -> String {
                     }
                     'Z' if !in_class => out.push_str(r"(?:\n?\z)"),
                     '<' | '>' => out.push(next),
+                    // `\x{263a}`, `\p{L}`: the braces belong to the escape.
+                    'x' | 'p' | 'P' if chars.get(i + 2) == Some(&'{') => {
+                        let close = (i + 3..chars.len()).find(|&j| chars[j] == '}');
+                        let end = close.unwrap_or(chars.len() - 1);
+                        out.extend(&chars[i..=end]);
+                        i = end + 1;
+                        continue;
+                    }
                     _ => {
                         out.push('\\');
                         out.push(next);
@@ -2132,6 +2140,11 @@ mod tests {
             doc! {"a": "ab"}
         ));
         assert!(matches(doc! {"a": re(r"\/x\<", "")}, doc! {"a": "/x<"}));
+        assert!(matches(
+            doc! {"a": re(r"^\x{263a}\x41$", "")},
+            doc! {"a": "\u{263a}A"}
+        ));
+        assert!(matches(doc! {"a": re(r"^\p{Lu}+$", "")}, doc! {"a": "ÀB"}));
     }
 
     #[test]
