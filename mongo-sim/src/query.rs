@@ -238,8 +238,8 @@ fn mod_dividend(v: &Bson) -> Option<i64> {
         Bson::Int32(i) => Some(i64::from(*i)),
         Bson::Int64(i) => Some(*i),
         Bson::Double(_) | Bson::Decimal128(_) => {
-            let d = as_f64(v)?;
-            d.is_finite().then_some(d.trunc() as i64)
+            let d = as_f64(v)?.trunc();
+            (-TWO_POW_63..TWO_POW_63).contains(&d).then_some(d as i64)
         }
         _ => None,
     }
@@ -298,21 +298,20 @@ fn sorted_chars(s: &str) -> Vec<char> {
     v
 }
 
-/// mongod's limit on a pattern's length (`RegexMatchExpression::kMaxPatternSize`).
+/// The longest pattern mongod's PCRE wrapper compiles.
 const MAX_PATTERN_SIZE: usize = 32764;
 
 fn compile_regex(pattern: &str, options: &str) -> Result<RegexTest> {
     if pattern.len() > MAX_PATTERN_SIZE {
-        return Err(CommandError::bad_value("Regular expression is too long"));
+        return Err(CommandError::location(
+            51091,
+            "Regular expression is invalid: pattern string is longer than the limit set by the \
+             application",
+        ));
     }
     if pattern.contains('\0') {
         return Err(CommandError::bad_value(
             "Regular expression cannot contain an embedded null byte",
-        ));
-    }
-    if options.contains('\0') {
-        return Err(CommandError::bad_value(
-            "Regular expression options string cannot contain an embedded null byte",
         ));
     }
     let mut builder_flags = (false, false, false, false);
@@ -325,9 +324,10 @@ fn compile_regex(pattern: &str, options: &str) -> Result<RegexTest> {
             // PCRE's UTF mode: always on here.
             'u' => {}
             other => {
+                // mongod names no operator here, hence the leading space.
                 return Err(CommandError::location(
                     51108,
-                    format!("invalid flag in regex options: {other}"),
+                    format!(" invalid flag in regex options: {other}"),
                 ));
             }
         }
@@ -605,6 +605,12 @@ fn add_type(set: &mut TypeSet, v: &Bson) -> Result<()> {
             set.all_numbers = true;
             return Ok(());
         }
+        if alias == "missing" {
+            return Err(CommandError::bad_value(
+                "'missing' is not a legal type name. To query for non-existence of a field, use \
+                 {$exists:false}.",
+            ));
+        }
         let code = type_alias(alias)
             .ok_or_else(|| CommandError::bad_value(format!("Unknown type name alias: {alias}")))?;
         set.codes.push(code);
@@ -628,6 +634,12 @@ fn add_type(set: &mut TypeSet, v: &Bson) -> Result<()> {
             _ => None,
         })
         .ok_or_else(invalid)?;
+    if code == 0 {
+        return Err(CommandError::bad_value(format!(
+            "Invalid numerical type code: {}. Instead use {{$exists:false}}.",
+            number_display(v)
+        )));
+    }
     if !(code == -1 || code == 127 || (1..=19).contains(&code)) {
         return Err(invalid());
     }
@@ -955,9 +967,7 @@ fn parse_top_level_operator(key: &str, value: &Bson, level: Level) -> Result<Opt
             Node::Expr(Box::new(Expr::parse(value)?))
         }
         "$alwaysTrue" | "$alwaysFalse" => {
-            let one = crate::bsontype::as_i64(value).ok_or_else(|| {
-                CommandError::failed_to_parse(format!("Expected an integer: {key}: {value}"))
-            })?;
+            let one = integer_element(key, value).map_err(CommandError::failed_to_parse)?;
             if one != 1 {
                 return Err(CommandError::failed_to_parse(format!(
                     "{key} must be an integer value of 1"
@@ -972,6 +982,12 @@ fn parse_top_level_operator(key: &str, value: &Bson, level: Level) -> Result<Opt
         // Parts of a DBRef inside an `$elemMatch` object: plain equality on the field.
         "$ref" | "$id" | "$db" => comparison(key, CmpOp::Eq, value)?,
         _ if is_pathless(key) => return Err(unsupported(key)),
+        "$not" => {
+            return Err(CommandError::bad_value(
+                "unknown top level operator: $not. If you are trying to negate an entire \
+                 expression, use $nor.",
+            ));
+        }
         _ => {
             return Err(CommandError::bad_value(format!(
                 "unknown top level operator: {key}. If you have a field name that starts with \
@@ -1172,31 +1188,69 @@ fn parse_not(path: &str, value: &Bson) -> Result<Node> {
     Ok(Node::Not(Box::new(inner)))
 }
 
+/// `$size` takes a non-negative 32-bit integer (whole doubles allowed), as mongod's
+/// `parseIntegerElementToNonNegativeInt`.
 fn parse_size(value: &Bson) -> Result<usize> {
-    let size = match value {
-        Bson::Int32(i) => i64::from(*i),
-        Bson::Int64(l) => {
-            if i32::try_from(*l).is_err() {
-                return Err(CommandError::bad_value(
-                    "$size must be representable as a 32-bit integer",
-                ));
-            }
-            *l
-        }
-        Bson::Double(d) => {
-            if d.fract() != 0.0 || !d.is_finite() {
-                return Err(CommandError::bad_value("$size must be a whole number"));
-            }
-            if *d > f64::from(i32::MAX) || *d < f64::from(i32::MIN) {
-                return Err(CommandError::bad_value(
-                    "$size must be representable as a 32-bit integer",
-                ));
-            }
-            *d as i64
-        }
-        _ => return Err(CommandError::bad_value("$size needs a number")),
+    let reason = match integer_element("$size", value) {
+        Ok(n) if n < 0 => format!(
+            "Expected a positive number in: {}",
+            element_display("$size", value)
+        ),
+        Ok(n) => match i32::try_from(n) {
+            Ok(n) => return Ok(n as usize),
+            Err(_) => format!(
+                "Cannot represent {} in an int",
+                element_display("$size", value)
+            ),
+        },
+        Err(reason) => reason,
     };
-    usize::try_from(size).map_err(|_| CommandError::bad_value("$size may not be negative"))
+    Err(CommandError::bad_value(format!(
+        "Failed to parse $size. {reason}"
+    )))
+}
+
+/// mongod's `BSONElement::parseIntegerElementToLong`: any number holding an integral value
+/// that fits an i64; the error is the reason text mongod reports.
+fn integer_element(name: &str, v: &Bson) -> std::result::Result<i64, String> {
+    match v {
+        Bson::Int32(i) => Ok(i64::from(*i)),
+        Bson::Int64(l) => Ok(*l),
+        Bson::Double(_) | Bson::Decimal128(_) => {
+            let d = as_f64(v).unwrap_or(f64::NAN);
+            if d.is_nan() {
+                return Err(format!(
+                    "Expected an integer, but found NaN in: {}",
+                    element_display(name, v)
+                ));
+            }
+            if !(-TWO_POW_63..TWO_POW_63).contains(&d) {
+                return Err(format!(
+                    "Cannot represent as a 64-bit integer: {}",
+                    element_display(name, v)
+                ));
+            }
+            if d.fract() != 0.0 {
+                return Err(format!("Expected an integer: {}", element_display(name, v)));
+            }
+            Ok(d as i64)
+        }
+        _ => Err(format!(
+            "Expected a number in: {}",
+            element_display(name, v)
+        )),
+    }
+}
+
+/// An element as mongod prints one in error messages (`name: value`).
+fn element_display(name: &str, v: &Bson) -> String {
+    let value = match v {
+        Bson::Double(d) if d.is_finite() && d.fract() == 0.0 && d.abs() < 1e15 => format!("{d:.1}"),
+        Bson::String(s) => format!("\"{s}\""),
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => number_display(v),
+        other => other.to_string(),
+    };
+    format!("{name}: {value}")
 }
 
 /// 2^63 exactly: doubles at or beyond it do not fit an i64.
@@ -1801,7 +1855,16 @@ mod tests {
             2,
             "Invalid numerical type code: 100",
         );
-        assert_parse_err(doc! {"a": {"$type": 0}}, 2, "Invalid numerical type code");
+        assert_parse_err(
+            doc! {"a": {"$type": 0}},
+            2,
+            "Invalid numerical type code: 0. Instead use {$exists:false}.",
+        );
+        assert_parse_err(
+            doc! {"a": {"$type": "missing"}},
+            2,
+            "'missing' is not a legal type name",
+        );
         assert_parse_err(doc! {"a": {"$type": 2.5}}, 2, "Invalid numerical type code");
         assert_parse_err(doc! {"a": {"$type": []}}, 9, "must match at least one type");
         assert_parse_err(doc! {"a": {"$type": true}}, 14, "number or a string");
@@ -1903,7 +1966,8 @@ mod tests {
         assert_parse_err(
             doc! {"$not": {"a": 1}},
             2,
-            "unknown top level operator: $not",
+            "unknown top level operator: $not. If you are trying to negate an entire expression, \
+             use $nor.",
         );
     }
 
@@ -1996,14 +2060,22 @@ mod tests {
             doc! {"a.b": {"$size": 1}},
             doc! {"a": [{"b": [1]}, {"b": 2}]}
         ));
-        assert_parse_err(doc! {"a": {"$size": -1}}, 2, "$size may not be negative");
+        assert_parse_err(
+            doc! {"a": {"$size": -1}},
+            2,
+            "Failed to parse $size. Expected a positive number in: $size: -1",
+        );
         assert_parse_err(
             doc! {"a": {"$size": 1.5}},
             2,
-            "$size must be a whole number",
+            "Failed to parse $size. Expected an integer: $size: 1.5",
         );
-        assert_parse_err(doc! {"a": {"$size": "1"}}, 2, "$size needs a number");
-        assert_parse_err(doc! {"a": {"$size": i64::MAX}}, 2, "32-bit integer");
+        assert_parse_err(
+            doc! {"a": {"$size": "1"}},
+            2,
+            "Failed to parse $size. Expected a number in: $size: \"1\"",
+        );
+        assert_parse_err(doc! {"a": {"$size": i64::MAX}}, 2, "in an int");
     }
 
     #[test]
@@ -2208,6 +2280,8 @@ mod tests {
         assert!(matches(doc! {"a": {"$mod": [4, -1]}}, doc! {"a": -5}));
         assert!(matches(doc! {"a": {"$mod": [4.5, 1]}}, doc! {"a": 5}));
         assert!(matches(doc! {"a": {"$mod": [-1, 0]}}, doc! {"a": i64::MIN}));
+        // A double beyond the i64 range has no integral dividend.
+        assert!(!matches(doc! {"a": {"$mod": [2, 0]}}, doc! {"a": 1e30}));
     }
 
     #[test]
@@ -2257,7 +2331,16 @@ mod tests {
     fn always_true_and_false() {
         assert!(matches(doc! {"$alwaysTrue": 1}, doc! {}));
         assert!(!matches(doc! {"$alwaysFalse": 1}, doc! {}));
-        assert_parse_err(doc! {"$alwaysTrue": 0}, 9, "must be an integer value of 1");
+        assert_parse_err(
+            doc! {"$alwaysTrue": 0},
+            9,
+            "$alwaysTrue must be an integer value of 1",
+        );
+        assert_parse_err(
+            doc! {"$alwaysFalse": "1"},
+            9,
+            "Expected a number in: $alwaysFalse",
+        );
     }
 
     #[test]
