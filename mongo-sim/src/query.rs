@@ -360,6 +360,7 @@ fn compile_regex(pattern: &str, options: &str) -> Result<RegexTest> {
 /// - `{` that does not start a quantifier and a stray `}` are literals in PCRE.
 /// - Inside a class `[`, `&` and `~` are literals in PCRE but set syntax in the crate.
 /// - `\<` and `\>` are literal characters in PCRE but word boundaries in the crate.
+/// - `(?#...)` comments are dropped.
 fn translate_pcre(pattern: &str, multi_line: bool) -> String {
     let chars: Vec<char> = pattern.chars().collect();
     let mut out = String::with_capacity(pattern.len() + 16);
@@ -420,6 +421,14 @@ fn translate_pcre(pattern: &str, multi_line: bool) -> String {
                     }
                 }
                 i += 2;
+            }
+            // A PCRE comment group `(?#...)`.
+            '(' if !in_class
+                && chars.get(i + 1) == Some(&'?')
+                && chars.get(i + 2) == Some(&'#') =>
+            {
+                let close = (i + 3..chars.len()).find(|&j| chars[j] == ')');
+                i = close.map_or(chars.len(), |j| j + 1);
             }
             '[' if !in_class => {
                 in_class = true;
@@ -2217,6 +2226,10 @@ mod tests {
             doc! {"a": "\u{263a}A"}
         ));
         assert!(matches(doc! {"a": re(r"^\p{Lu}+$", "")}, doc! {"a": "ÀB"}));
+        assert!(matches(
+            doc! {"a": re(r"^a(?#note)b$", "")},
+            doc! {"a": "ab"}
+        ));
     }
 
     #[test]
