@@ -23,6 +23,8 @@ pub struct Matcher {
 }
 
 impl Matcher {
+    /// Validates the whole filter before any document is read, as mongod does: a bad operator
+    /// anywhere fails the command even when no document would reach it.
     pub fn parse(filter: &Document) -> Result<Matcher> {
         Ok(Matcher {
             filter: filter.clone(),
@@ -1731,6 +1733,9 @@ mod tests {
     fn min_and_max_key_bound_every_type() {
         assert!(matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {"a": "x"}));
         assert!(matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {"a": null}));
+        // A missing field ranks with undefined, above MinKey and below MaxKey.
+        assert!(matches(doc! {"a": {"$gt": Bson::MinKey}}, doc! {}));
+        assert!(matches(doc! {"a": {"$lt": Bson::MaxKey}}, doc! {}));
         assert!(matches(
             doc! {"a": {"$lt": Bson::MaxKey}},
             doc! {"a": {"b": 1}}
