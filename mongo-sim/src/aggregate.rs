@@ -5,6 +5,9 @@
 //! Every stage is parsed and validated before any document is touched, as mongod does; stages
 //! mongod knows but this server does not implement fail with 115 CommandNotSupported.
 
+// `CommandError` is the crate-wide error type; its size is decided in `error.rs`.
+#![allow(clippy::result_large_err)]
+
 use crate::bsontype::type_name;
 use crate::compare::compare;
 use crate::error::{self, CommandError, Result};
@@ -570,7 +573,9 @@ impl Stage {
                         ),
                     ));
                 }
-                StageKind::Project(Shape::parse(d, Mode::Aggregate).map_err(|e| invalid_stage(name, e))?)
+                StageKind::Project(
+                    Shape::parse(d, Mode::Aggregate).map_err(|e| invalid_stage(name, e))?,
+                )
             }
             "$addFields" | "$set" => {
                 let Bson::Document(d) = value else {
@@ -661,10 +666,9 @@ impl Stage {
                 Ok(out)
             }
             StageKind::SortByCount(expr) => sort_by_count(expr, docs, vars),
-            StageKind::Project(_) | StageKind::AddFields(_) | StageKind::ReplaceRoot { .. } => docs
-                .iter()
-                .map(|d| self.transform_one(d, vars))
-                .collect(),
+            StageKind::Project(_) | StageKind::AddFields(_) | StageKind::ReplaceRoot { .. } => {
+                docs.iter().map(|d| self.transform_one(d, vars)).collect()
+            }
         }
     }
 
@@ -857,11 +861,8 @@ fn sort_by_count(expr: &Operand, docs: Vec<Document>, vars: &Variables) -> Resul
         let slot = groups.slot(key, || 0usize);
         *slot += 1;
     }
-    let mut out: Vec<(usize, Bson)> = groups
-        .into_entries()
-        .map(|(key, n)| (n, key))
-        .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut out: Vec<(usize, Bson)> = groups.into_entries().map(|(key, n)| (n, key)).collect();
+    out.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     Ok(out
         .into_iter()
         .map(|(n, key)| doc! { "_id": key, "count": count_value(n) })
@@ -1336,10 +1337,10 @@ impl NumericSum {
         if self.width == 2 {
             return Bson::Double(self.double + self.int as f64);
         }
-        if self.all_int32 {
-            if let Ok(i) = i32::try_from(self.int) {
-                return Bson::Int32(i);
-            }
+        if self.all_int32
+            && let Ok(i) = i32::try_from(self.int)
+        {
+            return Bson::Int32(i);
         }
         Bson::Int64(self.int)
     }
@@ -1401,10 +1402,10 @@ impl AccState {
                 }
             }
             AccState::Avg(s, n) => {
-                if let Some(v) = &value {
-                    if s.add(v)? {
-                        *n += 1;
-                    }
+                if let Some(v) = &value
+                    && s.add(v)?
+                {
+                    *n += 1;
                 }
             }
             AccState::Min(best) => keep_extreme(best, value, Ordering::Less),
@@ -1422,12 +1423,12 @@ impl AccState {
                 }
             }
             AccState::AddToSet(items, seen) => {
-                if let Some(v) = value {
-                    let key = GroupKey(v);
-                    if !seen.contains_key(&key) {
-                        items.push(key.0.clone());
-                        seen.insert(key, ());
-                    }
+                if let Some(v) = value
+                    && let std::collections::btree_map::Entry::Vacant(slot) =
+                        seen.entry(GroupKey(v))
+                {
+                    items.push(slot.key().0.clone());
+                    slot.insert(());
                 }
             }
             AccState::MergeObjects(merged) => match value {
@@ -1549,7 +1550,10 @@ impl Tree {
             Some(Node::Nested(sub)) => sub.add_parts(rest, full, node),
             _ => Err(CommandError::location(
                 31249,
-                format!("Path collision at {full} remaining portion {}", rest.join(".")),
+                format!(
+                    "Path collision at {full} remaining portion {}",
+                    rest.join(".")
+                ),
             )),
         }
     }
@@ -1693,14 +1697,11 @@ fn parse_projection_element(
                     ),
                 ));
             }
-            if sub.len() == 1 {
-                if let Some((op, arg)) = sub.iter().next() {
-                    if op.starts_with('$') {
-                        return parse_projection_expression(
-                            ctx, key, op, arg, sub, parent, at_root, mode,
-                        );
-                    }
-                }
+            if sub.len() == 1
+                && let Some((op, arg)) = sub.iter().next()
+                && op.starts_with('$')
+            {
+                return parse_projection_expression(ctx, key, op, arg, sub, parent, at_root, mode);
             }
             let nested = parent.nested_at(key)?;
             for (k, v) in sub {
@@ -1708,7 +1709,10 @@ fn parse_projection_element(
             }
             Ok(())
         }
-        Bson::Boolean(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)
+        Bson::Boolean(_)
+        | Bson::Int32(_)
+        | Bson::Int64(_)
+        | Bson::Double(_)
         | Bson::Decimal128(_) => {
             let include = match value {
                 Bson::Boolean(b) => *b,
@@ -1780,12 +1784,13 @@ fn parse_projection_expression(
             "$meta projections are not supported by this server",
         ));
     }
-    if mode == Mode::Find && op == "$slice" {
-        if let Some(node) = parse_find_slice(arg)? {
-            parent.add(key, node)?;
-            ctx.has_slice = true;
-            return Ok(());
-        }
+    if mode == Mode::Find
+        && op == "$slice"
+        && let Some(node) = parse_find_slice(arg)?
+    {
+        parent.add(key, node)?;
+        ctx.has_slice = true;
+        return Ok(());
     }
     if op == "$elemMatch" {
         if mode == Mode::Aggregate {
@@ -1859,10 +1864,8 @@ fn parse_find_slice(arg: &Bson) -> Result<Option<Node>> {
             "$slice array argument should be of form [skip, limit]",
         ));
     }
-    let (Some(skip), Some(limit)) = (
-        crate::compare::as_f64(&a[0]),
-        crate::compare::as_f64(&a[1]),
-    ) else {
+    let (Some(skip), Some(limit)) = (crate::compare::as_f64(&a[0]), crate::compare::as_f64(&a[1]))
+    else {
         // `[array expression, n]` is the `$slice` expression.
         return Ok(None);
     };
@@ -1896,7 +1899,12 @@ fn slice_value(v: &Bson, skip: Option<i64>, limit: i64) -> Bson {
     Bson::Array(a.iter().skip(start).take(count).cloned().collect())
 }
 
-fn elem_match_value(field: &str, m: &Matcher, root: &Document, vars: &Variables) -> Result<Option<Bson>> {
+fn elem_match_value(
+    field: &str,
+    m: &Matcher,
+    root: &Document,
+    vars: &Variables,
+) -> Result<Option<Bson>> {
     let Some(Bson::Array(items)) = root.get(field) else {
         return Ok(None);
     };
@@ -2192,4 +2200,885 @@ fn render_document(d: &Document) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{Bson, bson, doc};
+
+    fn vars() -> Variables {
+        Variables::default()
+    }
+
+    fn run(pipeline: Bson, input: Vec<Document>) -> Result<Vec<Document>> {
+        let Bson::Array(stages) = pipeline else {
+            panic!("pipeline literal must be an array");
+        };
+        Pipeline::parse(&stages)?.run(input, &vars())
+    }
+
+    fn parse_err(pipeline: Bson) -> CommandError {
+        let Bson::Array(stages) = pipeline else {
+            panic!("pipeline literal must be an array");
+        };
+        Pipeline::parse(&stages).unwrap_err()
+    }
+
+    fn project(spec: Document, d: Document) -> Document {
+        Projection::parse(&spec)
+            .unwrap()
+            .apply(&d, &vars())
+            .unwrap()
+    }
+
+    fn project_err(spec: Document) -> CommandError {
+        Projection::parse(&spec).unwrap_err()
+    }
+
+    // --- pipeline validation ---
+
+    #[test]
+    fn stage_must_have_exactly_one_field() {
+        let e = parse_err(bson!([{"$match": {}, "$limit": 1}]));
+        assert_eq!(e.code, 40323);
+        assert_eq!(
+            e.errmsg,
+            "A pipeline stage specification object must contain exactly one field."
+        );
+        assert_eq!(parse_err(bson!([{}])).code, 40323);
+    }
+
+    #[test]
+    fn non_object_stage_is_type_mismatch() {
+        assert_eq!(parse_err(bson!([1])).code, 14);
+    }
+
+    #[test]
+    fn unknown_stage_is_40324() {
+        let e = parse_err(bson!([{"$foo": 1}]));
+        assert_eq!(e.code, 40324);
+        assert_eq!(e.errmsg, "Unrecognized pipeline stage name: '$foo'");
+    }
+
+    #[test]
+    fn stages_needing_other_collections_are_not_supported() {
+        for stage in ["$lookup", "$facet", "$out", "$merge", "$sample", "$redact"] {
+            let e = parse_err(bson!([{stage: {}}]));
+            assert_eq!(e.code, 115, "{stage}");
+            assert!(e.errmsg.contains(stage), "{}", e.errmsg);
+        }
+    }
+
+    #[test]
+    fn change_stream_is_only_valid_first() {
+        let e = parse_err(bson!([{"$match": {}}, {"$changeStream": {}}]));
+        assert_eq!(e.code, 40602);
+        assert_eq!(
+            e.errmsg,
+            "$changeStream is only valid as the first stage in a pipeline."
+        );
+    }
+
+    #[test]
+    fn every_stage_is_validated_before_running() {
+        // The bad $limit comes after a valid stage and no document is processed.
+        let e = parse_err(bson!([{"$skip": 0}, {"$limit": 0}]));
+        assert_eq!(e.code, 15958);
+    }
+
+    #[test]
+    fn stage_names_in_order() {
+        let p = Pipeline::parse(&[bson!({"$match": {}}), bson!({"$limit": 2})]).unwrap();
+        assert_eq!(p.stage_names(), vec!["$match", "$limit"]);
+    }
+
+    #[test]
+    fn empty_pipeline_returns_input() {
+        let input = vec![doc! {"_id": 1}];
+        assert_eq!(run(bson!([]), input.clone()).unwrap(), input);
+    }
+
+    // --- $match ---
+
+    #[test]
+    fn match_requires_an_object() {
+        assert_eq!(parse_err(bson!([{"$match": 1}])).code, 15959);
+    }
+
+    #[test]
+    fn empty_match_keeps_everything() {
+        let input = vec![doc! {"_id": 1}, doc! {"_id": 2}];
+        assert_eq!(run(bson!([{"$match": {}}]), input.clone()).unwrap(), input);
+    }
+
+    // --- $limit / $skip ---
+
+    #[test]
+    fn limit_and_skip() {
+        let input: Vec<Document> = (0..5).map(|i| doc! {"_id": i}).collect();
+        let out = run(bson!([{"$skip": 1}, {"$limit": 2}]), input).unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1}, doc! {"_id": 2}]);
+    }
+
+    #[test]
+    fn limit_must_be_positive() {
+        let e = parse_err(bson!([{"$limit": 0}]));
+        assert_eq!(e.code, 15958);
+        assert_eq!(e.errmsg, "the limit must be positive");
+        let e = parse_err(bson!([{"$limit": -1}]));
+        assert_eq!(e.code, 5107201);
+        assert_eq!(
+            e.errmsg,
+            "invalid argument to $limit stage: Expected a non-negative number in: $limit: -1"
+        );
+    }
+
+    #[test]
+    fn skip_must_be_a_non_negative_integer() {
+        let e = parse_err(bson!([{"$skip": -1}]));
+        assert_eq!(e.code, 5107200);
+        assert_eq!(
+            e.errmsg,
+            "invalid argument to $skip stage: Expected a non-negative number in: $skip: -1"
+        );
+        let e = parse_err(bson!([{"$skip": "x"}]));
+        assert_eq!(
+            e.errmsg,
+            "invalid argument to $skip stage: Expected a number in: $skip: \"x\""
+        );
+        let e = parse_err(bson!([{"$skip": 1.5}]));
+        assert_eq!(
+            e.errmsg,
+            "invalid argument to $skip stage: Expected an integer: $skip: 1.5"
+        );
+        assert!(Pipeline::parse(&[bson!({"$skip": 2.0})]).is_ok());
+    }
+
+    // --- $sort / SortSpec ---
+
+    #[test]
+    fn sort_is_stable_and_multi_key() {
+        let input = vec![
+            doc! {"_id": 1, "a": 2, "b": 1},
+            doc! {"_id": 2, "a": 1, "b": 1},
+            doc! {"_id": 3, "a": 2, "b": 0},
+            doc! {"_id": 4, "a": 1, "b": 1},
+        ];
+        let out = run(bson!([{"$sort": {"b": -1}}]), input.clone()).unwrap();
+        let ids: Vec<_> = out.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+        assert_eq!(ids, vec![1, 2, 4, 3]);
+        let out = run(bson!([{"$sort": {"a": 1, "b": 1}}]), input).unwrap();
+        let ids: Vec<_> = out.iter().map(|d| d.get_i32("_id").unwrap()).collect();
+        assert_eq!(ids, vec![2, 4, 3, 1]);
+    }
+
+    #[test]
+    fn sort_errors() {
+        let e = parse_err(bson!([{"$sort": {}}]));
+        assert_eq!(e.code, 15976);
+        assert_eq!(e.errmsg, "$sort stage must have at least one sort key");
+        let e = parse_err(bson!([{"$sort": {"a": 2}}]));
+        assert_eq!(e.code, 15975);
+        assert_eq!(
+            e.errmsg,
+            "$sort key ordering must be 1 (for ascending) or -1 (for descending)"
+        );
+        assert_eq!(parse_err(bson!([{"$sort": {"a": "x"}}])).code, 15974);
+        assert_eq!(parse_err(bson!([{"$sort": 1}])).code, 15973);
+        assert_eq!(
+            parse_err(bson!([{"$sort": {"s": {"$meta": "textScore"}}}])).code,
+            115
+        );
+        assert_eq!(parse_err(bson!([{"$sort": {"s": {"x": 1}}}])).code, 17312);
+    }
+
+    #[test]
+    fn missing_sorts_as_null_and_types_follow_bson_order() {
+        let spec = SortSpec::parse(&doc! {"a": 1}).unwrap();
+        let missing = doc! {};
+        let null = doc! {"a": Bson::Null};
+        let num = doc! {"a": 1};
+        let s = doc! {"a": "x"};
+        assert_eq!(spec.compare(&missing, &null), Ordering::Equal);
+        assert_eq!(spec.compare(&null, &num), Ordering::Less);
+        assert_eq!(spec.compare(&num, &s), Ordering::Less);
+    }
+
+    #[test]
+    fn arrays_sort_by_smallest_ascending_and_largest_descending() {
+        let a = doc! {"_id": "a", "x": [1, 10]};
+        let b = doc! {"_id": "b", "x": 5};
+        let asc = SortSpec::parse(&doc! {"x": 1}).unwrap();
+        let desc = SortSpec::parse(&doc! {"x": -1}).unwrap();
+        assert_eq!(asc.compare(&a, &b), Ordering::Less);
+        assert_eq!(desc.compare(&a, &b), Ordering::Less);
+        // An empty array sorts below null.
+        let empty = doc! {"x": []};
+        let null = doc! {"x": Bson::Null};
+        assert_eq!(asc.compare(&empty, &null), Ordering::Less);
+    }
+
+    #[test]
+    fn sort_follows_dotted_paths_through_arrays() {
+        let spec = SortSpec::parse(&doc! {"a.b": 1}).unwrap();
+        let x = doc! {"a": [{"b": 7}, {"b": 2}]};
+        let y = doc! {"a": {"b": 3}};
+        assert_eq!(spec.compare(&x, &y), Ordering::Less);
+    }
+
+    #[test]
+    fn natural_is_exposed_not_compared() {
+        let spec = SortSpec::parse(&doc! {"$natural": -1}).unwrap();
+        assert!(spec.has_natural());
+        assert_eq!(spec.natural_ascending(), Some(false));
+        assert_eq!(
+            spec.compare(&doc! {"a": 1}, &doc! {"a": 2}),
+            Ordering::Equal
+        );
+        assert!(!SortSpec::parse(&doc! {"a": 1}).unwrap().has_natural());
+        assert_eq!(SortSpec::parse(&doc! {"a": 0}).unwrap_err().code, 15975);
+    }
+
+    // --- $project ---
+
+    #[test]
+    fn project_inclusion_keeps_id_and_input_order() {
+        let out = run(
+            bson!([{"$project": {"b": 1, "a": 1}}]),
+            vec![doc! {"_id": 1, "a": 1, "b": 2, "c": 3}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "a": 1, "b": 2}]);
+        let out = run(
+            bson!([{"$project": {"_id": 0, "a": true}}]),
+            vec![doc! {"_id": 1, "a": 1, "b": 2}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"a": 1}]);
+    }
+
+    #[test]
+    fn project_exclusion() {
+        let out = run(
+            bson!([{"$project": {"b": 0, "c.d": 0}}]),
+            vec![doc! {"_id": 1, "a": 1, "b": 2, "c": {"d": 1, "e": 2}}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "a": 1, "c": {"e": 2}}]);
+        let out = run(
+            bson!([{"$project": {"_id": 0}}]),
+            vec![doc! {"_id": 1, "a": 1}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"a": 1}]);
+    }
+
+    #[test]
+    fn project_nested_and_dotted_inclusion_through_arrays() {
+        let input = doc! {"_id": 1, "a": [1, {"b": 2, "c": 3}, [{"b": 4}]], "d": {"b": 5, "c": 6}};
+        let out = run(
+            bson!([{"$project": {"a.b": 1, "d": {"c": 1}}}]),
+            vec![input],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 1, "a": [{"b": 2}, [{"b": 4}]], "d": {"c": 6}}]
+        );
+    }
+
+    #[test]
+    fn project_computed_fields_come_after_included_ones() {
+        let out = run(
+            bson!([{"$project": {"x": "$a.b", "a": 1, "lit": "hello", "r": "$$ROOT.k", "gone": "$$REMOVE"}}]),
+            vec![doc! {"_id": 1, "k": 9, "a": {"b": 5}}],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 1, "a": {"b": 5}, "x": 5, "lit": "hello", "r": 9}]
+        );
+    }
+
+    #[test]
+    fn project_field_path_maps_over_arrays_and_drops_missing() {
+        let out = run(
+            bson!([{"$project": {"_id": 0, "v": "$a.b", "m": "$nope"}}]),
+            vec![doc! {"a": [{"b": 1}, {"c": 2}, 3, {"b": 4}]}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"v": [1, 4]}]);
+    }
+
+    #[test]
+    fn project_mixing_errors() {
+        let e = parse_err(bson!([{"$project": {"a": 1, "b": 0}}]));
+        assert_eq!(e.code, 31254);
+        assert_eq!(
+            e.errmsg,
+            "Invalid $project :: caused by :: Cannot do exclusion on field b in inclusion projection"
+        );
+        let e = parse_err(bson!([{"$project": {"a": 0, "b": 1}}]));
+        assert_eq!(e.code, 31253);
+        assert!(
+            e.errmsg
+                .ends_with("Cannot do inclusion on field b in exclusion projection")
+        );
+        let e = parse_err(bson!([{"$project": {"a": 0, "b": "$x"}}]));
+        assert_eq!(e.code, 31310);
+        // _id may be excluded in an inclusion projection and included in an exclusion one.
+        assert!(Pipeline::parse(&[bson!({"$project": {"_id": 0, "a": 1}})]).is_ok());
+        assert!(Pipeline::parse(&[bson!({"$project": {"_id": 1, "a": 0}})]).is_ok());
+    }
+
+    #[test]
+    fn project_spec_errors() {
+        let e = parse_err(bson!([{"$project": {}}]));
+        assert_eq!(e.code, 51272);
+        assert!(
+            e.errmsg
+                .ends_with("projection specification must have at least one field")
+        );
+        assert_eq!(parse_err(bson!([{"$project": 1}])).code, 15969);
+        assert_eq!(
+            parse_err(bson!([{"$project": {"a": 1, "a.b": 1}}])).code,
+            31249
+        );
+        assert_eq!(
+            parse_err(bson!([{"$project": {"a.b": 1, "a": 1}}])).code,
+            31250
+        );
+        assert_eq!(parse_err(bson!([{"$project": {"$a": 1}}])).code, 16410);
+        assert_eq!(parse_err(bson!([{"$project": {"a.$": 1}}])).code, 31324);
+        assert_eq!(parse_err(bson!([{"$project": {"a": {}}}])).code, 51270);
+        assert_eq!(parse_err(bson!([{"$project": {"a": "$"}}])).code, 16872);
+        assert_eq!(
+            parse_err(bson!([{"$project": {"a": {"$elemMatch": {}}}}])).code,
+            168
+        );
+    }
+
+    #[test]
+    fn project_nested_computed_into_scalars_and_arrays() {
+        let out = run(
+            bson!([{"$project": {"a.x": "lit"}}]),
+            vec![
+                doc! {"_id": 1, "a": 5},
+                doc! {"_id": 2, "a": [{"y": 1}, 2]},
+                doc! {"_id": 3},
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                doc! {"_id": 1, "a": {"x": "lit"}},
+                // The inclusion pass drops the scalar element before the value is computed.
+                doc! {"_id": 2, "a": [{"x": "lit"}]},
+                doc! {"_id": 3, "a": {"x": "lit"}},
+            ]
+        );
+    }
+
+    // --- $addFields / $set ---
+
+    #[test]
+    fn add_fields_overwrites_in_place_and_appends_new() {
+        let out = run(
+            bson!([{"$addFields": {"a": 10, "z": "$b"}}]),
+            vec![doc! {"_id": 1, "a": 1, "b": 2}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "a": 10, "b": 2, "z": 2}]);
+    }
+
+    #[test]
+    fn add_fields_merges_into_embedded_documents() {
+        // Manual "$addFields": Adding Fields to an Embedded Document.
+        let input = vec![doc! {"_id": 1, "specs": {"doors": 4, "wheels": 4}}];
+        let dotted = run(
+            bson!([{"$addFields": {"specs.fuel_type": "unleaded"}}]),
+            input.clone(),
+        )
+        .unwrap();
+        let nested = run(
+            bson!([{"$set": {"specs": {"fuel_type": "unleaded"}}}]),
+            input,
+        )
+        .unwrap();
+        let expected =
+            vec![doc! {"_id": 1, "specs": {"doors": 4, "wheels": 4, "fuel_type": "unleaded"}}];
+        assert_eq!(dotted, expected);
+        assert_eq!(nested, expected);
+    }
+
+    #[test]
+    fn add_fields_remove_and_root() {
+        let out = run(
+            bson!([{"$set": {"a": "$$REMOVE", "copy": "$$ROOT"}}]),
+            vec![doc! {"_id": 1, "a": 1}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "copy": {"_id": 1, "a": 1}}]);
+    }
+
+    #[test]
+    fn add_fields_into_array_elements() {
+        let out = run(
+            bson!([{"$addFields": {"a.b": 1}}]),
+            vec![doc! {"_id": 1, "a": [{"c": 1}, 2]}],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 1, "a": [{"c": 1, "b": 1}, {"b": 1}]}]
+        );
+    }
+
+    #[test]
+    fn add_fields_errors() {
+        assert_eq!(parse_err(bson!([{"$addFields": 1}])).code, 40272);
+        let e = parse_err(bson!([{"$set": {"a": {"b.c": 1}}}]));
+        assert_eq!(e.code, 40183);
+        assert!(e.errmsg.starts_with("Invalid $set :: caused by :: "));
+        assert_eq!(parse_err(bson!([{"$set": {"a": {}}}])).code, 40180);
+        assert_eq!(
+            parse_err(bson!([{"$set": {"a": {"$add": [], "b": 1}}}])).code,
+            40181
+        );
+    }
+
+    // --- $unset ---
+
+    #[test]
+    fn unset_string_or_array() {
+        let input = vec![doc! {"_id": 1, "a": 1, "b": {"c": 1, "d": 2}}];
+        let out = run(bson!([{"$unset": "a"}]), input.clone()).unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "b": {"c": 1, "d": 2}}]);
+        let out = run(bson!([{"$unset": ["_id", "b.c"]}]), input).unwrap();
+        assert_eq!(out, vec![doc! {"a": 1, "b": {"d": 2}}]);
+    }
+
+    #[test]
+    fn unset_errors() {
+        assert_eq!(parse_err(bson!([{"$unset": 1}])).code, 31002);
+        assert_eq!(parse_err(bson!([{"$unset": []}])).code, 31119);
+        assert_eq!(parse_err(bson!([{"$unset": ["a", 1]}])).code, 31120);
+    }
+
+    // --- $group ---
+
+    fn sales() -> Vec<Document> {
+        vec![
+            doc! {"_id": 1, "item": "a", "qty": 2, "price": 10.0, "tags": {"x": 1}},
+            doc! {"_id": 2, "item": "b", "qty": 1, "price": 20.0},
+            doc! {"_id": 3, "item": "a", "qty": 3, "tags": {"y": 2}},
+            doc! {"_id": 4, "item": "a", "qty": "n/a"},
+        ]
+    }
+
+    #[test]
+    fn group_accumulators() {
+        let out = run(
+            bson!([{"$group": {
+                "_id": "$item",
+                "total": {"$sum": "$qty"},
+                "n": {"$sum": 1},
+                "avg": {"$avg": "$qty"},
+                "min": {"$min": "$price"},
+                "max": {"$max": "$qty"},
+                "first": {"$first": "$price"},
+                "last": {"$last": "$price"},
+                "ids": {"$push": "$_id"},
+                "prices": {"$addToSet": "$price"},
+                "count": {"$count": {}},
+                "tags": {"$mergeObjects": "$tags"},
+            }}]),
+            sales(),
+        )
+        .unwrap();
+        assert_eq!(
+            out[0],
+            doc! {
+                "_id": "a", "total": 5, "n": 3, "avg": 2.5, "min": 10.0, "max": "n/a",
+                "first": 10.0, "last": Bson::Null, "ids": [1, 3, 4], "prices": [10.0],
+                "count": 3, "tags": {"x": 1, "y": 2},
+            }
+        );
+        assert_eq!(out[1].get("_id"), Some(&Bson::String("b".into())));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn group_by_null_and_numeric_equality() {
+        let out = run(
+            bson!([{"$group": {"_id": Bson::Null, "c": {"$sum": 1}}}]),
+            sales(),
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": Bson::Null, "c": 4}]);
+        let out = run(
+            bson!([{"$group": {"_id": "$k", "c": {"$sum": 1}}}]),
+            vec![
+                doc! {"k": 1},
+                doc! {"k": 1.0},
+                doc! {"k": 1i64},
+                doc! {},
+                doc! {"k": Bson::Null},
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 1, "c": 3}, doc! {"_id": Bson::Null, "c": 2}]
+        );
+    }
+
+    #[test]
+    fn group_sum_widens_and_avg_of_nothing_is_null() {
+        let out = run(
+            bson!([{"$group": {"_id": 0, "s": {"$sum": "$v"}, "a": {"$avg": "$none"}, "m": {"$min": "$none"}}}]),
+            vec![doc! {"v": i32::MAX}, doc! {"v": 1}],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": 0, "s": i64::from(i32::MAX) + 1, "a": Bson::Null, "m": Bson::Null}]
+        );
+        let out = run(
+            bson!([{"$group": {"_id": 0, "s": {"$sum": "$v"}}}]),
+            vec![doc! {"v": 1}, doc! {"v": 0.5}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 0, "s": 1.5}]);
+    }
+
+    #[test]
+    fn group_on_empty_input_emits_nothing() {
+        let out = run(
+            bson!([{"$group": {"_id": Bson::Null, "c": {"$sum": 1}}}]),
+            vec![],
+        )
+        .unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn group_errors() {
+        let e = parse_err(bson!([{"$group": {"c": {"$sum": 1}}}]));
+        assert_eq!(e.code, 15955);
+        assert_eq!(e.errmsg, "a group specification must include an _id");
+        let e = parse_err(bson!([{"$group": {"_id": Bson::Null, "c": {"$foo": 1}}}]));
+        assert_eq!(e.code, 15952);
+        assert_eq!(e.errmsg, "unknown group operator '$foo'");
+        let e = parse_err(bson!([{"$group": {"_id": Bson::Null, "a.b": {"$sum": 1}}}]));
+        assert_eq!(e.code, 40235);
+        assert_eq!(e.errmsg, "The field name 'a.b' cannot contain '.'");
+        assert_eq!(
+            parse_err(bson!([{"$group": {"_id": Bson::Null, "c": 1}}])).code,
+            40234
+        );
+        assert_eq!(
+            parse_err(bson!([{"$group": {"_id": Bson::Null, "c": {"$sum": 1, "$avg": 1}}}])).code,
+            40238
+        );
+        assert_eq!(
+            parse_err(bson!([{"$group": {"_id": Bson::Null, "c": {"$sum": [1]}}}])).code,
+            40237
+        );
+        assert_eq!(
+            parse_err(bson!([{"$group": {"_id": Bson::Null, "c": {"$count": 1}}}])).code,
+            14
+        );
+        assert_eq!(
+            parse_err(bson!([{"$group": {"_id": Bson::Null, "c": {"$topN": {}}}}])).code,
+            115
+        );
+        assert_eq!(parse_err(bson!([{"$group": 1}])).code, 15947);
+    }
+
+    #[test]
+    fn merge_objects_rejects_non_documents() {
+        let e = run(
+            bson!([{"$group": {"_id": Bson::Null, "m": {"$mergeObjects": "$a"}}}]),
+            vec![doc! {"a": 1}],
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 40400);
+    }
+
+    // --- $count ---
+
+    #[test]
+    fn count_stage() {
+        let out = run(bson!([{"$count": "n"}]), sales()).unwrap();
+        assert_eq!(out, vec![doc! {"n": 4}]);
+        assert!(run(bson!([{"$count": "n"}]), vec![]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn count_name_errors() {
+        assert_eq!(parse_err(bson!([{"$count": ""}])).code, 40157);
+        assert_eq!(parse_err(bson!([{"$count": 1}])).code, 40156);
+        assert_eq!(parse_err(bson!([{"$count": "$n"}])).code, 40158);
+        assert_eq!(parse_err(bson!([{"$count": "a.b"}])).code, 40160);
+    }
+
+    // --- $replaceRoot / $replaceWith ---
+
+    #[test]
+    fn replace_root_and_with() {
+        let input = vec![doc! {"_id": 1, "inner": {"x": 1}}];
+        let out = run(
+            bson!([{"$replaceRoot": {"newRoot": "$inner"}}]),
+            input.clone(),
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"x": 1}]);
+        let out = run(bson!([{"$replaceWith": "$inner"}]), input).unwrap();
+        assert_eq!(out, vec![doc! {"x": 1}]);
+    }
+
+    #[test]
+    fn replace_root_requires_a_document() {
+        let e = run(
+            bson!([{"$replaceRoot": {"newRoot": "$a"}}]),
+            vec![doc! {"_id": 1, "a": 10}],
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 40228);
+        assert!(
+            e.errmsg
+                .contains("must evaluate to an object, but resulting value was: 10."),
+            "{}",
+            e.errmsg
+        );
+        assert!(e.errmsg.contains("Type of resulting value: 'int'"));
+        assert!(e.errmsg.ends_with("Input document: {_id: 1, a: 10}"));
+        let e = run(bson!([{"$replaceWith": "$nope"}]), vec![doc! {"_id": 1}]).unwrap_err();
+        assert_eq!(e.code, 40228);
+        assert!(e.errmsg.contains("MISSING"));
+        assert_eq!(parse_err(bson!([{"$replaceRoot": {}}])).code, 40231);
+        assert_eq!(parse_err(bson!([{"$replaceRoot": {"x": 1}}])).code, 40230);
+        assert_eq!(parse_err(bson!([{"$replaceRoot": 1}])).code, 40229);
+    }
+
+    // --- $unwind ---
+
+    #[test]
+    fn unwind_string_path() {
+        let out = run(
+            bson!([{"$unwind": "$sizes"}]),
+            vec![
+                doc! {"_id": 1, "sizes": ["S", "M"], "z": 1},
+                doc! {"_id": 2, "sizes": []},
+                doc! {"_id": 3, "sizes": Bson::Null},
+                doc! {"_id": 4},
+                doc! {"_id": 5, "sizes": "L"},
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                doc! {"_id": 1, "sizes": "S", "z": 1},
+                doc! {"_id": 1, "sizes": "M", "z": 1},
+                doc! {"_id": 5, "sizes": "L"},
+            ]
+        );
+    }
+
+    #[test]
+    fn unwind_with_index_and_preserve() {
+        let out = run(
+            bson!([{"$unwind": {"path": "$a.b", "includeArrayIndex": "i", "preserveNullAndEmptyArrays": true}}]),
+            vec![
+                doc! {"_id": 1, "a": {"b": [7, 8]}},
+                doc! {"_id": 2, "a": {"b": []}},
+                doc! {"_id": 3, "a": {"b": Bson::Null}},
+                doc! {"_id": 4},
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                doc! {"_id": 1, "a": {"b": 7}, "i": 0i64},
+                doc! {"_id": 1, "a": {"b": 8}, "i": 1i64},
+                doc! {"_id": 2, "a": {}, "i": Bson::Null},
+                doc! {"_id": 3, "a": {"b": Bson::Null}, "i": Bson::Null},
+                doc! {"_id": 4, "i": Bson::Null},
+            ]
+        );
+    }
+
+    #[test]
+    fn unwind_errors() {
+        assert_eq!(parse_err(bson!([{"$unwind": "a"}])).code, 28818);
+        assert_eq!(parse_err(bson!([{"$unwind": 1}])).code, 15981);
+        assert_eq!(parse_err(bson!([{"$unwind": {}}])).code, 28812);
+        assert_eq!(parse_err(bson!([{"$unwind": {"path": 1}}])).code, 28808);
+        assert_eq!(
+            parse_err(bson!([{"$unwind": {"path": "$a", "x": 1}}])).code,
+            28811
+        );
+        assert_eq!(
+            parse_err(bson!([{"$unwind": {"path": "$a", "includeArrayIndex": "$i"}}])).code,
+            28822
+        );
+        assert_eq!(
+            parse_err(bson!([{"$unwind": {"path": "$a", "includeArrayIndex": ""}}])).code,
+            28810
+        );
+        assert_eq!(
+            parse_err(bson!([{"$unwind": {"path": "$a", "preserveNullAndEmptyArrays": 1}}])).code,
+            28809
+        );
+    }
+
+    // --- $sortByCount ---
+
+    #[test]
+    fn sort_by_count() {
+        let out = run(bson!([{"$sortByCount": "$item"}]), sales()).unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {"_id": "a", "count": 3}, doc! {"_id": "b", "count": 1}]
+        );
+        assert_eq!(parse_err(bson!([{"$sortByCount": "item"}])).code, 40148);
+        assert_eq!(parse_err(bson!([{"$sortByCount": {"a": 1}}])).code, 40147);
+    }
+
+    // --- find projection ---
+
+    #[test]
+    fn find_projection_inclusion_exclusion_and_id() {
+        let d = doc! {"_id": 1, "a": 1, "b": {"c": 2, "d": 3}, "e": 4};
+        assert_eq!(project(doc! {}, d.clone()), d);
+        assert_eq!(
+            project(doc! {"a": 1, "b.c": 1}, d.clone()),
+            doc! {"_id": 1, "a": 1, "b": {"c": 2}}
+        );
+        assert_eq!(project(doc! {"_id": 0, "e": 1}, d.clone()), doc! {"e": 4});
+        assert_eq!(
+            project(doc! {"b": 0, "e": 0}, d.clone()),
+            doc! {"_id": 1, "a": 1}
+        );
+        assert_eq!(project(doc! {"_id": 1}, d.clone()), doc! {"_id": 1});
+        assert_eq!(
+            project(doc! {"_id": 0}, d),
+            doc! {"a": 1, "b": {"c": 2, "d": 3}, "e": 4}
+        );
+    }
+
+    #[test]
+    fn find_projection_through_arrays_of_subdocuments() {
+        let d = doc! {"_id": 1, "a": [{"b": 1, "c": 2}, 5, [{"b": 3}]]};
+        // find does not descend into nested arrays and drops scalars in an inclusion.
+        assert_eq!(
+            project(doc! {"a.b": 1}, d.clone()),
+            doc! {"_id": 1, "a": [{"b": 1}]}
+        );
+        assert_eq!(
+            project(doc! {"a.b": 0}, d),
+            doc! {"_id": 1, "a": [{"c": 2}, 5, [{"b": 3}]]}
+        );
+    }
+
+    #[test]
+    fn find_projection_slice() {
+        let d = doc! {"_id": 1, "a": [1, 2, 3, 4, 5], "b": 1};
+        // $slice alone is an exclusion: other fields stay.
+        assert_eq!(
+            project(doc! {"a": {"$slice": 2}}, d.clone()),
+            doc! {"_id": 1, "a": [1, 2], "b": 1}
+        );
+        assert_eq!(
+            project(doc! {"a": {"$slice": -2}}, d.clone()),
+            doc! {"_id": 1, "a": [4, 5], "b": 1}
+        );
+        assert_eq!(
+            project(doc! {"a": {"$slice": [1, 2]}, "_id": 0, "b": 1}, d.clone()),
+            doc! {"a": [2, 3], "b": 1}
+        );
+        assert_eq!(
+            project(doc! {"a": {"$slice": [-2, 5]}, "b": 0}, d.clone()),
+            doc! {"_id": 1, "a": [4, 5]}
+        );
+        assert_eq!(
+            project(doc! {"b": {"$slice": 1}}, d),
+            doc! {"_id": 1, "a": [1, 2, 3, 4, 5], "b": 1}
+        );
+        assert_eq!(project_err(doc! {"a": {"$slice": [1, 0]}}).code, 31259);
+        assert_eq!(project_err(doc! {"a": {"$slice": "x"}}).code, 31273);
+        assert_eq!(project_err(doc! {"a": {"$slice": [1]}}).code, 31272);
+    }
+
+    #[test]
+    fn find_projection_literal_and_computed_values() {
+        let d = doc! {"_id": 1, "a": 1, "b": 2};
+        assert_eq!(
+            project(doc! {"x": "lit", "b": 1}, d.clone()),
+            doc! {"_id": 1, "b": 2, "x": "lit"}
+        );
+        assert_eq!(project(doc! {"x": "$a", "_id": 0}, d), doc! {"x": 1});
+    }
+
+    #[test]
+    fn find_projection_errors() {
+        assert_eq!(project_err(doc! {"a.$": 1}).code, 115);
+        assert_eq!(project_err(doc! {"a": {"$meta": "textScore"}}).code, 115);
+        assert_eq!(project_err(doc! {"a": 1, "b": 0}).code, 31254);
+        assert_eq!(
+            project_err(doc! {"a": 1, "b": 0}).errmsg,
+            "Cannot do exclusion on field b in inclusion projection"
+        );
+        assert_eq!(project_err(doc! {"a": 0, "b": 1}).code, 31253);
+        assert_eq!(project_err(doc! {"a": {"$elemMatch": 1}}).code, 31274);
+        assert_eq!(project_err(doc! {"a.b": {"$elemMatch": {}}}).code, 31275);
+        assert_eq!(
+            project_err(doc! {"a": 0, "b": {"$add": [1, 2]}}).code,
+            31252
+        );
+    }
+
+    // --- update pipelines ---
+
+    #[test]
+    fn update_pipeline_applies_stages_in_order() {
+        let p = UpdatePipeline::parse(&[
+            bson!({"$set": {"b": "$a", "c": 1}}),
+            bson!({"$unset": "a"}),
+            bson!({"$project": {"b": 1, "c": 1}}),
+        ])
+        .unwrap();
+        let out = p.apply(&doc! {"_id": 1, "a": 5, "z": 0}, &vars()).unwrap();
+        assert_eq!(out, doc! {"_id": 1, "b": 5, "c": 1});
+        let p = UpdatePipeline::parse(&[bson!({"$replaceWith": {"$literal": 1}})]);
+        assert!(p.is_ok());
+    }
+
+    #[test]
+    fn update_pipeline_rejects_other_stages() {
+        let e = UpdatePipeline::parse(&[bson!({"$group": {"_id": Bson::Null}})]).unwrap_err();
+        assert_eq!(e.code, 72);
+        assert_eq!(e.code_name, "InvalidOptions");
+        assert_eq!(
+            e.errmsg,
+            "$group is not allowed to be used within an update"
+        );
+        let e = UpdatePipeline::parse(&[bson!({"$match": {}})]).unwrap_err();
+        assert_eq!(e.code, 72);
+        let e = UpdatePipeline::parse(&[bson!({"$bogus": {}})]).unwrap_err();
+        assert_eq!(e.code, 40324);
+    }
+
+    #[test]
+    fn render_matches_mongod_shell_style() {
+        assert_eq!(
+            render(&bson!({"a": [1, "x", 1.5, 2.0, null, true], "b": {}})),
+            "{a: [1, \"x\", 1.5, 2.0, null, true], b: {}}"
+        );
+    }
 }
