@@ -794,6 +794,12 @@ fn parse_count_stage(v: &Bson) -> Result<String> {
             "the count field cannot be a $-prefixed path",
         ));
     }
+    if name.contains('\0') {
+        return Err(CommandError::location(
+            40159,
+            "the count field cannot contain a null byte",
+        ));
+    }
     if name.contains('.') {
         return Err(CommandError::location(
             40160,
@@ -833,22 +839,18 @@ fn parse_replace_root(v: &Bson) -> Result<Operand> {
 }
 
 fn parse_sort_by_count(v: &Bson) -> Result<Operand> {
+    const NEEDS_PATH_OR_EXPRESSION: &str = "the sortByCount field must be defined as a $-prefixed path or an expression inside an \
+         object";
     match v {
         Bson::String(s) if s.starts_with('$') => Operand::parse(v),
-        Bson::Document(d) => {
-            let first = d.keys().next();
-            if d.len() != 1 || !first.is_some_and(|k| k.starts_with('$')) {
-                return Err(CommandError::location(
-                    40147,
-                    "the sortByCount field must be specified as an object with a single, \
-                     $-prefixed expression",
-                ));
-            }
+        Bson::String(_) => Err(CommandError::location(40148, NEEDS_PATH_OR_EXPRESSION)),
+        Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => {
             Operand::parse(v)
         }
+        Bson::Document(_) => Err(CommandError::location(40147, NEEDS_PATH_OR_EXPRESSION)),
         _ => Err(CommandError::location(
-            40148,
-            "the sortByCount field must be defined as a $-prefixed path or an expression",
+            40149,
+            "the sortByCount field must be specified as a string or as an object",
         )),
     }
 }
@@ -2077,53 +2079,98 @@ fn computed_value(
 
 /// `$addFields`/`$set` (mongod `AddFieldsProjectionExecutor` and its spec validator).
 fn parse_add_fields(spec: &Document) -> Result<Tree> {
-    let mut tree = Tree::default();
+    if spec.is_empty() {
+        return Err(CommandError::location(
+            40177,
+            "specification must have at least one field",
+        ));
+    }
+    let mut parser = AddFieldsParser {
+        raw: spec,
+        seen: Vec::new(),
+        tree: Tree::default(),
+    };
     for (k, v) in spec {
         validate_field_path(k)?;
-        add_computed_field(&mut tree, k, v)?;
+        parser.add(k, v)?;
     }
+    let mut tree = parser.tree;
     tree.mark_computed();
     Ok(tree)
 }
 
-fn add_computed_field(tree: &mut Tree, path: &str, v: &Bson) -> Result<()> {
-    let Bson::Document(sub) = v else {
-        return tree.add(path, Node::Computed(Operand::parse(v)?));
-    };
-    if sub.is_empty() {
-        return Err(CommandError::location(
-            40180,
-            format!("an empty object is not a valid value. Found empty object at path {path}"),
-        ));
-    }
-    if sub.keys().next().is_some_and(|k| k.starts_with('$')) {
-        if sub.len() != 1 {
+struct AddFieldsParser<'a> {
+    raw: &'a Document,
+    seen: Vec<String>,
+    tree: Tree,
+}
+
+impl AddFieldsParser<'_> {
+    fn add(&mut self, path: &str, v: &Bson) -> Result<()> {
+        let Bson::Document(sub) = v else {
+            self.claim(path)?;
+            return self.tree.add(path, Node::Computed(Operand::parse(v)?));
+        };
+        if sub.is_empty() {
             return Err(CommandError::location(
-                40181,
+                40180,
+                format!("an empty object is not a valid value. Found empty object at path {path}"),
+            ));
+        }
+        if sub.keys().any(|k| k.starts_with('$')) {
+            if sub.len() != 1 {
+                return Err(CommandError::location(
+                    40181,
+                    format!(
+                        "an expression specification must contain exactly one field, the name \
+                         of the expression. Found {} fields in {}, while parsing object {}",
+                        sub.len(),
+                        render_document(sub),
+                        render_document(self.raw)
+                    ),
+                ));
+            }
+            self.claim(path)?;
+            return self.tree.add(path, Node::Computed(Operand::parse(v)?));
+        }
+        for (k, inner) in sub {
+            if k.contains('.') {
+                return Err(CommandError::location(
+                    40183,
+                    format!(
+                        "cannot use dotted field name '{k}' in a sub object: {}",
+                        render_document(self.raw)
+                    ),
+                ));
+            }
+            validate_field_path(k)?;
+            self.add(&format!("{path}.{k}"), inner)?;
+        }
+        Ok(())
+    }
+
+    /// Rejects a path equal to, or a prefix of, one already specified (40176).
+    fn claim(&mut self, path: &str) -> Result<()> {
+        let prefix_of = |a: &str, b: &str| {
+            b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'.'
+        };
+        if let Some(other) = self
+            .seen
+            .iter()
+            .find(|p| p.as_str() == path || prefix_of(p, path) || prefix_of(path, p))
+        {
+            return Err(CommandError::location(
+                40176,
                 format!(
-                    "an expression specification must contain exactly one field, the name of \
-                     the expression. Found {} fields in {}",
-                    sub.len(),
-                    render_document(sub)
+                    "specification contains two conflicting paths. Cannot specify both '{path}' \
+                     and '{other}': {}",
+                    render_document(self.raw)
                 ),
             ));
         }
-        return tree.add(path, Node::Computed(Operand::parse(v)?));
+        self.seen.push(path.to_string());
+        Ok(())
     }
-    for (k, inner) in sub {
-        if k.contains('.') {
-            return Err(CommandError::location(
-                40183,
-                format!(
-                    "cannot use dotted field name '{k}' in a sub object: {}",
-                    render_document(sub)
-                ),
-            ));
-        }
-        validate_field_path(k)?;
-        add_computed_field(tree, &format!("{path}.{k}"), inner)?;
-    }
-    Ok(())
 }
 
 /// `$unset` is an exclusion `$project` of the named paths (manual: "$unset (aggregation)").
@@ -2647,6 +2694,23 @@ mod tests {
             parse_err(bson!([{"$set": {"a": {"$add": [], "b": 1}}}])).code,
             40181
         );
+        let e = parse_err(bson!([{"$addFields": {}}]));
+        assert_eq!(e.code, 40177);
+        assert_eq!(
+            e.errmsg,
+            "Invalid $addFields :: caused by :: specification must have at least one field"
+        );
+        let e = parse_err(bson!([{"$set": {"a": 1, "a.b": 1}}]));
+        assert_eq!(e.code, 40176);
+        assert!(
+            e.errmsg.contains("Cannot specify both 'a.b' and 'a'"),
+            "{}",
+            e.errmsg
+        );
+        assert_eq!(
+            parse_err(bson!([{"$set": {"a": {"b": 1}, "a.b": 2}}])).code,
+            40176
+        );
     }
 
     // --- $unset ---
@@ -2948,6 +3012,7 @@ mod tests {
         );
         assert_eq!(parse_err(bson!([{"$sortByCount": "item"}])).code, 40148);
         assert_eq!(parse_err(bson!([{"$sortByCount": {"a": 1}}])).code, 40147);
+        assert_eq!(parse_err(bson!([{"$sortByCount": 1}])).code, 40149);
     }
 
     // --- find projection ---
