@@ -594,7 +594,7 @@ impl Stage {
             "$count" => StageKind::Count(parse_count_stage(value)?),
             "$replaceRoot" => StageKind::ReplaceRoot {
                 new_root: parse_replace_root(value)?,
-                what: "'newRoot' expression ",
+                what: "'newRoot' expression",
             },
             "$replaceWith" => StageKind::ReplaceRoot {
                 new_root: Operand::parse(value)?,
@@ -824,18 +824,13 @@ fn parse_replace_root(v: &Bson) -> Result<Operand> {
         if k == "newRoot" {
             new_root = Some(Operand::parse(val)?);
         } else {
-            return Err(CommandError::location(
-                40230,
-                format!(
-                    "unrecognized option to $replaceRoot stage: {k}, only valid option is \
-                     'newRoot'."
-                ),
+            return Err(CommandError::new(
+                error::UNKNOWN_FIELD,
+                format!("BSON field '$replaceRoot.{k}' is an unknown field."),
             ));
         }
     }
-    new_root.ok_or_else(|| {
-        CommandError::location(40231, "no newRoot specified for the $replaceRoot stage")
-    })
+    new_root.ok_or_else(|| crate::fields::missing("$replaceRoot", "newRoot"))
 }
 
 fn parse_sort_by_count(v: &Bson) -> Result<Operand> {
@@ -2913,8 +2908,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, 40228);
         assert!(
-            e.errmsg
-                .contains("must evaluate to an object, but resulting value was: 10."),
+            e.errmsg.starts_with(
+                "'newRoot' expression must evaluate to an object, but resulting value was: 10."
+            ),
             "{}",
             e.errmsg
         );
@@ -2922,9 +2918,23 @@ mod tests {
         assert!(e.errmsg.ends_with("Input document: {_id: 1, a: 10}"));
         let e = run(bson!([{"$replaceWith": "$nope"}]), vec![doc! {"_id": 1}]).unwrap_err();
         assert_eq!(e.code, 40228);
-        assert!(e.errmsg.contains("MISSING"));
-        assert_eq!(parse_err(bson!([{"$replaceRoot": {}}])).code, 40231);
-        assert_eq!(parse_err(bson!([{"$replaceRoot": {"x": 1}}])).code, 40230);
+        assert!(
+            e.errmsg.starts_with(
+                "'replacement document' must evaluate to an object, but resulting value was: \
+                 MISSING. Type of resulting value: 'missing'."
+            ),
+            "{}",
+            e.errmsg
+        );
+        let e = parse_err(bson!([{"$replaceRoot": {}}]));
+        assert_eq!(e.code, 40414);
+        assert_eq!(
+            e.errmsg,
+            "BSON field '$replaceRoot.newRoot' is missing but a required field"
+        );
+        let e = parse_err(bson!([{"$replaceRoot": {"newRoot": "$a", "x": 1}}]));
+        assert_eq!(e.code, 40415);
+        assert_eq!(e.errmsg, "BSON field '$replaceRoot.x' is an unknown field.");
         assert_eq!(parse_err(bson!([{"$replaceRoot": 1}])).code, 40229);
     }
 
