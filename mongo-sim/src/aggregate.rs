@@ -971,6 +971,12 @@ impl Unwind {
                 ));
             }
         };
+        if path.is_empty() {
+            return Err(CommandError::location(
+                28812,
+                "no path specified to $unwind stage",
+            ));
+        }
         let Some(stripped) = path.strip_prefix('$') else {
             return Err(CommandError::location(
                 28818,
@@ -2992,6 +2998,8 @@ mod tests {
         assert_eq!(parse_err(bson!([{"$unwind": "a"}])).code, 28818);
         assert_eq!(parse_err(bson!([{"$unwind": 1}])).code, 15981);
         assert_eq!(parse_err(bson!([{"$unwind": {}}])).code, 28812);
+        assert_eq!(parse_err(bson!([{"$unwind": ""}])).code, 28812);
+        assert_eq!(parse_err(bson!([{"$unwind": {"path": ""}}])).code, 28812);
         assert_eq!(parse_err(bson!([{"$unwind": {"path": 1}}])).code, 28808);
         assert_eq!(
             parse_err(bson!([{"$unwind": {"path": "$a", "x": 1}}])).code,
