@@ -105,20 +105,31 @@ pub struct UpdatePipeline {
 }
 
 impl UpdatePipeline {
-    /// Parses the stages; any stage outside the update set is 72 InvalidOptions.
+    /// Parses the stages; any stage outside the update set is 72 InvalidOptions. As in
+    /// mongod's `PipelineExecutor`, each stage is parsed and then checked before the next.
     pub fn parse(stages: &[Bson]) -> Result<UpdatePipeline> {
-        let pipeline = Pipeline::parse(stages)?;
-        for stage in &pipeline.stages {
+        let mut parsed = Vec::with_capacity(stages.len());
+        for spec in stages {
+            let Bson::Document(d) = spec else {
+                return Err(CommandError::type_mismatch(
+                    "Each element of the 'pipeline' array must be an object",
+                ));
+            };
+            let stage = Stage::parse(d)?;
             if !UPDATE_STAGES.contains(&stage.name.as_str()) {
+                // `$count` and `$sortByCount` are `$group` underneath, and mongod names that.
+                let name = match stage.kind {
+                    StageKind::Count(_) | StageKind::SortByCount(_) => "$group",
+                    _ => stage.name.as_str(),
+                };
                 return Err(CommandError::new(
                     error::INVALID_OPTIONS,
-                    format!("{} is not allowed to be used within an update", stage.name),
+                    format!("{name} is not allowed to be used within an update"),
                 ));
             }
+            parsed.push(stage);
         }
-        Ok(UpdatePipeline {
-            stages: pipeline.stages,
-        })
+        Ok(UpdatePipeline { stages: parsed })
     }
 
     /// The document after every stage; `vars` is the update's `let` and system variables.
@@ -3155,6 +3166,14 @@ mod tests {
         assert_eq!(e.code, 72);
         let e = UpdatePipeline::parse(&[bson!({"$bogus": {}})]).unwrap_err();
         assert_eq!(e.code, 40324);
+        // Checked stage by stage: the disallowed stage is reported before a later bad one.
+        let e = UpdatePipeline::parse(&[bson!({"$limit": 1}), bson!({"$bogus": {}})]).unwrap_err();
+        assert_eq!(e.code, 72);
+        let e = UpdatePipeline::parse(&[bson!({"$count": "n"})]).unwrap_err();
+        assert_eq!(
+            e.errmsg,
+            "$group is not allowed to be used within an update"
+        );
     }
 
     #[test]
