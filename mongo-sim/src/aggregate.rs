@@ -731,22 +731,18 @@ fn parse_count_argument(stage: &str, code: i32, v: &Bson) -> Result<i64> {
     let n = match v {
         Bson::Int32(i) => i64::from(*i),
         Bson::Int64(i) => *i,
-        Bson::Double(d) => {
+        Bson::Double(_) | Bson::Decimal128(_) => {
+            let d = crate::compare::as_f64(v).unwrap_or(f64::NAN);
             if d.fract() != 0.0 || !d.is_finite() {
                 return Err(fail(format!("Expected an integer: {stage}: {}", render(v))));
             }
-            if *d >= 9.223_372_036_854_776e18 || *d < -9.223_372_036_854_776e18 {
+            if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&d) {
                 return Err(fail(format!(
                     "Cannot represent as a 64-bit integer: {stage}: {}",
                     render(v)
                 )));
             }
-            *d as i64
-        }
-        Bson::Decimal128(_) => {
-            return Err(CommandError::not_supported(format!(
-                "decimal arguments to {stage} are not supported"
-            )));
+            d as i64
         }
         _ => {
             return Err(fail(format!(
