@@ -3173,6 +3173,61 @@ mod tests {
     }
 
     #[test]
+    fn aggregation_exclusion_descends_into_nested_arrays() {
+        let out = run(
+            bson!([{"$project": {"a.b": 0}}]),
+            vec![doc! {"_id": 1, "a": [{"b": 1, "c": 1}, [{"b": 2, "c": 2}], 3]}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"_id": 1, "a": [{"c": 1}, [{"c": 2}], 3]}]);
+    }
+
+    #[test]
+    fn group_push_of_root_and_first_of_missing() {
+        let out = run(
+            bson!([{"$group": {"_id": "$g", "docs": {"$push": "$$ROOT"}, "f": {"$first": "$x"}}}]),
+            vec![doc! {"_id": 1, "g": 1}, doc! {"_id": 2, "g": 1, "x": 5}],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            vec![doc! {
+                "_id": 1,
+                "docs": [{"_id": 1, "g": 1}, {"_id": 2, "g": 1, "x": 5}],
+                "f": Bson::Null,
+            }]
+        );
+    }
+
+    #[test]
+    fn stages_compose_in_order() {
+        let out = run(
+            bson!([
+                {"$group": {"_id": "$item", "q": {"$sum": "$qty"}}},
+                {"$sort": {"q": -1}},
+                {"$skip": 0},
+                {"$limit": 1},
+                {"$replaceWith": "$$ROOT"},
+                {"$set": {"item": "$_id"}},
+                {"$unset": "_id"}
+            ]),
+            sales(),
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"q": 5, "item": "a"}]);
+    }
+
+    #[test]
+    fn field_paths_through_root_variable() {
+        let out = run(
+            bson!([{"$project": {"_id": 0, "x": "$$ROOT.a.b", "y": "$$CURRENT.a"}}]),
+            vec![doc! {"a": {"b": 1}}],
+        )
+        .unwrap();
+        assert_eq!(out, vec![doc! {"x": 1, "y": {"b": 1}}]);
+    }
+
+    #[test]
     fn render_matches_mongod_shell_style() {
         assert_eq!(
             render(&bson!({"a": [1, "x", 1.5, 2.0, null, true], "b": {}})),
