@@ -3106,6 +3106,19 @@ mod tests {
     }
 
     #[test]
+    fn find_projection_slice_on_nested_path() {
+        let d = doc! {"_id": 1, "a": [{"b": [1, 2, 3], "c": 1}, {"b": [4, 5]}], "z": 0};
+        assert_eq!(
+            project(doc! {"a.b": {"$slice": 1}}, d.clone()),
+            doc! {"_id": 1, "a": [{"b": [1], "c": 1}, {"b": [4]}], "z": 0}
+        );
+        assert_eq!(
+            project(doc! {"a.b": {"$slice": 1}, "z": 1}, d),
+            doc! {"_id": 1, "a": [{"b": [1]}, {"b": [4]}], "z": 0}
+        );
+    }
+
+    #[test]
     fn find_projection_literal_and_computed_values() {
         let d = doc! {"_id": 1, "a": 1, "b": 2};
         assert_eq!(
