@@ -151,7 +151,8 @@ pub struct Projection {
 }
 
 impl Projection {
-    /// Parses with find's rules (manual: "Project Fields to Return from Query").
+    /// Parses with find's rules (manual: "Project Fields to Return from Query"). Positional
+    /// `field.$` needs the query and `$meta` needs search scores; both are 115 here.
     pub fn parse(spec: &Document) -> Result<Projection> {
         if spec.is_empty() {
             return Ok(Projection { shape: None });
