@@ -1,4 +1,78 @@
-fn main() {
-    eprintln!("mongo-sim: not implemented yet");
-    std::process::exit(1);
+//! The `mongo-sim` binary: serves one simulated replica-set primary until SIGTERM or SIGINT.
+//! The first line of stdout is the connection URI, so scripts can wait for it.
+
+use clap::Parser;
+use mongo_sim::{MongoSim, ServerOptions};
+use std::io::Write;
+
+#[derive(Parser, Debug)]
+#[command(name = "mongo-sim", version, about)]
+struct Args {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "MONGO_SIM_PORT", default_value_t = 27017)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, env = "MONGO_SIM_BIND", default_value_t = ServerOptions::default().bind)]
+    bind: String,
+    /// Replica set name announced to drivers.
+    #[arg(long, env = "MONGO_SIM_REPLICA_SET", default_value_t = ServerOptions::default().replica_set)]
+    replica_set: String,
+    /// Oplog entries retained before the oldest are dropped.
+    #[arg(long, env = "MONGO_SIM_OPLOG_CAPACITY", default_value_t = ServerOptions::default().oplog_capacity)]
+    oplog_capacity: usize,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let options = ServerOptions {
+        bind: args.bind,
+        port: args.port,
+        replica_set: args.replica_set,
+        oplog_capacity: args.oplog_capacity,
+    };
+    let sim = match MongoSim::start(options).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", sim.uri());
+        let _ = out.flush();
+    }
+    if let Err(e) = wait_for_signal().await {
+        tracing::error!(error = %e, "cannot wait for signals");
+        return std::process::ExitCode::FAILURE;
+    }
+    tracing::info!("shutting down");
+    sim.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
 }
