@@ -190,7 +190,13 @@ async fn execute(
     let triggered = if name == "configureFailPoint" {
         None
     } else {
-        let ns = match cmd.get(&name) {
+        // getMore names its collection in `collection`; the others in the command field.
+        let coll_field = if name == "getMore" {
+            "collection"
+        } else {
+            &name
+        };
+        let ns = match cmd.get(coll_field) {
             Some(Bson::String(coll)) => Some(format!("{db}.{coll}")),
             _ => None,
         };

@@ -427,10 +427,10 @@ mod tests {
         let mut c = conn();
         let cmd = doc! {"hello": 1, "helloOk": true, "client": {"application": {"name": "app"}}};
         let r = run(&s, &mut c, &ctx("admin"), "hello", &cmd).unwrap();
-        assert_eq!(r.get_bool("helloOk").unwrap(), true);
-        assert_eq!(r.get_bool("isWritablePrimary").unwrap(), true);
+        assert!(r.get_bool("helloOk").unwrap());
+        assert!(r.get_bool("isWritablePrimary").unwrap());
         assert!(!r.contains_key("ismaster"));
-        assert_eq!(r.get_bool("secondary").unwrap(), false);
+        assert!(!r.get_bool("secondary").unwrap());
         assert_eq!(r.get_str("setName").unwrap(), "rs0");
         assert_eq!(r.get_str("primary").unwrap(), "127.0.0.1:4000");
         assert_eq!(r.get_str("me").unwrap(), "127.0.0.1:4000");
@@ -459,7 +459,7 @@ mod tests {
             &doc! {"isMaster": 1},
         )
         .unwrap();
-        assert_eq!(r.get_bool("ismaster").unwrap(), true);
+        assert!(r.get_bool("ismaster").unwrap());
         assert!(!r.contains_key("isWritablePrimary"));
         assert!(!r.contains_key("helloOk"));
     }
@@ -488,13 +488,13 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
         let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
-        assert_eq!(r.get_bool("isWritablePrimary").unwrap(), false);
-        assert_eq!(r.get_bool("secondary").unwrap(), true);
+        assert!(!r.get_bool("isWritablePrimary").unwrap());
+        assert!(r.get_bool("secondary").unwrap());
         assert!(!r.contains_key("primary"));
         // Time passes: the step-down runs out and a new term begins.
         s.topology.lock().stepped_down_until = Some(Instant::now());
         let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
-        assert_eq!(r.get_bool("isWritablePrimary").unwrap(), true);
+        assert!(r.get_bool("isWritablePrimary").unwrap());
         assert_eq!(
             r.get_object_id("electionId").unwrap().to_hex(),
             "7fffffff0000000000000002"

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use mongo_sim::{MongoSim, ServerOptions};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 #[derive(Parser, Debug)]
 #[command(name = "mongo-sim", version, about)]
@@ -30,6 +30,7 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let options = ServerOptions {
@@ -37,6 +38,14 @@ async fn main() -> std::process::ExitCode {
         port: args.port,
         replica_set: args.replica_set,
         oplog_capacity: args.oplog_capacity,
+    };
+    // Handlers are installed before the URI is printed, so a script may signal right away.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return std::process::ExitCode::FAILURE;
+        }
     };
     let sim = match MongoSim::start(options).await {
         Ok(sim) => sim,
@@ -50,29 +59,47 @@ async fn main() -> std::process::ExitCode {
         let _ = writeln!(out, "{}", sim.uri());
         let _ = out.flush();
     }
-    if let Err(e) = wait_for_signal().await {
-        tracing::error!(error = %e, "cannot wait for signals");
-        return std::process::ExitCode::FAILURE;
-    }
+    signals.wait().await;
     tracing::info!("shutting down");
     sim.shutdown().await;
     std::process::ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// SIGTERM and SIGINT (Ctrl-C elsewhere).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-        Ok(())
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -69,7 +69,7 @@ async fn assert_driver_works(client: &Client) {
     let hello = run(client, "admin", doc! {"hello": 1})
         .await
         .expect("hello");
-    assert_eq!(hello.get_bool("isWritablePrimary").unwrap(), true);
+    assert!(hello.get_bool("isWritablePrimary").unwrap());
 }
 
 #[tokio::test]
@@ -253,8 +253,8 @@ async fn legacy_op_query_is_only_for_the_handshake() {
     let reply = exchange(&mut stream, &query).await.expect("a reply");
     let (header, body) = wire::decode_op_reply(&reply).unwrap();
     assert_eq!(header.response_to, 9);
-    assert_eq!(body.get_bool("ismaster").unwrap(), true);
-    assert_eq!(body.get_bool("helloOk").unwrap(), true);
+    assert!(body.get_bool("ismaster").unwrap());
+    assert!(body.get_bool("helloOk").unwrap());
     assert_eq!(body.get_str("setName").unwrap(), "rs0");
 
     let query = wire::encode_op_query(10, "admin.$cmd", &doc! {"ping": 1});
@@ -436,8 +436,8 @@ async fn step_down_closes_connections_and_a_new_primary_is_elected() {
     let mut raw = connect(&sim).await;
     let hello = wire::encode_op_msg(1, 0, 0, &doc! {"hello": 1, "$db": "admin"}, &[]);
     let body = op_msg_body(&exchange(&mut raw, &hello).await.expect("a reply"));
-    assert_eq!(body.get_bool("isWritablePrimary").unwrap(), false);
-    assert_eq!(body.get_bool("secondary").unwrap(), true);
+    assert!(!body.get_bool("isWritablePrimary").unwrap());
+    assert!(body.get_bool("secondary").unwrap());
     assert!(!body.contains_key("primary"));
 
     // The driver's pooled connection was closed: its next use fails as a network error, then
@@ -445,7 +445,7 @@ async fn step_down_closes_connections_and_a_new_primary_is_elected() {
     let err = run(&client, "admin", doc! {"hello": 1}).await.unwrap_err();
     assert!(matches!(&*err.kind, ErrorKind::Io(_)), "{err:?}");
     let after = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
-    assert_eq!(after.get_bool("isWritablePrimary").unwrap(), true);
+    assert!(after.get_bool("isWritablePrimary").unwrap());
     assert!(
         after.get_object_id("electionId").unwrap() > before.get_object_id("electionId").unwrap()
     );
