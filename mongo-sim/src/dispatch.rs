@@ -6,7 +6,7 @@ use crate::failpoint::{self, Triggered};
 use crate::handshake;
 use crate::state::{CommandContext, Shared};
 use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What the connection learned about its client, kept across commands.
@@ -40,12 +40,15 @@ pub enum Outcome {
     CloseConnection,
 }
 
-/// The latest retryable write per session and its reply, so that a retry of the same
-/// `txnNumber` is answered without executing again (retryable-writes spec; manual:
-/// "Retryable Writes").
+/// What dispatch remembers between commands.
 #[derive(Default)]
-pub struct RetryableWrites {
+pub struct DispatchState {
+    /// The latest retryable write per session and its reply, so that a retry of the same
+    /// `txnNumber` is answered without executing again (retryable-writes spec; manual:
+    /// "Retryable Writes").
     sessions: HashMap<Vec<u8>, (i64, Document)>,
+    /// Open change-stream cursors: their failed getMores get `ResumableChangeStreamError`.
+    change_stream_cursors: HashSet<i64>,
 }
 
 /// Commands that write; refused with NotWritablePrimary while stepped down, and the ones a
@@ -205,6 +208,10 @@ async fn execute(
             .lock()
             .evaluate(&name, &ctx, ns.as_deref())
     };
+    let labelling = Labelling {
+        retryable_write: retryable,
+        change_stream: is_change_stream_operation(shared, &name, cmd),
+    };
     let mut fp_labels = None;
     let mut fp_wce = None;
     if let Some(Triggered {
@@ -222,18 +229,24 @@ async fn execute(
             tokio::time::sleep(block).await;
         }
         if let Some(e) = error {
-            let given = error_labels.is_some();
-            return Ok(label(e, retryable && !given).to_reply());
+            // Labels given to the fail point replace the ones mongod would add.
+            return Ok(match error_labels {
+                Some(_) => e.to_reply(),
+                None => label(e, labelling).to_reply(),
+            });
         }
         fp_labels = error_labels;
         fp_wce = write_concern_error;
     }
 
-    let result = match checks_then_run(shared, conn, &ctx, &name, cmd, retryable).await {
-        Ok(reply) => reply,
-        Err(e) => return Ok(label(with_code_name(e), retryable).to_reply()),
+    let result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable).await;
+    if labelling.change_stream || name == "killCursors" {
+        track_change_stream_cursors(shared, &name, cmd, result.as_ref().ok());
+    }
+    let Ran { mut reply, writes } = match result {
+        Ok(ran) => ran,
+        Err(e) => return Ok(label(with_code_name(e), labelling).to_reply()),
     };
-    let Ran { mut reply, writes } = result;
 
     if writes && reply_ok(&reply) {
         let wce = match fp_wce {
@@ -267,13 +280,100 @@ fn reply_ok(reply: &Document) -> bool {
     }
 }
 
-/// Adds `RetryableWriteError` to a failed retryable write when its code qualifies
-/// (retryable-writes spec, "Determining Retryable Errors").
-fn label(e: CommandError, retryable: bool) -> CommandError {
-    if retryable && error::RETRYABLE_WRITE_CODES.contains(&e.code) {
-        e.with_label("RetryableWriteError")
-    } else {
-        e
+/// Which error labels a failure of this command may carry.
+#[derive(Debug, Clone, Copy)]
+struct Labelling {
+    retryable_write: bool,
+    change_stream: bool,
+}
+
+/// Adds the labels mongod adds: `RetryableWriteError` to a failed retryable write
+/// (retryable-writes spec, "Determining Retryable Errors") and `ResumableChangeStreamError` to
+/// a resumable failure of a change stream's aggregate or getMore (change-streams spec,
+/// "Resumable Error").
+fn label(mut e: CommandError, labelling: Labelling) -> CommandError {
+    if labelling.retryable_write && error::RETRYABLE_WRITE_CODES.contains(&e.code) {
+        e = e.with_label("RetryableWriteError");
+    }
+    if labelling.change_stream
+        && error::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code)
+        && !e
+            .labels
+            .iter()
+            .any(|l| l == "NonResumableChangeStreamError")
+    {
+        e = e.with_label("ResumableChangeStreamError");
+    }
+    e
+}
+
+fn opens_change_stream(cmd: &Document) -> bool {
+    matches!(
+        cmd.get("pipeline"),
+        Some(Bson::Array(p)) if matches!(
+            p.first(),
+            Some(Bson::Document(stage)) if stage.contains_key("$changeStream")
+        )
+    )
+}
+
+/// An aggregate opening a change stream, or a getMore on one.
+fn is_change_stream_operation(shared: &Shared, name: &str, cmd: &Document) -> bool {
+    match name {
+        "aggregate" => opens_change_stream(cmd),
+        "getMore" => match cmd.get("getMore") {
+            Some(Bson::Int64(id)) => shared
+                .topology
+                .lock()
+                .dispatch
+                .change_stream_cursors
+                .contains(id),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn reply_cursor_id(reply: &Document) -> Option<i64> {
+    reply
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| c.get("id"))
+        .and_then(crate::bsontype::as_i64)
+}
+
+/// Keeps the set of open change-stream cursors current.
+fn track_change_stream_cursors(shared: &Shared, name: &str, cmd: &Document, ran: Option<&Ran>) {
+    let mut topology = shared.topology.lock();
+    let open = &mut topology.dispatch.change_stream_cursors;
+    match name {
+        "aggregate" => {
+            if let Some(id) = ran.and_then(|r| reply_cursor_id(&r.reply))
+                && id != 0
+            {
+                open.insert(id);
+            }
+        }
+        "getMore" => {
+            let Some(Bson::Int64(id)) = cmd.get("getMore") else {
+                return;
+            };
+            // A failed getMore destroys its cursor; so does reaching the end.
+            let alive = ran.and_then(|r| reply_cursor_id(&r.reply)).unwrap_or(0) != 0;
+            if !alive {
+                open.remove(id);
+            }
+        }
+        "killCursors" => {
+            if let Ok(ids) = cmd.get_array("cursors") {
+                for id in ids {
+                    if let Bson::Int64(id) = id {
+                        open.remove(id);
+                    }
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -413,7 +513,7 @@ async fn checks_then_run(
         (true, Some(lsid), Some(txn)) => {
             let key = session_key(lsid);
             let topology = shared.topology.lock();
-            match topology.retryable_writes.sessions.get(&key) {
+            match topology.dispatch.sessions.get(&key) {
                 Some((latest, _)) if *latest > txn => {
                     return Err(CommandError::from_code(
                         225,
@@ -440,7 +540,7 @@ async fn checks_then_run(
         && reply_ok(&reply)
     {
         let mut topology = shared.topology.lock();
-        let sessions = &mut topology.retryable_writes.sessions;
+        let sessions = &mut topology.dispatch.sessions;
         let newer = matches!(sessions.get(&key), Some((latest, _)) if *latest > txn);
         if !newer {
             sessions.insert(key, (txn, reply.clone()));
@@ -496,10 +596,7 @@ async fn route(
                 }
                 None => return Err(crate::fields::missing("aggregate", "pipeline")),
             };
-            let change_stream = matches!(
-                pipeline.first(),
-                Some(Bson::Document(stage)) if stage.contains_key("$changeStream")
-            );
+            let change_stream = opens_change_stream(cmd);
             if change_stream {
                 crate::changestream::open(s, ctx, cmd, pipeline)
             } else {
@@ -686,7 +783,7 @@ mod tests {
         let remembered = doc! {"n": 1, "ok": 1.0};
         s.topology
             .lock()
-            .retryable_writes
+            .dispatch
             .sessions
             .insert(session_key(&lsid), (5, remembered));
         let cmd = |txn: i64| {
@@ -698,5 +795,63 @@ mod tests {
         let r = run(&s, cmd(4)).await;
         assert_eq!(r.get_i32("code").unwrap(), 225);
         assert_eq!(r.get_str("codeName").unwrap(), "TransactionTooOld");
+    }
+
+    #[tokio::test]
+    async fn change_stream_failures_are_labelled_resumable() {
+        let s = shared();
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["aggregate", "getMore"], "errorCode": 6}},
+        )
+        .await;
+        let r = run(
+            &s,
+            doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}, "$db": "a"},
+        )
+        .await;
+        assert_eq!(r.get_i32("code").unwrap(), 6);
+        assert_eq!(
+            r.get_array("errorLabels").unwrap(),
+            &vec![Bson::String("ResumableChangeStreamError".into())]
+        );
+        // An ordinary aggregate is not a change stream.
+        let r = run(
+            &s,
+            doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "$db": "a"},
+        )
+        .await;
+        assert!(!r.contains_key("errorLabels"));
+        s.topology.lock().dispatch.change_stream_cursors.insert(77);
+        let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
+        assert_eq!(
+            r.get_array("errorLabels").unwrap(),
+            &vec![Bson::String("ResumableChangeStreamError".into())]
+        );
+        let r = run(&s, doc! {"getMore": 78i64, "collection": "c", "$db": "a"}).await;
+        assert!(!r.contains_key("errorLabels"));
+        // Labels given to the fail point are reported exactly.
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": []}},
+        )
+        .await;
+        let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 6);
+        assert!(!r.contains_key("errorLabels"));
+        // killCursors forgets the cursor.
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "off", "$db": "admin"},
+        )
+        .await;
+        run(
+            &s,
+            doc! {"killCursors": "c", "cursors": [77i64], "$db": "a"},
+        )
+        .await;
+        assert!(s.topology.lock().dispatch.change_stream_cursors.is_empty());
     }
 }

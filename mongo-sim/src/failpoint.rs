@@ -350,6 +350,11 @@ pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
     let mut fps = shared.failpoints.lock();
     let count = fps.times_entered;
     fps.fail_command = config;
+    // mongod's `appendIntOrLL`: an int when it fits.
+    let count = match i32::try_from(count) {
+        Ok(n) => Bson::Int32(n),
+        Err(_) => Bson::Int64(count),
+    };
     Ok(doc! {"count": count})
 }
 
@@ -383,7 +388,7 @@ mod tests {
             "data": {"failCommands": ["ping"], "errorCode": 91}},
         )
         .unwrap();
-        assert_eq!(r, doc! {"count": 0i64});
+        assert_eq!(r, doc! {"count": 0});
         assert!(fire(&s, "buildInfo").is_none());
         let t = fire(&s, "ping").unwrap();
         let e = t.error.unwrap();
@@ -397,7 +402,7 @@ mod tests {
             &doc! {"configureFailPoint": "failCommand", "mode": "off"},
         )
         .unwrap();
-        assert_eq!(r, doc! {"count": 2i64});
+        assert_eq!(r, doc! {"count": 2});
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `electionId`, `setVersion`) are always consistent with the URI the server announces.
 //! There is no `topologyVersion`, so drivers poll with `hello` instead of streaming it.
 
-use crate::dispatch::{ConnectionState, RetryableWrites};
+use crate::dispatch::{ConnectionState, DispatchState};
 use crate::error::{self, CommandError, Result};
 use crate::state::{CommandContext, Shared};
 use bson::oid::ObjectId;
@@ -37,8 +37,9 @@ pub struct Topology {
     pub disconnect: watch::Sender<u64>,
     pub connections_current: i64,
     pub connections_total_created: i64,
-    /// Replies of retryable writes, per session.
-    pub retryable_writes: RetryableWrites,
+    /// What command dispatch remembers between commands (retryable-write replies, change
+    /// stream cursors).
+    pub dispatch: DispatchState,
 }
 
 /// mongod's `OID::fromTerm`: the maximal timestamp followed by the term, so a later term
@@ -60,7 +61,7 @@ impl Topology {
             disconnect: watch::channel(0).0,
             connections_current: 0,
             connections_total_created: 0,
-            retryable_writes: RetryableWrites::default(),
+            dispatch: DispatchState::default(),
         }
     }
 

@@ -288,7 +288,7 @@ async fn fail_point_modes_through_the_driver() {
     )
     .await
     .unwrap();
-    assert_eq!(reply.get_i64("count").unwrap(), 0);
+    assert_eq!(reply.get_i32("count").unwrap(), 0);
     // Unlisted commands pass and do not count down.
     run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
     for _ in 0..2 {
@@ -320,7 +320,7 @@ async fn fail_point_modes_through_the_driver() {
     let reply = run(&client, "admin", configure("off".into(), doc! {}))
         .await
         .unwrap();
-    assert_eq!(reply.get_i64("count").unwrap(), 4);
+    assert_eq!(reply.get_i32("count").unwrap(), 4);
     run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
 
     // alwaysOn, narrowed to one application name.
