@@ -389,22 +389,39 @@ fn write_concern_error(cmd: &Document) -> Option<Document> {
     let Some(Bson::Document(wc)) = cmd.get("writeConcern") else {
         return None;
     };
-    match wc.get("w") {
-        Some(Bson::String(tag)) if tag != "majority" => Some(doc! {
-            "code": 79,
-            "codeName": "UnknownReplWriteConcern",
-            "errmsg": format!("No write concern mode named '{tag}' found in replica set configuration"),
-        }),
-        Some(w) => match crate::bsontype::as_i64(w) {
-            Some(n) if n > 1 => Some(doc! {
-                "code": 100,
-                "codeName": "UnsatisfiableWriteConcern",
-                "errmsg": "Not enough data-bearing nodes",
-            }),
-            _ => None,
+    let w = wc.get("w")?;
+    let (code, code_name, errmsg) = match w {
+        Bson::String(tag) if tag != "majority" => (
+            79,
+            "UnknownReplWriteConcern",
+            format!("No write concern mode named '{tag}' found in replica set configuration"),
+        ),
+        Bson::String(_) => return None,
+        w => match crate::bsontype::as_i64(w) {
+            Some(n) if n > 1 => (
+                100,
+                "UnsatisfiableWriteConcern",
+                "Not enough data-bearing nodes".to_string(),
+            ),
+            _ => return None,
         },
-        None => None,
+    };
+    // mongod echoes the write concern it failed to satisfy in `errInfo`.
+    let mut echoed = doc! {"w": w.clone()};
+    if let Some(j) = wc.get("j") {
+        echoed.insert("j", j.clone());
     }
+    echoed.insert(
+        "wtimeout",
+        wc.get("wtimeout").cloned().unwrap_or(Bson::Int32(0)),
+    );
+    echoed.insert("provenance", "clientSupplied");
+    Some(doc! {
+        "code": code,
+        "codeName": code_name,
+        "errmsg": errmsg,
+        "errInfo": {"writeConcern": echoed},
+    })
 }
 
 /// Validates generic arguments (manual: "Read Concern", "Write Concern", "Transactions").
@@ -754,6 +771,10 @@ mod tests {
     fn write_concern_errors_for_a_single_node() {
         let wce = write_concern_error(&doc! {"insert": "c", "writeConcern": {"w": 2}}).unwrap();
         assert_eq!(wce.get_i32("code").unwrap(), 100);
+        assert_eq!(
+            wce.get_document("errInfo").unwrap(),
+            &doc! {"writeConcern": {"w": 2, "wtimeout": 0, "provenance": "clientSupplied"}}
+        );
         assert_eq!(
             wce.get_str("errmsg").unwrap(),
             "Not enough data-bearing nodes"
