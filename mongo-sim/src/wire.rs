@@ -6,7 +6,7 @@
 //! OP_REPLY. Nothing here panics on client bytes: every defect becomes a [`WireError`], after
 //! which the connection is closed.
 
-use bson::{Bson, Document};
+use bson::{Bson, Document, RawBsonRef, RawDocument};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Legacy reply, used only to answer OP_QUERY.
@@ -147,8 +147,48 @@ impl<'a> Reader<'a> {
             )));
         }
         let bytes = self.take(len as usize, what)?;
+        check_depth(bytes, what)?;
         Document::from_reader(bytes)
             .map_err(|e| WireError::Malformed(format!("{what}: invalid BSON: {e}")))
+    }
+}
+
+/// Nesting deeper than this is refused before decoding, so that a hostile message cannot
+/// exhaust the stack of the (recursive) decoder. mongod's own limit for user documents is 100
+/// levels (manual: "MongoDB Limits and Thresholds", "Nested Depth for BSON Documents"); commands
+/// wrap documents in a few more.
+pub const MAX_BSON_DEPTH: usize = 200;
+
+/// Walks the element tree without recursion and rejects excessive nesting.
+fn check_depth(bytes: &[u8], what: &str) -> Result<(), WireError> {
+    let invalid = |e: bson::raw::Error| WireError::Malformed(format!("{what}: invalid BSON: {e}"));
+    let root = RawDocument::from_bytes(bytes).map_err(invalid)?;
+    let mut stack = vec![(root.iter(), 1usize)];
+    loop {
+        let (next, depth) = match stack.last_mut() {
+            None => return Ok(()),
+            Some((iter, depth)) => (iter.next(), *depth),
+        };
+        let value = match next {
+            None => {
+                stack.pop();
+                continue;
+            }
+            Some(Err(e)) => return Err(invalid(e)),
+            Some(Ok((_, value))) => value,
+        };
+        let child = match value {
+            RawBsonRef::Document(d) => d,
+            RawBsonRef::Array(a) => RawDocument::from_bytes(a.as_bytes()).map_err(invalid)?,
+            RawBsonRef::JavaScriptCodeWithScope(c) => c.scope,
+            _ => continue,
+        };
+        if depth + 1 > MAX_BSON_DEPTH {
+            return Err(WireError::Malformed(format!(
+                "{what}: BSON nested deeper than {MAX_BSON_DEPTH} levels"
+            )));
+        }
+        stack.push((child.iter(), depth + 1));
     }
 }
 
@@ -533,6 +573,30 @@ mod tests {
             read_message(&mut big).await,
             Err(WireError::TooLarge(100_000_000))
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        // {a: {a: {a: ... {} }}} nested 5,000 levels, built from the inside out.
+        let mut inner: Vec<u8> = vec![5, 0, 0, 0, 0];
+        for _ in 0..5_000 {
+            let mut outer = Vec::with_capacity(inner.len() + 8);
+            let len = (inner.len() + 4 + 3 + 1) as i32;
+            outer.extend_from_slice(&len.to_le_bytes());
+            outer.extend_from_slice(&[0x03, b'a', 0]);
+            outer.extend_from_slice(&inner);
+            outer.push(0);
+            inner = outer;
+        }
+        let mut message = Vec::new();
+        write_header(&mut message, 1, 0, OP_MSG);
+        message.extend_from_slice(&0u32.to_le_bytes());
+        message.push(0);
+        message.extend_from_slice(&inner);
+        finish_length(&mut message);
+        assert!(matches!(decode(&message), Err(WireError::Malformed(m)) if m.contains("nested")));
+        let ok = encode_op_msg(1, 0, 0, &doc! {"a": {"b": [[{"c": 1}]]}}, &[]);
+        assert!(decode(&ok).is_ok());
     }
 
     proptest! {
