@@ -36,6 +36,11 @@ pub async fn start_default() -> io::Result<MongoSim> {
 }
 
 impl MongoSim {
+    /// Starts a server with [`ServerOptions::default`] on the current tokio runtime.
+    pub async fn start_default() -> io::Result<MongoSim> {
+        MongoSim::start(ServerOptions::default()).await
+    }
+
     /// Binds and starts serving on the current tokio runtime.
     pub async fn start(options: ServerOptions) -> std::io::Result<MongoSim> {
         let listener = TcpListener::bind((options.bind.as_str(), options.port)).await?;

@@ -476,7 +476,7 @@ async fn many_idle_connections_do_not_starve_the_driver() {
 
 #[tokio::test]
 async fn shutdown_closes_connections_and_releases_the_port() {
-    let sim = server().await;
+    let sim = mongo_sim::server::start_default().await.unwrap();
     let port = sim.port();
     let mut stream = connect(&sim).await;
     sim.shutdown().await;
