@@ -275,7 +275,17 @@ async fn connection_loop(stream: TcpStream, mut conn: ConnectionState, shared: &
                 let more_to_come = msg.more_to_come();
                 let checksum = msg.checksum_present();
                 let request_id = msg.header.request_id;
-                match dispatch::run_command(shared, &mut conn, msg.body).await {
+                // A step-down also ends commands still waiting (a change stream's getMore);
+                // `biased` lets the command that caused it finish and be answered first.
+                let outcome = tokio::select! {
+                    biased;
+                    outcome = dispatch::run_command(shared, &mut conn, msg.body) => outcome,
+                    _ = disconnect.changed() => {
+                        tracing::info!(connection = conn.id, "closing connection after step-down");
+                        return;
+                    }
+                };
+                match outcome {
                     Outcome::CloseConnection => {
                         tracing::info!(connection = conn.id, "closing connection (fail point)");
                         return;

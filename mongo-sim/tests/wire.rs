@@ -501,3 +501,37 @@ fn own_runtime_serves_synchronous_callers() {
         assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
     });
 }
+
+#[tokio::test]
+async fn step_down_ends_commands_still_waiting() {
+    let sim = server().await;
+    let admin = client(&sim, None).await;
+    run(
+        &admin,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+        "data": {"failCommands": ["ping"], "blockConnection": true,
+                 "blockTimeMS": 60_000, "appName": "waiting"}},
+    )
+    .await
+    .unwrap();
+    let mut waiting = connect(&sim).await;
+    let hello = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"hello": 1, "$db": "admin", "client": {"application": {"name": "waiting"}}},
+        &[],
+    );
+    exchange(&mut waiting, &hello).await.expect("a reply");
+    let ping = wire::encode_op_msg(2, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    waiting.write_all(&ping).await.unwrap();
+
+    let mut other = connect(&sim).await;
+    let step_down = wire::encode_op_msg(3, 0, 0, &doc! {"replSetStepDown": 0, "$db": "admin"}, &[]);
+    let body = op_msg_body(&exchange(&mut other, &step_down).await.expect("a reply"));
+    assert_eq!(body.get_f64("ok").unwrap(), 1.0);
+    assert_closed(&mut other).await;
+    assert_closed(&mut waiting).await;
+    sim.shutdown().await;
+}
