@@ -119,6 +119,7 @@ pub async fn run_command(
     conn: &mut ConnectionState,
     cmd: Document,
 ) -> Outcome {
+    count_operation(shared, &cmd);
     let result = execute(shared, conn, &cmd).await;
     shared.publish_oplog_head();
     match result {
@@ -128,6 +129,25 @@ pub async fn run_command(
 }
 
 struct Hangup;
+
+/// `serverStatus.opcounters` as mongod counts them: inserted documents, update and delete
+/// statements, finds, getMores, and every other command.
+fn count_operation(shared: &Shared, cmd: &Document) {
+    let name = cmd.keys().next().map(String::as_str).unwrap_or_default();
+    let statements = |field: &str| match cmd.get(field) {
+        Some(Bson::Array(a)) => a.len() as i64,
+        _ => 0,
+    };
+    let (slot, n) = match name {
+        "insert" => (0, statements("documents")),
+        "find" => (1, 1),
+        "update" => (2, statements("updates")),
+        "delete" => (3, statements("deletes")),
+        "getMore" => (4, 1),
+        _ => (5, 1),
+    };
+    shared.topology.lock().opcounters[slot] += n;
+}
 
 /// Adds `ok`, `$clusterTime` and `operationTime` as mongod does on every reply.
 fn finish(shared: &Shared, mut reply: Document) -> Document {

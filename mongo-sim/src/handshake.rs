@@ -40,6 +40,8 @@ pub struct Topology {
     /// What command dispatch remembers between commands (retryable-write replies, change
     /// stream cursors).
     pub dispatch: DispatchState,
+    /// `serverStatus.opcounters`: insert, query, update, delete, getmore, command.
+    pub opcounters: [i64; 6],
 }
 
 /// mongod's `OID::fromTerm`: the maximal timestamp followed by the term, so a later term
@@ -62,6 +64,7 @@ impl Topology {
             connections_current: 0,
             connections_total_created: 0,
             dispatch: DispatchState::default(),
+            opcounters: [0; 6],
         }
     }
 
@@ -272,12 +275,13 @@ fn host_info(shared: &Shared) -> Document {
 
 fn server_status(shared: &Shared) -> Document {
     let uptime = shared.started.elapsed();
-    let (current, total, primary) = {
+    let (current, total, primary, ops) = {
         let mut t = shared.topology.lock();
         (
             t.connections_current,
             t.connections_total_created,
             t.is_primary(),
+            t.opcounters,
         )
     };
     let mut repl = doc! {
@@ -305,8 +309,8 @@ fn server_status(shared: &Shared) -> Document {
             "totalCreated": total as i32,
         },
         "opcounters": {
-            "insert": 0i64, "query": 0i64, "update": 0i64,
-            "delete": 0i64, "getmore": 0i64, "command": 0i64,
+            "insert": ops[0], "query": ops[1], "update": ops[2],
+            "delete": ops[3], "getmore": ops[4], "command": ops[5],
         },
         "repl": repl,
         "storageEngine": {"name": "inMemory", "supportsCommittedReads": true, "persistent": false},
