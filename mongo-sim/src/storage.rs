@@ -57,6 +57,13 @@ impl Data {
         (coll, created)
     }
 
+    /// The collection together with the oplog, so that a write can modify one and record
+    /// itself in the other.
+    pub fn collection_and_oplog(&mut self, ns: &Namespace) -> Option<(&mut Collection, &mut Oplog)> {
+        let coll = self.databases.get_mut(&ns.db)?.collections.get_mut(&ns.coll)?;
+        Some((coll, &mut self.oplog))
+    }
+
     /// Removes a database that no longer holds any collection: mongod lists a database only
     /// while it has data.
     pub fn forget_if_empty(&mut self, db: &str) {
