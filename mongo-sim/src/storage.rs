@@ -7,6 +7,8 @@
 //! identically, so a `BTreeSet` of `(key, record id)` serves both uniqueness checks and
 //! equality lookups.
 
+#![allow(clippy::result_large_err)] // CommandError carries mongod's extra reply fields.
+
 use crate::bsontype::as_i64;
 use crate::compare::{as_f64, type_rank};
 use crate::error::{self, CommandError, Result};
@@ -38,7 +40,10 @@ impl Data {
     }
 
     pub fn collection_mut(&mut self, ns: &Namespace) -> Option<&mut Collection> {
-        self.databases.get_mut(&ns.db)?.collections.get_mut(&ns.coll)
+        self.databases
+            .get_mut(&ns.db)?
+            .collections
+            .get_mut(&ns.coll)
     }
 
     /// The collection, created (and its creation recorded in the oplog) when missing, as an
@@ -46,10 +51,7 @@ impl Data {
     pub fn ensure_collection(&mut self, ns: &Namespace) -> (&mut Collection, bool) {
         let db = self.databases.entry(ns.db.clone()).or_default();
         let created = !db.collections.contains_key(&ns.coll);
-        let coll = db
-            .collections
-            .entry(ns.coll.clone())
-            .or_insert_with(Collection::new);
+        let coll = db.collections.entry(ns.coll.clone()).or_default();
         if created {
             self.oplog
                 .record(OplogOp::Create { ns: ns.clone() }, Some(coll.ui()));
@@ -59,8 +61,15 @@ impl Data {
 
     /// The collection together with the oplog, so that a write can modify one and record
     /// itself in the other.
-    pub fn collection_and_oplog(&mut self, ns: &Namespace) -> Option<(&mut Collection, &mut Oplog)> {
-        let coll = self.databases.get_mut(&ns.db)?.collections.get_mut(&ns.coll)?;
+    pub fn collection_and_oplog(
+        &mut self,
+        ns: &Namespace,
+    ) -> Option<(&mut Collection, &mut Oplog)> {
+        let coll = self
+            .databases
+            .get_mut(&ns.db)?
+            .collections
+            .get_mut(&ns.coll)?;
         Some((coll, &mut self.oplog))
     }
 
@@ -118,7 +127,8 @@ impl IndexSpec {
         d.insert("v", 2);
         d.insert("key", self.key.clone());
         d.insert("name", self.name.clone());
-        if self.unique {
+        // The _id index is unique without saying so.
+        if self.unique && self.name != "_id_" {
             d.insert("unique", true);
         }
         if self.sparse {
@@ -155,8 +165,8 @@ pub fn same_key_pattern(a: &Document, b: &Document) -> bool {
 #[derive(Debug, Clone)]
 pub struct Index {
     pub spec: IndexSpec,
-    /// Each key field and whether it is descending.
-    fields: Vec<(String, bool)>,
+    /// Each key field: its path, the path's components, and whether it is descending.
+    fields: Vec<(String, Vec<String>, bool)>,
     entries: BTreeSet<(Vec<u8>, u64)>,
     /// True once some document produced several keys (an array value).
     pub multikey: bool,
@@ -173,7 +183,10 @@ impl Index {
         let fields = spec
             .key
             .iter()
-            .map(|(k, v)| (k.clone(), as_f64(v).is_some_and(|d| d < 0.0)))
+            .map(|(k, v)| {
+                let parts = k.split('.').map(str::to_string).collect();
+                (k.clone(), parts, as_f64(v).is_some_and(|d| d < 0.0))
+            })
             .collect();
         Index {
             spec,
@@ -185,7 +198,7 @@ impl Index {
 
     /// Field paths of the key, in order.
     pub fn field_names(&self) -> impl Iterator<Item = &str> {
-        self.fields.iter().map(|(f, _)| f.as_str())
+        self.fields.iter().map(|(f, _, _)| f.as_str())
     }
 
     /// The keys `doc` produces: one per array element for a multikey field, none for a
@@ -195,13 +208,11 @@ impl Index {
         let mut per_field: Vec<Vec<&'a Bson>> = Vec::with_capacity(self.fields.len());
         let mut array_field: Option<&str> = None;
         let mut all_missing = true;
-        for (path, _) in &self.fields {
+        for (path, parts, _) in &self.fields {
             let mut values = Vec::new();
             let mut saw_array = false;
-            let parts: Vec<&str> = path.split('.').collect();
-            match doc.get(parts[0]) {
-                Some(v) => collect_values(v, &parts[1..], &mut values, &mut saw_array),
-                None => {}
+            if let Some(v) = doc.get(&parts[0]) {
+                collect_values(v, &parts[1..], &mut values, &mut saw_array);
             }
             if saw_array {
                 if let Some(earlier) = array_field {
@@ -223,7 +234,7 @@ impl Index {
             return Ok(Vec::new());
         }
         let mut keys: Vec<GeneratedKey<'a>> = vec![(Vec::new(), Vec::new())];
-        for ((_, descending), values) in self.fields.iter().zip(per_field) {
+        for ((_, _, descending), values) in self.fields.iter().zip(per_field) {
             if values.len() == 1 {
                 for (bytes, tuple) in &mut keys {
                     push_component(bytes, values[0], *descending);
@@ -260,7 +271,7 @@ impl Index {
 
     fn duplicate_error(&self, ns: &Namespace, values: &[&Bson]) -> CommandError {
         let mut key_value = Document::new();
-        for ((field, _), v) in self.fields.iter().zip(values) {
+        for ((field, _, _), v) in self.fields.iter().zip(values) {
             key_value.insert(field.clone(), (*v).clone());
         }
         duplicate_key_error(ns, &self.spec.name, &self.spec.key, key_value)
@@ -269,7 +280,7 @@ impl Index {
     /// Record ids whose key for the first field equals `value`, in natural order.
     fn records_with_prefix(&self, value: &Bson) -> Vec<u64> {
         let mut prefix = Vec::new();
-        push_component(&mut prefix, value, self.fields[0].1);
+        push_component(&mut prefix, value, self.fields[0].2);
         let mut rids: Vec<u64> = self
             .entries
             .range((prefix.clone(), 0)..)
@@ -339,7 +350,12 @@ pub fn shell_value(v: &Bson) -> String {
 }
 
 /// Values at `parts` below `v`, expanding arrays as index key generation does.
-fn collect_values<'a>(v: &'a Bson, parts: &[&str], out: &mut Vec<&'a Bson>, saw_array: &mut bool) {
+fn collect_values<'a>(
+    v: &'a Bson,
+    parts: &[String],
+    out: &mut Vec<&'a Bson>,
+    saw_array: &mut bool,
+) {
     let Some((head, rest)) = parts.split_first() else {
         match v {
             Bson::Array(a) => {
@@ -356,7 +372,7 @@ fn collect_values<'a>(v: &'a Bson, parts: &[&str], out: &mut Vec<&'a Bson>, saw_
     };
     match v {
         Bson::Document(d) => {
-            if let Some(child) = d.get(*head) {
+            if let Some(child) = d.get(head) {
                 collect_values(child, rest, out, saw_array);
             }
         }
@@ -368,7 +384,7 @@ fn collect_values<'a>(v: &'a Bson, parts: &[&str], out: &mut Vec<&'a Bson>, saw_
             *saw_array = true;
             for elem in a {
                 if let Bson::Document(d) = elem
-                    && let Some(child) = d.get(*head)
+                    && let Some(child) = d.get(head)
                 {
                     collect_values(child, rest, out, saw_array);
                 }
@@ -472,7 +488,10 @@ pub fn encode_value(v: &Bson, out: &mut Vec<u8>) {
 
 /// The exact BSON size of a document, computed without serialising it.
 pub fn bson_size(d: &Document) -> usize {
-    5 + d.iter().map(|(k, v)| 2 + k.len() + value_size(v)).sum::<usize>()
+    5 + d
+        .iter()
+        .map(|(k, v)| 2 + k.len() + value_size(v))
+        .sum::<usize>()
 }
 
 fn value_size(v: &Bson) -> usize {
@@ -804,8 +823,11 @@ mod tests {
     fn unique_index_reports_mongod_duplicate_key_error() {
         let mut c = Collection::new();
         c.create_index(&ns(), unique_compound()).unwrap();
-        c.insert_document(&ns(), doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 5})
-            .unwrap();
+        c.insert_document(
+            &ns(),
+            doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 5},
+        )
+        .unwrap();
         let err = c
             .insert_document(
                 &ns(),
@@ -820,7 +842,7 @@ mod tests {
         assert_eq!(
             err.extra,
             doc! {"keyPattern": {"aggregateId": 1, "sequenceNumber": 1},
-                  "keyValue": {"aggregateId": "a", "sequenceNumber": 5i64}}
+            "keyValue": {"aggregateId": "a", "sequenceNumber": 5i64}}
         );
         assert_eq!(c.documents.len(), 1);
         let err = c.insert_document(&ns(), doc! {"_id": 1.0}).unwrap_err();
@@ -843,7 +865,11 @@ mod tests {
         .unwrap();
         c.insert_document(&ns(), doc! {"_id": 1}).unwrap();
         let err = c.insert_document(&ns(), doc! {"_id": 2}).unwrap_err();
-        assert!(err.errmsg.ends_with("dup key: { a: null }"), "{}", err.errmsg);
+        assert!(
+            err.errmsg.ends_with("dup key: { a: null }"),
+            "{}",
+            err.errmsg
+        );
         let mut s = Collection::new();
         s.create_index(
             &ns(),
@@ -893,7 +919,10 @@ mod tests {
         let mut c = Collection::new();
         c.create_index(&ns(), unique_compound()).unwrap();
         let r1 = c
-            .insert_document(&ns(), doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 1})
+            .insert_document(
+                &ns(),
+                doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
+            )
             .unwrap();
         c.replace_document(
             &ns(),
@@ -901,11 +930,20 @@ mod tests {
             doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 2},
         )
         .unwrap();
-        c.insert_document(&ns(), doc! {"_id": 2, "aggregateId": "a", "sequenceNumber": 1})
-            .unwrap();
-        assert_eq!(c.delete_document(r1).map(|d| d.get_i32("_id").ok()), Some(Some(1)));
-        c.insert_document(&ns(), doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 2})
-            .unwrap();
+        c.insert_document(
+            &ns(),
+            doc! {"_id": 2, "aggregateId": "a", "sequenceNumber": 1},
+        )
+        .unwrap();
+        assert_eq!(
+            c.delete_document(r1).map(|d| d.get_i32("_id").ok()),
+            Some(Some(1))
+        );
+        c.insert_document(
+            &ns(),
+            doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 2},
+        )
+        .unwrap();
         assert_eq!(c.find_by_id(&Bson::Int64(2)), Some(2));
     }
 
@@ -933,7 +971,7 @@ mod tests {
     #[test]
     fn bson_size_matches_serialisation() {
         let d = doc! {"_id": ObjectId::new(), "a": [1, "x", {"b": 2.5}], "n": null, "t": true,
-                      "l": 5i64, "bin": Binary{subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1,2,3]}};
+        "l": 5i64, "bin": Binary{subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1,2,3]}};
         let mut buf = Vec::new();
         d.to_writer(&mut buf).unwrap();
         assert_eq!(bson_size(&d), buf.len());

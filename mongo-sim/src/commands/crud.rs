@@ -4,6 +4,8 @@
 //! Every command holds the data lock from start to end, so each is atomic and the oplog
 //! order is the order in which commands ran.
 
+#![allow(clippy::result_large_err)] // CommandError carries mongod's extra reply fields.
+
 use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
 use crate::compare::{compare, values_equal};
@@ -102,10 +104,7 @@ pub fn collection_name<'a>(cmd: &'a Document, command: &str) -> Result<&'a str> 
         Some((_, Bson::String(s))) => Ok(s),
         Some((_, other)) => Err(CommandError::new(
             error::INVALID_NAMESPACE,
-            format!(
-                "collection name has invalid type {}",
-                type_name(other)
-            ),
+            format!("collection name has invalid type {}", type_name(other)),
         )),
         None => Err(missing(command, command)),
     }
@@ -689,17 +688,22 @@ fn upsert_retry_allowed(filter: &Document, inserted: &Document, err: &CommandErr
     }
     pattern.keys().all(|field| {
         eqs.iter().any(|(f, v)| {
-            f == field
-                && crate::path::get_path(inserted, field).is_some_and(|x| values_equal(x, v))
+            f == field && crate::path::get_path(inserted, field).is_some_and(|x| values_equal(x, v))
         })
     })
 }
 
 /// What an upsert did when nothing matched at first.
 enum Upserted {
-    Inserted { id: Bson, rid: u64 },
+    Inserted {
+        id: Bson,
+        rid: u64,
+    },
     /// A duplicate key made it retry as an update of the existing document.
-    Updated { rid: u64, modified: bool },
+    Updated {
+        rid: u64,
+        modified: bool,
+    },
 }
 
 fn upsert(
@@ -737,7 +741,9 @@ fn upsert(
     let copy = doc.clone();
     match insert_prepared(data, ns, doc) {
         Ok(rid) => Ok(Upserted::Inserted { id, rid }),
-        Err(e) if e.code == error::DUPLICATE_KEY.code && upsert_retry_allowed(filter, &copy, &e) => {
+        Err(e)
+            if e.code == error::DUPLICATE_KEY.code && upsert_retry_allowed(filter, &copy, &e) =>
+        {
             let rids = match data.collection(ns) {
                 Some(c) => c.matching(matcher, vars, true)?,
                 None => Vec::new(),
@@ -992,8 +998,10 @@ fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>
     Ok(opt_count(cmd, command, field)?.map(|n| n as usize))
 }
 
-fn filter_of<'a>(cmd: &'a Document, command: &str, field: &str) -> Result<Document> {
-    Ok(opt_document(cmd, command, field)?.cloned().unwrap_or_default())
+fn filter_of(cmd: &Document, command: &str, field: &str) -> Result<Document> {
+    Ok(opt_document(cmd, command, field)?
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// `find` (manual: "find"): `{cursor: {firstBatch, id, ns}}`, the first batch holding up to
@@ -1231,7 +1239,15 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
             Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
         }
         None if upsert_requested => {
-            match upsert(&mut data, &ns, &query, &matcher, &spec, &vars, &array_filters)? {
+            match upsert(
+                &mut data,
+                &ns,
+                &query,
+                &matcher,
+                &spec,
+                &vars,
+                &array_filters,
+            )? {
                 Upserted::Inserted { id, rid } => {
                     let value = if return_new {
                         stored(&data, rid)?
@@ -1253,7 +1269,9 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
                 }
             }
         }
-        None => Ok(doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null}),
+        None => {
+            Ok(doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null})
+        }
     }
 }
 
@@ -1339,7 +1357,9 @@ pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result
     validate_namespace(&ns)?;
     let key = crate::fields::require_str(cmd, CMD, "key")?;
     if key.is_empty() {
-        return Err(CommandError::failed_to_parse("FieldPath cannot be constructed with empty string"));
+        return Err(CommandError::failed_to_parse(
+            "FieldPath cannot be constructed with empty string",
+        ));
     }
     let query = filter_of(cmd, CMD, "query")?;
     check_collation(cmd.get("collation"))?;
@@ -1421,7 +1441,11 @@ pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
                 "aggregate: 1 is only supported with $changeStream",
             ));
         }
-        _ => return Err(collection_name(cmd, CMD).err().unwrap_or_else(|| missing(CMD, CMD))),
+        _ => {
+            return Err(collection_name(cmd, CMD)
+                .err()
+                .unwrap_or_else(|| missing(CMD, CMD)));
+        }
     };
     let ns = Namespace::new(ctx.db.clone(), coll);
     validate_namespace(&ns)?;
@@ -1452,7 +1476,9 @@ pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
     let results = parsed.run(input, &vars)?;
     drop(data);
     let cursor_ns = ns.to_string();
-    Ok(cursor_reply(shared, ns, cursor_ns, results, batch_size, false))
+    Ok(cursor_reply(
+        shared, ns, cursor_ns, results, batch_size, false,
+    ))
 }
 
 #[cfg(test)]
@@ -1570,10 +1596,10 @@ mod tests {
             &s,
             &ctx(),
             &doc! {"insert": "c", "documents": [
-                {"_id": 1, "aggregateId": "b", "sequenceNumber": 1},
-                {"_id": 4, "aggregateId": "b", "sequenceNumber": 1},
-                {"_id": 5, "aggregateId": "b", "sequenceNumber": 1}],
-              "ordered": false},
+              {"_id": 1, "aggregateId": "b", "sequenceNumber": 1},
+              {"_id": 4, "aggregateId": "b", "sequenceNumber": 1},
+              {"_id": 5, "aggregateId": "b", "sequenceNumber": 1}],
+            "ordered": false},
         )
         .unwrap();
         assert_eq!(r.get_i32("n").unwrap(), 1);
@@ -1587,7 +1613,10 @@ mod tests {
                 .unwrap()
                 .contains("index: _id_ dup key: { _id: 1 }")
         );
-        assert_eq!(errors[1].as_document().unwrap().get_i32("index").unwrap(), 2);
+        assert_eq!(
+            errors[1].as_document().unwrap().get_i32("index").unwrap(),
+            2
+        );
     }
 
     #[test]
@@ -1609,7 +1638,10 @@ mod tests {
         );
         let big = "x".repeat(MAX_USER_DOCUMENT_SIZE);
         let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"s": big}]}).unwrap();
-        let e = r.get_array("writeErrors").unwrap()[0].as_document().unwrap().clone();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
         assert_eq!(e.get_i32("code").unwrap(), 10334);
     }
 
@@ -1619,7 +1651,10 @@ mod tests {
         for coll in ["", "a$b", "system.users"] {
             let err = insert(&s, &ctx(), &doc! {"insert": coll, "documents": [{}]}).unwrap_err();
             assert_eq!(err.code, 73);
-            assert_eq!(err.errmsg, format!("Invalid namespace specified 'db.{coll}'"));
+            assert_eq!(
+                err.errmsg,
+                format!("Invalid namespace specified 'db.{coll}'")
+            );
         }
         let err = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{}], "x": 1}).unwrap_err();
         assert_eq!(err.code, 40415);
@@ -1629,7 +1664,10 @@ mod tests {
             &doc! {"update": "c", "updates": [{"q": {}, "u": {}, "bogus": 1}]},
         )
         .unwrap_err();
-        assert_eq!(err.errmsg, "BSON field 'update.updates.bogus' is an unknown field.");
+        assert_eq!(
+            err.errmsg,
+            "BSON field 'update.updates.bogus' is an unknown field."
+        );
         let err = update(
             &s,
             &ctx(),
@@ -1642,7 +1680,12 @@ mod tests {
     #[test]
     fn replacement_update_counts_matched_and_modified() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
         let r = update(
             &s,
             &ctx(),
@@ -1665,7 +1708,10 @@ mod tests {
             &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 3}, "multi": true}]},
         )
         .unwrap();
-        let e = r.get_array("writeErrors").unwrap()[0].as_document().unwrap().clone();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
         assert_eq!(e.get_i32("code").unwrap(), 9);
         assert_eq!(
             e.get_str("errmsg").unwrap(),
@@ -1681,8 +1727,8 @@ mod tests {
             &s,
             &ctx(),
             &doc! {"insert": "c", "documents": [
-                {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
-                {"_id": 2, "aggregateId": "a", "sequenceNumber": 2}]},
+            {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
+            {"_id": 2, "aggregateId": "a", "sequenceNumber": 2}]},
         )
         .unwrap();
         let r = update(
@@ -1691,7 +1737,10 @@ mod tests {
             &doc! {"update": "c", "updates": [{"q": {}, "u": {"aggregateId": "a", "sequenceNumber": 2}}]},
         )
         .unwrap();
-        let e = r.get_array("writeErrors").unwrap()[0].as_document().unwrap().clone();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
         assert_eq!(e.get_i32("code").unwrap(), 11000);
         assert_eq!(r.get_i32("nModified").unwrap(), 0);
     }
@@ -1707,7 +1756,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.get_i32("n").unwrap(), 1);
         assert_eq!(r.get_i32("nModified").unwrap(), 0);
-        let up = r.get_array("upserted").unwrap()[0].as_document().unwrap().clone();
+        let up = r.get_array("upserted").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
         assert_eq!(up.get_i32("index").unwrap(), 0);
         let docs = find_all(&s);
         assert_eq!(docs.len(), 1);
@@ -1740,14 +1792,22 @@ mod tests {
         // insert a second document with the same _id; the filter is not equality on exactly
         // the _id index's fields, so mongod reports E11000 instead of retrying.
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": "p", "version": 2}]}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": "p", "version": 2}]},
+        )
+        .unwrap();
         let r = update(
             &s,
             &ctx(),
             &doc! {"update": "c", "updates": [{"q": {"_id": "p", "version": 1}, "u": {"$set": {"version": 2}}, "upsert": true}]},
         )
         .unwrap();
-        let e = r.get_array("writeErrors").unwrap()[0].as_document().unwrap().clone();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
         assert_eq!(e.get_i32("code").unwrap(), 11000);
         assert_eq!(e.get_document("keyValue").unwrap(), &doc! {"_id": "p"});
         assert_eq!(r.get_i32("n").unwrap(), 0);
@@ -1761,28 +1821,53 @@ mod tests {
             &doc! {"_id": 1},
             doc! {"_id": 1},
         );
-        assert!(upsert_retry_allowed(&doc! {"_id": 1}, &doc! {"_id": 1, "a": 1}, &err));
+        assert!(upsert_retry_allowed(
+            &doc! {"_id": 1},
+            &doc! {"_id": 1, "a": 1},
+            &err
+        ));
         assert!(upsert_retry_allowed(
             &doc! {"$and": [{"_id": {"$eq": 1}}]},
             &doc! {"_id": 1},
             &err
         ));
-        assert!(!upsert_retry_allowed(&doc! {"_id": 1, "v": 2}, &doc! {"_id": 1, "v": 2}, &err));
-        assert!(!upsert_retry_allowed(&doc! {"_id": {"$gt": 1}}, &doc! {"_id": 2}, &err));
+        assert!(!upsert_retry_allowed(
+            &doc! {"_id": 1, "v": 2},
+            &doc! {"_id": 1, "v": 2},
+            &err
+        ));
+        assert!(!upsert_retry_allowed(
+            &doc! {"_id": {"$gt": 1}},
+            &doc! {"_id": 2},
+            &err
+        ));
         let compound = crate::storage::duplicate_key_error(
             &Namespace::new("db", "c"),
             "a_1_b_1",
             &doc! {"a": 1, "b": 1},
             doc! {"a": 1, "b": 1},
         );
-        assert!(upsert_retry_allowed(&doc! {"b": 1, "a": 1}, &doc! {"_id": 0, "a": 1, "b": 1}, &compound));
-        assert!(!upsert_retry_allowed(&doc! {"a": 1, "b": 1}, &doc! {"_id": 0, "a": 1, "b": 2}, &compound));
+        assert!(upsert_retry_allowed(
+            &doc! {"b": 1, "a": 1},
+            &doc! {"_id": 0, "a": 1, "b": 1},
+            &compound
+        ));
+        assert!(!upsert_retry_allowed(
+            &doc! {"a": 1, "b": 1},
+            &doc! {"_id": 0, "a": 1, "b": 2},
+            &compound
+        ));
     }
 
     #[test]
     fn operator_update_records_before_and_after() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
         let r = update(
             &s,
             &ctx(),
@@ -1793,7 +1878,12 @@ mod tests {
         let data = s.data.lock();
         let last = data.oplog.entries().back().unwrap();
         match &last.op {
-            OplogOp::Update { before, after, document_key, .. } => {
+            OplogOp::Update {
+                before,
+                after,
+                document_key,
+                ..
+            } => {
                 assert_eq!(before, &doc! {"_id": 1, "a": 1});
                 assert_eq!(after, &doc! {"_id": 1, "a": 2});
                 assert_eq!(document_key, &doc! {"_id": 1});
@@ -1805,14 +1895,37 @@ mod tests {
     #[test]
     fn delete_limits_and_records() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]}).unwrap();
-        let err = delete(&s, &ctx(), &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 2}]}).unwrap_err();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+        )
+        .unwrap();
+        let err = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 2}]},
+        )
+        .unwrap_err();
         assert_eq!(err.code, 9);
-        assert_eq!(err.errmsg, "The limit field in delete objects must be 0 or 1. Got 2");
-        let r = delete(&s, &ctx(), &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 1}]}).unwrap();
+        assert_eq!(
+            err.errmsg,
+            "The limit field in delete objects must be 0 or 1. Got 2"
+        );
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 1}]},
+        )
+        .unwrap();
         assert_eq!(r, doc! {"n": 1});
         assert_eq!(find_all(&s), vec![doc! {"_id": 2}, doc! {"_id": 3}]);
-        let r = delete(&s, &ctx(), &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 0}]}).unwrap();
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 0}]},
+        )
+        .unwrap();
         assert_eq!(r, doc! {"n": 2});
         let ops = oplog_ops(&s);
         assert_eq!(&ops[ops.len() - 3..], &["delete", "delete", "delete"]);
@@ -1826,8 +1939,18 @@ mod tests {
     #[test]
     fn delete_by_id_uses_the_filter() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}]}).unwrap();
-        let r = delete(&s, &ctx(), &doc! {"delete": "c", "deletes": [{"q": {"_id": 2}, "limit": 1}]}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}]},
+        )
+        .unwrap();
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {"_id": 2}, "limit": 1}]},
+        )
+        .unwrap();
         assert_eq!(r, doc! {"n": 1});
         assert_eq!(find_all(&s), vec![doc! {"_id": 1}]);
     }
@@ -1845,18 +1968,44 @@ mod tests {
         assert_ne!(id, 0);
         assert_eq!(s.cursors.lock().len(), 1);
 
-        let r = find(&s, &ctx(), &doc! {"find": "c", "batchSize": 10, "skip": 5, "limit": 12}).unwrap();
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "batchSize": 10, "skip": 5, "limit": 12},
+        )
+        .unwrap();
         let cursor = r.get_document("cursor").unwrap();
         let first = cursor.get_array("firstBatch").unwrap();
         assert_eq!(first.len(), 10);
         assert_eq!(first[0].as_document().unwrap(), &doc! {"_id": 5});
 
-        let r = find(&s, &ctx(), &doc! {"find": "c", "batchSize": 10, "singleBatch": true}).unwrap();
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "batchSize": 10, "singleBatch": true},
+        )
+        .unwrap();
         assert_eq!(r.get_document("cursor").unwrap().get_i64("id").unwrap(), 0);
 
-        let r = find(&s, &ctx(), &doc! {"find": "c", "sort": {"$natural": -1}, "limit": 2}).unwrap();
-        let first = r.get_document("cursor").unwrap().get_array("firstBatch").unwrap().clone();
-        assert_eq!(first, vec![Bson::Document(doc! {"_id": 249}), Bson::Document(doc! {"_id": 248})]);
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "sort": {"$natural": -1}, "limit": 2},
+        )
+        .unwrap();
+        let first = r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            first,
+            vec![
+                Bson::Document(doc! {"_id": 249}),
+                Bson::Document(doc! {"_id": 248})
+            ]
+        );
 
         let mut q = QueryCursor::new((0..3).map(|i| doc! {"i": i}).collect());
         let data = s.data.lock();
@@ -1876,7 +2025,10 @@ mod tests {
         );
         let err = find(&s, &ctx(), &doc! {"find": "c", "tailable": true}).unwrap_err();
         assert_eq!(err.code, 2);
-        assert!(err.errmsg.contains("tailable cursor requested on non capped collection"));
+        assert!(
+            err.errmsg
+                .contains("tailable cursor requested on non capped collection")
+        );
         let err = find(&s, &ctx(), &doc! {"find": "c", "limit": -1}).unwrap_err();
         assert_eq!(err.code, 2);
     }
@@ -1893,8 +2045,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r.get_document("cursor").unwrap().get_array("firstBatch").unwrap(),
-            &vec![Bson::Document(doc! {"b": "z"}), Bson::Document(doc! {"b": "x"})]
+            r.get_document("cursor")
+                .unwrap()
+                .get_array("firstBatch")
+                .unwrap(),
+            &vec![
+                Bson::Document(doc! {"b": "z"}),
+                Bson::Document(doc! {"b": "x"})
+            ]
         );
     }
 
@@ -1902,10 +2060,22 @@ mod tests {
     fn find_and_modify_argument_errors() {
         let s = shared();
         let cases = [
-            (doc! {"findAndModify": "c", "remove": true, "update": {}}, "Cannot specify both an update and remove=true"),
-            (doc! {"findAndModify": "c"}, "Either an update or remove=true must be specified"),
-            (doc! {"findAndModify": "c", "remove": true, "new": true}, "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document"),
-            (doc! {"findAndModify": "c", "remove": true, "upsert": true}, "Cannot specify both upsert=true and remove=true "),
+            (
+                doc! {"findAndModify": "c", "remove": true, "update": {}},
+                "Cannot specify both an update and remove=true",
+            ),
+            (
+                doc! {"findAndModify": "c"},
+                "Either an update or remove=true must be specified",
+            ),
+            (
+                doc! {"findAndModify": "c", "remove": true, "new": true},
+                "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
+            ),
+            (
+                doc! {"findAndModify": "c", "remove": true, "upsert": true},
+                "Cannot specify both upsert=true and remove=true ",
+            ),
         ];
         for (cmd, msg) in cases {
             let err = find_and_modify(&s, &ctx(), &cmd).unwrap_err();
@@ -1916,17 +2086,51 @@ mod tests {
     #[test]
     fn find_and_modify_replaces_removes_and_upserts() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]}).unwrap();
-        let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {}, "update": {"a": 2}}).unwrap();
-        assert_eq!(r, doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": {"_id": 1, "a": 1}});
-        let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {}, "update": {"a": 3}, "new": true}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "update": {"a": 2}},
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": {"_id": 1, "a": 1}}
+        );
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "update": {"a": 3}, "new": true},
+        )
+        .unwrap();
         assert_eq!(r.get_document("value").unwrap(), &doc! {"_id": 1, "a": 3});
-        let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {}, "remove": true}).unwrap();
-        assert_eq!(r, doc! {"lastErrorObject": {"n": 1}, "value": {"_id": 1, "a": 3}});
-        let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {}, "remove": true}).unwrap();
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "remove": true},
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1}, "value": {"_id": 1, "a": 3}}
+        );
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "remove": true},
+        )
+        .unwrap();
         assert_eq!(r, doc! {"lastErrorObject": {"n": 0}, "value": null});
         let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {"_id": 9}, "update": {"a": 1}, "upsert": true, "new": true}).unwrap();
-        assert_eq!(r, doc! {"lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": 9}, "value": {"_id": 9, "a": 1}});
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": 9}, "value": {"_id": 9, "a": 1}}
+        );
         assert_eq!(
             oplog_ops(&s),
             vec!["create", "insert", "replace", "replace", "delete", "insert"]
@@ -1936,11 +2140,25 @@ mod tests {
     #[test]
     fn count_and_distinct() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [
-            {"_id": 1, "t": [2, 1]}, {"_id": 2, "t": 1.0}, {"_id": 3, "t": "a"}, {"_id": 4}]}).unwrap();
-        assert_eq!(count(&s, &ctx(), &doc! {"count": "c"}).unwrap(), doc! {"n": 4});
-        assert_eq!(count(&s, &ctx(), &doc! {"count": "c", "skip": 1, "limit": -2}).unwrap(), doc! {"n": 2});
-        assert_eq!(count(&s, &ctx(), &doc! {"count": "missing"}).unwrap(), doc! {"n": 0});
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [
+            {"_id": 1, "t": [2, 1]}, {"_id": 2, "t": 1.0}, {"_id": 3, "t": "a"}, {"_id": 4}]},
+        )
+        .unwrap();
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "c"}).unwrap(),
+            doc! {"n": 4}
+        );
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "c", "skip": 1, "limit": -2}).unwrap(),
+            doc! {"n": 2}
+        );
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "missing"}).unwrap(),
+            doc! {"n": 0}
+        );
         let r = distinct(&s, &ctx(), &doc! {"distinct": "c", "key": "t"}).unwrap();
         assert_eq!(r, doc! {"values": [1, 2, "a"]});
     }
@@ -1950,13 +2168,36 @@ mod tests {
         let s = shared();
         let err = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": []}).unwrap_err();
         assert_eq!(err.code, 9);
-        assert_eq!(err.errmsg, "The 'cursor' option is required, except for aggregate with the explain argument");
-        let err = aggregate(&s, &ctx(), &doc! {"aggregate": 1, "pipeline": [], "cursor": {}}).unwrap_err();
+        assert_eq!(
+            err.errmsg,
+            "The 'cursor' option is required, except for aggregate with the explain argument"
+        );
+        let err = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": 1, "pipeline": [], "cursor": {}},
+        )
+        .unwrap_err();
         assert_eq!(err.code, 115);
-        let err = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "explain": true}).unwrap_err();
+        let err = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "explain": true},
+        )
+        .unwrap_err();
         assert_eq!(err.code, 115);
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]}).unwrap();
-        let r = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": [], "cursor": {"batchSize": 2}}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+        )
+        .unwrap();
+        let r = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": "c", "pipeline": [], "cursor": {"batchSize": 2}},
+        )
+        .unwrap();
         let cursor = r.get_document("cursor").unwrap();
         assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 2);
         assert_ne!(cursor.get_i64("id").unwrap(), 0);
@@ -1975,7 +2216,15 @@ mod tests {
             assert_eq!(r.get_i32("n").unwrap(), 1000);
         }
         let elapsed = start.elapsed();
-        assert_eq!(s.data.lock().collection(&Namespace::new("db", "c")).unwrap().documents.len(), 20_000);
+        assert_eq!(
+            s.data
+                .lock()
+                .collection(&Namespace::new("db", "c"))
+                .unwrap()
+                .documents
+                .len(),
+            20_000
+        );
         // Generous even for an unoptimised test build: 20k inserts well within 4 s.
         assert!(elapsed.as_secs_f64() < 4.0, "took {elapsed:?}");
     }
