@@ -474,6 +474,7 @@ struct UpdateStatement {
     multi: bool,
     array_filters: Vec<Document>,
     constants: Option<Document>,
+    hint: Option<Bson>,
 }
 
 fn parse_update_statement(stmt: &Bson) -> Result<UpdateStatement> {
@@ -530,6 +531,7 @@ fn parse_update_statement(stmt: &Bson) -> Result<UpdateStatement> {
         multi: opt_bool(s, CMD, "multi")?.unwrap_or(false),
         array_filters,
         constants,
+        hint: s.get("hint").cloned(),
     })
 }
 
@@ -794,6 +796,7 @@ fn run_update_statement(
         }
         None => base_vars,
     };
+    check_hint(data.collection(ns), stmt.hint.as_ref())?;
     let rids = match data.collection(ns) {
         Some(c) => c.matching(&matcher, vars, !stmt.multi)?,
         None => Vec::new(),
@@ -898,6 +901,7 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
 struct DeleteStatement {
     q: Document,
     just_one: bool,
+    hint: Option<Bson>,
 }
 
 fn parse_delete_statement(stmt: &Bson) -> Result<DeleteStatement> {
@@ -931,6 +935,7 @@ fn parse_delete_statement(stmt: &Bson) -> Result<DeleteStatement> {
     Ok(DeleteStatement {
         q,
         just_one: limit == 1,
+        hint: s.get("hint").cloned(),
     })
 }
 
@@ -969,7 +974,10 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
         let result = Matcher::parse(&stmt.q).and_then(|m| match data.collection(&ns) {
-            Some(c) => c.matching(&m, &vars, stmt.just_one),
+            Some(c) => {
+                check_hint(Some(c), stmt.hint.as_ref())?;
+                c.matching(&m, &vars, stmt.just_one)
+            }
             None => Ok(Vec::new()),
         });
         match result {
@@ -1934,6 +1942,37 @@ mod tests {
             OplogOp::Delete { document_key, .. } => assert_eq!(document_key, &doc! {"_id": 3}),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn unknown_hints_are_write_errors() {
+        let s = shared();
+        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}]}).unwrap();
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 1, "hint": "nope_1"}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 2);
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 1}, "hint": {"a": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r.get_array("writeErrors").unwrap().len(), 1);
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 1}, "hint": "_id_"}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
     }
 
     #[test]

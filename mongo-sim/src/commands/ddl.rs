@@ -687,10 +687,11 @@ pub fn list_indexes(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Re
         };
         c.indexes.iter().map(|i| i.spec.to_document()).collect()
     };
-    let cursor_ns = format!("{}.$cmd.listIndexes.{}", ns.db, ns.coll);
-    let cursor_at = Namespace::new(ns.db.clone(), format!("$cmd.listIndexes.{}", ns.coll));
+    // mongod 7.0 registers the listIndexes cursor on the collection itself
+    // (list_indexes.cpp: `ListIndexesReplyCursor(cursorId, nss, ...)`).
+    let cursor_ns = ns.to_string();
     Ok(cursor_reply(
-        shared, cursor_at, cursor_ns, entries, batch_size, false,
+        shared, ns, cursor_ns, entries, batch_size, false,
     ))
 }
 
@@ -1067,7 +1068,7 @@ mod tests {
         );
         assert_eq!(
             r.get_document("cursor").unwrap().get_str("ns").unwrap(),
-            "db.$cmd.listIndexes.c"
+            "db.c"
         );
     }
 
