@@ -742,6 +742,29 @@ pub fn document_key(doc: &Document) -> Document {
     key
 }
 
+/// Byte-level sameness, as mongod decides whether an update changed a document: field order
+/// and numeric types matter (`bson::Document`'s `==` ignores field order).
+pub fn identical_documents(a: &Document, b: &Document) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && identical_values(va, vb))
+}
+
+fn identical_values(a: &Bson, b: &Bson) -> bool {
+    match (a, b) {
+        (Bson::Document(x), Bson::Document(y)) => identical_documents(x, y),
+        (Bson::Array(x), Bson::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| identical_values(p, q))
+        }
+        (Bson::Double(x), Bson::Double(y)) => x.to_bits() == y.to_bits(),
+        (Bson::JavaScriptCodeWithScope(x), Bson::JavaScriptCodeWithScope(y)) => {
+            x.code == y.code && identical_documents(&x.scope, &y.scope)
+        }
+        _ => a == b,
+    }
+}
+
 /// An index key value from a `hint`/`sort` direction (`1`, `-1`, `1.0`).
 pub fn direction(v: &Bson) -> Option<i64> {
     as_i64(v).filter(|d| *d == 1 || *d == -1)
@@ -966,6 +989,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, 11000);
         assert_eq!(c.indexes.len(), 1);
+    }
+
+    #[test]
+    fn identical_documents_respect_order_and_types() {
+        assert!(identical_documents(
+            &doc! {"a": 1, "b": {"c": f64::NAN}},
+            &doc! {"a": 1, "b": {"c": f64::NAN}}
+        ));
+        assert!(!identical_documents(
+            &doc! {"a": 1, "b": 2},
+            &doc! {"b": 2, "a": 1}
+        ));
+        assert!(!identical_documents(&doc! {"a": 1}, &doc! {"a": 1.0}));
+        assert!(!identical_documents(
+            &doc! {"a": {"x": 1, "y": 2}},
+            &doc! {"a": {"y": 2, "x": 1}}
+        ));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_docume
 use crate::oplog::{Namespace, OplogOp};
 use crate::query::Matcher;
 use crate::state::{CommandContext, Shared};
-use crate::storage::{Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key};
+use crate::storage::{
+    Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
+};
 use crate::update::{UpdateContext, UpdateSpec, build_upsert};
 use bson::oid::ObjectId;
 use bson::{Bson, Document, doc};
@@ -611,7 +613,7 @@ fn update_record(
             }
         }
     };
-    if after == *before {
+    if identical_documents(&after, before) {
         return Ok(false);
     }
     let size = bson_size(&after);
@@ -1710,6 +1712,27 @@ mod tests {
         .unwrap();
         assert_eq!(r, doc! {"n": 1, "nModified": 0});
         assert_eq!(oplog_ops(&s), vec!["create", "insert", "replace"]);
+        // Reordering fields is a change, as mongod compares the stored bytes.
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "d", "documents": [{"_id": 1, "a": 1, "b": 2}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "d", "updates": [{"q": {}, "u": {"b": 2, "a": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "d", "updates": [{"q": {}, "u": {"b": 2, "a": 1.0}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
         let r = update(
             &s,
             &ctx(),
