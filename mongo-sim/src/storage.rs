@@ -9,7 +9,6 @@
 
 #![allow(clippy::result_large_err)] // CommandError carries mongod's extra reply fields.
 
-use crate::bsontype::as_i64;
 use crate::compare::{as_f64, type_rank};
 use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
@@ -35,10 +34,12 @@ impl Data {
         }
     }
 
+    /// The collection at `ns`, when it exists.
     pub fn collection(&self, ns: &Namespace) -> Option<&Collection> {
         self.databases.get(&ns.db)?.collections.get(&ns.coll)
     }
 
+    /// The collection at `ns` for writing, when it exists (nothing is created).
     pub fn collection_mut(&mut self, ns: &Namespace) -> Option<&mut Collection> {
         self.databases
             .get_mut(&ns.db)?
@@ -179,6 +180,7 @@ static EMPTY_ARRAY_KEY: Bson = Bson::Undefined;
 type GeneratedKey<'a> = (Vec<u8>, Vec<&'a Bson>);
 
 impl Index {
+    /// An empty index for `spec`; [`Collection::create_index`] fills it.
     pub fn new(spec: IndexSpec) -> Index {
         let fields = spec
             .key
@@ -763,11 +765,6 @@ fn identical_values(a: &Bson, b: &Bson) -> bool {
         }
         _ => a == b,
     }
-}
-
-/// An index key value from a `hint`/`sort` direction (`1`, `-1`, `1.0`).
-pub fn direction(v: &Bson) -> Option<i64> {
-    as_i64(v).filter(|d| *d == 1 || *d == -1)
 }
 
 #[cfg(test)]

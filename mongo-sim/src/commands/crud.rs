@@ -38,6 +38,7 @@ pub struct QueryCursor {
 }
 
 impl QueryCursor {
+    /// A cursor over results already computed (a snapshot taken when the command ran).
     pub fn new(remaining: VecDeque<Document>) -> QueryCursor {
         QueryCursor { remaining }
     }
