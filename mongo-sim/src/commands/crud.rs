@@ -339,6 +339,20 @@ fn prepare_insert(doc: &Document) -> Result<Document> {
         Some(Bson::Undefined) => {
             return Err(CommandError::bad_value("can't use a undefined for _id"));
         }
+        // Manual: "Field Names" — `$`-prefixed names are allowed anywhere except in `_id`.
+        Some(Bson::Document(id)) if id.keys().any(|k| k.starts_with('$')) => {
+            let field = id
+                .keys()
+                .find(|k| k.starts_with('$'))
+                .cloned()
+                .unwrap_or_default();
+            return Err(CommandError::new(
+                error::DOLLAR_PREFIXED_FIELD_NAME,
+                format!(
+                    "_id fields may not contain '$'-prefixed fields: {field} is not valid for storage."
+                ),
+            ));
+        }
         Some(_) if doc.keys().next().is_some_and(|k| k == "_id") => doc.clone(),
         Some(id) => {
             let mut d = Document::new();
@@ -1647,6 +1661,24 @@ mod tests {
             errors[1].as_document().unwrap().get_str("errmsg").unwrap(),
             "can't use a regex for _id"
         );
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": {"$gt": 1}}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 52);
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "$a": {"$b": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1});
         let big = "x".repeat(MAX_USER_DOCUMENT_SIZE);
         let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"s": big}]}).unwrap();
         let e = r.get_array("writeErrors").unwrap()[0]
