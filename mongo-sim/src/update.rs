@@ -7,6 +7,9 @@
 //! since MongoDB 5.0 new fields are appended in lexicographic order of their names (numeric
 //! names in numeric order) while existing fields keep their position.
 
+// `CommandError` is mongod's whole error reply; it is returned by value crate-wide.
+#![allow(clippy::result_large_err)]
+
 use crate::aggregate::UpdatePipeline;
 use crate::bsontype::type_name;
 use crate::compare::{compare, is_number, values_equal};
@@ -74,14 +77,21 @@ enum Op {
     Mul(Bson),
     Min(Bson),
     Max(Bson),
-    CurrentDate { timestamp: bool },
+    CurrentDate {
+        timestamp: bool,
+    },
     Push(PushSpec),
     AddToSet(Vec<Bson>),
-    Pop { first: bool },
+    Pop {
+        first: bool,
+    },
     Pull(PullCondition),
     PullAll(Vec<Bson>),
     /// Placed at the destination path; moves the value from `from`.
-    Rename { from: Vec<String>, raw: String },
+    Rename {
+        from: Vec<String>,
+        raw: String,
+    },
     /// Placed at a `$rename` source path so that other updates of it conflict.
     RenameSource,
 }
@@ -143,7 +153,10 @@ impl UpdateSpec {
         self.array_filter_matchers(array_filters).map(|_| ())
     }
 
-    fn array_filter_matchers(&self, array_filters: &[Document]) -> Result<HashMap<String, Matcher>> {
+    fn array_filter_matchers(
+        &self,
+        array_filters: &[Document],
+    ) -> Result<HashMap<String, Matcher>> {
         match self {
             // Replacements ignore arrayFilters.
             UpdateSpec::Replacement(_) => Ok(HashMap::new()),
@@ -412,10 +425,11 @@ impl OperatorUpdate {
     /// Adds one operation to the tree, detecting conflicts with the paths already there.
     fn insert(&mut self, components: &[String], path: &str, op: Op) -> Result<()> {
         for c in components {
-            if let Some(id) = array_placeholder(c) {
-                if !id.is_empty() && !self.identifiers.iter().any(|(known, _)| known == id) {
-                    self.identifiers.push((id.to_string(), path.to_string()));
-                }
+            if let Some(id) = array_placeholder(c)
+                && !id.is_empty()
+                && !self.identifiers.iter().any(|(known, _)| known == id)
+            {
+                self.identifiers.push((id.to_string(), path.to_string()));
             }
         }
         let conflict = |upto: usize| {
@@ -475,7 +489,10 @@ impl OperatorUpdate {
         Ok(())
     }
 
-    fn array_filter_matchers(&self, array_filters: &[Document]) -> Result<HashMap<String, Matcher>> {
+    fn array_filter_matchers(
+        &self,
+        array_filters: &[Document],
+    ) -> Result<HashMap<String, Matcher>> {
         let mut matchers = HashMap::new();
         for filter in array_filters {
             let id = array_filter_identifier(filter)?;
@@ -574,9 +591,7 @@ fn split_path_components(path: &str) -> Result<Vec<String>> {
     if parts.iter().any(String::is_empty) {
         return Err(CommandError::new(
             EMPTY_FIELD_NAME,
-            format!(
-                "The update path '{path}' contains an empty field name, which is not allowed."
-            ),
+            format!("The update path '{path}' contains an empty field name, which is not allowed."),
         ));
     }
     Ok(parts)
@@ -605,7 +620,9 @@ fn split_update_path(path: &str) -> Result<Vec<String>> {
         if part.starts_with('$') {
             return Err(CommandError::new(
                 DOLLAR_PREFIXED_FIELD_NAME,
-                format!("The dollar ($) prefixed field '{part}' in '{path}' is not valid for storage."),
+                format!(
+                    "The dollar ($) prefixed field '{part}' in '{path}' is not valid for storage."
+                ),
             ));
         }
     }
@@ -749,8 +766,8 @@ fn parse_push(value: &Bson) -> Result<PushSpec> {
 
 fn parse_push_sort(value: &Bson) -> Result<PushSort> {
     let direction = |v: &Bson| match crate::compare::as_f64(v) {
-        Some(n) if n == 1.0 => Ok(true),
-        Some(n) if n == -1.0 => Ok(false),
+        Some(1.0) => Ok(true),
+        Some(-1.0) => Ok(false),
         _ => Err(CommandError::bad_value(
             "The $sort element value must be either 1 or -1",
         )),
@@ -782,24 +799,23 @@ fn parse_push_sort(value: &Bson) -> Result<PushSort> {
 }
 
 fn parse_add_to_set(value: &Bson) -> Result<Vec<Bson>> {
-    if let Bson::Document(d) = value {
-        if let Some((first, each)) = d.iter().next() {
-            if first == "$each" {
-                let Bson::Array(values) = each else {
-                    return Err(CommandError::type_mismatch(format!(
-                        "The argument to $each in $addToSet must be an array but it was of type {}",
-                        type_name(each)
-                    )));
-                };
-                if d.len() > 1 {
-                    return Err(CommandError::bad_value(format!(
-                        "Found unexpected fields after $each in $addToSet: {}",
-                        shell_document(d)
-                    )));
-                }
-                return Ok(values.clone());
-            }
+    if let Bson::Document(d) = value
+        && let Some((first, each)) = d.iter().next()
+        && first == "$each"
+    {
+        let Bson::Array(values) = each else {
+            return Err(CommandError::type_mismatch(format!(
+                "The argument to $each in $addToSet must be an array but it was of type {}",
+                type_name(each)
+            )));
+        };
+        if d.len() > 1 {
+            return Err(CommandError::bad_value(format!(
+                "Found unexpected fields after $each in $addToSet: {}",
+                shell_document(d)
+            )));
         }
+        return Ok(values.clone());
     }
     Ok(vec![value.clone()])
 }
@@ -825,8 +841,7 @@ fn is_top_level_query_operator(name: &str) -> bool {
 fn parse_pull(value: &Bson) -> Result<PullCondition> {
     match value {
         Bson::Document(d)
-            if d
-                .keys()
+            if d.keys()
                 .next()
                 .is_some_and(|k| k.starts_with('$') && !is_top_level_query_operator(k)) =>
         {
@@ -856,7 +871,12 @@ struct Run<'a, 'c> {
 type Path = Vec<String>;
 
 impl Run<'_, '_> {
-    fn fields(&mut self, children: &[(String, Node)], path: &mut Path, doc: &mut Document) -> Result<()> {
+    fn fields(
+        &mut self,
+        children: &[(String, Node)],
+        path: &mut Path,
+        doc: &mut Document,
+    ) -> Result<()> {
         for (name, child) in children {
             path.push(name.clone());
             let outcome = self.node(child, path, doc);
@@ -875,10 +895,10 @@ impl Run<'_, '_> {
                 if path.first().is_some_and(|f| f == "_id") {
                     self.check_id_unchanged(doc, &leaf.path)?;
                 }
-                if let Op::Rename { from, raw } = &leaf.op {
-                    if from.first().is_some_and(|f| f == "_id") {
-                        self.check_id_unchanged(doc, raw)?;
-                    }
+                if let Op::Rename { from, raw } = &leaf.op
+                    && from.first().is_some_and(|f| f == "_id")
+                {
+                    self.check_id_unchanged(doc, raw)?;
                 }
                 Ok(())
             }
@@ -903,7 +923,12 @@ impl Run<'_, '_> {
 
     /// `$[]` and `$[<id>]`: the array at `path` must exist; each element gets the children
     /// whose filter it satisfies (manual: "$[<identifier>]").
-    fn elements(&mut self, children: &[(String, Node)], path: &mut Path, doc: &mut Document) -> Result<()> {
+    fn elements(
+        &mut self,
+        children: &[(String, Node)],
+        path: &mut Path,
+        doc: &mut Document,
+    ) -> Result<()> {
         let (existing, deepest) = resolve(doc, path);
         if existing < path.len() {
             return Err(CommandError::bad_value(format!(
@@ -945,10 +970,7 @@ impl Run<'_, '_> {
             if applicable.len() > 1 && applicable.iter().any(|c| matches!(c, Node::Leaf(_))) {
                 return Err(CommandError::new(
                     CONFLICTING_UPDATE_OPERATORS,
-                    format!(
-                        "Update created a conflict at '{}.{index}'",
-                        path.join(".")
-                    ),
+                    format!("Update created a conflict at '{}.{index}'", path.join(".")),
                 ));
             }
             path.push(index.to_string());
@@ -1021,7 +1043,13 @@ impl Run<'_, '_> {
         })
     }
 
-    fn update_existing(&self, op: &Op, path: &Path, doc: &mut Document, id: Option<&Bson>) -> Result<()> {
+    fn update_existing(
+        &self,
+        op: &Op,
+        path: &Path,
+        doc: &mut Document,
+        id: Option<&Bson>,
+    ) -> Result<()> {
         let field = path.last().map(String::as_str).unwrap_or("");
         let id_text = || match id {
             Some(v) => format!("_id: {}", shell(v)),
@@ -1121,7 +1149,7 @@ impl Run<'_, '_> {
             Op::PullAll(values) => {
                 let Bson::Array(array) = current else {
                     return Err(CommandError::bad_value(
-                        "Cannot apply $pullAll to a non-array value",
+                        "Cannot apply $pull to a non-array value",
                     ));
                 };
                 array.retain(|e| !values.iter().any(|v| values_equal(e, v)));
@@ -1129,10 +1157,10 @@ impl Run<'_, '_> {
             }
             Op::Unset | Op::Rename { .. } | Op::RenameSource => None,
         };
-        if let Some(new) = replacement {
-            if !values_identical(current, &new) {
-                *current = new;
-            }
+        if let Some(new) = replacement
+            && !values_identical(current, &new)
+        {
+            *current = new;
         }
         Ok(())
     }
@@ -1482,8 +1510,7 @@ fn values_identical(a: &Bson, b: &Bson) -> bool {
 
 fn documents_identical(a: &Document, b: &Document) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .zip(b)
             .all(|((ka, va), (kb, vb))| ka == kb && values_identical(va, vb))
 }
@@ -1501,10 +1528,7 @@ fn shell(v: &Bson) -> String {
         Bson::String(s) | Bson::Symbol(s) => format!("\"{s}\""),
         Bson::Document(d) => shell_document(d),
         Bson::Array(a) if a.is_empty() => "[]".to_string(),
-        Bson::Array(a) => format!(
-            "[ {} ]",
-            a.iter().map(shell).collect::<Vec<_>>().join(", ")
-        ),
+        Bson::Array(a) => format!("[ {} ]", a.iter().map(shell).collect::<Vec<_>>().join(", ")),
         Bson::ObjectId(o) => format!("ObjectId('{o}')"),
         Bson::Boolean(b) => b.to_string(),
         Bson::Null => "null".to_string(),
@@ -1594,10 +1618,10 @@ fn collect_equalities(filter: &Document, out: &mut Vec<(String, Bson)>) {
                 }
             }
             "$or" => {
-                if let Bson::Array(clauses) = value {
-                    if let [Bson::Document(only)] = clauses.as_slice() {
-                        collect_equalities(only, out);
-                    }
+                if let Bson::Array(clauses) = value
+                    && let [Bson::Document(only)] = clauses.as_slice()
+                {
+                    collect_equalities(only, out);
                 }
             }
             k if k.starts_with('$') => {}
@@ -1607,10 +1631,10 @@ fn collect_equalities(filter: &Document, out: &mut Vec<(String, Bson)>) {
                         match (op.as_str(), operand) {
                             ("$eq", v) => out.push((key.clone(), v.clone())),
                             ("$in", Bson::Array(values)) => {
-                                if let [only] = values.as_slice() {
-                                    if !matches!(only, Bson::RegularExpression(_)) {
-                                        out.push((key.clone(), only.clone()));
-                                    }
+                                if let [only] = values.as_slice()
+                                    && !matches!(only, Bson::RegularExpression(_))
+                                {
+                                    out.push((key.clone(), only.clone()));
                                 }
                             }
                             _ => {}
@@ -1666,4 +1690,678 @@ pub fn build_upsert(
         return Ok(with_id);
     }
     Ok(id_first(doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{DateTime, Timestamp};
+
+    fn vars() -> Variables {
+        Variables::new(
+            DateTime::from_millis(1_700_000_000_000),
+            Timestamp {
+                time: 1_700_000_000,
+                increment: 7,
+            },
+        )
+    }
+
+    fn apply_with(
+        mut doc: Document,
+        update: Bson,
+        filters: &[Document],
+        upsert: bool,
+    ) -> Result<Document> {
+        let vars = vars();
+        let spec = UpdateSpec::parse(&update)?;
+        let ctx = UpdateContext {
+            is_upsert_insert: upsert,
+            vars: &vars,
+            array_filters: filters,
+        };
+        spec.apply(&mut doc, &ctx)?;
+        Ok(doc)
+    }
+
+    fn apply(doc: Document, update: Document) -> Result<Document> {
+        apply_with(doc, Bson::Document(update), &[], false)
+    }
+
+    fn updated(doc: Document, update: Document) -> Document {
+        apply(doc, update).expect("update applies")
+    }
+
+    fn error(doc: Document, update: Document) -> CommandError {
+        apply(doc, update).expect_err("update fails")
+    }
+
+    fn parse_error(update: Document) -> CommandError {
+        UpdateSpec::parse(&Bson::Document(update)).expect_err("update is rejected")
+    }
+
+    fn same(a: &Document, b: &Document) {
+        assert!(documents_identical(a, b), "{a:?} != {b:?}");
+    }
+
+    #[test]
+    fn set_replaces_in_place_and_appends_new_fields() {
+        let d = updated(
+            doc! {"_id": 1, "a": 1, "z": 2},
+            doc! {"$set": {"a": 5, "b": 6}},
+        );
+        same(&d, &doc! {"_id": 1, "a": 5, "z": 2, "b": 6});
+    }
+
+    #[test]
+    fn new_fields_are_appended_in_lexicographic_order() {
+        let d = updated(
+            doc! {"_id": 1},
+            doc! {"$set": {"c": 1, "b": 1}, "$inc": {"a.y": 1, "a.x": 1}},
+        );
+        same(&d, &doc! {"_id": 1, "a": {"x": 1, "y": 1}, "b": 1, "c": 1});
+    }
+
+    #[test]
+    fn numeric_field_names_are_applied_in_numeric_order() {
+        let d = updated(doc! {"_id": 1}, doc! {"$set": {"a.10": 1, "a.9": 2}});
+        same(&d, &doc! {"_id": 1, "a": {"9": 2, "10": 1}});
+    }
+
+    #[test]
+    fn set_creates_intermediate_documents_and_indexes_arrays() {
+        let d = updated(
+            doc! {"_id": 1, "arr": [1, {"x": 1}]},
+            doc! {"$set": {"p.q.r": 1, "arr.1.x": 2, "arr.3": 9}},
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "arr": [1, {"x": 2}, Bson::Null, 9], "p": {"q": {"r": 1}}},
+        );
+    }
+
+    #[test]
+    fn set_through_a_scalar_is_path_not_viable() {
+        let e = error(doc! {"_id": 1, "a": 1}, doc! {"$set": {"a.b": 1}});
+        assert_eq!(e.code, 28);
+        assert_eq!(e.errmsg, "Cannot create field 'b' in element {a: 1}");
+        let e = error(doc! {"_id": 1, "a": [1, 2]}, doc! {"$set": {"a.b": 1}});
+        assert_eq!(e.code, 28);
+        assert_eq!(e.errmsg, "Cannot create field 'b' in element {a: [ 1, 2 ]}");
+    }
+
+    #[test]
+    fn set_of_an_identical_value_is_a_no_op_but_a_type_change_is_not() {
+        let before = doc! {"_id": 1, "b": 1, "a": {"x": 1, "y": 2}};
+        let d = updated(
+            before.clone(),
+            doc! {"$set": {"a": {"x": 1, "y": 2}, "b": 1}},
+        );
+        same(&d, &before);
+        let d = updated(before.clone(), doc! {"$set": {"b": 1.0}});
+        assert_eq!(d.get("b"), Some(&Bson::Double(1.0)));
+        let d = updated(before, doc! {"$set": {"a": {"y": 2, "x": 1}}});
+        same(&d, &doc! {"_id": 1, "b": 1, "a": {"y": 2, "x": 1}});
+    }
+
+    #[test]
+    fn unset_removes_fields_nulls_array_elements_and_ignores_missing_paths() {
+        let d = updated(
+            doc! {"_id": 1, "a": 1, "b": [1, 2], "c": 3, "s": 5},
+            doc! {"$unset": {"a": "", "b.0": 1, "missing.x": 1, "s.t": 1}},
+        );
+        same(&d, &doc! {"_id": 1, "b": [Bson::Null, 2], "c": 3, "s": 5});
+    }
+
+    #[test]
+    fn inc_adds_creates_and_promotes_on_overflow() {
+        let d = updated(
+            doc! {"_id": 1, "i": 1, "big": i32::MAX, "long": i64::MAX, "f": 1.5},
+            doc! {"$inc": {"i": 2, "big": 1, "long": 1_i64, "f": 1, "new": 5_i64}},
+        );
+        assert_eq!(d.get("i"), Some(&Bson::Int32(3)));
+        assert_eq!(d.get("big"), Some(&Bson::Int64(i32::MAX as i64 + 1)));
+        assert_eq!(d.get("long"), Some(&Bson::Double(i64::MAX as f64 + 1.0)));
+        assert_eq!(d.get("f"), Some(&Bson::Double(2.5)));
+        assert_eq!(d.get("new"), Some(&Bson::Int64(5)));
+        let d = updated(doc! {"_id": 1, "i": 1}, doc! {"$inc": {"i": 1_i64}});
+        assert_eq!(d.get("i"), Some(&Bson::Int64(2)));
+    }
+
+    #[test]
+    fn inc_by_zero_is_a_no_op() {
+        let before = doc! {"_id": 1, "i": 4};
+        same(&updated(before.clone(), doc! {"$inc": {"i": 0}}), &before);
+    }
+
+    #[test]
+    fn inc_with_a_non_numeric_argument_is_a_type_mismatch() {
+        let e = parse_error(doc! {"$inc": {"a": "x"}});
+        assert_eq!(e.code, 14);
+        assert_eq!(
+            e.errmsg,
+            "Cannot increment with non-numeric argument: {a: \"x\"}"
+        );
+        let e = parse_error(doc! {"$mul": {"a": "x"}});
+        assert_eq!(
+            e.errmsg,
+            "Cannot multiply with non-numeric argument: {a: \"x\"}"
+        );
+    }
+
+    #[test]
+    fn inc_on_a_non_numeric_field_is_a_type_mismatch() {
+        let e = error(doc! {"_id": 1, "a": "s"}, doc! {"$inc": {"a": 1}});
+        assert_eq!(e.code, 14);
+        assert_eq!(
+            e.errmsg,
+            "Cannot apply $inc to a value of non-numeric type. {_id: 1} has the field 'a' of \
+             non-numeric type string"
+        );
+    }
+
+    #[test]
+    fn mul_multiplies_and_sets_a_typed_zero_on_missing_fields() {
+        let d = updated(
+            doc! {"_id": 1, "a": 3, "b": i32::MAX},
+            doc! {"$mul": {"a": 2, "b": 2, "c": 5_i64, "d": 2.5, "e": 7}},
+        );
+        assert_eq!(d.get("a"), Some(&Bson::Int32(6)));
+        assert_eq!(d.get("b"), Some(&Bson::Int64(i32::MAX as i64 * 2)));
+        assert_eq!(d.get("c"), Some(&Bson::Int64(0)));
+        assert_eq!(d.get("d"), Some(&Bson::Double(0.0)));
+        assert_eq!(d.get("e"), Some(&Bson::Int32(0)));
+    }
+
+    #[test]
+    fn min_and_max_replace_only_when_beyond() {
+        let d = updated(
+            doc! {"_id": 1, "lo": 5, "hi": 5, "keep": 5},
+            doc! {"$min": {"lo": 3, "keep": 9, "m": 1}, "$max": {"hi": 7.5}},
+        );
+        same(&d, &doc! {"_id": 1, "lo": 3, "hi": 7.5, "keep": 5, "m": 1});
+    }
+
+    #[test]
+    fn rename_moves_values_and_ignores_missing_sources() {
+        let d = updated(
+            doc! {"_id": 1, "a": 1, "b": 2, "n": {"x": 3}},
+            doc! {"$rename": {"a": "z", "n.x": "n.y", "missing": "q"}},
+        );
+        same(&d, &doc! {"_id": 1, "b": 2, "n": {"y": 3}, "z": 1});
+        let d = updated(
+            doc! {"_id": 1, "a": 1, "b": 2},
+            doc! {"$rename": {"b": "a"}},
+        );
+        same(&d, &doc! {"_id": 1, "a": 2});
+    }
+
+    #[test]
+    fn rename_rejects_same_paths_and_arrays() {
+        let e = parse_error(doc! {"$rename": {"a": "a"}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                2,
+                "The source and target field for $rename must differ: a: \"a\""
+            )
+        );
+        let e = parse_error(doc! {"$rename": {"a": "a.b"}});
+        assert_eq!(e.code, 2);
+        assert!(
+            e.errmsg.contains("must not be on the same path"),
+            "{}",
+            e.errmsg
+        );
+        let e = parse_error(doc! {"$rename": {"a": 1}});
+        assert_eq!(e.code, 2);
+        let e = error(
+            doc! {"_id": 1, "a": [{"b": 1}]},
+            doc! {"$rename": {"a.0.b": "c"}},
+        );
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "The source field cannot be an array element, 'a.0.b' in doc with _id: 1 has an \
+             array field called 'a'"
+        );
+        let e = error(
+            doc! {"_id": 1, "a": 1, "c": [{}]},
+            doc! {"$rename": {"a": "c.0.x"}},
+        );
+        assert_eq!(e.code, 2);
+        assert!(
+            e.errmsg
+                .starts_with("The destination field cannot be an array element")
+        );
+    }
+
+    #[test]
+    fn set_on_insert_applies_only_to_upsert_inserts() {
+        let update = Bson::Document(doc! {"$setOnInsert": {"created": 1}, "$set": {"a": 1}});
+        let d = apply_with(doc! {"_id": 1}, update.clone(), &[], false).unwrap();
+        same(&d, &doc! {"_id": 1, "a": 1});
+        let d = apply_with(doc! {"_id": 1}, update, &[], true).unwrap();
+        same(&d, &doc! {"_id": 1, "a": 1, "created": 1});
+    }
+
+    #[test]
+    fn current_date_uses_now_or_cluster_time() {
+        let d = updated(
+            doc! {"_id": 1},
+            doc! {"$currentDate": {"d": true, "f": false, "t": {"$type": "timestamp"}, "x": {"$type": "date"}}},
+        );
+        let now = Bson::DateTime(DateTime::from_millis(1_700_000_000_000));
+        assert_eq!(d.get("d"), Some(&now));
+        assert_eq!(d.get("f"), Some(&now));
+        assert_eq!(d.get("x"), Some(&now));
+        assert_eq!(
+            d.get("t"),
+            Some(&Bson::Timestamp(Timestamp {
+                time: 1_700_000_000,
+                increment: 7
+            }))
+        );
+        let e = parse_error(doc! {"$currentDate": {"d": "yes"}});
+        assert_eq!(e.code, 2);
+        let e = parse_error(doc! {"$currentDate": {"d": {"$type": "string"}}});
+        assert_eq!(e.code, 2);
+        let e = parse_error(doc! {"$currentDate": {"d": {"$tpe": "date"}}});
+        assert_eq!(e.errmsg, "Unrecognized $currentDate option: $tpe");
+    }
+
+    #[test]
+    fn push_appends_and_creates_arrays() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1]},
+            doc! {"$push": {"a": 2, "b": {"x": 1}, "c": [1, 2]}},
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [1, 2], "b": [{"x": 1}], "c": [[1, 2]]},
+        );
+    }
+
+    #[test]
+    fn push_modifiers_position_then_sort_then_slice() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2, 3]},
+            doc! {"$push": {"a": {"$each": [9, 8], "$position": 1}}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [1, 9, 8, 2, 3]});
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2, 3]},
+            doc! {"$push": {"a": {"$each": [9], "$position": -1}}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [1, 2, 9, 3]});
+        let d = updated(
+            doc! {"_id": 1, "a": [5, 1, 4]},
+            doc! {"$push": {"a": {"$each": [3], "$sort": -1, "$slice": 3}}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [5, 4, 3]});
+        let d = updated(
+            doc! {"_id": 1, "a": [{"s": 2}, {"s": 1}]},
+            doc! {"$push": {"a": {"$each": [{"s": 3}], "$sort": {"s": 1}, "$slice": -2}}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [{"s": 2}, {"s": 3}]});
+    }
+
+    #[test]
+    fn push_with_an_empty_each_is_a_no_op() {
+        let before = doc! {"_id": 1, "a": [1, 2]};
+        same(
+            &updated(before.clone(), doc! {"$push": {"a": {"$each": []}}}),
+            &before,
+        );
+    }
+
+    #[test]
+    fn push_errors() {
+        let e = error(doc! {"_id": 1, "a": 1}, doc! {"$push": {"a": 2}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "The field 'a' must be an array but is of type int in document {_id: 1}"
+        );
+        let e = parse_error(doc! {"$push": {"a": {"$each": [1], "$bogus": 1}}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (2, "Unrecognized clause in $push: $bogus")
+        );
+        let e = parse_error(doc! {"$push": {"a": {"$each": 1}}});
+        assert_eq!(e.code, 2);
+        let e = parse_error(doc! {"$push": {"a": {"$each": [1], "$sort": 2}}});
+        assert_eq!(e.code, 2);
+        let e = parse_error(doc! {"$push": {"a": {"$each": [1], "$slice": 1.5}}});
+        assert_eq!(e.code, 2);
+    }
+
+    #[test]
+    fn add_to_set_appends_only_missing_values() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2]},
+            doc! {"$addToSet": {"a": {"$each": [2, 3, 3, 1.0, 4]}, "b": 1}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [1, 2, 3, 4], "b": [1]});
+        let before = doc! {"_id": 1, "a": [1, 2]};
+        same(
+            &updated(before.clone(), doc! {"$addToSet": {"a": 2}}),
+            &before,
+        );
+        let e = error(doc! {"_id": 1, "a": "x"}, doc! {"$addToSet": {"a": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "Cannot apply $addToSet to non-array field. Field named 'a' has non-array type string"
+        );
+        let e = parse_error(doc! {"$addToSet": {"a": {"$each": 1}}});
+        assert_eq!(e.code, 14);
+    }
+
+    #[test]
+    fn pop_removes_first_or_last() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2, 3], "b": [1, 2, 3], "e": []},
+            doc! {"$pop": {"a": -1, "b": 1, "e": 1, "missing": 1}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [2, 3], "b": [1, 2], "e": []});
+        let e = error(doc! {"_id": 1, "a": {"b": 1}}, doc! {"$pop": {"a.b": 1}});
+        assert_eq!(e.code, 14);
+        assert_eq!(
+            e.errmsg,
+            "Path 'a.b' contains an element of non-array type 'int'"
+        );
+        assert_eq!(parse_error(doc! {"$pop": {"a": 2}}).code, 9);
+        assert_eq!(parse_error(doc! {"$pop": {"a": "x"}}).code, 9);
+    }
+
+    #[test]
+    fn pull_and_pull_all_remove_equal_values() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2, 1.0, 3], "b": [1, 2, 3, 4]},
+            doc! {"$pull": {"a": 1}, "$pullAll": {"b": [2, 4]}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [2, 3], "b": [1, 3]});
+        let e = error(doc! {"_id": 1, "a": 1}, doc! {"$pull": {"a": 1}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (2, "Cannot apply $pull to a non-array value")
+        );
+        assert_eq!(parse_error(doc! {"$pullAll": {"a": 1}}).code, 2);
+    }
+
+    #[test]
+    #[ignore = "needs crate::query::Matcher, a stub until the query module is merged"]
+    fn pull_with_conditions() {
+        let d = updated(
+            doc! {"_id": 1, "a": [5, 6, 7, 1], "b": [{"x": 1, "y": 1}, {"x": 2}, 3]},
+            doc! {"$pull": {"a": {"$gte": 6}, "b": {"x": 1}}},
+        );
+        same(&d, &doc! {"_id": 1, "a": [5, 1], "b": [{"x": 2}, 3]});
+    }
+
+    #[test]
+    fn all_positional_updates_every_element() {
+        let d = updated(
+            doc! {"_id": 1, "a": [1, 2], "b": [{"c": 1}, {"c": 2}, {}]},
+            doc! {"$inc": {"a.$[]": 10, "b.$[].c": 1}},
+        );
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [11, 12], "b": [{"c": 2}, {"c": 3}, {"c": 1}]},
+        );
+    }
+
+    #[test]
+    fn array_updates_need_an_existing_array() {
+        let e = error(doc! {"_id": 1}, doc! {"$set": {"a.$[]": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "The path 'a' must exist in the document in order to apply array updates."
+        );
+        let e = error(doc! {"_id": 1, "a": 5}, doc! {"$set": {"a.$[]": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "Cannot apply array updates to non-array element a: 5"
+        );
+    }
+
+    #[test]
+    fn array_filter_identifiers_must_match_the_filters() {
+        let update = Bson::Document(doc! {"$set": {"a.$[x]": 1}});
+        let e = apply_with(doc! {"_id": 1, "a": [1]}, update, &[], false).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "No array filter found for identifier 'x' in path 'a.$[x]'"
+        );
+        let update = Bson::Document(doc! {"$set": {"a": 1}});
+        let e = apply_with(doc! {"_id": 1}, update, &[doc! {"x": 1}], false).unwrap_err();
+        assert_eq!(e.code, 9);
+        assert!(
+            e.errmsg
+                .starts_with("The array filter for identifier 'x' was not used in the update"),
+            "{}",
+            e.errmsg
+        );
+        let spec = UpdateSpec::parse(&Bson::Document(doc! {"$set": {"a.$[x]": 1}})).unwrap();
+        let e = spec
+            .validate_array_filters(&[doc! {"x": 1}, doc! {"x": 2}])
+            .unwrap_err();
+        assert_eq!(e.code, 9);
+        let e = spec.validate_array_filters(&[doc! {"X": 1}]).unwrap_err();
+        assert_eq!(e.code, 2);
+        let e = spec
+            .validate_array_filters(&[doc! {"x": 1, "y": 1}])
+            .unwrap_err();
+        assert_eq!(e.code, 9);
+    }
+
+    #[test]
+    #[ignore = "needs crate::query::Matcher, a stub until the query module is merged"]
+    fn filtered_positional_updates_matching_elements() {
+        let update = Bson::Document(doc! {"$set": {"a.$[big].f": true}});
+        let d = apply_with(
+            doc! {"_id": 1, "a": [{"v": 1}, {"v": 5}]},
+            update,
+            &[doc! {"big.v": {"$gt": 2}}],
+            false,
+        )
+        .unwrap();
+        same(&d, &doc! {"_id": 1, "a": [{"v": 1}, {"v": 5, "f": true}]});
+    }
+
+    #[test]
+    fn positional_operator_is_not_supported() {
+        let e = parse_error(doc! {"$set": {"a.$": 1}});
+        assert_eq!(e.code, 115);
+        assert!(e.errmsg.contains("positional $ operator"));
+    }
+
+    #[test]
+    fn malformed_operator_documents_fail_to_parse() {
+        let e = parse_error(doc! {"$foo": {"a": 1}});
+        assert_eq!((e.code, e.code_name.as_str()), (9, "FailedToParse"));
+        assert_eq!(
+            e.errmsg,
+            "Unknown modifier: $foo. Expected a valid update modifier or pipeline-style update \
+             specified as an array"
+        );
+        let e = parse_error(doc! {"$set": {"a": 1}, "b": 1});
+        assert_eq!(e.code, 9);
+        let e = parse_error(doc! {"$set": {}});
+        assert_eq!(
+            e.errmsg,
+            "'$set' is empty. You must specify a field like so: {$set: {<field_name>: ...}}"
+        );
+        assert_eq!(e.code, 9);
+        assert_eq!(parse_error(doc! {"$set": 1}).code, 9);
+        assert_eq!(parse_error(doc! {"$set": {"": 1}}).code, 56);
+        assert_eq!(parse_error(doc! {"$set": {"a..b": 1}}).code, 56);
+    }
+
+    #[test]
+    fn conflicting_paths_are_rejected() {
+        let e = parse_error(doc! {"$set": {"a": 1}, "$inc": {"a.b": 1}});
+        assert_eq!(
+            (e.code, e.code_name.as_str()),
+            (40, "ConflictingUpdateOperators")
+        );
+        assert_eq!(
+            e.errmsg,
+            "Updating the path 'a.b' would create a conflict at 'a'"
+        );
+        let e = parse_error(doc! {"$set": {"a.b": 1}, "$inc": {"a": 1}});
+        assert_eq!(
+            e.errmsg,
+            "Updating the path 'a' would create a conflict at 'a'"
+        );
+        let e = parse_error(doc! {"$set": {"x": 1}, "$rename": {"x": "y"}});
+        assert_eq!(e.code, 40);
+        let e = parse_error(doc! {"$set": {"a.$[]": 1, "a.0": 1}});
+        assert_eq!(e.code, 40);
+        UpdateSpec::parse(&Bson::Document(doc! {"$set": {"a.b": 1, "a.c": 1}})).unwrap();
+    }
+
+    #[test]
+    fn modifying_id_is_immutable_field() {
+        for update in [
+            doc! {"$set": {"_id": 2}},
+            doc! {"$unset": {"_id": 1}},
+            doc! {"$rename": {"_id": "x"}},
+            doc! {"$inc": {"_id": 1}},
+        ] {
+            let e = error(doc! {"_id": 1, "x": 0}, update);
+            assert_eq!((e.code, e.code_name.as_str()), (66, "ImmutableField"));
+        }
+        let e = error(doc! {"_id": 1}, doc! {"$set": {"_id": 2}});
+        assert_eq!(
+            e.errmsg,
+            "Performing an update on the path '_id' would modify the immutable field '_id'"
+        );
+        let before = doc! {"_id": 1, "a": 1};
+        same(&updated(before.clone(), doc! {"$set": {"_id": 1}}), &before);
+    }
+
+    #[test]
+    fn replacement_keeps_id_first_and_replaces_the_rest() {
+        let d = apply(doc! {"_id": 1, "a": 1, "b": 2}, doc! {"c": 3}).unwrap();
+        same(&d, &doc! {"_id": 1, "c": 3});
+        let d = apply(doc! {"_id": 1, "a": 1}, doc! {"a": 2, "_id": 1}).unwrap();
+        same(&d, &doc! {"a": 2, "_id": 1});
+        let before = doc! {"_id": 1, "a": 1};
+        same(&apply(before.clone(), doc! {"a": 1}).unwrap(), &before);
+        assert!(
+            UpdateSpec::parse(&Bson::Document(doc! {"a": 1}))
+                .unwrap()
+                .is_replacement()
+        );
+    }
+
+    #[test]
+    fn replacement_may_not_change_id_or_hold_dollar_fields() {
+        let e = apply(doc! {"_id": 1, "a": 1}, doc! {"_id": 2}).unwrap_err();
+        assert_eq!(e.code, 66);
+        assert_eq!(
+            e.errmsg,
+            "After applying the update, the (immutable) field '_id' was found to have been \
+             altered to _id: 2"
+        );
+        let e = parse_error(doc! {"a": 1, "$set": {"b": 1}});
+        assert_eq!(
+            (e.code, e.code_name.as_str()),
+            (52, "DollarPrefixedFieldName")
+        );
+        let e = parse_error(doc! {"a": {"$x": 1}});
+        assert_eq!(e.code, 52);
+        assert_eq!(parse_error(doc! {"_id": [1]}).code, 53);
+    }
+
+    #[test]
+    fn pipelines_reject_array_filters() {
+        let spec =
+            UpdateSpec::parse(&Bson::Array(vec![Bson::Document(doc! {"$set": {"a": 1}})])).unwrap();
+        assert!(!spec.is_replacement());
+        let e = spec.validate_array_filters(&[doc! {"x": 1}]).unwrap_err();
+        assert_eq!(e.code, 9);
+        assert!(spec.validate_array_filters(&[]).is_ok());
+    }
+
+    #[test]
+    #[ignore = "needs crate::aggregate::UpdatePipeline, a stub until the aggregate module is merged"]
+    fn pipelines_apply_and_keep_id() {
+        let pipeline = Bson::Array(vec![Bson::Document(doc! {"$set": {"b": 2}})]);
+        let d = apply_with(doc! {"_id": 1, "a": 1}, pipeline, &[], false).unwrap();
+        same(&d, &doc! {"_id": 1, "a": 1, "b": 2});
+        let pipeline = Bson::Array(vec![Bson::Document(doc! {"$set": {"_id": 2}})]);
+        let e = apply_with(doc! {"_id": 1}, pipeline, &[], false).unwrap_err();
+        assert_eq!(e.code, 66);
+    }
+
+    #[test]
+    fn upsert_seed_takes_equalities() {
+        let seed = upsert_seed(&doc! {
+            "z": 1,
+            "b.c": {"$eq": "x"},
+            "g": {"$gt": 1},
+            "in": {"$in": [1, 2]},
+            "one": {"$in": [4]},
+            "$and": [{"a": 2}, {"r": {"$exists": true}}],
+            "$or": [{"o": 3}],
+            "_id": 7,
+        })
+        .unwrap();
+        same(
+            &seed,
+            &doc! {"_id": 7, "a": 2, "b": {"c": "x"}, "o": 3, "one": 4, "z": 1},
+        );
+        same(
+            &upsert_seed(&doc! {"$or": [{"a": 1}, {"b": 2}], "r": {"$regex": "x"}}).unwrap(),
+            &doc! {},
+        );
+    }
+
+    #[test]
+    fn upsert_seed_rejects_a_path_pinned_twice() {
+        let e = upsert_seed(&doc! {"a": 1, "$and": [{"a": 2}]}).unwrap_err();
+        assert_eq!((e.code, e.code_name.as_str()), (54, "NotSingleValueField"));
+        assert_eq!(
+            e.errmsg,
+            "cannot infer query fields to set, path 'a' is matched twice"
+        );
+        let e = upsert_seed(&doc! {"a": 1, "a.b": 2}).unwrap_err();
+        assert_eq!(e.code, 54);
+    }
+
+    #[test]
+    fn build_upsert_seeds_and_applies_the_update() {
+        let vars = vars();
+        let ctx = UpdateContext {
+            is_upsert_insert: false,
+            vars: &vars,
+            array_filters: &[],
+        };
+        let spec = UpdateSpec::parse(&Bson::Document(
+            doc! {"$set": {"b": 1}, "$setOnInsert": {"c": 1}},
+        ))
+        .unwrap();
+        let d = build_upsert(&doc! {"a": 5, "_id": 3}, &spec, &ctx).unwrap();
+        same(&d, &doc! {"_id": 3, "a": 5, "b": 1, "c": 1});
+
+        let d = build_upsert(&doc! {"a": 5}, &spec, &ctx).unwrap();
+        assert!(matches!(d.iter().next(), Some((k, Bson::ObjectId(_))) if k == "_id"));
+        assert_eq!(d.get("a"), Some(&Bson::Int32(5)));
+
+        let replacement = UpdateSpec::parse(&Bson::Document(doc! {"x": 1})).unwrap();
+        let d = build_upsert(&doc! {"_id": 3, "a": 5}, &replacement, &ctx).unwrap();
+        same(&d, &doc! {"_id": 3, "x": 1});
+
+        let id_change = UpdateSpec::parse(&Bson::Document(doc! {"$set": {"_id": 4}})).unwrap();
+        let e = build_upsert(&doc! {"_id": 3}, &id_change, &ctx).unwrap_err();
+        assert_eq!(e.code, 66);
+        let d = build_upsert(&doc! {"a": 1}, &id_change, &ctx).unwrap();
+        same(&d, &doc! {"_id": 4, "a": 1});
+    }
 }
