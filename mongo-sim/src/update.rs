@@ -129,10 +129,7 @@ impl UpdateSpec {
             Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => {
                 Ok(UpdateSpec::Operators(OperatorUpdate::parse(d)?))
             }
-            Bson::Document(d) => {
-                check_replacement(d)?;
-                Ok(UpdateSpec::Replacement(d.clone()))
-            }
+            Bson::Document(d) => Ok(UpdateSpec::Replacement(d.clone())),
             Bson::Array(stages) => Ok(UpdateSpec::Pipeline(UpdatePipeline::parse(stages)?)),
             _ => Err(CommandError::failed_to_parse(
                 "Update argument must be either an object or an array",
@@ -161,9 +158,8 @@ impl UpdateSpec {
             // Replacements ignore arrayFilters.
             UpdateSpec::Replacement(_) => Ok(HashMap::new()),
             UpdateSpec::Pipeline(_) if !array_filters.is_empty() => {
-                // Sic: mongod's message misspells "style".
                 Err(CommandError::failed_to_parse(
-                    "arrayFilters may not be specified for pipeline-syle updates",
+                    "arrayFilters may not be specified for pipeline-style updates",
                 ))
             }
             UpdateSpec::Pipeline(_) => Ok(HashMap::new()),
@@ -176,7 +172,14 @@ impl UpdateSpec {
     pub fn apply(&self, doc: &mut Document, ctx: &UpdateContext<'_>) -> Result<()> {
         let filters = self.array_filter_matchers(ctx.array_filters)?;
         match self {
-            UpdateSpec::Replacement(replacement) => replace_document(doc, replacement.clone()),
+            UpdateSpec::Replacement(replacement) => {
+                // An upsert-insert validates field names as an insert does (manual:
+                // "Dollar-Prefixed Field Names").
+                if !ctx.is_upsert_insert {
+                    check_top_level_dollar_fields(replacement)?;
+                }
+                replace_document(doc, replacement.clone())
+            }
             UpdateSpec::Pipeline(pipeline) => {
                 let result = pipeline.apply(doc, ctx.vars)?;
                 replace_document(doc, result)
@@ -241,45 +244,46 @@ fn check_id_storable(doc: &Document) -> Result<()> {
                 format!("The '_id' value cannot be of type {}", type_name(v)),
             ))
         }
+        Some(Bson::Document(id)) => match id.keys().find(|k| is_forbidden_dollar_field(k)) {
+            Some(k) => {
+                let inner = dollar_prefixed_field_error(k, &format!("_id.{k}"));
+                Err(CommandError::new(
+                    DOLLAR_PREFIXED_FIELD_NAME,
+                    format!(
+                        "_id fields may not contain '$'-prefixed fields: {}",
+                        inner.errmsg
+                    ),
+                ))
+            }
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }
 
-/// Replacement documents may not hold `$`-prefixed field names (DBRef fields excepted), at
-/// any depth.
-fn check_replacement(d: &Document) -> Result<()> {
-    fn walk(v: &Bson, path: &str) -> Result<()> {
-        match v {
-            Bson::Document(d) => check_fields(d, Some(path)),
-            Bson::Array(a) => a
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, e)| walk(e, &format!("{path}.{i}"))),
-            _ => Ok(()),
-        }
+/// Updates other than upsert-inserts may not store `$`-prefixed top-level field names (DBRef
+/// fields excepted); nested ones are allowed since MongoDB 5.0 (manual: "Dollar-Prefixed
+/// Field Names").
+fn check_top_level_dollar_fields(d: &Document) -> Result<()> {
+    match d.keys().find(|k| is_forbidden_dollar_field(k)) {
+        Some(k) => Err(dollar_prefixed_field_error(k, k)),
+        None => Ok(()),
     }
-    fn check_fields(d: &Document, prefix: Option<&str>) -> Result<()> {
-        for (k, v) in d {
-            let path = match prefix {
-                Some(p) => format!("{p}.{k}"),
-                None => k.clone(),
-            };
-            if k.starts_with('$') && !matches!(k.as_str(), "$ref" | "$id" | "$db") {
-                return Err(CommandError::new(
-                    DOLLAR_PREFIXED_FIELD_NAME,
-                    format!(
-                        "The dollar ($) prefixed field '{k}' in '{path}' is not allowed in the \
-                         context of an update's replacement document. Consider using an \
-                         aggregation pipeline with $replaceWith."
-                    ),
-                ));
-            }
-            walk(v, &path)?;
-        }
-        Ok(())
-    }
-    check_fields(d, None)?;
-    check_id_storable(d)
+}
+
+fn is_forbidden_dollar_field(name: &str) -> bool {
+    name.starts_with('$') && !matches!(name, "$ref" | "$id" | "$db")
+}
+
+fn dollar_prefixed_field_error(field: &str, path: &str) -> CommandError {
+    CommandError::new(
+        DOLLAR_PREFIXED_FIELD_NAME,
+        format!(
+            "The dollar ($) prefixed field '{field}' in '{path}' is not allowed in the context of \
+             an update's replacement document. Consider using an aggregation pipeline with \
+             $replaceWith."
+        ),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -608,22 +612,11 @@ fn split_update_path(path: &str) -> Result<Vec<String>> {
                 "mongo-sim does not support the positional $ operator (path '{path}')"
             )));
         }
-        if array_placeholder(part).is_some() {
-            if i == 0 {
-                return Err(CommandError::bad_value(format!(
-                    "Cannot have array filter identifier (i.e. '$[<id>]') element in the first \
-                     position in path '{path}'"
-                )));
-            }
-            continue;
-        }
-        if part.starts_with('$') {
-            return Err(CommandError::new(
-                DOLLAR_PREFIXED_FIELD_NAME,
-                format!(
-                    "The dollar ($) prefixed field '{part}' in '{path}' is not valid for storage."
-                ),
-            ));
+        if i == 0 && array_placeholder(part).is_some() {
+            return Err(CommandError::bad_value(format!(
+                "Cannot have array filter identifier (i.e. '$[<id>]') element in the first \
+                 position in path '{path}'"
+            )));
         }
     }
     Ok(parts)
@@ -706,18 +699,15 @@ fn parse_current_date(value: &Bson) -> Result<Op> {
     }
 }
 
+/// `$slice`/`$position`: integral numbers only (whole doubles included).
 fn integral_clause(value: &Bson, clause: &str) -> Result<i64> {
-    if !is_number(value) {
-        return Err(CommandError::bad_value(format!(
-            "The value for {clause} must be an integer value but was given type: {}",
-            type_name(value)
-        )));
-    }
     crate::bsontype::as_i64(value).ok_or_else(|| {
-        CommandError::bad_value(format!(
-            "The {clause} value in $push must be an integer value but was given: {}",
-            shell(value)
-        ))
+        let message = if clause == "$slice" {
+            "The value for $slice must be an integer value but was given type: "
+        } else {
+            "The value for $position must be an integer value, not of type: "
+        };
+        CommandError::bad_value(format!("{message}{}", type_name(value)))
     })
 }
 
@@ -891,7 +881,21 @@ impl Run<'_, '_> {
             Node::Fields(children) => self.fields(children, path, doc),
             Node::Elements(children) => self.elements(children, path, doc),
             Node::Leaf(leaf) => {
+                let guarded_top_field = path
+                    .first()
+                    .filter(|f| is_forbidden_dollar_field(f) && !self.ctx.is_upsert_insert)
+                    .map(|f| (f.clone(), doc.get(f).cloned()));
                 self.leaf(leaf, path, doc)?;
+                if let Some((field, before)) = guarded_top_field {
+                    let changed = match (&before, doc.get(&field)) {
+                        (_, None) => false,
+                        (Some(b), Some(a)) => !values_identical(b, a),
+                        (None, Some(_)) => true,
+                    };
+                    if changed {
+                        return Err(dollar_prefixed_field_error(&field, &field));
+                    }
+                }
                 if path.first().is_some_and(|f| f == "_id") {
                     self.check_id_unchanged(doc, &leaf.path)?;
                 }
@@ -933,7 +937,7 @@ impl Run<'_, '_> {
         if existing < path.len() {
             return Err(CommandError::bad_value(format!(
                 "The path '{}' must exist in the document in order to apply array updates.",
-                path[existing..].join(".")
+                path.join(".")
             )));
         }
         let len = match deepest {
@@ -967,16 +971,20 @@ impl Run<'_, '_> {
                     applicable.push(child);
                 }
             }
-            if applicable.len() > 1 && applicable.iter().any(|c| matches!(c, Node::Leaf(_))) {
-                return Err(CommandError::new(
-                    CONFLICTING_UPDATE_OPERATORS,
-                    format!("Update created a conflict at '{}.{index}'", path.join(".")),
-                ));
-            }
+            let Some((first, rest)) = applicable.split_first() else {
+                continue;
+            };
             path.push(index.to_string());
-            let outcome = applicable
-                .into_iter()
-                .try_for_each(|child| self.node(child, path, doc));
+            let outcome = if rest.is_empty() {
+                self.node(first, path, doc)
+            } else {
+                let at = path.join(".");
+                rest.iter()
+                    .try_fold((*first).clone(), |merged, next| {
+                        merge_nodes(&merged, next, &at)
+                    })
+                    .and_then(|merged| self.node(&merged, path, doc))
+            };
             path.pop();
             outcome?;
         }
@@ -1095,7 +1103,8 @@ impl Run<'_, '_> {
             Op::Push(spec) => {
                 let Bson::Array(array) = current else {
                     return Err(CommandError::bad_value(format!(
-                        "The field '{field}' must be an array but is of type {} in document {{{}}}",
+                        "The field '{}' must be an array but is of type {} in document {{{}}}",
+                        path.join("."),
                         type_name(current),
                         id_text()
                     )));
@@ -1224,6 +1233,35 @@ impl Run<'_, '_> {
     }
 }
 
+/// Combines the updates of several `$[<id>]` placeholders that select the same element; two
+/// operations on one path conflict (mongod's `createUpdateNodeByMerging`).
+fn merge_nodes(a: &Node, b: &Node, at: &str) -> Result<Node> {
+    let merge_children =
+        |x: &[(String, Node)], y: &[(String, Node)]| -> Result<Vec<(String, Node)>> {
+            let mut merged = x.to_vec();
+            for (key, node) in y {
+                match merged.iter().position(|(k, _)| k == key) {
+                    Some(i) => {
+                        let combined = merge_nodes(&merged[i].1, node, &format!("{at}.{key}"))?;
+                        merged[i].1 = combined;
+                    }
+                    None => {
+                        insert_sorted(&mut merged, key.clone(), node.clone());
+                    }
+                }
+            }
+            Ok(merged)
+        };
+    match (a, b) {
+        (Node::Fields(x), Node::Fields(y)) => Ok(Node::Fields(merge_children(x, y)?)),
+        (Node::Elements(x), Node::Elements(y)) => Ok(Node::Elements(merge_children(x, y)?)),
+        _ => Err(CommandError::new(
+            CONFLICTING_UPDATE_OPERATORS,
+            format!("Update created a conflict at '{at}'"),
+        )),
+    }
+}
+
 /// Operators that quietly do nothing where their path cannot exist (through a scalar).
 fn allows_non_viable(op: &Op) -> bool {
     matches!(
@@ -1283,12 +1321,14 @@ fn push(array: &mut Vec<Bson>, spec: &PushSpec) {
     }
 }
 
+/// The value a `$sort: {field: 1}` pattern sorts an element by: null for non-documents and
+/// for documents without the field.
 fn sort_key(element: &Bson, field: &str) -> Bson {
     match element {
         Bson::Document(d) => crate::path::get_path(d, field)
             .cloned()
             .unwrap_or(Bson::Null),
-        other => other.clone(),
+        _ => Bson::Null,
     }
 }
 
@@ -2269,14 +2309,47 @@ mod tests {
             "After applying the update, the (immutable) field '_id' was found to have been \
              altered to _id: 2"
         );
-        let e = parse_error(doc! {"a": 1, "$set": {"b": 1}});
+        let e = apply(doc! {"_id": 1}, doc! {"a": 1, "$set": {"b": 1}}).unwrap_err();
         assert_eq!(
             (e.code, e.code_name.as_str()),
             (52, "DollarPrefixedFieldName")
         );
-        let e = parse_error(doc! {"a": {"$x": 1}});
+        assert_eq!(
+            e.errmsg,
+            "The dollar ($) prefixed field '$set' in '$set' is not allowed in the context of an \
+             update's replacement document. Consider using an aggregation pipeline with \
+             $replaceWith."
+        );
+        let d = apply(doc! {"_id": 1}, doc! {"a": {"$x": 1}}).unwrap();
+        same(&d, &doc! {"_id": 1, "a": {"$x": 1}});
+        let e = apply(doc! {"a": 1}, doc! {"_id": [1]}).unwrap_err();
+        assert_eq!(e.code, 53);
+    }
+
+    #[test]
+    fn top_level_dollar_fields_are_refused_except_on_upsert_inserts() {
+        let update = doc! {"$set": {"$hotel": 1, "a.$nested": 2}};
+        let e = error(doc! {"_id": 1}, update.clone());
         assert_eq!(e.code, 52);
-        assert_eq!(parse_error(doc! {"_id": [1]}).code, 53);
+        assert!(
+            e.errmsg
+                .starts_with("The dollar ($) prefixed field '$hotel' in '$hotel'")
+        );
+        let d = apply_with(doc! {"_id": 1}, Bson::Document(update), &[], true).unwrap();
+        same(&d, &doc! {"_id": 1, "$hotel": 1, "a": {"$nested": 2}});
+        let d = updated(doc! {"_id": 1, "a": 1}, doc! {"$set": {"b.$x": 1}});
+        same(&d, &doc! {"_id": 1, "a": 1, "b": {"$x": 1}});
+        let d = updated(doc! {"_id": 1, "$old": 1}, doc! {"$unset": {"$old": 1}});
+        same(&d, &doc! {"_id": 1});
+    }
+
+    #[test]
+    fn array_update_paths_name_the_whole_missing_path() {
+        let e = error(doc! {"_id": 1, "x": 1}, doc! {"$set": {"x.a.$[]": 1}});
+        assert_eq!(
+            e.errmsg,
+            "The path 'x.a' must exist in the document in order to apply array updates."
+        );
     }
 
     #[test]
