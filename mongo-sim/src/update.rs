@@ -901,28 +901,41 @@ impl Run<'_, '_> {
                 }
                 if let Op::Rename { from, raw } = &leaf.op
                     && from.first().is_some_and(|f| f == "_id")
+                    && self.id_changed(doc)
                 {
-                    self.check_id_unchanged(doc, raw)?;
+                    return Err(CommandError::new(
+                        IMMUTABLE_FIELD,
+                        format!(
+                            "Unsetting the path '{raw}' using $rename would modify the immutable \
+                             field '_id'"
+                        ),
+                    ));
                 }
                 Ok(())
             }
         }
     }
 
-    fn check_id_unchanged(&self, doc: &Document, path: &str) -> Result<()> {
-        let Some(original) = &self.original_id else {
-            return Ok(());
-        };
-        match doc.get("_id") {
-            Some(now) if values_equal(original, now) => Ok(()),
-            _ => Err(CommandError::new(
-                IMMUTABLE_FIELD,
-                format!(
-                    "Performing an update on the path '{path}' would modify the immutable field \
-                     '_id'"
-                ),
-            )),
+    /// Whether `_id` differs from the document's original one (compared as values, as
+    /// mongod's immutable-path check does).
+    fn id_changed(&self, doc: &Document) -> bool {
+        match (&self.original_id, doc.get("_id")) {
+            (None, _) => false,
+            (Some(original), Some(now)) => !values_equal(original, now),
+            (Some(_), None) => true,
         }
+    }
+
+    fn check_id_unchanged(&self, doc: &Document, path: &str) -> Result<()> {
+        if !self.id_changed(doc) {
+            return Ok(());
+        }
+        Err(CommandError::new(
+            IMMUTABLE_FIELD,
+            format!(
+                "Performing an update on the path '{path}' would modify the immutable field '_id'"
+            ),
+        ))
     }
 
     /// `$[]` and `$[<id>]`: the array at `path` must exist; each element gets the children
@@ -1181,6 +1194,48 @@ impl Run<'_, '_> {
             Some(v) => format!("_id: {}", shell(v)),
             None => "no id".to_string(),
         };
+        // The source is looked up as mongod's `findLongestPrefix` does: a scalar (or an array
+        // addressed by a name) on the way is PathNotViable, a missing field a no-op.
+        let mut current: Option<&Bson> = None;
+        let mut array_field = None;
+        for (i, component) in from.iter().enumerate() {
+            let next = match current {
+                None => doc.get(component),
+                Some(Bson::Document(d)) => d.get(component),
+                Some(Bson::Array(a)) if index_of(component).is_some() => {
+                    index_of(component).and_then(|ix| a.get(ix))
+                }
+                Some(other) => {
+                    let parent = &from[i - 1];
+                    return Err(CommandError::new(
+                        PATH_NOT_VIABLE,
+                        format!(
+                            "cannot use the part ({parent} of {}) to traverse the element \
+                             ({{{parent}: {}}})",
+                            from.join("."),
+                            shell(other)
+                        ),
+                    ));
+                }
+            };
+            let Some(next) = next else {
+                return Ok(());
+            };
+            if i + 1 < from.len() && matches!(next, Bson::Array(_)) {
+                array_field = Some(component.clone());
+            }
+            current = Some(next);
+        }
+        if let Some(array_field) = array_field {
+            return Err(CommandError::bad_value(format!(
+                "The source field cannot be an array element, '{}' in doc with {id_text} has an \
+                 array field called '{array_field}'",
+                from.join(".")
+            )));
+        }
+        let Some(value) = current.cloned() else {
+            return Ok(());
+        };
         let through_array = |path: &[String]| {
             let mut current: Option<&Bson> = None;
             for (i, component) in path.iter().enumerate() {
@@ -1196,20 +1251,6 @@ impl Run<'_, '_> {
                 }
             }
             None
-        };
-        if let Some(array_field) = through_array(from) {
-            return Err(CommandError::bad_value(format!(
-                "The source field cannot be an array element, '{}' in doc with {id_text} has an \
-                 array field called '{array_field}'",
-                from.join(".")
-            )));
-        }
-        let (existing, value) = resolve(doc, from);
-        if existing < from.len() {
-            return Ok(());
-        }
-        let Some(value) = value.cloned() else {
-            return Ok(());
         };
         if let Some(array_field) = through_array(to) {
             return Err(CommandError::bad_value(format!(
@@ -1934,6 +1975,17 @@ mod tests {
             doc! {"$rename": {"b": "a"}},
         );
         same(&d, &doc! {"_id": 1, "a": 2});
+        let e = error(doc! {"_id": 1, "a": 1}, doc! {"$rename": {"a.b": "c"}});
+        assert_eq!(e.code, 28);
+        assert_eq!(
+            e.errmsg,
+            "cannot use the part (a of a.b) to traverse the element ({a: 1})"
+        );
+        let e = error(doc! {"_id": 1}, doc! {"$rename": {"_id": "x"}});
+        assert_eq!(
+            e.errmsg,
+            "Unsetting the path '_id' using $rename would modify the immutable field '_id'"
+        );
     }
 
     #[test]
