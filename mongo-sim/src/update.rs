@@ -1043,7 +1043,12 @@ impl Run<'_, '_> {
                 Some(v.clone())
             }
             // `$mul` on a missing field writes zero of the multiplier's type.
-            Op::Mul(v) => Some(arithmetic(v, &Bson::Int32(0), Arith::Mul, "$mul")?),
+            Op::Mul(v) => Some(match v {
+                Bson::Int64(_) => Bson::Int64(0),
+                Bson::Double(d) => Bson::Double(d * 0.0),
+                Bson::Decimal128(_) => return Err(decimal_not_supported("$mul")),
+                _ => Bson::Int32(0),
+            }),
             Op::CurrentDate { timestamp } => Some(self.now(*timestamp)),
             Op::Push(spec) => {
                 let mut array = Vec::new();
@@ -1108,7 +1113,26 @@ impl Run<'_, '_> {
                         type_name(current)
                     )));
                 }
-                Some(arithmetic(current, v, kind, name)?)
+                let result = arithmetic(current, v, kind, name)?;
+                if result
+                    .as_ref()
+                    .is_some_and(|r| values_identical(r, current))
+                {
+                    return Ok(());
+                }
+                let Some(result) = result else {
+                    let shown = match current {
+                        Bson::Int64(n) => format!("(NumberLong){n}"),
+                        Bson::Int32(n) => format!("(NumberInt){n}"),
+                        other => shell(other),
+                    };
+                    return Err(CommandError::bad_value(format!(
+                        "Failed to apply {name} operations to current value ({shown}) for \
+                         document {{{}}}",
+                        id_text()
+                    )));
+                };
+                Some(result)
             }
             Op::Min(v) => (compare(v, current) == Ordering::Less).then(|| v.clone()),
             Op::Max(v) => (compare(v, current) == Ordering::Greater).then(|| v.clone()),
@@ -1388,9 +1412,16 @@ enum Arith {
     Mul,
 }
 
-/// `$inc`/`$mul` arithmetic with mongod's type promotion: int32 overflow widens to int64,
-/// int64 overflow to double, and any double makes the result a double.
-fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Bson> {
+fn decimal_not_supported(operator: &str) -> CommandError {
+    CommandError::not_supported(format!(
+        "mongo-sim does not support Decimal128 arithmetic in {operator}"
+    ))
+}
+
+/// `$inc`/`$mul` arithmetic with mongod's `SafeNum` promotion: int32 overflow widens to int64,
+/// any double makes the result a double. `None` when an int64 result overflows, which mongod
+/// refuses rather than rounding.
+fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Option<Bson>> {
     let int = |v: &Bson| match v {
         Bson::Int32(i) => Some(*i as i64),
         Bson::Int64(i) => Some(*i),
@@ -1403,9 +1434,7 @@ fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Bson> {
         _ => None,
     };
     if matches!(a, Bson::Decimal128(_)) || matches!(b, Bson::Decimal128(_)) {
-        return Err(CommandError::not_supported(format!(
-            "mongo-sim does not support Decimal128 arithmetic in {operator}"
-        )));
+        return Err(decimal_not_supported(operator));
     }
     let as_double = |x: f64, y: f64| match kind {
         Arith::Add => Bson::Double(x + y),
@@ -1417,7 +1446,7 @@ fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Bson> {
                 Arith::Add => x.checked_add(*y),
                 Arith::Mul => x.checked_mul(*y),
             };
-            Ok(match r {
+            Ok(Some(match r {
                 Some(r) => Bson::Int32(r),
                 None => {
                     let (x, y) = (*x as i64, *y as i64);
@@ -1426,7 +1455,7 @@ fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Bson> {
                         Arith::Mul => x * y,
                     })
                 }
-            })
+            }))
         }
         _ => match (int(a), int(b)) {
             (Some(x), Some(y)) => {
@@ -1434,13 +1463,10 @@ fn arithmetic(a: &Bson, b: &Bson, kind: Arith, operator: &str) -> Result<Bson> {
                     Arith::Add => x.checked_add(y),
                     Arith::Mul => x.checked_mul(y),
                 };
-                Ok(match r {
-                    Some(r) => Bson::Int64(r),
-                    None => as_double(x as f64, y as f64),
-                })
+                Ok(r.map(Bson::Int64))
             }
             _ => match (float(a), float(b)) {
-                (Some(x), Some(y)) => Ok(as_double(x, y)),
+                (Some(x), Some(y)) => Ok(Some(as_double(x, y))),
                 _ => Err(CommandError::type_mismatch(format!(
                     "Cannot apply {operator} to a value of non-numeric type"
                 ))),
@@ -1898,15 +1924,30 @@ mod tests {
     fn inc_adds_creates_and_promotes_on_overflow() {
         let d = updated(
             doc! {"_id": 1, "i": 1, "big": i32::MAX, "long": i64::MAX, "f": 1.5},
-            doc! {"$inc": {"i": 2, "big": 1, "long": 1_i64, "f": 1, "new": 5_i64}},
+            doc! {"$inc": {"i": 2, "big": 1, "long": 0_i64, "f": 1, "new": 5_i64}},
         );
         assert_eq!(d.get("i"), Some(&Bson::Int32(3)));
         assert_eq!(d.get("big"), Some(&Bson::Int64(i32::MAX as i64 + 1)));
-        assert_eq!(d.get("long"), Some(&Bson::Double(i64::MAX as f64 + 1.0)));
+        assert_eq!(d.get("long"), Some(&Bson::Int64(i64::MAX)));
         assert_eq!(d.get("f"), Some(&Bson::Double(2.5)));
         assert_eq!(d.get("new"), Some(&Bson::Int64(5)));
         let d = updated(doc! {"_id": 1, "i": 1}, doc! {"$inc": {"i": 1_i64}});
         assert_eq!(d.get("i"), Some(&Bson::Int64(2)));
+    }
+
+    #[test]
+    fn int64_overflow_is_refused_as_mongod_does() {
+        let e = error(doc! {"_id": 1, "n": i64::MAX}, doc! {"$inc": {"n": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "Failed to apply $inc operations to current value ((NumberLong)9223372036854775807) \
+             for document {_id: 1}"
+        );
+        let e = error(doc! {"_id": 1, "n": i64::MAX}, doc! {"$mul": {"n": 2}});
+        assert_eq!(e.code, 2);
+        let d = updated(doc! {"_id": 1, "n": i64::MAX}, doc! {"$inc": {"n": 1.0}});
+        assert_eq!(d.get("n"), Some(&Bson::Double(i64::MAX as f64 + 1.0)));
     }
 
     #[test]
