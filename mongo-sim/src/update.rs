@@ -810,21 +810,39 @@ fn parse_add_to_set(value: &Bson) -> Result<Vec<Bson>> {
     Ok(vec![value.clone()])
 }
 
-/// Top-level query operators: a `$pull` condition starting with one of these is a query on
-/// document elements, any other `$` operator is a condition on the element itself.
-fn is_top_level_query_operator(name: &str) -> bool {
+/// The query operators that apply to a field's value (mongod's path-accepting keywords): a
+/// `$pull` condition starting with one of these is a condition on the element itself, any other
+/// document is a query on document elements.
+fn is_path_accepting_keyword(name: &str) -> bool {
     matches!(
         name,
-        "$and"
-            | "$or"
-            | "$nor"
-            | "$expr"
-            | "$where"
-            | "$text"
-            | "$comment"
-            | "$jsonSchema"
-            | "$alwaysTrue"
-            | "$alwaysFalse"
+        "$eq"
+            | "$ne"
+            | "$gt"
+            | "$gte"
+            | "$lt"
+            | "$lte"
+            | "$in"
+            | "$nin"
+            | "$exists"
+            | "$type"
+            | "$mod"
+            | "$regex"
+            | "$options"
+            | "$all"
+            | "$size"
+            | "$elemMatch"
+            | "$not"
+            | "$within"
+            | "$geoWithin"
+            | "$geoIntersects"
+            | "$near"
+            | "$nearSphere"
+            | "$geoNear"
+            | "$bitsAllSet"
+            | "$bitsAllClear"
+            | "$bitsAnySet"
+            | "$bitsAnyClear"
     )
 }
 
@@ -833,7 +851,7 @@ fn parse_pull(value: &Bson) -> Result<PullCondition> {
         Bson::Document(d)
             if d.keys()
                 .next()
-                .is_some_and(|k| k.starts_with('$') && !is_top_level_query_operator(k)) =>
+                .is_some_and(|k| is_path_accepting_keyword(k)) =>
         {
             Ok(PullCondition::Value(Matcher::parse(
                 &doc! {WRAPPED_FIELD: value.clone()},
