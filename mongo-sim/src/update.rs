@@ -357,19 +357,22 @@ impl OperatorUpdate {
             "$push" => Op::Push(parse_push(value)?),
             "$addToSet" => Op::AddToSet(parse_add_to_set(value)?),
             "$pop" => {
-                let n = crate::compare::as_f64(value).ok_or_else(|| {
-                    CommandError::failed_to_parse(format!(
-                        "Expected a number in: {path}: {}",
-                        shell(value)
-                    ))
-                })?;
-                if n != 1.0 && n != -1.0 {
+                // mongod parses the argument with `parseIntegerElementToLong`.
+                let element = format!("{path}: {}", shell(value));
+                if !is_number(value) {
                     return Err(CommandError::failed_to_parse(format!(
-                        "$pop expects 1 or -1, found: {}",
-                        shell(value)
+                        "Expected a number in: {element}"
                     )));
                 }
-                Op::Pop { first: n == -1.0 }
+                let n = crate::bsontype::as_i64(value).ok_or_else(|| {
+                    CommandError::failed_to_parse(format!("Expected an integer: {element}"))
+                })?;
+                if n != 1 && n != -1 {
+                    return Err(CommandError::failed_to_parse(format!(
+                        "$pop expects 1 or -1, found: {n}"
+                    )));
+                }
+                Op::Pop { first: n == -1 }
             }
             "$pull" => Op::Pull(parse_pull(value)?),
             "$pullAll" => match value {
@@ -1033,10 +1036,13 @@ impl Run<'_, '_> {
                     let id = self.original_id.clone();
                     self.update_existing(op, path, doc, id.as_ref())
                 } else {
-                    let Some(value) = self.value_for_missing(op)? else {
-                        return Ok(());
-                    };
-                    create(doc, path, existing, value, allows_non_viable(op))
+                    match self.value_for_missing(op)? {
+                        Some(value) => create(doc, path, existing, value),
+                        // Only $unset ignores a path it could not even create (mongod's
+                        // `allowNonViablePath`); $pop, $pull and $pullAll check it.
+                        None if matches!(op, Op::Unset) => Ok(()),
+                        None => check_viable(doc, path, existing),
+                    }
                 }
             }
         }
@@ -1307,7 +1313,7 @@ impl Run<'_, '_> {
                 *slot = value;
             }
         } else {
-            create(doc, to, existing_to, value, false)?;
+            create(doc, to, existing_to, value)?;
         }
         if let Some(Container::Doc(parent)) = container_mut(doc, &from[..from.len() - 1]) {
             parent.remove(&from[from.len() - 1]);
@@ -1345,12 +1351,34 @@ fn merge_nodes(a: &Node, b: &Node, at: &str) -> Result<Node> {
     }
 }
 
-/// Operators that quietly do nothing where their path cannot exist (through a scalar).
-fn allows_non_viable(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unset | Op::Pop { .. } | Op::Pull(_) | Op::PullAll(_) | Op::RenameSource
-    )
+/// A missing `path` (of which `existing` components exist) must at least be creatable:
+/// through a document, or into an array by index (mongod's `UpdateLeafNode::checkViability`).
+fn check_viable(doc: &Document, path: &[String], existing: usize) -> Result<()> {
+    if existing == 0 {
+        return Ok(());
+    }
+    let viable = match resolve(doc, &path[..existing]).1 {
+        Some(Bson::Array(_)) => index_of(&path[existing]).is_some(),
+        Some(Bson::Document(_)) | None => true,
+        Some(_) => false,
+    };
+    if viable {
+        return Ok(());
+    }
+    let shown = resolve(doc, &path[..existing])
+        .1
+        .map(shell)
+        .unwrap_or_default();
+    Err(CommandError::new(
+        PATH_NOT_VIABLE,
+        format!(
+            "Cannot use the part ({}) of ({}.{}) to traverse the element ({{{}: {shown}}})",
+            path[existing],
+            path[..existing].join("."),
+            path[existing..].join("."),
+            path[existing - 1]
+        ),
+    ))
 }
 
 fn pull_matches(condition: &PullCondition, element: &Bson, vars: &Variables) -> Result<bool> {
@@ -1557,28 +1585,18 @@ const MAX_ARRAY_PADDING: usize = 1_500_000;
 
 /// Writes `value` at `path`, whose first `existing` components exist: intermediate fields are
 /// created as documents; an array is indexed (and padded with nulls) by a numeric component.
-/// Anything else on the way is 28 PathNotViable unless the operator tolerates it.
-fn create(
-    doc: &mut Document,
-    path: &[String],
-    existing: usize,
-    value: Bson,
-    tolerate_non_viable: bool,
-) -> Result<()> {
+/// Anything else on the way is 28 PathNotViable.
+fn create(doc: &mut Document, path: &[String], existing: usize, value: Bson) -> Result<()> {
     let first_missing = &path[existing];
     let mut nested = value;
     for component in path[existing + 1..].iter().rev() {
         nested = Bson::Document(doc! {component.clone(): nested});
     }
     let not_viable = |shown: String| {
-        if tolerate_non_viable {
-            Ok(())
-        } else {
-            Err(CommandError::new(
-                PATH_NOT_VIABLE,
-                format!("Cannot create field '{first_missing}' in element {{{shown}}}"),
-            ))
-        }
+        Err(CommandError::new(
+            PATH_NOT_VIABLE,
+            format!("Cannot create field '{first_missing}' in element {{{shown}}}"),
+        ))
     };
     let parent_name = if existing == 0 {
         String::new()
@@ -1725,7 +1743,7 @@ fn seed_from(filter: &Document, keep: impl Fn(&str) -> bool) -> Result<Document>
     for (path, value) in equalities {
         let parts: Vec<String> = path.split('.').map(str::to_string).collect();
         let (existing, _) = resolve(&seed, &parts);
-        create(&mut seed, &parts, existing, value, false)?;
+        create(&mut seed, &parts, existing, value)?;
     }
     Ok(id_first(seed))
 }
@@ -2222,8 +2240,22 @@ mod tests {
             e.errmsg,
             "Path 'a.b' contains an element of non-array type 'int'"
         );
-        assert_eq!(parse_error(doc! {"$pop": {"a": 2}}).code, 9);
-        assert_eq!(parse_error(doc! {"$pop": {"a": "x"}}).code, 9);
+        let e = parse_error(doc! {"$pop": {"a": 2}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (9, "$pop expects 1 or -1, found: 2")
+        );
+        let e = parse_error(doc! {"$pop": {"a": "x"}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (9, "Expected a number in: a: \"x\"")
+        );
+        let e = error(doc! {"_id": 1, "s": 1}, doc! {"$pop": {"s.t": 1}});
+        assert_eq!(e.code, 28);
+        assert_eq!(
+            e.errmsg,
+            "Cannot use the part (t) of (s.t) to traverse the element ({s: 1})"
+        );
     }
 
     #[test]
