@@ -178,7 +178,19 @@ impl UpdateSpec {
                 if !ctx.is_upsert_insert {
                     check_top_level_dollar_fields(replacement)?;
                 }
-                replace_document(doc, replacement.clone())
+                let mut replacement = replacement.clone();
+                // As on insert, a top-level Timestamp(0, 0) is replaced by the current cluster
+                // time (manual: "Timestamps").
+                for (_, value) in replacement.iter_mut() {
+                    if let Bson::Timestamp(ts) = value
+                        && ts.time == 0
+                        && ts.increment == 0
+                        && let Some(now @ Bson::Timestamp(_)) = ctx.vars.get("CLUSTER_TIME")
+                    {
+                        *value = now.clone();
+                    }
+                }
+                replace_document(doc, replacement)
             }
             UpdateSpec::Pipeline(pipeline) => {
                 let result = pipeline.apply(doc, ctx.vars)?;
@@ -2441,6 +2453,27 @@ mod tests {
                 .unwrap()
                 .is_replacement()
         );
+    }
+
+    #[test]
+    fn replacement_fills_empty_timestamps_with_the_cluster_time() {
+        let empty = Bson::Timestamp(Timestamp {
+            time: 0,
+            increment: 0,
+        });
+        let d = apply(
+            doc! {"_id": 1},
+            doc! {"ts": empty.clone(), "nested": {"ts": empty.clone()}},
+        )
+        .unwrap();
+        assert_eq!(
+            d.get("ts"),
+            Some(&Bson::Timestamp(Timestamp {
+                time: 1_700_000_000,
+                increment: 7
+            }))
+        );
+        assert_eq!(d.get_document("nested").unwrap().get("ts"), Some(&empty));
     }
 
     #[test]
