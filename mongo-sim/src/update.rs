@@ -38,7 +38,9 @@ pub enum UpdateSpec {
 pub struct UpdateContext<'a> {
     /// True when the update runs on the seed of an upsert-insert (`$setOnInsert` applies).
     pub is_upsert_insert: bool,
+    /// `$$NOW` and `$$CLUSTER_TIME` (for `$currentDate` and pipelines) and the `let` variables.
     pub vars: &'a Variables,
+    /// The command's `arrayFilters`, binding the `$[<identifier>]` placeholders.
     pub array_filters: &'a [Document],
 }
 
@@ -420,12 +422,12 @@ impl OperatorUpdate {
                 "The source and target field for $rename must not be on the same path: {element}"
             )));
         }
-        if from_parts.iter().any(|c| c.starts_with('$')) {
+        if from_parts.iter().any(|c| is_dynamic_component(c)) {
             return Err(CommandError::bad_value(format!(
                 "The source field for $rename may not be dynamic: {from}"
             )));
         }
-        if to_parts.iter().any(|c| c.starts_with('$')) {
+        if to_parts.iter().any(|c| is_dynamic_component(c)) {
             return Err(CommandError::bad_value(format!(
                 "The destination field for $rename may not be dynamic: {to}"
             )));
@@ -567,6 +569,11 @@ fn unreachable_operator(operator: &str) -> Result<Op> {
         "Unknown modifier: {operator}. Expected a valid update modifier or pipeline-style update \
          specified as an array"
     )))
+}
+
+/// `$`, `$[]` and `$[<id>]` stand for array elements chosen at apply time.
+fn is_dynamic_component(component: &str) -> bool {
+    component == "$" || array_placeholder(component).is_some()
 }
 
 /// Inserts keeping `children` in application order; returns the new child's index.
@@ -2096,6 +2103,11 @@ mod tests {
         );
         let e = parse_error(doc! {"$rename": {"a": 1}});
         assert_eq!(e.code, 2);
+        let e = parse_error(doc! {"$rename": {"a.$[]": "b"}});
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (2, "The source field for $rename may not be dynamic: a.$[]")
+        );
         let e = error(
             doc! {"_id": 1, "a": [{"b": 1}]},
             doc! {"$rename": {"a.0.b": "c"}},
