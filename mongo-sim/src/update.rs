@@ -516,13 +516,17 @@ impl OperatorUpdate {
     ) -> Result<HashMap<String, Matcher>> {
         let mut matchers = HashMap::new();
         for filter in array_filters {
+            let matcher = Matcher::parse(filter).map_err(|mut e| {
+                e.errmsg = format!("Error parsing array filter :: caused by :: {}", e.errmsg);
+                e
+            })?;
             let id = array_filter_identifier(filter)?;
             if matchers.contains_key(&id) {
                 return Err(CommandError::failed_to_parse(format!(
                     "Found multiple array filters with the same top-level field name {id}"
                 )));
             }
-            matchers.insert(id, Matcher::parse(filter)?);
+            matchers.insert(id, matcher);
         }
         for (id, path) in &self.identifiers {
             if !matchers.contains_key(id) {
@@ -665,7 +669,7 @@ fn array_filter_identifier(filter: &Document) -> Result<String> {
     let mut names = Vec::new();
     collect(filter, &mut names);
     let Some(first) = names.first().cloned() else {
-        return Err(CommandError::bad_value(
+        return Err(CommandError::failed_to_parse(
             "Cannot use an expression without a top-level field name in arrayFilters",
         ));
     };
@@ -2364,6 +2368,14 @@ mod tests {
             .validate_array_filters(&[doc! {"x": 1, "y": 1}])
             .unwrap_err();
         assert_eq!(e.code, 9);
+        let e = spec.validate_array_filters(&[doc! {}]).unwrap_err();
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                9,
+                "Cannot use an expression without a top-level field name in arrayFilters"
+            )
+        );
     }
 
     #[test]
