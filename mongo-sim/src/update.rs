@@ -1796,6 +1796,16 @@ fn collect_equalities(filter: &Document, out: &mut Vec<(String, Bson)>) {
                     for (op, operand) in ops {
                         match (op.as_str(), operand) {
                             ("$eq", v) => out.push((key.clone(), v.clone())),
+                            // $all is an AND of equalities (regexes and $elemMatch aside).
+                            ("$all", Bson::Array(values)) => {
+                                for v in values {
+                                    let elem_match = matches!(v, Bson::Document(d)
+                                        if d.keys().next().is_some_and(|k| k == "$elemMatch"));
+                                    if !elem_match && !matches!(v, Bson::RegularExpression(_)) {
+                                        out.push((key.clone(), v.clone()));
+                                    }
+                                }
+                            }
                             ("$in", Bson::Array(values)) => {
                                 if let [only] = values.as_slice()
                                     && !matches!(only, Bson::RegularExpression(_))
@@ -2606,6 +2616,12 @@ mod tests {
         );
         let e = upsert_seed(&doc! {"a": 1, "a.b": 2}).unwrap_err();
         assert_eq!(e.code, 54);
+        let e = upsert_seed(&doc! {"a": {"$all": [1, 2]}}).unwrap_err();
+        assert_eq!(e.code, 54);
+        same(
+            &upsert_seed(&doc! {"a": {"$all": [1]}}).unwrap(),
+            &doc! {"a": 1},
+        );
     }
 
     #[test]
