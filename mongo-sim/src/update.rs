@@ -1727,9 +1727,10 @@ fn shell_document(d: &Document) -> String {
 /// The document an upsert starts from: the filter's equality conditions (`{a: 1}`,
 /// `{a: {$eq: 1}}`, inside `$and`), with dotted paths expanded.
 ///
-/// As mongod's query optimiser does, a single-clause `$or` counts as its clause and a
-/// one-element `$in` as an equality (manual: "Upsert with Operator Expressions"). Fields come
-/// out in path order, `_id` first.
+/// As mongod's query optimiser does, a single-clause `$or` counts as its clause, a one-element
+/// `$in` as an equality and `$all` as one equality per value (manual: "Upsert with Operator
+/// Expressions"). Fields come out in path order, `_id` first; a path pinned twice, or both a
+/// path and its prefix, is 54 NotSingleValueField.
 pub fn upsert_seed(filter: &Document) -> Result<Document> {
     seed_from(filter, |_| true)
 }
