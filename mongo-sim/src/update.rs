@@ -312,10 +312,7 @@ impl OperatorUpdate {
         };
         for (name, arg) in update {
             if !is_known_operator(name) {
-                return Err(CommandError::failed_to_parse(format!(
-                    "Unknown modifier: {name}. Expected a valid update modifier or \
-                     pipeline-style update specified as an array"
-                )));
+                return Err(unknown_modifier(name));
             }
             let Bson::Document(fields) = arg else {
                 return Err(CommandError::failed_to_parse(format!(
@@ -398,7 +395,7 @@ impl OperatorUpdate {
                     )));
                 }
             },
-            _ => unreachable_operator(operator)?,
+            _ => return Err(unknown_modifier(operator)),
         };
         self.insert(&components, path, op)
     }
@@ -568,11 +565,11 @@ fn is_known_operator(name: &str) -> bool {
     )
 }
 
-fn unreachable_operator(operator: &str) -> Result<Op> {
-    Err(CommandError::failed_to_parse(format!(
+fn unknown_modifier(operator: &str) -> CommandError {
+    CommandError::failed_to_parse(format!(
         "Unknown modifier: {operator}. Expected a valid update modifier or pipeline-style update \
          specified as an array"
-    )))
+    ))
 }
 
 /// `$`, `$[]` and `$[<id>]` stand for array elements chosen at apply time.
