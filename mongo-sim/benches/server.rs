@@ -18,10 +18,18 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { connections: 2_000, inserts: 200_000, batch: 1_000 };
+    let mut args = Args {
+        connections: 2_000,
+        inserts: 200_000,
+        batch: 1_000,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse().ok()).expect("a number after the option");
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number after the option")
+        };
         match a.as_str() {
             "--connections" => args.connections = value(),
             "--inserts" => args.inserts = value(),
@@ -49,7 +57,11 @@ fn op_msg(request_id: i32, body: &Document) -> Vec<u8> {
 }
 
 /// Sends a command on a raw connection and returns the reply body.
-fn roundtrip(stream: &mut TcpStream, request_id: i32, body: &Document) -> std::io::Result<Document> {
+fn roundtrip(
+    stream: &mut TcpStream,
+    request_id: i32,
+    body: &Document,
+) -> std::io::Result<Document> {
     stream.write_all(&op_msg(request_id, body))?;
     let mut header = [0u8; 16];
     stream.read_exact(&mut header)?;
@@ -89,7 +101,11 @@ fn idle_connections(sim: &MongoSim, n: usize) {
 }
 
 fn inserts(sim: &MongoSim, total: usize, batch: usize) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let client = Client::with_uri_str(sim.uri()).await.unwrap();
         let events = client.database("bench").collection::<Document>("events");

@@ -2310,7 +2310,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs crate::query::Matcher, a stub until the query module is merged"]
     fn pull_with_conditions() {
         let d = updated(
             doc! {"_id": 1, "a": [5, 6, 7, 1], "b": [{"x": 1, "y": 1}, {"x": 2}, 3]},
@@ -2387,7 +2386,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs crate::query::Matcher, a stub until the query module is merged"]
     fn filtered_positional_updates_matching_elements() {
         let update = Bson::Document(doc! {"$set": {"a.$[big].f": true}});
         let d = apply_with(
@@ -2571,7 +2569,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs crate::aggregate::UpdatePipeline, a stub until the aggregate module is merged"]
     fn pipelines_apply_and_keep_id() {
         let pipeline = Bson::Array(vec![Bson::Document(doc! {"$set": {"b": 2}})]);
         let d = apply_with(doc! {"_id": 1, "a": 1}, pipeline, &[], false).unwrap();
