@@ -145,7 +145,7 @@ impl ProjectionWorker {
                 Ok(()) => break,
                 Err(e) => match e.action() {
                     ErrorAction::Fatal => {
-                        self.save(&mut position).await;
+                        self.save_final(&mut position).await;
                         return Err(self.stopped(e.to_string()));
                     }
                     ErrorAction::HistoryLost => {
@@ -156,7 +156,7 @@ impl ProjectionWorker {
                 },
             }
         }
-        self.save(&mut position).await;
+        self.save_final(&mut position).await;
         tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
         Ok(())
     }
@@ -341,6 +341,27 @@ impl ProjectionWorker {
         }
     }
 
+    /// The last checkpoint before stopping, retried with backoff: the shutdown deadline bounds
+    /// how long this may take.
+    async fn save_final(&self, position: &mut Position) {
+        if position.token.is_none() {
+            return;
+        }
+        let mut delay = self.source.reopen_backoff_initial;
+        for _ in 0..8 {
+            self.save(position).await;
+            if position.unsaved_events == 0 && position.saved_token == position.token {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.source.reopen_backoff_max);
+        }
+        tracing::error!(
+            projection = %self.config.name,
+            "final checkpoint could not be written; a restart redelivers events since the last one (absorbed by the guard)"
+        );
+    }
+
     /// Folds every stored event through the guard, then returns a stream opened before the
     /// scan began, so nothing written meanwhile is missed. Used on a first start from the
     /// beginning and when the stored token is no longer in the oplog. `None` on shutdown.
@@ -397,7 +418,8 @@ impl ProjectionWorker {
         }
         tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
         position.token = started_at;
-        position.unsaved_events += 1;
+        position.events_handled += scanned as i64;
+        position.unsaved_events += scanned.max(1);
         self.save(position).await;
         Ok(Some(stream))
     }

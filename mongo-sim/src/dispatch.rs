@@ -1,2 +1,898 @@
 //! One command from decoded document to reply: fail points, session and write-concern
 //! fields, routing to its handler, error labels, `$clusterTime` and `operationTime`.
+
+use crate::error::{self, CommandError, Result};
+use crate::failpoint::{self, Triggered};
+use crate::handshake;
+use crate::state::{CommandContext, Shared};
+use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What the connection learned about its client, kept across commands.
+#[derive(Debug, Clone)]
+pub struct ConnectionState {
+    pub id: i64,
+    /// `client.application.name` from the handshake (matched by `failCommand`'s `appName`).
+    pub app_name: Option<String>,
+    /// The client's address, for `whatsmyuri`.
+    pub peer: String,
+    /// A `hello` has been answered; client metadata may not be sent again.
+    pub handshake_done: bool,
+}
+
+impl ConnectionState {
+    pub fn new(id: i64, peer: String) -> Self {
+        Self {
+            id,
+            app_name: None,
+            peer,
+            handshake_done: false,
+        }
+    }
+}
+
+/// The result of one command for the connection loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Reply(Document),
+    /// A fail point asked for the socket to be closed without a reply.
+    CloseConnection,
+}
+
+/// What dispatch remembers between commands.
+#[derive(Default)]
+pub struct DispatchState {
+    /// The latest retryable write per session and its reply, so that a retry of the same
+    /// `txnNumber` is answered without executing again (retryable-writes spec; manual:
+    /// "Retryable Writes").
+    sessions: HashMap<Vec<u8>, (i64, Document)>,
+    /// Open change-stream cursors: their failed getMores get `ResumableChangeStreamError`.
+    change_stream_cursors: HashSet<i64>,
+}
+
+/// Commands that write; refused with NotWritablePrimary while stepped down, and the ones a
+/// write concern applies to.
+const WRITE_COMMANDS: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "findAndModify",
+    "create",
+    "drop",
+    "dropDatabase",
+    "renameCollection",
+    "createIndexes",
+    "dropIndexes",
+];
+
+/// Commands that read user data; refused with NotPrimaryNoSecondaryOk while stepped down.
+const READ_COMMANDS: &[&str] = &[
+    "find",
+    "aggregate",
+    "count",
+    "distinct",
+    "getMore",
+    "listCollections",
+    "listIndexes",
+    "listDatabases",
+];
+
+/// Writes that may carry a `txnNumber` (retryable-writes spec, "Supported Write Operations").
+const RETRYABLE_COMMANDS: &[&str] = &["insert", "update", "delete", "findAndModify"];
+
+const OTHER_COMMANDS: &[&str] = &["killCursors", "replSetGetStatus", "configureFailPoint"];
+
+fn is_known(name: &str) -> bool {
+    WRITE_COMMANDS.contains(&name)
+        || READ_COMMANDS.contains(&name)
+        || OTHER_COMMANDS.contains(&name)
+        || handshake::COMMANDS.contains(&name)
+}
+
+/// mongod's database name rules (manual: "Naming Restrictions").
+fn check_db_name(db: &str) -> Result<()> {
+    let invalid = db.is_empty()
+        || db.len() >= 64
+        || db
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'));
+    if invalid {
+        return Err(CommandError::new(
+            error::INVALID_NAMESPACE,
+            format!("Invalid database name: '{db}'"),
+        ));
+    }
+    Ok(())
+}
+
+fn with_code_name(mut e: CommandError) -> CommandError {
+    if e.code_name.starts_with("Location") {
+        e.code_name = failpoint::code_name(e.code);
+    }
+    e
+}
+
+/// Runs one command and produces its reply (or the instruction to hang up).
+pub async fn run_command(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionState,
+    cmd: Document,
+) -> Outcome {
+    count_operation(shared, &cmd);
+    let result = execute(shared, conn, &cmd).await;
+    shared.publish_oplog_head();
+    match result {
+        Err(Hangup) => Outcome::CloseConnection,
+        Ok(reply) => Outcome::Reply(finish(shared, reply)),
+    }
+}
+
+struct Hangup;
+
+/// `serverStatus.opcounters` as mongod counts them: inserted documents, update and delete
+/// statements, finds, getMores, and every other command.
+fn count_operation(shared: &Shared, cmd: &Document) {
+    let name = cmd.keys().next().map(String::as_str).unwrap_or_default();
+    let statements = |field: &str| match cmd.get(field) {
+        Some(Bson::Array(a)) => a.len() as i64,
+        _ => 0,
+    };
+    let (slot, n) = match name {
+        "insert" => (0, statements("documents")),
+        "find" => (1, 1),
+        "update" => (2, statements("updates")),
+        "delete" => (3, statements("deletes")),
+        "getMore" => (4, 1),
+        _ => (5, 1),
+    };
+    shared.topology.lock().opcounters[slot] += n;
+}
+
+/// Adds `ok`, `$clusterTime` and `operationTime` as mongod does on every reply.
+fn finish(shared: &Shared, mut reply: Document) -> Document {
+    if !reply.contains_key("ok") {
+        reply.insert("ok", 1.0);
+    }
+    let ts = shared.data.lock().oplog.last_ts();
+    reply.insert(
+        "$clusterTime",
+        doc! {
+            "clusterTime": ts,
+            "signature": {
+                "hash": Binary { subtype: BinarySubtype::Generic, bytes: vec![0u8; 20] },
+                "keyId": 0i64,
+            },
+        },
+    );
+    reply.insert("operationTime", ts);
+    reply
+}
+
+async fn execute(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionState,
+    cmd: &Document,
+) -> std::result::Result<Document, Hangup> {
+    let name = cmd.keys().next().cloned().unwrap_or_default();
+    let db = match cmd.get("$db") {
+        Some(Bson::String(db)) => db.clone(),
+        Some(other) => {
+            return Ok(crate::fields::wrong_type(&name, "$db", other, "string").to_reply());
+        }
+        None => {
+            return Ok(
+                CommandError::location(40571, "OP_MSG requests require a $db argument").to_reply(),
+            );
+        }
+    };
+    if let Err(e) = check_db_name(&db) {
+        return Ok(e.to_reply());
+    }
+    if !is_known(&name) {
+        return Ok(CommandError::new(
+            error::COMMAND_NOT_FOUND,
+            format!("no such command: '{name}'"),
+        )
+        .to_reply());
+    }
+    let ctx = CommandContext {
+        db: db.clone(),
+        connection_id: conn.id,
+        app_name: conn.app_name.clone(),
+        lsid: match cmd.get("lsid") {
+            Some(Bson::Document(d)) => Some(d.clone()),
+            _ => None,
+        },
+        txn_number: cmd.get("txnNumber").and_then(crate::bsontype::as_i64),
+    };
+    let retryable = RETRYABLE_COMMANDS.contains(&name.as_str())
+        && ctx.lsid.is_some()
+        && ctx.txn_number.is_some();
+
+    let triggered = if name == "configureFailPoint" {
+        None
+    } else {
+        // getMore names its collection in `collection`; the others in the command field.
+        let coll_field = if name == "getMore" {
+            "collection"
+        } else {
+            &name
+        };
+        let ns = match cmd.get(coll_field) {
+            Some(Bson::String(coll)) => Some(format!("{db}.{coll}")),
+            _ => None,
+        };
+        shared
+            .failpoints
+            .lock()
+            .evaluate(&name, &ctx, ns.as_deref())
+    };
+    let labelling = Labelling {
+        retryable_write: retryable,
+        change_stream: is_change_stream_operation(shared, &name, cmd),
+    };
+    let mut fp_labels = None;
+    let mut fp_wce = None;
+    if let Some(Triggered {
+        close_connection,
+        block,
+        error,
+        write_concern_error,
+        error_labels,
+    }) = triggered
+    {
+        if close_connection {
+            return Err(Hangup);
+        }
+        if let Some(block) = block {
+            tokio::time::sleep(block).await;
+        }
+        if let Some(e) = error {
+            // Labels given to the fail point replace the ones mongod would add.
+            return Ok(match error_labels {
+                Some(_) => e.to_reply(),
+                None => label(e, labelling).to_reply(),
+            });
+        }
+        fp_labels = error_labels;
+        fp_wce = write_concern_error;
+    }
+
+    let result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable).await;
+    if labelling.change_stream || name == "killCursors" {
+        track_change_stream_cursors(shared, &name, cmd, result.as_ref().ok());
+    }
+    let Ran { mut reply, writes } = match result {
+        Ok(ran) => ran,
+        Err(e) => return Ok(label(with_code_name(e), labelling).to_reply()),
+    };
+
+    if writes && reply_ok(&reply) {
+        let wce = match fp_wce {
+            Some(wce) => Some(wce),
+            None => write_concern_error(cmd),
+        };
+        if let Some(wce) = wce {
+            let code = wce.get("code").and_then(crate::bsontype::as_i64);
+            reply.insert("writeConcernError", wce);
+            match fp_labels {
+                Some(labels) => {
+                    reply.insert("errorLabels", labels);
+                }
+                None => {
+                    if retryable
+                        && code.is_some_and(|c| error::RETRYABLE_WRITE_CODES.contains(&(c as i32)))
+                    {
+                        reply.insert("errorLabels", vec!["RetryableWriteError"]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(reply)
+}
+
+fn reply_ok(reply: &Document) -> bool {
+    match reply.get("ok") {
+        None => true,
+        Some(v) => crate::bsontype::as_i64(v) == Some(1),
+    }
+}
+
+/// Which error labels a failure of this command may carry.
+#[derive(Debug, Clone, Copy)]
+struct Labelling {
+    retryable_write: bool,
+    change_stream: bool,
+}
+
+/// Adds the labels mongod adds: `RetryableWriteError` to a failed retryable write
+/// (retryable-writes spec, "Determining Retryable Errors") and `ResumableChangeStreamError` to
+/// a resumable failure of a change stream's aggregate or getMore (change-streams spec,
+/// "Resumable Error").
+fn label(mut e: CommandError, labelling: Labelling) -> CommandError {
+    if labelling.retryable_write && error::RETRYABLE_WRITE_CODES.contains(&e.code) {
+        e = e.with_label("RetryableWriteError");
+    }
+    if labelling.change_stream
+        && error::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code)
+        && !e
+            .labels
+            .iter()
+            .any(|l| l == "NonResumableChangeStreamError")
+    {
+        e = e.with_label("ResumableChangeStreamError");
+    }
+    e
+}
+
+fn opens_change_stream(cmd: &Document) -> bool {
+    matches!(
+        cmd.get("pipeline"),
+        Some(Bson::Array(p)) if matches!(
+            p.first(),
+            Some(Bson::Document(stage)) if stage.contains_key("$changeStream")
+        )
+    )
+}
+
+/// An aggregate opening a change stream, or a getMore on one.
+fn is_change_stream_operation(shared: &Shared, name: &str, cmd: &Document) -> bool {
+    match name {
+        "aggregate" => opens_change_stream(cmd),
+        "getMore" => match cmd.get("getMore") {
+            Some(Bson::Int64(id)) => shared
+                .topology
+                .lock()
+                .dispatch
+                .change_stream_cursors
+                .contains(id),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn reply_cursor_id(reply: &Document) -> Option<i64> {
+    reply
+        .get_document("cursor")
+        .ok()
+        .and_then(|c| c.get("id"))
+        .and_then(crate::bsontype::as_i64)
+}
+
+/// Keeps the set of open change-stream cursors current.
+fn track_change_stream_cursors(shared: &Shared, name: &str, cmd: &Document, ran: Option<&Ran>) {
+    let mut topology = shared.topology.lock();
+    let open = &mut topology.dispatch.change_stream_cursors;
+    match name {
+        "aggregate" => {
+            if let Some(id) = ran.and_then(|r| reply_cursor_id(&r.reply))
+                && id != 0
+            {
+                open.insert(id);
+            }
+        }
+        "getMore" => {
+            let Some(Bson::Int64(id)) = cmd.get("getMore") else {
+                return;
+            };
+            // A failed getMore destroys its cursor; so does reaching the end.
+            let alive = ran.and_then(|r| reply_cursor_id(&r.reply)).unwrap_or(0) != 0;
+            if !alive {
+                open.remove(id);
+            }
+        }
+        "killCursors" => {
+            if let Ok(ids) = cmd.get_array("cursors") {
+                for id in ids {
+                    if let Bson::Int64(id) = id {
+                        open.remove(id);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+struct Ran {
+    reply: Document,
+    /// The command writes, so its write concern applies.
+    writes: bool,
+}
+
+/// The write concern's failure on a single node: more than one acknowledging member or an
+/// unknown tag cannot be satisfied (manual: "Write Concern"; `Not enough data-bearing nodes`).
+fn write_concern_error(cmd: &Document) -> Option<Document> {
+    let Some(Bson::Document(wc)) = cmd.get("writeConcern") else {
+        return None;
+    };
+    let w = wc.get("w")?;
+    let (code, code_name, errmsg) = match w {
+        Bson::String(tag) if tag != "majority" => (
+            79,
+            "UnknownReplWriteConcern",
+            format!("No write concern mode named '{tag}' found in replica set configuration"),
+        ),
+        Bson::String(_) => return None,
+        w => match crate::bsontype::as_i64(w) {
+            Some(n) if n > 1 => (
+                100,
+                "UnsatisfiableWriteConcern",
+                "Not enough data-bearing nodes".to_string(),
+            ),
+            _ => return None,
+        },
+    };
+    // mongod echoes the write concern it failed to satisfy in `errInfo`.
+    let mut echoed = doc! {"w": w.clone()};
+    if let Some(j) = wc.get("j") {
+        echoed.insert("j", j.clone());
+    }
+    echoed.insert(
+        "wtimeout",
+        wc.get("wtimeout").cloned().unwrap_or(Bson::Int32(0)),
+    );
+    echoed.insert("provenance", "clientSupplied");
+    Some(doc! {
+        "code": code,
+        "codeName": code_name,
+        "errmsg": errmsg,
+        "errInfo": {"writeConcern": echoed},
+    })
+}
+
+/// Validates generic arguments (manual: "Read Concern", "Write Concern", "Transactions").
+fn check_generic_arguments(name: &str, cmd: &Document) -> Result<()> {
+    if cmd.contains_key("autocommit") || cmd.contains_key("startTransaction") {
+        return Err(CommandError::not_supported(
+            "mongo-sim does not support multi-document transactions",
+        ));
+    }
+    if let Some(rc) = cmd.get("readConcern") {
+        let Bson::Document(rc) = rc else {
+            return Err(crate::fields::wrong_type(name, "readConcern", rc, "object"));
+        };
+        match rc.get("level") {
+            None => {}
+            Some(Bson::String(level))
+                if matches!(level.as_str(), "local" | "majority" | "available") => {}
+            Some(Bson::String(level)) => {
+                return Err(CommandError::not_supported(format!(
+                    "mongo-sim does not support readConcern level '{level}'"
+                )));
+            }
+            Some(other) => {
+                return Err(crate::fields::wrong_type(
+                    "readConcern",
+                    "level",
+                    other,
+                    "string",
+                ));
+            }
+        }
+    }
+    if let Some(wc) = cmd.get("writeConcern") {
+        let Bson::Document(wc) = wc else {
+            return Err(crate::fields::wrong_type(
+                name,
+                "writeConcern",
+                wc,
+                "object",
+            ));
+        };
+        match wc.get("w") {
+            None | Some(Bson::String(_)) => {}
+            Some(w) => match crate::bsontype::as_i64(w) {
+                Some(n) if (0..=50).contains(&n) => {}
+                Some(_) => {
+                    return Err(CommandError::failed_to_parse(
+                        "w has to be a non-negative number and not greater than 50; found: ",
+                    ));
+                }
+                None => {
+                    return Err(CommandError::failed_to_parse(
+                        "w has to be a number, string, or object",
+                    ));
+                }
+            },
+        }
+    }
+    Ok(())
+}
+
+fn not_secondary_ok_read(cmd: &Document) -> bool {
+    match cmd.get("$readPreference") {
+        Some(Bson::Document(rp)) => !matches!(rp.get_str("mode"), Ok(m) if m != "primary"),
+        _ => true,
+    }
+}
+
+fn session_key(lsid: &Document) -> Vec<u8> {
+    let mut key = Vec::new();
+    match lsid.get("id") {
+        Some(Bson::Binary(b)) => key.extend_from_slice(&b.bytes),
+        _ => {
+            let _ = lsid.to_writer(&mut key);
+        }
+    }
+    key
+}
+
+async fn checks_then_run(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionState,
+    ctx: &CommandContext,
+    name: &str,
+    cmd: &Document,
+    retryable: bool,
+) -> Result<Ran> {
+    check_generic_arguments(name, cmd)?;
+    let writes = WRITE_COMMANDS.contains(&name);
+    if writes || READ_COMMANDS.contains(&name) {
+        let primary = shared.topology.lock().is_primary();
+        if !primary && writes {
+            return Err(CommandError::new(
+                error::NOT_WRITABLE_PRIMARY,
+                "not primary",
+            ));
+        }
+        if !primary && not_secondary_ok_read(cmd) {
+            return Err(CommandError::new(
+                error::NOT_PRIMARY_NO_SECONDARY_OK,
+                "not primary and secondaryOk=false",
+            ));
+        }
+    }
+    let session = match (retryable, &ctx.lsid, ctx.txn_number) {
+        (true, Some(lsid), Some(txn)) => {
+            let key = session_key(lsid);
+            let topology = shared.topology.lock();
+            match topology.dispatch.sessions.get(&key) {
+                Some((latest, _)) if *latest > txn => {
+                    return Err(CommandError::from_code(
+                        225,
+                        format!(
+                            "Retryable write with txnNumber {txn} is prohibited on session {} because a newer retryable write with txnNumber {latest} has already started on this session.",
+                            lsid_display(lsid)
+                        ),
+                    ));
+                }
+                Some((latest, reply)) if *latest == txn => {
+                    return Ok(Ran {
+                        reply: reply.clone(),
+                        writes,
+                    });
+                }
+                _ => {}
+            }
+            Some((key, txn))
+        }
+        _ => None,
+    };
+    let reply = route(shared, conn, ctx, name, cmd).await?;
+    if let Some((key, txn)) = session
+        && reply_ok(&reply)
+    {
+        let mut topology = shared.topology.lock();
+        let sessions = &mut topology.dispatch.sessions;
+        let newer = matches!(sessions.get(&key), Some((latest, _)) if *latest > txn);
+        if !newer {
+            sessions.insert(key, (txn, reply.clone()));
+        }
+    }
+    Ok(Ran { reply, writes })
+}
+
+fn lsid_display(lsid: &Document) -> String {
+    match lsid.get("id") {
+        Some(Bson::Binary(b)) if b.bytes.len() == 16 => {
+            let h = hex::encode(&b.bytes);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        _ => lsid.to_string(),
+    }
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionState,
+    ctx: &CommandContext,
+    name: &str,
+    cmd: &Document,
+) -> Result<Document> {
+    use crate::commands::{crud, ddl};
+    let s: &Shared = shared;
+    match name {
+        "insert" => crud::insert(s, ctx, cmd),
+        "update" => crud::update(s, ctx, cmd),
+        "delete" => crud::delete(s, ctx, cmd),
+        "find" => crud::find(s, ctx, cmd),
+        "findAndModify" => crud::find_and_modify(s, ctx, cmd),
+        "count" => crud::count(s, ctx, cmd),
+        "distinct" => crud::distinct(s, ctx, cmd),
+        "aggregate" => {
+            let pipeline = match cmd.get("pipeline") {
+                Some(Bson::Array(p)) => p,
+                Some(other) => {
+                    return Err(crate::fields::wrong_type(
+                        "aggregate",
+                        "pipeline",
+                        other,
+                        "array",
+                    ));
+                }
+                None => return Err(crate::fields::missing("aggregate", "pipeline")),
+            };
+            let change_stream = opens_change_stream(cmd);
+            if change_stream {
+                crate::changestream::open(s, ctx, cmd, pipeline)
+            } else {
+                crud::aggregate(s, ctx, cmd)
+            }
+        }
+        "getMore" => crate::cursor::get_more(shared, ctx, cmd).await,
+        "killCursors" => crate::cursor::kill_cursors(s, ctx, cmd),
+        "create" => ddl::create(s, ctx, cmd),
+        "drop" => ddl::drop(s, ctx, cmd),
+        "dropDatabase" => ddl::drop_database(s, ctx, cmd),
+        "renameCollection" => ddl::rename_collection(s, ctx, cmd),
+        "listCollections" => ddl::list_collections(s, ctx, cmd),
+        "listDatabases" => ddl::list_databases(s, ctx, cmd),
+        "createIndexes" => ddl::create_indexes(s, ctx, cmd),
+        "listIndexes" => ddl::list_indexes(s, ctx, cmd),
+        "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
+        "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
+        "configureFailPoint" => failpoint::configure(s, ctx, cmd),
+        other => handshake::run(s, conn, ctx, other, cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ServerOptions;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared::new(
+            ServerOptions::default(),
+            "127.0.0.1:1".to_string(),
+        ))
+    }
+
+    async fn run(s: &Arc<Shared>, cmd: Document) -> Document {
+        let mut conn = ConnectionState::new(1, "p".into());
+        match run_command(s, &mut conn, cmd).await {
+            Outcome::Reply(r) => r,
+            Outcome::CloseConnection => panic!("connection closed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_reply_carries_ok_and_cluster_time() {
+        let s = shared();
+        let r = run(&s, doc! {"ping": 1, "$db": "admin"}).await;
+        assert_eq!(r.get_f64("ok").unwrap(), 1.0);
+        let ct = r.get_document("$clusterTime").unwrap();
+        assert!(ct.get_timestamp("clusterTime").is_ok());
+        let sig = ct.get_document("signature").unwrap();
+        assert_eq!(sig.get_binary_generic("hash").unwrap(), &vec![0u8; 20]);
+        assert_eq!(sig.get_i64("keyId").unwrap(), 0);
+        assert!(r.get_timestamp("operationTime").is_ok());
+    }
+
+    #[tokio::test]
+    async fn db_and_command_name_are_validated() {
+        let s = shared();
+        let r = run(&s, doc! {"ping": 1}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 40571);
+        assert_eq!(r.get_f64("ok").unwrap(), 0.0);
+        let r = run(&s, doc! {"ping": 1, "$db": "a.b"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 73);
+        let r = run(&s, doc! {"frobnicate": 1, "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 59);
+        assert_eq!(
+            r.get_str("errmsg").unwrap(),
+            "no such command: 'frobnicate'"
+        );
+    }
+
+    #[tokio::test]
+    async fn transactions_and_unknown_read_concerns_are_refused() {
+        let s = shared();
+        let r = run(
+            &s,
+            doc! {"ping": 1, "$db": "a", "startTransaction": true, "autocommit": false},
+        )
+        .await;
+        assert_eq!(r.get_i32("code").unwrap(), 115);
+        let r = run(
+            &s,
+            doc! {"ping": 1, "$db": "a", "readConcern": {"level": "snapshot"}},
+        )
+        .await;
+        assert_eq!(r.get_i32("code").unwrap(), 115);
+        let r = run(
+            &s,
+            doc! {"ping": 1, "$db": "a", "readConcern": {"level": "majority"}},
+        )
+        .await;
+        assert_eq!(r.get_f64("ok").unwrap(), 1.0);
+    }
+
+    #[tokio::test]
+    async fn fail_point_error_close_and_labels() {
+        let s = shared();
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "$db": "admin",
+            "data": {"failCommands": ["ping"], "errorCode": 91}},
+        )
+        .await;
+        let r = run(&s, doc! {"ping": 1, "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 91);
+        // Not a retryable write: no label.
+        assert!(!r.contains_key("errorLabels"));
+        assert_eq!(
+            run(&s, doc! {"ping": 1, "$db": "a"})
+                .await
+                .get_f64("ok")
+                .unwrap(),
+            1.0
+        );
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["insert"], "errorCode": 10107}},
+        )
+        .await;
+        let r = run(
+            &s,
+            doc! {"insert": "c", "documents": [], "$db": "a",
+            "lsid": {"id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![1; 16] }},
+            "txnNumber": 1i64},
+        )
+        .await;
+        assert_eq!(r.get_i32("code").unwrap(), 10107);
+        assert_eq!(
+            r.get_array("errorLabels").unwrap(),
+            &vec![Bson::String("RetryableWriteError".into())]
+        );
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["ping"], "closeConnection": true}},
+        )
+        .await;
+        let mut conn = ConnectionState::new(1, "p".into());
+        assert_eq!(
+            run_command(&s, &mut conn, doc! {"ping": 1, "$db": "a"}).await,
+            Outcome::CloseConnection
+        );
+        // configureFailPoint itself is never failed.
+        let r = run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "off", "$db": "admin"},
+        )
+        .await;
+        assert_eq!(r.get_f64("ok").unwrap(), 1.0);
+    }
+
+    #[test]
+    fn write_concern_errors_for_a_single_node() {
+        let wce = write_concern_error(&doc! {"insert": "c", "writeConcern": {"w": 2}}).unwrap();
+        assert_eq!(wce.get_i32("code").unwrap(), 100);
+        assert_eq!(
+            wce.get_document("errInfo").unwrap(),
+            &doc! {"writeConcern": {"w": 2, "wtimeout": 0, "provenance": "clientSupplied"}}
+        );
+        assert_eq!(
+            wce.get_str("errmsg").unwrap(),
+            "Not enough data-bearing nodes"
+        );
+        let wce = write_concern_error(&doc! {"insert": "c", "writeConcern": {"w": "dc1"}}).unwrap();
+        assert_eq!(wce.get_i32("code").unwrap(), 79);
+        assert!(write_concern_error(&doc! {"writeConcern": {"w": "majority"}}).is_none());
+        assert!(write_concern_error(&doc! {"writeConcern": {"w": 1}}).is_none());
+        assert!(write_concern_error(&doc! {"writeConcern": {"w": 0}}).is_none());
+    }
+
+    #[tokio::test]
+    async fn stepped_down_node_refuses_writes_and_primary_reads() {
+        let s = shared();
+        s.topology.lock().step_down(60);
+        let r = run(&s, doc! {"insert": "c", "documents": [], "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 10107);
+        assert_eq!(r.get_str("errmsg").unwrap(), "not primary");
+        let r = run(&s, doc! {"find": "c", "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 13435);
+    }
+
+    #[tokio::test]
+    async fn retryable_write_replays_and_rejects_old_txn_numbers() {
+        let s = shared();
+        let lsid = doc! {"id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![2; 16] }};
+        let remembered = doc! {"n": 1, "ok": 1.0};
+        s.topology
+            .lock()
+            .dispatch
+            .sessions
+            .insert(session_key(&lsid), (5, remembered));
+        let cmd = |txn: i64| {
+            doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "a",
+            "lsid": lsid.clone(), "txnNumber": txn}
+        };
+        let r = run(&s, cmd(5)).await;
+        assert_eq!(r.get_i32("n").unwrap(), 1);
+        let r = run(&s, cmd(4)).await;
+        assert_eq!(r.get_i32("code").unwrap(), 225);
+        assert_eq!(r.get_str("codeName").unwrap(), "TransactionTooOld");
+    }
+
+    #[tokio::test]
+    async fn change_stream_failures_are_labelled_resumable() {
+        let s = shared();
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["aggregate", "getMore"], "errorCode": 6}},
+        )
+        .await;
+        let r = run(
+            &s,
+            doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}, "$db": "a"},
+        )
+        .await;
+        assert_eq!(r.get_i32("code").unwrap(), 6);
+        assert_eq!(
+            r.get_array("errorLabels").unwrap(),
+            &vec![Bson::String("ResumableChangeStreamError".into())]
+        );
+        // An ordinary aggregate is not a change stream.
+        let r = run(
+            &s,
+            doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "$db": "a"},
+        )
+        .await;
+        assert!(!r.contains_key("errorLabels"));
+        s.topology.lock().dispatch.change_stream_cursors.insert(77);
+        let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
+        assert_eq!(
+            r.get_array("errorLabels").unwrap(),
+            &vec![Bson::String("ResumableChangeStreamError".into())]
+        );
+        let r = run(&s, doc! {"getMore": 78i64, "collection": "c", "$db": "a"}).await;
+        assert!(!r.contains_key("errorLabels"));
+        // Labels given to the fail point are reported exactly.
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn", "$db": "admin",
+            "data": {"failCommands": ["getMore"], "errorCode": 6, "errorLabels": []}},
+        )
+        .await;
+        let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 6);
+        assert!(!r.contains_key("errorLabels"));
+        // killCursors forgets the cursor.
+        run(
+            &s,
+            doc! {"configureFailPoint": "failCommand", "mode": "off", "$db": "admin"},
+        )
+        .await;
+        run(
+            &s,
+            doc! {"killCursors": "c", "cursors": [77i64], "$db": "a"},
+        )
+        .await;
+        assert!(s.topology.lock().dispatch.change_stream_cursors.is_empty());
+    }
+}

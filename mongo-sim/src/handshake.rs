@@ -1,26 +1,531 @@
 //! Handshake and topology: `hello`/`isMaster` as the primary of a single-node replica set,
 //! `ping`, `buildInfo`, `hostInfo`, `serverStatus`, `endSessions`, and the test-only
 //! `replSetStepDown`.
+//!
+//! Replies follow mongod 7.0 and the Server Discovery and Monitoring specification: the
+//! fields drivers use to classify the server (`setName`, `hosts`, `me`, `primary`,
+//! `electionId`, `setVersion`) are always consistent with the URI the server announces.
+//! There is no `topologyVersion`, so drivers poll with `hello` instead of streaming it.
 
+use crate::dispatch::{ConnectionState, DispatchState};
+use crate::error::{self, CommandError, Result};
+use crate::state::{CommandContext, Shared};
 use bson::oid::ObjectId;
+use bson::{Bson, Document, doc};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The server version announced by `buildInfo` and `serverStatus`.
+pub const VERSION: &str = "7.0.14";
+const GIT_VERSION: &str = "ce59cfc6a3c5e5c067dca0d30697edd68d4f5188";
+pub const MAX_WIRE_VERSION: i32 = 21;
+pub const MAX_BSON_OBJECT_SIZE: i32 = 16 * 1024 * 1024;
+pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
+pub const LOGICAL_SESSION_TIMEOUT_MINUTES: i32 = 30;
+/// Connections mongod would still accept, as reported in `serverStatus.connections`.
+const MAX_CONNECTIONS: i64 = 838_860;
 
 /// The replica set's view of itself: who is primary, since when, and any step-down in force.
 pub struct Topology {
     pub election_id: ObjectId,
     pub set_version: i32,
+    /// The election term; `electionId` is derived from it as mongod does.
+    pub term: i64,
+    /// Until when a `replSetStepDown` keeps this node a secondary.
+    pub stepped_down_until: Option<Instant>,
+    /// Bumped to make every client connection close (after a step-down).
+    pub disconnect: watch::Sender<u64>,
+    pub connections_current: i64,
+    pub connections_total_created: i64,
+    /// What command dispatch remembers between commands (retryable-write replies, change
+    /// stream cursors).
+    pub dispatch: DispatchState,
+    /// `serverStatus.opcounters`: insert, query, update, delete, getmore, command.
+    pub opcounters: [i64; 6],
+}
+
+/// mongod's `OID::fromTerm`: the maximal timestamp followed by the term, so a later term
+/// always gives a larger `electionId`.
+fn election_id_for_term(term: i64) -> ObjectId {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
+    bytes[4..].copy_from_slice(&term.to_be_bytes());
+    ObjectId::from_bytes(bytes)
 }
 
 impl Topology {
     pub fn new() -> Self {
         Self {
-            election_id: ObjectId::new(),
+            election_id: election_id_for_term(1),
             set_version: 1,
+            term: 1,
+            stepped_down_until: None,
+            disconnect: watch::channel(0).0,
+            connections_current: 0,
+            connections_total_created: 0,
+            dispatch: DispatchState::default(),
+            opcounters: [0; 6],
         }
+    }
+
+    /// Whether this node is primary now; a step-down that has run out ends with a new
+    /// election (a larger term and `electionId`).
+    pub fn is_primary(&mut self) -> bool {
+        match self.stepped_down_until {
+            None => true,
+            Some(until) if Instant::now() >= until => {
+                self.stepped_down_until = None;
+                self.term += 1;
+                self.election_id = election_id_for_term(self.term);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Steps down for `secs` and tells every connection to close.
+    pub fn step_down(&mut self, secs: u64) {
+        self.stepped_down_until = Some(Instant::now() + Duration::from_secs(secs));
+        self.disconnect.send_modify(|generation| *generation += 1);
     }
 }
 
 impl Default for Topology {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Commands this module answers.
+pub const COMMANDS: &[&str] = &[
+    "hello",
+    "isMaster",
+    "ismaster",
+    "ping",
+    "buildInfo",
+    "buildinfo",
+    "hostInfo",
+    "serverStatus",
+    "endSessions",
+    "killSessions",
+    "connectionStatus",
+    "whatsmyuri",
+    "getParameter",
+    "replSetStepDown",
+];
+
+/// Runs one of [`COMMANDS`].
+pub fn run(
+    shared: &Shared,
+    conn: &mut ConnectionState,
+    ctx: &CommandContext,
+    name: &str,
+    cmd: &Document,
+) -> Result<Document> {
+    match name {
+        "hello" | "isMaster" | "ismaster" => hello(shared, conn, name, cmd),
+        "ping" => Ok(Document::new()),
+        "buildInfo" | "buildinfo" => Ok(build_info()),
+        "hostInfo" => Ok(host_info(shared)),
+        "serverStatus" => Ok(server_status(shared)),
+        // Sessions hold no server-side state besides retryable-write replies, which expire
+        // with the server.
+        "endSessions" | "killSessions" => Ok(Document::new()),
+        "connectionStatus" => Ok(doc! {
+            "authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}
+        }),
+        "whatsmyuri" => Ok(doc! {"you": conn.peer.clone()}),
+        "getParameter" => get_parameter(cmd),
+        "replSetStepDown" => repl_set_step_down(shared, ctx, cmd),
+        other => Err(CommandError::new(
+            error::COMMAND_NOT_FOUND,
+            format!("no such command: '{other}'"),
+        )),
+    }
+}
+
+fn last_write(shared: &Shared, term: i64) -> Document {
+    let ts = shared.data.lock().oplog.last_ts();
+    let date = bson::DateTime::from_millis(ts.time as i64 * 1000);
+    let op_time = doc! {"ts": ts, "t": term};
+    doc! {
+        "opTime": op_time.clone(),
+        "lastWriteDate": date,
+        "majorityOpTime": op_time,
+        "majorityWriteDate": date,
+    }
+}
+
+/// `hello` (manual: "hello"); `isMaster` answers the same with `ismaster` in place of
+/// `isWritablePrimary`.
+fn hello(
+    shared: &Shared,
+    conn: &mut ConnectionState,
+    name: &str,
+    cmd: &Document,
+) -> Result<Document> {
+    if let Some(client) = cmd.get("client") {
+        // The metadata may only be given once per connection (handshake spec, "client").
+        if conn.handshake_done {
+            return Err(CommandError::from_code(
+                186,
+                "The client metadata document may only be sent in the first hello",
+            )
+            .with_code_name("ClientMetadataCannotBeMutated"));
+        }
+        let Bson::Document(client) = client else {
+            return Err(crate::fields::wrong_type(name, "client", client, "object"));
+        };
+        conn.app_name = client
+            .get_document("application")
+            .ok()
+            .and_then(|a| a.get_str("name").ok())
+            .map(str::to_string);
+    }
+    conn.handshake_done = true;
+    let (primary, set_version, election_id, term) = {
+        let mut topology = shared.topology.lock();
+        (
+            topology.is_primary(),
+            topology.set_version,
+            topology.election_id,
+            topology.term,
+        )
+    };
+    let mut reply = Document::new();
+    if matches!(cmd.get("helloOk"), Some(v) if crate::bsontype::as_bool(v) == Some(true)) {
+        reply.insert("helloOk", true);
+    }
+    reply.insert("hosts", vec![shared.host.clone()]);
+    reply.insert("setName", shared.options.replica_set.clone());
+    reply.insert("setVersion", set_version);
+    let writable_field = if name == "hello" {
+        "isWritablePrimary"
+    } else {
+        "ismaster"
+    };
+    reply.insert(writable_field, primary);
+    reply.insert("secondary", !primary);
+    if primary {
+        reply.insert("primary", shared.host.clone());
+    }
+    reply.insert("me", shared.host.clone());
+    if primary {
+        reply.insert("electionId", election_id);
+    }
+    reply.insert("lastWrite", last_write(shared, term));
+    reply.insert("maxBsonObjectSize", MAX_BSON_OBJECT_SIZE);
+    reply.insert("maxMessageSizeBytes", crate::wire::MAX_MESSAGE_SIZE as i32);
+    reply.insert("maxWriteBatchSize", MAX_WRITE_BATCH_SIZE);
+    reply.insert("localTime", bson::DateTime::now());
+    reply.insert(
+        "logicalSessionTimeoutMinutes",
+        LOGICAL_SESSION_TIMEOUT_MINUTES,
+    );
+    reply.insert("connectionId", conn.id);
+    reply.insert("minWireVersion", 0);
+    reply.insert("maxWireVersion", MAX_WIRE_VERSION);
+    reply.insert("readOnly", false);
+    Ok(reply)
+}
+
+fn build_info() -> Document {
+    doc! {
+        "version": VERSION,
+        "gitVersion": GIT_VERSION,
+        "modules": [],
+        "allocator": "tcmalloc",
+        "javascriptEngine": "mozjs",
+        "sysInfo": "deprecated",
+        "versionArray": [7, 0, 14, 0],
+        "openssl": {"running": "disabled", "compiled": "disabled"},
+        "buildEnvironment": {},
+        "bits": 64,
+        "debug": false,
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
+        "storageEngines": ["devnull", "inMemory", "wiredTiger"],
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+fn host_info(shared: &Shared) -> Document {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1);
+    doc! {
+        "system": {
+            "currentTime": bson::DateTime::now(),
+            "hostname": host_name(),
+            "cpuAddrSize": 64,
+            "memSizeMB": 0i64,
+            "memLimitMB": 0i64,
+            "numCores": cores,
+            "cpuArch": std::env::consts::ARCH,
+            "numaEnabled": false,
+        },
+        "os": {"type": std::env::consts::OS, "name": std::env::consts::OS, "version": ""},
+        "extra": {"host": shared.host.clone()},
+    }
+}
+
+fn server_status(shared: &Shared) -> Document {
+    let uptime = shared.started.elapsed();
+    let (current, total, primary, ops) = {
+        let mut t = shared.topology.lock();
+        (
+            t.connections_current,
+            t.connections_total_created,
+            t.is_primary(),
+            t.opcounters,
+        )
+    };
+    let mut repl = doc! {
+        "setName": shared.options.replica_set.clone(),
+        "isWritablePrimary": primary,
+        "secondary": !primary,
+        "hosts": [shared.host.clone()],
+    };
+    if primary {
+        repl.insert("primary", shared.host.clone());
+    }
+    repl.insert("me", shared.host.clone());
+    doc! {
+        "host": shared.host.clone(),
+        "version": VERSION,
+        "process": "mongod",
+        "pid": std::process::id() as i64,
+        "uptime": uptime.as_secs_f64().floor(),
+        "uptimeMillis": uptime.as_millis() as i64,
+        "uptimeEstimate": uptime.as_secs() as i64,
+        "localTime": bson::DateTime::now(),
+        "connections": {
+            "current": current as i32,
+            "available": (MAX_CONNECTIONS - current) as i32,
+            "totalCreated": total as i32,
+        },
+        "opcounters": {
+            "insert": ops[0], "query": ops[1], "update": ops[2],
+            "delete": ops[3], "getmore": ops[4], "command": ops[5],
+        },
+        "repl": repl,
+        "storageEngine": {"name": "inMemory", "supportsCommittedReads": true, "persistent": false},
+    }
+}
+
+/// `getParameter` (manual: "getParameter") for the parameters drivers and tests ask about.
+fn get_parameter(cmd: &Document) -> Result<Document> {
+    let all = matches!(cmd.get("getParameter"), Some(Bson::String(s)) if s == "*");
+    let mut reply = Document::new();
+    let known = |name: &str| -> Option<Bson> {
+        match name {
+            "featureCompatibilityVersion" => Some(Bson::Document(doc! {"version": "7.0"})),
+            _ => None,
+        }
+    };
+    if all {
+        for name in ["featureCompatibilityVersion"] {
+            if let Some(v) = known(name) {
+                reply.insert(name, v);
+            }
+        }
+        return Ok(reply);
+    }
+    for key in cmd.keys().skip(1) {
+        if crate::fields::GENERIC_FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        match known(key) {
+            Some(v) => {
+                reply.insert(key.clone(), v);
+            }
+            None => {
+                return Err(CommandError::new(
+                    error::INVALID_OPTIONS,
+                    format!("no option found to get: {key}"),
+                ));
+            }
+        }
+    }
+    if reply.is_empty() {
+        return Err(CommandError::new(
+            error::INVALID_OPTIONS,
+            "no option found to get",
+        ));
+    }
+    Ok(reply)
+}
+
+/// `replSetStepDown: <secs>` (manual: "replSetStepDown"): the node becomes a secondary for
+/// that many seconds, every connection is closed, then it is elected again.
+fn repl_set_step_down(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    if ctx.db != "admin" {
+        return Err(CommandError::from_code(
+            13,
+            "replSetStepDown may only be run against the admin database.",
+        )
+        .with_code_name("Unauthorized"));
+    }
+    let secs = match cmd.get("replSetStepDown") {
+        Some(v) => match crate::bsontype::as_i64(v) {
+            Some(n) if n >= 0 => n as u64,
+            _ => {
+                return Err(crate::fields::wrong_type(
+                    "replSetStepDown",
+                    "stepDownSecs",
+                    v,
+                    "long",
+                ));
+            }
+        },
+        None => 60,
+    };
+    let mut topology = shared.topology.lock();
+    if !topology.is_primary() {
+        return Err(CommandError::new(
+            error::NOT_WRITABLE_PRIMARY,
+            "not primary so can't step down",
+        ));
+    }
+    topology.step_down(secs);
+    Ok(Document::new())
+}
+
+trait WithCodeName {
+    fn with_code_name(self, name: &str) -> Self;
+}
+
+impl WithCodeName for CommandError {
+    fn with_code_name(mut self, name: &str) -> Self {
+        self.code_name = name.to_string();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ServerOptions;
+
+    fn shared() -> Shared {
+        Shared::new(ServerOptions::default(), "127.0.0.1:4000".to_string())
+    }
+
+    fn conn() -> ConnectionState {
+        ConnectionState::new(5, "127.0.0.1:5555".to_string())
+    }
+
+    fn ctx(db: &str) -> CommandContext {
+        CommandContext {
+            db: db.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hello_describes_a_writable_primary_of_the_named_set() {
+        let s = shared();
+        let mut c = conn();
+        let cmd = doc! {"hello": 1, "helloOk": true, "client": {"application": {"name": "app"}}};
+        let r = run(&s, &mut c, &ctx("admin"), "hello", &cmd).unwrap();
+        assert!(r.get_bool("helloOk").unwrap());
+        assert!(r.get_bool("isWritablePrimary").unwrap());
+        assert!(!r.contains_key("ismaster"));
+        assert!(!r.get_bool("secondary").unwrap());
+        assert_eq!(r.get_str("setName").unwrap(), "rs0");
+        assert_eq!(r.get_str("primary").unwrap(), "127.0.0.1:4000");
+        assert_eq!(r.get_str("me").unwrap(), "127.0.0.1:4000");
+        assert_eq!(r.get_i32("maxWireVersion").unwrap(), 21);
+        assert_eq!(r.get_i32("logicalSessionTimeoutMinutes").unwrap(), 30);
+        assert_eq!(r.get_i64("connectionId").unwrap(), 5);
+        assert!(!r.contains_key("topologyVersion"));
+        assert_eq!(
+            r.get_object_id("electionId").unwrap().to_hex(),
+            "7fffffff0000000000000001"
+        );
+        assert_eq!(c.app_name.as_deref(), Some("app"));
+        // Metadata may not be sent again.
+        let err = run(&s, &mut c, &ctx("admin"), "hello", &cmd).unwrap_err();
+        assert_eq!(err.code, 186);
+    }
+
+    #[test]
+    fn is_master_uses_the_legacy_field_and_no_hello_ok_unless_asked() {
+        let s = shared();
+        let r = run(
+            &s,
+            &mut conn(),
+            &ctx("admin"),
+            "isMaster",
+            &doc! {"isMaster": 1},
+        )
+        .unwrap();
+        assert!(r.get_bool("ismaster").unwrap());
+        assert!(!r.contains_key("isWritablePrimary"));
+        assert!(!r.contains_key("helloOk"));
+    }
+
+    #[test]
+    fn step_down_makes_a_secondary_without_primary_then_a_new_election() {
+        let s = shared();
+        let mut rx = s.topology.lock().disconnect.subscribe();
+        let err = run(
+            &s,
+            &mut conn(),
+            &ctx("test"),
+            "replSetStepDown",
+            &doc! {"replSetStepDown": 1},
+        )
+        .unwrap_err();
+        assert_eq!((err.code, err.code_name.as_str()), (13, "Unauthorized"));
+        run(
+            &s,
+            &mut conn(),
+            &ctx("admin"),
+            "replSetStepDown",
+            &doc! {"replSetStepDown": 60},
+        )
+        .unwrap();
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
+        assert!(!r.get_bool("isWritablePrimary").unwrap());
+        assert!(r.get_bool("secondary").unwrap());
+        assert!(!r.contains_key("primary"));
+        // Time passes: the step-down runs out and a new term begins.
+        s.topology.lock().stepped_down_until = Some(Instant::now());
+        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
+        assert!(r.get_bool("isWritablePrimary").unwrap());
+        assert_eq!(
+            r.get_object_id("electionId").unwrap().to_hex(),
+            "7fffffff0000000000000002"
+        );
+    }
+
+    #[test]
+    fn get_parameter_knows_the_feature_compatibility_version() {
+        let r = get_parameter(&doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).unwrap();
+        assert_eq!(r, doc! {"featureCompatibilityVersion": {"version": "7.0"}});
+        let err = get_parameter(&doc! {"getParameter": 1, "nope": 1}).unwrap_err();
+        assert_eq!(err.code, 72);
+    }
+
+    #[test]
+    fn build_info_reports_mongod_7() {
+        let r = build_info();
+        assert_eq!(r.get_str("version").unwrap(), "7.0.14");
+        assert_eq!(
+            r.get_array("versionArray").unwrap(),
+            &vec![
+                Bson::Int32(7),
+                Bson::Int32(0),
+                Bson::Int32(14),
+                Bson::Int32(0)
+            ]
+        );
     }
 }

@@ -1,4 +1,105 @@
-fn main() {
-    eprintln!("mongo-sim: not implemented yet");
-    std::process::exit(1);
+//! The `mongo-sim` binary: serves one simulated replica-set primary until SIGTERM or SIGINT.
+//! The first line of stdout is the connection URI, so scripts can wait for it.
+
+use clap::Parser;
+use mongo_sim::{MongoSim, ServerOptions};
+use std::io::{IsTerminal, Write};
+
+#[derive(Parser, Debug)]
+#[command(name = "mongo-sim", version, about)]
+struct Args {
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "MONGO_SIM_PORT", default_value_t = 27017)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, env = "MONGO_SIM_BIND", default_value_t = ServerOptions::default().bind)]
+    bind: String,
+    /// Replica set name announced to drivers.
+    #[arg(long, env = "MONGO_SIM_REPLICA_SET", default_value_t = ServerOptions::default().replica_set)]
+    replica_set: String,
+    /// Oplog entries retained before the oldest are dropped.
+    #[arg(long, env = "MONGO_SIM_OPLOG_CAPACITY", default_value_t = ServerOptions::default().oplog_capacity)]
+    oplog_capacity: usize,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let args = Args::parse();
+    let options = ServerOptions {
+        bind: args.bind,
+        port: args.port,
+        replica_set: args.replica_set,
+        oplog_capacity: args.oplog_capacity,
+    };
+    // Handlers are installed before the URI is printed, so a script may signal right away.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let sim = match MongoSim::start(options).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", sim.uri());
+        let _ = out.flush();
+    }
+    signals.wait().await;
+    tracing::info!("shutting down");
+    sim.shutdown().await;
+    std::process::ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,15 +1,48 @@
 //! Reads and writes on documents: insert, update, delete, find, findAndModify, count,
 //! distinct and (non-change-stream) aggregate.
+//!
+//! Every command holds the data lock from start to end, so each is atomic and the oplog
+//! order is the order in which commands ran.
 
-use crate::error::{CommandError, Result};
+#![allow(clippy::result_large_err)] // CommandError carries mongod's extra reply fields.
+
+use crate::aggregate::{Pipeline, Projection, SortSpec};
+use crate::bsontype::{as_i64, type_name};
+use crate::compare::{compare, values_equal};
+use crate::cursor::{CursorEntry, CursorKind};
+use crate::error::{self, CommandError, Result};
+use crate::expr::Variables;
+use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
+use crate::oplog::{Namespace, OplogOp};
+use crate::query::Matcher;
 use crate::state::{CommandContext, Shared};
-use crate::storage::Data;
-use bson::Document;
+use crate::storage::{
+    Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
+};
+use crate::update::{UpdateContext, UpdateSpec, build_upsert};
+use bson::oid::ObjectId;
+use bson::{Bson, Document, doc};
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+
+/// How many documents a first batch holds when the client gives no `batchSize` (manual:
+/// "Cursor Batches").
+pub const DEFAULT_FIRST_BATCH: usize = 101;
+
+/// The byte budget of one batch: a reply must stay within the 16 MiB message limit.
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// Results of a `find` or `aggregate` still to be returned by `getMore`.
-pub struct QueryCursor {}
+pub struct QueryCursor {
+    remaining: VecDeque<Document>,
+}
 
 impl QueryCursor {
+    /// A cursor over results already computed (a snapshot taken when the command ran).
+    pub fn new(remaining: VecDeque<Document>) -> QueryCursor {
+        QueryCursor { remaining }
+    }
+
     /// The next batch (default: everything left, bounded by 16 MiB) and whether the cursor is
     /// exhausted.
     pub fn next_batch(
@@ -17,27 +50,2277 @@ impl QueryCursor {
         data: &Data,
         batch_size: Option<usize>,
     ) -> Result<(Vec<Document>, bool)> {
-        let _ = (data, batch_size);
-        Ok((Vec::new(), true))
+        let _ = data;
+        let limit = batch_size.filter(|n| *n > 0).unwrap_or(usize::MAX);
+        let batch = take_batch(&mut self.remaining, limit);
+        Ok((batch, self.remaining.is_empty()))
     }
 }
 
-macro_rules! not_yet {
-    ($($name:ident),*) => {$(
-        pub fn $name(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
-            let _ = (shared, ctx, cmd);
-            Err(CommandError::not_supported(concat!(stringify!($name), " is not implemented yet")))
+/// Takes up to `limit` documents, stopping before the batch would exceed 16 MiB (one
+/// document always goes, as mongod never returns an empty batch for a large document).
+fn take_batch(remaining: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while batch.len() < limit {
+        let Some(next) = remaining.front() else {
+            break;
+        };
+        let size = bson_size(next);
+        if !batch.is_empty() && bytes + size > BATCH_BYTES {
+            break;
         }
-    )*};
+        bytes += size;
+        if let Some(doc) = remaining.pop_front() {
+            batch.push(doc);
+        }
+    }
+    batch
 }
 
-not_yet!(
-    insert,
-    update,
-    delete,
-    find,
-    find_and_modify,
-    count,
-    distinct,
-    aggregate
-);
+/// The `{cursor: {firstBatch, id, ns}}` reply, registering a cursor for what does not fit in
+/// the first batch.
+pub fn cursor_reply(
+    shared: &Shared,
+    ns: Namespace,
+    cursor_ns: String,
+    results: Vec<Document>,
+    batch_size: Option<usize>,
+    single_batch: bool,
+) -> Document {
+    let mut remaining = VecDeque::from(results);
+    let first = take_batch(&mut remaining, batch_size.unwrap_or(DEFAULT_FIRST_BATCH));
+    let id = if remaining.is_empty() || single_batch {
+        0
+    } else {
+        shared.cursors.lock().register(CursorEntry {
+            ns,
+            kind: CursorKind::Query(QueryCursor::new(remaining)),
+        })
+    };
+    doc! {"cursor": {"firstBatch": first, "id": id, "ns": cursor_ns}}
+}
+
+/// The collection a command names in its first field.
+pub fn collection_name<'a>(cmd: &'a Document, command: &str) -> Result<&'a str> {
+    match cmd.iter().next() {
+        Some((_, Bson::String(s))) => Ok(s),
+        Some((_, other)) => Err(CommandError::new(
+            error::INVALID_NAMESPACE,
+            format!("collection name has invalid type {}", type_name(other)),
+        )),
+        None => Err(missing(command, command)),
+    }
+}
+
+fn invalid_namespace(ns: &Namespace) -> CommandError {
+    CommandError::new(
+        error::INVALID_NAMESPACE,
+        format!("Invalid namespace specified '{ns}'"),
+    )
+}
+
+/// Rejects namespaces mongod does not accept at all (manual: "Naming Restrictions").
+pub fn validate_namespace(ns: &Namespace) -> Result<()> {
+    let bad_db = ns.db.is_empty()
+        || ns
+            .db
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '.' | ' ' | '"' | '$' | '\0'));
+    if bad_db {
+        return Err(CommandError::new(
+            error::INVALID_NAMESPACE,
+            format!("Invalid database name: '{}'", ns.db),
+        ));
+    }
+    if ns.coll.is_empty() || ns.coll.contains('\0') {
+        return Err(invalid_namespace(ns));
+    }
+    Ok(())
+}
+
+/// Rejects namespaces a user may not write to: names with `$`, `system.*`, and the oplog.
+pub fn validate_write_namespace(ns: &Namespace) -> Result<()> {
+    validate_namespace(ns)?;
+    if ns.coll.contains('$') || ns.coll.starts_with("system.") || is_oplog(ns) {
+        return Err(invalid_namespace(ns));
+    }
+    Ok(())
+}
+
+fn is_oplog(ns: &Namespace) -> bool {
+    ns.db == "local" && ns.coll == "oplog.rs"
+}
+
+/// Only the simple collation is supported; anything else fails loudly.
+pub fn check_collation(collation: Option<&Bson>) -> Result<()> {
+    match collation {
+        None => Ok(()),
+        Some(Bson::Document(d)) if d.is_empty() => Ok(()),
+        Some(Bson::Document(d))
+            if d.len() == 1 && d.get("locale") == Some(&Bson::String("simple".into())) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(CommandError::not_supported(
+            "collations other than the simple collation are not supported",
+        )),
+    }
+}
+
+/// `$$NOW`, `$$CLUSTER_TIME` and the command's `let` variables.
+fn variables(data: &Data, cmd: &Document, command: &str) -> Result<Variables> {
+    let vars = Variables::new(bson::DateTime::now(), data.oplog.last_ts());
+    match opt_document(cmd, command, "let")? {
+        Some(l) => vars.with_let(l),
+        None => Ok(vars),
+    }
+}
+
+fn count_bson(n: usize) -> Bson {
+    match i32::try_from(n) {
+        Ok(i) => Bson::Int32(i),
+        Err(_) => Bson::Int64(n as i64),
+    }
+}
+
+/// Checks a `hint` against the collection's indexes (manual: "cursor.hint()").
+fn check_hint(coll: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
+    let (Some(coll), Some(hint)) = (coll, hint) else {
+        return Ok(());
+    };
+    let known = match hint {
+        Bson::String(name) => coll.index_by_name(name).is_some(),
+        Bson::Document(d) if d.is_empty() => true,
+        Bson::Document(d) if d.contains_key("$natural") => true,
+        Bson::Document(d) => coll.index_by_key(d).is_some(),
+        other => {
+            return Err(CommandError::failed_to_parse(format!(
+                "hint must be either a string or nested object, not {}",
+                type_name(other)
+            )));
+        }
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(CommandError::bad_value(
+            "error processing query: planner returned error :: caused by :: hint provided does not correspond to an existing index",
+        ))
+    }
+}
+
+/// Direction of a `{$natural: 1|-1}` sort or hint.
+fn natural_direction(d: &Document) -> Result<Option<bool>> {
+    match d.get("$natural") {
+        None => Ok(None),
+        Some(v) => match as_i64(v) {
+            Some(1) => Ok(Some(true)),
+            Some(-1) => Ok(Some(false)),
+            _ => Err(CommandError::bad_value(
+                "$natural sort cannot be set to a value other than -1 or 1",
+            )),
+        },
+    }
+}
+
+/// How results are ordered.
+enum Order {
+    Natural { forward: bool },
+    Spec(SortSpec),
+}
+
+impl Order {
+    fn parse(sort: Option<&Document>, hint: Option<&Bson>) -> Result<Order> {
+        match sort {
+            Some(s) if !s.is_empty() => {
+                if let Some(forward) = natural_direction(s)? {
+                    if s.len() > 1 {
+                        return Err(CommandError::bad_value(
+                            "$natural sort cannot be combined with other sort fields",
+                        ));
+                    }
+                    return Ok(Order::Natural { forward });
+                }
+                Ok(Order::Spec(SortSpec::parse(s)?))
+            }
+            _ => {
+                let forward = match hint {
+                    Some(Bson::Document(h)) => natural_direction(h)?.unwrap_or(true),
+                    _ => true,
+                };
+                Ok(Order::Natural { forward })
+            }
+        }
+    }
+
+    fn apply<T>(&self, items: &mut [T], doc_of: impl Fn(&T) -> &Document) {
+        match self {
+            Order::Natural { forward: true } => {}
+            Order::Natural { forward: false } => items.reverse(),
+            Order::Spec(spec) => items.sort_by(|a, b| spec.compare(doc_of(a), doc_of(b))),
+        }
+    }
+}
+
+/// Where a read takes its documents from.
+enum Source<'a> {
+    Collection(&'a Collection),
+    /// `local.oplog.rs`, rendered from the oplog.
+    Owned(Vec<Document>),
+    Missing,
+}
+
+impl<'a> Source<'a> {
+    fn open(data: &'a Data, ns: &Namespace) -> Source<'a> {
+        if is_oplog(ns) {
+            return Source::Owned(data.oplog.as_documents());
+        }
+        match data.collection(ns) {
+            Some(c) => Source::Collection(c),
+            None => Source::Missing,
+        }
+    }
+
+    fn collection(&self) -> Option<&Collection> {
+        match self {
+            Source::Collection(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Matching documents with their record ids, in natural order.
+    fn select(&self, matcher: &Matcher, vars: &Variables) -> Result<Vec<(u64, &Document)>> {
+        let mut out = Vec::new();
+        match self {
+            Source::Collection(c) => {
+                for rid in c.candidates(matcher) {
+                    if let Some(d) = c.documents.get(&rid)
+                        && matcher.matches(d, vars)?
+                    {
+                        out.push((rid, d));
+                    }
+                }
+            }
+            Source::Owned(docs) => {
+                for (i, d) in docs.iter().enumerate() {
+                    if matcher.matches(d, vars)? {
+                        out.push((i as u64 + 1, d));
+                    }
+                }
+            }
+            Source::Missing => {}
+        }
+        Ok(out)
+    }
+
+    fn all(&self) -> Vec<Document> {
+        match self {
+            Source::Collection(c) => c.documents.values().cloned().collect(),
+            Source::Owned(docs) => docs.clone(),
+            Source::Missing => Vec::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// insert
+
+/// The document as stored: `_id` first, an ObjectId generated when missing (manual:
+/// "insert", "_id Field").
+fn prepare_insert(doc: &Document) -> Result<Document> {
+    let prepared = match doc.get("_id") {
+        Some(Bson::Array(_)) => {
+            return Err(CommandError::bad_value("can't use an array for _id"));
+        }
+        Some(Bson::RegularExpression(_)) => {
+            return Err(CommandError::bad_value("can't use a regex for _id"));
+        }
+        Some(Bson::Undefined) => {
+            return Err(CommandError::bad_value("can't use a undefined for _id"));
+        }
+        // Manual: "Field Names" — `$`-prefixed names are allowed anywhere except in `_id`.
+        Some(Bson::Document(id)) if id.keys().any(|k| k.starts_with('$')) => {
+            let field = id
+                .keys()
+                .find(|k| k.starts_with('$'))
+                .cloned()
+                .unwrap_or_default();
+            return Err(CommandError::new(
+                error::DOLLAR_PREFIXED_FIELD_NAME,
+                format!(
+                    "_id fields may not contain '$'-prefixed fields: {field} is not valid for storage."
+                ),
+            ));
+        }
+        Some(_) if doc.keys().next().is_some_and(|k| k == "_id") => doc.clone(),
+        Some(id) => {
+            let mut d = Document::new();
+            d.insert("_id", id.clone());
+            for (k, v) in doc {
+                if k != "_id" {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+            d
+        }
+        None => {
+            let mut d = Document::new();
+            d.insert("_id", ObjectId::new());
+            for (k, v) in doc {
+                d.insert(k.clone(), v.clone());
+            }
+            d
+        }
+    };
+    let size = bson_size(&prepared);
+    if size > MAX_USER_DOCUMENT_SIZE {
+        return Err(CommandError::new(
+            error::BSON_OBJECT_TOO_LARGE,
+            format!(
+                "object to insert too large. size in bytes: {size}, max size: {MAX_USER_DOCUMENT_SIZE}"
+            ),
+        ));
+    }
+    Ok(prepared)
+}
+
+/// Stores a prepared document and records its insert.
+fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document) -> Result<u64> {
+    let (coll, _) = data.ensure_collection(ns);
+    let rid = coll.insert_document(ns, doc)?;
+    let stored = coll.documents.get(&rid).cloned().unwrap_or_default();
+    let ui = coll.ui();
+    data.oplog.record(
+        OplogOp::Insert {
+            ns: ns.clone(),
+            document: stored,
+        },
+        Some(ui),
+    );
+    Ok(rid)
+}
+
+fn check_batch_size(n: usize) -> Result<()> {
+    if n == 0 || n > 100_000 {
+        return Err(CommandError::from_code(
+            16,
+            format!("Write batch sizes must be between 1 and 100000. Got {n} operations."),
+        ));
+    }
+    Ok(())
+}
+
+fn statement_array<'a>(cmd: &'a Document, command: &str, field: &str) -> Result<&'a [Bson]> {
+    match cmd.get(field) {
+        Some(Bson::Array(a)) => {
+            check_batch_size(a.len())?;
+            Ok(a)
+        }
+        Some(other) => Err(wrong_type(command, field, other, "array")),
+        None => Err(missing(command, field)),
+    }
+}
+
+fn write_reply(n: usize, errors: Vec<Document>) -> Document {
+    let mut reply = doc! {"n": count_bson(n)};
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    reply
+}
+
+/// `insert` (manual: "insert"): `{n, writeErrors?}`; an ordered insert stops at the first
+/// failing document, an unordered one tries them all.
+pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    let coll = collection_name(cmd, "insert")?;
+    check_known_fields(
+        cmd,
+        "insert",
+        &[
+            "documents",
+            "ordered",
+            "bypassDocumentValidation",
+            "stmtId",
+            "stmtIds",
+        ],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_write_namespace(&ns)?;
+    let documents = statement_array(cmd, "insert", "documents")?;
+    let ordered = opt_bool(cmd, "insert", "ordered")?.unwrap_or(true);
+    let mut docs = Vec::with_capacity(documents.len());
+    for (i, d) in documents.iter().enumerate() {
+        match d {
+            Bson::Document(d) => docs.push(d),
+            other => {
+                return Err(wrong_type(
+                    "insert",
+                    &format!("documents.{i}"),
+                    other,
+                    "object",
+                ));
+            }
+        }
+    }
+    let mut data = shared.data.lock();
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for (i, d) in docs.into_iter().enumerate() {
+        match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p)) {
+            Ok(_) => n += 1,
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(write_reply(n, errors))
+}
+
+// ---------------------------------------------------------------------------------------
+// update
+
+/// One statement of an `update` command, validated as mongod's IDL parser does.
+struct UpdateStatement {
+    q: Document,
+    u: Bson,
+    upsert: bool,
+    multi: bool,
+    array_filters: Vec<Document>,
+    constants: Option<Document>,
+    hint: Option<Bson>,
+}
+
+fn parse_update_statement(stmt: &Bson) -> Result<UpdateStatement> {
+    const CMD: &str = "update.updates";
+    let Bson::Document(s) = stmt else {
+        return Err(wrong_type("update", "updates", stmt, "object"));
+    };
+    for key in s.keys() {
+        if ![
+            "q",
+            "u",
+            "upsert",
+            "multi",
+            "arrayFilters",
+            "hint",
+            "collation",
+            "c",
+            "upsertSupplied",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(CommandError::new(
+                error::UNKNOWN_FIELD,
+                format!("BSON field '{CMD}.{key}' is an unknown field."),
+            ));
+        }
+    }
+    let q = match s.get("q") {
+        Some(Bson::Document(q)) => q.clone(),
+        Some(other) => return Err(wrong_type(CMD, "q", other, "object")),
+        None => return Err(missing(CMD, "q")),
+    };
+    let u = match s.get("u") {
+        Some(u @ (Bson::Document(_) | Bson::Array(_))) => u.clone(),
+        Some(_) => {
+            return Err(CommandError::failed_to_parse(
+                "Update argument must be either an object or an array",
+            ));
+        }
+        None => return Err(missing(CMD, "u")),
+    };
+    check_collation(s.get("collation"))?;
+    let array_filters = parse_array_filters(s, CMD)?;
+    let constants = opt_document(s, CMD, "c")?.cloned();
+    if constants.is_some() && !matches!(u, Bson::Array(_)) {
+        return Err(CommandError::failed_to_parse(
+            "Constant values may only be specified for pipeline updates",
+        ));
+    }
+    Ok(UpdateStatement {
+        q,
+        u,
+        upsert: opt_bool(s, CMD, "upsert")?.unwrap_or(false),
+        multi: opt_bool(s, CMD, "multi")?.unwrap_or(false),
+        array_filters,
+        constants,
+        hint: s.get("hint").cloned(),
+    })
+}
+
+fn parse_array_filters(d: &Document, command: &str) -> Result<Vec<Document>> {
+    match d.get("arrayFilters") {
+        None => Ok(Vec::new()),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .map(|f| match f {
+                Bson::Document(f) => Ok(f.clone()),
+                other => Err(wrong_type(command, "arrayFilters", other, "object")),
+            })
+            .collect(),
+        Some(other) => Err(wrong_type(command, "arrayFilters", other, "array")),
+    }
+}
+
+fn altered_id(new_id: &Bson) -> CommandError {
+    CommandError::new(
+        error::IMMUTABLE_FIELD,
+        format!(
+            "After applying the update, the (immutable) field '_id' was found to have been altered to _id: {}",
+            crate::storage::shell_value(new_id)
+        ),
+    )
+}
+
+/// A replacement keeps the stored `_id` (first) and takes every other field from the
+/// replacement document (manual: "Replace a Document").
+fn replacement_document(old_id: &Bson, replacement: &Document) -> Result<Document> {
+    if let Some(new_id) = replacement.get("_id")
+        && !values_equal(new_id, old_id)
+    {
+        return Err(altered_id(new_id));
+    }
+    let mut d = Document::new();
+    d.insert("_id", old_id.clone());
+    for (k, v) in replacement {
+        if k != "_id" {
+            d.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(d)
+}
+
+/// Applies `spec` to the document at `rid`, storing and recording it when it changed.
+/// Returns whether it changed (a no-op update writes nothing, manual: "update").
+fn update_record(
+    data: &mut Data,
+    ns: &Namespace,
+    rid: u64,
+    spec: &UpdateSpec,
+    ctx: &UpdateContext<'_>,
+) -> Result<bool> {
+    let Some((coll, oplog)) = data.collection_and_oplog(ns) else {
+        return Ok(false);
+    };
+    let Some(before) = coll.documents.get(&rid) else {
+        return Ok(false);
+    };
+    let old_id = before.get("_id").cloned().unwrap_or(Bson::Null);
+    let after = match spec {
+        UpdateSpec::Replacement(replacement) => replacement_document(&old_id, replacement)?,
+        _ => {
+            let mut after = before.clone();
+            spec.apply(&mut after, ctx)?;
+            match after.get("_id") {
+                None => {
+                    let mut with_id = doc! {"_id": old_id.clone()};
+                    with_id.extend(after);
+                    with_id
+                }
+                Some(new_id) if !values_equal(new_id, &old_id) => {
+                    return Err(altered_id(new_id));
+                }
+                Some(_) => after,
+            }
+        }
+    };
+    if identical_documents(&after, before) {
+        return Ok(false);
+    }
+    let size = bson_size(&after);
+    if size > MAX_USER_DOCUMENT_SIZE {
+        return Err(CommandError::from_code(
+            17419,
+            format!("Resulting document after update is larger than {MAX_USER_DOCUMENT_SIZE}"),
+        ));
+    }
+    let key = doc! {"_id": old_id};
+    let recorded = after.clone();
+    let before = coll.replace_document(ns, rid, after)?;
+    let ui = coll.ui();
+    let op = if spec.is_replacement() {
+        OplogOp::Replace {
+            ns: ns.clone(),
+            document_key: key,
+            document: recorded,
+        }
+    } else {
+        OplogOp::Update {
+            ns: ns.clone(),
+            document_key: key,
+            before,
+            after: recorded,
+        }
+    };
+    oplog.record(op, Some(ui));
+    Ok(true)
+}
+
+/// The fields an upsert's filter pins by plain equality (also inside `$and`), or `None` when
+/// it has any other condition.
+fn equality_fields(filter: &Document, out: &mut Vec<(String, Bson)>) -> Option<()> {
+    for (k, v) in filter {
+        if k == "$and" {
+            let Bson::Array(clauses) = v else {
+                return None;
+            };
+            for c in clauses {
+                let Bson::Document(c) = c else {
+                    return None;
+                };
+                equality_fields(c, out)?;
+            }
+        } else if k.starts_with('$') {
+            return None;
+        } else {
+            match v {
+                Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => {
+                    if d.len() == 1
+                        && let Some(eq) = d.get("$eq")
+                    {
+                        out.push((k.clone(), eq.clone()));
+                    } else {
+                        return None;
+                    }
+                }
+                other => out.push((k.clone(), other.clone())),
+            }
+        }
+    }
+    Some(())
+}
+
+/// Whether an upsert that hit a duplicate key is retried as an update (manual: "Upsert with
+/// Duplicate Values"): the filter is equality on exactly the unique index's key fields and
+/// the update left those fields as the filter has them.
+fn upsert_retry_allowed(filter: &Document, inserted: &Document, err: &CommandError) -> bool {
+    let Ok(pattern) = err.extra.get_document("keyPattern") else {
+        return false;
+    };
+    let mut eqs = Vec::new();
+    if equality_fields(filter, &mut eqs).is_none() || eqs.len() != pattern.len() {
+        return false;
+    }
+    pattern.keys().all(|field| {
+        eqs.iter().any(|(f, v)| {
+            f == field && crate::path::get_path(inserted, field).is_some_and(|x| values_equal(x, v))
+        })
+    })
+}
+
+/// What an upsert did when nothing matched at first.
+enum Upserted {
+    Inserted {
+        id: Bson,
+        rid: u64,
+    },
+    /// A duplicate key made it retry as an update of the existing document.
+    Updated {
+        rid: u64,
+        modified: bool,
+    },
+}
+
+fn upsert(
+    data: &mut Data,
+    ns: &Namespace,
+    filter: &Document,
+    matcher: &Matcher,
+    spec: &UpdateSpec,
+    vars: &Variables,
+    array_filters: &[Document],
+) -> Result<Upserted> {
+    let insert_ctx = UpdateContext {
+        is_upsert_insert: true,
+        vars,
+        array_filters,
+    };
+    let built = match spec {
+        // A replacement upsert inserts the replacement with the filter's `_id` equality,
+        // if any (manual: "update", "Upsert with Replacement Document").
+        UpdateSpec::Replacement(replacement) => {
+            let mut eqs = Vec::new();
+            let id = equality_fields(filter, &mut eqs)
+                .and_then(|_| eqs.into_iter().find(|(f, _)| f == "_id"))
+                .map(|(_, v)| v);
+            match (id, replacement.get("_id")) {
+                (Some(id), Some(rid)) if !values_equal(&id, rid) => return Err(altered_id(rid)),
+                (Some(id), _) => replacement_document(&id, replacement)?,
+                (None, _) => replacement.clone(),
+            }
+        }
+        _ => build_upsert(filter, spec, &insert_ctx)?,
+    };
+    let doc = prepare_insert(&built)?;
+    let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+    let copy = doc.clone();
+    match insert_prepared(data, ns, doc) {
+        Ok(rid) => Ok(Upserted::Inserted { id, rid }),
+        Err(e)
+            if e.code == error::DUPLICATE_KEY.code && upsert_retry_allowed(filter, &copy, &e) =>
+        {
+            let rids = match data.collection(ns) {
+                Some(c) => c.matching(matcher, vars, true)?,
+                None => Vec::new(),
+            };
+            let Some(rid) = rids.first().copied() else {
+                return Err(e);
+            };
+            let ctx = UpdateContext {
+                is_upsert_insert: false,
+                vars,
+                array_filters,
+            };
+            let modified = update_record(data, ns, rid, spec, &ctx)?;
+            Ok(Upserted::Updated { rid, modified })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Default)]
+struct UpdateOutcome {
+    n: usize,
+    modified: usize,
+    upserted: Option<Bson>,
+}
+
+fn run_update_statement(
+    data: &mut Data,
+    ns: &Namespace,
+    stmt: &UpdateStatement,
+    base_vars: &Variables,
+) -> Result<UpdateOutcome> {
+    let matcher = Matcher::parse(&stmt.q)?;
+    let spec = UpdateSpec::parse(&stmt.u)?;
+    if stmt.multi && spec.is_replacement() {
+        return Err(CommandError::failed_to_parse(
+            "multi update is not supported for replacement-style update",
+        ));
+    }
+    let mut vars_owned;
+    let vars = match &stmt.constants {
+        Some(c) => {
+            vars_owned = base_vars.clone();
+            for (k, v) in c {
+                vars_owned.set(k.clone(), v.clone());
+            }
+            &vars_owned
+        }
+        None => base_vars,
+    };
+    check_hint(data.collection(ns), stmt.hint.as_ref())?;
+    let rids = match data.collection(ns) {
+        Some(c) => c.matching(&matcher, vars, !stmt.multi)?,
+        None => Vec::new(),
+    };
+    let mut outcome = UpdateOutcome::default();
+    if rids.is_empty() {
+        if stmt.upsert {
+            match upsert(
+                data,
+                ns,
+                &stmt.q,
+                &matcher,
+                &spec,
+                vars,
+                &stmt.array_filters,
+            )? {
+                Upserted::Inserted { id, .. } => {
+                    outcome.n = 1;
+                    outcome.upserted = Some(id);
+                }
+                Upserted::Updated { modified, .. } => {
+                    outcome.n = 1;
+                    outcome.modified = modified as usize;
+                }
+            }
+        }
+        return Ok(outcome);
+    }
+    let ctx = UpdateContext {
+        is_upsert_insert: false,
+        vars,
+        array_filters: &stmt.array_filters,
+    };
+    for rid in rids {
+        outcome.n += 1;
+        if update_record(data, ns, rid, &spec, &ctx)? {
+            outcome.modified += 1;
+        }
+    }
+    Ok(outcome)
+}
+
+/// `update` (manual: "update"): `{n, upserted?, nModified, writeErrors?}`; `n` counts matched
+/// documents plus upserts, `nModified` only documents that changed.
+pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    let coll = collection_name(cmd, "update")?;
+    check_known_fields(
+        cmd,
+        "update",
+        &[
+            "updates",
+            "ordered",
+            "let",
+            "bypassDocumentValidation",
+            "stmtId",
+            "stmtIds",
+        ],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_write_namespace(&ns)?;
+    let statements = statement_array(cmd, "update", "updates")?
+        .iter()
+        .map(parse_update_statement)
+        .collect::<Result<Vec<_>>>()?;
+    let ordered = opt_bool(cmd, "update", "ordered")?.unwrap_or(true);
+    let mut data = shared.data.lock();
+    let vars = variables(&data, cmd, "update")?;
+    let (mut n, mut modified) = (0, 0);
+    let mut upserted = Vec::new();
+    let mut errors = Vec::new();
+    for (i, stmt) in statements.iter().enumerate() {
+        match run_update_statement(&mut data, &ns, stmt, &vars) {
+            Ok(o) => {
+                n += o.n;
+                modified += o.modified;
+                if let Some(id) = o.upserted {
+                    upserted.push(doc! {"index": i as i32, "_id": id});
+                }
+            }
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    let mut reply = doc! {"n": count_bson(n)};
+    if !upserted.is_empty() {
+        reply.insert("upserted", upserted);
+    }
+    reply.insert("nModified", count_bson(modified));
+    if !errors.is_empty() {
+        reply.insert("writeErrors", errors);
+    }
+    Ok(reply)
+}
+
+// ---------------------------------------------------------------------------------------
+// delete
+
+struct DeleteStatement {
+    q: Document,
+    just_one: bool,
+    hint: Option<Bson>,
+}
+
+fn parse_delete_statement(stmt: &Bson) -> Result<DeleteStatement> {
+    const CMD: &str = "delete.deletes";
+    let Bson::Document(s) = stmt else {
+        return Err(wrong_type("delete", "deletes", stmt, "object"));
+    };
+    for key in s.keys() {
+        if !["q", "limit", "hint", "collation"].contains(&key.as_str()) {
+            return Err(CommandError::new(
+                error::UNKNOWN_FIELD,
+                format!("BSON field '{CMD}.{key}' is an unknown field."),
+            ));
+        }
+    }
+    let q = match s.get("q") {
+        Some(Bson::Document(q)) => q.clone(),
+        Some(other) => return Err(wrong_type(CMD, "q", other, "object")),
+        None => return Err(missing(CMD, "q")),
+    };
+    let limit = match s.get("limit") {
+        Some(v) => as_i64(v).ok_or_else(|| wrong_type(CMD, "limit", v, "long"))?,
+        None => return Err(missing(CMD, "limit")),
+    };
+    if limit != 0 && limit != 1 {
+        return Err(CommandError::failed_to_parse(format!(
+            "The limit field in delete objects must be 0 or 1. Got {limit}"
+        )));
+    }
+    check_collation(s.get("collation"))?;
+    Ok(DeleteStatement {
+        q,
+        just_one: limit == 1,
+        hint: s.get("hint").cloned(),
+    })
+}
+
+fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Document> {
+    let (coll, oplog) = data.collection_and_oplog(ns)?;
+    let old = coll.delete_document(rid)?;
+    let ui = coll.ui();
+    oplog.record(
+        OplogOp::Delete {
+            ns: ns.clone(),
+            document_key: document_key(&old),
+        },
+        Some(ui),
+    );
+    Some(old)
+}
+
+/// `delete` (manual: "delete"): `{n, writeErrors?}`.
+pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    let coll = collection_name(cmd, "delete")?;
+    check_known_fields(
+        cmd,
+        "delete",
+        &["deletes", "ordered", "let", "stmtId", "stmtIds"],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_write_namespace(&ns)?;
+    let statements = statement_array(cmd, "delete", "deletes")?
+        .iter()
+        .map(parse_delete_statement)
+        .collect::<Result<Vec<_>>>()?;
+    let ordered = opt_bool(cmd, "delete", "ordered")?.unwrap_or(true);
+    let mut data = shared.data.lock();
+    let vars = variables(&data, cmd, "delete")?;
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for (i, stmt) in statements.iter().enumerate() {
+        let result = Matcher::parse(&stmt.q).and_then(|m| match data.collection(&ns) {
+            Some(c) => {
+                check_hint(Some(c), stmt.hint.as_ref())?;
+                c.matching(&m, &vars, stmt.just_one)
+            }
+            None => Ok(Vec::new()),
+        });
+        match result {
+            Ok(rids) => {
+                for rid in rids {
+                    if delete_record(&mut data, &ns, rid).is_some() {
+                        n += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(e.to_write_error(i));
+                if ordered {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(write_reply(n, errors))
+}
+
+// ---------------------------------------------------------------------------------------
+// find
+
+fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>> {
+    Ok(opt_count(cmd, command, field)?.map(|n| n as usize))
+}
+
+fn filter_of(cmd: &Document, command: &str, field: &str) -> Result<Document> {
+    Ok(opt_document(cmd, command, field)?
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// `find` (manual: "find"): `{cursor: {firstBatch, id, ns}}`, the first batch holding up to
+/// `batchSize` (default 101) documents and a cursor for the rest.
+pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    const CMD: &str = "find";
+    let coll = collection_name(cmd, CMD)?;
+    check_known_fields(
+        cmd,
+        CMD,
+        &[
+            "filter",
+            "sort",
+            "projection",
+            "skip",
+            "limit",
+            "batchSize",
+            "singleBatch",
+            "hint",
+            "let",
+            "allowDiskUse",
+            "noCursorTimeout",
+            "returnKey",
+            "showRecordId",
+            "tailable",
+            "awaitData",
+            "collation",
+            "min",
+            "max",
+            "oplogReplay",
+            "allowPartialResults",
+            "readOnce",
+            "term",
+        ],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_namespace(&ns)?;
+    let filter = filter_of(cmd, CMD, "filter")?;
+    let sort = opt_document(cmd, CMD, "sort")?;
+    let projection = opt_document(cmd, CMD, "projection")?;
+    let skip = opt_usize(cmd, CMD, "skip")?.unwrap_or(0);
+    let limit = opt_usize(cmd, CMD, "limit")?.filter(|n| *n > 0);
+    let batch_size = opt_usize(cmd, CMD, "batchSize")?;
+    let single_batch = opt_bool(cmd, CMD, "singleBatch")?.unwrap_or(false);
+    let show_record_id = opt_bool(cmd, CMD, "showRecordId")?.unwrap_or(false);
+    let tailable = opt_bool(cmd, CMD, "tailable")?.unwrap_or(false);
+    let await_data = opt_bool(cmd, CMD, "awaitData")?.unwrap_or(false);
+    opt_bool(cmd, CMD, "allowDiskUse")?;
+    opt_bool(cmd, CMD, "noCursorTimeout")?;
+    if opt_bool(cmd, CMD, "returnKey")?.unwrap_or(false) {
+        return Err(CommandError::not_supported("returnKey is not supported"));
+    }
+    if cmd.contains_key("min") || cmd.contains_key("max") {
+        return Err(CommandError::not_supported("min/max are not supported"));
+    }
+    if await_data && !tailable {
+        return Err(CommandError::failed_to_parse(
+            "Cannot set 'awaitData' without also setting 'tailable'",
+        ));
+    }
+    check_collation(cmd.get("collation"))?;
+    let hint = cmd.get("hint");
+    let matcher = Matcher::parse(&filter)?;
+    let order = Order::parse(sort, hint)?;
+    let projection = projection.map(Projection::parse).transpose()?;
+
+    let data = shared.data.lock();
+    if tailable {
+        if is_oplog(&ns) {
+            return Err(CommandError::not_supported(
+                "tailable cursors on the oplog are not supported",
+            ));
+        }
+        return Err(CommandError::bad_value(format!(
+            "error processing query: ns={ns} planner returned error :: caused by :: tailable cursor requested on non capped collection"
+        )));
+    }
+    let vars = variables(&data, cmd, CMD)?;
+    let source = Source::open(&data, &ns);
+    check_hint(source.collection(), hint)?;
+    let mut selected = source.select(&matcher, &vars)?;
+    order.apply(&mut selected, |(_, d)| d);
+    let end = limit.map_or(selected.len(), |l| (skip + l).min(selected.len()));
+    let mut results = Vec::with_capacity(end.saturating_sub(skip));
+    for (rid, d) in selected.iter().take(end).skip(skip) {
+        let mut out = match &projection {
+            Some(p) => p.apply(d, &vars)?,
+            None => (*d).clone(),
+        };
+        if show_record_id {
+            out.insert("$recordId", *rid as i64);
+        }
+        results.push(out);
+    }
+    drop(data);
+    let cursor_ns = ns.to_string();
+    Ok(cursor_reply(
+        shared,
+        ns,
+        cursor_ns,
+        results,
+        batch_size,
+        single_batch,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// findAndModify
+
+/// `findAndModify` (manual: "findAndModify"): `{lastErrorObject: {n, updatedExisting?,
+/// upserted?}, value}`.
+pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    const CMD: &str = "findAndModify";
+    let coll = collection_name(cmd, CMD)?;
+    check_known_fields(
+        cmd,
+        CMD,
+        &[
+            "query",
+            "sort",
+            "remove",
+            "update",
+            "new",
+            "fields",
+            "upsert",
+            "arrayFilters",
+            "let",
+            "bypassDocumentValidation",
+            "hint",
+            "collation",
+            "stmtId",
+        ],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_write_namespace(&ns)?;
+    let query = filter_of(cmd, CMD, "query")?;
+    let sort = opt_document(cmd, CMD, "sort")?;
+    let remove = opt_bool(cmd, CMD, "remove")?.unwrap_or(false);
+    let return_new = opt_bool(cmd, CMD, "new")?.unwrap_or(false);
+    let upsert_requested = opt_bool(cmd, CMD, "upsert")?.unwrap_or(false);
+    let fields = opt_document(cmd, CMD, "fields")?;
+    let array_filters = parse_array_filters(cmd, CMD)?;
+    let update_arg = cmd.get("update");
+    // mongod's findAndModify request validation (find_and_modify_request / write_ops).
+    if remove {
+        if update_arg.is_some() {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify both an update and remove=true",
+            ));
+        }
+        if upsert_requested {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify both upsert=true and remove=true ",
+            ));
+        }
+        if return_new {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
+            ));
+        }
+        if cmd.contains_key("arrayFilters") {
+            return Err(CommandError::failed_to_parse(
+                "Cannot specify arrayFilters and remove=true",
+            ));
+        }
+    } else if update_arg.is_none() {
+        return Err(CommandError::failed_to_parse(
+            "Either an update or remove=true must be specified",
+        ));
+    }
+    check_collation(cmd.get("collation"))?;
+    let hint = cmd.get("hint");
+    let spec = update_arg.map(UpdateSpec::parse).transpose()?;
+    let matcher = Matcher::parse(&query)?;
+    let order = Order::parse(sort, None)?;
+    let projection = fields.map(Projection::parse).transpose()?;
+
+    let mut data = shared.data.lock();
+    let vars = variables(&data, cmd, CMD)?;
+    check_hint(data.collection(&ns), hint)?;
+    let target = {
+        let source = Source::open(&data, &ns);
+        let selected = source.select(&matcher, &vars)?;
+        match &order {
+            Order::Natural { forward } => {
+                if *forward {
+                    selected.first().map(|(rid, _)| *rid)
+                } else {
+                    selected.last().map(|(rid, _)| *rid)
+                }
+            }
+            Order::Spec(s) => selected
+                .iter()
+                .min_by(|a, b| s.compare(a.1, b.1))
+                .map(|(rid, _)| *rid),
+        }
+    };
+    let project = |d: &Document| -> Result<Bson> {
+        Ok(Bson::Document(match &projection {
+            Some(p) => p.apply(d, &vars)?,
+            None => d.clone(),
+        }))
+    };
+    let Some(spec) = spec else {
+        let removed = target.and_then(|rid| delete_record(&mut data, &ns, rid));
+        return Ok(match removed {
+            Some(old) => doc! {"lastErrorObject": {"n": 1}, "value": project(&old)?},
+            None => doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null},
+        });
+    };
+    let ctx_update = UpdateContext {
+        is_upsert_insert: false,
+        vars: &vars,
+        array_filters: &array_filters,
+    };
+    let stored = |data: &Data, rid: u64| -> Result<Bson> {
+        match data.collection(&ns).and_then(|c| c.documents.get(&rid)) {
+            Some(d) => project(d),
+            None => Ok(Bson::Null),
+        }
+    };
+    match target {
+        Some(rid) => {
+            let before = if return_new {
+                Bson::Null
+            } else {
+                stored(&data, rid)?
+            };
+            update_record(&mut data, &ns, rid, &spec, &ctx_update)?;
+            let value = if return_new {
+                stored(&data, rid)?
+            } else {
+                before
+            };
+            Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
+        }
+        None if upsert_requested => {
+            match upsert(
+                &mut data,
+                &ns,
+                &query,
+                &matcher,
+                &spec,
+                &vars,
+                &array_filters,
+            )? {
+                Upserted::Inserted { id, rid } => {
+                    let value = if return_new {
+                        stored(&data, rid)?
+                    } else {
+                        Bson::Null
+                    };
+                    Ok(doc! {
+                        "lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": id},
+                        "value": value,
+                    })
+                }
+                Upserted::Updated { rid, .. } => {
+                    let value = if return_new {
+                        stored(&data, rid)?
+                    } else {
+                        Bson::Null
+                    };
+                    Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
+                }
+            }
+        }
+        None => {
+            Ok(doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null})
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// count, distinct
+
+/// `count` (manual: "count"): `{n}` after `skip` and `limit` (a negative limit counts as its
+/// absolute value).
+pub fn count(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    const CMD: &str = "count";
+    let coll = collection_name(cmd, CMD)?;
+    check_known_fields(
+        cmd,
+        CMD,
+        &["query", "limit", "skip", "hint", "collation", "fields"],
+    )?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_namespace(&ns)?;
+    let query = filter_of(cmd, CMD, "query")?;
+    let skip = opt_usize(cmd, CMD, "skip")?.unwrap_or(0);
+    let limit = match cmd.get("limit") {
+        None => None,
+        Some(v) => Some(
+            as_i64(v)
+                .ok_or_else(|| wrong_type(CMD, "limit", v, "long"))?
+                .unsigned_abs() as usize,
+        ),
+    }
+    .filter(|n| *n > 0);
+    check_collation(cmd.get("collation"))?;
+    let matcher = Matcher::parse(&query)?;
+    let data = shared.data.lock();
+    let vars = variables(&data, cmd, CMD)?;
+    let source = Source::open(&data, &ns);
+    check_hint(source.collection(), cmd.get("hint"))?;
+    let total = source.select(&matcher, &vars)?.len();
+    let mut n = total.saturating_sub(skip);
+    if let Some(l) = limit {
+        n = n.min(l);
+    }
+    Ok(doc! {"n": count_bson(n)})
+}
+
+/// Values at `path`, expanding arrays along the way and at the end, as `distinct` sees them.
+fn distinct_values<'a>(v: &'a Bson, parts: &[&str], out: &mut Vec<&'a Bson>) {
+    let Some((head, rest)) = parts.split_first() else {
+        match v {
+            Bson::Array(a) => out.extend(a.iter()),
+            other => out.push(other),
+        }
+        return;
+    };
+    match v {
+        Bson::Document(d) => {
+            if let Some(child) = d.get(*head) {
+                distinct_values(child, rest, out);
+            }
+        }
+        Bson::Array(a) => {
+            if let Some(child) = head.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                distinct_values(child, rest, out);
+            } else {
+                for elem in a {
+                    if let Bson::Document(d) = elem
+                        && let Some(child) = d.get(*head)
+                    {
+                        distinct_values(child, rest, out);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `distinct` (manual: "distinct"): `{values}`, array values contributing their elements,
+/// in BSON order.
+pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    const CMD: &str = "distinct";
+    let coll = collection_name(cmd, CMD)?;
+    check_known_fields(cmd, CMD, &["key", "query", "hint", "collation"])?;
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_namespace(&ns)?;
+    let key = crate::fields::require_str(cmd, CMD, "key")?;
+    if key.is_empty() {
+        return Err(CommandError::failed_to_parse(
+            "FieldPath cannot be constructed with empty string",
+        ));
+    }
+    let query = filter_of(cmd, CMD, "query")?;
+    check_collation(cmd.get("collation"))?;
+    let matcher = Matcher::parse(&query)?;
+    let data = shared.data.lock();
+    let vars = variables(&data, cmd, CMD)?;
+    let source = Source::open(&data, &ns);
+    check_hint(source.collection(), cmd.get("hint"))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut values: Vec<&Bson> = Vec::new();
+    for (_, d) in source.select(&matcher, &vars)? {
+        if let Some(v) = d.get(parts[0]) {
+            distinct_values(v, &parts[1..], &mut values);
+        }
+    }
+    values.sort_by(|a, b| compare(a, b));
+    values.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
+    let values: Vec<Bson> = values.into_iter().cloned().collect();
+    Ok(doc! {"values": values})
+}
+
+// ---------------------------------------------------------------------------------------
+// aggregate
+
+/// `aggregate` on a collection (manual: "aggregate"): runs the pipeline and replies as `find`
+/// does. `$changeStream` pipelines go to the change-stream module.
+pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    const CMD: &str = "aggregate";
+    let pipeline = match cmd.get("pipeline") {
+        Some(Bson::Array(a)) => a,
+        Some(other) => return Err(wrong_type(CMD, "pipeline", other, "array")),
+        None => return Err(missing(CMD, "pipeline")),
+    };
+    if let Some(Bson::Document(first)) = pipeline.first()
+        && first.contains_key("$changeStream")
+    {
+        return crate::changestream::open(shared, ctx, cmd, pipeline);
+    }
+    check_known_fields(
+        cmd,
+        CMD,
+        &[
+            "pipeline",
+            "cursor",
+            "let",
+            "allowDiskUse",
+            "explain",
+            "hint",
+            "collation",
+            "bypassDocumentValidation",
+        ],
+    )?;
+    if opt_bool(cmd, CMD, "explain")?.unwrap_or(false) {
+        return Err(CommandError::not_supported("explain is not supported"));
+    }
+    let batch_size = match cmd.get("cursor") {
+        Some(Bson::Document(c)) => {
+            for key in c.keys() {
+                if key != "batchSize" {
+                    return Err(CommandError::new(
+                        error::UNKNOWN_FIELD,
+                        format!("BSON field 'aggregate.cursor.{key}' is an unknown field."),
+                    ));
+                }
+            }
+            opt_usize(c, "aggregate.cursor", "batchSize")?
+        }
+        Some(other) => return Err(wrong_type(CMD, "cursor", other, "object")),
+        None => {
+            return Err(CommandError::failed_to_parse(
+                "The 'cursor' option is required, except for aggregate with the explain argument",
+            ));
+        }
+    };
+    let coll = match cmd.iter().next() {
+        Some((_, Bson::String(s))) => s.as_str(),
+        Some((_, v)) if as_i64(v) == Some(1) => {
+            return Err(CommandError::not_supported(
+                "aggregate: 1 is only supported with $changeStream",
+            ));
+        }
+        _ => {
+            return Err(collection_name(cmd, CMD)
+                .err()
+                .unwrap_or_else(|| missing(CMD, CMD)));
+        }
+    };
+    let ns = Namespace::new(ctx.db.clone(), coll);
+    validate_namespace(&ns)?;
+    opt_bool(cmd, CMD, "allowDiskUse")?;
+    check_collation(cmd.get("collation"))?;
+    // A leading $match picks its documents through the indexes like a find filter does.
+    let (leading, rest) = match pipeline.first() {
+        Some(Bson::Document(stage)) if stage.len() == 1 => match stage.get("$match") {
+            Some(Bson::Document(filter)) => (Some(Matcher::parse(filter)?), &pipeline[1..]),
+            _ => (None, &pipeline[..]),
+        },
+        _ => (None, &pipeline[..]),
+    };
+    let parsed = Pipeline::parse(rest)?;
+    let data = shared.data.lock();
+    let vars = variables(&data, cmd, CMD)?;
+    let source = Source::open(&data, &ns);
+    check_hint(source.collection(), cmd.get("hint"))?;
+    let input = match &leading {
+        Some(m) => source
+            .select(m, &vars)?
+            .into_iter()
+            .map(|(_, d)| d.clone())
+            .collect(),
+        None => source.all(),
+    };
+    drop(source);
+    let results = parsed.run(input, &vars)?;
+    drop(data);
+    let cursor_ns = ns.to_string();
+    Ok(cursor_reply(
+        shared, ns, cursor_ns, results, batch_size, false,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ServerOptions;
+
+    fn shared() -> Shared {
+        Shared::new(ServerOptions::default(), "127.0.0.1:1".into())
+    }
+
+    fn ctx() -> CommandContext {
+        CommandContext {
+            db: "db".into(),
+            ..Default::default()
+        }
+    }
+
+    fn oplog_ops(s: &Shared) -> Vec<String> {
+        s.data
+            .lock()
+            .oplog
+            .entries()
+            .iter()
+            .map(|e| {
+                match &e.op {
+                    OplogOp::Insert { .. } => "insert",
+                    OplogOp::Update { .. } => "update",
+                    OplogOp::Replace { .. } => "replace",
+                    OplogOp::Delete { .. } => "delete",
+                    OplogOp::Create { .. } => "create",
+                    OplogOp::Drop { .. } => "drop",
+                    OplogOp::Rename { .. } => "rename",
+                    OplogOp::DropDatabase { .. } => "dropDatabase",
+                }
+                .to_string()
+            })
+            .collect()
+    }
+
+    fn unique_index(s: &Shared) {
+        let mut data = s.data.lock();
+        let (c, _) = data.ensure_collection(&Namespace::new("db", "c"));
+        c.create_index(
+            &Namespace::new("db", "c"),
+            crate::storage::IndexSpec {
+                name: "aggregateId_1_sequenceNumber_1".into(),
+                key: doc! {"aggregateId": 1, "sequenceNumber": 1},
+                unique: true,
+                sparse: false,
+                expire_after_seconds: None,
+            },
+        )
+        .unwrap();
+    }
+
+    fn find_all(s: &Shared) -> Vec<Document> {
+        let r = find(s, &ctx(), &doc! {"find": "c"}).unwrap();
+        r.get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .iter()
+            .map(|d| d.as_document().unwrap().clone())
+            .collect()
+    }
+
+    #[test]
+    fn insert_generates_id_first_and_records_create_then_inserts() {
+        let s = shared();
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"a": 1}, {"b": 2, "_id": 7}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1 + 1});
+        let docs = find_all(&s);
+        assert_eq!(docs[0].keys().next().unwrap(), "_id");
+        assert!(matches!(docs[0].get("_id"), Some(Bson::ObjectId(_))));
+        assert_eq!(docs[1], doc! {"_id": 7, "b": 2});
+        assert_eq!(oplog_ops(&s), vec!["create", "insert", "insert"]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_write_errors_ordered_stops_unordered_continues() {
+        let s = shared();
+        unique_index(&s);
+        let docs = vec![
+            doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 5},
+            doc! {"_id": 2, "aggregateId": "a", "sequenceNumber": 5},
+            doc! {"_id": 3, "aggregateId": "a", "sequenceNumber": 6},
+        ];
+        let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs.clone()}).unwrap();
+        assert_eq!(r.get_i32("n").unwrap(), 1);
+        let errors = r.get_array("writeErrors").unwrap();
+        assert_eq!(errors.len(), 1);
+        let e = errors[0].as_document().unwrap();
+        assert_eq!(e.get_i32("index").unwrap(), 1);
+        assert_eq!(e.get_i32("code").unwrap(), 11000);
+        assert_eq!(
+            e.get_str("errmsg").unwrap(),
+            "E11000 duplicate key error collection: db.c index: aggregateId_1_sequenceNumber_1 dup key: { aggregateId: \"a\", sequenceNumber: 5 }"
+        );
+        assert_eq!(
+            e.get_document("keyPattern").unwrap(),
+            &doc! {"aggregateId": 1, "sequenceNumber": 1}
+        );
+        assert_eq!(
+            e.get_document("keyValue").unwrap(),
+            &doc! {"aggregateId": "a", "sequenceNumber": 5}
+        );
+
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [
+              {"_id": 1, "aggregateId": "b", "sequenceNumber": 1},
+              {"_id": 4, "aggregateId": "b", "sequenceNumber": 1},
+              {"_id": 5, "aggregateId": "b", "sequenceNumber": 1}],
+            "ordered": false},
+        )
+        .unwrap();
+        assert_eq!(r.get_i32("n").unwrap(), 1);
+        let errors = r.get_array("writeErrors").unwrap();
+        assert_eq!(errors.len(), 2);
+        assert!(
+            errors[0]
+                .as_document()
+                .unwrap()
+                .get_str("errmsg")
+                .unwrap()
+                .contains("index: _id_ dup key: { _id: 1 }")
+        );
+        assert_eq!(
+            errors[1].as_document().unwrap().get_i32("index").unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn bad_ids_and_oversized_documents_are_rejected() {
+        let s = shared();
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": [1]}, {"_id": bson::Regex{pattern: "a".into(), options: "".into()}}], "ordered": false},
+        )
+        .unwrap();
+        let errors = r.get_array("writeErrors").unwrap();
+        let e0 = errors[0].as_document().unwrap();
+        assert_eq!(e0.get_i32("code").unwrap(), 2);
+        assert_eq!(e0.get_str("errmsg").unwrap(), "can't use an array for _id");
+        assert_eq!(
+            errors[1].as_document().unwrap().get_str("errmsg").unwrap(),
+            "can't use a regex for _id"
+        );
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": {"$gt": 1}}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 52);
+        let r = insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "$a": {"$b": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1});
+        let big = "x".repeat(MAX_USER_DOCUMENT_SIZE);
+        let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"s": big}]}).unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 10334);
+    }
+
+    #[test]
+    fn invalid_namespaces_and_unknown_fields() {
+        let s = shared();
+        for coll in ["", "a$b", "system.users"] {
+            let err = insert(&s, &ctx(), &doc! {"insert": coll, "documents": [{}]}).unwrap_err();
+            assert_eq!(err.code, 73);
+            assert_eq!(
+                err.errmsg,
+                format!("Invalid namespace specified 'db.{coll}'")
+            );
+        }
+        let err = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{}], "x": 1}).unwrap_err();
+        assert_eq!(err.code, 40415);
+        let err = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {}, "bogus": 1}]},
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.errmsg,
+            "BSON field 'update.updates.bogus' is an unknown field."
+        );
+        let err = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {}, "collation": {"locale": "fr"}}]},
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 115);
+    }
+
+    #[test]
+    fn replacement_update_counts_matched_and_modified() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 2}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+        assert_eq!(find_all(&s), vec![doc! {"_id": 1, "a": 2}]);
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 2}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 0});
+        assert_eq!(oplog_ops(&s), vec!["create", "insert", "replace"]);
+        // Reordering fields is a change, as mongod compares the stored bytes.
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "d", "documents": [{"_id": 1, "a": 1, "b": 2}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "d", "updates": [{"q": {}, "u": {"b": 2, "a": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "d", "updates": [{"q": {}, "u": {"b": 2, "a": 1.0}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 3}, "multi": true}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 9);
+        assert_eq!(
+            e.get_str("errmsg").unwrap(),
+            "multi update is not supported for replacement-style update"
+        );
+    }
+
+    #[test]
+    fn replacement_that_collides_on_a_unique_index_is_a_write_error() {
+        let s = shared();
+        unique_index(&s);
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [
+            {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
+            {"_id": 2, "aggregateId": "a", "sequenceNumber": 2}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"aggregateId": "a", "sequenceNumber": 2}}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 11000);
+        assert_eq!(r.get_i32("nModified").unwrap(), 0);
+    }
+
+    #[test]
+    fn upsert_inserts_the_seed_and_reports_upserted() {
+        let s = shared();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {"k": "x"}, "u": {"$set": {"v": 1}}, "upsert": true}]},
+        )
+        .unwrap();
+        assert_eq!(r.get_i32("n").unwrap(), 1);
+        assert_eq!(r.get_i32("nModified").unwrap(), 0);
+        let up = r.get_array("upserted").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(up.get_i32("index").unwrap(), 0);
+        let docs = find_all(&s);
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].get("_id"), up.get("_id"));
+        assert_eq!(docs[0].get_str("k").unwrap(), "x");
+        assert_eq!(docs[0].get_i32("v").unwrap(), 1);
+        let ops = oplog_ops(&s);
+        assert_eq!(ops, vec!["create", "insert"]);
+    }
+
+    #[test]
+    fn replacement_upsert_keeps_the_filter_id() {
+        let s = shared();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {"_id": 5}, "u": {"v": 1}, "upsert": true}]},
+        )
+        .unwrap();
+        assert_eq!(
+            r.get_array("upserted").unwrap()[0].as_document().unwrap(),
+            &doc! {"index": 0, "_id": 5}
+        );
+        assert_eq!(find_all(&s), vec![doc! {"_id": 5, "v": 1}]);
+    }
+
+    #[test]
+    fn guarded_upsert_against_an_existing_document_fails_with_duplicate_key() {
+        // The filter {_id, version} does not match the stored version, so the upsert tries to
+        // insert a second document with the same _id; the filter is not equality on exactly
+        // the _id index's fields, so mongod reports E11000 instead of retrying.
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": "p", "version": 2}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {"_id": "p", "version": 1}, "u": {"$set": {"version": 2}}, "upsert": true}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 11000);
+        assert_eq!(e.get_document("keyValue").unwrap(), &doc! {"_id": "p"});
+        assert_eq!(r.get_i32("n").unwrap(), 0);
+    }
+
+    #[test]
+    fn upsert_retry_rule_requires_equality_on_exactly_the_index_fields() {
+        let err = crate::storage::duplicate_key_error(
+            &Namespace::new("db", "c"),
+            "_id_",
+            &doc! {"_id": 1},
+            doc! {"_id": 1},
+        );
+        assert!(upsert_retry_allowed(
+            &doc! {"_id": 1},
+            &doc! {"_id": 1, "a": 1},
+            &err
+        ));
+        assert!(upsert_retry_allowed(
+            &doc! {"$and": [{"_id": {"$eq": 1}}]},
+            &doc! {"_id": 1},
+            &err
+        ));
+        assert!(!upsert_retry_allowed(
+            &doc! {"_id": 1, "v": 2},
+            &doc! {"_id": 1, "v": 2},
+            &err
+        ));
+        assert!(!upsert_retry_allowed(
+            &doc! {"_id": {"$gt": 1}},
+            &doc! {"_id": 2},
+            &err
+        ));
+        let compound = crate::storage::duplicate_key_error(
+            &Namespace::new("db", "c"),
+            "a_1_b_1",
+            &doc! {"a": 1, "b": 1},
+            doc! {"a": 1, "b": 1},
+        );
+        assert!(upsert_retry_allowed(
+            &doc! {"b": 1, "a": 1},
+            &doc! {"_id": 0, "a": 1, "b": 1},
+            &compound
+        ));
+        assert!(!upsert_retry_allowed(
+            &doc! {"a": 1, "b": 1},
+            &doc! {"_id": 0, "a": 1, "b": 2},
+            &compound
+        ));
+    }
+
+    #[test]
+    fn operator_update_records_before_and_after() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"a": 2}}}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+        let data = s.data.lock();
+        let last = data.oplog.entries().back().unwrap();
+        match &last.op {
+            OplogOp::Update {
+                before,
+                after,
+                document_key,
+                ..
+            } => {
+                assert_eq!(before, &doc! {"_id": 1, "a": 1});
+                assert_eq!(after, &doc! {"_id": 1, "a": 2});
+                assert_eq!(document_key, &doc! {"_id": 1});
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_limits_and_records() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+        )
+        .unwrap();
+        let err = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 2}]},
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 9);
+        assert_eq!(
+            err.errmsg,
+            "The limit field in delete objects must be 0 or 1. Got 2"
+        );
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 1}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1});
+        assert_eq!(find_all(&s), vec![doc! {"_id": 2}, doc! {"_id": 3}]);
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 0}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 2});
+        let ops = oplog_ops(&s);
+        assert_eq!(&ops[ops.len() - 3..], &["delete", "delete", "delete"]);
+        let data = s.data.lock();
+        match &data.oplog.entries().back().unwrap().op {
+            OplogOp::Delete { document_key, .. } => assert_eq!(document_key, &doc! {"_id": 3}),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_hints_are_write_errors() {
+        let s = shared();
+        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}]}).unwrap();
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {}, "limit": 1, "hint": "nope_1"}]},
+        )
+        .unwrap();
+        let e = r.get_array("writeErrors").unwrap()[0]
+            .as_document()
+            .unwrap()
+            .clone();
+        assert_eq!(e.get_i32("code").unwrap(), 2);
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 1}, "hint": {"a": 1}}]},
+        )
+        .unwrap();
+        assert_eq!(r.get_array("writeErrors").unwrap().len(), 1);
+        let r = update(
+            &s,
+            &ctx(),
+            &doc! {"update": "c", "updates": [{"q": {}, "u": {"a": 1}, "hint": "_id_"}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1, "nModified": 1});
+    }
+
+    #[test]
+    fn delete_by_id_uses_the_filter() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}]},
+        )
+        .unwrap();
+        let r = delete(
+            &s,
+            &ctx(),
+            &doc! {"delete": "c", "deletes": [{"q": {"_id": 2}, "limit": 1}]},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"n": 1});
+        assert_eq!(find_all(&s), vec![doc! {"_id": 1}]);
+    }
+
+    #[test]
+    fn find_batches_through_a_query_cursor() {
+        let s = shared();
+        let docs: Vec<Document> = (0..250).map(|i| doc! {"_id": i}).collect();
+        insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs}).unwrap();
+        let r = find(&s, &ctx(), &doc! {"find": "c"}).unwrap();
+        let cursor = r.get_document("cursor").unwrap();
+        assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 101);
+        assert_eq!(cursor.get_str("ns").unwrap(), "db.c");
+        let id = cursor.get_i64("id").unwrap();
+        assert_ne!(id, 0);
+        assert_eq!(s.cursors.lock().len(), 1);
+
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "batchSize": 10, "skip": 5, "limit": 12},
+        )
+        .unwrap();
+        let cursor = r.get_document("cursor").unwrap();
+        let first = cursor.get_array("firstBatch").unwrap();
+        assert_eq!(first.len(), 10);
+        assert_eq!(first[0].as_document().unwrap(), &doc! {"_id": 5});
+
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "batchSize": 10, "singleBatch": true},
+        )
+        .unwrap();
+        assert_eq!(r.get_document("cursor").unwrap().get_i64("id").unwrap(), 0);
+
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "sort": {"$natural": -1}, "limit": 2},
+        )
+        .unwrap();
+        let first = r
+            .get_document("cursor")
+            .unwrap()
+            .get_array("firstBatch")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            first,
+            vec![
+                Bson::Document(doc! {"_id": 249}),
+                Bson::Document(doc! {"_id": 248})
+            ]
+        );
+
+        let mut q = QueryCursor::new((0..3).map(|i| doc! {"i": i}).collect());
+        let data = s.data.lock();
+        let (b, done) = q.next_batch(&data, Some(2)).unwrap();
+        assert_eq!((b.len(), done), (2, false));
+        let (b, done) = q.next_batch(&data, None).unwrap();
+        assert_eq!((b.len(), done), (1, true));
+    }
+
+    #[test]
+    fn find_on_a_missing_collection_and_tailable_errors() {
+        let s = shared();
+        let r = find(&s, &ctx(), &doc! {"find": "nope"}).unwrap();
+        assert_eq!(
+            r,
+            doc! {"cursor": {"firstBatch": [], "id": 0i64, "ns": "db.nope"}}
+        );
+        let err = find(&s, &ctx(), &doc! {"find": "c", "tailable": true}).unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(
+            err.errmsg
+                .contains("tailable cursor requested on non capped collection")
+        );
+        let err = find(&s, &ctx(), &doc! {"find": "c", "limit": -1}).unwrap_err();
+        assert_eq!(err.code, 2);
+    }
+
+    #[test]
+    fn find_with_filter_projection_and_sort() {
+        let s = shared();
+        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [
+            {"_id": 1, "a": 2, "b": "x"}, {"_id": 2, "a": 1, "b": "y"}, {"_id": 3, "a": 2, "b": "z"}]}).unwrap();
+        let r = find(
+            &s,
+            &ctx(),
+            &doc! {"find": "c", "filter": {"a": 2}, "sort": {"b": -1}, "projection": {"b": 1, "_id": 0}},
+        )
+        .unwrap();
+        assert_eq!(
+            r.get_document("cursor")
+                .unwrap()
+                .get_array("firstBatch")
+                .unwrap(),
+            &vec![
+                Bson::Document(doc! {"b": "z"}),
+                Bson::Document(doc! {"b": "x"})
+            ]
+        );
+    }
+
+    #[test]
+    fn find_and_modify_argument_errors() {
+        let s = shared();
+        let cases = [
+            (
+                doc! {"findAndModify": "c", "remove": true, "update": {}},
+                "Cannot specify both an update and remove=true",
+            ),
+            (
+                doc! {"findAndModify": "c"},
+                "Either an update or remove=true must be specified",
+            ),
+            (
+                doc! {"findAndModify": "c", "remove": true, "new": true},
+                "Cannot specify both new=true and remove=true; 'remove' always returns the deleted document",
+            ),
+            (
+                doc! {"findAndModify": "c", "remove": true, "upsert": true},
+                "Cannot specify both upsert=true and remove=true ",
+            ),
+        ];
+        for (cmd, msg) in cases {
+            let err = find_and_modify(&s, &ctx(), &cmd).unwrap_err();
+            assert_eq!((err.code, err.errmsg.as_str()), (9, msg));
+        }
+    }
+
+    #[test]
+    fn find_and_modify_replaces_removes_and_upserts() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+        )
+        .unwrap();
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "update": {"a": 2}},
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": {"_id": 1, "a": 1}}
+        );
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "update": {"a": 3}, "new": true},
+        )
+        .unwrap();
+        assert_eq!(r.get_document("value").unwrap(), &doc! {"_id": 1, "a": 3});
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "remove": true},
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1}, "value": {"_id": 1, "a": 3}}
+        );
+        let r = find_and_modify(
+            &s,
+            &ctx(),
+            &doc! {"findAndModify": "c", "query": {}, "remove": true},
+        )
+        .unwrap();
+        assert_eq!(r, doc! {"lastErrorObject": {"n": 0}, "value": null});
+        let r = find_and_modify(&s, &ctx(), &doc! {"findAndModify": "c", "query": {"_id": 9}, "update": {"a": 1}, "upsert": true, "new": true}).unwrap();
+        assert_eq!(
+            r,
+            doc! {"lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": 9}, "value": {"_id": 9, "a": 1}}
+        );
+        assert_eq!(
+            oplog_ops(&s),
+            vec!["create", "insert", "replace", "replace", "delete", "insert"]
+        );
+    }
+
+    #[test]
+    fn count_and_distinct() {
+        let s = shared();
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [
+            {"_id": 1, "t": [2, 1]}, {"_id": 2, "t": 1.0}, {"_id": 3, "t": "a"}, {"_id": 4}]},
+        )
+        .unwrap();
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "c"}).unwrap(),
+            doc! {"n": 4}
+        );
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "c", "skip": 1, "limit": -2}).unwrap(),
+            doc! {"n": 2}
+        );
+        assert_eq!(
+            count(&s, &ctx(), &doc! {"count": "missing"}).unwrap(),
+            doc! {"n": 0}
+        );
+        let r = distinct(&s, &ctx(), &doc! {"distinct": "c", "key": "t"}).unwrap();
+        assert_eq!(r, doc! {"values": [1, 2, "a"]});
+    }
+
+    #[test]
+    fn aggregate_requires_cursor_and_rejects_database_level() {
+        let s = shared();
+        let err = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": []}).unwrap_err();
+        assert_eq!(err.code, 9);
+        assert_eq!(
+            err.errmsg,
+            "The 'cursor' option is required, except for aggregate with the explain argument"
+        );
+        let err = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": 1, "pipeline": [], "cursor": {}},
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 115);
+        let err = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": "c", "pipeline": [], "cursor": {}, "explain": true},
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 115);
+        insert(
+            &s,
+            &ctx(),
+            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+        )
+        .unwrap();
+        let r = aggregate(
+            &s,
+            &ctx(),
+            &doc! {"aggregate": "c", "pipeline": [], "cursor": {"batchSize": 2}},
+        )
+        .unwrap();
+        let cursor = r.get_document("cursor").unwrap();
+        assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 2);
+        assert_ne!(cursor.get_i64("id").unwrap(), 0);
+    }
+
+    #[test]
+    fn insert_many_is_fast_with_a_unique_compound_index() {
+        let s = shared();
+        unique_index(&s);
+        let start = std::time::Instant::now();
+        for batch in 0..20 {
+            let docs: Vec<Document> = (0..1000)
+                .map(|i| doc! {"aggregateId": format!("agg-{batch}"), "sequenceNumber": i, "payload": {"x": i, "y": "some text"}})
+                .collect();
+            let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs}).unwrap();
+            assert_eq!(r.get_i32("n").unwrap(), 1000);
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(
+            s.data
+                .lock()
+                .collection(&Namespace::new("db", "c"))
+                .unwrap()
+                .documents
+                .len(),
+            20_000
+        );
+        // Generous even for an unoptimised test build: 20k inserts well within 4 s.
+        assert!(elapsed.as_secs_f64() < 4.0, "took {elapsed:?}");
+    }
+}

@@ -1,0 +1,537 @@
+//! The wire protocol and the handshake over a real socket: the official driver sees a
+//! replica-set primary, defective messages close only their own connection, and the
+//! `failCommand` fail point behaves as mongod's.
+
+use bson::{Bson, Document, doc};
+use mongo_sim::wire::{self, Request};
+use mongo_sim::{MongoSim, ServerOptions};
+use mongodb::Client;
+use mongodb::error::ErrorKind;
+use mongodb::options::ClientOptions;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn server() -> MongoSim {
+    mongo_sim::server::start_default()
+        .await
+        .expect("server starts")
+}
+
+async fn client(sim: &MongoSim, app_name: Option<&str>) -> Client {
+    let mut options = ClientOptions::parse(sim.uri()).await.expect("uri parses");
+    options.server_selection_timeout = Some(Duration::from_secs(10));
+    options.app_name = app_name.map(str::to_string);
+    Client::with_options(options).expect("client")
+}
+
+async fn run(client: &Client, db: &str, cmd: Document) -> mongodb::error::Result<Document> {
+    client.database(db).run_command(cmd).await
+}
+
+fn command_code(err: &mongodb::error::Error) -> Option<i32> {
+    match &*err.kind {
+        ErrorKind::Command(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+async fn connect(sim: &MongoSim) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", sim.port()))
+        .await
+        .expect("connects")
+}
+
+/// Sends `bytes` and reads one reply; `None` when the server closed the connection.
+async fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<Vec<u8>> {
+    stream.write_all(bytes).await.ok()?;
+    wire::read_message(stream).await.ok().flatten()
+}
+
+fn op_msg_body(reply: &[u8]) -> Document {
+    match wire::decode(reply).expect("reply decodes") {
+        Request::Msg(m) => m.body,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("server closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "expected EOF, got {read:?}");
+}
+
+async fn assert_driver_works(client: &Client) {
+    let pong = run(client, "admin", doc! {"ping": 1}).await.expect("ping");
+    assert_eq!(pong.get_f64("ok").unwrap(), 1.0);
+    let hello = run(client, "admin", doc! {"hello": 1})
+        .await
+        .expect("hello");
+    assert!(hello.get_bool("isWritablePrimary").unwrap());
+}
+
+#[tokio::test]
+async fn driver_sees_a_replica_set_primary() {
+    let sim = server().await;
+    assert_eq!(
+        sim.uri(),
+        format!("mongodb://127.0.0.1:{}/?replicaSet=rs0", sim.port())
+    );
+    let client = client(&sim, None).await;
+    let hello = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
+    assert_eq!(hello.get_str("setName").unwrap(), "rs0");
+    assert_eq!(hello.get_str("primary").unwrap(), sim.host());
+    assert_eq!(hello.get_str("me").unwrap(), sim.host());
+    assert_eq!(
+        hello.get_array("hosts").unwrap(),
+        &vec![Bson::String(sim.host().to_string())]
+    );
+    assert!(hello.get_timestamp("operationTime").is_ok());
+    let info = run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
+    assert_eq!(info.get_str("version").unwrap(), "7.0.14");
+    let status = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    assert_eq!(status.get_str("process").unwrap(), "mongod");
+    assert!(
+        status
+            .get_document("connections")
+            .unwrap()
+            .get_i32("current")
+            .unwrap()
+            >= 1
+    );
+    let err = run(&client, "admin", doc! {"frobnicate": 1})
+        .await
+        .unwrap_err();
+    assert_eq!(command_code(&err), Some(59));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn defective_messages_close_only_their_connection() {
+    let sim = server().await;
+    let client = client(&sim, None).await;
+    assert_driver_works(&client).await;
+
+    let mut garbage = connect(&sim).await;
+    garbage
+        .write_all(b"this is certainly not a mongodb message at all")
+        .await
+        .unwrap();
+    assert_closed(&mut garbage).await;
+
+    let mut unknown_opcode = connect(&sim).await;
+    let mut bytes = wire::encode_op_msg(1, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    bytes[12..16].copy_from_slice(&2012i32.to_le_bytes());
+    unknown_opcode.write_all(&bytes).await.unwrap();
+    assert_closed(&mut unknown_opcode).await;
+
+    // The length promises more than is ever sent.
+    let mut truncated = connect(&sim).await;
+    let bytes = wire::encode_op_msg(1, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    truncated
+        .write_all(&bytes[..bytes.len() - 3])
+        .await
+        .unwrap();
+    truncated.shutdown().await.unwrap();
+    assert_closed(&mut truncated).await;
+
+    // A section runs past the end of the message.
+    let mut bad_section = connect(&sim).await;
+    let mut bytes = wire::encode_op_msg(1, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    bytes[21..25].copy_from_slice(&1000i32.to_le_bytes());
+    bad_section.write_all(&bytes).await.unwrap();
+    assert_closed(&mut bad_section).await;
+
+    let mut oversized = connect(&sim).await;
+    let mut header = Vec::new();
+    header.extend_from_slice(&48_000_001i32.to_le_bytes());
+    header.extend_from_slice(&[0u8; 12]);
+    oversized.write_all(&header).await.unwrap();
+    assert_closed(&mut oversized).await;
+
+    assert_driver_works(&client).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn checksummed_op_msg_is_answered_with_a_checksum() {
+    let sim = server().await;
+    let mut stream = connect(&sim).await;
+    let request = wire::encode_op_msg(
+        42,
+        0,
+        wire::FLAG_CHECKSUM_PRESENT,
+        &doc! {"ping": 1, "$db": "admin"},
+        &[],
+    );
+    let reply = exchange(&mut stream, &request).await.expect("a reply");
+    let Request::Msg(msg) = wire::decode(&reply).expect("reply checksum verifies") else {
+        panic!("not an OP_MSG")
+    };
+    assert!(msg.checksum_present());
+    assert_eq!(msg.header.response_to, 42);
+    assert_eq!(msg.body.get_f64("ok").unwrap(), 1.0);
+
+    // A wrong checksum closes the connection.
+    let mut request = request;
+    let n = request.len();
+    request[n - 1] ^= 0x55;
+    assert!(exchange(&mut stream, &request).await.is_none());
+}
+
+#[tokio::test]
+async fn more_to_come_requests_get_no_reply() {
+    let sim = server().await;
+    let mut stream = connect(&sim).await;
+    let silent = wire::encode_op_msg(
+        1,
+        0,
+        wire::FLAG_MORE_TO_COME,
+        &doc! {"ping": 1, "$db": "admin"},
+        &[],
+    );
+    stream.write_all(&silent).await.unwrap();
+    let answered = wire::encode_op_msg(2, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    let reply = exchange(&mut stream, &answered).await.expect("a reply");
+    let header = wire::parse_header(&reply).unwrap();
+    assert_eq!(
+        header.response_to, 2,
+        "the first reply answers the second request"
+    );
+}
+
+#[tokio::test]
+async fn document_sequences_arrive_as_arrays() {
+    let sim = server().await;
+    let mut stream = connect(&sim).await;
+    let docs = [doc! {"a": 1}, doc! {"b": 2}];
+    let ping = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"ping": 1, "$db": "admin"},
+        &[("documents", &docs)],
+    );
+    let body = op_msg_body(&exchange(&mut stream, &ping).await.expect("a reply"));
+    assert_eq!(body.get_f64("ok").unwrap(), 1.0);
+
+    // hello's `client` must be an object: the sequence shows up as an array.
+    let hello = wire::encode_op_msg(
+        2,
+        0,
+        0,
+        &doc! {"hello": 1, "$db": "admin"},
+        &[("client", &docs)],
+    );
+    let body = op_msg_body(&exchange(&mut stream, &hello).await.expect("a reply"));
+    assert_eq!(body.get_i32("code").unwrap(), 14);
+    assert!(
+        body.get_str("errmsg").unwrap().contains("'array'"),
+        "{body}"
+    );
+
+    // The same field in the body and a sequence is a protocol error.
+    let duplicate = wire::encode_op_msg(
+        3,
+        0,
+        0,
+        &doc! {"ping": 1, "$db": "admin", "documents": []},
+        &[("documents", &docs)],
+    );
+    assert!(exchange(&mut stream, &duplicate).await.is_none());
+}
+
+#[tokio::test]
+async fn legacy_op_query_is_only_for_the_handshake() {
+    let sim = server().await;
+    let mut stream = connect(&sim).await;
+    let query = wire::encode_op_query(9, "admin.$cmd", &doc! {"isMaster": 1, "helloOk": true});
+    let reply = exchange(&mut stream, &query).await.expect("a reply");
+    let (header, body) = wire::decode_op_reply(&reply).unwrap();
+    assert_eq!(header.response_to, 9);
+    assert!(body.get_bool("ismaster").unwrap());
+    assert!(body.get_bool("helloOk").unwrap());
+    assert_eq!(body.get_str("setName").unwrap(), "rs0");
+
+    let query = wire::encode_op_query(10, "admin.$cmd", &doc! {"ping": 1});
+    let reply = exchange(&mut stream, &query).await.expect("a reply");
+    let (_, body) = wire::decode_op_reply(&reply).unwrap();
+    assert_eq!(body.get_i32("code").unwrap(), 352);
+    assert_eq!(
+        body.get_str("codeName").unwrap(),
+        "UnsupportedOpQueryCommand"
+    );
+    assert!(body.get_str("errmsg").unwrap().starts_with(
+        "Unsupported OP_QUERY command: ping. The client driver may require an upgrade."
+    ));
+}
+
+#[tokio::test]
+async fn fail_point_modes_through_the_driver() {
+    let sim = server().await;
+    let client = client(&sim, None).await;
+    let configure = |mode: Bson, data: Document| {
+        doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data}
+    };
+
+    let reply = run(
+        &client,
+        "admin",
+        configure(
+            doc! {"times": 2}.into(),
+            doc! {"failCommands": ["ping"], "errorCode": 91},
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.get_i32("count").unwrap(), 0);
+    // Unlisted commands pass and do not count down.
+    run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
+    for _ in 0..2 {
+        let err = run(&client, "admin", doc! {"ping": 1}).await.unwrap_err();
+        assert_eq!(command_code(&err), Some(91));
+        assert!(err.labels().is_empty());
+    }
+    run(&client, "admin", doc! {"ping": 1}).await.unwrap();
+
+    run(
+        &client,
+        "admin",
+        configure(
+            doc! {"skip": 1}.into(),
+            doc! {"failCommands": ["buildInfo"], "errorCode": 8, "errorLabels": ["Custom"]},
+        ),
+    )
+    .await
+    .unwrap();
+    run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
+    for _ in 0..2 {
+        let err = run(&client, "admin", doc! {"buildInfo": 1})
+            .await
+            .unwrap_err();
+        assert_eq!(command_code(&err), Some(8));
+        assert!(err.contains_label("Custom"));
+    }
+
+    let reply = run(&client, "admin", configure("off".into(), doc! {}))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_i32("count").unwrap(), 4);
+    run(&client, "admin", doc! {"buildInfo": 1}).await.unwrap();
+
+    // alwaysOn, narrowed to one application name.
+    run(
+        &client,
+        "admin",
+        configure(
+            "alwaysOn".into(),
+            doc! {"failCommands": ["ping"], "errorCode": 2, "appName": "victim"},
+        ),
+    )
+    .await
+    .unwrap();
+    run(&client, "admin", doc! {"ping": 1}).await.unwrap();
+    let victim = self::client(&sim, Some("victim")).await;
+    for _ in 0..3 {
+        let err = run(&victim, "admin", doc! {"ping": 1}).await.unwrap_err();
+        assert_eq!(command_code(&err), Some(2));
+    }
+
+    // Only on admin, and only failCommand.
+    let err = run(&client, "test", configure("off".into(), doc! {}))
+        .await
+        .unwrap_err();
+    assert_eq!(command_code(&err), Some(13));
+    let err = run(
+        &client,
+        "admin",
+        doc! {"configureFailPoint": "somethingElse", "mode": "off"},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(command_code(&err), Some(115));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn close_connection_fail_point_drops_the_socket_and_the_server_keeps_serving() {
+    let sim = server().await;
+    let client = client(&sim, None).await;
+    run(
+        &client,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
+        "data": {"failCommands": ["ping"], "closeConnection": true}},
+    )
+    .await
+    .unwrap();
+    let err = run(&client, "admin", doc! {"ping": 1}).await.unwrap_err();
+    assert!(
+        matches!(&*err.kind, ErrorKind::Io(_)),
+        "expected a network error, got {err:?}"
+    );
+    assert_driver_works(&client).await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn block_connection_does_not_block_other_connections() {
+    let sim = server().await;
+    let admin = client(&sim, None).await;
+    run(
+        &admin,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": {"times": 1},
+        "data": {"failCommands": ["ping"], "blockConnection": true,
+                 "blockTimeMS": 1500, "appName": "slow"}},
+    )
+    .await
+    .unwrap();
+    let mut slow = connect(&sim).await;
+    let hello = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"hello": 1, "$db": "admin", "client": {"application": {"name": "slow"}}},
+        &[],
+    );
+    exchange(&mut slow, &hello).await.expect("a reply");
+    let started = Instant::now();
+    let ping = wire::encode_op_msg(2, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    slow.write_all(&ping).await.unwrap();
+
+    let mut other = connect(&sim).await;
+    let quick = Instant::now();
+    let body = op_msg_body(&exchange(&mut other, &ping).await.expect("a reply"));
+    assert_eq!(body.get_f64("ok").unwrap(), 1.0);
+    assert!(quick.elapsed() < Duration::from_millis(1000));
+    run(&admin, "admin", doc! {"ping": 1}).await.unwrap();
+
+    let reply = wire::read_message(&mut slow)
+        .await
+        .unwrap()
+        .expect("a reply");
+    assert_eq!(op_msg_body(&reply).get_f64("ok").unwrap(), 1.0);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn step_down_closes_connections_and_a_new_primary_is_elected() {
+    let sim = server().await;
+    let client = client(&sim, None).await;
+    let before = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
+    let mut idle = connect(&sim).await;
+
+    let reply = run(&client, "admin", doc! {"replSetStepDown": 2})
+        .await
+        .unwrap();
+    assert_eq!(reply.get_f64("ok").unwrap(), 1.0);
+    assert_closed(&mut idle).await;
+
+    let mut raw = connect(&sim).await;
+    let hello = wire::encode_op_msg(1, 0, 0, &doc! {"hello": 1, "$db": "admin"}, &[]);
+    let body = op_msg_body(&exchange(&mut raw, &hello).await.expect("a reply"));
+    assert!(!body.get_bool("isWritablePrimary").unwrap());
+    assert!(body.get_bool("secondary").unwrap());
+    assert!(!body.contains_key("primary"));
+
+    // The driver's pooled connection was closed: its next use fails as a network error, then
+    // the driver waits in server selection until the node is primary again.
+    let err = run(&client, "admin", doc! {"hello": 1}).await.unwrap_err();
+    assert!(matches!(&*err.kind, ErrorKind::Io(_)), "{err:?}");
+    let after = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
+    assert!(after.get_bool("isWritablePrimary").unwrap());
+    assert!(
+        after.get_object_id("electionId").unwrap() > before.get_object_id("electionId").unwrap()
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_idle_connections_do_not_starve_the_driver() {
+    let sim = server().await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(connect(&sim).await);
+    }
+    let client = client(&sim, None).await;
+    assert_driver_works(&client).await;
+    let status = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    let current = status
+        .get_document("connections")
+        .unwrap()
+        .get_i32("current")
+        .unwrap();
+    assert!(current >= 1000, "{current}");
+    drop(idle);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_releases_the_port() {
+    let sim = mongo_sim::server::start_default().await.unwrap();
+    let port = sim.port();
+    let mut stream = connect(&sim).await;
+    sim.shutdown().await;
+    assert_closed(&mut stream).await;
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
+
+#[test]
+fn own_runtime_serves_synchronous_callers() {
+    let sim = MongoSim::start_on_own_runtime(ServerOptions::default()).unwrap();
+    let port = sim.port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = client(&sim, None).await;
+        assert_driver_works(&client).await;
+    });
+    drop(sim);
+    runtime.block_on(async {
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    });
+}
+
+#[tokio::test]
+async fn step_down_ends_commands_still_waiting() {
+    let sim = server().await;
+    let admin = client(&sim, None).await;
+    run(
+        &admin,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+        "data": {"failCommands": ["ping"], "blockConnection": true,
+                 "blockTimeMS": 60_000, "appName": "waiting"}},
+    )
+    .await
+    .unwrap();
+    let mut waiting = connect(&sim).await;
+    let hello = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"hello": 1, "$db": "admin", "client": {"application": {"name": "waiting"}}},
+        &[],
+    );
+    exchange(&mut waiting, &hello).await.expect("a reply");
+    let ping = wire::encode_op_msg(2, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    waiting.write_all(&ping).await.unwrap();
+
+    let mut other = connect(&sim).await;
+    let step_down = wire::encode_op_msg(3, 0, 0, &doc! {"replSetStepDown": 0, "$db": "admin"}, &[]);
+    let body = op_msg_body(&exchange(&mut other, &step_down).await.expect("a reply"));
+    assert_eq!(body.get_f64("ok").unwrap(), 1.0);
+    assert_closed(&mut other).await;
+    assert_closed(&mut waiting).await;
+    sim.shutdown().await;
+}
