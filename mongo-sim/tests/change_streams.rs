@@ -591,7 +591,13 @@ async fn post_batch_resume_token_on_every_batch() {
     let event_token = token_data(&token_doc(&event));
     assert!(event_token > empty_token);
     assert_eq!(token_data(&driver_token(&stream)), event_token);
+    // An empty getMore waits maxAwaitTimeMS for new events before answering.
+    let started = Instant::now();
     assert_eq!(stream.next_if_any().await.unwrap(), None);
+    assert!(
+        started.elapsed() >= AWAIT,
+        "the driver's getMore waited maxAwaitTimeMS"
+    );
     let later = token_data(&driver_token(&stream));
     assert!(
         later >= event_token,
