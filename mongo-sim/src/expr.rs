@@ -1,8 +1,20 @@
 //! Aggregation expressions (`$add`, `$cond`, `$$ROOT`, ...) for `$expr`, `$project`,
 //! `$group` and update pipelines, with mongod's null/missing and type-error behaviour.
+//!
+//! An expression is parsed once into an [`Expr`] tree, validating operator names, argument
+//! counts and field paths the way mongod does before it reads any document (manual:
+//! "Aggregation Operators", "Expressions"). Evaluation returns `None` for a missing value,
+//! which differs from null: object expressions drop missing fields and `$$REMOVE` is missing.
+//! Decimal128 arithmetic is not implemented and fails with 115 CommandNotSupported.
 
-use crate::error::{CommandError, Result};
-use bson::{Bson, Document};
+use crate::bsontype::type_name;
+use crate::compare::compare;
+use crate::error::{
+    BAD_VALUE, COMMAND_NOT_SUPPORTED, CONVERSION_FAILURE, CommandError, INVALID_PIPELINE_OPERATOR,
+    Result,
+};
+use bson::{Bson, Document, oid::ObjectId};
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 /// Variables visible to an expression: `$$NOW`, `$$CLUSTER_TIME`, the user's `let`
@@ -23,8 +35,10 @@ impl Variables {
     }
 
     /// Adds the command's `let` document: each value is a constant expression evaluated once.
+    /// Names follow the rules for user variables (lowercase or non-ASCII first character).
     pub fn with_let(mut self, let_doc: &Document) -> Result<Self> {
         for (name, value) in let_doc {
+            validate_user_var_name(name)?;
             let expr = Expr::parse(value)?;
             let v = expr.eval(&Document::new(), &self)?.unwrap_or(Bson::Null);
             self.values.insert(name.clone(), v);
@@ -45,26 +59,1369 @@ impl Variables {
 /// InvalidPipelineOperator), as mongod does before touching any document.
 #[derive(Debug, Clone)]
 pub struct Expr {
-    raw: Bson,
+    node: Node,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Const(Bson),
+    /// `"$a.b"`: a path from `$$CURRENT`.
+    Path(Vec<String>),
+    /// `"$$name.a.b"`.
+    Var {
+        name: String,
+        path: Vec<String>,
+    },
+    Object(Vec<(String, Expr)>),
+    Array(Vec<Expr>),
+    Op {
+        op: &'static str,
+        args: Vec<Expr>,
+    },
+    Switch {
+        branches: Vec<(Expr, Expr)>,
+        default: Option<Box<Expr>>,
+    },
+    Filter {
+        input: Box<Expr>,
+        var: String,
+        cond: Box<Expr>,
+        limit: Option<Box<Expr>>,
+    },
+    Map {
+        input: Box<Expr>,
+        var: String,
+        body: Box<Expr>,
+    },
+    Reduce {
+        input: Box<Expr>,
+        initial: Box<Expr>,
+        body: Box<Expr>,
+    },
+    Let {
+        vars: Vec<(String, Expr)>,
+        body: Box<Expr>,
+    },
+    Convert {
+        input: Box<Expr>,
+        to: Box<Expr>,
+        on_error: Option<Box<Expr>>,
+        on_null: Option<Box<Expr>>,
+    },
+    DateToString {
+        date: Box<Expr>,
+        format: Option<Box<Expr>>,
+        timezone: Option<Box<Expr>>,
+        on_null: Option<Box<Expr>>,
+    },
+    GetField {
+        field: String,
+        input: Box<Expr>,
+    },
+    SetField {
+        field: String,
+        input: Box<Expr>,
+        value: Box<Expr>,
+    },
+    SortArray {
+        input: Box<Expr>,
+        sort_by: SortBy,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum SortBy {
+    Value(bool),
+    Fields(Vec<(String, bool)>),
+}
+
+/// How many arguments an operator takes, as mongod's `ExpressionFixedArity` /
+/// `ExpressionRangedArity` / `ExpressionVariadic` declare it.
+enum Arity {
+    Exactly(usize),
+    Range(usize, usize),
+    Variadic,
+}
+
+fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
+    use Arity::*;
+    const ONE: &[&str] = &[
+        "$abs",
+        "$ceil",
+        "$floor",
+        "$toString",
+        "$toInt",
+        "$toLong",
+        "$toDouble",
+        "$toDate",
+        "$toBool",
+        "$toObjectId",
+        "$not",
+        "$size",
+        "$first",
+        "$last",
+        "$type",
+        "$isArray",
+        "$isNumber",
+        "$strLenBytes",
+        "$toLower",
+        "$toUpper",
+        "$objectToArray",
+        "$arrayToObject",
+        "$reverseArray",
+    ];
+    const TWO: &[&str] = &[
+        "$subtract",
+        "$divide",
+        "$mod",
+        "$eq",
+        "$ne",
+        "$gt",
+        "$gte",
+        "$lt",
+        "$lte",
+        "$cmp",
+        "$in",
+        "$arrayElemAt",
+        "$split",
+    ];
+    const VARIADIC: &[&str] = &[
+        "$add",
+        "$multiply",
+        "$concat",
+        "$and",
+        "$or",
+        "$concatArrays",
+        "$mergeObjects",
+        "$max",
+        "$min",
+        "$sum",
+        "$avg",
+        "$ifNull",
+    ];
+    let find = |list: &[&'static str]| list.iter().copied().find(|n| *n == op);
+    if let Some(n) = find(ONE) {
+        return Some((n, Exactly(1)));
+    }
+    if let Some(n) = find(TWO) {
+        return Some((n, Exactly(2)));
+    }
+    if let Some(n) = find(VARIADIC) {
+        return Some((n, Variadic));
+    }
+    match op {
+        "$cond" => Some(("$cond", Exactly(3))),
+        "$substrBytes" => Some(("$substrBytes", Exactly(3))),
+        "$round" => Some(("$round", Range(1, 2))),
+        "$trunc" => Some(("$trunc", Range(1, 2))),
+        "$range" => Some(("$range", Range(2, 3))),
+        "$indexOfArray" => Some(("$indexOfArray", Range(2, 4))),
+        _ => None,
+    }
+}
+
+fn loc(code: i32, msg: impl Into<String>) -> CommandError {
+    CommandError::location(code, msg)
+}
+
+fn type_of(v: Option<&Bson>) -> &'static str {
+    v.map(type_name).unwrap_or("missing")
+}
+
+fn is_nullish(v: Option<&Bson>) -> bool {
+    matches!(v, None | Some(Bson::Null) | Some(Bson::Undefined))
+}
+
+fn decimal_unsupported() -> CommandError {
+    CommandError::new(
+        COMMAND_NOT_SUPPORTED,
+        "Decimal128 values are not supported in aggregation expressions by this server",
+    )
+}
+
+/// mongod's `FieldPath::uassertValidFieldName`.
+fn validate_field_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(loc(
+            15998,
+            "FieldPath field names may not be empty strings.",
+        ));
+    }
+    if name.starts_with('$') {
+        return Err(loc(
+            16410,
+            "FieldPath field names may not start with '$'. Consider using $getField or $setField.",
+        ));
+    }
+    if name.contains('\0') {
+        return Err(loc(
+            16411,
+            "FieldPath field names may not contain '\0'. Consider using $getField or $setField.",
+        ));
+    }
+    if name.contains('.') {
+        return Err(loc(
+            16412,
+            "FieldPath field names may not contain '.'. Consider using $getField or $setField.",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_field_path(path: &str) -> Result<Vec<String>> {
+    if path.is_empty() {
+        return Err(loc(
+            40352,
+            "FieldPath cannot be constructed with empty string",
+        ));
+    }
+    path.split('.')
+        .map(|p| validate_field_name(p).map(|_| p.to_string()))
+        .collect()
+}
+
+/// `Variables::validateNameForUserWrite`: names a `$let`, `$map`, `$filter` or command `let`
+/// may bind.
+fn validate_user_var_name(name: &str) -> Result<()> {
+    let Some(first) = name.chars().next() else {
+        return Err(loc(16866, "empty variable names are not allowed"));
+    };
+    if !(first.is_ascii_lowercase() || !first.is_ascii()) {
+        return Err(loc(
+            16867,
+            format!("'{name}' starts with an invalid character for a user variable name"),
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii()))
+    {
+        return Err(loc(
+            16868,
+            format!("'{name}' contains an invalid character for a user variable name"),
+        ));
+    }
+    Ok(())
+}
+
+const SYSTEM_VARS: &[&str] = &["ROOT", "CURRENT", "REMOVE", "NOW", "CLUSTER_TIME"];
+
+/// `Variables::validateNameForUserRead` plus the builtin lookup: an uppercase name must be a
+/// system variable this server provides.
+fn validate_var_read(name: &str) -> Result<()> {
+    let Some(first) = name.chars().next() else {
+        return Err(loc(16869, "empty variable names are not allowed"));
+    };
+    if !(first.is_ascii_alphabetic() || !first.is_ascii()) {
+        return Err(loc(
+            16870,
+            format!("'{name}' starts with an invalid character for a user variable name"),
+        ));
+    }
+    if name
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii()))
+    {
+        return Err(loc(
+            16871,
+            format!("'{name}' contains an invalid character for a user variable name"),
+        ));
+    }
+    if first.is_ascii_uppercase() && !SYSTEM_VARS.contains(&name) {
+        return Err(loc(17276, format!("Use of undefined variable: {name}")));
+    }
+    Ok(())
+}
+
+fn parse_string_ref(s: &str) -> Result<Node> {
+    if let Some(var) = s.strip_prefix("$$") {
+        let (name, rest) = match var.split_once('.') {
+            Some((n, r)) => (n, Some(r)),
+            None => (var, None),
+        };
+        validate_var_read(name)?;
+        let path = match rest {
+            Some(r) => parse_field_path(r)?,
+            None => Vec::new(),
+        };
+        return Ok(Node::Var {
+            name: name.to_string(),
+            path,
+        });
+    }
+    let path = &s[1..];
+    if path.is_empty() {
+        return Err(loc(16872, "'$' by itself is not a valid FieldPath"));
+    }
+    Ok(Node::Path(parse_field_path(path)?))
+}
+
+fn boxed(e: Expr) -> Box<Expr> {
+    Box::new(e)
+}
+
+fn object_arg<'a>(v: &'a Bson, code: i32, msg: &str) -> Result<&'a Document> {
+    match v {
+        Bson::Document(d) => Ok(d),
+        _ => Err(loc(code, msg.to_string())),
+    }
 }
 
 impl Expr {
     pub fn parse(value: &Bson) -> Result<Expr> {
-        Ok(Expr { raw: value.clone() })
+        let node = match value {
+            Bson::String(s) if s.starts_with('$') => parse_string_ref(s)?,
+            Bson::Array(items) => {
+                Node::Array(items.iter().map(Expr::parse).collect::<Result<_>>()?)
+            }
+            Bson::Document(d) => return parse_object(d),
+            other => Node::Const(other.clone()),
+        };
+        Ok(Expr { node })
     }
 
     /// Evaluates against `root` (`$$ROOT` and `$$CURRENT`). `Ok(None)` means "missing",
     /// which differs from null (for example `$project` drops a missing field).
-    pub fn eval(&self, _root: &Document, _vars: &Variables) -> Result<Option<Bson>> {
-        match &self.raw {
-            Bson::String(s) if s.starts_with('$') => Err(CommandError::not_supported(
-                "aggregation expressions are not implemented yet",
-            )),
-            Bson::Document(_) | Bson::Array(_) => Err(CommandError::not_supported(
-                "aggregation expressions are not implemented yet",
-            )),
-            other => Ok(Some(other.clone())),
+    pub fn eval(&self, root: &Document, vars: &Variables) -> Result<Option<Bson>> {
+        let cx = Cx { root, vars };
+        cx.eval(self)
+    }
+
+    /// The dotted path when this expression is a plain `"$a.b"` field reference, which
+    /// `$group` and `$sort`-like callers treat specially.
+    pub fn as_field_path(&self) -> Option<String> {
+        match &self.node {
+            Node::Path(p) => Some(p.join(".")),
+            _ => None,
         }
+    }
+
+    /// The value when this expression is a constant (no field or variable references at the
+    /// top level).
+    pub fn as_constant(&self) -> Option<&Bson> {
+        match &self.node {
+            Node::Const(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn parse_object(d: &Document) -> Result<Expr> {
+    let Some((first, _)) = d.iter().next() else {
+        return Ok(Expr {
+            node: Node::Object(Vec::new()),
+        });
+    };
+    if first.starts_with('$') {
+        if d.len() > 1 {
+            return Err(loc(
+                15983,
+                format!("An object representing an expression must have exactly one field: {d}"),
+            ));
+        }
+        let (op, arg) = d.iter().next().expect("one field");
+        return parse_operator(op, arg);
+    }
+    let mut fields = Vec::with_capacity(d.len());
+    for (k, v) in d {
+        validate_field_name(k)?;
+        fields.push((k.clone(), Expr::parse(v)?));
+    }
+    Ok(Expr {
+        node: Node::Object(fields),
+    })
+}
+
+fn parse_args(arg: &Bson) -> Result<Vec<Expr>> {
+    match arg {
+        Bson::Array(items) => items.iter().map(Expr::parse).collect(),
+        other => Ok(vec![Expr::parse(other)?]),
+    }
+}
+
+fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
+    let node = match op {
+        "$literal" => Node::Const(arg.clone()),
+        "$cond" if matches!(arg, Bson::Document(_)) => parse_cond_object(arg)?,
+        "$switch" => parse_switch(arg)?,
+        "$filter" => parse_filter(arg)?,
+        "$map" => parse_map(arg)?,
+        "$reduce" => parse_reduce(arg)?,
+        "$let" => parse_let(arg)?,
+        "$convert" => parse_convert(arg)?,
+        "$dateToString" => parse_date_to_string(arg)?,
+        "$getField" => parse_get_field(arg)?,
+        "$setField" => parse_set_field(arg)?,
+        "$sortArray" => parse_sort_array(arg)?,
+        "$toDecimal" => return Err(decimal_unsupported()),
+        _ => {
+            let Some((name, arity)) = arity_of(op) else {
+                return Err(CommandError::new(
+                    INVALID_PIPELINE_OPERATOR,
+                    format!("Unrecognized expression '{op}'"),
+                ));
+            };
+            let args = parse_args(arg)?;
+            let n = args.len();
+            match arity {
+                Arity::Exactly(k) if n != k => {
+                    return Err(loc(
+                        16020,
+                        format!(
+                            "Expression {name} takes exactly {k} arguments. {n} were passed in."
+                        ),
+                    ));
+                }
+                Arity::Range(lo, hi) if n < lo || n > hi => {
+                    return Err(loc(
+                        28667,
+                        format!(
+                            "Expression {name} takes at least {lo} arguments, and at most {hi}, but {n} were passed in."
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if name == "$ifNull" && n < 2 {
+                return Err(loc(
+                    1257300,
+                    format!("$ifNull needs at least two arguments, had: {n}"),
+                ));
+            }
+            Node::Op { op: name, args }
+        }
+    };
+    Ok(Expr { node })
+}
+
+fn parse_cond_object(arg: &Bson) -> Result<Node> {
+    let d = object_arg(arg, 17083, "$cond requires an object")?;
+    let (mut i, mut t, mut e) = (None, None, None);
+    for (k, v) in d {
+        let slot = match k.as_str() {
+            "if" => &mut i,
+            "then" => &mut t,
+            "else" => &mut e,
+            _ => return Err(loc(17083, format!("Unrecognized parameter to $cond: {k}"))),
+        };
+        *slot = Some(Expr::parse(v)?);
+    }
+    let i = i.ok_or_else(|| loc(17080, "Missing 'if' parameter to $cond"))?;
+    let t = t.ok_or_else(|| loc(17081, "Missing 'then' parameter to $cond"))?;
+    let e = e.ok_or_else(|| loc(17082, "Missing 'else' parameter to $cond"))?;
+    Ok(Node::Op {
+        op: "$cond",
+        args: vec![i, t, e],
+    })
+}
+
+fn parse_switch(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            40060,
+            format!(
+                "$switch requires an object as an argument, found: {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let mut branches = Vec::new();
+    let mut default = None;
+    for (k, v) in d {
+        match k.as_str() {
+            "branches" => {
+                let Bson::Array(items) = v else {
+                    return Err(loc(
+                        40061,
+                        format!(
+                            "$switch expected an array for 'branches', found: {}",
+                            type_name(v)
+                        ),
+                    ));
+                };
+                for b in items {
+                    let Bson::Document(bd) = b else {
+                        return Err(loc(
+                            40062,
+                            format!(
+                                "$switch expected each branch to be an object, found: {}",
+                                type_name(b)
+                            ),
+                        ));
+                    };
+                    let (mut case, mut then) = (None, None);
+                    for (bk, bv) in bd {
+                        match bk.as_str() {
+                            "case" => case = Some(Expr::parse(bv)?),
+                            "then" => then = Some(Expr::parse(bv)?),
+                            _ => {
+                                return Err(loc(
+                                    40063,
+                                    format!("$switch found an unknown argument to a branch: {bk}"),
+                                ));
+                            }
+                        }
+                    }
+                    let case = case.ok_or_else(|| {
+                        loc(
+                            40064,
+                            "$switch requires each branch have a 'case' expression",
+                        )
+                    })?;
+                    let then = then.ok_or_else(|| {
+                        loc(
+                            40065,
+                            "$switch requires each branch have a 'then' expression.",
+                        )
+                    })?;
+                    branches.push((case, then));
+                }
+            }
+            "default" => default = Some(boxed(Expr::parse(v)?)),
+            _ => {
+                return Err(loc(
+                    40067,
+                    format!("$switch found an unknown argument: {k}"),
+                ));
+            }
+        }
+    }
+    if branches.is_empty() {
+        return Err(loc(40068, "$switch requires at least one branch."));
+    }
+    Ok(Node::Switch { branches, default })
+}
+
+fn parse_as(v: &Bson) -> Result<String> {
+    let Bson::String(name) = v else {
+        return Err(CommandError::failed_to_parse(format!(
+            "'as' must be a string, found: {}",
+            type_name(v)
+        )));
+    };
+    validate_user_var_name(name)?;
+    Ok(name.clone())
+}
+
+fn parse_filter(arg: &Bson) -> Result<Node> {
+    let d = object_arg(
+        arg,
+        28646,
+        "$filter only supports an object as its argument",
+    )?;
+    let (mut input, mut var, mut cond, mut limit) = (None, None, None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "input" => input = Some(Expr::parse(v)?),
+            "as" => var = Some(parse_as(v)?),
+            "cond" => cond = Some(Expr::parse(v)?),
+            "limit" => limit = Some(boxed(Expr::parse(v)?)),
+            _ => {
+                return Err(loc(
+                    28647,
+                    format!("Unrecognized parameter to $filter: {k}"),
+                ));
+            }
+        }
+    }
+    let input = input.ok_or_else(|| loc(28648, "Missing 'input' parameter to $filter"))?;
+    let cond = cond.ok_or_else(|| loc(28650, "Missing 'cond' parameter to $filter"))?;
+    Ok(Node::Filter {
+        input: boxed(input),
+        var: var.unwrap_or_else(|| "this".to_string()),
+        cond: boxed(cond),
+        limit,
+    })
+}
+
+fn parse_map(arg: &Bson) -> Result<Node> {
+    let d = object_arg(arg, 16878, "$map only supports an object as its argument")?;
+    let (mut input, mut var, mut body) = (None, None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "input" => input = Some(Expr::parse(v)?),
+            "as" => var = Some(parse_as(v)?),
+            "in" => body = Some(Expr::parse(v)?),
+            _ => return Err(loc(16879, format!("Unrecognized parameter to $map: {k}"))),
+        }
+    }
+    let input = input.ok_or_else(|| loc(16880, "Missing 'input' parameter to $map"))?;
+    let body = body.ok_or_else(|| loc(16882, "Missing 'in' parameter to $map"))?;
+    Ok(Node::Map {
+        input: boxed(input),
+        var: var.unwrap_or_else(|| "this".to_string()),
+        body: boxed(body),
+    })
+}
+
+fn parse_reduce(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            40075,
+            format!(
+                "$reduce requires an object as an argument, found: {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let (mut input, mut initial, mut body) = (None, None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "input" => input = Some(Expr::parse(v)?),
+            "initialValue" => initial = Some(Expr::parse(v)?),
+            "in" => body = Some(Expr::parse(v)?),
+            _ => {
+                return Err(loc(
+                    40076,
+                    format!("$reduce found an unknown argument: {k}"),
+                ));
+            }
+        }
+    }
+    let input = input.ok_or_else(|| loc(40077, "$reduce requires 'input' to be specified"))?;
+    let initial =
+        initial.ok_or_else(|| loc(40078, "$reduce requires 'initialValue' to be specified"))?;
+    let body = body.ok_or_else(|| loc(40079, "$reduce requires 'in' to be specified"))?;
+    Ok(Node::Reduce {
+        input: boxed(input),
+        initial: boxed(initial),
+        body: boxed(body),
+    })
+}
+
+fn parse_let(arg: &Bson) -> Result<Node> {
+    let d = object_arg(arg, 16874, "$let only supports an object as its argument")?;
+    let (mut vars, mut body) = (None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "vars" => {
+                let Bson::Document(vd) = v else {
+                    return Err(loc(
+                        10065,
+                        format!(
+                            "invalid parameter: expected an object (vars), found: {}",
+                            type_name(v)
+                        ),
+                    ));
+                };
+                let mut bound = Vec::new();
+                for (name, e) in vd {
+                    validate_user_var_name(name)?;
+                    bound.push((name.clone(), Expr::parse(e)?));
+                }
+                vars = Some(bound);
+            }
+            "in" => body = Some(Expr::parse(v)?),
+            _ => return Err(loc(16875, format!("Unrecognized parameter to $let: {k}"))),
+        }
+    }
+    let vars = vars.ok_or_else(|| loc(16876, "Missing 'vars' parameter to $let"))?;
+    let body = body.ok_or_else(|| loc(16877, "Missing 'in' parameter to $let"))?;
+    Ok(Node::Let {
+        vars,
+        body: boxed(body),
+    })
+}
+
+fn parse_convert(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(CommandError::failed_to_parse(format!(
+            "$convert expects an object of named arguments but found: {}",
+            type_name(arg)
+        )));
+    };
+    let (mut input, mut to, mut on_error, mut on_null) = (None, None, None, None);
+    for (k, v) in d {
+        let e = Expr::parse(v)?;
+        match k.as_str() {
+            "input" => input = Some(boxed(e)),
+            "to" => to = Some(boxed(e)),
+            "onError" => on_error = Some(boxed(e)),
+            "onNull" => on_null = Some(boxed(e)),
+            _ => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "$convert found an unknown argument: {k}"
+                )));
+            }
+        }
+    }
+    let input = input
+        .ok_or_else(|| CommandError::failed_to_parse("Missing 'input' parameter to $convert"))?;
+    let to =
+        to.ok_or_else(|| CommandError::failed_to_parse("Missing 'to' parameter to $convert"))?;
+    if let Some(c) = to.as_constant() {
+        if !is_nullish(Some(c)) && matches!(target_type(c)?, Target::Decimal) {
+            return Err(decimal_unsupported());
+        }
+    }
+    Ok(Node::Convert {
+        input,
+        to,
+        on_error,
+        on_null,
+    })
+}
+
+fn parse_date_to_string(arg: &Bson) -> Result<Node> {
+    let d = object_arg(
+        arg,
+        18629,
+        "$dateToString only supports an object as its argument",
+    )?;
+    let (mut date, mut format, mut timezone, mut on_null) = (None, None, None, None);
+    for (k, v) in d {
+        let e = boxed(Expr::parse(v)?);
+        match k.as_str() {
+            "date" => date = Some(e),
+            "format" => format = Some(e),
+            "timezone" => timezone = Some(e),
+            "onNull" => on_null = Some(e),
+            _ => {
+                return Err(loc(
+                    18534,
+                    format!("Unrecognized argument to $dateToString: {k}"),
+                ));
+            }
+        }
+    }
+    let date = date.ok_or_else(|| loc(18628, "Missing 'date' parameter to $dateToString"))?;
+    if let Some(Bson::String(f)) = format.as_ref().and_then(|f| f.as_constant()) {
+        validate_date_format(f)?;
+    }
+    if let Some(Bson::String(tz)) = timezone.as_ref().and_then(|t| t.as_constant()) {
+        parse_timezone(tz)?;
+    }
+    Ok(Node::DateToString {
+        date,
+        format,
+        timezone,
+        on_null,
+    })
+}
+
+fn parse_get_field(arg: &Bson) -> Result<Node> {
+    let (field, input) = match arg {
+        Bson::Document(d) if d.keys().next().is_some_and(|k| !k.starts_with('$')) => {
+            let (mut field, mut input) = (None, None);
+            for (k, v) in d {
+                match k.as_str() {
+                    "field" => field = Some(v),
+                    "input" => input = Some(Expr::parse(v)?),
+                    _ => {
+                        return Err(loc(
+                            3041701,
+                            format!("$getField found an unknown argument: {k}"),
+                        ));
+                    }
+                }
+            }
+            let field =
+                field.ok_or_else(|| loc(3041702, "$getField requires 'field' to be specified"))?;
+            (field, input)
+        }
+        other => (other, None),
+    };
+    let field = constant_field_name(field, "$getField", 5654601, 5654602)?;
+    Ok(Node::GetField {
+        field,
+        input: boxed(input.unwrap_or(Expr {
+            node: Node::Var {
+                name: "CURRENT".to_string(),
+                path: Vec::new(),
+            },
+        })),
+    })
+}
+
+/// `$getField`/`$setField` take the field name as a constant string (or `$literal`).
+fn constant_field_name(v: &Bson, op: &str, non_const: i32, non_string: i32) -> Result<String> {
+    let value = match v {
+        Bson::Document(d) if d.len() == 1 && d.contains_key("$literal") => d.get("$literal"),
+        Bson::String(s) if s.starts_with('$') => {
+            return Err(loc(
+                non_const,
+                format!(
+                    "{op} requires 'field' to evaluate to a constant, but got a non-constant argument"
+                ),
+            ));
+        }
+        Bson::Document(_) | Bson::Array(_) => {
+            let e = Expr::parse(v)?;
+            if e.as_constant().is_none() {
+                return Err(loc(
+                    non_const,
+                    format!(
+                        "{op} requires 'field' to evaluate to a constant, but got a non-constant argument"
+                    ),
+                ));
+            }
+            Some(v)
+        }
+        other => Some(other),
+    };
+    match value {
+        Some(Bson::String(s)) => Ok(s.clone()),
+        other => Err(loc(
+            non_string,
+            format!(
+                "{op} requires 'field' to evaluate to type String, but got {}",
+                type_of(other)
+            ),
+        )),
+    }
+}
+
+fn parse_set_field(arg: &Bson) -> Result<Node> {
+    let d = object_arg(
+        arg,
+        4161100,
+        "$setField only supports an object as its argument",
+    )?;
+    let (mut field, mut input, mut value) = (None, None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "field" => field = Some(v),
+            "input" => input = Some(Expr::parse(v)?),
+            "value" => value = Some(Expr::parse(v)?),
+            _ => {
+                return Err(loc(
+                    4161101,
+                    format!("$setField found an unknown argument: {k}"),
+                ));
+            }
+        }
+    }
+    let field = field.ok_or_else(|| loc(4161102, "$setField requires 'field' to be specified"))?;
+    let field = constant_field_name(field, "$setField", 4161106, 4161107)?;
+    let input = input.ok_or_else(|| loc(4161103, "$setField requires 'input' to be specified"))?;
+    let value = value.ok_or_else(|| loc(4161104, "$setField requires 'value' to be specified"))?;
+    Ok(Node::SetField {
+        field,
+        input: boxed(input),
+        value: boxed(value),
+    })
+}
+
+fn sort_direction(v: &Bson) -> Result<bool> {
+    match crate::bsontype::as_i64(v) {
+        Some(1) => Ok(true),
+        Some(-1) => Ok(false),
+        _ => Err(loc(
+            2942505,
+            "$sortArray requires sortBy to be either 1, -1 or a sort pattern object",
+        )),
+    }
+}
+
+fn parse_sort_array(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            2942500,
+            format!(
+                "$sortArray requires an object as an argument, found: {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let (mut input, mut sort_by) = (None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "input" => input = Some(Expr::parse(v)?),
+            "sortBy" => {
+                sort_by = Some(match v {
+                    Bson::Document(spec) => {
+                        if spec.is_empty() {
+                            return Err(loc(
+                                2942505,
+                                "$sortArray sortBy pattern must not be empty",
+                            ));
+                        }
+                        let mut fields = Vec::new();
+                        for (f, dir) in spec {
+                            for part in f.split('.') {
+                                validate_field_name(part)?;
+                            }
+                            fields.push((f.clone(), sort_direction(dir)?));
+                        }
+                        SortBy::Fields(fields)
+                    }
+                    other => SortBy::Value(sort_direction(other)?),
+                })
+            }
+            _ => {
+                return Err(loc(
+                    2942501,
+                    format!("$sortArray found an unknown argument: {k}"),
+                ));
+            }
+        }
+    }
+    let input = input.ok_or_else(|| loc(2942502, "$sortArray requires 'input' to be specified"))?;
+    let sort_by =
+        sort_by.ok_or_else(|| loc(2942503, "$sortArray requires 'sortBy' to be specified"))?;
+    Ok(Node::SortArray {
+        input: boxed(input),
+        sort_by,
+    })
+}
+
+/// Evaluation context: `$$ROOT` plus the variables in scope (`CURRENT` may be rebound).
+struct Cx<'a> {
+    root: &'a Document,
+    vars: &'a Variables,
+}
+
+/// mongod's `ExpressionFieldPath::evaluatePath`: a path through an array of documents yields
+/// the array of the values found (non-documents and missing values are skipped).
+fn walk_path(v: &Bson, path: &[String]) -> Option<Bson> {
+    let Some((head, rest)) = path.split_first() else {
+        return Some(v.clone());
+    };
+    match v {
+        Bson::Document(d) => walk_path(d.get(head)?, rest),
+        Bson::Array(items) => Some(Bson::Array(
+            items
+                .iter()
+                .filter(|i| matches!(i, Bson::Document(_)))
+                .filter_map(|i| walk_path(i, path))
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+fn walk_doc(d: &Document, path: &[String]) -> Option<Bson> {
+    let (head, rest) = path.split_first()?;
+    walk_path(d.get(head)?, rest)
+}
+
+impl Cx<'_> {
+    fn with_vars<'b>(&self, vars: &'b Variables) -> Cx<'b>
+    where
+        Self: 'b,
+    {
+        Cx {
+            root: self.root,
+            vars,
+        }
+    }
+
+    fn eval(&self, e: &Expr) -> Result<Option<Bson>> {
+        match &e.node {
+            Node::Const(v) => Ok(Some(v.clone())),
+            Node::Path(path) => Ok(match self.vars.get("CURRENT") {
+                Some(current) => {
+                    if path.is_empty() {
+                        Some(current.clone())
+                    } else {
+                        walk_path(current, path)
+                    }
+                }
+                None => walk_doc(self.root, path),
+            }),
+            Node::Var { name, path } => {
+                let value = match name.as_str() {
+                    "ROOT" => return Ok(walk_path(&Bson::Document(self.root.clone()), path)),
+                    "CURRENT" => match self.vars.get("CURRENT") {
+                        Some(v) => v.clone(),
+                        None => Bson::Document(self.root.clone()),
+                    },
+                    "REMOVE" => return Ok(None),
+                    _ => match self.vars.get(name) {
+                        Some(v) => v.clone(),
+                        None => {
+                            return Err(loc(17276, format!("Use of undefined variable: {name}")));
+                        }
+                    },
+                };
+                Ok(walk_path(&value, path))
+            }
+            Node::Object(fields) => {
+                let mut out = Document::new();
+                for (k, fe) in fields {
+                    if let Some(v) = self.eval(fe)? {
+                        out.insert(k.clone(), v);
+                    }
+                }
+                Ok(Some(Bson::Document(out)))
+            }
+            Node::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for i in items {
+                    out.push(self.eval(i)?.unwrap_or(Bson::Null));
+                }
+                Ok(Some(Bson::Array(out)))
+            }
+            Node::Op { op, args } => self.eval_op(op, args),
+            Node::Switch { branches, default } => {
+                for (case, then) in branches {
+                    if is_truthy(self.eval(case)?.as_ref()) {
+                        return self.eval(then);
+                    }
+                }
+                match default {
+                    Some(d) => self.eval(d),
+                    None => Err(loc(
+                        40066,
+                        "$switch could not find a matching branch for an input, and no default was specified.",
+                    )),
+                }
+            }
+            Node::Filter {
+                input,
+                var,
+                cond,
+                limit,
+            } => {
+                let input = self.eval(input)?;
+                let limit = match limit {
+                    Some(l) => self.filter_limit(l)?,
+                    None => None,
+                };
+                let items = match input {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                        return Ok(Some(Bson::Null));
+                    }
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return Err(loc(
+                            28651,
+                            format!(
+                                "input to $filter must be an array not {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                };
+                let mut scope = self.vars.clone();
+                let mut out = Vec::new();
+                for item in items {
+                    if limit.is_some_and(|l| out.len() >= l) {
+                        break;
+                    }
+                    scope.set(var.clone(), item.clone());
+                    if is_truthy(self.with_vars(&scope).eval(cond)?.as_ref()) {
+                        out.push(item);
+                    }
+                }
+                Ok(Some(Bson::Array(out)))
+            }
+            Node::Map { input, var, body } => {
+                let items = match self.eval(input)? {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                        return Ok(Some(Bson::Null));
+                    }
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return Err(loc(
+                            16883,
+                            format!("input to $map must be an array not {}", type_name(&other)),
+                        ));
+                    }
+                };
+                let mut scope = self.vars.clone();
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    scope.set(var.clone(), item);
+                    out.push(self.with_vars(&scope).eval(body)?.unwrap_or(Bson::Null));
+                }
+                Ok(Some(Bson::Array(out)))
+            }
+            Node::Reduce {
+                input,
+                initial,
+                body,
+            } => {
+                let items = match self.eval(input)? {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                        return Ok(Some(Bson::Null));
+                    }
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return Err(loc(
+                            40080,
+                            format!(
+                                "$reduce requires that 'input' be an array, found: {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                };
+                let mut acc = self.eval(initial)?;
+                let mut scope = self.vars.clone();
+                for item in items {
+                    scope.set("this", item);
+                    match acc {
+                        Some(v) => scope.set("value", v),
+                        None => {
+                            scope.values.remove("value");
+                        }
+                    }
+                    acc = self.with_vars(&scope).eval(body)?;
+                }
+                Ok(acc)
+            }
+            Node::Let { vars, body } => {
+                let mut scope = self.vars.clone();
+                for (name, ve) in vars {
+                    // Every binding sees the outer scope only, as in mongod.
+                    let v = self.eval(ve)?.unwrap_or(Bson::Null);
+                    scope.set(name.clone(), v);
+                }
+                self.with_vars(&scope).eval(body)
+            }
+            Node::Convert {
+                input,
+                to,
+                on_error,
+                on_null,
+            } => {
+                let value = self.eval(input)?;
+                let to = self.eval(to)?;
+                if is_nullish(to.as_ref()) {
+                    return Ok(Some(Bson::Null));
+                }
+                let target = target_type(to.as_ref().unwrap_or(&Bson::Null))?;
+                if is_nullish(value.as_ref()) {
+                    return match on_null {
+                        Some(e) => self.eval(e),
+                        None => Ok(Some(Bson::Null)),
+                    };
+                }
+                let value = value.unwrap_or(Bson::Null);
+                match convert(&value, target) {
+                    Ok(v) => Ok(Some(v)),
+                    Err(ConvertError::Failure(msg)) => match on_error {
+                        Some(e) => self.eval(e),
+                        None => Err(CommandError::new(
+                            CONVERSION_FAILURE,
+                            conversion_message(&msg),
+                        )),
+                    },
+                    Err(ConvertError::Other(e)) => Err(e),
+                }
+            }
+            Node::DateToString {
+                date,
+                format,
+                timezone,
+                on_null,
+            } => {
+                let date = self.eval(date)?;
+                let format = match format {
+                    Some(f) => match self.eval(f)? {
+                        v if is_nullish(v.as_ref()) => return Ok(Some(Bson::Null)),
+                        Some(Bson::String(s)) => {
+                            validate_date_format(&s)?;
+                            Some(s)
+                        }
+                        Some(other) => {
+                            return Err(loc(
+                                18533,
+                                format!(
+                                    "$dateToString requires that 'format' be a string, found: {} with value {other}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                    None => None,
+                };
+                let offset = match timezone {
+                    Some(t) => match self.eval(t)? {
+                        v if is_nullish(v.as_ref()) => return Ok(Some(Bson::Null)),
+                        Some(Bson::String(s)) => parse_timezone(&s)?,
+                        Some(other) => {
+                            return Err(loc(
+                                40517,
+                                format!(
+                                    "timezone must evaluate to a string, found {}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                    None => 0,
+                };
+                if is_nullish(date.as_ref()) {
+                    return match on_null {
+                        Some(e) => self.eval(e),
+                        None => Ok(Some(Bson::Null)),
+                    };
+                }
+                let ms = coerce_to_date(date.as_ref().unwrap_or(&Bson::Null))?;
+                let format = format.as_deref().unwrap_or(DEFAULT_DATE_FORMAT);
+                Ok(Some(Bson::String(format_date(ms, format, offset)?)))
+            }
+            Node::GetField { field, input } => match self.eval(input)? {
+                None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
+                Some(Bson::Document(d)) => Ok(d.get(field).cloned()),
+                Some(other) => Err(loc(
+                    3041705,
+                    format!(
+                        "$getField requires 'input' to evaluate to type Object, but got {}",
+                        type_name(&other)
+                    ),
+                )),
+            },
+            Node::SetField {
+                field,
+                input,
+                value,
+            } => match self.eval(input)? {
+                None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
+                Some(Bson::Document(mut d)) => {
+                    match self.eval(value)? {
+                        Some(v) => {
+                            d.insert(field.clone(), v);
+                        }
+                        None => {
+                            d.remove(field);
+                        }
+                    }
+                    Ok(Some(Bson::Document(d)))
+                }
+                Some(other) => Err(loc(
+                    4161105,
+                    format!(
+                        "$setField requires 'input' to evaluate to type Object, but got {}",
+                        type_name(&other)
+                    ),
+                )),
+            },
+            Node::SortArray { input, sort_by } => {
+                let mut items = match self.eval(input)? {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                        return Ok(Some(Bson::Null));
+                    }
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return Err(loc(
+                            2942504,
+                            format!(
+                                "The input argument to $sortArray must be an array, but was of type: {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                };
+                match sort_by {
+                    SortBy::Value(asc) => items.sort_by(|a, b| {
+                        let c = compare(a, b);
+                        if *asc { c } else { c.reverse() }
+                    }),
+                    SortBy::Fields(fields) => items.sort_by(|a, b| {
+                        for (path, asc) in fields {
+                            let c = compare(&sort_key(a, path, *asc), &sort_key(b, path, *asc));
+                            let c = if *asc { c } else { c.reverse() };
+                            if c != Ordering::Equal {
+                                return c;
+                            }
+                        }
+                        Ordering::Equal
+                    }),
+                }
+                Ok(Some(Bson::Array(items)))
+            }
+        }
+    }
+
+    fn filter_limit(&self, l: &Expr) -> Result<Option<usize>> {
+        let v = self.eval(l)?;
+        if is_nullish(v.as_ref()) {
+            return Ok(None);
+        }
+        let v = v.unwrap_or(Bson::Null);
+        let n = match &v {
+            Bson::Int32(i) => Some(*i as i64),
+            Bson::Int64(i) => i32::try_from(*i).ok().map(|i| i as i64),
+            Bson::Double(d) if d.fract() == 0.0 && d.abs() <= i32::MAX as f64 => Some(*d as i64),
+            _ => None,
+        };
+        let Some(n) = n else {
+            return Err(loc(
+                327391,
+                format!("$filter: limit must be represented as a 32-bit integral value: {v}"),
+            ));
+        };
+        if n < 1 {
+            return Err(loc(
+                327392,
+                format!("$filter: limit must be greater than 0: {n}"),
+            ));
+        }
+        Ok(Some(n as usize))
+    }
+
+    fn eval_all(&self, args: &[Expr]) -> Result<Vec<Option<Bson>>> {
+        args.iter().map(|a| self.eval(a)).collect()
+    }
+
+    fn eval_op(&self, op: &str, args: &[Expr]) -> Result<Option<Bson>> {
+        // Operators that do not evaluate every argument.
+        match op {
+            "$cond" => {
+                let branch = if is_truthy(self.eval(&args[0])?.as_ref()) {
+                    &args[1]
+                } else {
+                    &args[2]
+                };
+                return self.eval(branch);
+            }
+            "$and" => {
+                for a in args {
+                    if !is_truthy(self.eval(a)?.as_ref()) {
+                        return Ok(Some(Bson::Boolean(false)));
+                    }
+                }
+                return Ok(Some(Bson::Boolean(true)));
+            }
+            "$or" => {
+                for a in args {
+                    if is_truthy(self.eval(a)?.as_ref()) {
+                        return Ok(Some(Bson::Boolean(true)));
+                    }
+                }
+                return Ok(Some(Bson::Boolean(false)));
+            }
+            "$ifNull" => {
+                for (i, a) in args.iter().enumerate() {
+                    let v = self.eval(a)?;
+                    if !is_nullish(v.as_ref()) || i == args.len() - 1 {
+                        return Ok(v);
+                    }
+                }
+                return Ok(Some(Bson::Null));
+            }
+            _ => {}
+        }
+        let vals = self.eval_all(args)?;
+        eval_values(op, vals)
+    }
+}
+
+fn sort_key(v: &Bson, path: &str, asc: bool) -> Bson {
+    let found = match v {
+        Bson::Document(d) => crate::path::get_path(d, path).cloned(),
+        _ => None,
+    };
+    match found {
+        // An array sorts by its smallest element ascending and its largest descending, as
+        // in a `$sort` stage.
+        Some(Bson::Array(items)) if !items.is_empty() => {
+            let pick = items.iter().reduce(|a, b| {
+                let c = compare(a, b);
+                if (asc && c == Ordering::Greater) || (!asc && c == Ordering::Less) {
+                    b
+                } else {
+                    a
+                }
+            });
+            pick.cloned().unwrap_or(Bson::Null)
+        }
+        Some(Bson::Array(_)) => Bson::Undefined,
+        Some(v) => v,
+        None => Bson::Null,
     }
 }
 
@@ -76,5 +1433,1695 @@ pub fn is_truthy(v: Option<&Bson>) -> bool {
         Some(Bson::Int32(0)) | Some(Bson::Int64(0)) => false,
         Some(Bson::Double(d)) => *d != 0.0,
         _ => true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Numbers
+
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i32),
+    Long(i64),
+    Double(f64),
+}
+
+impl Num {
+    fn of(v: &Bson) -> Result<Option<Num>> {
+        Ok(match v {
+            Bson::Int32(i) => Some(Num::Int(*i)),
+            Bson::Int64(i) => Some(Num::Long(*i)),
+            Bson::Double(d) => Some(Num::Double(*d)),
+            Bson::Decimal128(_) => return Err(decimal_unsupported()),
+            _ => None,
+        })
+    }
+
+    fn f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Long(i) => i as f64,
+            Num::Double(d) => d,
+        }
+    }
+
+    fn int(self) -> Option<i64> {
+        match self {
+            Num::Int(i) => Some(i as i64),
+            Num::Long(i) => Some(i),
+            Num::Double(_) => None,
+        }
+    }
+
+    fn is_long(self) -> bool {
+        matches!(self, Num::Long(_))
+    }
+}
+
+/// An integer result: int when every input was int and it fits, long otherwise.
+fn narrow(v: i64, any_long: bool) -> Bson {
+    match i32::try_from(v) {
+        Ok(i) if !any_long => Bson::Int32(i),
+        _ => Bson::Int64(v),
+    }
+}
+
+/// Running sum with mongod's promotion: int overflows into long, long into double.
+#[derive(Default)]
+struct Sum {
+    long_total: i64,
+    double_total: f64,
+    any_long: bool,
+    any_double: bool,
+    overflowed: bool,
+}
+
+impl Sum {
+    fn add(&mut self, n: Num) {
+        match n.int() {
+            Some(i) if !self.overflowed => {
+                self.any_long |= n.is_long();
+                match self.long_total.checked_add(i) {
+                    Some(t) => self.long_total = t,
+                    None => {
+                        self.overflowed = true;
+                        self.double_total += self.long_total as f64 + i as f64;
+                        self.long_total = 0;
+                    }
+                }
+            }
+            Some(i) => self.double_total += i as f64,
+            None => {
+                self.any_double = true;
+                self.double_total += n.f64();
+            }
+        }
+    }
+
+    fn is_double(&self) -> bool {
+        self.any_double || self.overflowed
+    }
+
+    fn total_f64(&self) -> f64 {
+        self.long_total as f64 + self.double_total
+    }
+
+    fn result(&self) -> Bson {
+        if self.is_double() {
+            Bson::Double(self.total_f64())
+        } else {
+            narrow(self.long_total, self.any_long)
+        }
+    }
+}
+
+fn eval_add(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let mut sum = Sum::default();
+    let mut date: Option<i64> = None;
+    for v in vals {
+        let Some(v) = v else {
+            return Ok(Some(Bson::Null));
+        };
+        match &v {
+            Bson::Null | Bson::Undefined => return Ok(Some(Bson::Null)),
+            Bson::DateTime(d) => {
+                if date.is_some() {
+                    return Err(loc(16612, "only one date allowed in an $add expression"));
+                }
+                date = Some(d.timestamp_millis());
+            }
+            other => match Num::of(other)? {
+                Some(n) => sum.add(n),
+                None => {
+                    return Err(CommandError::type_mismatch(format!(
+                        "$add only supports numeric or date types, not {}",
+                        type_name(other)
+                    )));
+                }
+            },
+        }
+    }
+    if let Some(ms) = date {
+        let offset = if sum.is_double() {
+            let t = sum.total_f64().round();
+            if !t.is_finite() || t.abs() >= 9.2e18 {
+                return Err(CommandError::bad_value("date overflow in $add"));
+            }
+            t as i64
+        } else {
+            sum.long_total
+        };
+        let total = ms
+            .checked_add(offset)
+            .ok_or_else(|| CommandError::bad_value("date overflow in $add"))?;
+        return Ok(Some(Bson::DateTime(bson::DateTime::from_millis(total))));
+    }
+    Ok(Some(sum.result()))
+}
+
+fn eval_multiply(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let mut long_product: i64 = 1;
+    let mut double_product = 1.0f64;
+    let (mut any_long, mut any_double, mut overflowed) = (false, false, false);
+    for v in vals {
+        let Some(v) = v else {
+            return Ok(Some(Bson::Null));
+        };
+        if matches!(v, Bson::Null | Bson::Undefined) {
+            return Ok(Some(Bson::Null));
+        }
+        let Some(n) = Num::of(&v)? else {
+            return Err(CommandError::type_mismatch(format!(
+                "$multiply only supports numeric types, not {}",
+                type_name(&v)
+            )));
+        };
+        match n.int() {
+            Some(i) if !overflowed => {
+                any_long |= n.is_long();
+                match long_product.checked_mul(i) {
+                    Some(p) => long_product = p,
+                    None => {
+                        overflowed = true;
+                        double_product *= long_product as f64 * i as f64;
+                        long_product = 1;
+                    }
+                }
+            }
+            Some(i) => double_product *= i as f64,
+            None => {
+                any_double = true;
+                double_product *= n.f64();
+            }
+        }
+    }
+    Ok(Some(if any_double || overflowed {
+        Bson::Double(long_product as f64 * double_product)
+    } else {
+        narrow(long_product, any_long)
+    }))
+}
+
+fn eval_subtract(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
+    if is_nullish(a.as_ref()) || is_nullish(b.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let (a, b) = (a.unwrap_or(Bson::Null), b.unwrap_or(Bson::Null));
+    let mismatch = || {
+        CommandError::type_mismatch(format!(
+            "can't $subtract {} from {}",
+            type_name(&b),
+            type_name(&a)
+        ))
+    };
+    match (&a, &b) {
+        (Bson::DateTime(x), Bson::DateTime(y)) => Ok(Some(Bson::Int64(
+            x.timestamp_millis().wrapping_sub(y.timestamp_millis()),
+        ))),
+        (Bson::DateTime(x), other) => {
+            let Some(n) = Num::of(other)? else {
+                return Err(mismatch());
+            };
+            let ms = match n.int() {
+                Some(i) => x.timestamp_millis().checked_sub(i),
+                None => {
+                    let t = (x.timestamp_millis() as f64 - n.f64()).round();
+                    (t.is_finite() && t.abs() < 9.2e18).then_some(t as i64)
+                }
+            }
+            .ok_or_else(|| CommandError::bad_value("date overflow in $subtract"))?;
+            Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
+        }
+        _ => {
+            let (Some(x), Some(y)) = (Num::of(&a)?, Num::of(&b)?) else {
+                return Err(mismatch());
+            };
+            Ok(Some(match (x.int(), y.int()) {
+                (Some(i), Some(j)) => match i.checked_sub(j) {
+                    Some(r) => narrow(r, x.is_long() || y.is_long()),
+                    None => Bson::Double(i as f64 - j as f64),
+                },
+                _ => Bson::Double(x.f64() - y.f64()),
+            }))
+        }
+    }
+}
+
+fn two_numbers(op: &str, a: &Bson, b: &Bson) -> Result<(Num, Num)> {
+    match (Num::of(a)?, Num::of(b)?) {
+        (Some(x), Some(y)) => Ok((x, y)),
+        _ => Err(CommandError::type_mismatch(format!(
+            "{op} only supports numeric types, not {} and {}",
+            type_name(a),
+            type_name(b)
+        ))),
+    }
+}
+
+fn eval_divide(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
+    if is_nullish(a.as_ref()) || is_nullish(b.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let (a, b) = (a.unwrap_or(Bson::Null), b.unwrap_or(Bson::Null));
+    let (x, y) = two_numbers("$divide", &a, &b)?;
+    if y.f64() == 0.0 {
+        return Err(CommandError::new(BAD_VALUE, "can't $divide by zero"));
+    }
+    Ok(Some(Bson::Double(x.f64() / y.f64())))
+}
+
+fn eval_mod(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
+    if is_nullish(a.as_ref()) || is_nullish(b.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let (a, b) = (a.unwrap_or(Bson::Null), b.unwrap_or(Bson::Null));
+    let (x, y) = two_numbers("$mod", &a, &b)?;
+    if y.f64() == 0.0 {
+        return Err(loc(16610, "can't $mod by zero"));
+    }
+    Ok(Some(match (x, y) {
+        (Num::Int(i), Num::Int(j)) => Bson::Int32(i.wrapping_rem(j)),
+        _ => match (x.int(), y.int()) {
+            (Some(i), Some(j)) => Bson::Int64(i.wrapping_rem(j)),
+            _ => Bson::Double(x.f64() % y.f64()),
+        },
+    }))
+}
+
+fn numeric_arg(op: &str, v: &Bson) -> Result<Num> {
+    Num::of(v)?.ok_or_else(|| {
+        loc(
+            28765,
+            format!("{op} only supports numeric types, not {}", type_name(v)),
+        )
+    })
+}
+
+fn eval_abs(v: &Bson) -> Result<Bson> {
+    Ok(match numeric_arg("$abs", v)? {
+        Num::Int(i) => match i.checked_abs() {
+            Some(a) => Bson::Int32(a),
+            None => Bson::Int64((i as i64).abs()),
+        },
+        Num::Long(i) => Bson::Int64(
+            i.checked_abs()
+                .ok_or_else(|| loc(28680, "can't take $abs of long long min"))?,
+        ),
+        Num::Double(d) => Bson::Double(d.abs()),
+    })
+}
+
+fn place_arg(op: &str, v: Option<&Bson>) -> Result<Option<i64>> {
+    let Some(v) = v else { return Ok(Some(0)) };
+    if is_nullish(Some(v)) {
+        return Ok(None);
+    }
+    let place = match Num::of(v)? {
+        Some(Num::Int(i)) => i as i64,
+        Some(Num::Long(i)) => i,
+        Some(Num::Double(d)) if d.fract() == 0.0 && d.abs() < 1e9 => d as i64,
+        Some(Num::Double(_)) => {
+            return Err(loc(
+                5155301,
+                format!("{op} requires \"place\" argument to be an integral value"),
+            ));
+        }
+        None => {
+            return Err(loc(
+                5155300,
+                format!(
+                    "{op} requires \"place\" to be a numeric value, but got {}",
+                    type_name(v)
+                ),
+            ));
+        }
+    };
+    if !(-20..=100).contains(&place) {
+        return Err(loc(
+            5155302,
+            format!("cannot apply {op} with precision value {place} value must be in [-20, 100]"),
+        ));
+    }
+    Ok(Some(place))
+}
+
+/// `$round` (half to even) and `$trunc` at `place` decimal digits. Doubles are rounded on
+/// their 15-significant-digit decimal form, as mongod does through Decimal128.
+fn round_number(op: &str, v: &Bson, place: i64) -> Result<Bson> {
+    let half_even = op == "$round";
+    let n = numeric_arg(op, v)?;
+    match n {
+        Num::Double(d) => {
+            if !d.is_finite() || d == 0.0 {
+                return Ok(Bson::Double(d));
+            }
+            Ok(Bson::Double(round_decimal_string(d, place, half_even)))
+        }
+        Num::Int(_) | Num::Long(_) => {
+            let i = n.int().unwrap_or(0);
+            if place >= 0 {
+                return Ok(v.clone());
+            }
+            let p = 10i128.pow((-place) as u32);
+            let x = i as i128;
+            let q = x / p;
+            let r = x % p;
+            let mut q = q;
+            if half_even {
+                let twice = 2 * r.abs();
+                if twice > p || (twice == p && q % 2 != 0) {
+                    q += x.signum();
+                }
+            }
+            let out = q * p;
+            Ok(match (n, i32::try_from(out), i64::try_from(out)) {
+                (Num::Int(_), Ok(o), _) => Bson::Int32(o),
+                (_, _, Ok(o)) => Bson::Int64(o),
+                _ => Bson::Double(out as f64),
+            })
+        }
+    }
+}
+
+fn round_decimal_string(d: f64, place: i64, half_even: bool) -> f64 {
+    let s = format!("{:.14e}", d.abs());
+    let Some((mantissa, exp)) = s.split_once('e') else {
+        return d;
+    };
+    let exp: i64 = exp.parse().unwrap_or(0);
+    let digits: Vec<u8> = mantissa
+        .bytes()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| b - b'0')
+        .collect();
+    // Number of digits kept: those before the decimal point (exp + 1) plus `place`.
+    let keep = exp + 1 + place;
+    if keep >= digits.len() as i64 {
+        return d;
+    }
+    let mut kept: Vec<u8> = if keep > 0 {
+        digits[..keep as usize].to_vec()
+    } else {
+        Vec::new()
+    };
+    let dropped: &[u8] = if keep >= 0 {
+        &digits[keep as usize..]
+    } else {
+        &[]
+    };
+    let round_up = if !half_even || keep < 0 {
+        false
+    } else {
+        let first = dropped.first().copied().unwrap_or(0);
+        let rest_nonzero = dropped.iter().skip(1).any(|&x| x != 0);
+        let last_odd = kept.last().is_some_and(|x| x % 2 == 1);
+        first > 5 || (first == 5 && (rest_nonzero || last_odd))
+    };
+    let mut carry = round_up;
+    for digit in kept.iter_mut().rev() {
+        if !carry {
+            break;
+        }
+        if *digit == 9 {
+            *digit = 0;
+        } else {
+            *digit += 1;
+            carry = false;
+        }
+    }
+    let mut scale_exp = exp + 1 - kept.len() as i64;
+    if carry {
+        kept.insert(0, 1);
+        scale_exp = exp + 2 - kept.len() as i64;
+    }
+    if kept.is_empty() {
+        return 0.0f64.copysign(d);
+    }
+    let text: String = kept.iter().map(|x| (x + b'0') as char).collect();
+    let value: f64 = format!("{text}e{scale_exp}").parse().unwrap_or(d.abs());
+    value.copysign(d)
+}
+
+/// `$sum`/`$avg`/`$max`/`$min` used as expressions: one array argument is operated over
+/// element-wise, several arguments are operated over as given (manual: "$sum (aggregation)").
+fn eval_accumulator(op: &str, vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let items: Vec<Bson> = match vals.as_slice() {
+        [Some(Bson::Array(items))] => items.clone(),
+        _ => vals.into_iter().flatten().collect(),
+    };
+    match op {
+        "$sum" | "$avg" => {
+            let mut sum = Sum::default();
+            let mut count = 0u64;
+            for v in &items {
+                if let Some(n) = Num::of(v)? {
+                    sum.add(n);
+                    count += 1;
+                }
+            }
+            if op == "$sum" {
+                return Ok(Some(sum.result()));
+            }
+            if count == 0 {
+                return Ok(Some(Bson::Null));
+            }
+            Ok(Some(Bson::Double(sum.total_f64() / count as f64)))
+        }
+        _ => {
+            let want = if op == "$max" {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            };
+            let mut best: Option<Bson> = None;
+            for v in items {
+                if matches!(v, Bson::Null | Bson::Undefined) {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|b| compare(&v, b) == want) {
+                    best = Some(v);
+                }
+            }
+            Ok(Some(best.unwrap_or(Bson::Null)))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Operators over evaluated arguments
+
+fn cmp_values(a: &Option<Bson>, b: &Option<Bson>) -> Ordering {
+    // Missing compares as undefined: below null (canonical type order, EOO == Undefined).
+    let a = a.clone().unwrap_or(Bson::Undefined);
+    let b = b.clone().unwrap_or(Bson::Undefined);
+    compare(&a, &b)
+}
+
+fn coerce_to_string(v: Option<&Bson>) -> Result<String> {
+    Ok(match v {
+        None | Some(Bson::Null) | Some(Bson::Undefined) => String::new(),
+        Some(Bson::String(s)) | Some(Bson::Symbol(s)) => s.clone(),
+        Some(Bson::Int32(i)) => i.to_string(),
+        Some(Bson::Int64(i)) => i.to_string(),
+        Some(Bson::Double(d)) => format_double(*d),
+        Some(Bson::DateTime(d)) => format_date(d.timestamp_millis(), DEFAULT_DATE_FORMAT, 0)?,
+        Some(Bson::Timestamp(t)) => format!("Timestamp({}, {})", t.time, t.increment),
+        Some(Bson::Decimal128(_)) => return Err(decimal_unsupported()),
+        Some(other) => {
+            return Err(loc(
+                16007,
+                format!(
+                    "can't convert from BSON type {} to String",
+                    type_name(other)
+                ),
+            ));
+        }
+    })
+}
+
+fn expect_int_index(op: &str, v: &Bson, code_type: i32, code_int: i32) -> Result<i64> {
+    let n = Num::of(v)?.ok_or_else(|| {
+        loc(
+            code_type,
+            format!(
+                "{op}'s second argument must be a numeric value, but is {}",
+                type_name(v)
+            ),
+        )
+    })?;
+    let i = match n {
+        Num::Int(i) => i as i64,
+        Num::Long(i) => i,
+        Num::Double(d) if d.fract() == 0.0 => d as i64,
+        Num::Double(_) => i64::MAX,
+    };
+    if i32::try_from(i).is_err() {
+        return Err(loc(
+            code_int,
+            format!("{op}'s second argument must be representable as a 32-bit integer: {v}"),
+        ));
+    }
+    Ok(i)
+}
+
+fn array_elem_at(op: &str, arr: Option<Bson>, idx: Option<Bson>) -> Result<Option<Bson>> {
+    if is_nullish(arr.as_ref()) || is_nullish(idx.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let items = match arr {
+        Some(Bson::Array(items)) => items,
+        other => {
+            let what = if op == "$arrayElemAt" {
+                "$arrayElemAt's first argument"
+            } else {
+                &format!("{op}'s argument")
+            };
+            return Err(loc(
+                28689,
+                format!(
+                    "{what} must be an array, but is {}",
+                    type_of(other.as_ref())
+                ),
+            ));
+        }
+    };
+    let i = expect_int_index(
+        "$arrayElemAt",
+        idx.as_ref().unwrap_or(&Bson::Null),
+        28690,
+        28691,
+    )?;
+    let len = items.len() as i64;
+    let pos = if i < 0 { len + i } else { i };
+    if pos < 0 || pos >= len {
+        return Ok(None);
+    }
+    Ok(items.into_iter().nth(pos as usize))
+}
+
+fn range_arg(v: Option<&Bson>, what: &str, code_num: i32, code_int: i32) -> Result<i64> {
+    let v = v.unwrap_or(&Bson::Undefined);
+    let n = Num::of(v)?.ok_or_else(|| {
+        loc(
+            code_num,
+            format!(
+                "$range requires a numeric {what}, found value of type: {}",
+                type_name(v)
+            ),
+        )
+    })?;
+    let i = match n {
+        Num::Int(i) => Some(i as i64),
+        Num::Long(i) => Some(i),
+        Num::Double(d) if d.fract() == 0.0 => Some(d as i64),
+        Num::Double(_) => None,
+    };
+    match i.filter(|i| i32::try_from(*i).is_ok()) {
+        Some(i) => Ok(i),
+        None => Err(loc(
+            code_int,
+            format!(
+                "$range requires a {what} that can be represented as a 32-bit integer, found value: {v}"
+            ),
+        )),
+    }
+}
+
+fn index_arg(v: &Bson, what: &str) -> Result<usize> {
+    let i = match Num::of(v)? {
+        Some(Num::Int(i)) => Some(i as i64),
+        Some(Num::Long(i)) => Some(i),
+        Some(Num::Double(d)) if d.fract() == 0.0 => Some(d as i64),
+        _ => None,
+    };
+    let Some(i) = i else {
+        return Err(loc(
+            40096,
+            format!(
+                "$indexOfArray requires an integral {what}, found a value of type: {}, with value: {v}",
+                type_name(v)
+            ),
+        ));
+    };
+    if i < 0 {
+        return Err(loc(
+            40097,
+            format!("$indexOfArray requires a nonnegative {what}, found: {i}"),
+        ));
+    }
+    Ok(i as usize)
+}
+
+fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let mut take = |i: usize| vals.get_mut(i).and_then(Option::take);
+    let null = || Ok(Some(Bson::Null));
+    match op {
+        "$add" => eval_add(vals),
+        "$multiply" => eval_multiply(vals),
+        "$subtract" => eval_subtract(take(0), take(1)),
+        "$divide" => eval_divide(take(0), take(1)),
+        "$mod" => eval_mod(take(0), take(1)),
+        "$abs" | "$floor" | "$ceil" => {
+            let v = take(0);
+            if is_nullish(v.as_ref()) {
+                return null();
+            }
+            let v = v.unwrap_or(Bson::Null);
+            if op == "$abs" {
+                return Ok(Some(eval_abs(&v)?));
+            }
+            Ok(Some(match numeric_arg(op, &v)? {
+                Num::Double(d) if op == "$floor" => Bson::Double(d.floor()),
+                Num::Double(d) => Bson::Double(d.ceil()),
+                _ => v,
+            }))
+        }
+        "$round" | "$trunc" => {
+            let v = take(0);
+            let place = take(1);
+            if is_nullish(v.as_ref()) {
+                return null();
+            }
+            let Some(place) = place_arg(op, place.as_ref())? else {
+                return null();
+            };
+            Ok(Some(round_number(op, &v.unwrap_or(Bson::Null), place)?))
+        }
+        "$concat" => {
+            let mut out = String::new();
+            for v in vals {
+                match v {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => return null(),
+                    Some(Bson::String(s)) => out.push_str(&s),
+                    Some(other) => {
+                        return Err(loc(
+                            16702,
+                            format!("$concat only supports strings, not {}", type_name(&other)),
+                        ));
+                    }
+                }
+            }
+            Ok(Some(Bson::String(out)))
+        }
+        "$toString" | "$toInt" | "$toLong" | "$toDouble" | "$toDate" | "$toBool"
+        | "$toObjectId" => {
+            let v = take(0);
+            if is_nullish(v.as_ref()) {
+                return null();
+            }
+            let target = match op {
+                "$toString" => Target::String,
+                "$toInt" => Target::Int,
+                "$toLong" => Target::Long,
+                "$toDouble" => Target::Double,
+                "$toDate" => Target::Date,
+                "$toBool" => Target::Bool,
+                _ => Target::ObjectId,
+            };
+            match convert(&v.unwrap_or(Bson::Null), target) {
+                Ok(v) => Ok(Some(v)),
+                Err(ConvertError::Failure(msg)) => Err(CommandError::new(
+                    CONVERSION_FAILURE,
+                    conversion_message(&msg),
+                )),
+                Err(ConvertError::Other(e)) => Err(e),
+            }
+        }
+        "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" | "$cmp" => {
+            let c = cmp_values(&vals[0], &vals[1]);
+            Ok(Some(match op {
+                "$eq" => Bson::Boolean(c == Ordering::Equal),
+                "$ne" => Bson::Boolean(c != Ordering::Equal),
+                "$gt" => Bson::Boolean(c == Ordering::Greater),
+                "$gte" => Bson::Boolean(c != Ordering::Less),
+                "$lt" => Bson::Boolean(c == Ordering::Less),
+                "$lte" => Bson::Boolean(c != Ordering::Greater),
+                _ => Bson::Int32(c as i32),
+            }))
+        }
+        "$not" => Ok(Some(Bson::Boolean(!is_truthy(vals[0].as_ref())))),
+        "$in" => match &vals[1] {
+            Some(Bson::Array(items)) => {
+                let needle = vals[0].clone();
+                Ok(Some(Bson::Boolean(items.iter().any(|i| {
+                    cmp_values(&needle, &Some(i.clone())) == Ordering::Equal
+                }))))
+            }
+            other => Err(loc(
+                40081,
+                format!(
+                    "$in requires an array as a second argument, found: {}",
+                    type_of(other.as_ref())
+                ),
+            )),
+        },
+        "$size" => match take(0) {
+            Some(Bson::Array(items)) => Ok(Some(Bson::Int32(items.len() as i32))),
+            other => Err(loc(
+                17124,
+                format!(
+                    "The argument to $size must be an array. Type of argument was: {}",
+                    type_of(other.as_ref())
+                ),
+            )),
+        },
+        "$arrayElemAt" => array_elem_at(op, take(0), take(1)),
+        "$first" => array_elem_at(op, take(0), Some(Bson::Int32(0))),
+        "$last" => array_elem_at(op, take(0), Some(Bson::Int32(-1))),
+        "$concatArrays" => {
+            let mut out = Vec::new();
+            for v in vals {
+                match v {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => return null(),
+                    Some(Bson::Array(items)) => out.extend(items),
+                    Some(other) => {
+                        return Err(loc(
+                            28664,
+                            format!(
+                                "$concatArrays only supports arrays, not {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(Some(Bson::Array(out)))
+        }
+        "$mergeObjects" => {
+            let mut out = Document::new();
+            for v in vals {
+                match v {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {}
+                    Some(Bson::Document(d)) => {
+                        for (k, v) in d {
+                            out.insert(k, v);
+                        }
+                    }
+                    Some(other) => {
+                        return Err(loc(
+                            40400,
+                            format!(
+                                "$mergeObjects requires object inputs, but input {other} is of type {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(Some(Bson::Document(out)))
+        }
+        "$max" | "$min" | "$sum" | "$avg" => eval_accumulator(op, vals),
+        "$type" => Ok(Some(Bson::String(type_of(vals[0].as_ref()).to_string()))),
+        "$isArray" => Ok(Some(Bson::Boolean(matches!(vals[0], Some(Bson::Array(_)))))),
+        "$isNumber" => Ok(Some(Bson::Boolean(
+            vals[0].as_ref().is_some_and(crate::compare::is_number),
+        ))),
+        "$strLenBytes" => match &vals[0] {
+            Some(Bson::String(s)) => Ok(Some(narrow(s.len() as i64, false))),
+            other => Err(loc(
+                34473,
+                format!(
+                    "$strLenBytes requires a string argument, found: {}",
+                    type_of(other.as_ref())
+                ),
+            )),
+        },
+        "$toLower" => Ok(Some(Bson::String(
+            coerce_to_string(vals[0].as_ref())?.to_ascii_lowercase(),
+        ))),
+        "$toUpper" => Ok(Some(Bson::String(
+            coerce_to_string(vals[0].as_ref())?.to_ascii_uppercase(),
+        ))),
+        "$split" => {
+            let (s, sep) = (take(0), take(1));
+            if is_nullish(s.as_ref()) {
+                return null();
+            }
+            let Some(Bson::String(s)) = s else {
+                return Err(loc(
+                    40085,
+                    format!(
+                        "$split requires an expression that evaluates to a string as a first argument, found: {}",
+                        type_of(s.as_ref())
+                    ),
+                ));
+            };
+            if is_nullish(sep.as_ref()) {
+                return null();
+            }
+            let Some(Bson::String(sep)) = sep else {
+                return Err(loc(
+                    40086,
+                    format!(
+                        "$split requires an expression that evaluates to a string as a second argument, found: {}",
+                        type_of(sep.as_ref())
+                    ),
+                ));
+            };
+            if sep.is_empty() {
+                return Err(loc(40087, "$split requires a non-empty separator"));
+            }
+            Ok(Some(Bson::Array(
+                s.split(sep.as_str())
+                    .map(|p| Bson::String(p.to_string()))
+                    .collect(),
+            )))
+        }
+        "$substrBytes" => {
+            let s = coerce_to_string(vals[0].as_ref())?;
+            let start = match vals[1].as_ref().map(Num::of).transpose()?.flatten() {
+                Some(n) => n,
+                None => {
+                    return Err(loc(
+                        16034,
+                        format!(
+                            "$substrBytes: starting index must be a numeric type (is BSON type {})",
+                            type_of(vals[1].as_ref())
+                        ),
+                    ));
+                }
+            };
+            let len = match vals[2].as_ref().map(Num::of).transpose()?.flatten() {
+                Some(n) => n,
+                None => {
+                    return Err(loc(
+                        16035,
+                        format!(
+                            "$substrBytes: length must be a numeric type (is BSON type {})",
+                            type_of(vals[2].as_ref())
+                        ),
+                    ));
+                }
+            };
+            let start_f = start.f64().trunc();
+            if start_f < 0.0 {
+                return Err(loc(
+                    50752,
+                    format!(
+                        "$substrBytes: starting index must be non-negative (got: {})",
+                        start_f as i64
+                    ),
+                ));
+            }
+            let bytes = s.as_bytes();
+            let start = (start_f as usize).min(bytes.len());
+            let len_f = len.f64().trunc();
+            let end = if len_f < 0.0 {
+                bytes.len()
+            } else {
+                start.saturating_add(len_f as usize).min(bytes.len())
+            };
+            let is_continuation = |i: usize| i < bytes.len() && (bytes[i] & 0xC0) == 0x80;
+            if is_continuation(start) {
+                return Err(loc(
+                    28656,
+                    "$substrBytes:  Invalid range, starting index is a UTF-8 continuation byte.",
+                ));
+            }
+            if is_continuation(end) {
+                return Err(loc(
+                    28657,
+                    "$substrBytes:  Invalid range, ending index is in the middle of a UTF-8 character.",
+                ));
+            }
+            Ok(Some(Bson::String(s[start..end].to_string())))
+        }
+        "$objectToArray" => match take(0) {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::Document(d)) => Ok(Some(Bson::Array(
+                d.into_iter()
+                    .map(|(k, v)| Bson::Document(bson::doc! {"k": k, "v": v}))
+                    .collect(),
+            ))),
+            Some(other) => Err(loc(
+                40390,
+                format!(
+                    "$objectToArray requires a document input, found: {}",
+                    type_name(&other)
+                ),
+            )),
+        },
+        "$arrayToObject" => match take(0) {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::Array(items)) => array_to_object(items).map(Some),
+            Some(other) => Err(loc(
+                40386,
+                format!(
+                    "$arrayToObject requires an array input, found: {}",
+                    type_name(&other)
+                ),
+            )),
+        },
+        "$range" => {
+            let start = range_arg(vals[0].as_ref(), "starting value", 34443, 34444)?;
+            let end = range_arg(vals[1].as_ref(), "ending value", 34445, 34446)?;
+            let step = match vals.get(2) {
+                Some(v) => range_arg(v.as_ref(), "step value", 34447, 34448)?,
+                None => 1,
+            };
+            if step == 0 {
+                return Err(loc(34449, "$range requires a non-zero step value"));
+            }
+            let mut out = Vec::new();
+            let mut i = start;
+            while (step > 0 && i < end) || (step < 0 && i > end) {
+                out.push(Bson::Int32(i as i32));
+                i += step;
+            }
+            Ok(Some(Bson::Array(out)))
+        }
+        "$reverseArray" => match take(0) {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::Array(mut items)) => {
+                items.reverse();
+                Ok(Some(Bson::Array(items)))
+            }
+            Some(other) => Err(loc(
+                34435,
+                format!(
+                    "The argument to $reverseArray must be an array, but was of type: {}",
+                    type_name(&other)
+                ),
+            )),
+        },
+        "$indexOfArray" => {
+            let items = match &vals[0] {
+                None | Some(Bson::Null) | Some(Bson::Undefined) => return null(),
+                Some(Bson::Array(items)) => items.clone(),
+                Some(other) => {
+                    return Err(loc(
+                        40090,
+                        format!(
+                            "$indexOfArray requires an array as a first argument, found: {}",
+                            type_name(other)
+                        ),
+                    ));
+                }
+            };
+            let start = match vals.get(2) {
+                Some(v) => index_arg(v.as_ref().unwrap_or(&Bson::Undefined), "starting index")?,
+                None => 0,
+            };
+            let end = match vals.get(3) {
+                Some(v) => index_arg(v.as_ref().unwrap_or(&Bson::Undefined), "ending index")?,
+                None => items.len(),
+            }
+            .min(items.len());
+            let needle = &vals[1];
+            for (i, item) in items.iter().enumerate().take(end).skip(start) {
+                if cmp_values(needle, &Some(item.clone())) == Ordering::Equal {
+                    return Ok(Some(narrow(i as i64, false)));
+                }
+            }
+            Ok(Some(Bson::Int32(-1)))
+        }
+        _ => Err(CommandError::new(
+            INVALID_PIPELINE_OPERATOR,
+            format!("Unrecognized expression '{op}'"),
+        )),
+    }
+}
+
+fn array_to_object(items: Vec<Bson>) -> Result<Bson> {
+    let mut out = Document::new();
+    let mut array_format: Option<bool> = None;
+    for item in items {
+        let (k, v) = match item {
+            Bson::Array(pair) => {
+                if array_format == Some(false) {
+                    return Err(loc(
+                        40391,
+                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects. Object was detected, now found: array",
+                    ));
+                }
+                array_format = Some(true);
+                if pair.len() != 2 {
+                    return Err(loc(
+                        40397,
+                        format!(
+                            "$arrayToObject requires an array of size 2 arrays,found array of size: {}",
+                            pair.len()
+                        ),
+                    ));
+                }
+                let mut it = pair.into_iter();
+                let (k, v) = (
+                    it.next().unwrap_or(Bson::Null),
+                    it.next().unwrap_or(Bson::Null),
+                );
+                let Bson::String(k) = k else {
+                    return Err(loc(
+                        40395,
+                        format!(
+                            "$arrayToObject requires an array of key-value pairs, where the key must be of type string. Found key type: {}",
+                            type_name(&k)
+                        ),
+                    ));
+                };
+                (k, v)
+            }
+            Bson::Document(d) => {
+                if array_format == Some(true) {
+                    return Err(loc(
+                        40396,
+                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects. Array was detected, now found: object",
+                    ));
+                }
+                array_format = Some(false);
+                if d.len() != 2 {
+                    return Err(loc(
+                        40392,
+                        format!(
+                            "$arrayToObject requires an object keys of 'k' and 'v'. Found incorrect number of keys:{}",
+                            d.len()
+                        ),
+                    ));
+                }
+                let (Some(k), Some(v)) = (d.get("k"), d.get("v")) else {
+                    return Err(loc(
+                        40393,
+                        format!(
+                            "$arrayToObject requires an object with keys 'k' and 'v'. Missing either or both keys from: {d}"
+                        ),
+                    ));
+                };
+                let Bson::String(k) = k else {
+                    return Err(loc(
+                        40394,
+                        format!(
+                            "$arrayToObject requires an object with keys 'k' and 'v', where the value of 'k' must be of type string. Found type: {}",
+                            type_name(k)
+                        ),
+                    ));
+                };
+                (k.clone(), v.clone())
+            }
+            other => {
+                return Err(loc(
+                    40398,
+                    format!(
+                        "Unrecognised input type format for $arrayToObject: {}",
+                        type_name(&other)
+                    ),
+                ));
+            }
+        };
+        if k.contains('\0') {
+            return Err(loc(
+                4940400,
+                "Key field cannot contain an embedded null byte",
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(Bson::Document(out))
+}
+
+// ---------------------------------------------------------------------------------------
+// $convert (manual: "$convert (aggregation)", conversion table)
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    Double,
+    String,
+    ObjectId,
+    Bool,
+    Date,
+    Int,
+    Long,
+    Decimal,
+    /// A BSON type no conversion produces (`object`, `regex`, ...), by its alias.
+    Other(&'static str),
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Double => "double",
+            Target::String => "string",
+            Target::ObjectId => "objectId",
+            Target::Bool => "bool",
+            Target::Date => "date",
+            Target::Int => "int",
+            Target::Long => "long",
+            Target::Decimal => "decimal",
+            Target::Other(n) => n,
+        }
+    }
+}
+
+const TYPE_ALIASES: &[(&str, i32)] = &[
+    ("double", 1),
+    ("string", 2),
+    ("object", 3),
+    ("array", 4),
+    ("binData", 5),
+    ("undefined", 6),
+    ("objectId", 7),
+    ("bool", 8),
+    ("date", 9),
+    ("null", 10),
+    ("regex", 11),
+    ("dbPointer", 12),
+    ("javascript", 13),
+    ("symbol", 14),
+    ("javascriptWithScope", 15),
+    ("int", 16),
+    ("timestamp", 17),
+    ("long", 18),
+    ("decimal", 19),
+    ("minKey", -1),
+    ("maxKey", 127),
+];
+
+fn target_from_alias(name: &'static str) -> Target {
+    match name {
+        "double" => Target::Double,
+        "string" => Target::String,
+        "objectId" => Target::ObjectId,
+        "bool" => Target::Bool,
+        "date" => Target::Date,
+        "int" => Target::Int,
+        "long" => Target::Long,
+        "decimal" => Target::Decimal,
+        other => Target::Other(other),
+    }
+}
+
+fn target_type(to: &Bson) -> Result<Target> {
+    match to {
+        Bson::String(s) => TYPE_ALIASES
+            .iter()
+            .find(|(n, _)| n == s)
+            .map(|(n, _)| target_from_alias(n))
+            .ok_or_else(|| CommandError::bad_value(format!("Unknown type name: {s}"))),
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => {
+            let n = Num::of(to)?.map(Num::f64).unwrap_or(f64::NAN);
+            if n.fract() != 0.0 {
+                return Err(CommandError::failed_to_parse(
+                    "In $convert, numeric 'to' argument is not an integer",
+                ));
+            }
+            TYPE_ALIASES
+                .iter()
+                .find(|(_, code)| *code as f64 == n)
+                .map(|(name, _)| target_from_alias(name))
+                .ok_or_else(|| {
+                    CommandError::failed_to_parse(format!(
+                        "In $convert, numeric value for 'to' does not correspond to a BSON type: {n}"
+                    ))
+                })
+        }
+        other => Err(CommandError::failed_to_parse(format!(
+            "$convert's 'to' argument must be a string or number, but is {}",
+            type_name(other)
+        ))),
+    }
+}
+
+enum ConvertError {
+    /// A ConversionFailure that `onError` may replace; the text before mongod's
+    /// " in $convert with no onError value" suffix.
+    Failure(String),
+    Other(CommandError),
+}
+
+impl From<CommandError> for ConvertError {
+    fn from(e: CommandError) -> Self {
+        ConvertError::Other(e)
+    }
+}
+
+fn conversion_message(msg: &str) -> String {
+    match msg.split_once(": ") {
+        Some((head, tail))
+            if head.starts_with("Failed to parse")
+                || head.starts_with("Error parsing")
+                || head.starts_with("Conversion would")
+                || head.starts_with("Attempt to") =>
+        {
+            format!("{head} in $convert with no onError value: {tail}")
+        }
+        _ => format!("{msg} in $convert with no onError value"),
+    }
+}
+
+fn unsupported(from: &Bson, to: Target) -> ConvertError {
+    ConvertError::Failure(format!(
+        "Unsupported conversion from {} to {}",
+        type_name(from),
+        to.name()
+    ))
+}
+
+fn double_to_integer(
+    d: f64,
+    min: f64,
+    max_exclusive: f64,
+) -> std::result::Result<i64, ConvertError> {
+    if d.is_nan() {
+        return Err(ConvertError::Failure(format!(
+            "Attempt to convert NaN value to integer type: {}",
+            format_double(d)
+        )));
+    }
+    if d.is_infinite() {
+        return Err(ConvertError::Failure(format!(
+            "Attempt to convert infinity value to integer type: {}",
+            format_double(d)
+        )));
+    }
+    let t = d.trunc();
+    if t < min || t >= max_exclusive {
+        return Err(ConvertError::Failure(format!(
+            "Conversion would overflow target type: {}",
+            format_double(d)
+        )));
+    }
+    Ok(t as i64)
+}
+
+fn parse_integer(s: &str) -> std::result::Result<i64, ConvertError> {
+    let fail = |why: &str| ConvertError::Failure(format!("Failed to parse number '{s}': {why}"));
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(fail("Did not consume whole string."));
+    }
+    s.parse::<i64>().map_err(|_| fail("Overflow"))
+}
+
+fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
+    if let Bson::Decimal128(_) = v {
+        return Err(decimal_unsupported().into());
+    }
+    Ok(match to {
+        Target::Decimal => return Err(decimal_unsupported().into()),
+        Target::Other(_) => return Err(unsupported(v, to)),
+        Target::Bool => Bson::Boolean(match v {
+            Bson::Boolean(b) => *b,
+            Bson::Int32(i) => *i != 0,
+            Bson::Int64(i) => *i != 0,
+            Bson::Double(d) => *d != 0.0,
+            _ => true,
+        }),
+        Target::Double => Bson::Double(match v {
+            Bson::Double(d) => *d,
+            Bson::Int32(i) => *i as f64,
+            Bson::Int64(i) => *i as f64,
+            Bson::Boolean(b) => f64::from(u8::from(*b)),
+            Bson::DateTime(d) => d.timestamp_millis() as f64,
+            Bson::String(s) => {
+                let ok = !s.is_empty() && !s.starts_with(char::is_whitespace);
+                match s.parse::<f64>() {
+                    Ok(d) if ok => d,
+                    _ => {
+                        return Err(ConvertError::Failure(format!(
+                            "Failed to parse number '{s}': Did not consume whole string."
+                        )));
+                    }
+                }
+            }
+            _ => return Err(unsupported(v, to)),
+        }),
+        Target::Int | Target::Long => {
+            let (min, max) = if to == Target::Int {
+                (i32::MIN as f64, i32::MAX as f64 + 1.0)
+            } else {
+                (i64::MIN as f64, 9_223_372_036_854_775_808.0)
+            };
+            let i = match v {
+                Bson::Int32(i) => *i as i64,
+                Bson::Int64(i) => *i,
+                Bson::Double(d) => double_to_integer(*d, min, max)?,
+                Bson::Boolean(b) => i64::from(*b),
+                Bson::DateTime(d) if to == Target::Long => d.timestamp_millis(),
+                Bson::String(s) => {
+                    let i = parse_integer(s)?;
+                    if to == Target::Int && i32::try_from(i).is_err() {
+                        return Err(ConvertError::Failure(format!(
+                            "Failed to parse number '{s}': Overflow"
+                        )));
+                    }
+                    i
+                }
+                _ => return Err(unsupported(v, to)),
+            };
+            if to == Target::Int {
+                match i32::try_from(i) {
+                    Ok(i) => Bson::Int32(i),
+                    Err(_) => {
+                        return Err(ConvertError::Failure(format!(
+                            "Conversion would overflow target type: {i}"
+                        )));
+                    }
+                }
+            } else {
+                Bson::Int64(i)
+            }
+        }
+        Target::String => Bson::String(match v {
+            Bson::String(s) => s.clone(),
+            Bson::Double(d) => format_double(*d),
+            Bson::Int32(i) => i.to_string(),
+            Bson::Int64(i) => i.to_string(),
+            Bson::Boolean(b) => b.to_string(),
+            Bson::ObjectId(o) => o.to_hex(),
+            Bson::DateTime(d) => format_date(d.timestamp_millis(), DEFAULT_DATE_FORMAT, 0)?,
+            _ => return Err(unsupported(v, to)),
+        }),
+        Target::ObjectId => match v {
+            Bson::ObjectId(o) => Bson::ObjectId(*o),
+            Bson::String(s) => {
+                if s.len() != 24 {
+                    return Err(ConvertError::Failure(format!(
+                        "Failed to parse objectId '{s}': Invalid string length for parsing to OID, expected 24 but found {}",
+                        s.len()
+                    )));
+                }
+                match ObjectId::parse_str(s) {
+                    Ok(o) => Bson::ObjectId(o),
+                    Err(_) => {
+                        return Err(ConvertError::Failure(format!(
+                            "Failed to parse objectId '{s}': Invalid character found in hex string"
+                        )));
+                    }
+                }
+            }
+            _ => return Err(unsupported(v, to)),
+        },
+        Target::Date => {
+            let ms = match v {
+                Bson::DateTime(d) => d.timestamp_millis(),
+                Bson::Int64(i) => *i,
+                Bson::Double(d) => double_to_integer(*d, i64::MIN as f64, 9_223_372_036_854_775_808.0)?,
+                Bson::ObjectId(o) => o.timestamp().timestamp_millis(),
+                Bson::Timestamp(t) => t.time as i64 * 1000,
+                Bson::String(s) => parse_date_string(s).ok_or_else(|| {
+                    ConvertError::Failure(format!(
+                        "Error parsing date string '{s}': the string does not match a supported date format"
+                    ))
+                })?,
+                _ => return Err(unsupported(v, to)),
+            };
+            Bson::DateTime(bson::DateTime::from_millis(ms))
+        }
+    })
+}
+
+/// A double as mongod prints it (`fmt::format("{}")`): shortest round-trip digits, fixed
+/// notation for decimal exponents in [-4, 16), otherwise `1e+16` style.
+fn format_double(d: f64) -> String {
+    if d.is_nan() {
+        return "NaN".to_string();
+    }
+    if d.is_infinite() {
+        return if d > 0.0 { "Infinity" } else { "-Infinity" }.to_string();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    let sci = format!("{:e}", d.abs());
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return d.to_string();
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    let sign = if d < 0.0 { "-" } else { "" };
+    if (-4..16).contains(&exp) {
+        if exp >= 0 {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                format!("{sign}{digits}{}", "0".repeat(int_len - digits.len()))
+            } else {
+                format!("{sign}{}.{}", &digits[..int_len], &digits[int_len..])
+            }
+        } else {
+            format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
+        }
+    } else {
+        let esign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{esign}{:02}", exp.abs())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Dates (manual: "$dateToString (aggregation)", format specifiers)
+
+const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%dT%H:%M:%S.%LZ";
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn iso_weeks_in_year(y: i64) -> i64 {
+    let p = |y: i64| (y + y.div_euclid(4) - y.div_euclid(100) + y.div_euclid(400)).rem_euclid(7);
+    if p(y) == 4 || p(y - 1) == 3 { 53 } else { 52 }
+}
+
+fn validate_date_format(format: &str) -> Result<()> {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        match chars.next() {
+            None => return Err(loc(18535, "Unmatched '%' at end of format string")),
+            Some(
+                'd' | 'G' | 'H' | 'j' | 'L' | 'm' | 'M' | 'S' | 'w' | 'u' | 'U' | 'V' | 'Y' | 'z'
+                | 'Z' | '%',
+            ) => {}
+            Some(other) => {
+                return Err(loc(
+                    18536,
+                    format!("Invalid format character '%{other}' in format string"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `timezone` argument as an offset in minutes. Only UTC and fixed offsets are known; an
+/// Olson name is reported as unrecognized rather than silently treated as UTC.
+fn parse_timezone(tz: &str) -> Result<i32> {
+    if matches!(
+        tz,
+        "UTC"
+            | "GMT"
+            | "Etc/UTC"
+            | "Etc/GMT"
+            | "Z"
+            | "Etc/Universal"
+            | "Universal"
+            | "Etc/Zulu"
+            | "Zulu"
+    ) {
+        return Ok(0);
+    }
+    let bad = || {
+        loc(
+            40485,
+            format!("unrecognized time zone identifier: \"{tz}\""),
+        )
+    };
+    let (sign, rest) = match tz.as_bytes().first() {
+        Some(b'+') => (1, &tz[1..]),
+        Some(b'-') => (-1, &tz[1..]),
+        _ => return Err(bad()),
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let colon_ok = match rest.find(':') {
+        None => true,
+        Some(i) => i == 2 && rest.len() == 5,
+    };
+    let (h, m) = match digits.len() {
+        2 if colon_ok && !rest.contains(':') => (&digits[..2], "0"),
+        4 if colon_ok => (&digits[..2], &digits[2..]),
+        _ => return Err(bad()),
+    };
+    let h: i32 = h.parse().map_err(|_| bad())?;
+    let m: i32 = m.parse().map_err(|_| bad())?;
+    if h > 99 || m > 59 {
+        return Err(bad());
+    }
+    Ok(sign * (h * 60 + m))
+}
+
+fn coerce_to_date(v: &Bson) -> Result<i64> {
+    match v {
+        Bson::DateTime(d) => Ok(d.timestamp_millis()),
+        Bson::Timestamp(t) => Ok(t.time as i64 * 1000),
+        Bson::ObjectId(o) => Ok(o.timestamp().timestamp_millis()),
+        other => Err(loc(
+            16006,
+            format!("can't convert from BSON type {} to Date", type_name(other)),
+        )),
+    }
+}
+
+fn format_date(ms: i64, format: &str, offset_minutes: i32) -> Result<String> {
+    let local = ms + offset_minutes as i64 * 60_000;
+    let days = local.div_euclid(MS_PER_DAY);
+    let in_day = local.rem_euclid(MS_PER_DAY);
+    let (y, m, d) = civil_from_days(days);
+    let (hour, minute, second, milli) = (
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000,
+    );
+    let weekday_sun0 = (days + 4).rem_euclid(7);
+    let yday0 = days - days_from_civil(y, 1, 1);
+    let iso_wday = (weekday_sun0 + 6) % 7 + 1;
+    let mut iso_year = y;
+    let mut iso_week = (yday0 + 1 - iso_wday + 10) / 7;
+    if iso_week < 1 {
+        iso_year = y - 1;
+        iso_week = iso_weeks_in_year(iso_year);
+    } else if iso_week > iso_weeks_in_year(y) {
+        iso_year = y + 1;
+        iso_week = 1;
+    }
+    let out_of_range = |year: i64| {
+        loc(
+            18537,
+            format!(
+                "Could not convert date to string: date component was outside the supported range of 0-9999: {year}"
+            ),
+        )
+    };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(spec) = chars.next() else {
+            return Err(loc(18535, "Unmatched '%' at end of format string"));
+        };
+        match spec {
+            'Y' => {
+                if !(0..=9999).contains(&y) {
+                    return Err(out_of_range(y));
+                }
+                out.push_str(&format!("{y:04}"));
+            }
+            'G' => {
+                if !(0..=9999).contains(&iso_year) {
+                    return Err(out_of_range(iso_year));
+                }
+                out.push_str(&format!("{iso_year:04}"));
+            }
+            'm' => out.push_str(&format!("{m:02}")),
+            'd' => out.push_str(&format!("{d:02}")),
+            'H' => out.push_str(&format!("{hour:02}")),
+            'M' => out.push_str(&format!("{minute:02}")),
+            'S' => out.push_str(&format!("{second:02}")),
+            'L' => out.push_str(&format!("{milli:03}")),
+            'j' => out.push_str(&format!("{:03}", yday0 + 1)),
+            'w' => out.push_str(&(weekday_sun0 + 1).to_string()),
+            'u' => out.push_str(&iso_wday.to_string()),
+            'U' => out.push_str(&format!("{:02}", (yday0 + 7 - weekday_sun0) / 7)),
+            'V' => out.push_str(&format!("{iso_week:02}")),
+            'z' => {
+                let sign = if offset_minutes < 0 { '-' } else { '+' };
+                let a = offset_minutes.abs();
+                out.push_str(&format!("{sign}{:02}{:02}", a / 60, a % 60));
+            }
+            'Z' => {
+                let sign = if offset_minutes < 0 { '-' } else { '+' };
+                out.push_str(&format!("{sign}{}", offset_minutes.abs()));
+            }
+            '%' => out.push('%'),
+            other => {
+                return Err(loc(
+                    18536,
+                    format!("Invalid format character '%{other}' in format string"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// ISO-8601 style date strings as `$toDate` accepts them: `YYYY-MM-DD`, optionally followed
+/// by `THH:MM[:SS[.fff]]` (or a space) and `Z` or a `±HH[:]MM` offset.
+fn parse_date_string(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let y = num(0, 4)?;
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let (mo, d) = (num(5, 2)?, num(8, 2)?);
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
+        return None;
+    }
+    let mut ms = days_from_civil(y, mo, d) * MS_PER_DAY;
+    let mut i = 10;
+    if i == b.len() {
+        return Some(ms);
+    }
+    if !matches!(b[i], b'T' | b' ') {
+        return None;
+    }
+    i += 1;
+    let h = num(i, 2)?;
+    if b.get(i + 2) != Some(&b':') {
+        return None;
+    }
+    let mi = num(i + 3, 2)?;
+    i += 5;
+    let mut sec = 0;
+    let mut milli = 0;
+    if b.get(i) == Some(&b':') {
+        sec = num(i + 1, 2)?;
+        i += 3;
+        if b.get(i) == Some(&b'.') {
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len() && b[end].is_ascii_digit() {
+                end += 1;
+            }
+            if end == start {
+                return None;
+            }
+            let frac = &s[start..end.min(start + 3)];
+            milli = format!("{frac:0<3}").parse::<i64>().ok()?;
+            i = end;
+        }
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    ms += h * 3_600_000 + mi * 60_000 + sec * 1000 + milli;
+    match b.get(i) {
+        None => Some(ms),
+        Some(b'Z') if i + 1 == b.len() => Some(ms),
+        Some(b'+' | b'-') => {
+            let offset = parse_timezone(&s[i..]).ok()?;
+            Some(ms - offset as i64 * 60_000)
+        }
+        _ => None,
+    }
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
 }
