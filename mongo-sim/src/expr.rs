@@ -1210,7 +1210,9 @@ impl Cx<'_> {
                 let date = self.eval(date)?;
                 let format = match format {
                     Some(f) => match self.eval(f)? {
-                        v if is_nullish(v.as_ref()) => return Ok(Some(Bson::Null)),
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
                         Some(Bson::String(s)) => {
                             validate_date_format(&s)?;
                             Some(s)
@@ -1229,7 +1231,9 @@ impl Cx<'_> {
                 };
                 let offset = match timezone {
                     Some(t) => match self.eval(t)? {
-                        v if is_nullish(v.as_ref()) => return Ok(Some(Bson::Null)),
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
                         Some(Bson::String(s)) => parse_timezone(&s)?,
                         Some(other) => {
                             return Err(loc(
