@@ -3129,3 +3129,793 @@ fn days_in_month(y: i64, m: i64) -> i64 {
         _ => 31,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{Timestamp, bson, doc};
+
+    fn vars() -> Variables {
+        Variables::new(
+            bson::DateTime::from_millis(1_700_000_000_000),
+            Timestamp {
+                time: 1_700_000_000,
+                increment: 1,
+            },
+        )
+    }
+
+    fn eval_in(expr: Bson, root: &Document) -> Result<Option<Bson>> {
+        Expr::parse(&expr)?.eval(root, &vars())
+    }
+
+    fn eval(expr: Bson) -> Option<Bson> {
+        eval_in(expr.clone(), &doc! {}).unwrap_or_else(|e| panic!("{expr}: {e}"))
+    }
+
+    fn value(expr: Bson) -> Bson {
+        eval(expr.clone()).unwrap_or_else(|| panic!("{expr} was missing"))
+    }
+
+    fn error(expr: Bson) -> CommandError {
+        match eval_in(expr.clone(), &doc! {}) {
+            Err(e) => e,
+            Ok(v) => panic!("{expr} succeeded with {v:?}"),
+        }
+    }
+
+    fn parse_error(expr: Bson) -> CommandError {
+        match Expr::parse(&expr) {
+            Err(e) => e,
+            Ok(_) => panic!("{expr} parsed"),
+        }
+    }
+
+    fn date(ms: i64) -> Bson {
+        Bson::DateTime(bson::DateTime::from_millis(ms))
+    }
+
+    #[test]
+    fn literals_and_literal_operator() {
+        assert_eq!(value(bson!(5)), bson!(5));
+        assert_eq!(value(bson!("abc")), bson!("abc"));
+        assert_eq!(value(bson!({"$literal": "$a"})), bson!("$a"));
+        assert_eq!(value(bson!({"$literal": [1, 2]})), bson!([1, 2]));
+    }
+
+    #[test]
+    fn field_paths_traverse_arrays_of_documents() {
+        let root = doc! {"a": {"b": 1}, "arr": [{"x": 1}, {"y": 2}, {"x": 3}, 7, [{"x": 9}]]};
+        assert_eq!(eval_in(bson!("$a.b"), &root).unwrap(), Some(bson!(1)));
+        assert_eq!(eval_in(bson!("$a.c"), &root).unwrap(), None);
+        assert_eq!(eval_in(bson!("$a.b.c"), &root).unwrap(), None);
+        // Non-documents (including nested arrays) are skipped; numeric parts are field names.
+        assert_eq!(
+            eval_in(bson!("$arr.x"), &root).unwrap(),
+            Some(bson!([1, 3]))
+        );
+        assert_eq!(eval_in(bson!("$arr.0"), &root).unwrap(), Some(bson!([])));
+        let nested = doc! {"a": [{"b": [{"c": 1}, {"c": 2}]}, {"b": {"c": 3}}]};
+        assert_eq!(
+            eval_in(bson!("$a.b.c"), &nested).unwrap(),
+            Some(bson!([[1, 2], 3]))
+        );
+    }
+
+    #[test]
+    fn variables() {
+        let root = doc! {"a": 1, "d": {"e": 2}};
+        assert_eq!(
+            eval_in(bson!("$$ROOT"), &root).unwrap(),
+            Some(Bson::Document(root.clone()))
+        );
+        assert_eq!(
+            eval_in(bson!("$$CURRENT.a"), &root).unwrap(),
+            Some(bson!(1))
+        );
+        assert_eq!(eval_in(bson!("$$ROOT.d.e"), &root).unwrap(), Some(bson!(2)));
+        assert_eq!(eval(bson!("$$REMOVE")), None);
+        assert_eq!(value(bson!("$$NOW")), date(1_700_000_000_000));
+        assert_eq!(
+            value(bson!("$$CLUSTER_TIME")),
+            Bson::Timestamp(Timestamp {
+                time: 1_700_000_000,
+                increment: 1
+            })
+        );
+        let e = error(bson!("$$x"));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (17276, "Use of undefined variable: x")
+        );
+        assert_eq!(parse_error(bson!("$$FOO")).code, 17276);
+        assert_eq!(parse_error(bson!("$$")).code, 16869);
+        assert_eq!(parse_error(bson!("$$1a")).code, 16870);
+        let v = vars()
+            .with_let(&doc! {"x": {"a": [{"b": 5}]}, "y": {"$add": [1, 2]}})
+            .unwrap();
+        let e = Expr::parse(&bson!(["$$x.a.b", "$$y"])).unwrap();
+        assert_eq!(e.eval(&doc! {}, &v).unwrap(), Some(bson!([[5], 3])));
+        assert_eq!(vars().with_let(&doc! {"Bad": 1}).unwrap_err().code, 16867);
+    }
+
+    #[test]
+    fn object_and_array_expressions_handle_missing() {
+        let root = doc! {"a": 1};
+        assert_eq!(
+            eval_in(
+                bson!({"x": "$a", "y": "$nope", "z": {"w": "$$REMOVE"}}),
+                &root
+            )
+            .unwrap(),
+            Some(bson!({"x": 1, "z": {}}))
+        );
+        assert_eq!(
+            eval_in(bson!(["$a", "$nope"]), &root).unwrap(),
+            Some(bson!([1, null]))
+        );
+    }
+
+    #[test]
+    fn parse_errors_match_mongod() {
+        let e = parse_error(bson!({"$foo": 1}));
+        assert_eq!(
+            (e.code, e.code_name.as_str()),
+            (168, "InvalidPipelineOperator")
+        );
+        assert_eq!(e.errmsg, "Unrecognized expression '$foo'");
+        let e = parse_error(bson!({"$subtract": [1]}));
+        assert_eq!(e.code, 16020);
+        assert_eq!(
+            e.errmsg,
+            "Expression $subtract takes exactly 2 arguments. 1 were passed in."
+        );
+        assert_eq!(parse_error(bson!({"$add": [1], "b": 1})).code, 15983);
+        let e = parse_error(bson!({"a": 1, "$b": 1}));
+        assert_eq!(e.code, 16410);
+        assert!(
+            e.errmsg
+                .starts_with("FieldPath field names may not start with '$'")
+        );
+        assert_eq!(parse_error(bson!("$")).code, 16872);
+        assert_eq!(parse_error(bson!("$a..b")).code, 15998);
+        assert_eq!(parse_error(bson!("$a.$b")).code, 16410);
+        assert_eq!(parse_error(bson!({"$round": [1, 2, 3]})).code, 28667);
+        assert_eq!(parse_error(bson!({"$ifNull": ["$a"]})).code, 1257300);
+        assert_eq!(parse_error(bson!({"$isArray": [1, 2]})).code, 16020);
+        // Unimplemented operators fail at parse time, even nested and never evaluated.
+        assert_eq!(
+            parse_error(bson!({"$cond": [true, 1, {"$dateFromString": {}}]})).code,
+            168
+        );
+        assert_eq!(parse_error(bson!({"$toDecimal": 1})).code, 115);
+    }
+
+    #[test]
+    fn add_promotes_and_handles_dates() {
+        assert_eq!(value(bson!({"$add": [1, 2]})), bson!(3));
+        assert_eq!(
+            value(bson!({"$add": [i32::MAX, 1]})),
+            Bson::Int64(2_147_483_648)
+        );
+        assert_eq!(value(bson!({"$add": [1, 2_i64]})), Bson::Int64(3));
+        assert_eq!(
+            value(bson!({"$add": [i64::MAX, 1_i64]})),
+            Bson::Double(i64::MAX as f64 + 1.0)
+        );
+        assert_eq!(value(bson!({"$add": [1, 0.5]})), bson!(1.5));
+        assert_eq!(value(bson!({"$add": [1, null]})), Bson::Null);
+        assert_eq!(value(bson!({"$add": [1, "$missing"]})), Bson::Null);
+        assert_eq!(value(bson!({"$add": []})), bson!(0));
+        assert_eq!(value(bson!({"$add": [date(1000), 500]})), date(1500));
+        assert_eq!(value(bson!({"$add": [date(1000), 1.6]})), date(1002));
+        let e = error(bson!({"$add": [date(1), date(2)]}));
+        assert_eq!(e.code, 16612);
+        assert_eq!(e.errmsg, "only one date allowed in an $add expression");
+        let e = error(bson!({"$add": [1, "a"]}));
+        assert_eq!((e.code, e.code_name.as_str()), (14, "TypeMismatch"));
+        assert_eq!(
+            e.errmsg,
+            "$add only supports numeric or date types, not string"
+        );
+    }
+
+    #[test]
+    fn subtract_multiply_divide_mod() {
+        assert_eq!(value(bson!({"$subtract": [5, 3]})), bson!(2));
+        assert_eq!(
+            value(bson!({"$subtract": [i32::MIN, 1]})),
+            Bson::Int64(i32::MIN as i64 - 1)
+        );
+        assert_eq!(value(bson!({"$subtract": [5, 0.5]})), bson!(4.5));
+        assert_eq!(
+            value(bson!({"$subtract": [date(5000), date(1000)]})),
+            Bson::Int64(4000)
+        );
+        assert_eq!(value(bson!({"$subtract": [date(5000), 1000]})), date(4000));
+        assert_eq!(value(bson!({"$subtract": [null, 1]})), Bson::Null);
+        let e = error(bson!({"$subtract": [1, date(0)]}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (14, "can't $subtract date from int")
+        );
+        assert_eq!(error(bson!({"$subtract": ["a", 1]})).code, 14);
+
+        assert_eq!(value(bson!({"$multiply": [2, 3]})), bson!(6));
+        assert_eq!(
+            value(bson!({"$multiply": [i32::MAX, 2]})),
+            Bson::Int64(i32::MAX as i64 * 2)
+        );
+        assert_eq!(
+            value(bson!({"$multiply": [i64::MAX, 2_i64]})),
+            Bson::Double(i64::MAX as f64 * 2.0)
+        );
+        assert_eq!(value(bson!({"$multiply": [2, 1.5]})), bson!(3.0));
+        assert_eq!(value(bson!({"$multiply": [2, "$missing"]})), Bson::Null);
+        assert_eq!(error(bson!({"$multiply": [2, "x"]})).code, 14);
+
+        assert_eq!(value(bson!({"$divide": [6, 3]})), bson!(2.0));
+        assert_eq!(value(bson!({"$divide": [null, 3]})), Bson::Null);
+        let e = error(bson!({"$divide": [1, 0]}));
+        assert_eq!((e.code, e.errmsg.as_str()), (2, "can't $divide by zero"));
+        assert_eq!(error(bson!({"$divide": ["a", 1]})).code, 14);
+
+        assert_eq!(value(bson!({"$mod": [7, 3]})), bson!(1));
+        assert_eq!(value(bson!({"$mod": [-7, 3]})), bson!(-1));
+        assert_eq!(value(bson!({"$mod": [7_i64, 3]})), Bson::Int64(1));
+        assert_eq!(value(bson!({"$mod": [7.5, 2]})), bson!(1.5));
+        let e = error(bson!({"$mod": [1, 0]}));
+        assert_eq!((e.code, e.errmsg.as_str()), (16610, "can't $mod by zero"));
+        assert_eq!(error(bson!({"$mod": [1, "a"]})).code, 14);
+    }
+
+    #[test]
+    fn abs_floor_ceil_round_trunc() {
+        assert_eq!(value(bson!({"$abs": -3})), bson!(3));
+        assert_eq!(value(bson!({"$abs": i32::MIN})), Bson::Int64(2_147_483_648));
+        assert_eq!(value(bson!({"$abs": null})), Bson::Null);
+        assert_eq!(error(bson!({"$abs": i64::MIN})).code, 28680);
+        assert_eq!(error(bson!({"$abs": "x"})).code, 28765);
+        assert_eq!(value(bson!({"$floor": -1.5})), bson!(-2.0));
+        assert_eq!(value(bson!({"$ceil": 1.2})), bson!(2.0));
+        assert_eq!(value(bson!({"$floor": 3})), bson!(3));
+        assert_eq!(value(bson!({"$round": 2.5})), bson!(2.0));
+        assert_eq!(value(bson!({"$round": 3.5})), bson!(4.0));
+        assert_eq!(value(bson!({"$round": [1.45, 1]})), bson!(1.4));
+        assert_eq!(value(bson!({"$round": [1.55, 1]})), bson!(1.6));
+        assert_eq!(value(bson!({"$round": [1234, -2]})), bson!(1200));
+        assert_eq!(value(bson!({"$round": [1250, -2]})), bson!(1200));
+        assert_eq!(value(bson!({"$round": [9.99, 1]})), bson!(10.0));
+        assert_eq!(value(bson!({"$trunc": [-1.99, 1]})), bson!(-1.9));
+        assert_eq!(value(bson!({"$trunc": 7.9})), bson!(7.0));
+        assert_eq!(value(bson!({"$round": [null, 1]})), Bson::Null);
+        assert_eq!(error(bson!({"$round": [1.5, 101]})).code, 5155302);
+    }
+
+    #[test]
+    fn strings() {
+        assert_eq!(value(bson!({"$concat": ["a", "b"]})), bson!("ab"));
+        assert_eq!(value(bson!({"$concat": ["a", null]})), Bson::Null);
+        assert_eq!(value(bson!({"$concat": ["a", "$missing"]})), Bson::Null);
+        let e = error(bson!({"$concat": ["a", 1]}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (16702, "$concat only supports strings, not int")
+        );
+        assert_eq!(value(bson!({"$toLower": "AbC"})), bson!("abc"));
+        assert_eq!(value(bson!({"$toUpper": 1})), bson!("1"));
+        assert_eq!(value(bson!({"$toUpper": null})), bson!(""));
+        assert_eq!(error(bson!({"$toLower": [[1]]})).code, 16007);
+        assert_eq!(value(bson!({"$strLenBytes": "héllo"})), bson!(6));
+        assert_eq!(error(bson!({"$strLenBytes": 1})).code, 34473);
+        assert_eq!(
+            value(bson!({"$split": ["a,b,,c", ","]})),
+            bson!(["a", "b", "", "c"])
+        );
+        assert_eq!(value(bson!({"$split": [null, ","]})), Bson::Null);
+        assert_eq!(error(bson!({"$split": [1, ","]})).code, 40085);
+        assert_eq!(error(bson!({"$split": ["a", 1]})).code, 40086);
+        assert_eq!(error(bson!({"$split": ["a", ""]})).code, 40087);
+        assert_eq!(
+            value(bson!({"$substrBytes": ["hello", 1, 3]})),
+            bson!("ell")
+        );
+        assert_eq!(
+            value(bson!({"$substrBytes": ["hello", 2, -1]})),
+            bson!("llo")
+        );
+        assert_eq!(value(bson!({"$substrBytes": [null, 0, 1]})), bson!(""));
+        assert_eq!(error(bson!({"$substrBytes": ["é", 1, 1]})).code, 28656);
+        assert_eq!(error(bson!({"$substrBytes": ["é", 0, 1]})).code, 28657);
+        assert_eq!(error(bson!({"$substrBytes": ["a", "x", 1]})).code, 16034);
+    }
+
+    #[test]
+    fn conversions() {
+        assert_eq!(value(bson!({"$toString": 1.5})), bson!("1.5"));
+        assert_eq!(value(bson!({"$toString": 2.0})), bson!("2"));
+        assert_eq!(value(bson!({"$toString": 1e20})), bson!("1e+20"));
+        assert_eq!(value(bson!({"$toString": 0.0001})), bson!("0.0001"));
+        assert_eq!(value(bson!({"$toString": 0.00001})), bson!("1e-05"));
+        assert_eq!(value(bson!({"$toString": true})), bson!("true"));
+        assert_eq!(
+            value(bson!({"$toString": date(0)})),
+            bson!("1970-01-01T00:00:00.000Z")
+        );
+        let oid = ObjectId::parse_str("5f1d7a3e9d1b2c3d4e5f6a7b").unwrap();
+        assert_eq!(
+            value(bson!({"$toString": oid})),
+            bson!("5f1d7a3e9d1b2c3d4e5f6a7b")
+        );
+        assert_eq!(
+            value(bson!({"$toObjectId": "5f1d7a3e9d1b2c3d4e5f6a7b"})),
+            Bson::ObjectId(oid)
+        );
+        assert_eq!(error(bson!({"$toObjectId": "abc"})).code, 241);
+        assert_eq!(value(bson!({"$toString": null})), Bson::Null);
+        assert_eq!(value(bson!({"$toInt": "42"})), bson!(42));
+        assert_eq!(value(bson!({"$toInt": 4.9})), bson!(4));
+        assert_eq!(value(bson!({"$toInt": true})), bson!(1));
+        assert_eq!(value(bson!({"$toLong": "-42"})), Bson::Int64(-42));
+        assert_eq!(value(bson!({"$toLong": date(7)})), Bson::Int64(7));
+        assert_eq!(value(bson!({"$toDouble": "1.5e3"})), bson!(1500.0));
+        assert_eq!(value(bson!({"$toDouble": "$missing"})), Bson::Null);
+        assert_eq!(value(bson!({"$toBool": 0})), bson!(false));
+        assert_eq!(value(bson!({"$toBool": ""})), bson!(true));
+        assert_eq!(value(bson!({"$toDate": 86_400_000_i64})), date(86_400_000));
+        assert_eq!(
+            value(bson!({"$toDate": "2024-02-29T12:30:00.5Z"})),
+            date(1_709_209_800_500)
+        );
+        assert_eq!(
+            value(bson!({"$toDate": "2024-02-29T12:30:00+01:00"})),
+            date(1_709_206_200_000)
+        );
+        assert_eq!(
+            value(bson!({"$toDate": "2024-02-29"})),
+            date(1_709_164_800_000)
+        );
+        assert_eq!(error(bson!({"$toDate": "2023-02-29"})).code, 241);
+        assert_eq!(error(bson!({"$toDate": 5})).code, 241);
+
+        let e = error(bson!({"$toInt": "abc"}));
+        assert_eq!((e.code, e.code_name.as_str()), (241, "ConversionFailure"));
+        assert!(
+            e.errmsg
+                .starts_with("Failed to parse number 'abc' in $convert with no onError value: "),
+            "{}",
+            e.errmsg
+        );
+        assert_eq!(error(bson!({"$toInt": 1e10})).code, 241);
+        assert_eq!(error(bson!({"$toInt": f64::NAN})).code, 241);
+        assert_eq!(error(bson!({"$toInt": 3_000_000_000_i64})).code, 241);
+        assert_eq!(error(bson!({"$toInt": "99999999999"})).code, 241);
+        assert_eq!(error(bson!({"$toInt": date(0)})).code, 241);
+        let e = error(bson!({"$toString": {"a": 1}}));
+        assert_eq!(
+            e.errmsg,
+            "Unsupported conversion from object to string in $convert with no onError value"
+        );
+    }
+
+    #[test]
+    fn convert_with_on_error_and_on_null() {
+        assert_eq!(
+            value(bson!({"$convert": {"input": "12", "to": "int"}})),
+            bson!(12)
+        );
+        assert_eq!(
+            value(bson!({"$convert": {"input": "12", "to": 18}})),
+            Bson::Int64(12)
+        );
+        assert_eq!(
+            value(bson!({"$convert": {"input": "x", "to": "int", "onError": "bad"}})),
+            bson!("bad")
+        );
+        assert_eq!(
+            value(bson!({"$convert": {"input": null, "to": "int", "onNull": -1}})),
+            bson!(-1)
+        );
+        assert_eq!(
+            value(bson!({"$convert": {"input": "$missing", "to": "int"}})),
+            Bson::Null
+        );
+        assert_eq!(
+            eval(bson!({"$convert": {"input": null, "to": "int", "onNull": "$$REMOVE"}})),
+            None
+        );
+        assert_eq!(
+            error(bson!({"$convert": {"input": 1, "to": "int", "x": 1}})).code,
+            9
+        );
+        assert_eq!(error(bson!({"$convert": {"input": 1}})).code, 9);
+        // onError does not cover a bad 'to'.
+        let e = error(bson!({"$convert": {"input": 1, "to": "nope", "onError": 0}}));
+        assert_eq!((e.code, e.errmsg.as_str()), (2, "Unknown type name: nope"));
+        assert_eq!(
+            parse_error(bson!({"$convert": {"input": 1, "to": "decimal"}})).code,
+            115
+        );
+        assert_eq!(
+            error(bson!({"$convert": {"input": 1, "to": "object"}})).code,
+            241
+        );
+    }
+
+    #[test]
+    fn conditionals() {
+        assert_eq!(value(bson!({"$ifNull": ["$missing", null, 3]})), bson!(3));
+        assert_eq!(value(bson!({"$ifNull": [0, 3]})), bson!(0));
+        assert_eq!(eval(bson!({"$ifNull": [null, "$missing"]})), None);
+        assert_eq!(
+            value(bson!({"$cond": [true, 1, {"$divide": [1, 0]}]})),
+            bson!(1)
+        );
+        assert_eq!(
+            value(bson!({"$cond": {"if": 0, "then": 1, "else": 2}})),
+            bson!(2)
+        );
+        assert_eq!(
+            value(bson!({"$cond": {"if": [], "then": 1, "else": 2}})),
+            bson!(1)
+        );
+        assert_eq!(
+            parse_error(bson!({"$cond": {"if": 0, "then": 1}})).code,
+            17082
+        );
+        assert_eq!(
+            parse_error(bson!({"$cond": {"if": 0, "then": 1, "else": 2, "x": 1}})).code,
+            17083
+        );
+        let sw = bson!({"$switch": {"branches": [
+            {"case": {"$gt": ["$a", 5]}, "then": "big"},
+            {"case": {"$gt": ["$a", 1]}, "then": "mid"}
+        ], "default": "small"}});
+        assert_eq!(
+            eval_in(sw.clone(), &doc! {"a": 3}).unwrap(),
+            Some(bson!("mid"))
+        );
+        assert_eq!(eval_in(sw, &doc! {"a": 0}).unwrap(), Some(bson!("small")));
+        let nodefault = bson!({"$switch": {"branches": [{"case": false, "then": 1}]}});
+        assert_eq!(error(nodefault).code, 40066);
+        assert_eq!(
+            parse_error(bson!({"$switch": {"branches": []}})).code,
+            40068
+        );
+        assert_eq!(
+            parse_error(bson!({"$switch": {"branches": [{"case": 1}]}})).code,
+            40065
+        );
+    }
+
+    #[test]
+    fn comparisons_distinguish_missing_from_null() {
+        assert_eq!(value(bson!({"$eq": [1, 1.0]})), bson!(true));
+        assert_eq!(value(bson!({"$eq": ["$missing", null]})), bson!(false));
+        assert_eq!(value(bson!({"$lt": ["$missing", null]})), bson!(true));
+        assert_eq!(value(bson!({"$eq": [[1, 2], [1, 2]]})), bson!(true));
+        // No array expansion: [1, 2] is an array, greater than any number.
+        assert_eq!(value(bson!({"$gt": [[1, 2], 5]})), bson!(true));
+        assert_eq!(value(bson!({"$gte": ["b", "a"]})), bson!(true));
+        assert_eq!(value(bson!({"$lte": [null, 0]})), bson!(true));
+        assert_eq!(value(bson!({"$ne": [1, "1"]})), bson!(true));
+        assert_eq!(value(bson!({"$cmp": [2, 1]})), bson!(1));
+        assert_eq!(value(bson!({"$cmp": ["a", "b"]})), bson!(-1));
+    }
+
+    #[test]
+    fn booleans_and_in() {
+        assert_eq!(value(bson!({"$and": [1, true]})), bson!(true));
+        assert_eq!(value(bson!({"$and": [1, "$missing"]})), bson!(false));
+        assert_eq!(value(bson!({"$and": []})), bson!(true));
+        assert_eq!(value(bson!({"$or": [0, null]})), bson!(false));
+        assert_eq!(value(bson!({"$or": [0, [] ]})), bson!(true));
+        assert_eq!(value(bson!({"$not": [0]})), bson!(true));
+        assert_eq!(value(bson!({"$in": [2, [1, 2.0]]})), bson!(true));
+        assert_eq!(value(bson!({"$in": [[1], [1, [1]]]})), bson!(true));
+        assert_eq!(value(bson!({"$in": [3, [1, 2]]})), bson!(false));
+        let e = error(bson!({"$in": [1, "$missing"]}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                40081,
+                "$in requires an array as a second argument, found: missing"
+            )
+        );
+    }
+
+    #[test]
+    fn array_operators() {
+        assert_eq!(value(bson!({"$size": [[1, 2, 3]]})), bson!(3));
+        let e = error(bson!({"$size": "$missing"}));
+        assert_eq!(e.code, 17124);
+        assert_eq!(
+            e.errmsg,
+            "The argument to $size must be an array. Type of argument was: missing"
+        );
+        assert_eq!(value(bson!({"$arrayElemAt": [[1, 2, 3], -1]})), bson!(3));
+        assert_eq!(eval(bson!({"$arrayElemAt": [[1, 2, 3], 5]})), None);
+        assert_eq!(value(bson!({"$arrayElemAt": [null, 0]})), Bson::Null);
+        assert_eq!(error(bson!({"$arrayElemAt": ["a", 0]})).code, 28689);
+        assert_eq!(error(bson!({"$arrayElemAt": [[1], "a"]})).code, 28690);
+        assert_eq!(error(bson!({"$arrayElemAt": [[1], 1.5]})).code, 28691);
+        assert_eq!(value(bson!({"$first": [[4, 5]]})), bson!(4));
+        assert_eq!(value(bson!({"$last": [[4, 5]]})), bson!(5));
+        assert_eq!(eval(bson!({"$first": [[]]})), None);
+        assert_eq!(value(bson!({"$first": "$missing"})), Bson::Null);
+        assert_eq!(error(bson!({"$last": 1})).code, 28689);
+        assert_eq!(
+            value(bson!({"$concatArrays": [[1], [2, 3]]})),
+            bson!([1, 2, 3])
+        );
+        assert_eq!(value(bson!({"$concatArrays": [[1], null]})), Bson::Null);
+        assert_eq!(error(bson!({"$concatArrays": [[1], 1]})).code, 28664);
+        assert_eq!(value(bson!({"$range": [0, 10, 3]})), bson!([0, 3, 6, 9]));
+        assert_eq!(value(bson!({"$range": [5, 0, -2]})), bson!([5, 3, 1]));
+        assert_eq!(error(bson!({"$range": [0, 5, 0]})).code, 34449);
+        assert_eq!(error(bson!({"$range": ["a", 5]})).code, 34443);
+        assert_eq!(error(bson!({"$range": [0.5, 5]})).code, 34444);
+        assert_eq!(value(bson!({"$reverseArray": [[1, 2]]})), bson!([2, 1]));
+        assert_eq!(value(bson!({"$reverseArray": null})), Bson::Null);
+        assert_eq!(error(bson!({"$reverseArray": 1})).code, 34435);
+        assert_eq!(value(bson!({"$indexOfArray": [[1, 2, 3, 2], 2]})), bson!(1));
+        assert_eq!(
+            value(bson!({"$indexOfArray": [[1, 2, 3, 2], 2, 2]})),
+            bson!(3)
+        );
+        assert_eq!(
+            value(bson!({"$indexOfArray": [[1, 2, 3, 2], 2, 0, 1]})),
+            bson!(-1)
+        );
+        assert_eq!(value(bson!({"$indexOfArray": [null, 2]})), Bson::Null);
+        assert_eq!(error(bson!({"$indexOfArray": [1, 2]})).code, 40090);
+        assert_eq!(error(bson!({"$indexOfArray": [[1], 1, -1]})).code, 40097);
+        assert_eq!(value(bson!({"$isArray": [[1]]})), bson!(true));
+        assert_eq!(value(bson!({"$isArray": "$missing"})), bson!(false));
+        assert_eq!(
+            value(bson!({"$sortArray": {"input": [3, 1, 2], "sortBy": -1}})),
+            bson!([3, 2, 1])
+        );
+        assert_eq!(
+            value(bson!({"$sortArray": {"input": [{"a": 2}, {"a": 1}], "sortBy": {"a": 1}}})),
+            bson!([{"a": 1}, {"a": 2}])
+        );
+        assert_eq!(
+            parse_error(bson!({"$sortArray": {"input": [], "sortBy": 2}})).code,
+            2942505
+        );
+    }
+
+    #[test]
+    fn filter_map_reduce_let() {
+        let root = doc! {"xs": [1, 2, 3, 4]};
+        let f = bson!({"$filter": {"input": "$xs", "as": "x", "cond": {"$gt": ["$$x", 2]}}});
+        assert_eq!(eval_in(f, &root).unwrap(), Some(bson!([3, 4])));
+        let f = bson!({"$filter": {"input": "$xs", "cond": {"$gt": ["$$this", 1]}, "limit": 2}});
+        assert_eq!(eval_in(f, &root).unwrap(), Some(bson!([2, 3])));
+        assert_eq!(
+            value(bson!({"$filter": {"input": "$missing", "cond": true}})),
+            Bson::Null
+        );
+        assert_eq!(
+            error(bson!({"$filter": {"input": 1, "cond": true}})).code,
+            28651
+        );
+        assert_eq!(parse_error(bson!({"$filter": {"input": []}})).code, 28650);
+        assert_eq!(
+            parse_error(bson!({"$filter": {"input": [], "cond": 1, "x": 1}})).code,
+            28647
+        );
+
+        let m = bson!({"$map": {"input": "$xs", "as": "x", "in": {"$multiply": ["$$x", 10]}}});
+        assert_eq!(eval_in(m, &root).unwrap(), Some(bson!([10, 20, 30, 40])));
+        let m = bson!({"$map": {"input": [1], "in": "$$REMOVE"}});
+        assert_eq!(value(m), bson!([null]));
+        assert_eq!(value(bson!({"$map": {"input": null, "in": 1}})), Bson::Null);
+        assert_eq!(error(bson!({"$map": {"input": "a", "in": 1}})).code, 16883);
+        assert_eq!(parse_error(bson!({"$map": {"input": []}})).code, 16882);
+        assert_eq!(
+            parse_error(bson!({"$map": {"input": [], "as": "X", "in": 1}})).code,
+            16867
+        );
+
+        let r = bson!({"$reduce": {"input": "$xs", "initialValue": 0,
+            "in": {"$add": ["$$value", "$$this"]}}});
+        assert_eq!(eval_in(r, &root).unwrap(), Some(bson!(10)));
+        assert_eq!(
+            value(bson!({"$reduce": {"input": null, "initialValue": 0, "in": 1}})),
+            Bson::Null
+        );
+        assert_eq!(
+            error(bson!({"$reduce": {"input": 1, "initialValue": 0, "in": 1}})).code,
+            40080
+        );
+        assert_eq!(
+            parse_error(bson!({"$reduce": {"input": [], "in": 1}})).code,
+            40078
+        );
+
+        let l = bson!({"$let": {"vars": {"a": 2, "b": {"$add": [1, 1]}},
+            "in": {"$multiply": ["$$a", "$$b"]}}});
+        assert_eq!(value(l), bson!(4));
+        assert_eq!(parse_error(bson!({"$let": {"vars": {}}})).code, 16877);
+        // A binding does not leak outside its $let.
+        let e = error(bson!([{"$let": {"vars": {"a": 1}, "in": "$$a"}}, "$$a"]));
+        assert_eq!(e.code, 17276);
+    }
+
+    #[test]
+    fn objects() {
+        assert_eq!(
+            value(bson!({"$mergeObjects": [{"a": 1, "b": 1}, null, "$missing", {"b": 2, "c": 3}]})),
+            bson!({"a": 1, "b": 2, "c": 3})
+        );
+        assert_eq!(value(bson!({"$mergeObjects": []})), bson!({}));
+        assert_eq!(error(bson!({"$mergeObjects": [{"a": 1}, 5]})).code, 40400);
+        assert_eq!(
+            value(bson!({"$objectToArray": {"$literal": {"a": 1, "b": 2}}})),
+            bson!([{"k": "a", "v": 1}, {"k": "b", "v": 2}])
+        );
+        assert_eq!(value(bson!({"$objectToArray": null})), Bson::Null);
+        assert_eq!(error(bson!({"$objectToArray": 1})).code, 40390);
+        assert_eq!(
+            value(bson!({"$arrayToObject": [[["a", 1], ["b", 2], ["a", 3]]]})),
+            bson!({"a": 3, "b": 2})
+        );
+        assert_eq!(
+            value(bson!({"$arrayToObject": [[{"k": "a", "v": 1}]]})),
+            bson!({"a": 1})
+        );
+        assert_eq!(error(bson!({"$arrayToObject": 1})).code, 40386);
+        assert_eq!(error(bson!({"$arrayToObject": [[["a"]]]})).code, 40397);
+        assert_eq!(
+            error(bson!({"$arrayToObject": [[["a", 1], {"k": "b", "v": 2}]]})).code,
+            40396
+        );
+        let root = doc! {"a.b": 1, "c": {"d": 2}};
+        assert_eq!(
+            eval_in(bson!({"$getField": "a.b"}), &root).unwrap(),
+            Some(bson!(1))
+        );
+        assert_eq!(
+            eval_in(bson!({"$getField": {"field": "d", "input": "$c"}}), &root).unwrap(),
+            Some(bson!(2))
+        );
+        assert_eq!(eval_in(bson!({"$getField": "zz"}), &root).unwrap(), None);
+        assert_eq!(
+            value(bson!({"$getField": {"field": "d", "input": null}})),
+            Bson::Null
+        );
+        assert_eq!(
+            parse_error(bson!({"$getField": {"field": "$x"}})).code,
+            5654601
+        );
+        assert_eq!(parse_error(bson!({"$getField": 5})).code, 5654602);
+        assert_eq!(
+            eval_in(
+                bson!({"$setField": {"field": "$x", "input": "$$ROOT", "value": 5}}),
+                &root
+            )
+            .map_err(|e| e.code),
+            Err(4161106)
+        );
+        assert_eq!(
+            eval_in(
+                bson!({"$setField": {"field": {"$literal": "$x"}, "input": "$c", "value": 5}}),
+                &root
+            )
+            .unwrap(),
+            Some(bson!({"d": 2, "$x": 5}))
+        );
+        assert_eq!(
+            eval_in(
+                bson!({"$setField": {"field": "d", "input": "$c", "value": "$$REMOVE"}}),
+                &root
+            )
+            .unwrap(),
+            Some(bson!({}))
+        );
+    }
+
+    #[test]
+    fn accumulator_expressions() {
+        assert_eq!(value(bson!({"$sum": [[1, 2, "x", null]]})), bson!(3));
+        assert_eq!(value(bson!({"$sum": [1, 2_i64]})), Bson::Int64(3));
+        assert_eq!(
+            value(bson!({"$sum": [i32::MAX, 1]})),
+            Bson::Int64(2_147_483_648)
+        );
+        assert_eq!(value(bson!({"$sum": [1, 0.5]})), bson!(1.5));
+        assert_eq!(value(bson!({"$sum": "$missing"})), bson!(0));
+        // Several arguments: arrays are not traversed.
+        assert_eq!(value(bson!({"$sum": [[1, 2], 3]})), bson!(3));
+        assert_eq!(value(bson!({"$avg": [[1, 2, 3, 4]]})), bson!(2.5));
+        assert_eq!(value(bson!({"$avg": [[]]})), Bson::Null);
+        assert_eq!(value(bson!({"$max": [1, "a", null]})), bson!("a"));
+        assert_eq!(value(bson!({"$min": [[3, 1, 2]]})), bson!(1));
+        assert_eq!(value(bson!({"$min": [null, "$missing"]})), Bson::Null);
+    }
+
+    #[test]
+    fn types() {
+        assert_eq!(value(bson!({"$type": "$missing"})), bson!("missing"));
+        assert_eq!(value(bson!({"$type": 1_i64})), bson!("long"));
+        assert_eq!(value(bson!({"$type": [[]]})), bson!("array"));
+        assert_eq!(value(bson!({"$isNumber": 1.5})), bson!(true));
+        assert_eq!(value(bson!({"$isNumber": "1"})), bson!(false));
+        let dec = Bson::Decimal128(bson::Decimal128::from_bytes([0; 16]));
+        assert_eq!(error(bson!({"$add": [dec, 1]})).code, 115);
+    }
+
+    #[test]
+    fn date_to_string() {
+        // 2024-03-05T07:08:09.123Z, a Tuesday.
+        let d = date(1_709_622_489_123);
+        assert_eq!(
+            value(bson!({"$dateToString": {"date": d.clone()}})),
+            bson!("2024-03-05T07:08:09.123Z")
+        );
+        assert_eq!(
+            value(bson!({"$dateToString": {"date": d.clone(),
+                "format": "%Y/%m/%d %H:%M:%S %j %w %u %U %V %G %z %Z %%"}})),
+            bson!("2024/03/05 07:08:09 065 3 2 09 10 2024 +0000 +0 %")
+        );
+        assert_eq!(
+            value(
+                bson!({"$dateToString": {"date": d.clone(), "format": "%H:%M %z", "timezone": "+05:30"}})
+            ),
+            bson!("12:38 +0530")
+        );
+        assert_eq!(
+            value(
+                bson!({"$dateToString": {"date": d.clone(), "format": "%d %H %Z", "timezone": "-0800"}})
+            ),
+            bson!("04 23 -480")
+        );
+        assert_eq!(
+            value(bson!({"$dateToString": {"date": "$missing", "onNull": "none"}})),
+            bson!("none")
+        );
+        assert_eq!(value(bson!({"$dateToString": {"date": null}})), Bson::Null);
+        assert_eq!(
+            value(bson!({"$dateToString": {"date": d.clone(), "timezone": null}})),
+            Bson::Null
+        );
+        // 2021-01-01 is a Friday in ISO week 53 of 2020.
+        assert_eq!(
+            value(
+                bson!({"$dateToString": {"date": date(1_609_459_200_000), "format": "%G-W%V-%u"}})
+            ),
+            bson!("2020-W53-5")
+        );
+        let e =
+            parse_error(bson!({"$dateToString": {"date": d.clone(), "timezone": "Europe/Paris"}}));
+        assert_eq!(e.code, 40485);
+        assert!(e.errmsg.starts_with("unrecognized time zone identifier"));
+        assert_eq!(
+            value(bson!({"$dateToString": {"date": d.clone(), "timezone": "$$REMOVE"}})),
+            Bson::Null
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateToString": {"date": d.clone(), "format": "%Q"}})).code,
+            18536
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateToString": {"date": d.clone(), "format": "%"}})).code,
+            18535
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateToString": {"format": "%Y"}})).code,
+            18628
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateToString": {"date": 1, "x": 1}})).code,
+            18534
+        );
+        assert_eq!(error(bson!({"$dateToString": {"date": "x"}})).code, 16006);
+        assert_eq!(
+            error(bson!({"$dateToString": {"date": d, "format": 5}})).code,
+            18533
+        );
+    }
+}
