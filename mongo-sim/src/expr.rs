@@ -7,6 +7,9 @@
 //! which differs from null: object expressions drop missing fields and `$$REMOVE` is missing.
 //! Decimal128 arithmetic is not implemented and fails with 115 CommandNotSupported.
 
+// CommandError is the crate-wide error type; its size is decided in `error`, not here.
+#![allow(clippy::result_large_err)]
+
 use crate::bsontype::type_name;
 use crate::compare::compare;
 use crate::error::{
@@ -286,7 +289,7 @@ fn validate_user_var_name(name: &str) -> Result<()> {
     let Some(first) = name.chars().next() else {
         return Err(loc(16866, "empty variable names are not allowed"));
     };
-    if !(first.is_ascii_lowercase() || !first.is_ascii()) {
+    if !first.is_ascii_lowercase() && first.is_ascii() && name != "CURRENT" {
         return Err(loc(
             16867,
             format!("'{name}' starts with an invalid character for a user variable name"),
@@ -312,7 +315,7 @@ fn validate_var_read(name: &str) -> Result<()> {
     let Some(first) = name.chars().next() else {
         return Err(loc(16869, "empty variable names are not allowed"));
     };
-    if !(first.is_ascii_alphabetic() || !first.is_ascii()) {
+    if !first.is_ascii_alphabetic() && first.is_ascii() {
         return Err(loc(
             16870,
             format!("'{name}' starts with an invalid character for a user variable name"),
@@ -749,10 +752,11 @@ fn parse_convert(arg: &Bson) -> Result<Node> {
         .ok_or_else(|| CommandError::failed_to_parse("Missing 'input' parameter to $convert"))?;
     let to =
         to.ok_or_else(|| CommandError::failed_to_parse("Missing 'to' parameter to $convert"))?;
-    if let Some(c) = to.as_constant() {
-        if !is_nullish(Some(c)) && matches!(target_type(c)?, Target::Decimal) {
-            return Err(decimal_unsupported());
-        }
+    if let Some(c) = to.as_constant()
+        && !is_nullish(Some(c))
+        && matches!(target_type(c)?, Target::Decimal)
+    {
+        return Err(decimal_unsupported());
     }
     Ok(Node::Convert {
         input,
@@ -1021,7 +1025,8 @@ impl Cx<'_> {
             }),
             Node::Var { name, path } => {
                 let value = match name.as_str() {
-                    "ROOT" => return Ok(walk_path(&Bson::Document(self.root.clone()), path)),
+                    "ROOT" if !path.is_empty() => return Ok(walk_doc(self.root, path)),
+                    "ROOT" => return Ok(Some(Bson::Document(self.root.clone()))),
                     "CURRENT" => match self.vars.get("CURRENT") {
                         Some(v) => v.clone(),
                         None => Bson::Document(self.root.clone()),
@@ -3739,6 +3744,9 @@ mod tests {
             "in": {"$multiply": ["$$a", "$$b"]}}});
         assert_eq!(value(l), bson!(4));
         assert_eq!(parse_error(bson!({"$let": {"vars": {}}})).code, 16877);
+        // CURRENT may be rebound, which moves where "$field" paths start.
+        let l = bson!({"$let": {"vars": {"CURRENT": {"a": 7}}, "in": ["$a", "$$ROOT.a"]}});
+        assert_eq!(eval_in(l, &doc! {"a": 1}).unwrap(), Some(bson!([7, 1])));
         // A binding does not leak outside its $let.
         let e = error(bson!([{"$let": {"vars": {"a": 1}, "in": "$$a"}}, "$$a"]));
         assert_eq!(e.code, 17276);
