@@ -14,7 +14,7 @@ use crate::bsontype::type_name;
 use crate::compare::compare;
 use crate::error::{
     BAD_VALUE, COMMAND_NOT_SUPPORTED, CONVERSION_FAILURE, CommandError, INVALID_PIPELINE_OPERATOR,
-    Result,
+    OVERFLOW, Result,
 };
 use bson::{Bson, Document, oid::ObjectId};
 use std::cmp::Ordering;
@@ -444,7 +444,7 @@ fn parse_args(arg: &Bson) -> Result<Vec<Expr>> {
 
 fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
     let node = match op {
-        "$literal" => Node::Const(arg.clone()),
+        "$literal" | "$const" => Node::Const(arg.clone()),
         "$cond" if matches!(arg, Bson::Document(_)) => parse_cond_object(arg)?,
         "$switch" => parse_switch(arg)?,
         "$filter" => parse_filter(arg)?,
@@ -1212,15 +1212,16 @@ impl Cx<'_> {
                 timezone,
                 on_null,
             } => {
+                // Order of checks as in mongod's ExpressionDateToString::evaluate: a bad
+                // format or timezone fails even for a null date; a null date wins over a null
+                // format or timezone.
                 let date = self.eval(date)?;
                 let format = match format {
                     Some(f) => match self.eval(f)? {
-                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                            return Ok(Some(Bson::Null));
-                        }
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => Some(None),
                         Some(Bson::String(s)) => {
                             validate_date_format(&s)?;
-                            Some(s)
+                            Some(Some(s))
                         }
                         Some(other) => {
                             return Err(loc(
@@ -1236,10 +1237,8 @@ impl Cx<'_> {
                 };
                 let offset = match timezone {
                     Some(t) => match self.eval(t)? {
-                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                            return Ok(Some(Bson::Null));
-                        }
-                        Some(Bson::String(s)) => parse_timezone(&s)?,
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => None,
+                        Some(Bson::String(s)) => Some(parse_timezone(&s)?),
                         Some(other) => {
                             return Err(loc(
                                 40517,
@@ -1250,7 +1249,7 @@ impl Cx<'_> {
                             ));
                         }
                     },
-                    None => 0,
+                    None => Some(0),
                 };
                 if is_nullish(date.as_ref()) {
                     return match on_null {
@@ -1258,9 +1257,16 @@ impl Cx<'_> {
                         None => Ok(Some(Bson::Null)),
                     };
                 }
+                let Some(offset) = offset else {
+                    return Ok(Some(Bson::Null));
+                };
+                let format = match format {
+                    Some(None) => return Ok(Some(Bson::Null)),
+                    Some(Some(f)) => f,
+                    None => DEFAULT_DATE_FORMAT.to_string(),
+                };
                 let ms = coerce_to_date(date.as_ref().unwrap_or(&Bson::Null))?;
-                let format = format.as_deref().unwrap_or(DEFAULT_DATE_FORMAT);
-                Ok(Some(Bson::String(format_date(ms, format, offset)?)))
+                Ok(Some(Bson::String(format_date(ms, &format, offset)?)))
             }
             Node::GetField { field, input } => match self.eval(input)? {
                 None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
@@ -1574,7 +1580,7 @@ fn eval_add(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
         let offset = if sum.is_double() {
             let t = sum.total_f64().round();
             if !t.is_finite() || t.abs() >= 9.2e18 {
-                return Err(CommandError::bad_value("date overflow in $add"));
+                return Err(CommandError::new(OVERFLOW, "date overflow in $add"));
             }
             t as i64
         } else {
@@ -1582,7 +1588,7 @@ fn eval_add(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
         };
         let total = ms
             .checked_add(offset)
-            .ok_or_else(|| CommandError::bad_value("date overflow in $add"))?;
+            .ok_or_else(|| CommandError::new(OVERFLOW, "date overflow in $add"))?;
         return Ok(Some(Bson::DateTime(bson::DateTime::from_millis(total))));
     }
     Ok(Some(sum.result()))
@@ -1658,7 +1664,7 @@ fn eval_subtract(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
                     (t.is_finite() && t.abs() < 9.2e18).then_some(t as i64)
                 }
             }
-            .ok_or_else(|| CommandError::bad_value("date overflow in $subtract"))?;
+            .ok_or_else(|| CommandError::new(OVERFLOW, "date overflow in $subtract"))?;
             Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
         }
         _ => {
@@ -2431,96 +2437,109 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
     }
 }
 
+/// `$arrayToObject`: the first element decides between `[k, v]` pairs and `{k, v}`
+/// documents; the messages (including mongod's missing space in "mustall") are mongod's.
 fn array_to_object(items: Vec<Bson>) -> Result<Bson> {
     let mut out = Document::new();
-    let mut array_format: Option<bool> = None;
+    let array_format = match items.first() {
+        None => return Ok(Bson::Document(out)),
+        Some(Bson::Array(_)) => true,
+        Some(Bson::Document(_)) => false,
+        Some(other) => {
+            return Err(loc(
+                40398,
+                format!(
+                    "Unrecognised input type format for $arrayToObject: {}",
+                    type_name(other)
+                ),
+            ));
+        }
+    };
     for item in items {
-        let (k, v) = match item {
-            Bson::Array(pair) => {
-                if array_format == Some(false) {
-                    return Err(loc(
-                        40391,
-                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects. Object was detected, now found: array",
-                    ));
-                }
-                array_format = Some(true);
-                if pair.len() != 2 {
-                    return Err(loc(
-                        40397,
-                        format!(
-                            "$arrayToObject requires an array of size 2 arrays,found array of size: {}",
-                            pair.len()
-                        ),
-                    ));
-                }
-                let mut it = pair.into_iter();
-                let (k, v) = (
-                    it.next().unwrap_or(Bson::Null),
-                    it.next().unwrap_or(Bson::Null),
-                );
-                let Bson::String(k) = k else {
-                    return Err(loc(
-                        40395,
-                        format!(
-                            "$arrayToObject requires an array of key-value pairs, where the key must be of type string. Found key type: {}",
-                            type_name(&k)
-                        ),
-                    ));
-                };
-                (k, v)
-            }
-            Bson::Document(d) => {
-                if array_format == Some(true) {
-                    return Err(loc(
-                        40396,
-                        "$arrayToObject requires a consistent input format. Elements must all be arrays or all be objects. Array was detected, now found: object",
-                    ));
-                }
-                array_format = Some(false);
-                if d.len() != 2 {
-                    return Err(loc(
-                        40392,
-                        format!(
-                            "$arrayToObject requires an object keys of 'k' and 'v'. Found incorrect number of keys:{}",
-                            d.len()
-                        ),
-                    ));
-                }
-                let (Some(k), Some(v)) = (d.get("k"), d.get("v")) else {
-                    return Err(loc(
-                        40393,
-                        format!(
-                            "$arrayToObject requires an object with keys 'k' and 'v'. Missing either or both keys from: {d}"
-                        ),
-                    ));
-                };
-                let Bson::String(k) = k else {
-                    return Err(loc(
-                        40394,
-                        format!(
-                            "$arrayToObject requires an object with keys 'k' and 'v', where the value of 'k' must be of type string. Found type: {}",
-                            type_name(k)
-                        ),
-                    ));
-                };
-                (k.clone(), v.clone())
-            }
-            other => {
+        let (k, v) = if array_format {
+            let Bson::Array(pair) = item else {
                 return Err(loc(
-                    40398,
+                    40396,
                     format!(
-                        "Unrecognised input type format for $arrayToObject: {}",
-                        type_name(&other)
+                        "$arrayToObject requires a consistent input format. Elements mustall be arrays or all be objects. Array was detected, now found: {}",
+                        type_name(&item)
+                    ),
+                ));
+            };
+            if pair.len() != 2 {
+                return Err(loc(
+                    40397,
+                    format!(
+                        "$arrayToObject requires an array of size 2 arrays,found array of size: {}",
+                        pair.len()
                     ),
                 ));
             }
+            let mut it = pair.into_iter();
+            let (k, v) = (
+                it.next().unwrap_or(Bson::Null),
+                it.next().unwrap_or(Bson::Null),
+            );
+            let Bson::String(k) = k else {
+                return Err(loc(
+                    40395,
+                    format!(
+                        "$arrayToObject requires an array of key-value pairs, where the key must be of type string. Found key type: {}",
+                        type_name(&k)
+                    ),
+                ));
+            };
+            if k.contains('\0') {
+                return Err(loc(
+                    4940400,
+                    "Key field cannot contain an embedded null byte",
+                ));
+            }
+            (k, v)
+        } else {
+            let Bson::Document(d) = item else {
+                return Err(loc(
+                    40391,
+                    format!(
+                        "$arrayToObject requires a consistent input format. Elements mustall be arrays or all be objects. Object was detected, now found: {}",
+                        type_name(&item)
+                    ),
+                ));
+            };
+            if d.len() != 2 {
+                return Err(loc(
+                    40392,
+                    format!(
+                        "$arrayToObject requires an object keys of 'k' and 'v'. Found incorrect number of keys:{}",
+                        d.len()
+                    ),
+                ));
+            }
+            let (Some(k), Some(v)) = (d.get("k"), d.get("v")) else {
+                return Err(loc(
+                    40393,
+                    format!(
+                        "$arrayToObject requires an object with keys 'k' and 'v'. Missing either or both keys from: {d}"
+                    ),
+                ));
+            };
+            let Bson::String(k) = k else {
+                return Err(loc(
+                    40394,
+                    format!(
+                        "$arrayToObject requires an object with keys 'k' and 'v', where the value of 'k' must be of type string. Found type: {}",
+                        type_name(k)
+                    ),
+                ));
+            };
+            if k.contains('\0') {
+                return Err(loc(
+                    4940401,
+                    "Key field cannot contain an embedded null byte",
+                ));
+            }
+            (k.clone(), v.clone())
         };
-        if k.contains('\0') {
-            return Err(loc(
-                4940400,
-                "Key field cannot contain an embedded null byte",
-            ));
-        }
         out.insert(k, v);
     }
     Ok(Bson::Document(out))
