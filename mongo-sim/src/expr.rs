@@ -26,6 +26,9 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Default)]
 pub struct Variables {
     values: HashMap<String, Bson>,
+    /// Variables bound to a missing value (`$let: {vars: {x: "$nofield"}}`): defined, but
+    /// reading them yields missing rather than "undefined variable".
+    missing: Vec<String>,
 }
 
 impl Variables {
@@ -34,7 +37,10 @@ impl Variables {
         let mut values = HashMap::new();
         values.insert("NOW".to_string(), Bson::DateTime(now));
         values.insert("CLUSTER_TIME".to_string(), Bson::Timestamp(cluster_time));
-        Self { values }
+        Self {
+            values,
+            missing: Vec::new(),
+        }
     }
 
     /// Adds the command's `let` document: each value is a constant expression evaluated once.
@@ -43,8 +49,8 @@ impl Variables {
         for (name, value) in let_doc {
             validate_user_var_name(name)?;
             let expr = Expr::parse(value)?;
-            let v = expr.eval(&Document::new(), &self)?.unwrap_or(Bson::Null);
-            self.values.insert(name.clone(), v);
+            let v = expr.eval(&Document::new(), &self)?;
+            self.bind(name, v);
         }
         Ok(self)
     }
@@ -54,7 +60,30 @@ impl Variables {
     }
 
     pub fn set(&mut self, name: impl Into<String>, value: Bson) {
-        self.values.insert(name.into(), value);
+        let name = name.into();
+        self.missing.retain(|m| *m != name);
+        self.values.insert(name, value);
+    }
+
+    fn bind(&mut self, name: &str, value: Option<Bson>) {
+        match value {
+            Some(v) => self.set(name, v),
+            None => {
+                self.values.remove(name);
+                if !self.missing.iter().any(|m| m == name) {
+                    self.missing.push(name.to_string());
+                }
+            }
+        }
+    }
+
+    /// `None`: not defined; `Some(None)`: defined as missing.
+    fn lookup(&self, name: &str) -> Option<Option<&Bson>> {
+        match self.values.get(name) {
+            Some(v) => Some(Some(v)),
+            None if self.missing.iter().any(|m| m == name) => Some(None),
+            None => None,
+        }
     }
 }
 
@@ -595,15 +624,14 @@ fn parse_switch(arg: &Bson) -> Result<Node> {
     Ok(Node::Switch { branches, default })
 }
 
+/// `as` of `$map`/`$filter`; mongod reads a non-string as the empty name.
 fn parse_as(v: &Bson) -> Result<String> {
-    let Bson::String(name) = v else {
-        return Err(CommandError::failed_to_parse(format!(
-            "'as' must be a string, found: {}",
-            type_name(v)
-        )));
+    let name = match v {
+        Bson::String(s) => s.as_str(),
+        _ => "",
     };
     validate_user_var_name(name)?;
-    Ok(name.clone())
+    Ok(name.to_string())
 }
 
 fn parse_filter(arg: &Bson) -> Result<Node> {
@@ -1013,33 +1041,32 @@ impl Cx<'_> {
     fn eval(&self, e: &Expr) -> Result<Option<Bson>> {
         match &e.node {
             Node::Const(v) => Ok(Some(v.clone())),
-            Node::Path(path) => Ok(match self.vars.get("CURRENT") {
-                Some(current) => {
-                    if path.is_empty() {
-                        Some(current.clone())
-                    } else {
-                        walk_path(current, path)
-                    }
-                }
+            Node::Path(path) => Ok(match self.vars.lookup("CURRENT") {
+                Some(Some(current)) => walk_path(current, path),
+                Some(None) => None,
                 None => walk_doc(self.root, path),
             }),
             Node::Var { name, path } => {
                 let value = match name.as_str() {
                     "ROOT" if !path.is_empty() => return Ok(walk_doc(self.root, path)),
                     "ROOT" => return Ok(Some(Bson::Document(self.root.clone()))),
-                    "CURRENT" => match self.vars.get("CURRENT") {
-                        Some(v) => v.clone(),
-                        None => Bson::Document(self.root.clone()),
-                    },
                     "REMOVE" => return Ok(None),
-                    _ => match self.vars.get(name) {
-                        Some(v) => v.clone(),
+                    _ => match self.vars.lookup(name) {
+                        Some(Some(v)) => v,
+                        Some(None) => return Ok(None),
+                        None if name == "CURRENT" => {
+                            return Ok(if path.is_empty() {
+                                Some(Bson::Document(self.root.clone()))
+                            } else {
+                                walk_doc(self.root, path)
+                            });
+                        }
                         None => {
                             return Err(loc(17276, format!("Use of undefined variable: {name}")));
                         }
                     },
                 };
-                Ok(walk_path(&value, path))
+                Ok(walk_path(value, path))
             }
             Node::Object(fields) => {
                 let mut out = Document::new();
@@ -1078,12 +1105,7 @@ impl Cx<'_> {
                 cond,
                 limit,
             } => {
-                let input = self.eval(input)?;
-                let limit = match limit {
-                    Some(l) => self.filter_limit(l)?,
-                    None => None,
-                };
-                let items = match input {
+                let items = match self.eval(input)? {
                     None | Some(Bson::Null) | Some(Bson::Undefined) => {
                         return Ok(Some(Bson::Null));
                     }
@@ -1097,6 +1119,14 @@ impl Cx<'_> {
                             ),
                         ));
                     }
+                };
+                if items.is_empty() {
+                    return Ok(Some(Bson::Array(items)));
+                }
+                // The limit is only evaluated for a non-empty input, as in mongod.
+                let limit = match limit {
+                    Some(l) => self.filter_limit(l)?,
+                    None => None,
                 };
                 let mut scope = self.vars.clone();
                 let mut out = Vec::new();
@@ -1156,12 +1186,7 @@ impl Cx<'_> {
                 let mut scope = self.vars.clone();
                 for item in items {
                     scope.set("this", item);
-                    match acc {
-                        Some(v) => scope.set("value", v),
-                        None => {
-                            scope.values.remove("value");
-                        }
-                    }
+                    scope.bind("value", acc);
                     acc = self.with_vars(&scope).eval(body)?;
                 }
                 Ok(acc)
@@ -1170,8 +1195,8 @@ impl Cx<'_> {
                 let mut scope = self.vars.clone();
                 for (name, ve) in vars {
                     // Every binding sees the outer scope only, as in mongod.
-                    let v = self.eval(ve)?.unwrap_or(Bson::Null);
-                    scope.set(name.clone(), v);
+                    let v = self.eval(ve)?;
+                    scope.bind(name, v);
                 }
                 self.with_vars(&scope).eval(body)
             }
@@ -1347,13 +1372,7 @@ impl Cx<'_> {
             return Ok(None);
         }
         let v = v.unwrap_or(Bson::Null);
-        let n = match &v {
-            Bson::Int32(i) => Some(*i as i64),
-            Bson::Int64(i) => i32::try_from(*i).ok().map(|i| i as i64),
-            Bson::Double(d) if d.fract() == 0.0 && d.abs() <= i32::MAX as f64 => Some(*d as i64),
-            _ => None,
-        };
-        let Some(n) = n else {
+        let Some(n) = as_int32(&v)? else {
             return Err(loc(
                 327391,
                 format!("$filter: limit must be represented as a 32-bit integral value: {v}"),
@@ -1362,7 +1381,7 @@ impl Cx<'_> {
         if n < 1 {
             return Err(loc(
                 327392,
-                format!("$filter: limit must be greater than 0: {n}"),
+                format!("$filter: limit must be greater than 0: {v}"),
             ));
         }
         Ok(Some(n as usize))
@@ -1491,6 +1510,20 @@ impl Num {
     fn is_long(self) -> bool {
         matches!(self, Num::Long(_))
     }
+}
+
+/// mongod's `Value::integral()`: a number representable as a 32-bit integer.
+fn as_int32(v: &Bson) -> Result<Option<i64>> {
+    Ok(match Num::of(v)? {
+        Some(Num::Int(i)) => Some(i as i64),
+        Some(Num::Long(i)) => i32::try_from(i).ok().map(i64::from),
+        Some(Num::Double(d))
+            if d.fract() == 0.0 && d >= i32::MIN as f64 && d <= i32::MAX as f64 =>
+        {
+            Some(d as i64)
+        }
+        _ => None,
+    })
 }
 
 /// An integer result: int when every input was int and it fits, long otherwise.
@@ -3763,6 +3796,17 @@ mod tests {
             "in": {"$multiply": ["$$a", "$$b"]}}});
         assert_eq!(value(l), bson!(4));
         assert_eq!(parse_error(bson!({"$let": {"vars": {}}})).code, 16877);
+        // A variable bound to a missing value is defined and reads as missing.
+        let l =
+            bson!({"$let": {"vars": {"m": "$nope"}, "in": {"x": "$$m", "y": {"$type": "$$m"}}}});
+        assert_eq!(value(l), bson!({"y": "missing"}));
+        // The limit is not evaluated for an empty input.
+        let f = bson!({"$filter": {"input": [], "cond": true, "limit": "bad"}});
+        assert_eq!(value(f), bson!([]));
+        let f = bson!({"$filter": {"input": [1], "cond": true, "limit": 0}});
+        assert_eq!(error(f).code, 327392);
+        let f = bson!({"$filter": {"input": [1], "cond": true, "limit": 1.5}});
+        assert_eq!(error(f).code, 327391);
         // CURRENT may be rebound, which moves where "$field" paths start.
         let l = bson!({"$let": {"vars": {"CURRENT": {"a": 7}}, "in": ["$a", "$$ROOT.a"]}});
         assert_eq!(eval_in(l, &doc! {"a": 1}).unwrap(), Some(bson!([7, 1])));
