@@ -1743,16 +1743,29 @@ fn eval_mod(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
         return Ok(Some(Bson::Null));
     }
     let (a, b) = (a.unwrap_or(Bson::Null), b.unwrap_or(Bson::Null));
-    let (x, y) = two_numbers("$mod", &a, &b)?;
+    let (Some(x), Some(y)) = (Num::of(&a)?, Num::of(&b)?) else {
+        return Err(loc(
+            16611,
+            format!(
+                "$mod only supports numeric types, not {} and {}",
+                type_name(&a),
+                type_name(&b)
+            ),
+        ));
+    };
     if y.f64() == 0.0 {
         return Err(loc(16610, "can't $mod by zero"));
     }
+    // As ExpressionMod::apply: fmod when the dividend is a double or the divisor a
+    // non-integral double; otherwise long if either side is long, else int.
+    let divisor_integral = as_int32(&b)?.is_some();
     Ok(Some(match (x, y) {
-        (Num::Int(i), Num::Int(j)) => Bson::Int32(i.wrapping_rem(j)),
-        _ => match (x.int(), y.int()) {
-            (Some(i), Some(j)) => Bson::Int64(i.wrapping_rem(j)),
-            _ => Bson::Double(x.f64() % y.f64()),
-        },
+        (Num::Double(_), _) => Bson::Double(x.f64() % y.f64()),
+        (_, Num::Double(_)) if !divisor_integral => Bson::Double(x.f64() % y.f64()),
+        (Num::Long(_), _) | (_, Num::Long(_)) => {
+            Bson::Int64(x.int().unwrap_or(0).wrapping_rem(y.f64() as i64))
+        }
+        _ => Bson::Int32((x.int().unwrap_or(0) as i32).wrapping_rem(y.f64() as i32)),
     }))
 }
 
@@ -2076,17 +2089,12 @@ fn range_arg(v: Option<&Bson>, what: &str, code_num: i32, code_int: i32) -> Resu
 }
 
 fn index_arg(v: &Bson, what: &str) -> Result<usize> {
-    let i = match Num::of(v)? {
-        Some(Num::Int(i)) => Some(i as i64),
-        Some(Num::Long(i)) => Some(i),
-        Some(Num::Double(d)) if d.fract() == 0.0 => Some(d as i64),
-        _ => None,
-    };
-    let Some(i) = i else {
+    let Some(i) = as_int32(v)? else {
+        // mongod's message lacks the space after the operator name.
         return Err(loc(
             40096,
             format!(
-                "$indexOfArray requires an integral {what}, found a value of type: {}, with value: {v}",
+                "$indexOfArrayrequires an integral {what}, found a value of type: {}, with value: {v}",
                 type_name(v)
             ),
         ));
@@ -2094,7 +2102,7 @@ fn index_arg(v: &Bson, what: &str) -> Result<usize> {
     if i < 0 {
         return Err(loc(
             40097,
-            format!("$indexOfArray requires a nonnegative {what}, found: {i}"),
+            format!("$indexOfArray requires a nonnegative {what}, found: {v}"),
         ));
     }
     Ok(i as usize)
@@ -3423,7 +3431,16 @@ mod tests {
         assert_eq!(value(bson!({"$mod": [7.5, 2]})), bson!(1.5));
         let e = error(bson!({"$mod": [1, 0]}));
         assert_eq!((e.code, e.errmsg.as_str()), (16610, "can't $mod by zero"));
-        assert_eq!(error(bson!({"$mod": [1, "a"]})).code, 14);
+        assert_eq!(value(bson!({"$mod": [7, 2.0]})), bson!(1));
+        assert_eq!(value(bson!({"$mod": [7, 2.5]})), bson!(2.0));
+        let e = error(bson!({"$mod": [1, "a"]}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                16611,
+                "$mod only supports numeric types, not int and string"
+            )
+        );
     }
 
     #[test]
