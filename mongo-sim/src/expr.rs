@@ -934,13 +934,23 @@ fn parse_set_field(arg: &Bson) -> Result<Node> {
     })
 }
 
-fn sort_direction(v: &Bson) -> Result<bool> {
-    match crate::bsontype::as_i64(v) {
-        Some(1) => Ok(true),
-        Some(-1) => Ok(false),
-        _ => Err(loc(
+/// A `sortBy` direction: 1 or -1 (as a number of any type). `in_pattern` selects the
+/// error mongod gives for a bad value inside a `{field: dir}` pattern.
+fn sort_direction(v: &Bson, in_pattern: bool) -> Result<bool> {
+    match Num::of(v)?.map(Num::f64) {
+        Some(d) if d == 1.0 => Ok(true),
+        Some(d) if d == -1.0 => Ok(false),
+        _ if in_pattern => Err(loc(
             2942505,
-            "$sortArray requires sortBy to be either 1, -1 or a sort pattern object",
+            "BadValue: The $sort element value must be either 1 or -1",
+        )),
+        Some(_) => Err(loc(
+            2942506,
+            "The $sort element value must be either 1 or -1",
+        )),
+        None => Err(loc(
+            2942507,
+            "The $sort is invalid: use 1/-1 to sort the whole element, or {field:1/-1} to sort embedded fields",
         )),
     }
 }
@@ -965,7 +975,7 @@ fn parse_sort_array(arg: &Bson) -> Result<Node> {
                         if spec.is_empty() {
                             return Err(loc(
                                 2942505,
-                                "$sortArray sortBy pattern must not be empty",
+                                "BadValue: $sort stage must have at least one sort key",
                             ));
                         }
                         let mut fields = Vec::new();
@@ -973,11 +983,11 @@ fn parse_sort_array(arg: &Bson) -> Result<Node> {
                             for part in f.split('.') {
                                 validate_field_name(part)?;
                             }
-                            fields.push((f.clone(), sort_direction(dir)?));
+                            fields.push((f.clone(), sort_direction(dir, true)?));
                         }
                         SortBy::Fields(fields)
                     }
-                    other => SortBy::Value(sort_direction(other)?),
+                    other => SortBy::Value(sort_direction(other, false)?),
                 })
             }
             _ => {
@@ -1175,10 +1185,7 @@ impl Cx<'_> {
                     Some(other) => {
                         return Err(loc(
                             40080,
-                            format!(
-                                "$reduce requires that 'input' be an array, found: {}",
-                                type_name(&other)
-                            ),
+                            format!("$reduce requires that 'input' be an array, found: {other}"),
                         ));
                     }
                 };
@@ -2060,32 +2067,35 @@ fn array_elem_at(op: &str, arr: Option<Bson>, idx: Option<Bson>) -> Result<Optio
     Ok(items.into_iter().nth(pos as usize))
 }
 
-fn range_arg(v: Option<&Bson>, what: &str, code_num: i32, code_int: i32) -> Result<i64> {
-    let v = v.unwrap_or(&Bson::Undefined);
-    let n = Num::of(v)?.ok_or_else(|| {
-        loc(
+/// One `$range` bound; `what` and `article` build mongod's exact messages.
+fn range_arg(v: Option<&Bson>, which: usize) -> Result<i64> {
+    let (what, a, sep, code_num) = match which {
+        0 => ("starting value", "a", " ", 34443),
+        1 => ("ending value", "an", " ", 34445),
+        _ => ("step value", "a", "", 34447),
+    };
+    let numeric = match v {
+        Some(b) => Num::of(b)?.is_some(),
+        None => false,
+    };
+    if !numeric {
+        return Err(loc(
             code_num,
             format!(
-                "$range requires a numeric {what}, found value of type: {}",
-                type_name(v)
+                "$range requires a numeric {what}, found value of type:{sep}{}",
+                type_of(v)
+            ),
+        ));
+    }
+    let v = v.unwrap_or(&Bson::Null);
+    as_int32(v)?.ok_or_else(|| {
+        loc(
+            code_num + 1,
+            format!(
+                "$range requires {a} {what} that can be represented as a 32-bit integer, found value: {v}"
             ),
         )
-    })?;
-    let i = match n {
-        Num::Int(i) => Some(i as i64),
-        Num::Long(i) => Some(i),
-        Num::Double(d) if d.fract() == 0.0 => Some(d as i64),
-        Num::Double(_) => None,
-    };
-    match i.filter(|i| i32::try_from(*i).is_ok()) {
-        Some(i) => Ok(i),
-        None => Err(loc(
-            code_int,
-            format!(
-                "$range requires a {what} that can be represented as a 32-bit integer, found value: {v}"
-            ),
-        )),
-    }
+    })
 }
 
 fn index_arg(v: &Bson, what: &str) -> Result<usize> {
@@ -2409,10 +2419,10 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             )),
         },
         "$range" => {
-            let start = range_arg(vals[0].as_ref(), "starting value", 34443, 34444)?;
-            let end = range_arg(vals[1].as_ref(), "ending value", 34445, 34446)?;
+            let start = range_arg(vals[0].as_ref(), 0)?;
+            let end = range_arg(vals[1].as_ref(), 1)?;
             let step = match vals.get(2) {
-                Some(v) => range_arg(v.as_ref(), "step value", 34447, 34448)?,
+                Some(v) => range_arg(v.as_ref(), 2)?,
                 None => 1,
             };
             if step == 0 {
@@ -3756,7 +3766,7 @@ mod tests {
         );
         assert_eq!(
             parse_error(bson!({"$sortArray": {"input": [], "sortBy": 2}})).code,
-            2942505
+            2942506
         );
     }
 
