@@ -243,7 +243,9 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
     }
     match op {
         "$cond" => Some(("$cond", Exactly(3))),
-        "$substrBytes" => Some(("$substrBytes", Exactly(3))),
+        // `$substr` is mongod's deprecated alias, parsed as `$substrBytes`.
+        "$substrBytes" | "$substr" => Some(("$substrBytes", Exactly(3))),
+        "$slice" => Some(("$slice", Range(2, 3))),
         "$round" => Some(("$round", Range(1, 2))),
         "$trunc" => Some(("$trunc", Range(1, 2))),
         "$range" => Some(("$range", Range(2, 3))),
@@ -1682,12 +1684,13 @@ fn eval_subtract(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
         return Ok(Some(Bson::Null));
     }
     let (a, b) = (a.unwrap_or(Bson::Null), b.unwrap_or(Bson::Null));
+    // ExpressionSubtract::apply capitalises "Date" when the minuend is a date.
     let mismatch = || {
-        CommandError::type_mismatch(format!(
-            "can't $subtract {} from {}",
-            type_name(&b),
-            type_name(&a)
-        ))
+        let from = match a {
+            Bson::DateTime(_) => "Date",
+            _ => type_name(&a),
+        };
+        CommandError::type_mismatch(format!("can't $subtract {} from {from}", type_name(&b)))
     };
     match (&a, &b) {
         (Bson::DateTime(x), Bson::DateTime(y)) => Ok(Some(Bson::Int64(
@@ -1697,14 +1700,12 @@ fn eval_subtract(a: Option<Bson>, b: Option<Bson>) -> Result<Option<Bson>> {
             let Some(n) = Num::of(other)? else {
                 return Err(mismatch());
             };
-            let ms = match n.int() {
-                Some(i) => x.timestamp_millis().checked_sub(i),
-                None => {
-                    let t = (x.timestamp_millis() as f64 - n.f64()).round();
-                    (t.is_finite() && t.abs() < 9.2e18).then_some(t as i64)
-                }
-            }
-            .ok_or_else(|| CommandError::new(OVERFLOW, "date overflow in $subtract"))?;
+            // The subtrahend is truncated to whole milliseconds (coerceToLong).
+            let offset = match n.int() {
+                Some(i) => i,
+                None => n.f64() as i64,
+            };
+            let ms = x.timestamp_millis().wrapping_sub(offset);
             Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
         }
         _ => {
@@ -2222,11 +2223,11 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             )),
         },
         "$size" => match take(0) {
-            Some(Bson::Array(items)) => Ok(Some(Bson::Int32(items.len() as i32))),
+            Some(Bson::Array(items)) => Ok(Some(narrow(items.len() as i64, false))),
             other => Err(loc(
                 17124,
                 format!(
-                    "The argument to $size must be an array. Type of argument was: {}",
+                    "The argument to $size must be an array, but was of type: {}",
                     type_of(other.as_ref())
                 ),
             )),
@@ -2300,7 +2301,7 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
         ))),
         "$split" => {
             let (s, sep) = (take(0), take(1));
-            if is_nullish(s.as_ref()) {
+            if is_nullish(s.as_ref()) || is_nullish(sep.as_ref()) {
                 return null();
             }
             let Some(Bson::String(s)) = s else {
@@ -2312,9 +2313,6 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                     ),
                 ));
             };
-            if is_nullish(sep.as_ref()) {
-                return null();
-            }
             let Some(Bson::String(sep)) = sep else {
                 return Err(loc(
                     40086,
@@ -2341,7 +2339,7 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                     return Err(loc(
                         16034,
                         format!(
-                            "$substrBytes: starting index must be a numeric type (is BSON type {})",
+                            "$substrBytes:  starting index must be a numeric type (is BSON type {})",
                             type_of(vals[1].as_ref())
                         ),
                     ));
@@ -2353,7 +2351,7 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                     return Err(loc(
                         16035,
                         format!(
-                            "$substrBytes: length must be a numeric type (is BSON type {})",
+                            "$substrBytes:  length must be a numeric type (is BSON type {})",
                             type_of(vals[2].as_ref())
                         ),
                     ));
@@ -2364,7 +2362,7 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                 return Err(loc(
                     50752,
                     format!(
-                        "$substrBytes: starting index must be non-negative (got: {})",
+                        "$substrBytes:  starting index must be non-negative (got: {})",
                         start_f as i64
                     ),
                 ));
@@ -2436,6 +2434,7 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             }
             Ok(Some(Bson::Array(out)))
         }
+        "$slice" => eval_slice(vals),
         "$reverseArray" => match take(0) {
             None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
             Some(Bson::Array(mut items)) => {
@@ -2490,6 +2489,94 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
 
 /// `$arrayToObject`: the first element decides between `[k, v]` pairs and `{k, v}`
 /// documents; the messages (including mongod's missing space in "mustall") are mongod's.
+/// `$slice` as an expression (ExpressionSlice): `[array, n]` or `[array, position, n]`.
+fn eval_slice(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let has_position = vals.len() == 3;
+    let mut it = vals.into_iter();
+    let (array, arg2, count) = (
+        it.next().flatten(),
+        it.next().flatten(),
+        it.next().flatten(),
+    );
+    if is_nullish(array.as_ref()) || is_nullish(arg2.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let Some(Bson::Array(items)) = array else {
+        return Err(loc(
+            28724,
+            format!(
+                "First argument to $slice must be an array, but is of type: {}",
+                type_of(array.as_ref())
+            ),
+        ));
+    };
+    let arg2 = arg2.unwrap_or(Bson::Null);
+    let Some(n2) = Num::of(&arg2)? else {
+        return Err(loc(
+            28725,
+            format!(
+                "Second argument to $slice must be a numeric value, but is of type: {}",
+                type_name(&arg2)
+            ),
+        ));
+    };
+    let Some(n2) = as_int32(&arg2)? else {
+        return Err(loc(
+            28726,
+            format!(
+                "Second argument to $slice can't be represented as a 32-bit integer: {}",
+                format_double(n2.f64())
+            ),
+        ));
+    };
+    let len = items.len() as i64;
+    let (start, end) = if !has_position {
+        if n2 >= 0 {
+            (0, n2.min(len))
+        } else {
+            ((len + n2).max(0), len)
+        }
+    } else {
+        let start = if n2 < 0 {
+            (len + n2).max(0)
+        } else {
+            n2.min(len)
+        };
+        if is_nullish(count.as_ref()) {
+            return Ok(Some(Bson::Null));
+        }
+        let count = count.unwrap_or(Bson::Null);
+        let Some(c) = Num::of(&count)? else {
+            return Err(loc(
+                28727,
+                format!(
+                    "Third argument to $slice must be numeric, but is of type: {}",
+                    type_name(&count)
+                ),
+            ));
+        };
+        let Some(c) = as_int32(&count)? else {
+            return Err(loc(
+                28728,
+                format!(
+                    "Third argument to $slice can't be represented as a 32-bit integer: {}",
+                    format_double(c.f64())
+                ),
+            ));
+        };
+        if c <= 0 {
+            return Err(loc(
+                28729,
+                format!("Third argument to $slice must be positive: {c}"),
+            ));
+        }
+        (start, (start + c).min(len))
+    };
+    Ok(Some(Bson::Array(
+        items[start as usize..end as usize].to_vec(),
+    )))
+}
+
 fn array_to_object(items: Vec<Bson>) -> Result<Bson> {
     let mut out = Document::new();
     let array_format = match items.first() {
@@ -3715,7 +3802,7 @@ mod tests {
         assert_eq!(e.code, 17124);
         assert_eq!(
             e.errmsg,
-            "The argument to $size must be an array. Type of argument was: missing"
+            "The argument to $size must be an array, but was of type: missing"
         );
         assert_eq!(value(bson!({"$arrayElemAt": [[1, 2, 3], -1]})), bson!(3));
         assert_eq!(eval(bson!({"$arrayElemAt": [[1, 2, 3], 5]})), None);
@@ -3739,6 +3826,13 @@ mod tests {
         assert_eq!(error(bson!({"$range": [0, 5, 0]})).code, 34449);
         assert_eq!(error(bson!({"$range": ["a", 5]})).code, 34443);
         assert_eq!(error(bson!({"$range": [0.5, 5]})).code, 34444);
+        assert_eq!(value(bson!({"$slice": [[1, 2, 3], 2]})), bson!([1, 2]));
+        assert_eq!(value(bson!({"$slice": [[1, 2, 3], -2]})), bson!([2, 3]));
+        assert_eq!(value(bson!({"$slice": [[1, 2, 3], 1, 5]})), bson!([2, 3]));
+        assert_eq!(value(bson!({"$slice": [[1, 2, 3], -5, 1]})), bson!([1]));
+        assert_eq!(value(bson!({"$slice": [null, 1]})), Bson::Null);
+        assert_eq!(error(bson!({"$slice": [[1], 1, 0]})).code, 28729);
+        assert_eq!(error(bson!({"$slice": [1, 1]})).code, 28724);
         assert_eq!(value(bson!({"$reverseArray": [[1, 2]]})), bson!([2, 1]));
         assert_eq!(value(bson!({"$reverseArray": null})), Bson::Null);
         assert_eq!(error(bson!({"$reverseArray": 1})).code, 34435);
@@ -4015,5 +4109,17 @@ mod tests {
             error(bson!({"$dateToString": {"date": d, "format": 5}})).code,
             18533
         );
+    }
+
+    #[test]
+    fn substr_alias_and_subtract_details() {
+        assert_eq!(value(bson!({"$substr": ["hello", 1.9, 2]})), bson!("el"));
+        assert_eq!(value(bson!({"$substrBytes": ["hello", 9, 2]})), bson!(""));
+        assert_eq!(value(bson!({"$substrBytes": [5, 0, -1]})), bson!("5"));
+        assert_eq!(value(bson!({"$subtract": [date(1000), 1.9]})), date(999));
+        let e = error(bson!({"$subtract": [date(0), "a"]}));
+        assert_eq!(e.errmsg, "can't $subtract string from Date");
+        assert_eq!(value(bson!({"$split": [5, null]})), Bson::Null);
+        assert_eq!(value(bson!({"$size": [[]]})), bson!(0));
     }
 }
