@@ -411,7 +411,7 @@ impl Expr {
             Bson::Document(d) => return parse_object(d),
             other => Node::Const(other.clone()),
         };
-        Ok(Expr { node })
+        fold(Expr { node })
     }
 
     /// Evaluates against `root` (`$$ROOT` and `$$CURRENT`). `Ok(None)` means "missing",
@@ -461,7 +461,7 @@ fn parse_object(d: &Document) -> Result<Expr> {
         validate_field_name(k)?;
         fields.push((k.clone(), Expr::parse(v)?));
     }
-    Ok(Expr {
+    fold(Expr {
         node: Node::Object(fields),
     })
 }
@@ -525,7 +525,98 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
             Node::Op { op: name, args }
         }
     };
-    Ok(Expr { node })
+    fold(Expr { node })
+}
+
+fn is_const(e: &Expr) -> bool {
+    matches!(e.node, Node::Const(_))
+}
+
+fn opt_const(e: &Option<Box<Expr>>) -> bool {
+    e.as_deref().is_none_or(is_const)
+}
+
+/// Constant folding as mongod's `optimize()` does it right after parsing: an expression whose
+/// operands are all constants is evaluated once, so its errors (`{$divide: [1, 0]}`) surface
+/// before any document is read, even in a branch that would never be taken. A `$cond` with a
+/// constant condition becomes the chosen branch; `$switch` drops constant cases.
+fn fold(e: Expr) -> Result<Expr> {
+    let node = match e.node {
+        Node::Op {
+            op: "$cond",
+            mut args,
+        } if is_const(&args[0]) => {
+            let branch = if is_truthy(args[0].as_constant()) {
+                1
+            } else {
+                2
+            };
+            return Ok(args.swap_remove(branch));
+        }
+        Node::Switch { branches, default } => return fold_switch(branches, default),
+        other => other,
+    };
+    let foldable = match &node {
+        Node::Op { args, .. } => args.iter().all(is_const),
+        Node::Array(items) => items.iter().all(is_const),
+        Node::Object(fields) => fields.iter().all(|(_, e)| is_const(e)),
+        Node::Convert {
+            input,
+            to,
+            on_error,
+            on_null,
+        } => is_const(input) && is_const(to) && opt_const(on_error) && opt_const(on_null),
+        Node::DateToString {
+            date,
+            format,
+            timezone,
+            on_null,
+        } => is_const(date) && opt_const(format) && opt_const(timezone) && opt_const(on_null),
+        _ => false,
+    };
+    let e = Expr { node };
+    if !foldable {
+        return Ok(e);
+    }
+    match e.eval(&Document::new(), &Variables::default())? {
+        Some(v) => Ok(Expr {
+            node: Node::Const(v),
+        }),
+        // A constant missing value has no literal form; keep the expression.
+        None => Ok(e),
+    }
+}
+
+/// ExpressionSwitch::optimize: constant-false cases are dropped, a constant-true case becomes
+/// the default and ends the branch list.
+fn fold_switch(branches: Vec<(Expr, Expr)>, default: Option<Box<Expr>>) -> Result<Expr> {
+    let mut kept = Vec::with_capacity(branches.len());
+    let mut default = default;
+    for (case, then) in branches {
+        match case.as_constant() {
+            Some(c) if is_truthy(Some(c)) => {
+                default = Some(boxed(then));
+                break;
+            }
+            Some(_) => {}
+            None => kept.push((case, then)),
+        }
+    }
+    if kept.is_empty() {
+        return match default {
+            Some(d) => Ok(*d),
+            None => Err(loc(
+                40069,
+                "One cannot execute a switch statement where all the cases evaluate to false without a default.",
+            )),
+        };
+    }
+    Ok(Expr {
+        node: Node::Switch {
+            branches: kept,
+            default,
+        },
+    })
 }
 
 fn parse_cond_object(arg: &Bson) -> Result<Node> {
@@ -3718,10 +3809,14 @@ mod tests {
         assert_eq!(value(bson!({"$ifNull": ["$missing", null, 3]})), bson!(3));
         assert_eq!(value(bson!({"$ifNull": [0, 3]})), bson!(0));
         assert_eq!(eval(bson!({"$ifNull": [null, "$missing"]})), None);
-        assert_eq!(
-            value(bson!({"$cond": [true, 1, {"$divide": [1, 0]}]})),
-            bson!(1)
-        );
+        // Only the chosen branch is evaluated...
+        let root = doc! {"z": 0};
+        let lazy = bson!({"$cond": [true, 1, {"$divide": [1, "$z"]}]});
+        assert_eq!(eval_in(lazy, &root).unwrap(), Some(bson!(1)));
+        // ...but constant operands are folded at parse time, as mongod's optimize() does.
+        let e = parse_error(bson!({"$cond": [true, 1, {"$divide": [1, 0]}]}));
+        assert_eq!(e.code, 2);
+        assert_eq!(parse_error(bson!({"$add": [1, "a"]})).code, 14);
         assert_eq!(
             value(bson!({"$cond": {"if": 0, "then": 1, "else": 2}})),
             bson!(2)
@@ -3747,8 +3842,14 @@ mod tests {
             Some(bson!("mid"))
         );
         assert_eq!(eval_in(sw, &doc! {"a": 0}).unwrap(), Some(bson!("small")));
-        let nodefault = bson!({"$switch": {"branches": [{"case": false, "then": 1}]}});
+        let nodefault = bson!({"$switch": {"branches": [{"case": "$nope", "then": 1}]}});
         assert_eq!(error(nodefault).code, 40066);
+        let all_false = bson!({"$switch": {"branches": [{"case": false, "then": 1}]}});
+        assert_eq!(parse_error(all_false).code, 40069);
+        let const_true = bson!({"$switch": {"branches": [
+            {"case": "$nope", "then": 1}, {"case": true, "then": 2}, {"case": "$x", "then": 3}
+        ]}});
+        assert_eq!(value(const_true), bson!(2));
         assert_eq!(
             parse_error(bson!({"$switch": {"branches": []}})).code,
             40068
