@@ -1891,34 +1891,21 @@ fn eval_abs(v: &Bson) -> Result<Bson> {
     })
 }
 
+/// The precision of `$round`/`$trunc` (evaluateRoundOrTrunc); `None` when it is nullish.
 fn place_arg(op: &str, v: Option<&Bson>) -> Result<Option<i64>> {
-    let Some(v) = v else { return Ok(Some(0)) };
-    if is_nullish(Some(v)) {
+    if is_nullish(v) {
         return Ok(None);
     }
-    let place = match Num::of(v)? {
-        Some(Num::Int(i)) => i as i64,
-        Some(Num::Long(i)) => i,
-        Some(Num::Double(d)) if d.fract() == 0.0 && d.abs() < 1e9 => d as i64,
-        Some(Num::Double(_)) => {
-            return Err(loc(
-                5155301,
-                format!("{op} requires \"place\" argument to be an integral value"),
-            ));
-        }
-        None => {
-            return Err(loc(
-                5155300,
-                format!(
-                    "{op} requires \"place\" to be a numeric value, but got {}",
-                    type_name(v)
-                ),
-            ));
-        }
+    let v = v.unwrap_or(&Bson::Null);
+    let Some(place) = as_int32(v)? else {
+        return Err(loc(
+            51082,
+            format!("precision argument to  {op} must be a integral value"),
+        ));
     };
     if !(-20..=100).contains(&place) {
         return Err(loc(
-            5155302,
+            51083,
             format!("cannot apply {op} with precision value {place} value must be in [-20, 100]"),
         ));
     }
@@ -1926,10 +1913,15 @@ fn place_arg(op: &str, v: Option<&Bson>) -> Result<Option<i64>> {
 }
 
 /// `$round` (half to even) and `$trunc` at `place` decimal digits. Doubles are rounded on
-/// their 15-significant-digit decimal form, as mongod does through Decimal128.
+/// their 34-significant-digit decimal form, as mongod does through Decimal128.
 fn round_number(op: &str, v: &Bson, place: i64) -> Result<Bson> {
     let half_even = op == "$round";
-    let n = numeric_arg(op, v)?;
+    let n = Num::of(v)?.ok_or_else(|| {
+        loc(
+            51081,
+            format!("{op} only supports numeric types, not {}", type_name(v)),
+        )
+    })?;
     match n {
         Num::Double(d) => {
             if !d.is_finite() || d == 0.0 {
@@ -1964,7 +1956,7 @@ fn round_number(op: &str, v: &Bson, place: i64) -> Result<Bson> {
 }
 
 fn round_decimal_string(d: f64, place: i64, half_even: bool) -> f64 {
-    let s = format!("{:.14e}", d.abs());
+    let s = format!("{:.33e}", d.abs());
     let Some((mantissa, exp)) = s.split_once('e') else {
         return d;
     };
@@ -2235,15 +2227,28 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             }))
         }
         "$round" | "$trunc" => {
-            let v = take(0);
-            let place = take(1);
+            let has_place = vals.len() > 1;
+            let mut it = vals.into_iter();
+            let (v, place) = (it.next().flatten(), it.next().flatten());
             if is_nullish(v.as_ref()) {
                 return null();
             }
-            let Some(place) = place_arg(op, place.as_ref())? else {
-                return null();
+            let v = v.unwrap_or(Bson::Null);
+            if Num::of(&v)?.is_none() {
+                return Err(loc(
+                    51081,
+                    format!("{op} only supports numeric types, not {}", type_name(&v)),
+                ));
+            }
+            let place = if has_place {
+                match place_arg(op, place.as_ref())? {
+                    Some(p) => p,
+                    None => return null(),
+                }
+            } else {
+                0
             };
-            Ok(Some(round_number(op, &v.unwrap_or(Bson::Null), place)?))
+            Ok(Some(round_number(op, &v, place)?))
         }
         "$concat" => {
             let mut out = String::new();
@@ -3651,7 +3656,14 @@ mod tests {
         assert_eq!(value(bson!({"$trunc": [-1.99, 1]})), bson!(-1.9));
         assert_eq!(value(bson!({"$trunc": 7.9})), bson!(7.0));
         assert_eq!(value(bson!({"$round": [null, 1]})), Bson::Null);
-        assert_eq!(error(bson!({"$round": [1.5, 101]})).code, 5155302);
+        assert_eq!(error(bson!({"$round": [1.5, 101]})).code, 51083);
+        assert_eq!(error(bson!({"$round": [1.5, 1.5]})).code, 51082);
+        assert_eq!(error(bson!({"$trunc": ["a"]})).code, 51081);
+        assert_eq!(value(bson!({"$round": [1.5, "$missing"]})), Bson::Null);
+        assert_eq!(value(bson!({"$round": [2_i64, -1]})), Bson::Int64(0));
+        assert_eq!(value(bson!({"$round": [15, -1]})), bson!(20));
+        assert_eq!(value(bson!({"$round": [0.125, 2]})), bson!(0.12));
+        assert_eq!(value(bson!({"$round": [-2.5]})), bson!(-2.0));
     }
 
     #[test]
