@@ -497,7 +497,23 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
             };
             let args = parse_args(arg)?;
             let n = args.len();
+            let conversion_alias = matches!(
+                name,
+                "$toString"
+                    | "$toInt"
+                    | "$toLong"
+                    | "$toDouble"
+                    | "$toDate"
+                    | "$toBool"
+                    | "$toObjectId"
+            );
             match arity {
+                Arity::Exactly(1) if n != 1 && conversion_alias => {
+                    return Err(loc(
+                        50723,
+                        format!("{name} requires a single argument, got {n}"),
+                    ));
+                }
                 Arity::Exactly(k) if n != k => {
                     return Err(loc(
                         16020,
@@ -1306,18 +1322,23 @@ impl Cx<'_> {
                 on_error,
                 on_null,
             } => {
-                let value = self.eval(input)?;
+                // ExpressionConvert::evaluate: a bad 'to' fails even for a null input, and a
+                // null input wins over a null 'to'.
                 let to = self.eval(to)?;
-                if is_nullish(to.as_ref()) {
-                    return Ok(Some(Bson::Null));
-                }
-                let target = target_type(to.as_ref().unwrap_or(&Bson::Null))?;
+                let value = self.eval(input)?;
+                let target = match &to {
+                    Some(t) if !is_nullish(Some(t)) => Some(target_type(t)?),
+                    _ => None,
+                };
                 if is_nullish(value.as_ref()) {
                     return match on_null {
                         Some(e) => self.eval(e),
                         None => Ok(Some(Bson::Null)),
                     };
                 }
+                let Some(target) = target else {
+                    return Ok(Some(Bson::Null));
+                };
                 let value = value.unwrap_or(Bson::Null);
                 match convert(&value, target) {
                     Ok(v) => Ok(Some(v)),
@@ -2852,6 +2873,8 @@ fn target_from_alias(name: &'static str) -> Target {
 
 fn target_type(to: &Bson) -> Result<Target> {
     match to {
+        // "missing" is what `$type` returns for a missing value, so mongod accepts it here.
+        Bson::String(s) if s == "missing" => Ok(Target::Other("missing")),
         Bson::String(s) => TYPE_ALIASES
             .iter()
             .find(|(n, _)| n == s)
@@ -2898,6 +2921,7 @@ fn conversion_message(msg: &str) -> String {
     match msg.split_once(": ") {
         Some((head, tail))
             if head.starts_with("Failed to parse")
+                || head.starts_with("Illegal hexadecimal")
                 || head.starts_with("Error parsing")
                 || head.starts_with("Conversion would")
                 || head.starts_with("Attempt to") =>
@@ -2916,34 +2940,44 @@ fn unsupported(from: &Bson, to: Target) -> ConvertError {
     ))
 }
 
-fn double_to_integer(
-    d: f64,
-    min: f64,
-    max_exclusive: f64,
-) -> std::result::Result<i64, ConvertError> {
+/// performCastDoubleToInt/Long: the range check is on the value before truncation.
+fn double_to_integer(d: f64, to_int: bool) -> std::result::Result<i64, ConvertError> {
     if d.is_nan() {
-        return Err(ConvertError::Failure(format!(
-            "Attempt to convert NaN value to integer type: {}",
-            format_double(d)
-        )));
+        return Err(ConvertError::Failure(
+            "Attempt to convert NaN value to integer type".to_string(),
+        ));
     }
     if d.is_infinite() {
-        return Err(ConvertError::Failure(format!(
-            "Attempt to convert infinity value to integer type: {}",
-            format_double(d)
-        )));
+        return Err(ConvertError::Failure(
+            "Attempt to convert infinity value to integer type".to_string(),
+        ));
     }
-    let t = d.trunc();
-    if t < min || t >= max_exclusive {
+    let in_range = if to_int {
+        d >= i32::MIN as f64 && d <= i32::MAX as f64
+    } else {
+        d >= i64::MIN as f64 && d < 9_223_372_036_854_775_808.0
+    };
+    if !in_range {
         return Err(ConvertError::Failure(format!(
             "Conversion would overflow target type: {}",
             format_double(d)
         )));
     }
-    Ok(t as i64)
+    Ok(d.trunc() as i64)
+}
+
+/// parseStringToNumber rejects hexadecimal input before parsing.
+fn reject_hex(s: &str) -> std::result::Result<(), ConvertError> {
+    if s.starts_with("0x") {
+        return Err(ConvertError::Failure(format!(
+            "Illegal hexadecimal input: {s}"
+        )));
+    }
+    Ok(())
 }
 
 fn parse_integer(s: &str) -> std::result::Result<i64, ConvertError> {
+    reject_hex(s)?;
     let fail = |why: &str| ConvertError::Failure(format!("Failed to parse number '{s}': {why}"));
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -2973,6 +3007,7 @@ fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
             Bson::Boolean(b) => f64::from(u8::from(*b)),
             Bson::DateTime(d) => d.timestamp_millis() as f64,
             Bson::String(s) => {
+                reject_hex(s)?;
                 let ok = !s.is_empty() && !s.starts_with(char::is_whitespace);
                 match s.parse::<f64>() {
                     Ok(d) if ok => d,
@@ -2986,15 +3021,10 @@ fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
             _ => return Err(unsupported(v, to)),
         }),
         Target::Int | Target::Long => {
-            let (min, max) = if to == Target::Int {
-                (i32::MIN as f64, i32::MAX as f64 + 1.0)
-            } else {
-                (i64::MIN as f64, 9_223_372_036_854_775_808.0)
-            };
             let i = match v {
                 Bson::Int32(i) => *i as i64,
                 Bson::Int64(i) => *i,
-                Bson::Double(d) => double_to_integer(*d, min, max)?,
+                Bson::Double(d) => double_to_integer(*d, to == Target::Int)?,
                 Bson::Boolean(b) => i64::from(*b),
                 Bson::DateTime(d) if to == Target::Long => d.timestamp_millis(),
                 Bson::String(s) => {
@@ -3011,10 +3041,11 @@ fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
             if to == Target::Int {
                 match i32::try_from(i) {
                     Ok(i) => Bson::Int32(i),
+                    // performCastLongToInt reports no value after the colon.
                     Err(_) => {
-                        return Err(ConvertError::Failure(format!(
-                            "Conversion would overflow target type: {i}"
-                        )));
+                        return Err(ConvertError::Failure(
+                            "Conversion would overflow target type: ".to_string(),
+                        ));
                     }
                 }
             } else {
@@ -3055,7 +3086,7 @@ fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
             let ms = match v {
                 Bson::DateTime(d) => d.timestamp_millis(),
                 Bson::Int64(i) => *i,
-                Bson::Double(d) => double_to_integer(*d, i64::MIN as f64, 9_223_372_036_854_775_808.0)?,
+                Bson::Double(d) => double_to_integer(*d, false)?,
                 Bson::ObjectId(o) => o.timestamp().timestamp_millis(),
                 Bson::Timestamp(t) => t.time as i64 * 1000,
                 Bson::String(s) => parse_date_string(s).ok_or_else(|| {
@@ -3070,8 +3101,8 @@ fn convert(v: &Bson, to: Target) -> std::result::Result<Bson, ConvertError> {
     })
 }
 
-/// A double as mongod prints it (`fmt::format("{}")`): shortest round-trip digits, fixed
-/// notation for decimal exponents in [-4, 16), otherwise `1e+16` style.
+/// A double as mongod 7.0 prints it in `$toString` and messages (`str::stream() << double`,
+/// which is printf `%g`): six significant digits, `1e+06` style outside [1e-4, 1e6).
 fn format_double(d: f64) -> String {
     if d.is_nan() {
         return "NaN".to_string();
@@ -3082,27 +3113,23 @@ fn format_double(d: f64) -> String {
     if d == 0.0 {
         return if d.is_sign_negative() { "-0" } else { "0" }.to_string();
     }
-    let sci = format!("{:e}", d.abs());
+    let sci = format!("{d:.5e}");
     let Some((mantissa, exp)) = sci.split_once('e') else {
         return d.to_string();
     };
     let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
-    let sign = if d < 0.0 { "-" } else { "" };
-    if (-4..16).contains(&exp) {
-        if exp >= 0 {
-            let int_len = exp as usize + 1;
-            if digits.len() <= int_len {
-                format!("{sign}{digits}{}", "0".repeat(int_len - digits.len()))
-            } else {
-                format!("{sign}{}.{}", &digits[..int_len], &digits[int_len..])
-            }
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
         } else {
-            format!("{sign}0.{}{digits}", "0".repeat((-exp - 1) as usize))
+            s.to_string()
         }
+    };
+    if (-4..6).contains(&exp) {
+        trim(&format!("{d:.*}", (5 - exp) as usize))
     } else {
-        let esign = if exp < 0 { '-' } else { '+' };
-        format!("{sign}{mantissa}e{esign}{:02}", exp.abs())
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
     }
 }
 
@@ -4234,5 +4261,55 @@ mod tests {
         assert_eq!(e.errmsg, "can't $subtract string from Date");
         assert_eq!(value(bson!({"$split": [5, null]})), Bson::Null);
         assert_eq!(value(bson!({"$size": [[]]})), bson!(0));
+    }
+
+    #[test]
+    fn conversion_details() {
+        // mongod 7.0 prints doubles with printf's %g.
+        assert_eq!(value(bson!({"$toString": 1.23456789})), bson!("1.23457"));
+        assert_eq!(value(bson!({"$toString": 1234567.0})), bson!("1.23457e+06"));
+        assert_eq!(value(bson!({"$toString": 123456.0})), bson!("123456"));
+        assert_eq!(value(bson!({"$toString": -0.5})), bson!("-0.5"));
+        assert_eq!(
+            value(bson!({"$toString": f64::INFINITY})),
+            bson!("Infinity")
+        );
+        let e = error(bson!({"$toInt": "0x1F"}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                241,
+                "Illegal hexadecimal input in $convert with no onError value: 0x1F"
+            )
+        );
+        let e = error(bson!({"$toInt": 2147483647.5}));
+        assert_eq!(
+            e.errmsg,
+            "Conversion would overflow target type in $convert with no onError value: 2.14748e+09"
+        );
+        let e = error(bson!({"$toInt": f64::NAN}));
+        assert_eq!(
+            e.errmsg,
+            "Attempt to convert NaN value to integer type in $convert with no onError value"
+        );
+        assert_eq!(parse_error(bson!({"$toInt": [1, 2]})).code, 50723);
+        let root = doc! {"t": "int"};
+        let c = bson!({"$convert": {"input": null, "to": null, "onNull": 7}});
+        assert_eq!(value(c), bson!(7));
+        let c = bson!({"$convert": {"input": 5, "to": "$nope"}});
+        assert_eq!(value(c), Bson::Null);
+        let c = bson!({"$convert": {"input": "$nope", "to": "bogus", "onNull": 1}});
+        assert_eq!(error(c).code, 2);
+        let c = bson!({"$convert": {"input": "7", "to": "$t"}});
+        assert_eq!(eval_in(c, &root).unwrap(), Some(bson!(7)));
+        let c = bson!({"$convert": {"input": 1, "to": "missing", "onError": "x"}});
+        assert_eq!(value(c), bson!("x"));
+        assert_eq!(error(bson!({"$convert": {"input": 1, "to": 1.5}})).code, 9);
+        assert_eq!(error(bson!({"$convert": {"input": 1, "to": 99}})).code, 9);
+        assert_eq!(value(bson!({"$toBool": {"$literal": {}}})), bson!(true));
+        assert_eq!(
+            value(bson!({"$toDate": Bson::Timestamp(Timestamp { time: 5, increment: 1 })})),
+            date(5000)
+        );
     }
 }
