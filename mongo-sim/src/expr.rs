@@ -485,7 +485,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$convert" => parse_convert(arg)?,
         "$dateToString" => parse_date_to_string(arg)?,
         "$getField" => parse_get_field(arg)?,
-        "$setField" => parse_set_field(arg)?,
+        "$setField" | "$unsetField" => parse_set_field(op, arg)?,
         "$sortArray" => parse_sort_array(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
@@ -940,6 +940,17 @@ fn parse_date_to_string(arg: &Bson) -> Result<Node> {
     })
 }
 
+fn current() -> Expr {
+    Expr {
+        node: Node::Var {
+            name: "CURRENT".to_string(),
+            path: Vec::new(),
+        },
+    }
+}
+
+/// ExpressionGetField::parse: a bare value (or an object whose first key is an operator) is
+/// the field name with `$$CURRENT` as input; otherwise `{field, input}`, both required.
 fn parse_get_field(arg: &Bson) -> Result<Node> {
     let (field, input) = match arg {
         Bson::Document(d) if d.keys().next().is_some_and(|k| !k.starts_with('$')) => {
@@ -958,84 +969,101 @@ fn parse_get_field(arg: &Bson) -> Result<Node> {
             }
             let field =
                 field.ok_or_else(|| loc(3041702, "$getField requires 'field' to be specified"))?;
+            let input =
+                input.ok_or_else(|| loc(3041703, "$getField requires 'input' to be specified"))?;
             (field, input)
         }
-        other => (other, None),
+        other => (other, current()),
     };
-    let field = constant_field_name(field, "$getField", 5654601, 5654602)?;
+    let field = constant_field_name(field, "$getField", [5654600, 5654601, 5654602])?;
     Ok(Node::GetField {
         field,
-        input: boxed(input.unwrap_or(Expr {
-            node: Node::Var {
-                name: "CURRENT".to_string(),
-                path: Vec::new(),
-            },
-        })),
+        input: boxed(input),
     })
 }
 
-/// `$getField`/`$setField` take the field name as a constant string (or `$literal`).
-fn constant_field_name(v: &Bson, op: &str, non_const: i32, non_string: i32) -> Result<String> {
+/// The `field` of `$getField`/`$setField`: it must be a constant string at parse time, that
+/// is a plain string or `$literal`/`$const` (checked before any constant folding, as mongod
+/// checks the freshly parsed expression). `codes`: field path, non-constant, non-string.
+fn constant_field_name(v: &Bson, op: &str, codes: [i32; 3]) -> Result<String> {
     let value = match v {
-        Bson::Document(d) if d.len() == 1 && d.contains_key("$literal") => d.get("$literal"),
         Bson::String(s) if s.starts_with('$') => {
+            let e = Expr::parse(v)?;
+            let fp = match &e.node {
+                Node::Path(p) => format!("${}", p.join(".")),
+                _ => s.clone(),
+            };
+            if matches!(e.node, Node::Path(_)) || s.starts_with("$$") {
+                return Err(loc(
+                    codes[0],
+                    format!(
+                        "'{fp}' is a field path reference which is not allowed in this context. Did you mean {{$literal: '{fp}'}}?"
+                    ),
+                ));
+            }
+            v
+        }
+        Bson::Document(d)
+            if d.len() == 1 && (d.contains_key("$literal") || d.contains_key("$const")) =>
+        {
+            d.values().next().unwrap_or(&Bson::Null)
+        }
+        Bson::Document(_) | Bson::Array(_) => {
+            Expr::parse(v)?;
             return Err(loc(
-                non_const,
+                codes[1],
                 format!(
                     "{op} requires 'field' to evaluate to a constant, but got a non-constant argument"
                 ),
             ));
         }
-        Bson::Document(_) | Bson::Array(_) => {
-            let e = Expr::parse(v)?;
-            if e.as_constant().is_none() {
-                return Err(loc(
-                    non_const,
-                    format!(
-                        "{op} requires 'field' to evaluate to a constant, but got a non-constant argument"
-                    ),
-                ));
-            }
-            Some(v)
-        }
-        other => Some(other),
+        other => other,
     };
     match value {
-        Some(Bson::String(s)) => Ok(s.clone()),
+        Bson::String(s) => Ok(s.clone()),
         other => Err(loc(
-            non_string,
+            codes[2],
             format!(
                 "{op} requires 'field' to evaluate to type String, but got {}",
-                type_of(other)
+                type_name(other)
             ),
         )),
     }
 }
 
-fn parse_set_field(arg: &Bson) -> Result<Node> {
-    let d = object_arg(
-        arg,
-        4161100,
-        "$setField only supports an object as its argument",
-    )?;
+/// ExpressionSetField::parse, also for `$unsetField` (whose value is `$$REMOVE`).
+fn parse_set_field(op: &str, arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            4161100,
+            format!("{op} only supports an object as its argument"),
+        ));
+    };
+    let unset = op == "$unsetField";
     let (mut field, mut input, mut value) = (None, None, None);
     for (k, v) in d {
         match k.as_str() {
             "field" => field = Some(v),
             "input" => input = Some(Expr::parse(v)?),
-            "value" => value = Some(Expr::parse(v)?),
-            _ => {
-                return Err(loc(
-                    4161101,
-                    format!("$setField found an unknown argument: {k}"),
-                ));
-            }
+            "value" if !unset => value = Some(Expr::parse(v)?),
+            _ => return Err(loc(4161101, format!("{op} found an unknown argument: {k}"))),
         }
     }
-    let field = field.ok_or_else(|| loc(4161102, "$setField requires 'field' to be specified"))?;
-    let field = constant_field_name(field, "$setField", 4161106, 4161107)?;
-    let input = input.ok_or_else(|| loc(4161103, "$setField requires 'input' to be specified"))?;
-    let value = value.ok_or_else(|| loc(4161104, "$setField requires 'value' to be specified"))?;
+    if unset {
+        value = Some(Expr {
+            node: Node::Var {
+                name: "REMOVE".to_string(),
+                path: Vec::new(),
+            },
+        });
+    }
+    let field =
+        field.ok_or_else(|| loc(4161102, format!("{op} requires 'field' to be specified")))?;
+    let value =
+        value.ok_or_else(|| loc(4161103, format!("{op} requires 'value' to be specified")))?;
+    let input =
+        input.ok_or_else(|| loc(4161109, format!("{op} requires 'input' to be specified")))?;
+    let field = constant_field_name(field, op, [4161108, 4161106, 4161107])?;
     Ok(Node::SetField {
         field,
         input: boxed(input),
@@ -1414,16 +1442,13 @@ impl Cx<'_> {
                 let ms = coerce_to_date(date.as_ref().unwrap_or(&Bson::Null))?;
                 Ok(Some(Bson::String(format_date(ms, &format, offset)?)))
             }
+            // ExpressionGetField::evaluate: missing input gives missing, null gives null,
+            // any other non-document gives missing.
             Node::GetField { field, input } => match self.eval(input)? {
-                None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
+                None => Ok(None),
+                Some(Bson::Null) | Some(Bson::Undefined) => Ok(Some(Bson::Null)),
                 Some(Bson::Document(d)) => Ok(d.get(field).cloned()),
-                Some(other) => Err(loc(
-                    3041705,
-                    format!(
-                        "$getField requires 'input' to evaluate to type Object, but got {}",
-                        type_name(&other)
-                    ),
-                )),
+                Some(_) => Ok(None),
             },
             Node::SetField {
                 field,
@@ -1442,12 +1467,9 @@ impl Cx<'_> {
                     }
                     Ok(Some(Bson::Document(d)))
                 }
-                Some(other) => Err(loc(
+                Some(_) => Err(loc(
                     4161105,
-                    format!(
-                        "$setField requires 'input' to evaluate to type Object, but got {}",
-                        type_name(&other)
-                    ),
+                    "$setField requires 'input' to evaluate to type Object",
                 )),
             },
             Node::SortArray { input, sort_by } => {
@@ -4119,17 +4141,46 @@ mod tests {
             Bson::Null
         );
         assert_eq!(
-            parse_error(bson!({"$getField": {"field": "$x"}})).code,
-            5654601
+            parse_error(bson!({"$getField": {"field": "x"}})).code,
+            3041703
         );
+        let e = parse_error(bson!({"$getField": {"field": "$x", "input": {}}}));
+        assert_eq!(e.code, 5654600);
+        assert_eq!(
+            e.errmsg,
+            "'$x' is a field path reference which is not allowed in this context. Did you mean {$literal: '$x'}?"
+        );
+        let e = parse_error(bson!({"$getField": {"$concat": ["a", "b"]}}));
+        assert_eq!(e.code, 5654601);
         assert_eq!(parse_error(bson!({"$getField": 5})).code, 5654602);
+        // A non-document input reads as missing; a missing input too.
+        assert_eq!(
+            eval_in(bson!({"$getField": {"field": "d", "input": 5}}), &root).unwrap(),
+            None
+        );
         assert_eq!(
             eval_in(
-                bson!({"$setField": {"field": "$x", "input": "$$ROOT", "value": 5}}),
+                bson!({"$getField": {"field": "d", "input": "$nope"}}),
                 &root
             )
-            .map_err(|e| e.code),
-            Err(4161106)
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            parse_error(bson!({"$setField": {"field": "$x", "input": "$$ROOT", "value": 5}})).code,
+            4161108
+        );
+        assert_eq!(
+            parse_error(bson!({"$setField": {"field": "x", "input": "$$ROOT"}})).code,
+            4161103
+        );
+        assert_eq!(
+            eval_in(bson!({"$unsetField": {"field": "d", "input": "$c"}}), &root).unwrap(),
+            Some(bson!({}))
+        );
+        assert_eq!(
+            error(bson!({"$setField": {"field": "x", "input": 1, "value": 1}})).code,
+            4161105
         );
         assert_eq!(
             eval_in(
