@@ -48,6 +48,12 @@ impl Variables {
     pub fn with_let(mut self, let_doc: &Document) -> Result<Self> {
         for (name, value) in let_doc {
             validate_user_var_name(name)?;
+            if reads_document(value) {
+                return Err(loc(
+                    31474,
+                    format!("Command let Expression does not evaluate to constant {name}: {value}"),
+                ));
+            }
             let expr = Expr::parse(value)?;
             let v = expr.eval(&Document::new(), &self)?;
             self.bind(name, v);
@@ -84,6 +90,25 @@ impl Variables {
             None if self.missing.iter().any(|m| m == name) => Some(None),
             None => None,
         }
+    }
+}
+
+/// Whether an expression reads the document (a field path, `$$ROOT` or `$$CURRENT`), which a
+/// command's `let` value may not: mongod requires it to fold to a constant.
+fn reads_document(v: &Bson) -> bool {
+    match v {
+        Bson::String(s) => {
+            (s.starts_with('$') && !s.starts_with("$$"))
+                || ["$$ROOT", "$$CURRENT"].iter().any(|r| {
+                    s.strip_prefix(r)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+                })
+        }
+        Bson::Array(items) => items.iter().any(reads_document),
+        Bson::Document(d) => d
+            .iter()
+            .any(|(k, v)| k != "$literal" && k != "$const" && reads_document(v)),
+        _ => false,
     }
 }
 
@@ -317,31 +342,48 @@ fn parse_field_path(path: &str) -> Result<Vec<String>> {
 /// `Variables::validateNameForUserWrite`: names a `$let`, `$map`, `$filter` or command `let`
 /// may bind.
 fn validate_user_var_name(name: &str) -> Result<()> {
+    // CURRENT is the one system variable users may rebind.
+    if name == "CURRENT" {
+        return Ok(());
+    }
     let Some(first) = name.chars().next() else {
         return Err(loc(16866, "empty variable names are not allowed"));
     };
-    if !first.is_ascii_lowercase() && first.is_ascii() && name != "CURRENT" {
+    if !first.is_ascii_lowercase() && first.is_ascii() {
         return Err(loc(
             16867,
             format!("'{name}' starts with an invalid character for a user variable name"),
         ));
     }
-    if name
-        .chars()
-        .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii()))
-    {
-        return Err(loc(
-            16868,
-            format!("'{name}' contains an invalid character for a user variable name"),
-        ));
-    }
-    Ok(())
+    check_var_name_chars(name, 16868)
 }
 
-const SYSTEM_VARS: &[&str] = &["ROOT", "CURRENT", "REMOVE", "NOW", "CLUSTER_TIME"];
+fn check_var_name_chars(name: &str, code: i32) -> Result<()> {
+    match name
+        .chars()
+        .skip(1)
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || !c.is_ascii()))
+    {
+        Some(bad) => Err(loc(
+            code,
+            format!("'{name}' contains an invalid character for a variable name: '{bad}'"),
+        )),
+        None => Ok(()),
+    }
+}
 
-/// `Variables::validateNameForUserRead` plus the builtin lookup: an uppercase name must be a
-/// system variable this server provides.
+const SYSTEM_VARS: &[&str] = &[
+    "ROOT",
+    "CURRENT",
+    "REMOVE",
+    "NOW",
+    "CLUSTER_TIME",
+    "JS_SCOPE",
+    "IS_MR",
+];
+
+/// `Variables::uassertValidNameForUserRead` plus the builtin lookup: an uppercase name must be
+/// a system variable (user variables cannot start with one).
 fn validate_var_read(name: &str) -> Result<()> {
     let Some(first) = name.chars().next() else {
         return Err(loc(16869, "empty variable names are not allowed"));
@@ -349,18 +391,10 @@ fn validate_var_read(name: &str) -> Result<()> {
     if !first.is_ascii_alphabetic() && first.is_ascii() {
         return Err(loc(
             16870,
-            format!("'{name}' starts with an invalid character for a user variable name"),
+            format!("'{name}' starts with an invalid character for a variable name"),
         ));
     }
-    if name
-        .chars()
-        .any(|c| !(c.is_ascii_alphanumeric() || c == '_' || !c.is_ascii()))
-    {
-        return Err(loc(
-            16871,
-            format!("'{name}' contains an invalid character for a user variable name"),
-        ));
-    }
+    check_var_name_chars(name, 16871)?;
     if first.is_ascii_uppercase() && !SYSTEM_VARS.contains(&name) {
         return Err(loc(17276, format!("Use of undefined variable: {name}")));
     }
@@ -1198,9 +1232,19 @@ impl Cx<'_> {
                     "ROOT" if !path.is_empty() => return Ok(walk_doc(self.root, path)),
                     "ROOT" => return Ok(Some(Bson::Document(self.root.clone()))),
                     "REMOVE" => return Ok(None),
+                    "JS_SCOPE" => {
+                        return Err(loc(4631100, "Use of undefined variable '$$JS_SCOPE'."));
+                    }
+                    "IS_MR" => return Err(loc(4631101, "Use of undefined variable '$$IS_MR'.")),
                     _ => match self.vars.lookup(name) {
                         Some(Some(v)) => v,
                         Some(None) => return Ok(None),
+                        None if name == "NOW" || name == "CLUSTER_TIME" => {
+                            return Err(loc(
+                                51144,
+                                format!("Builtin variable '$${name}' is not available"),
+                            ));
+                        }
                         None if name == "CURRENT" => {
                             return Ok(if path.is_empty() {
                                 Some(Bson::Document(self.root.clone()))
@@ -4362,5 +4406,42 @@ mod tests {
             value(bson!({"$toDate": Bson::Timestamp(Timestamp { time: 5, increment: 1 })})),
             date(5000)
         );
+    }
+
+    #[test]
+    fn variable_rules() {
+        let e = parse_error(bson!({"$let": {"vars": {"a-b": 1}, "in": 1}}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (
+                16868,
+                "'a-b' contains an invalid character for a variable name: '-'"
+            )
+        );
+        assert_eq!(
+            parse_error(bson!({"$let": {"vars": {"": 1}, "in": 1}})).code,
+            16866
+        );
+        assert_eq!(parse_error(bson!("$$a-b")).code, 16871);
+        assert_eq!(error(bson!("$$JS_SCOPE")).code, 4631100);
+        let no_system = Variables::default();
+        let e = Expr::parse(&bson!("$$NOW"))
+            .unwrap()
+            .eval(&doc! {}, &no_system)
+            .unwrap_err();
+        assert_eq!(e.code, 51144);
+        let e = vars().with_let(&doc! {"x": "$a"}).unwrap_err();
+        assert_eq!(e.code, 31474);
+        assert_eq!(
+            vars()
+                .with_let(&doc! {"x": {"$literal": "$a"}})
+                .unwrap()
+                .get("x"),
+            Some(&bson!("$a"))
+        );
+        let v = vars()
+            .with_let(&doc! {"t": {"$add": ["$$NOW", 1]}})
+            .unwrap();
+        assert_eq!(v.get("t"), Some(&date(1_700_000_000_001)));
     }
 }
