@@ -3260,18 +3260,28 @@ fn validate_date_format(format: &str) -> Result<()> {
 /// A `timezone` argument as an offset in minutes. Only UTC and fixed offsets are known; an
 /// Olson name is reported as unrecognized rather than silently treated as UTC.
 fn parse_timezone(tz: &str) -> Result<i32> {
-    if matches!(
-        tz,
-        "UTC"
-            | "GMT"
-            | "Etc/UTC"
-            | "Etc/GMT"
-            | "Z"
-            | "Etc/Universal"
-            | "Universal"
-            | "Etc/Zulu"
-            | "Zulu"
-    ) {
+    // The zone database names whose offset is fixed; every other Olson name is rejected.
+    const UTC_NAMES: &[&str] = &[
+        "UTC",
+        "GMT",
+        "UCT",
+        "GMT0",
+        "GMT+0",
+        "GMT-0",
+        "Greenwich",
+        "Universal",
+        "Zulu",
+        "Etc/UTC",
+        "Etc/GMT",
+        "Etc/UCT",
+        "Etc/GMT0",
+        "Etc/GMT+0",
+        "Etc/GMT-0",
+        "Etc/Greenwich",
+        "Etc/Universal",
+        "Etc/Zulu",
+    ];
+    if UTC_NAMES.contains(&tz) {
         return Ok(0);
     }
     let bad = || {
@@ -3280,30 +3290,39 @@ fn parse_timezone(tz: &str) -> Result<i32> {
             format!("unrecognized time zone identifier: \"{tz}\""),
         )
     };
-    let (sign, rest) = match tz.as_bytes().first() {
-        Some(b'+') => (1, &tz[1..]),
-        Some(b'-') => (-1, &tz[1..]),
-        _ => return Err(bad()),
-    };
-    let digits: String = rest.chars().filter(|c| *c != ':').collect();
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
+    // Etc/GMT+5 is five hours *behind* UTC (POSIX sign convention).
+    if let Some(rest) = tz.strip_prefix("Etc/GMT") {
+        let hours: i32 = rest.parse().map_err(|_| bad())?;
+        let valid = rest.starts_with(['+', '-'])
+            && ((rest.starts_with('+') && hours <= 12) || (rest.starts_with('-') && hours >= -14));
+        return if valid { Ok(-hours * 60) } else { Err(bad()) };
     }
-    let colon_ok = match rest.find(':') {
-        None => true,
-        Some(i) => i == 2 && rest.len() == 5,
+    offset_minutes(tz).ok_or_else(bad)
+}
+
+/// TimeZoneDatabase::parseUtcOffset: `±HH`, `±HHMM` or `±HH:MM` (minutes are not range
+/// checked there either).
+fn offset_minutes(spec: &str) -> Option<i32> {
+    let b = spec.as_bytes();
+    let sign = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
     };
-    let (h, m) = match digits.len() {
-        2 if colon_ok && !rest.contains(':') => (&digits[..2], "0"),
-        4 if colon_ok => (&digits[..2], &digits[2..]),
-        _ => return Err(bad()),
+    let digits = |r: std::ops::Range<usize>| -> Option<i32> {
+        let part = b.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
     };
-    let h: i32 = h.parse().map_err(|_| bad())?;
-    let m: i32 = m.parse().map_err(|_| bad())?;
-    if h > 99 || m > 59 {
-        return Err(bad());
-    }
-    Ok(sign * (h * 60 + m))
+    let (h, m) = match b.len() {
+        3 => (digits(1..3)?, 0),
+        5 => (digits(1..3)?, digits(3..5)?),
+        6 if b[3] == b':' => (digits(1..3)?, digits(4..6)?),
+        _ => return None,
+    };
+    Some(sign * (h * 60 + m))
 }
 
 fn coerce_to_date(v: &Bson) -> Result<i64> {
@@ -3388,10 +3407,7 @@ fn format_date(ms: i64, format: &str, offset_minutes: i32) -> Result<String> {
                 let a = offset_minutes.abs();
                 out.push_str(&format!("{sign}{:02}{:02}", a / 60, a % 60));
             }
-            'Z' => {
-                let sign = if offset_minutes < 0 { '-' } else { '+' };
-                out.push_str(&format!("{sign}{}", offset_minutes.abs()));
-            }
+            'Z' => out.push_str(&offset_minutes.to_string()),
             '%' => out.push('%'),
             other => {
                 return Err(loc(
@@ -3465,7 +3481,7 @@ fn parse_date_string(s: &str) -> Option<i64> {
         None => Some(ms),
         Some(b'Z') if i + 1 == b.len() => Some(ms),
         Some(b'+' | b'-') => {
-            let offset = parse_timezone(&s[i..]).ok()?;
+            let offset = offset_minutes(&s[i..])?;
             Some(ms - offset as i64 * 60_000)
         }
         _ => None,
@@ -4285,7 +4301,7 @@ mod tests {
         assert_eq!(
             value(bson!({"$dateToString": {"date": d.clone(),
                 "format": "%Y/%m/%d %H:%M:%S %j %w %u %U %V %G %z %Z %%"}})),
-            bson!("2024/03/05 07:08:09 065 3 2 09 10 2024 +0000 +0 %")
+            bson!("2024/03/05 07:08:09 065 3 2 09 10 2024 +0000 0 %")
         );
         assert_eq!(
             value(
@@ -4443,5 +4459,23 @@ mod tests {
             .with_let(&doc! {"t": {"$add": ["$$NOW", 1]}})
             .unwrap();
         assert_eq!(v.get("t"), Some(&date(1_700_000_000_001)));
+    }
+
+    #[test]
+    fn time_zones() {
+        assert_eq!(parse_timezone("Etc/GMT+5").unwrap(), -300);
+        assert_eq!(parse_timezone("Etc/GMT-14").unwrap(), 840);
+        assert_eq!(parse_timezone("GMT").unwrap(), 0);
+        assert_eq!(parse_timezone("+05").unwrap(), 300);
+        assert_eq!(parse_timezone("-05:30").unwrap(), -330);
+        assert_eq!(parse_timezone("Z").unwrap_err().code, 40485);
+        assert_eq!(parse_timezone("+5").unwrap_err().code, 40485);
+        let e = parse_timezone("America/New_York").unwrap_err();
+        assert_eq!(
+            e.errmsg,
+            "unrecognized time zone identifier: \"America/New_York\""
+        );
+        let d = bson!({"$dateToString": {"date": date(0), "format": "%H %Z", "timezone": "+0130"}});
+        assert_eq!(value(d), bson!("01 90"));
     }
 }
