@@ -51,7 +51,10 @@ impl Variables {
             if reads_document(value) {
                 return Err(loc(
                     31474,
-                    format!("Command let Expression does not evaluate to constant {name}: {value}"),
+                    format!(
+                        "Command let Expression does not evaluate to constant {name}: {}",
+                        show(value)
+                    ),
                 ));
             }
             let expr = Expr::parse(value)?;
@@ -291,6 +294,55 @@ fn is_nullish(v: Option<&Bson>) -> bool {
     matches!(v, None | Some(Bson::Null) | Some(Bson::Undefined))
 }
 
+/// A value as mongod's `Value::toString` prints it in messages: `"str"`, `{a: 1}`, `[1, 2]`.
+fn show(v: &Bson) -> String {
+    match v {
+        Bson::String(s) => format!("\"{s}\""),
+        Bson::Double(d) => format_double(*d),
+        Bson::Int32(i) => i.to_string(),
+        Bson::Int64(i) => i.to_string(),
+        Bson::Boolean(b) => b.to_string(),
+        Bson::Null => "null".to_string(),
+        Bson::Undefined => "undefined".to_string(),
+        Bson::Document(d) => {
+            let fields: Vec<String> = d.iter().map(|(k, v)| format!("{k}: {}", show(v))).collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        Bson::Array(items) => {
+            let items: Vec<String> = items.iter().map(show).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A document as `BSONObj::toString` prints it: `{ $add: [ 1 ], b: "x" }`.
+fn show_obj(d: &Document) -> String {
+    fn element(v: &Bson) -> String {
+        match v {
+            Bson::Document(d) => show_obj(d),
+            Bson::Array(items) if items.is_empty() => "[]".to_string(),
+            Bson::Array(items) => {
+                let items: Vec<String> = items.iter().map(element).collect();
+                format!("[ {} ]", items.join(", "))
+            }
+            Bson::Double(d) if d.is_finite() && d.fract() == 0.0 && d.abs() < 1e16 => {
+                format!("{d:.1}")
+            }
+            Bson::Double(d) => d.to_string(),
+            other => show(other),
+        }
+    }
+    if d.is_empty() {
+        return "{}".to_string();
+    }
+    let fields: Vec<String> = d
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", element(v)))
+        .collect();
+    format!("{{ {} }}", fields.join(", "))
+}
+
 fn decimal_unsupported() -> CommandError {
     CommandError::new(
         COMMAND_NOT_SUPPORTED,
@@ -484,7 +536,10 @@ fn parse_object(d: &Document) -> Result<Expr> {
         if d.len() > 1 {
             return Err(loc(
                 15983,
-                format!("An object representing an expression must have exactly one field: {d}"),
+                format!(
+                    "An object representing an expression must have exactly one field: {}",
+                    show_obj(d)
+                ),
             ));
         }
         let (op, arg) = d.iter().next().expect("one field");
@@ -1366,7 +1421,10 @@ impl Cx<'_> {
                     Some(other) => {
                         return Err(loc(
                             40080,
-                            format!("$reduce requires that 'input' be an array, found: {other}"),
+                            format!(
+                                "$reduce requires that 'input' be an array, found: {}",
+                                show(&other)
+                            ),
                         ));
                     }
                 };
@@ -1445,8 +1503,9 @@ impl Cx<'_> {
                             return Err(loc(
                                 18533,
                                 format!(
-                                    "$dateToString requires that 'format' be a string, found: {} with value {other}",
-                                    type_name(&other)
+                                    "$dateToString requires that 'format' be a string, found: {} with value {}",
+                                    type_name(&other),
+                                    show(&other)
                                 ),
                             ));
                         }
@@ -1562,13 +1621,16 @@ impl Cx<'_> {
         let Some(n) = as_int32(&v)? else {
             return Err(loc(
                 327391,
-                format!("$filter: limit must be represented as a 32-bit integral value: {v}"),
+                format!(
+                    "$filter: limit must be represented as a 32-bit integral value: {}",
+                    show(&v)
+                ),
             ));
         };
         if n < 1 {
             return Err(loc(
                 327392,
-                format!("$filter: limit must be greater than 0: {v}"),
+                format!("$filter: limit must be greater than 0: {}", show(&v)),
             ));
         }
         Ok(Some(n as usize))
@@ -2197,7 +2259,10 @@ fn expect_int_index(op: &str, v: &Bson, code_type: i32, code_int: i32) -> Result
     if i32::try_from(i).is_err() {
         return Err(loc(
             code_int,
-            format!("{op}'s second argument must be representable as a 32-bit integer: {v}"),
+            format!(
+                "{op}'s second argument must be representable as a 32-bit integer: {}",
+                format_double(n.f64())
+            ),
         ));
     }
     Ok(i)
@@ -2263,7 +2328,8 @@ fn range_arg(v: Option<&Bson>, which: usize) -> Result<i64> {
         loc(
             code_num + 1,
             format!(
-                "$range requires {a} {what} that can be represented as a 32-bit integer, found value: {v}"
+                "$range requires {a} {what} that can be represented as a 32-bit integer, found value: {}",
+                show(v)
             ),
         )
     })
@@ -2275,15 +2341,19 @@ fn index_arg(v: &Bson, what: &str) -> Result<usize> {
         return Err(loc(
             40096,
             format!(
-                "$indexOfArrayrequires an integral {what}, found a value of type: {}, with value: {v}",
-                type_name(v)
+                "$indexOfArrayrequires an integral {what}, found a value of type: {}, with value: {}",
+                type_name(v),
+                show(v)
             ),
         ));
     };
     if i < 0 {
         return Err(loc(
             40097,
-            format!("$indexOfArray requires a nonnegative {what}, found: {v}"),
+            format!(
+                "$indexOfArray requires a nonnegative {what}, found: {}",
+                show(v)
+            ),
         ));
     }
     Ok(i as usize)
@@ -2451,7 +2521,8 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                         return Err(loc(
                             40400,
                             format!(
-                                "$mergeObjects requires object inputs, but input {other} is of type {}",
+                                "$mergeObjects requires object inputs, but input {} is of type {}",
+                                show(&other),
                                 type_name(&other)
                             ),
                         ));
@@ -2840,7 +2911,8 @@ fn array_to_object(items: Vec<Bson>) -> Result<Bson> {
                 return Err(loc(
                     40393,
                     format!(
-                        "$arrayToObject requires an object with keys 'k' and 'v'. Missing either or both keys from: {d}"
+                        "$arrayToObject requires an object with keys 'k' and 'v'. Missing either or both keys from: {}",
+                        show(&Bson::Document(d.clone()))
                     ),
                 ));
             };
@@ -4477,5 +4549,24 @@ mod tests {
         );
         let d = bson!({"$dateToString": {"date": date(0), "format": "%H %Z", "timezone": "+0130"}});
         assert_eq!(value(d), bson!("01 90"));
+    }
+
+    #[test]
+    fn messages_show_values_as_mongod() {
+        let e = parse_error(bson!({"$add": [1, 2.0], "b": "x"}));
+        assert_eq!(
+            e.errmsg,
+            "An object representing an expression must have exactly one field: { $add: [ 1, 2.0 ], b: \"x\" }"
+        );
+        let e = error(bson!({"$mergeObjects": [[1, "a"]]}));
+        assert_eq!(
+            e.errmsg,
+            "$mergeObjects requires object inputs, but input [1, \"a\"] is of type array"
+        );
+        let e = error(bson!({"$arrayElemAt": [[1], 1.5]}));
+        assert_eq!(
+            e.errmsg,
+            "$arrayElemAt's second argument must be representable as a 32-bit integer: 1.5"
+        );
     }
 }
