@@ -1164,8 +1164,8 @@ fn parse_set_field(op: &str, arg: &Bson) -> Result<Node> {
 /// error mongod gives for a bad value inside a `{field: dir}` pattern.
 fn sort_direction(v: &Bson, in_pattern: bool) -> Result<bool> {
     match Num::of(v)?.map(Num::f64) {
-        Some(d) if d == 1.0 => Ok(true),
-        Some(d) if d == -1.0 => Ok(false),
+        Some(1.0) => Ok(true),
+        Some(-1.0) => Ok(false),
         _ if in_pattern => Err(loc(
             2942505,
             "BadValue: The $sort element value must be either 1 or -1",
@@ -1715,6 +1715,7 @@ pub fn is_truthy(v: Option<&Bson>) -> bool {
         None | Some(Bson::Null) | Some(Bson::Undefined) | Some(Bson::Boolean(false)) => false,
         Some(Bson::Int32(0)) | Some(Bson::Int64(0)) => false,
         Some(Bson::Double(d)) => *d != 0.0,
+        Some(d @ Bson::Decimal128(_)) => crate::compare::as_f64(d) != Some(0.0),
         _ => true,
     }
 }
@@ -2226,7 +2227,13 @@ fn coerce_to_string(v: Option<&Bson>) -> Result<String> {
         Some(Bson::Int64(i)) => i.to_string(),
         Some(Bson::Double(d)) => format_double(*d),
         Some(Bson::DateTime(d)) => format_date(d.timestamp_millis(), DEFAULT_DATE_FORMAT, 0)?,
-        Some(Bson::Timestamp(t)) => format!("Timestamp({}, {})", t.time, t.increment),
+        // Timestamp::toStringPretty: the seconds as a UTC date-time, then ":" and the increment.
+        Some(Bson::Timestamp(t)) => format!(
+            "{}:{}",
+            format_date(t.time as i64 * 1000, "%Y-%m-%dT%H:%M:%S", 0)?,
+            t.increment
+        ),
+        Some(Bson::JavaScriptCode(code)) => code.clone(),
         Some(Bson::Decimal128(_)) => return Err(decimal_unsupported()),
         Some(other) => {
             return Err(loc(
