@@ -187,6 +187,24 @@ enum Node {
         input: Box<Expr>,
         sort_by: SortBy,
     },
+    /// `$trim`/`$ltrim`/`$rtrim`.
+    Trim {
+        op: &'static str,
+        input: Box<Expr>,
+        chars: Option<Box<Expr>>,
+    },
+    /// `$replaceOne`/`$replaceAll`.
+    Replace {
+        op: &'static str,
+        input: Box<Expr>,
+        find: Box<Expr>,
+        replacement: Box<Expr>,
+    },
+    Zip {
+        inputs: Vec<Expr>,
+        defaults: Vec<Expr>,
+        longest: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +276,9 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
         "$sum",
         "$avg",
         "$ifNull",
+        "$setUnion",
+        "$setIntersection",
+        "$setEquals",
     ];
     let find = |list: &[&'static str]| list.iter().copied().find(|n| *n == op);
     if let Some(n) = find(ONE) {
@@ -274,6 +295,17 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
         // `$substr` is mongod's deprecated alias, parsed as `$substrBytes`.
         "$substrBytes" | "$substr" => Some(("$substrBytes", Exactly(3))),
         "$slice" => Some(("$slice", Range(2, 3))),
+        "$setDifference" => Some(("$setDifference", Exactly(2))),
+        "$setIsSubset" => Some(("$setIsSubset", Exactly(2))),
+        "$allElementsTrue" => Some(("$allElementsTrue", Exactly(1))),
+        "$anyElementTrue" => Some(("$anyElementTrue", Exactly(1))),
+        "$strcasecmp" => Some(("$strcasecmp", Exactly(2))),
+        "$strLenCP" => Some(("$strLenCP", Exactly(1))),
+        "$substrCP" => Some(("$substrCP", Exactly(3))),
+        "$tsSecond" => Some(("$tsSecond", Exactly(1))),
+        "$tsIncrement" => Some(("$tsIncrement", Exactly(1))),
+        "$binarySize" => Some(("$binarySize", Exactly(1))),
+        "$bsonSize" => Some(("$bsonSize", Exactly(1))),
         "$round" => Some(("$round", Range(1, 2))),
         "$trunc" => Some(("$trunc", Range(1, 2))),
         "$range" => Some(("$range", Range(2, 3))),
@@ -576,6 +608,9 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$getField" => parse_get_field(arg)?,
         "$setField" | "$unsetField" => parse_set_field(op, arg)?,
         "$sortArray" => parse_sort_array(arg)?,
+        "$trim" | "$ltrim" | "$rtrim" => parse_trim(op, arg)?,
+        "$replaceOne" | "$replaceAll" => parse_replace(op, arg)?,
+        "$zip" => parse_zip(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -620,6 +655,12 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
                     ));
                 }
                 _ => {}
+            }
+            if name == "$setEquals" && n < 2 {
+                return Err(loc(
+                    17045,
+                    format!("$setEquals needs at least two arguments had: {n}"),
+                ));
             }
             if name == "$ifNull" && n < 2 {
                 return Err(loc(
@@ -1233,6 +1274,148 @@ fn parse_sort_array(arg: &Bson) -> Result<Node> {
     })
 }
 
+fn parse_trim(op: &str, arg: &Bson) -> Result<Node> {
+    let op = match op {
+        "$ltrim" => "$ltrim",
+        "$rtrim" => "$rtrim",
+        _ => "$trim",
+    };
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            50696,
+            format!(
+                "{op} only supports an object as an argument, found {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let (mut input, mut chars) = (None, None);
+    for (k, v) in d {
+        match k.as_str() {
+            "input" => input = Some(boxed(Expr::parse(v)?)),
+            "chars" => chars = Some(boxed(Expr::parse(v)?)),
+            _ => return Err(loc(50694, format!("{op} found an unknown argument: {k}"))),
+        }
+    }
+    let input = input.ok_or_else(|| loc(50695, format!("{op} requires an 'input' field")))?;
+    Ok(Node::Trim { op, input, chars })
+}
+
+fn parse_replace(op: &str, arg: &Bson) -> Result<Node> {
+    let op = if op == "$replaceAll" {
+        "$replaceAll"
+    } else {
+        "$replaceOne"
+    };
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            51751,
+            format!(
+                "{op} requires an object as an argument, found: {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let (mut input, mut find, mut replacement) = (None, None, None);
+    for (k, v) in d {
+        let e = Some(boxed(Expr::parse(v)?));
+        match k.as_str() {
+            "input" => input = e,
+            "find" => find = e,
+            "replacement" => replacement = e,
+            _ => return Err(loc(51750, format!("{op} found an unknown argument: {k}"))),
+        }
+    }
+    let input =
+        input.ok_or_else(|| loc(51749, format!("{op} requires 'input' to be specified")))?;
+    let find = find.ok_or_else(|| loc(51748, format!("{op} requires 'find' to be specified")))?;
+    let replacement = replacement.ok_or_else(|| {
+        loc(
+            51747,
+            format!("{op} requires 'replacement' to be specified"),
+        )
+    })?;
+    Ok(Node::Replace {
+        op,
+        input,
+        find,
+        replacement,
+    })
+}
+
+fn parse_zip(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            34460,
+            format!(
+                "$zip only supports an object as an argument, found {}",
+                type_name(arg)
+            ),
+        ));
+    };
+    let (mut inputs, mut defaults, mut longest) = (Vec::new(), Vec::new(), false);
+    for (k, v) in d {
+        match k.as_str() {
+            "inputs" => {
+                let Bson::Array(items) = v else {
+                    return Err(loc(
+                        34461,
+                        format!(
+                            "inputs must be an array of expressions, found {}",
+                            type_name(v)
+                        ),
+                    ));
+                };
+                inputs = items.iter().map(Expr::parse).collect::<Result<_>>()?;
+            }
+            "defaults" => {
+                let Bson::Array(items) = v else {
+                    return Err(loc(
+                        34462,
+                        format!(
+                            "defaults must be an array of expressions, found {}",
+                            type_name(v)
+                        ),
+                    ));
+                };
+                defaults = items.iter().map(Expr::parse).collect::<Result<_>>()?;
+            }
+            "useLongestLength" => {
+                // mongod names the type of the whole argument here, which is always object.
+                let Bson::Boolean(b) = v else {
+                    return Err(loc(34463, "useLongestLength must be a bool, found object"));
+                };
+                longest = *b;
+            }
+            _ => return Err(loc(34464, format!("$zip found an unknown argument: {k}"))),
+        }
+    }
+    if inputs.is_empty() {
+        return Err(loc(34465, "$zip requires at least one input array"));
+    }
+    if !longest && !defaults.is_empty() {
+        return Err(loc(
+            34466,
+            "cannot specify defaults unless useLongestLength is true",
+        ));
+    }
+    if !defaults.is_empty() && defaults.len() != inputs.len() {
+        return Err(loc(34467, "defaults and inputs must have the same length"));
+    }
+    Ok(Node::Zip {
+        inputs,
+        defaults,
+        longest,
+    })
+}
+
+/// The whitespace `$trim` removes by default (ExpressionTrim's kDefaultTrimWhitespaceChars).
+const TRIM_WHITESPACE: &[char] = &[
+    '\0', ' ', '\t', '\n', '\u{0B}', '\u{0C}', '\r', '\u{A0}', '\u{1680}', '\u{2000}', '\u{2001}',
+    '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}', '\u{2008}', '\u{2009}',
+    '\u{200A}',
+];
+
 /// Evaluation context: `$$ROOT` plus the variables in scope (`CURRENT` may be rebound).
 struct Cx<'a> {
     root: &'a Document,
@@ -1575,6 +1758,140 @@ impl Cx<'_> {
                     "$setField requires 'input' to evaluate to type Object",
                 )),
             },
+            Node::Trim { op, input, chars } => {
+                let input = match self.eval(input)? {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Some(Bson::Null)),
+                    Some(Bson::String(s)) => s,
+                    Some(other) => {
+                        return Err(loc(
+                            50699,
+                            format!(
+                                "{op} requires its input to be a string, got {} (of type {}) instead.",
+                                show(&other),
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                };
+                let set: Vec<char> = match chars {
+                    None => TRIM_WHITESPACE.to_vec(),
+                    Some(c) => match self.eval(c)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
+                        Some(Bson::String(s)) => s.chars().collect(),
+                        Some(other) => {
+                            return Err(loc(
+                                50700,
+                                format!(
+                                    "{op} requires 'chars' to be a string, got {} (of type {}) instead.",
+                                    show(&other),
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let trimmed = match *op {
+                    "$ltrim" => input.trim_start_matches(set.as_slice()),
+                    "$rtrim" => input.trim_end_matches(set.as_slice()),
+                    _ => input.trim_matches(set.as_slice()),
+                };
+                Ok(Some(Bson::String(trimmed.to_string())))
+            }
+            Node::Replace {
+                op,
+                input,
+                find,
+                replacement,
+            } => {
+                let values = [
+                    ("input", 51746, self.eval(input)?),
+                    ("find", 51745, self.eval(find)?),
+                    ("replacement", 51744, self.eval(replacement)?),
+                ];
+                for (what, code, v) in &values {
+                    if !is_nullish(v.as_ref()) && !matches!(v, Some(Bson::String(_))) {
+                        return Err(loc(
+                            *code,
+                            format!(
+                                "{op} requires that '{what}' be a string, found: {}",
+                                show(v.as_ref().unwrap_or(&Bson::Null))
+                            ),
+                        ));
+                    }
+                }
+                let [
+                    (_, _, Some(Bson::String(input))),
+                    (_, _, Some(Bson::String(find))),
+                    (_, _, Some(Bson::String(replacement))),
+                ] = values
+                else {
+                    return Ok(Some(Bson::Null));
+                };
+                let out = if *op == "$replaceAll" {
+                    if find.is_empty() {
+                        // An empty 'find' matches before every byte and at the end.
+                        let mut out = String::new();
+                        for c in input.chars() {
+                            out.push_str(&replacement);
+                            out.push(c);
+                        }
+                        out.push_str(&replacement);
+                        out
+                    } else {
+                        input.replace(find.as_str(), &replacement)
+                    }
+                } else {
+                    input.replacen(find.as_str(), &replacement, 1)
+                };
+                Ok(Some(Bson::String(out)))
+            }
+            Node::Zip {
+                inputs,
+                defaults,
+                longest,
+            } => {
+                let mut arrays = Vec::with_capacity(inputs.len());
+                for e in inputs {
+                    match self.eval(e)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
+                        Some(Bson::Array(items)) => arrays.push(items),
+                        Some(other) => {
+                            return Err(loc(
+                                34468,
+                                format!(
+                                    "$zip found a non-array expression in input: {}",
+                                    show(&other)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                let min = arrays.iter().map(Vec::len).min().unwrap_or(0);
+                let max = arrays.iter().map(Vec::len).max().unwrap_or(0);
+                let mut fill = vec![Bson::Null; arrays.len()];
+                if min != max {
+                    for (slot, d) in fill.iter_mut().zip(defaults) {
+                        *slot = self.eval(d)?.unwrap_or(Bson::Null);
+                    }
+                }
+                let len = if *longest { max } else { min };
+                let rows = (0..len)
+                    .map(|row| {
+                        Bson::Array(
+                            arrays
+                                .iter()
+                                .zip(&fill)
+                                .map(|(a, f)| a.get(row).cloned().unwrap_or_else(|| f.clone()))
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                Ok(Some(Bson::Array(rows)))
+            }
             Node::SortArray { input, sort_by } => {
                 let mut items = match self.eval(input)? {
                     None | Some(Bson::Null) | Some(Bson::Undefined) => {
@@ -2696,6 +3013,89 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             Ok(Some(Bson::Array(out)))
         }
         "$slice" => eval_slice(vals),
+        "$setUnion" | "$setIntersection" | "$setDifference" | "$setEquals" | "$setIsSubset" => {
+            eval_set_op(op, vals)
+        }
+        "$allElementsTrue" | "$anyElementTrue" => {
+            let Some(Bson::Array(items)) = &vals[0] else {
+                return Err(loc(
+                    if op == "$allElementsTrue" {
+                        17040
+                    } else {
+                        17041
+                    },
+                    format!(
+                        "{op}'s argument must be an array, but is {}",
+                        type_of(vals[0].as_ref())
+                    ),
+                ));
+            };
+            let all = op == "$allElementsTrue";
+            let hit = if all {
+                items.iter().all(|i| is_truthy(Some(i)))
+            } else {
+                items.iter().any(|i| is_truthy(Some(i)))
+            };
+            Ok(Some(Bson::Boolean(hit)))
+        }
+        "$strcasecmp" => {
+            let a = coerce_to_string(vals[0].as_ref())?.to_ascii_uppercase();
+            let b = coerce_to_string(vals[1].as_ref())?.to_ascii_uppercase();
+            Ok(Some(Bson::Int32(a.as_bytes().cmp(b.as_bytes()) as i32)))
+        }
+        "$strLenCP" => match &vals[0] {
+            Some(Bson::String(s)) => Ok(Some(narrow(s.chars().count() as i64, false))),
+            other => Err(loc(
+                34471,
+                format!(
+                    "$strLenCP requires a string argument, found: {}",
+                    type_of(other.as_ref())
+                ),
+            )),
+        },
+        "$substrCP" => eval_substr_cp(vals),
+        "$tsSecond" | "$tsIncrement" => match &vals[0] {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::Timestamp(t)) => Ok(Some(Bson::Int64(if op == "$tsSecond" {
+                t.time as i64
+            } else {
+                t.increment as i64
+            }))),
+            Some(other) => Err(loc(
+                if op == "$tsSecond" { 5687301 } else { 5687302 },
+                format!(
+                    " Argument to {op} must be a timestamp, but is {}",
+                    type_name(other)
+                ),
+            )),
+        },
+        "$binarySize" => match &vals[0] {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::String(s)) => Ok(Some(Bson::Int32(s.len() as i32))),
+            Some(Bson::Binary(b)) => Ok(Some(Bson::Int32(b.bytes.len() as i32))),
+            Some(other) => Err(loc(
+                51276,
+                format!(
+                    "$binarySize requires a string or BinData argument, found: {}",
+                    type_name(other)
+                ),
+            )),
+        },
+        "$bsonSize" => match &vals[0] {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+            Some(Bson::Document(d)) => {
+                let bytes = bson::to_vec(d)
+                    .map_err(|e| CommandError::new(crate::error::INTERNAL_ERROR, e.to_string()))?;
+                Ok(Some(Bson::Int32(bytes.len() as i32)))
+            }
+            Some(other) => Err(loc(
+                31393,
+                format!(
+                    "$bsonSize requires a document input, found: {}",
+                    type_name(other)
+                ),
+            )),
+        },
         "$reverseArray" => match take(0) {
             None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
             Some(Bson::Array(mut items)) => {
@@ -2750,6 +3150,186 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
 
 /// `$arrayToObject`: the first element decides between `[k, v]` pairs and `{k, v}`
 /// documents; the messages (including mongod's missing space in "mustall") are mongod's.
+/// Sorted, deduplicated values, as mongod's ordered ValueSet yields them.
+fn value_set(items: impl IntoIterator<Item = Bson>) -> Vec<Bson> {
+    let mut out: Vec<Bson> = items.into_iter().collect();
+    out.sort_by(compare);
+    out.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
+    out
+}
+
+fn set_contains(set: &[Bson], v: &Bson) -> bool {
+    set.binary_search_by(|x| compare(x, v)).is_ok()
+}
+
+/// The set operators (ExpressionSetUnion, ...): union and intersection come out sorted,
+/// difference keeps the first array's order.
+fn eval_set_op(op: &str, vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    match op {
+        "$setUnion" | "$setIntersection" => {
+            let union = op == "$setUnion";
+            let mut acc: Option<Vec<Bson>> = None;
+            for v in vals {
+                let items = match v {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                        return Ok(Some(Bson::Null));
+                    }
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return Err(loc(
+                            if union { 17043 } else { 17047 },
+                            format!(
+                                "All operands of {op} must be arrays. One argument is of type: {}",
+                                type_name(&other)
+                            ),
+                        ));
+                    }
+                };
+                let next = value_set(items);
+                acc = Some(match acc {
+                    None => next,
+                    Some(prev) if union => value_set(prev.into_iter().chain(next)),
+                    Some(prev) => prev
+                        .into_iter()
+                        .filter(|x| set_contains(&next, x))
+                        .collect(),
+                });
+            }
+            Ok(Some(Bson::Array(acc.unwrap_or_default())))
+        }
+        "$setDifference" => {
+            let mut it = vals.into_iter();
+            let (lhs, rhs) = (it.next().flatten(), it.next().flatten());
+            if is_nullish(lhs.as_ref()) || is_nullish(rhs.as_ref()) {
+                return Ok(Some(Bson::Null));
+            }
+            let Some(Bson::Array(lhs)) = lhs else {
+                return Err(loc(
+                    17048,
+                    format!(
+                        "both operands of $setDifference must be arrays. First argument is of type: {}",
+                        type_of(lhs.as_ref())
+                    ),
+                ));
+            };
+            let Some(Bson::Array(rhs)) = rhs else {
+                return Err(loc(
+                    17049,
+                    format!(
+                        "both operands of $setDifference must be arrays. Second argument is of type: {}",
+                        type_of(rhs.as_ref())
+                    ),
+                ));
+            };
+            let mut seen = value_set(rhs);
+            let mut out = Vec::new();
+            for item in lhs {
+                if !set_contains(&seen, &item) {
+                    let at = seen
+                        .binary_search_by(|x| compare(x, &item))
+                        .unwrap_or_else(|i| i);
+                    seen.insert(at, item.clone());
+                    out.push(item);
+                }
+            }
+            Ok(Some(Bson::Array(out)))
+        }
+        "$setEquals" => {
+            let mut sets = Vec::with_capacity(vals.len());
+            for (i, v) in vals.into_iter().enumerate() {
+                let Some(Bson::Array(items)) = v else {
+                    return Err(loc(
+                        17044,
+                        format!(
+                            "All operands of $setEquals must be arrays. {}-th argument is of type: {}",
+                            i + 1,
+                            type_of(v.as_ref())
+                        ),
+                    ));
+                };
+                sets.push(value_set(items));
+            }
+            let first = &sets[0];
+            let equal = sets.iter().all(|s| {
+                s.len() == first.len()
+                    && s.iter()
+                        .zip(first)
+                        .all(|(a, b)| compare(a, b) == Ordering::Equal)
+            });
+            Ok(Some(Bson::Boolean(equal)))
+        }
+        _ => {
+            let mut it = vals.into_iter();
+            let (lhs, rhs) = (it.next().flatten(), it.next().flatten());
+            let Some(Bson::Array(lhs)) = lhs else {
+                return Err(loc(
+                    17046,
+                    format!(
+                        "both operands of $setIsSubset must be arrays. First argument is of type: {}",
+                        type_of(lhs.as_ref())
+                    ),
+                ));
+            };
+            let Some(Bson::Array(rhs)) = rhs else {
+                return Err(loc(
+                    17042,
+                    format!(
+                        "both operands of $setIsSubset must be arrays. Second argument is of type: {}",
+                        type_of(rhs.as_ref())
+                    ),
+                ));
+            };
+            let rhs = value_set(rhs);
+            Ok(Some(Bson::Boolean(
+                lhs.iter().all(|x| set_contains(&rhs, x)),
+            )))
+        }
+    }
+}
+
+/// `$substrCP` (ExpressionSubstrCP): start and length count code points.
+fn eval_substr_cp(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
+    let s = coerce_to_string(vals[0].as_ref())?;
+    let int_arg = |v: &Option<Bson>, what: &str, code_num: i32, code_int: i32| -> Result<i64> {
+        let b = v.as_ref();
+        if b.map(Num::of).transpose()?.flatten().is_none() {
+            return Err(loc(
+                code_num,
+                format!(
+                    "$substrCP: {what} must be a numeric type (is BSON type {})",
+                    type_of(b)
+                ),
+            ));
+        }
+        let b = b.unwrap_or(&Bson::Null);
+        as_int32(b)?.ok_or_else(|| {
+            loc(
+                code_int,
+                format!(
+                    "$substrCP: {what} cannot be represented as a 32-bit integral value: {}",
+                    show(b)
+                ),
+            )
+        })
+    };
+    let start = int_arg(&vals[1], "starting index", 34450, 34451)?;
+    let len = int_arg(&vals[2], "length", 34452, 34453)?;
+    if len < 0 {
+        return Err(loc(
+            34454,
+            "$substrCP: length must be a nonnegative integer.",
+        ));
+    }
+    if start < 0 {
+        return Err(loc(
+            34455,
+            "$substrCP: the starting index must be nonnegative integer.",
+        ));
+    }
+    let out: String = s.chars().skip(start as usize).take(len as usize).collect();
+    Ok(Some(Bson::String(out)))
+}
+
 /// `$slice` as an expression (ExpressionSlice): `[array, n]` or `[array, position, n]`.
 fn eval_slice(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
     let has_position = vals.len() == 3;
@@ -4575,5 +5155,87 @@ mod tests {
             e.errmsg,
             "$arrayElemAt's second argument must be representable as a 32-bit integer: 1.5"
         );
+    }
+
+    #[test]
+    fn set_string_and_misc_operators() {
+        assert_eq!(
+            value(bson!({"$setUnion": [[3, 1, 1], [2, 1.0]]})),
+            bson!([1, 2, 3])
+        );
+        assert_eq!(value(bson!({"$setUnion": [[1], null]})), Bson::Null);
+        assert_eq!(
+            value(bson!({"$setIntersection": [[3, 1, 2], [2, 3, 4]]})),
+            bson!([2, 3])
+        );
+        assert_eq!(error(bson!({"$setUnion": [[1], 1]})).code, 17043);
+        assert_eq!(
+            value(bson!({"$setDifference": [[3, 1, 3, 2], [2]]})),
+            bson!([3, 1])
+        );
+        assert_eq!(error(bson!({"$setDifference": [1, [2]]})).code, 17048);
+        assert_eq!(
+            value(bson!({"$setEquals": [[1, 2, 2], [2, 1]]})),
+            bson!(true)
+        );
+        assert_eq!(parse_error(bson!({"$setEquals": [[1]]})).code, 17045);
+        assert_eq!(error(bson!({"$setEquals": [[1], "$nope"]})).code, 17044);
+        assert_eq!(value(bson!({"$setIsSubset": [[1], [1, 2]]})), bson!(true));
+        assert_eq!(error(bson!({"$setIsSubset": [[1], null]})).code, 17042);
+        assert_eq!(value(bson!({"$allElementsTrue": [[1, true]]})), bson!(true));
+        assert_eq!(value(bson!({"$anyElementTrue": [[0, null]]})), bson!(false));
+        assert_eq!(error(bson!({"$allElementsTrue": "$nope"})).code, 17040);
+        assert_eq!(value(bson!({"$strcasecmp": ["abc", "ABD"]})), bson!(-1));
+        assert_eq!(value(bson!({"$strLenCP": "héllo"})), bson!(5));
+        assert_eq!(value(bson!({"$substrCP": ["héllo", 1, 3]})), bson!("éll"));
+        assert_eq!(error(bson!({"$substrCP": ["a", 0, -1]})).code, 34454);
+        assert_eq!(value(bson!({"$trim": {"input": "  a b \n"}})), bson!("a b"));
+        assert_eq!(
+            value(bson!({"$ltrim": {"input": "xxaxx", "chars": "x"}})),
+            bson!("axx")
+        );
+        assert_eq!(value(bson!({"$rtrim": {"input": null}})), Bson::Null);
+        assert_eq!(error(bson!({"$trim": {"input": 1}})).code, 50699);
+        assert_eq!(parse_error(bson!({"$trim": {"chars": "x"}})).code, 50695);
+        assert_eq!(
+            value(bson!({"$replaceAll": {"input": "a-b-c", "find": "-", "replacement": "+"}})),
+            bson!("a+b+c")
+        );
+        assert_eq!(
+            value(bson!({"$replaceOne": {"input": "a-b-c", "find": "-", "replacement": ""}})),
+            bson!("ab-c")
+        );
+        assert_eq!(
+            value(bson!({"$replaceAll": {"input": "ab", "find": "", "replacement": "."}})),
+            bson!(".a.b.")
+        );
+        assert_eq!(
+            error(bson!({"$replaceOne": {"input": 1, "find": "a", "replacement": null}})).code,
+            51746
+        );
+        assert_eq!(
+            value(bson!({"$zip": {"inputs": [[1, 2], ["a"]]}})),
+            bson!([[1, "a"]])
+        );
+        assert_eq!(
+            value(
+                bson!({"$zip": {"inputs": [[1, 2], ["a"]], "useLongestLength": true, "defaults": [0, "z"]}})
+            ),
+            bson!([[1, "a"], [2, "z"]])
+        );
+        assert_eq!(
+            parse_error(bson!({"$zip": {"inputs": [[1]], "defaults": [1]}})).code,
+            34466
+        );
+        let ts = Bson::Timestamp(Timestamp {
+            time: 7,
+            increment: 3,
+        });
+        assert_eq!(value(bson!({"$tsSecond": ts.clone()})), Bson::Int64(7));
+        assert_eq!(value(bson!({"$tsIncrement": ts})), Bson::Int64(3));
+        assert_eq!(error(bson!({"$tsSecond": 1})).code, 5687301);
+        assert_eq!(value(bson!({"$binarySize": "héllo"})), bson!(6));
+        assert_eq!(value(bson!({"$bsonSize": {"$literal": {}}})), bson!(5));
+        assert_eq!(error(bson!({"$bsonSize": 1})).code, 31393);
     }
 }
