@@ -205,7 +205,29 @@ enum Node {
         defaults: Vec<Expr>,
         longest: bool,
     },
+    /// `$year`, `$month`, ... with an optional timezone.
+    DatePart {
+        op: &'static str,
+        date: Box<Expr>,
+        timezone: Option<Box<Expr>>,
+    },
 }
+
+const DATE_PART_OPS: &[&str] = &[
+    "$year",
+    "$month",
+    "$dayOfMonth",
+    "$hour",
+    "$minute",
+    "$second",
+    "$millisecond",
+    "$dayOfWeek",
+    "$dayOfYear",
+    "$week",
+    "$isoWeek",
+    "$isoWeekYear",
+    "$isoDayOfWeek",
+];
 
 #[derive(Debug, Clone)]
 enum SortBy {
@@ -611,6 +633,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$trim" | "$ltrim" | "$rtrim" => parse_trim(op, arg)?,
         "$replaceOne" | "$replaceAll" => parse_replace(op, arg)?,
         "$zip" => parse_zip(arg)?,
+        _ if DATE_PART_OPS.contains(&op) => parse_date_part(op, arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -718,6 +741,7 @@ fn fold(e: Expr) -> Result<Expr> {
             timezone,
             on_null,
         } => is_const(date) && opt_const(format) && opt_const(timezone) && opt_const(on_null),
+        Node::DatePart { date, timezone, .. } => is_const(date) && opt_const(timezone),
         _ => false,
     };
     let e = Expr { node };
@@ -1271,6 +1295,61 @@ fn parse_sort_array(arg: &Bson) -> Result<Node> {
     Ok(Node::SortArray {
         input: boxed(input),
         sort_by,
+    })
+}
+
+/// DateExpressionAcceptingTimeZone::parse: `<date>`, `[<date>]`, an operator object, or
+/// `{date, timezone}`.
+fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
+    let op = DATE_PART_OPS
+        .iter()
+        .copied()
+        .find(|o| *o == op)
+        .unwrap_or("$year");
+    let (date, timezone) = match arg {
+        Bson::Document(d) if d.keys().next().is_some_and(|k| !k.starts_with('$')) => {
+            let (mut date, mut timezone) = (None, None);
+            for (k, v) in d {
+                match k.as_str() {
+                    "date" => date = Some(Expr::parse(v)?),
+                    "timezone" => timezone = Some(boxed(Expr::parse(v)?)),
+                    _ => {
+                        return Err(loc(40535, format!("unrecognized option to {op}: \"{k}\"")));
+                    }
+                }
+            }
+            let date = date.ok_or_else(|| {
+                loc(
+                    40539,
+                    format!(
+                        "missing 'date' argument to {op}, provided: {op}: {}",
+                        show_obj(d)
+                    ),
+                )
+            })?;
+            (date, timezone)
+        }
+        Bson::Array(items) => {
+            if items.len() != 1 {
+                return Err(loc(
+                    40536,
+                    format!(
+                        "{op} accepts exactly one argument if given an array, but was given {}",
+                        items.len()
+                    ),
+                ));
+            }
+            (Expr::parse(&items[0])?, None)
+        }
+        other => (Expr::parse(other)?, None),
+    };
+    if let Some(Bson::String(tz)) = timezone.as_ref().and_then(|t| t.as_constant()) {
+        parse_timezone(tz)?;
+    }
+    Ok(Node::DatePart {
+        op,
+        date: boxed(date),
+        timezone,
     })
 }
 
@@ -1891,6 +1970,49 @@ impl Cx<'_> {
                     })
                     .collect();
                 Ok(Some(Bson::Array(rows)))
+            }
+            Node::DatePart { op, date, timezone } => {
+                let date = match self.eval(date)? {
+                    None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Some(Bson::Null)),
+                    Some(v) => coerce_to_date(&v)?,
+                };
+                let offset = match timezone {
+                    None => 0,
+                    Some(t) => match self.eval(t)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
+                        Some(Bson::String(s)) => parse_timezone(&s)?,
+                        Some(other) => {
+                            return Err(loc(
+                                40533,
+                                format!(
+                                    "{op} requires a string for the timezone argument, but was given a {} ({})",
+                                    type_name(&other),
+                                    show(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let p = DateParts::new(date, offset);
+                let v = match *op {
+                    "$year" => p.year,
+                    "$month" => p.month,
+                    "$dayOfMonth" => p.day,
+                    "$hour" => p.hour,
+                    "$minute" => p.minute,
+                    "$second" => p.second,
+                    "$millisecond" => p.milli,
+                    "$dayOfWeek" => p.weekday_sun0 + 1,
+                    "$dayOfYear" => p.yday0 + 1,
+                    "$week" => p.week(),
+                    "$isoWeek" => p.iso_week,
+                    "$isoDayOfWeek" => p.iso_wday,
+                    // TimeZone::isoYear returns a long long.
+                    _ => return Ok(Some(Bson::Int64(p.iso_year))),
+                };
+                Ok(Some(Bson::Int32(v as i32)))
             }
             Node::SortArray { input, sort_by } => {
                 let mut items = match self.eval(input)? {
@@ -3996,29 +4118,81 @@ fn coerce_to_date(v: &Bson) -> Result<i64> {
     }
 }
 
-fn format_date(ms: i64, format: &str, offset_minutes: i32) -> Result<String> {
-    let local = ms + offset_minutes as i64 * 60_000;
-    let days = local.div_euclid(MS_PER_DAY);
-    let in_day = local.rem_euclid(MS_PER_DAY);
-    let (y, m, d) = civil_from_days(days);
-    let (hour, minute, second, milli) = (
-        in_day / 3_600_000,
-        in_day / 60_000 % 60,
-        in_day / 1000 % 60,
-        in_day % 1000,
-    );
-    let weekday_sun0 = (days + 4).rem_euclid(7);
-    let yday0 = days - days_from_civil(y, 1, 1);
-    let iso_wday = (weekday_sun0 + 6) % 7 + 1;
-    let mut iso_year = y;
-    let mut iso_week = (yday0 + 1 - iso_wday + 10) / 7;
-    if iso_week < 1 {
-        iso_year = y - 1;
-        iso_week = iso_weeks_in_year(iso_year);
-    } else if iso_week > iso_weeks_in_year(y) {
-        iso_year = y + 1;
-        iso_week = 1;
+/// The calendar fields of an instant in a fixed-offset zone.
+struct DateParts {
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+    milli: i64,
+    /// 0 = Sunday.
+    weekday_sun0: i64,
+    /// 0-based day of the year.
+    yday0: i64,
+    /// 1 = Monday ... 7 = Sunday.
+    iso_wday: i64,
+    iso_year: i64,
+    iso_week: i64,
+}
+
+impl DateParts {
+    fn new(ms: i64, offset_minutes: i32) -> Self {
+        let local = ms + offset_minutes as i64 * 60_000;
+        let days = local.div_euclid(MS_PER_DAY);
+        let in_day = local.rem_euclid(MS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let weekday_sun0 = (days + 4).rem_euclid(7);
+        let yday0 = days - days_from_civil(year, 1, 1);
+        let iso_wday = (weekday_sun0 + 6) % 7 + 1;
+        let mut iso_year = year;
+        let mut iso_week = (yday0 + 1 - iso_wday + 10) / 7;
+        if iso_week < 1 {
+            iso_year = year - 1;
+            iso_week = iso_weeks_in_year(iso_year);
+        } else if iso_week > iso_weeks_in_year(year) {
+            iso_year = year + 1;
+            iso_week = 1;
+        }
+        DateParts {
+            year,
+            month,
+            day,
+            hour: in_day / 3_600_000,
+            minute: in_day / 60_000 % 60,
+            second: in_day / 1000 % 60,
+            milli: in_day % 1000,
+            weekday_sun0,
+            yday0,
+            iso_wday,
+            iso_year,
+            iso_week,
+        }
     }
+
+    /// TimeZone::week: weeks start on Sunday; days before the first Sunday are week 0.
+    fn week(&self) -> i64 {
+        (self.yday0 + 7 - self.weekday_sun0) / 7
+    }
+}
+
+fn format_date(ms: i64, format: &str, offset_minutes: i32) -> Result<String> {
+    let p = DateParts::new(ms, offset_minutes);
+    let DateParts {
+        year: y,
+        month: m,
+        day: d,
+        hour,
+        minute,
+        second,
+        milli,
+        weekday_sun0,
+        yday0,
+        iso_wday,
+        iso_year,
+        iso_week,
+    } = p;
     let out_of_range = |year: i64| {
         loc(
             18537,
@@ -4059,7 +4233,7 @@ fn format_date(ms: i64, format: &str, offset_minutes: i32) -> Result<String> {
             'j' => out.push_str(&format!("{:03}", yday0 + 1)),
             'w' => out.push_str(&(weekday_sun0 + 1).to_string()),
             'u' => out.push_str(&iso_wday.to_string()),
-            'U' => out.push_str(&format!("{:02}", (yday0 + 7 - weekday_sun0) / 7)),
+            'U' => out.push_str(&format!("{:02}", p.week())),
             'V' => out.push_str(&format!("{iso_week:02}")),
             'z' => {
                 let sign = if offset_minutes < 0 { '-' } else { '+' };
@@ -5237,5 +5411,48 @@ mod tests {
         assert_eq!(value(bson!({"$binarySize": "héllo"})), bson!(6));
         assert_eq!(value(bson!({"$bsonSize": {"$literal": {}}})), bson!(5));
         assert_eq!(error(bson!({"$bsonSize": 1})).code, 31393);
+    }
+
+    #[test]
+    fn date_parts() {
+        // 2021-01-03T10:20:30.456Z, a Sunday in ISO week 53 of 2020.
+        let root = doc! {"d": bson::DateTime::from_millis(1_609_669_230_456)};
+        let part = |op: &str| eval_in(bson!({op: "$d"}), &root).unwrap().unwrap();
+        assert_eq!(part("$year"), bson!(2021));
+        assert_eq!(part("$month"), bson!(1));
+        assert_eq!(part("$dayOfMonth"), bson!(3));
+        assert_eq!(part("$hour"), bson!(10));
+        assert_eq!(part("$minute"), bson!(20));
+        assert_eq!(part("$second"), bson!(30));
+        assert_eq!(part("$millisecond"), bson!(456));
+        assert_eq!(part("$dayOfWeek"), bson!(1));
+        assert_eq!(part("$dayOfYear"), bson!(3));
+        assert_eq!(part("$week"), bson!(1));
+        assert_eq!(part("$isoWeek"), bson!(53));
+        assert_eq!(part("$isoDayOfWeek"), bson!(7));
+        assert_eq!(part("$isoWeekYear"), Bson::Int64(2020));
+        let tz = bson!({"$hour": {"date": "$d", "timezone": "-11:00"}});
+        assert_eq!(eval_in(tz, &root).unwrap(), Some(bson!(23)));
+        assert_eq!(
+            eval_in(bson!({"$year": ["$d"]}), &root).unwrap(),
+            Some(bson!(2021))
+        );
+        assert_eq!(value(bson!({"$year": "$nope"})), Bson::Null);
+        assert_eq!(error(bson!({"$year": "x"})).code, 16006);
+        assert_eq!(
+            parse_error(bson!({"$year": {"date": 1, "tz": 1}})).code,
+            40535
+        );
+        assert_eq!(
+            parse_error(bson!({"$year": {"timezone": "UTC"}})).code,
+            40539
+        );
+        assert_eq!(parse_error(bson!({"$year": [1, 2]})).code, 40536);
+        assert_eq!(
+            parse_error(bson!({"$year": {"date": "$d", "timezone": "Mars/Base"}})).code,
+            40485
+        );
+        let e = eval_in(bson!({"$year": {"date": "$d", "timezone": 5}}), &root).unwrap_err();
+        assert_eq!(e.code, 40533);
     }
 }
