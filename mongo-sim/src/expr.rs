@@ -328,6 +328,11 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
         "$tsIncrement" => Some(("$tsIncrement", Exactly(1))),
         "$binarySize" => Some(("$binarySize", Exactly(1))),
         "$bsonSize" => Some(("$bsonSize", Exactly(1))),
+        "$sqrt" => Some(("$sqrt", Exactly(1))),
+        "$exp" => Some(("$exp", Exactly(1))),
+        "$ln" => Some(("$ln", Exactly(1))),
+        "$log10" => Some(("$log10", Exactly(1))),
+        "$log" => Some(("$log", Exactly(2))),
         "$round" => Some(("$round", Range(1, 2))),
         "$trunc" => Some(("$trunc", Range(1, 2))),
         "$range" => Some(("$range", Range(2, 3))),
@@ -2828,6 +2833,78 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                 Num::Double(d) => Bson::Double(d.ceil()),
                 _ => v,
             }))
+        }
+        // ExpressionSingleNumericArg subclasses: always a double result here.
+        "$sqrt" | "$exp" | "$ln" | "$log10" => {
+            let v = take(0);
+            if is_nullish(v.as_ref()) {
+                return null();
+            }
+            let x = numeric_arg(op, &v.unwrap_or(Bson::Null))?.f64();
+            let out = match op {
+                "$sqrt" => {
+                    if x < 0.0 {
+                        return Err(loc(
+                            28714,
+                            "$sqrt's argument must be greater than or equal to 0",
+                        ));
+                    }
+                    x.sqrt()
+                }
+                "$exp" => x.exp(),
+                _ => {
+                    if x <= 0.0 {
+                        return Err(loc(
+                            if op == "$ln" { 28766 } else { 28761 },
+                            format!(
+                                "{op}'s argument must be a positive number, but is {}",
+                                format_double(x)
+                            ),
+                        ));
+                    }
+                    if op == "$ln" { x.ln() } else { x.log10() }
+                }
+            };
+            Ok(Some(Bson::Double(out)))
+        }
+        "$log" => {
+            let (arg, base) = (take(0), take(1));
+            if is_nullish(arg.as_ref()) || is_nullish(base.as_ref()) {
+                return null();
+            }
+            let (arg, base) = (arg.unwrap_or(Bson::Null), base.unwrap_or(Bson::Null));
+            let Some(x) = Num::of(&arg)? else {
+                return Err(loc(
+                    28756,
+                    format!("$log's argument must be numeric, not {}", type_name(&arg)),
+                ));
+            };
+            let Some(b) = Num::of(&base)? else {
+                return Err(loc(
+                    28757,
+                    format!("$log's base must be numeric, not {}", type_name(&base)),
+                ));
+            };
+            let (x, b) = (x.f64(), b.f64());
+            if x <= 0.0 {
+                return Err(loc(
+                    28758,
+                    format!(
+                        "$log's argument must be a positive number, but is {}",
+                        format_double(x)
+                    ),
+                ));
+            }
+            if b <= 0.0 || b == 1.0 {
+                return Err(loc(
+                    28759,
+                    format!(
+                        "$log's base must be a positive number not equal to 1, but is {}",
+                        format_double(b)
+                    ),
+                ));
+            }
+            Ok(Some(Bson::Double(x.ln() / b.ln())))
         }
         "$round" | "$trunc" => {
             let has_place = vals.len() > 1;
@@ -5454,5 +5531,22 @@ mod tests {
         );
         let e = eval_in(bson!({"$year": {"date": "$d", "timezone": 5}}), &root).unwrap_err();
         assert_eq!(e.code, 40533);
+    }
+
+    #[test]
+    fn math_functions() {
+        assert_eq!(value(bson!({"$sqrt": 16})), bson!(4.0));
+        assert_eq!(error(bson!({"$sqrt": -1})).code, 28714);
+        assert_eq!(value(bson!({"$exp": 0})), bson!(1.0));
+        assert_eq!(value(bson!({"$ln": 1})), bson!(0.0));
+        assert_eq!(error(bson!({"$ln": 0})).code, 28766);
+        assert_eq!(value(bson!({"$log10": 1000})), bson!(3.0));
+        assert_eq!(error(bson!({"$log10": -1})).code, 28761);
+        assert_eq!(value(bson!({"$log": [8, 2]})), bson!(3.0));
+        assert_eq!(value(bson!({"$log": [8, null]})), Bson::Null);
+        assert_eq!(error(bson!({"$log": [8, 1]})).code, 28759);
+        assert_eq!(error(bson!({"$log": ["a", 2]})).code, 28756);
+        assert_eq!(error(bson!({"$sqrt": "a"})).code, 28765);
+        assert_eq!(value(bson!({"$sqrt": "$nope"})), Bson::Null);
     }
 }
