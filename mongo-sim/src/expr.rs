@@ -1085,12 +1085,6 @@ fn parse_date_to_string(arg: &Bson) -> Result<Node> {
         }
     }
     let date = date.ok_or_else(|| loc(18628, "Missing 'date' parameter to $dateToString"))?;
-    if let Some(Bson::String(f)) = format.as_ref().and_then(|f| f.as_constant()) {
-        validate_date_format(f)?;
-    }
-    if let Some(Bson::String(tz)) = timezone.as_ref().and_then(|t| t.as_constant()) {
-        parse_timezone(tz)?;
-    }
     Ok(Node::DateToString {
         date,
         format,
@@ -1348,9 +1342,6 @@ fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
         }
         other => (Expr::parse(other)?, None),
     };
-    if let Some(Bson::String(tz)) = timezone.as_ref().and_then(|t| t.as_constant()) {
-        parse_timezone(tz)?;
-    }
     Ok(Node::DatePart {
         op,
         date: boxed(date),
@@ -1782,7 +1773,7 @@ impl Cx<'_> {
                 let offset = match timezone {
                     Some(t) => match self.eval(t)? {
                         None | Some(Bson::Null) | Some(Bson::Undefined) => None,
-                        Some(Bson::String(s)) => Some(parse_timezone(&s)?),
+                        Some(Bson::String(s)) => Some((resolve_timezone(&s)?, s)),
                         Some(other) => {
                             return Err(loc(
                                 40517,
@@ -1793,7 +1784,7 @@ impl Cx<'_> {
                             ));
                         }
                     },
-                    None => Some(0),
+                    None => Some((Some(0), String::new())),
                 };
                 if is_nullish(date.as_ref()) {
                     return match on_null {
@@ -1801,8 +1792,10 @@ impl Cx<'_> {
                         None => Ok(Some(Bson::Null)),
                     };
                 }
-                let Some(offset) = offset else {
-                    return Ok(Some(Bson::Null));
+                let offset = match offset {
+                    None => return Ok(Some(Bson::Null)),
+                    Some((Some(offset), _)) => offset,
+                    Some((None, name)) => return Err(unrecognized_zone(&name)),
                 };
                 let format = match format {
                     Some(None) => return Ok(Some(Bson::Null)),
@@ -1987,7 +1980,9 @@ impl Cx<'_> {
                         None | Some(Bson::Null) | Some(Bson::Undefined) => {
                             return Ok(Some(Bson::Null));
                         }
-                        Some(Bson::String(s)) => parse_timezone(&s)?,
+                        Some(Bson::String(s)) => {
+                            resolve_timezone(&s)?.ok_or_else(|| unrecognized_zone(&s))?
+                        }
                         Some(other) => {
                             return Err(loc(
                                 40533,
@@ -4117,6 +4112,35 @@ fn validate_date_format(format: &str) -> Result<()> {
 
 /// A `timezone` argument as an offset in minutes. Only UTC and fixed offsets are known; an
 /// Olson name is reported as unrecognized rather than silently treated as UTC.
+fn unrecognized_zone(tz: &str) -> CommandError {
+    loc(
+        40485,
+        format!("unrecognized time zone identifier: \"{tz}\""),
+    )
+}
+
+/// Like [`parse_timezone`], but a name shaped like a zone-database entry
+/// (`America/New_York`) is `Ok(None)`: mongod would accept it, and a null date still gives
+/// null, but this server cannot place an instant in it, so formatting a real date with it
+/// fails with 40485.
+fn resolve_timezone(tz: &str) -> Result<Option<i32>> {
+    match parse_timezone(tz) {
+        Ok(offset) => Ok(Some(offset)),
+        Err(_) if looks_like_zone_name(tz) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn looks_like_zone_name(tz: &str) -> bool {
+    tz.contains('/')
+        && tz.split('/').all(|part| {
+            part.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
+        })
+}
+
 fn parse_timezone(tz: &str) -> Result<i32> {
     // The zone database names whose offset is fixed; every other Olson name is rejected.
     const UTC_NAMES: &[&str] = &[
@@ -5525,10 +5549,11 @@ mod tests {
             40539
         );
         assert_eq!(parse_error(bson!({"$year": [1, 2]})).code, 40536);
-        assert_eq!(
-            parse_error(bson!({"$year": {"date": "$d", "timezone": "Mars/Base"}})).code,
-            40485
+        let e = eval_in(
+            bson!({"$year": {"date": "$d", "timezone": "Mars/Base"}}),
+            &root,
         );
+        assert_eq!(e.unwrap_err().code, 40485);
         let e = eval_in(bson!({"$year": {"date": "$d", "timezone": 5}}), &root).unwrap_err();
         assert_eq!(e.code, 40533);
     }
@@ -5548,5 +5573,22 @@ mod tests {
         assert_eq!(error(bson!({"$log": ["a", 2]})).code, 28756);
         assert_eq!(error(bson!({"$sqrt": "a"})).code, 28765);
         assert_eq!(value(bson!({"$sqrt": "$nope"})), Bson::Null);
+    }
+
+    #[test]
+    fn zone_database_names_fail_only_when_a_date_needs_them() {
+        // As mongod (date_to_string.js): a null date with a zone name gives null.
+        let f = bson!({"$dateToString": {"date": "$nope", "timezone": "America/New_York"}});
+        assert_eq!(value(f), Bson::Null);
+        let root = doc! {"d": bson::DateTime::from_millis(0)};
+        let f = bson!({"$dateToString": {"date": "$d", "timezone": "America/New_York"}});
+        assert_eq!(eval_in(f, &root).unwrap_err().code, 40485);
+        // A name that is no zone at all fails even for a null date, as in mongod.
+        let f = bson!({"$dateToString": {"date": "$nope", "timezone": "Nowhere"}});
+        assert_eq!(error(f).code, 40485);
+        // A bad format is checked before the null date, at evaluation.
+        let f = bson!({"$dateToString": {"date": "$nope", "format": "%Q"}});
+        assert_eq!(Expr::parse(&f).map(|_| ()), Ok(()));
+        assert_eq!(error(f).code, 18536);
     }
 }
