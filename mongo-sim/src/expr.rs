@@ -64,10 +64,13 @@ impl Variables {
         Ok(self)
     }
 
+    /// A variable's value (without the `$$`), for callers that resolve `$$NOW` and the like
+    /// outside expressions. `None` for undefined variables and those bound to missing.
     pub fn get(&self, name: &str) -> Option<&Bson> {
         self.values.get(name)
     }
 
+    /// Binds `name` (without the `$$`), as `$lookup`'s `let` or a caller-provided scope does.
     pub fn set(&mut self, name: impl Into<String>, value: Bson) {
         let name = name.into();
         self.missing.retain(|m| *m != name);
@@ -547,6 +550,8 @@ fn object_arg<'a>(v: &'a Bson, code: i32, msg: &str) -> Result<&'a Document> {
 }
 
 impl Expr {
+    /// Parses and validates `value` as mongod's `Expression::parseOperand` does, then folds
+    /// constant sub-expressions as its `optimize()` does (so `{$divide: [1, 0]}` fails here).
     pub fn parse(value: &Bson) -> Result<Expr> {
         let node = match value {
             Bson::String(s) if s.starts_with('$') => parse_string_ref(s)?,
