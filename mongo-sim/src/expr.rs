@@ -344,6 +344,12 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
     }
 }
 
+/// Not (yet) among the shared constants in `error`.
+const EXCEEDED_MEMORY_LIMIT: crate::error::ErrorCode = crate::error::ErrorCode {
+    code: 146,
+    name: "ExceededMemoryLimit",
+};
+
 fn loc(code: i32, msg: impl Into<String>) -> CommandError {
     CommandError::location(code, msg)
 }
@@ -3203,6 +3209,19 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             if step == 0 {
                 return Err(loc(34449, "$range requires a non-zero step value"));
             }
+            // internalQueryMaxRangeBytes (64MiB) bounds the output, as in ExpressionRange.
+            const MAX_RANGE_BYTES: i64 = 64 * 1024 * 1024;
+            let steps = (end - start) / step;
+            let length = if steps >= 0 { 1 + steps } else { 0 };
+            let needed = 24 + length * 16;
+            if needed >= MAX_RANGE_BYTES {
+                return Err(CommandError::new(
+                    EXCEEDED_MEMORY_LIMIT,
+                    format!(
+                        "$range would use too much memory ({needed} bytes) and cannot spill to disk. Memory limit: {MAX_RANGE_BYTES} bytes"
+                    ),
+                ));
+            }
             let mut out = Vec::new();
             let mut i = start;
             while (step > 0 && i < end) || (step < 0 && i > end) {
@@ -4245,7 +4264,7 @@ struct DateParts {
 
 impl DateParts {
     fn new(ms: i64, offset_minutes: i32) -> Self {
-        let local = ms + offset_minutes as i64 * 60_000;
+        let local = ms.saturating_add(offset_minutes as i64 * 60_000);
         let days = local.div_euclid(MS_PER_DAY);
         let in_day = local.rem_euclid(MS_PER_DAY);
         let (year, month, day) = civil_from_days(days);
@@ -5595,5 +5614,14 @@ mod tests {
         let f = bson!({"$dateToString": {"date": "$nope", "format": "%Q"}});
         assert_eq!(Expr::parse(&f).map(|_| ()), Ok(()));
         assert_eq!(error(f).code, 18536);
+    }
+
+    #[test]
+    fn range_memory_limit_and_extreme_dates() {
+        let e = error(bson!({"$range": [0, i32::MAX]}));
+        assert_eq!((e.code, e.code_name.as_str()), (146, "ExceededMemoryLimit"));
+        let far = Bson::DateTime(bson::DateTime::from_millis(i64::MAX));
+        let e = error(bson!({"$dateToString": {"date": far, "timezone": "+01"}}));
+        assert_eq!(e.code, 18537);
     }
 }
