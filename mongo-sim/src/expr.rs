@@ -340,6 +340,9 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
         "$trunc" => Some(("$trunc", Range(1, 2))),
         "$range" => Some(("$range", Range(2, 3))),
         "$indexOfArray" => Some(("$indexOfArray", Range(2, 4))),
+        "$indexOfBytes" => Some(("$indexOfBytes", Range(2, 4))),
+        "$indexOfCP" => Some(("$indexOfCP", Range(2, 4))),
+        "$pow" => Some(("$pow", Exactly(2))),
         _ => None,
     }
 }
@@ -2792,13 +2795,14 @@ fn range_arg(v: Option<&Bson>, which: usize) -> Result<i64> {
     })
 }
 
-fn index_arg(v: &Bson, what: &str) -> Result<usize> {
+/// uassertIfNotIntegralAndNonNegative, shared by the `$indexOf*` operators.
+fn index_arg(op: &str, v: &Bson, what: &str) -> Result<usize> {
     let Some(i) = as_int32(v)? else {
         // mongod's message lacks the space after the operator name.
         return Err(loc(
             40096,
             format!(
-                "$indexOfArrayrequires an integral {what}, found a value of type: {}, with value: {}",
+                "{op}requires an integral {what}, found a value of type: {}, with value: {}",
                 type_name(v),
                 show(v)
             ),
@@ -2807,13 +2811,112 @@ fn index_arg(v: &Bson, what: &str) -> Result<usize> {
     if i < 0 {
         return Err(loc(
             40097,
-            format!(
-                "$indexOfArray requires a nonnegative {what}, found: {}",
-                show(v)
-            ),
+            format!("{op} requires a nonnegative {what}, found: {}", show(v)),
         ));
     }
     Ok(i as usize)
+}
+
+/// `$indexOfBytes`/`$indexOfCP`: the first index of the token within [start, end), or -1.
+fn eval_index_of_string(op: &str, vals: &[Option<Bson>]) -> Result<Option<Bson>> {
+    let bytes = op == "$indexOfBytes";
+    let (code1, code2) = if bytes {
+        (40091, 40092)
+    } else {
+        (40093, 40094)
+    };
+    let input = match &vals[0] {
+        None | Some(Bson::Null) | Some(Bson::Undefined) => return Ok(Some(Bson::Null)),
+        Some(Bson::String(s)) => s,
+        Some(other) => {
+            return Err(loc(
+                code1,
+                format!(
+                    "{op} requires a string as the first argument, found: {}",
+                    type_name(other)
+                ),
+            ));
+        }
+    };
+    let Some(Bson::String(token)) = &vals[1] else {
+        return Err(loc(
+            code2,
+            format!(
+                "{op} requires a string as the second argument, found: {}",
+                type_of(vals[1].as_ref())
+            ),
+        ));
+    };
+    let units: Vec<usize> = if bytes {
+        (0..=input.len()).collect()
+    } else {
+        input
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(input.len()))
+            .collect()
+    };
+    let len = units.len() - 1;
+    let start = match vals.get(2) {
+        Some(v) => index_arg(op, v.as_ref().unwrap_or(&Bson::Undefined), "starting index")?,
+        None => 0,
+    };
+    let end = match vals.get(3) {
+        Some(v) => index_arg(op, v.as_ref().unwrap_or(&Bson::Undefined), "ending index")?,
+        None => len,
+    }
+    .min(len);
+    if start > len || end < start {
+        return Ok(Some(Bson::Int32(-1)));
+    }
+    // As `input.substr(0, end).find(token, start)`: the match must end by the end index.
+    let limit = units[end];
+    let found = (start..=end).find(|&i| {
+        let at = units[i];
+        at + token.len() <= limit && input.as_bytes()[at..].starts_with(token.as_bytes())
+    });
+    Ok(Some(Bson::Int32(found.map_or(-1, |i| i as i32))))
+}
+
+/// ExpressionPow: integer powers stay integers while they fit in a long.
+fn eval_pow(base: Option<Bson>, exp: Option<Bson>) -> Result<Option<Bson>> {
+    if is_nullish(base.as_ref()) || is_nullish(exp.as_ref()) {
+        return Ok(Some(Bson::Null));
+    }
+    let (base, exp) = (base.unwrap_or(Bson::Null), exp.unwrap_or(Bson::Null));
+    let Some(b) = Num::of(&base)? else {
+        return Err(loc(
+            28762,
+            format!("$pow's base must be numeric, not {}", type_name(&base)),
+        ));
+    };
+    let Some(e) = Num::of(&exp)? else {
+        return Err(loc(
+            28763,
+            format!("$pow's exponent must be numeric, not {}", type_name(&exp)),
+        ));
+    };
+    if b.f64() == 0.0 && e.f64() < 0.0 {
+        return Err(loc(
+            28764,
+            "$pow cannot take a base of 0 and a negative exponent",
+        ));
+    }
+    let (Some(bi), Some(ei)) = (b.int(), e.int()) else {
+        return Ok(Some(Bson::Double(b.f64().powf(e.f64()))));
+    };
+    let any_long = b.is_long() || e.is_long();
+    let exact = match bi {
+        0 => Some(if ei == 0 { 1 } else { 0 }),
+        1 => Some(1),
+        -1 => Some(if ei % 2 == 0 { 1 } else { -1 }),
+        _ if !(0..=63).contains(&ei) => None,
+        _ => bi.checked_pow(ei as u32),
+    };
+    Ok(Some(match exact {
+        Some(v) => narrow(v, any_long),
+        None => Bson::Double((bi as f64).powf(ei as f64)),
+    }))
 }
 
 fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
@@ -3328,6 +3431,8 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                 ),
             )),
         },
+        "$indexOfBytes" | "$indexOfCP" => eval_index_of_string(op, &vals),
+        "$pow" => eval_pow(take(0), take(1)),
         "$indexOfArray" => {
             let items = match &vals[0] {
                 None | Some(Bson::Null) | Some(Bson::Undefined) => return null(),
@@ -3343,11 +3448,19 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
                 }
             };
             let start = match vals.get(2) {
-                Some(v) => index_arg(v.as_ref().unwrap_or(&Bson::Undefined), "starting index")?,
+                Some(v) => index_arg(
+                    "$indexOfArray",
+                    v.as_ref().unwrap_or(&Bson::Undefined),
+                    "starting index",
+                )?,
                 None => 0,
             };
             let end = match vals.get(3) {
-                Some(v) => index_arg(v.as_ref().unwrap_or(&Bson::Undefined), "ending index")?,
+                Some(v) => index_arg(
+                    "$indexOfArray",
+                    v.as_ref().unwrap_or(&Bson::Undefined),
+                    "ending index",
+                )?,
                 None => items.len(),
             }
             .min(items.len());
@@ -5623,5 +5736,44 @@ mod tests {
         let far = Bson::DateTime(bson::DateTime::from_millis(i64::MAX));
         let e = error(bson!({"$dateToString": {"date": far, "timezone": "+01"}}));
         assert_eq!(e.code, 18537);
+    }
+
+    #[test]
+    fn index_of_strings_and_pow() {
+        assert_eq!(
+            value(bson!({"$indexOfBytes": ["cafétéria", "é"]})),
+            bson!(3)
+        );
+        assert_eq!(value(bson!({"$indexOfCP": ["cafétéria", "é"]})), bson!(3));
+        assert_eq!(
+            value(bson!({"$indexOfCP": ["cafétéria", "é", 4]})),
+            bson!(5)
+        );
+        assert_eq!(
+            value(bson!({"$indexOfBytes": ["abc", "c", 0, 2]})),
+            bson!(-1)
+        );
+        assert_eq!(value(bson!({"$indexOfBytes": ["abc", "", 3]})), bson!(3));
+        assert_eq!(value(bson!({"$indexOfBytes": ["abc", "a", 5]})), bson!(-1));
+        assert_eq!(value(bson!({"$indexOfBytes": [null, "a"]})), Bson::Null);
+        assert_eq!(error(bson!({"$indexOfBytes": ["a", null]})).code, 40092);
+        assert_eq!(error(bson!({"$indexOfCP": [1, "a"]})).code, 40093);
+        let e = error(bson!({"$indexOfBytes": ["a", "a", -1]}));
+        assert_eq!(
+            e.errmsg,
+            "$indexOfBytes requires a nonnegative starting index, found: -1"
+        );
+        assert_eq!(value(bson!({"$pow": [2, 10]})), bson!(1024));
+        assert_eq!(value(bson!({"$pow": [2, 40]})), Bson::Int64(1 << 40));
+        assert_eq!(value(bson!({"$pow": [2_i64, 2]})), Bson::Int64(4));
+        assert_eq!(
+            value(bson!({"$pow": [2, 64]})),
+            bson!(18446744073709551616.0)
+        );
+        assert_eq!(value(bson!({"$pow": [2, -1]})), bson!(0.5));
+        assert_eq!(value(bson!({"$pow": [-1, -3]})), bson!(-1));
+        assert_eq!(value(bson!({"$pow": [4, 0.5]})), bson!(2.0));
+        assert_eq!(error(bson!({"$pow": [0, -1]})).code, 28764);
+        assert_eq!(error(bson!({"$pow": ["a", 1]})).code, 28762);
     }
 }
