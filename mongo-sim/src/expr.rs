@@ -5,7 +5,15 @@
 //! counts and field paths the way mongod does before it reads any document (manual:
 //! "Aggregation Operators", "Expressions"). Evaluation returns `None` for a missing value,
 //! which differs from null: object expressions drop missing fields and `$$REMOVE` is missing.
-//! Decimal128 arithmetic is not implemented and fails with 115 CommandNotSupported.
+//! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
+//!
+//! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
+//! operator: date arithmetic and parsing (`$dateAdd`, `$dateDiff`, `$dateTrunc`,
+//! `$dateFromString`, `$dateFromParts`, `$dateToParts`), regular expressions (`$regexMatch`,
+//! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
+//! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
+//! computed on, and time zones other than UTC and fixed offsets fail with 40485 when a date
+//! has to be placed in them.
 
 // CommandError is the crate-wide error type; its size is decided in `error`, not here.
 #![allow(clippy::result_large_err)]
