@@ -8,8 +8,8 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: date arithmetic and parsing (`$dateAdd`, `$dateDiff`, `$dateTrunc`,
-//! `$dateFromString`, `$dateFromParts`, `$dateToParts`), regular expressions (`$regexMatch`,
+//! operator: `$dateDiff`, `$dateTrunc` and date parsing and assembly (`$dateFromString`,
+//! `$dateFromParts`, `$dateToParts`), regular expressions (`$regexMatch`,
 //! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
 //! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
 //! computed on, and time zones other than UTC and fixed offsets fail with 40485 when a date
@@ -215,6 +215,14 @@ enum Node {
         inputs: Vec<Expr>,
         defaults: Vec<Expr>,
         longest: bool,
+    },
+    /// `$dateAdd`/`$dateSubtract`.
+    DateArith {
+        op: &'static str,
+        start: Box<Expr>,
+        unit: Box<Expr>,
+        amount: Box<Expr>,
+        timezone: Option<Box<Expr>>,
     },
     /// `$year`, `$month`, ... with an optional timezone.
     DatePart {
@@ -661,6 +669,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$replaceOne" | "$replaceAll" => parse_replace(op, arg)?,
         "$zip" => parse_zip(arg)?,
         _ if DATE_PART_OPS.contains(&op) => parse_date_part(op, arg)?,
+        "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -769,6 +778,13 @@ fn fold(e: Expr) -> Result<Expr> {
             on_null,
         } => is_const(date) && opt_const(format) && opt_const(timezone) && opt_const(on_null),
         Node::DatePart { date, timezone, .. } => is_const(date) && opt_const(timezone),
+        Node::DateArith {
+            start,
+            unit,
+            amount,
+            timezone,
+            ..
+        } => is_const(start) && is_const(unit) && is_const(amount) && opt_const(timezone),
         _ => false,
     };
     let e = Expr { node };
@@ -1367,6 +1383,52 @@ fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
     Ok(Node::DatePart {
         op,
         date: boxed(date),
+        timezone,
+    })
+}
+
+/// commonDateArithmeticsParse.
+fn parse_date_arith(op: &str, arg: &Bson) -> Result<Node> {
+    let op = if op == "$dateAdd" {
+        "$dateAdd"
+    } else {
+        "$dateSubtract"
+    };
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            5166400,
+            format!("{op} expects an object as its argument"),
+        ));
+    };
+    let (mut start, mut unit, mut amount, mut timezone) = (None, None, None, None);
+    for (k, v) in d {
+        let e = Some(boxed(Expr::parse(v)?));
+        match k.as_str() {
+            "startDate" => start = e,
+            "unit" => unit = e,
+            "amount" => amount = e,
+            "timezone" => timezone = e,
+            _ => {
+                return Err(loc(
+                    5166401,
+                    format!(
+                        "Unrecognized argument to {op}: {k}. Expected arguments are startDate, unit, amount, and optionally timezone."
+                    ),
+                ));
+            }
+        }
+    }
+    let (Some(start), Some(unit), Some(amount)) = (start, unit, amount) else {
+        return Err(loc(
+            5166402,
+            format!("{op} requires startDate, unit, and amount to be present"),
+        ));
+    };
+    Ok(Node::DateArith {
+        op,
+        start,
+        unit,
+        amount,
         timezone,
     })
 }
@@ -1990,6 +2052,82 @@ impl Cx<'_> {
                     })
                     .collect();
                 Ok(Some(Bson::Array(rows)))
+            }
+            Node::DateArith {
+                op,
+                start,
+                unit,
+                amount,
+                timezone,
+            } => {
+                let null = Ok(Some(Bson::Null));
+                let Some(start) = self.eval(start)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let Some(unit) = self.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let Some(amount) = self.eval(amount)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let offset = match timezone {
+                    None => Some(0),
+                    Some(t) => match self.eval(t)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
+                        Some(Bson::String(s)) => {
+                            Some(resolve_timezone(&s)?.ok_or_else(|| unrecognized_zone(&s))?)
+                        }
+                        Some(other) => {
+                            return Err(loc(
+                                40517,
+                                format!(
+                                    "timezone must evaluate to a string, found {}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let start = coerce_to_date(&start).map_err(|_| {
+                    loc(
+                        5166403,
+                        format!("{op} requires startDate to be convertible to a date"),
+                    )
+                })?;
+                let Bson::String(unit) = unit else {
+                    return Err(loc(
+                        5166404,
+                        format!("{op} expects string defining the time unit"),
+                    ));
+                };
+                let unit = TimeUnit::parse(&unit)?;
+                let amount = match Num::of(&amount)? {
+                    Some(Num::Int(i)) => i as i64,
+                    Some(Num::Long(i)) => i,
+                    Some(Num::Double(d))
+                        if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
+                    {
+                        d as i64
+                    }
+                    _ => {
+                        return Err(loc(
+                            5166405,
+                            format!("{op} expects integer amount of time units"),
+                        ));
+                    }
+                };
+                let amount = if *op == "$dateSubtract" {
+                    amount.checked_neg().ok_or_else(|| {
+                        loc(
+                            6045000,
+                            format!("invalid $dateSubtract 'amount' parameter value: {amount}"),
+                        )
+                    })?
+                } else {
+                    amount
+                };
+                let ms = date_add(start, unit, amount, offset.unwrap_or(0))?;
+                Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
             }
             Node::DatePart { op, date, timezone } => {
                 let date = match self.eval(date)? {
@@ -4364,6 +4502,121 @@ fn coerce_to_date(v: &Bson) -> Result<i64> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TimeUnit {
+    Year,
+    Quarter,
+    Month,
+    Week,
+    Day,
+    Hour,
+    Minute,
+    Second,
+    Millisecond,
+}
+
+impl TimeUnit {
+    fn parse(name: &str) -> Result<TimeUnit> {
+        Ok(match name {
+            "year" => TimeUnit::Year,
+            "quarter" => TimeUnit::Quarter,
+            "month" => TimeUnit::Month,
+            "week" => TimeUnit::Week,
+            "day" => TimeUnit::Day,
+            "hour" => TimeUnit::Hour,
+            "minute" => TimeUnit::Minute,
+            "second" => TimeUnit::Second,
+            "millisecond" => TimeUnit::Millisecond,
+            _ => {
+                return Err(CommandError::failed_to_parse(format!(
+                    "unknown time unit value: {name}"
+                )));
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimeUnit::Year => "year",
+            TimeUnit::Quarter => "quarter",
+            TimeUnit::Month => "month",
+            TimeUnit::Week => "week",
+            TimeUnit::Day => "day",
+            TimeUnit::Hour => "hour",
+            TimeUnit::Minute => "minute",
+            TimeUnit::Second => "second",
+            TimeUnit::Millisecond => "millisecond",
+        }
+    }
+}
+
+/// mongod's `dateAdd` in a fixed-offset zone: calendar units move the local date and clamp the
+/// day to the end of the month; smaller units add their length.
+fn date_add(ms: i64, unit: TimeUnit, amount: i64, offset_minutes: i32) -> Result<i64> {
+    let overflow = || loc(5166406, "dateAdd overflowed");
+    if unit == TimeUnit::Millisecond {
+        return ms.checked_add(amount).ok_or_else(overflow);
+    }
+    // isDateAddAmountValid: the amount must roughly fit the range of a date.
+    let max_days: i64 = (u64::MAX / MS_PER_DAY as u64 + 1) as i64;
+    let max_years = max_days / 365 + 1;
+    let limit = match unit {
+        TimeUnit::Year => max_years,
+        TimeUnit::Quarter => max_years * 4,
+        TimeUnit::Month => max_years * 12,
+        TimeUnit::Week => max_days / 7,
+        TimeUnit::Day => max_days,
+        TimeUnit::Hour => max_days * 24,
+        TimeUnit::Minute => max_days * 24 * 60,
+        _ => max_days * 24 * 60 * 60,
+    };
+    if !(-limit < amount && amount < limit) {
+        return Err(loc(
+            5976500,
+            format!(
+                "invalid dateAdd 'amount' parameter value: {amount} {}",
+                unit.name()
+            ),
+        ));
+    }
+    let step_ms: Option<i64> = match unit {
+        TimeUnit::Week => Some(7 * MS_PER_DAY),
+        TimeUnit::Day => Some(MS_PER_DAY),
+        TimeUnit::Hour => Some(3_600_000),
+        TimeUnit::Minute => Some(60_000),
+        TimeUnit::Second => Some(1000),
+        _ => None,
+    };
+    if let Some(step) = step_ms {
+        return amount
+            .checked_mul(step)
+            .and_then(|d| ms.checked_add(d))
+            .ok_or_else(overflow);
+    }
+    let months = match unit {
+        TimeUnit::Year => amount.checked_mul(12),
+        TimeUnit::Quarter => amount.checked_mul(3),
+        _ => Some(amount),
+    }
+    .ok_or_else(overflow)?;
+    let local = ms
+        .checked_add(offset_minutes as i64 * 60_000)
+        .ok_or_else(overflow)?;
+    let days = local.div_euclid(MS_PER_DAY);
+    let in_day = local.rem_euclid(MS_PER_DAY);
+    let (y, m, d) = civil_from_days(days);
+    let total = (y * 12 + (m - 1))
+        .checked_add(months)
+        .ok_or_else(overflow)?;
+    let (ny, nm) = (total.div_euclid(12), total.rem_euclid(12) + 1);
+    let nd = d.min(days_in_month(ny, nm));
+    days_from_civil(ny, nm, nd)
+        .checked_mul(MS_PER_DAY)
+        .and_then(|v| v.checked_add(in_day))
+        .and_then(|v| v.checked_sub(offset_minutes as i64 * 60_000))
+        .ok_or_else(overflow)
+}
+
 /// The calendar fields of an instant in a fixed-offset zone.
 struct DateParts {
     year: i64,
@@ -5783,5 +6036,52 @@ mod tests {
         assert_eq!(value(bson!({"$pow": [4, 0.5]})), bson!(2.0));
         assert_eq!(error(bson!({"$pow": [0, -1]})).code, 28764);
         assert_eq!(error(bson!({"$pow": ["a", 1]})).code, 28762);
+    }
+
+    #[test]
+    fn date_add_and_subtract() {
+        let jan31 = date(1_612_051_200_000); // 2021-01-31T00:00:00Z
+        let add = |unit: &str, amount: i64| {
+            value(bson!({"$dateAdd": {"startDate": jan31.clone(), "unit": unit, "amount": amount}}))
+        };
+        assert_eq!(add("month", 1), date(1_614_470_400_000)); // 2021-02-28, clamped
+        assert_eq!(add("year", -1), date(1_580_428_800_000)); // 2020-01-31
+        assert_eq!(add("quarter", 1), date(1_619_740_800_000)); // 2021-04-30
+        assert_eq!(add("day", 1), date(1_612_137_600_000));
+        assert_eq!(add("hour", -1), date(1_612_047_600_000));
+        assert_eq!(add("millisecond", 5), date(1_612_051_200_005));
+        let sub =
+            bson!({"$dateSubtract": {"startDate": jan31.clone(), "unit": "week", "amount": 1}});
+        assert_eq!(value(sub), date(1_612_051_200_000 - 7 * 86_400_000));
+        // The month is moved in the given zone: 2021-01-31T00:00Z is Jan 30 19:00 at -05:00,
+        // which becomes Feb 28 19:00 there (clamped), 2021-03-01T00:00Z.
+        let tz = bson!({"$dateAdd": {"startDate": jan31.clone(), "unit": "month", "amount": 1,
+            "timezone": "-05:00"}});
+        assert_eq!(value(tz), date(1_614_556_800_000));
+        let null = bson!({"$dateAdd": {"startDate": "$nope", "unit": "day", "amount": 1}});
+        assert_eq!(value(null), Bson::Null);
+        let e =
+            error(bson!({"$dateAdd": {"startDate": jan31.clone(), "unit": "days", "amount": 1}}));
+        assert_eq!(
+            (e.code, e.errmsg.as_str()),
+            (9, "unknown time unit value: days")
+        );
+        let e =
+            error(bson!({"$dateAdd": {"startDate": jan31.clone(), "unit": "day", "amount": 1.5}}));
+        assert_eq!(e.code, 5166405);
+        let e = error(bson!({"$dateAdd": {"startDate": "x", "unit": "day", "amount": 1}}));
+        assert_eq!(e.code, 5166403);
+        assert_eq!(
+            parse_error(bson!({"$dateAdd": {"unit": "day", "amount": 1}})).code,
+            5166402
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateAdd": {"startDate": 1, "x": 1}})).code,
+            5166401
+        );
+        let e = error(
+            bson!({"$dateSubtract": {"startDate": jan31, "unit": "day", "amount": i64::MIN}}),
+        );
+        assert_eq!(e.code, 6045000);
     }
 }
