@@ -8,7 +8,7 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateDiff`, `$dateTrunc` and date parsing and assembly (`$dateFromString`,
+//! operator: `$dateTrunc` and date parsing and assembly (`$dateFromString`,
 //! `$dateFromParts`, `$dateToParts`), regular expressions (`$regexMatch`,
 //! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
 //! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
@@ -223,6 +223,13 @@ enum Node {
         unit: Box<Expr>,
         amount: Box<Expr>,
         timezone: Option<Box<Expr>>,
+    },
+    DateDiff {
+        start: Box<Expr>,
+        end: Box<Expr>,
+        unit: Box<Expr>,
+        timezone: Option<Box<Expr>>,
+        start_of_week: Option<Box<Expr>>,
     },
     /// `$year`, `$month`, ... with an optional timezone.
     DatePart {
@@ -670,6 +677,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$zip" => parse_zip(arg)?,
         _ if DATE_PART_OPS.contains(&op) => parse_date_part(op, arg)?,
         "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
+        "$dateDiff" => parse_date_diff(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -785,6 +793,19 @@ fn fold(e: Expr) -> Result<Expr> {
             timezone,
             ..
         } => is_const(start) && is_const(unit) && is_const(amount) && opt_const(timezone),
+        Node::DateDiff {
+            start,
+            end,
+            unit,
+            timezone,
+            start_of_week,
+        } => {
+            is_const(start)
+                && is_const(end)
+                && is_const(unit)
+                && opt_const(timezone)
+                && opt_const(start_of_week)
+        }
         _ => false,
     };
     let e = Expr { node };
@@ -1384,6 +1405,43 @@ fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
         op,
         date: boxed(date),
         timezone,
+    })
+}
+
+fn parse_date_diff(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            5166301,
+            "$dateDiff only supports an object as its argument",
+        ));
+    };
+    let (mut start, mut end, mut unit, mut timezone, mut start_of_week) =
+        (None, None, None, None, None);
+    for (k, v) in d {
+        let e = Some(boxed(Expr::parse(v)?));
+        match k.as_str() {
+            "startDate" => start = e,
+            "endDate" => end = e,
+            "unit" => unit = e,
+            "timezone" => timezone = e,
+            "startOfWeek" => start_of_week = e,
+            _ => {
+                return Err(loc(
+                    5166302,
+                    format!("Unrecognized argument to $dateDiff: {k}"),
+                ));
+            }
+        }
+    }
+    let start = start.ok_or_else(|| loc(5166303, "Missing 'startDate' parameter to $dateDiff"))?;
+    let end = end.ok_or_else(|| loc(5166304, "Missing 'endDate' parameter to $dateDiff"))?;
+    let unit = unit.ok_or_else(|| loc(5166305, "Missing 'unit' parameter to $dateDiff"))?;
+    Ok(Node::DateDiff {
+        start,
+        end,
+        unit,
+        timezone,
+        start_of_week,
     })
 }
 
@@ -2128,6 +2186,86 @@ impl Cx<'_> {
                 };
                 let ms = date_add(start, unit, amount, offset.unwrap_or(0))?;
                 Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
+            }
+            Node::DateDiff {
+                start,
+                end,
+                unit,
+                timezone,
+                start_of_week,
+            } => {
+                let null = Ok(Some(Bson::Null));
+                let Some(start) = self.eval(start)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let Some(end) = self.eval(end)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let Some(unit) = self.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let is_week = matches!(&unit, Bson::String(u) if u == "week");
+                let week_start = match start_of_week {
+                    Some(e) if is_week => match self.eval(e)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
+                        Some(v) => Some(v),
+                    },
+                    _ => None,
+                };
+                let offset = match timezone {
+                    None => 0,
+                    Some(t) => match self.eval(t)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
+                        Some(Bson::String(s)) => {
+                            resolve_timezone(&s)?.ok_or_else(|| unrecognized_zone(&s))?
+                        }
+                        Some(other) => {
+                            return Err(loc(
+                                40517,
+                                format!(
+                                    "timezone must evaluate to a string, found {}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let as_date = |v: &Bson, what: &str| {
+                    coerce_to_date(v).map_err(|_| {
+                        loc(
+                            5166307,
+                            format!(
+                                "$dateDiff requires '{what}' to be a date, but got {}",
+                                type_name(v)
+                            ),
+                        )
+                    })
+                };
+                let (start, end) = (as_date(&start, "startDate")?, as_date(&end, "endDate")?);
+                let Bson::String(unit) = unit else {
+                    return Err(loc(
+                        5439013,
+                        format!(
+                            "$dateDiff requires 'unit' to be a string, but got {}",
+                            type_name(&unit)
+                        ),
+                    ));
+                };
+                let unit = TimeUnit::parse(&unit).map_err(|_| {
+                    loc(
+                        5439014,
+                        format!(
+                            "$dateDiff parameter 'unit' value cannot be recognized as a time unit: {unit}"
+                        ),
+                    )
+                })?;
+                let week_start = match week_start {
+                    None => 0,
+                    Some(v) => day_of_week_index(&v)?,
+                };
+                Ok(Some(Bson::Int64(date_diff(
+                    start, end, unit, offset, week_start,
+                )?)))
             }
             Node::DatePart { op, date, timezone } => {
                 let date = match self.eval(date)? {
@@ -4617,6 +4755,79 @@ fn date_add(ms: i64, unit: TimeUnit, amount: i64, offset_minutes: i32) -> Result
         .ok_or_else(overflow)
 }
 
+/// parseDayOfWeek: full or three-letter English names, any case; 0 = Sunday.
+fn day_of_week_index(v: &Bson) -> Result<i64> {
+    let Bson::String(s) = v else {
+        return Err(loc(
+            5439015,
+            format!(
+                "$dateDiff requires 'startOfWeek' to be a string, but got {}",
+                type_name(v)
+            ),
+        ));
+    };
+    const DAYS: [&str; 7] = [
+        "sunday",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+    ];
+    let lower = s.to_ascii_lowercase();
+    DAYS.iter()
+        .position(|d| *d == lower || d[..3] == lower)
+        .map(|i| i as i64)
+        .ok_or_else(|| {
+            loc(
+                5439016,
+                format!(
+                    "$dateDiff parameter 'startOfWeek' value cannot be recognized as a day of a week: {s}"
+                ),
+            )
+        })
+}
+
+/// mongod's `dateDiff` in a fixed-offset zone: the number of `unit` boundaries crossed between
+/// the two instants' local times (weeks begin on `week_start`, 0 = Sunday).
+fn date_diff(
+    start: i64,
+    end: i64,
+    unit: TimeUnit,
+    offset_minutes: i32,
+    week_start: i64,
+) -> Result<i64> {
+    if unit == TimeUnit::Millisecond {
+        return end
+            .checked_sub(start)
+            .ok_or_else(|| loc(5166308, "dateDiff overflowed"));
+    }
+    let shift = offset_minutes as i64 * 60_000;
+    let (ls, le) = (start.saturating_add(shift), end.saturating_add(shift));
+    let floor_diff = |unit_ms: i64| le.div_euclid(unit_ms) - ls.div_euclid(unit_ms);
+    let (a, b) = (
+        DateParts::new(start, offset_minutes),
+        DateParts::new(end, offset_minutes),
+    );
+    Ok(match unit {
+        TimeUnit::Year => b.year - a.year,
+        TimeUnit::Quarter => (b.month - 1) / 3 - (a.month - 1) / 3 + (b.year - a.year) * 4,
+        TimeUnit::Month => b.month - a.month + (b.year - a.year) * 12,
+        TimeUnit::Week => {
+            // Days since the epoch shifted so that weeks start on `week_start`; the epoch
+            // (1970-01-01) was a Thursday.
+            let week_of =
+                |local: i64| (local.div_euclid(MS_PER_DAY) + 4 - week_start).div_euclid(7);
+            week_of(le) - week_of(ls)
+        }
+        TimeUnit::Day => floor_diff(MS_PER_DAY),
+        TimeUnit::Hour => floor_diff(3_600_000),
+        TimeUnit::Minute => floor_diff(60_000),
+        _ => floor_diff(1000),
+    })
+}
+
 /// The calendar fields of an instant in a fixed-offset zone.
 struct DateParts {
     year: i64,
@@ -6083,5 +6294,47 @@ mod tests {
             bson!({"$dateSubtract": {"startDate": jan31, "unit": "day", "amount": i64::MIN}}),
         );
         assert_eq!(e.code, 6045000);
+    }
+
+    #[test]
+    fn date_diff_counts_boundaries() {
+        // 2021-01-31T23:30:00Z and 2021-02-01T00:10:00Z.
+        let (s, e) = (date(1_612_135_800_000), date(1_612_138_200_000));
+        let diff = |unit: &str| {
+            value(
+                bson!({"$dateDiff": {"startDate": s.clone(), "endDate": e.clone(), "unit": unit}}),
+            )
+        };
+        assert_eq!(diff("month"), Bson::Int64(1));
+        assert_eq!(diff("year"), Bson::Int64(0));
+        assert_eq!(diff("day"), Bson::Int64(1));
+        assert_eq!(diff("hour"), Bson::Int64(1));
+        assert_eq!(diff("minute"), Bson::Int64(40));
+        assert_eq!(diff("millisecond"), Bson::Int64(2_400_000));
+        // Sunday 2021-01-31 to Monday 2021-02-01: a Monday week boundary, not a Sunday one.
+        assert_eq!(diff("week"), Bson::Int64(0));
+        let monday = bson!({"$dateDiff": {"startDate": s.clone(), "endDate": e.clone(),
+            "unit": "week", "startOfWeek": "MON"}});
+        assert_eq!(value(monday), Bson::Int64(1));
+        let tz = bson!({"$dateDiff": {"startDate": s.clone(), "endDate": e.clone(), "unit": "day",
+            "timezone": "+01:00"}});
+        assert_eq!(value(tz), Bson::Int64(0));
+        let back =
+            bson!({"$dateDiff": {"startDate": e.clone(), "endDate": s.clone(), "unit": "minute"}});
+        assert_eq!(value(back), Bson::Int64(-40));
+        let e2 = error(bson!({"$dateDiff": {"startDate": s.clone(), "endDate": 1, "unit": "day"}}));
+        assert_eq!(e2.code, 5166307);
+        let e2 = error(
+            bson!({"$dateDiff": {"startDate": s.clone(), "endDate": e.clone(), "unit": "days"}}),
+        );
+        assert_eq!(e2.code, 5439014);
+        let e2 = error(
+            bson!({"$dateDiff": {"startDate": s, "endDate": e, "unit": "week", "startOfWeek": "x"}}),
+        );
+        assert_eq!(e2.code, 5439016);
+        assert_eq!(
+            parse_error(bson!({"$dateDiff": {"startDate": 1, "unit": "day"}})).code,
+            5166304
+        );
     }
 }
