@@ -8,8 +8,8 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateTrunc` and date parsing and assembly (`$dateFromString`,
-//! `$dateFromParts`, `$dateToParts`), regular expressions (`$regexMatch`,
+//! operator: `$dateTrunc`, `$dateFromString`, `$dateFromParts`, regular expressions
+//! (`$regexMatch`,
 //! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
 //! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
 //! computed on, and time zones other than UTC and fixed offsets fail with 40485 when a date
@@ -223,6 +223,11 @@ enum Node {
         unit: Box<Expr>,
         amount: Box<Expr>,
         timezone: Option<Box<Expr>>,
+    },
+    DateToParts {
+        date: Box<Expr>,
+        timezone: Option<Box<Expr>>,
+        iso8601: Option<Box<Expr>>,
     },
     DateDiff {
         start: Box<Expr>,
@@ -678,6 +683,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         _ if DATE_PART_OPS.contains(&op) => parse_date_part(op, arg)?,
         "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
         "$dateDiff" => parse_date_diff(arg)?,
+        "$dateToParts" => parse_date_to_parts(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -793,6 +799,11 @@ fn fold(e: Expr) -> Result<Expr> {
             timezone,
             ..
         } => is_const(start) && is_const(unit) && is_const(amount) && opt_const(timezone),
+        Node::DateToParts {
+            date,
+            timezone,
+            iso8601,
+        } => is_const(date) && opt_const(timezone) && opt_const(iso8601),
         Node::DateDiff {
             start,
             end,
@@ -1408,6 +1419,36 @@ fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
     })
 }
 
+fn parse_date_to_parts(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            40524,
+            "$dateToParts only supports an object as its argument",
+        ));
+    };
+    let (mut date, mut timezone, mut iso8601) = (None, None, None);
+    for (k, v) in d {
+        let e = Some(boxed(Expr::parse(v)?));
+        match k.as_str() {
+            "date" => date = e,
+            "timezone" => timezone = e,
+            "iso8601" => iso8601 = e,
+            _ => {
+                return Err(loc(
+                    40520,
+                    format!("Unrecognized argument to $dateToParts: {k}"),
+                ));
+            }
+        }
+    }
+    let date = date.ok_or_else(|| loc(40522, "Missing 'date' parameter to $dateToParts"))?;
+    Ok(Node::DateToParts {
+        date,
+        timezone,
+        iso8601,
+    })
+}
+
 fn parse_date_diff(arg: &Bson) -> Result<Node> {
     let Bson::Document(d) = arg else {
         return Err(loc(
@@ -1934,10 +1975,8 @@ impl Cx<'_> {
                         None => Ok(Some(Bson::Null)),
                     };
                 }
-                let offset = match offset {
-                    None => return Ok(Some(Bson::Null)),
-                    Some((Some(offset), _)) => offset,
-                    Some((None, name)) => return Err(unrecognized_zone(&name)),
+                let Some((offset, zone_name)) = offset else {
+                    return Ok(Some(Bson::Null));
                 };
                 let format = match format {
                     Some(None) => return Ok(Some(Bson::Null)),
@@ -1945,6 +1984,7 @@ impl Cx<'_> {
                     None => DEFAULT_DATE_FORMAT.to_string(),
                 };
                 let ms = coerce_to_date(date.as_ref().unwrap_or(&Bson::Null))?;
+                let offset = offset.ok_or_else(|| unrecognized_zone(&zone_name))?;
                 Ok(Some(Bson::String(format_date(ms, &format, offset)?)))
             }
             // ExpressionGetField::evaluate: missing input gives missing, null gives null,
@@ -2128,13 +2168,12 @@ impl Cx<'_> {
                 let Some(amount) = self.eval(amount)?.filter(|v| !is_nullish(Some(v))) else {
                     return null;
                 };
+                // An unresolvable zone-database name fails only once the date is computed.
                 let offset = match timezone {
-                    None => Some(0),
+                    None => Ok(0),
                     Some(t) => match self.eval(t)? {
                         None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
-                        Some(Bson::String(s)) => {
-                            Some(resolve_timezone(&s)?.ok_or_else(|| unrecognized_zone(&s))?)
-                        }
+                        Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
                         Some(other) => {
                             return Err(loc(
                                 40517,
@@ -2184,8 +2223,82 @@ impl Cx<'_> {
                 } else {
                     amount
                 };
-                let ms = date_add(start, unit, amount, offset.unwrap_or(0))?;
+                let offset = offset.map_err(|name| unrecognized_zone(&name))?;
+                let ms = date_add(start, unit, amount, offset)?;
                 Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
+            }
+            // ExpressionDateToParts::evaluate: timezone and iso8601 are checked before the date.
+            Node::DateToParts {
+                date,
+                timezone,
+                iso8601,
+            } => {
+                let date = self.eval(date)?;
+                let offset = match timezone {
+                    None => Ok(0),
+                    Some(t) => match self.eval(t)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
+                        Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
+                        Some(other) => {
+                            return Err(loc(
+                                40517,
+                                format!(
+                                    "timezone must evaluate to a string, found {}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let iso = match iso8601 {
+                    None => false,
+                    Some(e) => match self.eval(e)? {
+                        None | Some(Bson::Null) | Some(Bson::Undefined) => {
+                            return Ok(Some(Bson::Null));
+                        }
+                        Some(Bson::Boolean(b)) => b,
+                        Some(other) => {
+                            return Err(loc(
+                                40521,
+                                format!(
+                                    "iso8601 must evaluate to a bool, found {}",
+                                    type_name(&other)
+                                ),
+                            ));
+                        }
+                    },
+                };
+                let Some(date) = date.filter(|v| !is_nullish(Some(v))) else {
+                    return Ok(Some(Bson::Null));
+                };
+                let ms = coerce_to_date(&date)?;
+                let offset = offset.map_err(|name| unrecognized_zone(&name))?;
+                let p = DateParts::new(ms, offset);
+                let int = |v: i64| Bson::Int32(v as i32);
+                let parts = if iso {
+                    bson::doc! {
+                        "isoWeekYear": int(p.iso_year),
+                        "isoWeek": int(p.iso_week),
+                        "isoDayOfWeek": int(p.iso_wday),
+                        "hour": int(p.hour),
+                        "minute": int(p.minute),
+                        "second": int(p.second),
+                        "millisecond": int(p.milli),
+                    }
+                } else {
+                    bson::doc! {
+                        "year": int(p.year),
+                        "month": int(p.month),
+                        "day": int(p.day),
+                        "hour": int(p.hour),
+                        "minute": int(p.minute),
+                        "second": int(p.second),
+                        "millisecond": int(p.milli),
+                    }
+                };
+                Ok(Some(Bson::Document(parts)))
             }
             Node::DateDiff {
                 start,
@@ -2213,12 +2326,10 @@ impl Cx<'_> {
                     _ => None,
                 };
                 let offset = match timezone {
-                    None => 0,
+                    None => Ok(0),
                     Some(t) => match self.eval(t)? {
                         None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
-                        Some(Bson::String(s)) => {
-                            resolve_timezone(&s)?.ok_or_else(|| unrecognized_zone(&s))?
-                        }
+                        Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
                         Some(other) => {
                             return Err(loc(
                                 40517,
@@ -2263,6 +2374,7 @@ impl Cx<'_> {
                     None => 0,
                     Some(v) => day_of_week_index(&v)?,
                 };
+                let offset = offset.map_err(|name| unrecognized_zone(&name))?;
                 Ok(Some(Bson::Int64(date_diff(
                     start, end, unit, offset, week_start,
                 )?)))
@@ -6336,5 +6448,47 @@ mod tests {
             parse_error(bson!({"$dateDiff": {"startDate": 1, "unit": "day"}})).code,
             5166304
         );
+    }
+
+    #[test]
+    fn date_to_parts_and_zone_error_order() {
+        let d = date(1_609_669_230_456); // 2021-01-03T10:20:30.456Z
+        assert_eq!(
+            value(bson!({"$dateToParts": {"date": d.clone()}})),
+            bson!({"year": 2021, "month": 1, "day": 3, "hour": 10, "minute": 20, "second": 30,
+                "millisecond": 456})
+        );
+        assert_eq!(
+            value(bson!({"$dateToParts": {"date": d.clone(), "iso8601": true, "timezone": "+01"}})),
+            bson!({"isoWeekYear": 2020, "isoWeek": 53, "isoDayOfWeek": 7, "hour": 11,
+                "minute": 20, "second": 30, "millisecond": 456})
+        );
+        assert_eq!(
+            value(bson!({"$dateToParts": {"date": "$nope"}})),
+            Bson::Null
+        );
+        assert_eq!(
+            error(bson!({"$dateToParts": {"date": d.clone(), "iso8601": 1}})).code,
+            40521
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateToParts": {"timezone": "UTC"}})).code,
+            40522
+        );
+        // As mongod (date_to_parts.js): a zone it knows and a non-date gives the date error.
+        let root = doc! {"_id": 0, "tz": "Europe/London"};
+        let e = eval_in(
+            bson!({"$dateToParts": {"date": "$_id", "timezone": "$tz"}}),
+            &root,
+        );
+        assert_eq!(
+            e.unwrap_err().errmsg,
+            "can't convert from BSON type int to Date"
+        );
+        let e = eval_in(
+            bson!({"$dateToString": {"date": "$_id", "timezone": "$tz"}}),
+            &root,
+        );
+        assert_eq!(e.unwrap_err().code, 16006);
     }
 }
