@@ -8,7 +8,7 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateTrunc`, `$dateFromString`, `$dateFromParts`, regular expressions
+//! operator: `$dateTrunc`, `$dateFromString`, regular expressions
 //! (`$regexMatch`,
 //! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
 //! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
@@ -222,6 +222,12 @@ enum Node {
         start: Box<Expr>,
         unit: Box<Expr>,
         amount: Box<Expr>,
+        timezone: Option<Box<Expr>>,
+    },
+    /// `$dateFromParts`: the named parts in the order mongod evaluates them.
+    DateFromParts {
+        parts: Vec<(&'static str, Expr)>,
+        iso: bool,
         timezone: Option<Box<Expr>>,
     },
     DateToParts {
@@ -684,6 +690,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
         "$dateDiff" => parse_date_diff(arg)?,
         "$dateToParts" => parse_date_to_parts(arg)?,
+        "$dateFromParts" => parse_date_from_parts(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
         _ => {
             let Some((name, arity)) = arity_of(op) else {
@@ -804,6 +811,9 @@ fn fold(e: Expr) -> Result<Expr> {
             timezone,
             iso8601,
         } => is_const(date) && opt_const(timezone) && opt_const(iso8601),
+        Node::DateFromParts {
+            parts, timezone, ..
+        } => parts.iter().all(|(_, e)| is_const(e)) && opt_const(timezone),
         Node::DateDiff {
             start,
             end,
@@ -1415,6 +1425,97 @@ fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
     Ok(Node::DatePart {
         op,
         date: boxed(date),
+        timezone,
+    })
+}
+
+const DATE_FROM_PARTS_FIELDS: &[&str] = &[
+    "year",
+    "month",
+    "day",
+    "hour",
+    "minute",
+    "second",
+    "millisecond",
+    "isoWeekYear",
+    "isoWeek",
+    "isoDayOfWeek",
+];
+
+fn parse_date_from_parts(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            40519,
+            "$dateFromParts only supports an object as its argument",
+        ));
+    };
+    let mut given: Vec<(&'static str, Expr)> = Vec::new();
+    let mut timezone = None;
+    for (k, v) in d {
+        if k == "timezone" {
+            timezone = Some(boxed(Expr::parse(v)?));
+            continue;
+        }
+        let Some(name) = DATE_FROM_PARTS_FIELDS.iter().copied().find(|f| f == k) else {
+            return Err(loc(
+                40518,
+                format!("Unrecognized argument to $dateFromParts: {k}"),
+            ));
+        };
+        given.retain(|(n, _)| *n != name);
+        given.push((name, Expr::parse(v)?));
+    }
+    let has = |n: &str| given.iter().any(|(g, _)| *g == n);
+    if !has("year") && !has("isoWeekYear") {
+        return Err(loc(
+            40516,
+            "$dateFromParts requires either 'year' or 'isoWeekYear' to be present",
+        ));
+    }
+    if has("year") && (has("isoWeekYear") || has("isoWeek") || has("isoDayOfWeek")) {
+        return Err(loc(
+            40489,
+            "$dateFromParts does not allow mixing natural dates with ISO dates",
+        ));
+    }
+    if has("isoWeekYear") && (has("year") || has("month") || has("day")) {
+        return Err(loc(
+            40525,
+            "$dateFromParts does not allow mixing ISO dates with natural dates",
+        ));
+    }
+    let iso = has("isoWeekYear");
+    // Evaluation order: time parts first, then the date parts.
+    let order: &[&str] = if iso {
+        &[
+            "hour",
+            "minute",
+            "second",
+            "millisecond",
+            "isoWeekYear",
+            "isoWeek",
+            "isoDayOfWeek",
+        ]
+    } else {
+        &[
+            "hour",
+            "minute",
+            "second",
+            "millisecond",
+            "year",
+            "month",
+            "day",
+        ]
+    };
+    let mut parts = Vec::new();
+    for name in order {
+        if let Some(pos) = given.iter().position(|(n, _)| n == name) {
+            parts.push(given.remove(pos));
+        }
+    }
+    Ok(Node::DateFromParts {
+        parts,
+        iso,
         timezone,
     })
 }
@@ -2227,6 +2328,11 @@ impl Cx<'_> {
                 let ms = date_add(start, unit, amount, offset)?;
                 Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
             }
+            Node::DateFromParts {
+                parts,
+                iso,
+                timezone,
+            } => self.eval_date_from_parts(parts, *iso, timezone.as_deref()),
             // ExpressionDateToParts::evaluate: timezone and iso8601 are checked before the date.
             Node::DateToParts {
                 date,
@@ -2458,6 +2564,134 @@ impl Cx<'_> {
                 }
                 Ok(Some(Bson::Array(items)))
             }
+        }
+    }
+
+    /// ExpressionDateFromParts::evaluate: out-of-range parts roll over (month 13 is January of
+    /// the next year) as timelib does.
+    fn eval_date_from_parts(
+        &self,
+        parts: &[(&'static str, Expr)],
+        iso: bool,
+        timezone: Option<&Expr>,
+    ) -> Result<Option<Bson>> {
+        let mut values: HashMap<&str, i64> = HashMap::new();
+        let mut timezone_done = false;
+        let mut offset = Ok(0);
+        for (name, e) in parts {
+            // The time zone is evaluated between the time parts and the date parts.
+            if !timezone_done && matches!(*name, "year" | "isoWeekYear") {
+                timezone_done = true;
+                match self.eval_zone(timezone)? {
+                    Some(z) => offset = z,
+                    None => return Ok(Some(Bson::Null)),
+                }
+            }
+            let v = self.eval(e)?;
+            if is_nullish(v.as_ref()) {
+                return Ok(Some(Bson::Null));
+            }
+            let v = v.unwrap_or(Bson::Null);
+            let n = match Num::of(&v)? {
+                Some(Num::Int(i)) => Some(i as i64),
+                Some(Num::Long(i)) => Some(i),
+                Some(Num::Double(d))
+                    if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
+                {
+                    Some(d as i64)
+                }
+                _ => None,
+            };
+            let Some(n) = n else {
+                return Err(loc(
+                    40515,
+                    format!(
+                        "'{name}' must evaluate to an integer, found {} with value {}",
+                        type_name(&v),
+                        show(&v)
+                    ),
+                ));
+            };
+            let bounded = matches!(
+                *name,
+                "month" | "day" | "hour" | "minute" | "isoWeek" | "isoDayOfWeek"
+            );
+            if bounded && !(-32768..=32767).contains(&n) {
+                return Err(loc(
+                    31034,
+                    format!(
+                        "'{name}' must evaluate to a value in the range [-32768, 32767]; value {n} is not in range"
+                    ),
+                ));
+            }
+            values.insert(name, n);
+        }
+        if !timezone_done {
+            match self.eval_zone(timezone)? {
+                Some(z) => offset = z,
+                None => return Ok(Some(Bson::Null)),
+            }
+        }
+        let get = |n: &str, default: i64| values.get(n).copied().unwrap_or(default);
+        let days = if iso {
+            let year = get("isoWeekYear", 1970);
+            if !(1..=9999).contains(&year) {
+                return Err(loc(
+                    31095,
+                    format!(
+                        "'isoWeekYear' must evaluate to an integer in the range 1 to 9999, found {year}"
+                    ),
+                ));
+            }
+            // Monday of ISO week 1 is the Monday on or before January 4th.
+            let jan4 = days_from_civil(year, 1, 4);
+            let jan4_iso_wday = (jan4 + 3).rem_euclid(7) + 1;
+            jan4 - (jan4_iso_wday - 1) + (get("isoWeek", 1) - 1) * 7 + (get("isoDayOfWeek", 1) - 1)
+        } else {
+            let year = get("year", 1970);
+            if !(1..=9999).contains(&year) {
+                return Err(loc(
+                    40523,
+                    format!(
+                        "'year' must evaluate to an integer in the range 1 to 9999, found {year}"
+                    ),
+                ));
+            }
+            let months = year * 12 + get("month", 1) - 1;
+            let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+            days_from_civil(y, m, 1) + get("day", 1) - 1
+        };
+        let offset = offset.map_err(|name| unrecognized_zone(&name))?;
+        let ms = days
+            .checked_mul(MS_PER_DAY)
+            .and_then(|v| v.checked_add(get("hour", 0).checked_mul(3_600_000)?))
+            .and_then(|v| v.checked_add(get("minute", 0).checked_mul(60_000)?))
+            .and_then(|v| v.checked_add(get("second", 0).checked_mul(1000)?))
+            .and_then(|v| v.checked_add(get("millisecond", 0)))
+            .and_then(|v| v.checked_sub(offset as i64 * 60_000))
+            .ok_or_else(|| CommandError::new(OVERFLOW, "date overflow in $dateFromParts"))?;
+        Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
+    }
+
+    /// makeTimeZone: `None` when the timezone is nullish (the result is then null);
+    /// `Some(Err(name))` for a zone-database name this server cannot resolve.
+    fn eval_zone(
+        &self,
+        timezone: Option<&Expr>,
+    ) -> Result<Option<std::result::Result<i32, String>>> {
+        let Some(t) = timezone else {
+            return Ok(Some(Ok(0)));
+        };
+        match self.eval(t)? {
+            None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(None),
+            Some(Bson::String(s)) => Ok(Some(resolve_timezone(&s)?.ok_or(s))),
+            Some(other) => Err(loc(
+                40517,
+                format!(
+                    "timezone must evaluate to a string, found {}",
+                    type_name(&other)
+                ),
+            )),
         }
     }
 
@@ -6490,5 +6724,61 @@ mod tests {
             &root,
         );
         assert_eq!(e.unwrap_err().code, 16006);
+    }
+
+    #[test]
+    fn date_from_parts() {
+        let p = |spec: Bson| value(bson!({"$dateFromParts": spec}));
+        assert_eq!(
+            p(
+                bson!({"year": 2021, "month": 1, "day": 3, "hour": 10, "minute": 20,
+            "second": 30, "millisecond": 456})
+            ),
+            date(1_609_669_230_456)
+        );
+        // Month 13 rolls into the next year; day 0 is the previous month's last day.
+        assert_eq!(
+            p(bson!({"year": 2020, "month": 13, "day": 3})),
+            date(1_609_632_000_000)
+        );
+        assert_eq!(
+            p(bson!({"year": 2021, "month": 3, "day": 0})),
+            date(1_614_470_400_000)
+        );
+        assert_eq!(
+            p(bson!({"year": 2021, "timezone": "+01:00"})),
+            date(1_609_455_600_000)
+        );
+        // ISO 2020-W53-7 is Sunday 2021-01-03.
+        assert_eq!(
+            p(bson!({"isoWeekYear": 2020, "isoWeek": 53, "isoDayOfWeek": 7})),
+            date(1_609_632_000_000)
+        );
+        assert_eq!(p(bson!({"year": "$nope"})), Bson::Null);
+        assert_eq!(error(bson!({"$dateFromParts": {"year": 0}})).code, 40523);
+        assert_eq!(
+            error(bson!({"$dateFromParts": {"year": 2021, "month": 40000}})).code,
+            31034
+        );
+        assert_eq!(
+            error(bson!({"$dateFromParts": {"year": 2021, "hour": 1.5}})).code,
+            40515
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateFromParts": {"month": 1}})).code,
+            40516
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateFromParts": {"year": 1, "isoWeek": 1}})).code,
+            40489
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateFromParts": {"isoWeekYear": 1, "day": 1}})).code,
+            40525
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateFromParts": {"year": 1, "x": 1}})).code,
+            40518
+        );
     }
 }
