@@ -8,7 +8,7 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateTrunc`, `$dateFromString`, regular expressions
+//! operator: `$dateFromString`, regular expressions
 //! (`$regexMatch`,
 //! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
 //! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
@@ -234,6 +234,13 @@ enum Node {
         date: Box<Expr>,
         timezone: Option<Box<Expr>>,
         iso8601: Option<Box<Expr>>,
+    },
+    DateTrunc {
+        date: Box<Expr>,
+        unit: Box<Expr>,
+        bin_size: Option<Box<Expr>>,
+        timezone: Option<Box<Expr>>,
+        start_of_week: Option<Box<Expr>>,
     },
     DateDiff {
         start: Box<Expr>,
@@ -689,6 +696,7 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         _ if DATE_PART_OPS.contains(&op) => parse_date_part(op, arg)?,
         "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
         "$dateDiff" => parse_date_diff(arg)?,
+        "$dateTrunc" => parse_date_trunc(arg)?,
         "$dateToParts" => parse_date_to_parts(arg)?,
         "$dateFromParts" => parse_date_from_parts(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
@@ -814,6 +822,19 @@ fn fold(e: Expr) -> Result<Expr> {
         Node::DateFromParts {
             parts, timezone, ..
         } => parts.iter().all(|(_, e)| is_const(e)) && opt_const(timezone),
+        Node::DateTrunc {
+            date,
+            unit,
+            bin_size,
+            timezone,
+            start_of_week,
+        } => {
+            is_const(date)
+                && is_const(unit)
+                && opt_const(bin_size)
+                && opt_const(timezone)
+                && opt_const(start_of_week)
+        }
         Node::DateDiff {
             start,
             end,
@@ -1548,6 +1569,53 @@ fn parse_date_to_parts(arg: &Bson) -> Result<Node> {
         timezone,
         iso8601,
     })
+}
+
+fn parse_date_trunc(arg: &Bson) -> Result<Node> {
+    let Bson::Document(d) = arg else {
+        return Err(loc(
+            5439007,
+            "$dateTrunc only supports an object as its argument",
+        ));
+    };
+    let (mut date, mut unit, mut bin_size, mut timezone, mut start_of_week) =
+        (None, None, None, None, None);
+    for (k, v) in d {
+        let e = Some(boxed(Expr::parse(v)?));
+        match k.as_str() {
+            "date" => date = e,
+            "unit" => unit = e,
+            "binSize" => bin_size = e,
+            "timezone" => timezone = e,
+            "startOfWeek" => start_of_week = e,
+            _ => {
+                return Err(loc(
+                    5439008,
+                    format!(
+                        "Unrecognized argument to $dateTrunc: {k}. Expected arguments are date, unit, and optionally, binSize, timezone, startOfWeek"
+                    ),
+                ));
+            }
+        }
+    }
+    let date = date.ok_or_else(|| loc(5439009, "Missing 'date' parameter to $dateTrunc"))?;
+    let unit = unit.ok_or_else(|| loc(5439010, "Missing 'unit' parameter to $dateTrunc"))?;
+    Ok(Node::DateTrunc {
+        date,
+        unit,
+        bin_size,
+        timezone,
+        start_of_week,
+    })
+}
+
+/// addContextToAssertionException for the timezone argument of `$dateDiff`/`$dateTrunc`.
+fn zone_context(op: &str, mut e: CommandError) -> CommandError {
+    e.errmsg = format!(
+        "{op} parameter 'timezone' value parsing failed :: caused by :: {}",
+        e.errmsg
+    );
+    e
 }
 
 fn parse_date_diff(arg: &Bson) -> Result<Node> {
@@ -2406,6 +2474,112 @@ impl Cx<'_> {
                 };
                 Ok(Some(Bson::Document(parts)))
             }
+            Node::DateTrunc {
+                date,
+                unit,
+                bin_size,
+                timezone,
+                start_of_week,
+            } => {
+                let null = Ok(Some(Bson::Null));
+                let Some(date) = self.eval(date)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let Some(unit) = self.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+                    return null;
+                };
+                let bin_size = match bin_size {
+                    Some(b) => match self.eval(b)?.filter(|v| !is_nullish(Some(v))) {
+                        Some(v) => Some(v),
+                        None => return null,
+                    },
+                    None => None,
+                };
+                let is_week = matches!(&unit, Bson::String(u) if u == "week");
+                let week_start = match start_of_week {
+                    Some(e) if is_week => match self.eval(e)?.filter(|v| !is_nullish(Some(v))) {
+                        Some(v) => Some(v),
+                        None => return null,
+                    },
+                    _ => None,
+                };
+                let offset = match self
+                    .eval_zone(timezone.as_deref())
+                    .map_err(|e| zone_context("$dateTrunc", e))?
+                {
+                    Some(z) => z,
+                    None => return null,
+                };
+                let ms = coerce_to_date(&date).map_err(|_| {
+                    loc(
+                        5439012,
+                        format!(
+                            "$dateTrunc requires 'date' to be a date, but got {}",
+                            type_name(&date)
+                        ),
+                    )
+                })?;
+                let Bson::String(unit) = unit else {
+                    return Err(loc(
+                        5439013,
+                        format!(
+                            "$dateTrunc requires 'unit' to be a string, but got {}",
+                            type_name(&unit)
+                        ),
+                    ));
+                };
+                let unit = TimeUnit::parse(&unit).map_err(|_| {
+                    loc(
+                        5439014,
+                        format!(
+                            "$dateTrunc parameter 'unit' value cannot be recognized as a time unit: {unit}"
+                        ),
+                    )
+                })?;
+                let bin = match bin_size {
+                    None => 1,
+                    Some(v) => {
+                        let n = match Num::of(&v)? {
+                            Some(Num::Int(i)) => Some(i as i64),
+                            Some(Num::Long(i)) => Some(i),
+                            Some(Num::Double(d))
+                                if d.fract() == 0.0
+                                    && d >= i64::MIN as f64
+                                    && d < 9.223372036854776e18 =>
+                            {
+                                Some(d as i64)
+                            }
+                            _ => None,
+                        };
+                        let Some(n) = n else {
+                            return Err(loc(
+                                5439017,
+                                format!(
+                                    "$dateTrunc requires 'binSize' to be a 64-bit integer, but got value '{}' of type {}",
+                                    show(&v),
+                                    type_name(&v)
+                                ),
+                            ));
+                        };
+                        if n <= 0 {
+                            return Err(loc(
+                                5439018,
+                                format!(
+                                    "$dateTrunc requires 'binSize' to be greater than 0, but got value {n}"
+                                ),
+                            ));
+                        }
+                        n
+                    }
+                };
+                let week_start = match week_start {
+                    None => 0,
+                    Some(v) => day_of_week_index("$dateTrunc", &v)?,
+                };
+                let offset = offset.map_err(|name| unrecognized_zone(&name))?;
+                let out = truncate_date(ms, unit, bin, offset, week_start)?;
+                Ok(Some(Bson::DateTime(bson::DateTime::from_millis(out))))
+            }
             Node::DateDiff {
                 start,
                 end,
@@ -2431,21 +2605,12 @@ impl Cx<'_> {
                     },
                     _ => None,
                 };
-                let offset = match timezone {
-                    None => Ok(0),
-                    Some(t) => match self.eval(t)? {
-                        None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
-                        Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
-                        Some(other) => {
-                            return Err(loc(
-                                40517,
-                                format!(
-                                    "timezone must evaluate to a string, found {}",
-                                    type_name(&other)
-                                ),
-                            ));
-                        }
-                    },
+                let offset = match self
+                    .eval_zone(timezone.as_deref())
+                    .map_err(|e| zone_context("$dateDiff", e))?
+                {
+                    Some(z) => z,
+                    None => return null,
                 };
                 let as_date = |v: &Bson, what: &str| {
                     coerce_to_date(v).map_err(|_| {
@@ -2478,7 +2643,7 @@ impl Cx<'_> {
                 })?;
                 let week_start = match week_start {
                     None => 0,
-                    Some(v) => day_of_week_index(&v)?,
+                    Some(v) => day_of_week_index("$dateDiff", &v)?,
                 };
                 let offset = offset.map_err(|name| unrecognized_zone(&name))?;
                 Ok(Some(Bson::Int64(date_diff(
@@ -5102,12 +5267,12 @@ fn date_add(ms: i64, unit: TimeUnit, amount: i64, offset_minutes: i32) -> Result
 }
 
 /// parseDayOfWeek: full or three-letter English names, any case; 0 = Sunday.
-fn day_of_week_index(v: &Bson) -> Result<i64> {
+fn day_of_week_index(op: &str, v: &Bson) -> Result<i64> {
     let Bson::String(s) = v else {
         return Err(loc(
             5439015,
             format!(
-                "$dateDiff requires 'startOfWeek' to be a string, but got {}",
+                "{op} requires 'startOfWeek' to be a string, but got {}",
                 type_name(v)
             ),
         ));
@@ -5129,10 +5294,62 @@ fn day_of_week_index(v: &Bson) -> Result<i64> {
             loc(
                 5439016,
                 format!(
-                    "$dateDiff parameter 'startOfWeek' value cannot be recognized as a day of a week: {s}"
+                    "{op} parameter 'startOfWeek' value cannot be recognized as a day of a week: {s}"
                 ),
             )
         })
+}
+
+/// mongod's `truncateDate` in a fixed-offset zone: bins of `bin` units aligned to
+/// 2000-01-01T00:00 local time (for weeks, to the first `week_start` day on or after it).
+fn truncate_date(
+    ms: i64,
+    unit: TimeUnit,
+    bin: i64,
+    offset_minutes: i32,
+    week_start: i64,
+) -> Result<i64> {
+    let overflow = || CommandError::new(OVERFLOW, "date overflow in $dateTrunc");
+    let shift = offset_minutes as i64 * 60_000;
+    let local = ms.checked_add(shift).ok_or_else(overflow)?;
+    let reference_day = days_from_civil(2000, 1, 1);
+    let local_out = match unit {
+        TimeUnit::Year | TimeUnit::Quarter | TimeUnit::Month => {
+            let per = match unit {
+                TimeUnit::Year => 12,
+                TimeUnit::Quarter => 3,
+                _ => 1,
+            };
+            let span = bin.checked_mul(per).ok_or_else(overflow)?;
+            let (y, m, _) = civil_from_days(local.div_euclid(MS_PER_DAY));
+            let months = (y - 2000) * 12 + (m - 1);
+            let start = months.div_euclid(span) * span;
+            let (ny, nm) = (2000 + start.div_euclid(12), start.rem_euclid(12) + 1);
+            days_from_civil(ny, nm, 1)
+                .checked_mul(MS_PER_DAY)
+                .ok_or_else(overflow)?
+        }
+        _ => {
+            let unit_ms = match unit {
+                TimeUnit::Week => 7 * MS_PER_DAY,
+                TimeUnit::Day => MS_PER_DAY,
+                TimeUnit::Hour => 3_600_000,
+                TimeUnit::Minute => 60_000,
+                TimeUnit::Second => 1000,
+                _ => 1,
+            };
+            let mut reference = reference_day;
+            if unit == TimeUnit::Week {
+                // 2000-01-01 was a Saturday (weekday 6 counting from Sunday).
+                reference += (week_start - 6).rem_euclid(7);
+            }
+            let reference = reference * MS_PER_DAY;
+            let span = bin.checked_mul(unit_ms).ok_or_else(overflow)?;
+            let delta = (local as i128 - reference as i128).div_euclid(span as i128) * span as i128;
+            i64::try_from(reference as i128 + delta).map_err(|_| overflow())?
+        }
+    };
+    local_out.checked_sub(shift).ok_or_else(overflow)
 }
 
 /// mongod's `dateDiff` in a fixed-offset zone: the number of `unit` boundaries crossed between
@@ -6779,6 +6996,47 @@ mod tests {
         assert_eq!(
             parse_error(bson!({"$dateFromParts": {"year": 1, "x": 1}})).code,
             40518
+        );
+    }
+
+    #[test]
+    fn date_trunc() {
+        let d = date(1_609_669_230_456); // Sunday 2021-01-03T10:20:30.456Z
+        let t = |unit: &str, bin: i64| {
+            value(bson!({"$dateTrunc": {"date": d.clone(), "unit": unit, "binSize": bin}}))
+        };
+        assert_eq!(t("hour", 1), date(1_609_668_000_000));
+        assert_eq!(t("day", 1), date(1_609_632_000_000));
+        assert_eq!(t("month", 1), date(1_609_459_200_000));
+        assert_eq!(t("year", 1), date(1_609_459_200_000));
+        assert_eq!(t("quarter", 2), date(1_609_459_200_000));
+        assert_eq!(t("month", 5), date(1_604_188_800_000)); // 2020-11-01: 250 months from 2000
+        assert_eq!(t("minute", 15), date(1_609_668_900_000)); // 10:15
+        // Weeks start on Sunday by default; 2021-01-03 is a Sunday.
+        assert_eq!(t("week", 1), date(1_609_632_000_000));
+        let monday =
+            bson!({"$dateTrunc": {"date": d.clone(), "unit": "week", "startOfWeek": "monday"}});
+        assert_eq!(value(monday), date(1_609_113_600_000)); // 2020-12-28
+        let tz = bson!({"$dateTrunc": {"date": d.clone(), "unit": "day", "timezone": "-11"}});
+        assert_eq!(value(tz), date(1_609_585_200_000)); // 2021-01-02T00:00-11:00
+        assert_eq!(
+            value(bson!({"$dateTrunc": {"date": null, "unit": "day"}})),
+            Bson::Null
+        );
+        let e = error(bson!({"$dateTrunc": {"date": d.clone(), "unit": "day", "binSize": 0}}));
+        assert_eq!(e.code, 5439018);
+        let e = error(bson!({"$dateTrunc": {"date": 1, "unit": "day"}}));
+        assert_eq!(e.code, 5439012);
+        let e = error(bson!({"$dateTrunc": {"date": d, "unit": "day", "timezone": "Nowhere"}}));
+        assert_eq!(e.code, 40485);
+        assert!(
+            e.errmsg.starts_with(
+                "$dateTrunc parameter 'timezone' value parsing failed :: caused by :: "
+            )
+        );
+        assert_eq!(
+            parse_error(bson!({"$dateTrunc": {"date": 1}})).code,
+            5439010
         );
     }
 }
