@@ -8,10 +8,9 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateFromString`, regular expressions
-//! (`$regexMatch`,
-//! ...), `$meta`, `$rand`, `$function`/`$accumulator` and the n-ary array accumulators
-//! (`$firstN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
+//! operator: `$dateFromString`, regular expressions (`$regexMatch`, ...), `$meta`,
+//! `$function`/`$accumulator`, `$toHashedIndexKey` and the n-ary array operators (`$firstN`,
+//! `$maxN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
 //! computed on, and time zones other than UTC and fixed offsets fail with 40485 when a date
 //! has to be placed in them.
 
@@ -235,6 +234,8 @@ enum Node {
         timezone: Option<Box<Expr>>,
         iso8601: Option<Box<Expr>>,
     },
+    /// `$rand`: never folded, a new value per evaluation.
+    Rand,
     DateTrunc {
         date: Box<Expr>,
         unit: Box<Expr>,
@@ -697,6 +698,15 @@ fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {
         "$dateAdd" | "$dateSubtract" => parse_date_arith(op, arg)?,
         "$dateDiff" => parse_date_diff(arg)?,
         "$dateTrunc" => parse_date_trunc(arg)?,
+        "$rand" => match arg {
+            Bson::Document(d) if d.is_empty() => Node::Rand,
+            Bson::Document(_) => {
+                return Err(loc(3040501, "$rand does not currently accept arguments"));
+            }
+            _ => {
+                return Err(loc(10065, "invalid parameter: expected an object ($rand)"));
+            }
+        },
         "$dateToParts" => parse_date_to_parts(arg)?,
         "$dateFromParts" => parse_date_from_parts(arg)?,
         "$toDecimal" => return Err(decimal_unsupported()),
@@ -2474,6 +2484,7 @@ impl Cx<'_> {
                 };
                 Ok(Some(Bson::Document(parts)))
             }
+            Node::Rand => Ok(Some(Bson::Double(rand::random::<f64>()))),
             Node::DateTrunc {
                 date,
                 unit,
@@ -7038,5 +7049,19 @@ mod tests {
             parse_error(bson!({"$dateTrunc": {"date": 1}})).code,
             5439010
         );
+    }
+
+    #[test]
+    fn rand_is_a_fresh_double_in_the_unit_interval() {
+        let e = Expr::parse(&bson!({"$rand": {}})).unwrap();
+        let draws: Vec<f64> = (0..20)
+            .map(|_| match e.eval(&doc! {}, &vars()).unwrap() {
+                Some(Bson::Double(d)) => d,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        assert!(draws.windows(2).any(|w| w[0] != w[1]));
+        assert_eq!(parse_error(bson!({"$rand": {"a": 1}})).code, 3040501);
     }
 }
