@@ -690,12 +690,10 @@ fn read_handler(value: &toml::Value, path: &str, errors: &mut Vec<String>) -> Op
 /// A placeholder must be a whole string value `"${path}"`; anything else with `${` is a typo.
 fn check_placeholders(v: &Bson, path: &str, errors: &mut Vec<String>) {
     match v {
-        Bson::String(s) if s.contains("${") => {
-            if placeholder(s).is_none() {
-                errors.push(format!(
-                    "{path}: {s:?}: a placeholder must be the whole value, like \"${{data.amount}}\""
-                ));
-            }
+        Bson::String(s) if s.contains("${") && placeholder(s).is_none() => {
+            errors.push(format!(
+                "{path}: {s:?}: a placeholder must be the whole value, like \"${{data.amount}}\""
+            ));
         }
         Bson::Document(d) => {
             for (k, v) in d {
