@@ -220,10 +220,19 @@ async fn conditionals_and_truthiness() {
     assert_eq!(
         fails(
             &env,
-            e(doc! {"$switch": {"branches": [{"case": false, "then": 1}]}})
+            e(doc! {"$switch": {"branches": [{"case": {"$lt": ["$a", 0]}, "then": 1}]}})
         )
         .await,
         40066
+    );
+    // With only constant-false cases the optimizer already rejects it (40069).
+    assert_eq!(
+        fails(
+            &env,
+            e(doc! {"$switch": {"branches": [{"case": false, "then": 1}]}})
+        )
+        .await,
+        40069
     );
     assert_eq!(
         value(&env, e(doc! {"$and": [1, "", []]})).await,
