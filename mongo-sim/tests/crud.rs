@@ -1136,3 +1136,34 @@ async fn common_command_options_are_accepted() {
     .await;
     assert_eq!(out, vec![doc! {"_id": 1}]);
 }
+
+// Manual: "Documents — The _id Field": _id may not be an array; such an insert fails as a write
+// error, BadValue (2) "can't use an array for _id" (mongod's insert validation). An upsert may
+// not set a different _id than the one its query fixes (66 ImmutableField).
+#[tokio::test]
+async fn id_field_rules() {
+    let env = start("id_field_rules").await;
+    let reply = env
+        .run(doc! {"insert": "c", "documents": [{"_id": [1, 2]}, {"_id": 3}], "ordered": false})
+        .await;
+    assert_eq!(num(reply.get("n")), 1.0, "{reply}");
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    assert_eq!(errors.len(), 1);
+    let we = errors[0].as_document().unwrap();
+    assert_eq!(num(we.get("index")), 0.0);
+    assert_eq!(num(we.get("code")), 2.0, "{we}");
+    assert_eq!(we.get_str("errmsg").unwrap(), "can't use an array for _id");
+    // A document _id is fine.
+    env.coll("c")
+        .insert_one(doc! {"_id": {"a": 1, "b": 2}})
+        .await
+        .unwrap();
+    expect_code(
+        env.coll("c")
+            .update_one(doc! {"_id": 10}, doc! {"$set": {"_id": 11}})
+            .upsert(true)
+            .await,
+        66,
+    );
+    assert_eq!(env.coll("c").count_documents(doc! {}).await.unwrap(), 2);
+}
