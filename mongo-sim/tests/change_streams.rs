@@ -860,3 +860,48 @@ async fn change_stream_batch_size_and_options() {
         .await;
     assert_eq!(code, 40415);
 }
+
+// Manual: "Open A Change Stream" — a collection's stream reports only that collection; a
+// database's stream does not see other databases.
+#[tokio::test]
+async fn streams_are_scoped_to_their_namespace() {
+    let env = start("cs_scoped").await;
+    let mut coll_stream = watch_coll(&env, "c").await;
+    let mut db_stream = env
+        .db
+        .watch()
+        .max_await_time(AWAIT)
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    let other_db = env.client.database(&format!("{}_o", env.db_name));
+    other_db
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": "other-db"})
+        .await
+        .unwrap();
+    env.coll("d")
+        .insert_one(doc! {"_id": "other-coll"})
+        .await
+        .unwrap();
+    env.coll("c")
+        .insert_one(doc! {"_id": "mine"})
+        .await
+        .unwrap();
+    let event = next_event(&mut coll_stream).await;
+    assert_eq!(
+        event.get_document("documentKey").unwrap(),
+        &doc! {"_id": "mine"}
+    );
+    let first = next_event(&mut db_stream).await;
+    assert_eq!(
+        first.get_document("documentKey").unwrap(),
+        &doc! {"_id": "other-coll"}
+    );
+    let second = next_event(&mut db_stream).await;
+    assert_eq!(
+        second.get_document("documentKey").unwrap(),
+        &doc! {"_id": "mine"}
+    );
+    other_db.drop().await.unwrap();
+}
