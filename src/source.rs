@@ -171,7 +171,7 @@ impl ProjectionWorker {
     }
 
     async fn restart_after(&self, e: &StoreError, backoff: &mut Duration) {
-        ProjectionStats::add(&self.stats.stream_restarts, 1);
+        self.stats.count_restart(&e.reason());
         tracing::warn!(
             projection = %self.config.name,
             reason = %e.reason(),

@@ -1,6 +1,8 @@
 //! Per-projection counters of what happened to events, shared between the worker that counts
 //! and whoever reports (the demo's summary now, the metrics endpoint later).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters for one projection. Monotonic; read with [`ProjectionStats::snapshot`].
@@ -21,6 +23,8 @@ pub struct ProjectionStats {
     pub stream_restarts: AtomicU64,
     pub history_lost_recoveries: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Stream restarts by reason (`network`, `server_error_11601`, ...).
+    restarts_by_reason: Mutex<BTreeMap<String, u64>>,
 }
 
 /// A copy of the counters at one moment.
@@ -43,6 +47,24 @@ pub struct StatsSnapshot {
 impl ProjectionStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one stream restart for `reason`.
+    pub fn count_restart(&self, reason: &str) {
+        Self::add(&self.stream_restarts, 1);
+        let mut by_reason = self
+            .restarts_by_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *by_reason.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Stream restarts so far, by reason.
+    pub fn restarts_by_reason(&self) -> BTreeMap<String, u64> {
+        self.restarts_by_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

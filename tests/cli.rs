@@ -137,3 +137,34 @@ async fn sigterm_drains_checkpoints_and_exits_zero() {
             .expect("a final checkpoint");
     assert!(checkpoint.events_handled >= 2, "{checkpoint:?}");
 }
+
+#[test]
+fn the_demo_passes_and_reports_what_happened() {
+    let out = binary()
+        .args([
+            "demo",
+            "--accounts",
+            "30",
+            "--events",
+            "600",
+            "--writers",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "applied:",
+        "healed from the store:",
+        "parked:",
+        "dead-lettered:         1 (malformed: 1)",
+        "OK: all ",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}

@@ -516,3 +516,122 @@ async fn the_demo_workload_folds_exactly() {
     assert!(report.events_written >= 800);
     assert_eq!(report.dead_lettered_entries, 1, "the one malformed event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_event_collection_stops_its_projection_and_the_others_go_on() {
+    let env = TestEnv::new("invalidate").await;
+    let mut config = env.config();
+    let mut other = config.projections[0].clone();
+    other.name = "mirror".into();
+    other.events = "other_events".into();
+    other.target = "mirror".into();
+    other.parking.collection = "mirror_parked".into();
+    config.projections.push(other);
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(&config, &env.client, &shutdown);
+    let stats = daemon.stats();
+    let handle = tokio::spawn(async move { daemon.run().await });
+    let other_events = env.db.collection::<Document>("other_events");
+    other_events
+        .insert_one(event(
+            "o",
+            1,
+            "AccountOpened",
+            doc! {"owner": "o", "currency": "EUR"},
+        ))
+        .await
+        .unwrap();
+    env.events()
+        .insert_one(event(
+            "a",
+            1,
+            "AccountOpened",
+            doc! {"owner": "a", "currency": "EUR"},
+        ))
+        .await
+        .unwrap();
+    wait_for_sequence(&env, "a", 1).await;
+    eventually("mirror applied its first event", WAIT, || async {
+        env.db
+            .collection::<Document>("mirror")
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    other_events.drop().await.unwrap();
+    env.events()
+        .insert_one(event("a", 2, "Deposited", doc! {"amount": 3i64}))
+        .await
+        .unwrap();
+    wait_for_sequence(&env, "a", 2).await;
+    shutdown.cancel();
+    let report = handle.await.unwrap();
+    let (name, result) = &report.results[1];
+    assert_eq!(name, "mirror");
+    let message = &result.as_ref().unwrap_err().message;
+    assert!(message.contains("was dropped or renamed"), "{message}");
+    assert!(
+        report.results[0].1.is_ok(),
+        "the accounts projection went on: {:?}",
+        report.results[0]
+    );
+    assert_eq!(stats[0].1.snapshot().applied, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_projection_keeps_its_token_inside_the_oplog() {
+    let Some(env) = TestEnv::with_small_oplog("idle_token", 64).await else {
+        return;
+    };
+    let mut config = env.config();
+    recording_projection(&mut config);
+    let running = start(&env, &config);
+    env.events()
+        .insert_one(event("i", 1, "A", doc! {}))
+        .await
+        .unwrap();
+    wait_for_sequence(&env, "i", 1).await;
+    // Far more than the oplog holds is written elsewhere while the projection has nothing to do.
+    let noise = env.db.collection::<Document>("noise");
+    for i in 0..200 {
+        noise.insert_one(doc! {"i": i}).await.unwrap();
+    }
+    let now = env.events().watch().await.unwrap().resume_token().unwrap();
+    let data = |t: &mongodb::change_stream::event::ResumeToken| {
+        bson::to_bson(t)
+            .unwrap()
+            .as_document()
+            .unwrap()
+            .get_str("_data")
+            .unwrap()
+            .to_string()
+    };
+    let now = data(&now);
+    let store = CheckpointStore::new(&env.db, "projector_checkpoints");
+    eventually(
+        "the checkpoint follows the post-batch resume token",
+        WAIT,
+        || async {
+            match store.load("accounts").await.unwrap() {
+                Some(c) => data(&c.token) >= now,
+                None => false,
+            }
+        },
+    )
+    .await;
+    running.stop().await;
+    let running = start(&env, &config);
+    env.events()
+        .insert_one(event("i", 2, "A", doc! {}))
+        .await
+        .unwrap();
+    wait_for_sequence(&env, "i", 2).await;
+    let stats = running.stop().await;
+    assert_eq!(
+        stats.history_lost_recoveries, 0,
+        "the stored token was still in the oplog"
+    );
+    assert_eq!(seen(&env, "i").await, vec![1, 2]);
+}
