@@ -229,7 +229,10 @@ impl Applier {
         } else {
             Disposition::Applied
         };
-        Ok(match self.read_model.apply(event, &statement).await? {
+        let started = std::time::Instant::now();
+        let outcome = self.read_model.apply(event, &statement).await?;
+        self.stats.apply_seconds.observe(started.elapsed());
+        Ok(match outcome {
             Outcome::Applied => {
                 self.count_applied(applied);
                 Ok(applied)

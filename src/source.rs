@@ -172,6 +172,7 @@ impl ProjectionWorker {
 
     async fn restart_after(&self, e: &StoreError, backoff: &mut Duration) {
         self.stats.count_restart(&e.reason());
+        self.stats.set_last_error(e.to_string());
         tracing::warn!(
             projection = %self.config.name,
             reason = %e.reason(),
@@ -240,6 +241,7 @@ impl ProjectionWorker {
                         )));
                     }
                     ProjectionStats::add(&self.stats.received, 1);
+                    self.stats.record_progress(false);
                     let change =
                         decode_change(&raw, &self.config.fields).map_err(StoreError::Reply)?;
                     match &change.event {
@@ -253,6 +255,8 @@ impl ProjectionWorker {
                     }
                     position.token = stream.resume_token();
                     position.cluster_time = change.cluster_time.or(position.cluster_time);
+                    self.stats
+                        .record_event_time(change.cluster_time.map(|t| t.time));
                     position.events_handled += 1;
                     position.unsaved_events += 1;
                     if position.unsaved_events >= self.checkpointing.every_events
@@ -330,7 +334,8 @@ impl ProjectionWorker {
         };
         match self.checkpoints.save(&self.config.name, &checkpoint).await {
             Ok(()) => {
-                ProjectionStats::add(&self.stats.checkpoints, 1);
+                self.stats
+                    .record_checkpoint(position.cluster_time.map(|t| t.time));
                 position.saved_token = Some(token);
                 position.unsaved_events = 0;
                 position.last_save = Instant::now();

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Counters for one projection. Monotonic; read with [`ProjectionStats::snapshot`].
 #[derive(Debug, Default)]
@@ -25,6 +26,72 @@ pub struct ProjectionStats {
     pub checkpoints: AtomicU64,
     /// Stream restarts by reason (`network`, `server_error_11601`, ...).
     restarts_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// Unix milliseconds when the stream last answered (an event or an empty batch): the
+    /// liveness signal. 0 before the first answer.
+    pub last_progress_ms: AtomicU64,
+    /// Cluster time (seconds) of the newest handled event: the lag signal.
+    pub last_event_cluster_secs: AtomicU64,
+    /// True once the stream has answered with an empty batch after the last event.
+    pub caught_up: AtomicBool,
+    /// Unix milliseconds of the last successful checkpoint write.
+    pub last_checkpoint_ms: AtomicU64,
+    /// Cluster time (seconds) of the newest event covered by the stored checkpoint.
+    pub checkpoint_cluster_secs: AtomicU64,
+    /// Duration of guarded writes (one event, or one batch).
+    pub apply_seconds: DurationHistogram,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Upper bounds (seconds) of the apply-duration histogram's buckets.
+pub const APPLY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A fixed-bucket histogram of durations, lock-free to observe.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Cumulative counts are computed when read; each slot counts observations in its bucket.
+    slots: [AtomicU64; APPLY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = APPLY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(APPLY_BUCKETS.len());
+        self.slots[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// (cumulative counts per bucket bound, count, sum in seconds), Prometheus-style.
+    pub fn read(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(APPLY_BUCKETS.len());
+        for (i, bound) in APPLY_BUCKETS.iter().enumerate() {
+            cumulative += self.slots[i].load(Ordering::Relaxed);
+            buckets.push((*bound, cumulative));
+        }
+        let count = cumulative + self.slots[APPLY_BUCKETS.len()].load(Ordering::Relaxed);
+        (
+            buckets,
+            count,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A copy of the counters at one moment.
@@ -57,6 +124,43 @@ impl ProjectionStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *by_reason.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// The stream answered (with events or an empty batch).
+    pub fn record_progress(&self, caught_up: bool) {
+        self.last_progress_ms
+            .store(unix_millis(), Ordering::Relaxed);
+        self.caught_up.store(caught_up, Ordering::Relaxed);
+    }
+
+    /// An event was handled; `cluster_secs` is its cluster time when known.
+    pub fn record_event_time(&self, cluster_secs: Option<u32>) {
+        if let Some(t) = cluster_secs {
+            self.last_event_cluster_secs
+                .fetch_max(t as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_checkpoint(&self, cluster_secs: Option<u32>) {
+        Self::add(&self.checkpoints, 1);
+        self.last_checkpoint_ms
+            .store(unix_millis(), Ordering::Relaxed);
+        if let Some(t) = cluster_secs {
+            self.checkpoint_cluster_secs
+                .fetch_max(t as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers the newest error, for the status endpoint.
+    pub fn set_last_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Stream restarts so far, by reason.
