@@ -14,10 +14,25 @@ use std::time::Duration;
 /// The whole configuration of one daemon.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub http: HttpConfig,
     pub checkpoints: CheckpointConfig,
     pub shutdown: ShutdownConfig,
     pub source: SourceConfig,
     pub projections: Vec<ProjectionConfig>,
+}
+
+/// The metrics and probes endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub address: std::net::SocketAddr,
+    /// `/healthz` fails when a projection's stream has not answered (not even with an empty
+    /// batch) for this long.
+    pub liveness_timeout: Duration,
+    /// `/readyz` fails while any projection lags more than this.
+    pub readiness_max_lag: Duration,
+    /// How often parked counts, the oplog's oldest entry and the connection are checked.
+    pub poll_every: Duration,
 }
 
 /// Where and how often resume tokens are persisted.
@@ -375,6 +390,30 @@ impl<'a> TableReader<'a> {
 
 fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
     let mut r = TableReader::new(root, "");
+    let http = {
+        let empty = toml::Table::new();
+        let t = r.table("http", errors).unwrap_or(&empty);
+        let mut c = TableReader::new(t, "http");
+        let default_address: std::net::SocketAddr = ([0, 0, 0, 0], 9464).into();
+        let address = match c.string("address", errors) {
+            None => default_address,
+            Some(a) => a.parse().unwrap_or_else(|_| {
+                errors.push(format!(
+                    "http.address: {a:?} is not an address like \"0.0.0.0:9464\""
+                ));
+                default_address
+            }),
+        };
+        let cfg = HttpConfig {
+            enabled: c.boolean("enabled", true, errors),
+            address,
+            liveness_timeout: c.duration("liveness_timeout", Duration::from_secs(60), errors),
+            readiness_max_lag: c.duration("readiness_max_lag", Duration::from_secs(30), errors),
+            poll_every: c.duration("poll_every", Duration::from_secs(5), errors),
+        };
+        c.finish(errors);
+        cfg
+    };
     let checkpoints = {
         let empty = toml::Table::new();
         let t = r.table("checkpoints", errors).unwrap_or(&empty);
@@ -452,6 +491,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         }
     }
     Config {
+        http,
         checkpoints,
         shutdown,
         source,

@@ -93,3 +93,22 @@ impl Daemon {
         DaemonReport { results }
     }
 }
+
+impl Daemon {
+    /// Starts the HTTP endpoint and its background poll for this daemon's projections; both
+    /// stop with `shutdown`. Returns the monitor and the bound address.
+    pub async fn start_monitoring(
+        &self,
+        config: &Config,
+        client: &Client,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<(Arc<crate::metrics::Monitor>, std::net::SocketAddr)> {
+        let monitor = crate::metrics::Monitor::new(config, client, self.stats());
+        let (address, serve) =
+            crate::http::bind(config.http.address, monitor.clone(), shutdown.clone()).await?;
+        tokio::spawn(serve);
+        tokio::spawn(monitor.clone().poll(client.clone(), shutdown.clone()));
+        tracing::info!(%address, "serving /metrics, /healthz, /readyz and /status");
+        Ok((monitor, address))
+    }
+}

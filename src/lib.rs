@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod park;
 pub mod projection;
 pub mod shutdown;

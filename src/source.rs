@@ -273,6 +273,7 @@ impl ProjectionWorker {
                             "change stream closed by the server".into(),
                         ));
                     }
+                    self.stats.record_progress(true);
                     let token = stream.resume_token();
                     if token.is_some() && token != position.token {
                         position.token = token;

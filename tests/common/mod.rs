@@ -44,6 +44,9 @@ impl TestEnv {
     }
 
     async fn with_oplog(name: &str, capacity: Option<usize>) -> TestEnv {
+        if std::env::var("RUST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
         let n = NEXT_DB.fetch_add(1, Ordering::Relaxed);
         let db_name = format!(
             "t_{}_{}_{n}",

@@ -1,0 +1,478 @@
+//! The metrics catalogue and the monitor behind `/metrics`, `/healthz`, `/readyz` and
+//! `/status`.
+//!
+//! Workers only count, into their [`ProjectionStats`]; this module turns those counters into
+//! Prometheus metric families at scrape time (no I/O on the scrape path), and a background poll
+//! keeps the figures that need a query fresh: parked counts, the oplog's oldest entry, and
+//! whether the server answers.
+
+use crate::config::{Config, HttpConfig};
+use crate::park::ParkedStore;
+use crate::stats::{ProjectionStats, unix_millis};
+use bson::{Bson, Document, doc};
+use mongodb::Client;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// How a metric behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One entry of the catalogue.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+macro_rules! catalogue {
+    ($($ident:ident = $name:literal, $kind:ident, $help:literal;)*) => {
+        $(pub const $ident: MetricDef = MetricDef { name: $name, kind: Kind::$kind, help: $help };)*
+        /// Every metric the daemon exports (besides the standard `process_*` ones), each with
+        /// the label `projection` (restarts also `reason`).
+        pub const CATALOGUE: &[MetricDef] = &[$($ident),*];
+    };
+}
+
+catalogue! {
+    EVENTS_RECEIVED = "mongo_projector_events_received_total", Counter, "Change events received from the stream.";
+    EVENTS_APPLIED = "mongo_projector_events_applied_total", Counter, "Events applied to the read model.";
+    EVENTS_SKIPPED = "mongo_projector_events_skipped_total", Counter, "Events without a handler that only advanced the sequence.";
+    EVENTS_DUPLICATE = "mongo_projector_events_duplicate_total", Counter, "Redelivered events absorbed by the sequence guard.";
+    GAPS_HEALED = "mongo_projector_gaps_healed_total", Counter, "Missing predecessors read back from the event collection and applied.";
+    EVENTS_PARKED = "mongo_projector_events_parked", Gauge, "Events parked now, waiting for their predecessor.";
+    PARKED_OLDEST_AGE = "mongo_projector_parked_oldest_age_seconds", Gauge, "Age of the oldest parked or dead-lettered event.";
+    DEAD_LETTERS = "mongo_projector_dead_letters", Gauge, "Dead-lettered events waiting for an operator.";
+    EVENTS_DEAD_LETTERED = "mongo_projector_events_dead_lettered_total", Counter, "Events dead-lettered (malformed, refused by the server, or a gap never filled).";
+    EVENTS_MALFORMED = "mongo_projector_events_malformed_total", Counter, "Event documents that could not be decoded.";
+    APPLY_DURATION = "mongo_projector_apply_duration_seconds", Histogram, "Duration of guarded writes.";
+    LAG = "mongo_projector_lag_seconds", Gauge, "Now minus the cluster time of the newest applied event; 0 when caught up.";
+    CHECKPOINT_AGE = "mongo_projector_checkpoint_age_seconds", Gauge, "Time since the last checkpoint write.";
+    OPLOG_HEADROOM = "mongo_projector_oplog_headroom_seconds", Gauge, "Cluster time covered by the stored checkpoint minus the oldest oplog entry's time: how long until the stored token would be lost.";
+    STREAM_RESTARTS = "mongo_projector_stream_restarts_total", Counter, "Change stream re-opens, by reason.";
+    HISTORY_LOST = "mongo_projector_history_lost_recoveries_total", Counter, "Recoveries from a resume token no longer in the oplog.";
+    CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
+    SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
+    CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
+}
+
+/// Figures that need a query, refreshed by [`Monitor::poll`].
+#[derive(Debug, Default)]
+pub struct PolledGauges {
+    pub parked: AtomicI64,
+    pub dead: AtomicI64,
+    /// Unix ms of the oldest parked entry's first parking; 0 when none.
+    pub oldest_parked_ms: AtomicU64,
+}
+
+/// One projection as the monitor sees it.
+pub struct Watched {
+    pub name: String,
+    pub stats: Arc<ProjectionStats>,
+    pub parked_store: ParkedStore,
+    pub polled: PolledGauges,
+}
+
+/// Server-wide figures.
+#[derive(Debug, Default)]
+pub struct ServerGauges {
+    pub connected: AtomicBool,
+    /// Seconds of the oldest oplog entry's `ts`; 0 when unknown (not readable there).
+    pub oplog_oldest_secs: AtomicU64,
+}
+
+/// Everything the HTTP endpoints report.
+pub struct Monitor {
+    pub http: HttpConfig,
+    pub projections: Vec<Watched>,
+    pub server: ServerGauges,
+    registry: Registry,
+    started: Instant,
+}
+
+/// The collector that reads the stats at scrape time.
+struct ProjectorCollector {
+    monitor: std::sync::Weak<Monitor>,
+    descs: Vec<Desc>,
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut l = proto::LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn sample(labels: Vec<proto::LabelPair>, kind: Kind, value: f64) -> proto::Metric {
+    let mut m = proto::Metric::from_label(labels);
+    match kind {
+        Kind::Counter => {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        }
+        _ => {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+    }
+    m
+}
+
+fn family(def: MetricDef, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(def.name.to_string());
+    f.set_help(def.help.to_string());
+    f.set_field_type(match def.kind {
+        Kind::Counter => MetricType::COUNTER,
+        Kind::Gauge => MetricType::GAUGE,
+        Kind::Histogram => MetricType::HISTOGRAM,
+    });
+    f.set_metric(metrics);
+    f
+}
+
+impl Collector for ProjectorCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(monitor) = self.monitor.upgrade() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for def in CATALOGUE {
+            let mut metrics = Vec::new();
+            for p in &monitor.projections {
+                let labels = || vec![label("projection", &p.name)];
+                match def.name {
+                    n if n == STREAM_RESTARTS.name => {
+                        for (reason, count) in p.stats.restarts_by_reason() {
+                            metrics.push(sample(
+                                vec![label("projection", &p.name), label("reason", &reason)],
+                                Kind::Counter,
+                                count as f64,
+                            ));
+                        }
+                    }
+                    n if n == APPLY_DURATION.name => {
+                        let (buckets, count, sum) = p.stats.apply_seconds.read();
+                        let mut h = proto::Histogram::default();
+                        h.set_sample_count(count);
+                        h.set_sample_sum(sum);
+                        h.bucket = buckets
+                            .into_iter()
+                            .map(|(bound, cumulative)| {
+                                let mut b = proto::Bucket::default();
+                                b.set_upper_bound(bound);
+                                b.set_cumulative_count(cumulative);
+                                b
+                            })
+                            .collect();
+                        let mut m = proto::Metric::from_label(labels());
+                        m.set_histogram(h);
+                        metrics.push(m);
+                    }
+                    _ => {
+                        if let Some(v) = monitor.value(def, p) {
+                            metrics.push(sample(labels(), def.kind, v));
+                        }
+                    }
+                }
+            }
+            if !metrics.is_empty() {
+                out.push(family(*def, metrics));
+            }
+        }
+        out
+    }
+}
+
+fn since_secs(unix_ms: u64) -> f64 {
+    (unix_millis().saturating_sub(unix_ms)) as f64 / 1000.0
+}
+
+impl Monitor {
+    /// A monitor for every projection of `config`, given each one's stats.
+    pub fn new(
+        config: &Config,
+        client: &Client,
+        stats: Vec<(String, Arc<ProjectionStats>)>,
+    ) -> Arc<Monitor> {
+        let projections = stats
+            .into_iter()
+            .filter_map(|(name, stats)| {
+                let p = config.projection(&name)?;
+                Some(Watched {
+                    parked_store: ParkedStore::new(
+                        &client.database(&p.database),
+                        &p.parking.collection,
+                        &p.name,
+                    ),
+                    name,
+                    stats,
+                    polled: PolledGauges::default(),
+                })
+            })
+            .collect();
+        let monitor = Arc::new(Monitor {
+            http: config.http.clone(),
+            projections,
+            server: ServerGauges::default(),
+            registry: Registry::new(),
+            started: Instant::now(),
+        });
+        let descs = CATALOGUE
+            .iter()
+            .filter_map(|d| {
+                let labels = if d.name == STREAM_RESTARTS.name {
+                    vec!["projection".to_string(), "reason".to_string()]
+                } else {
+                    vec!["projection".to_string()]
+                };
+                Desc::new(
+                    d.name.to_string(),
+                    d.help.to_string(),
+                    labels,
+                    Default::default(),
+                )
+                .ok()
+            })
+            .collect();
+        let collector = ProjectorCollector {
+            monitor: Arc::downgrade(&monitor),
+            descs,
+        };
+        if let Err(e) = monitor.registry.register(Box::new(collector)) {
+            tracing::error!(error = %e, "cannot register the projector metrics");
+        }
+        #[cfg(target_os = "linux")]
+        if let Err(e) = monitor.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "cannot register process metrics");
+        }
+        monitor
+    }
+
+    /// The value of a plain (non-histogram, non-restart) metric for one projection; `None`
+    /// when it is not known yet.
+    fn value(&self, def: &MetricDef, p: &Watched) -> Option<f64> {
+        let s = p.stats.snapshot();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(match def.name {
+            n if n == EVENTS_RECEIVED.name => s.received as f64,
+            n if n == EVENTS_APPLIED.name => s.applied as f64,
+            n if n == EVENTS_SKIPPED.name => s.skipped as f64,
+            n if n == EVENTS_DUPLICATE.name => s.duplicates as f64,
+            n if n == GAPS_HEALED.name => s.healed as f64,
+            n if n == EVENTS_DEAD_LETTERED.name => s.dead_lettered as f64,
+            n if n == EVENTS_MALFORMED.name => s.malformed as f64,
+            n if n == HISTORY_LOST.name => s.history_lost_recoveries as f64,
+            n if n == CHECKPOINTS.name => s.checkpoints as f64,
+            n if n == EVENTS_PARKED.name => p.polled.parked.load(Ordering::Relaxed) as f64,
+            n if n == DEAD_LETTERS.name => p.polled.dead.load(Ordering::Relaxed) as f64,
+            n if n == PARKED_OLDEST_AGE.name => {
+                match p.polled.oldest_parked_ms.load(Ordering::Relaxed) {
+                    0 => 0.0,
+                    ms => since_secs(ms),
+                }
+            }
+            n if n == LAG.name => self.lag_seconds(p),
+            n if n == CHECKPOINT_AGE.name => match load(&p.stats.last_checkpoint_ms) {
+                0 => return None,
+                ms => since_secs(ms),
+            },
+            n if n == OPLOG_HEADROOM.name => {
+                let oldest = self.server.oplog_oldest_secs.load(Ordering::Relaxed);
+                let covered = load(&p.stats.checkpoint_cluster_secs);
+                if oldest == 0 || covered == 0 {
+                    return None;
+                }
+                covered as f64 - oldest as f64
+            }
+            n if n == CAUGHT_UP.name => {
+                f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
+            }
+            n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            _ => return None,
+        })
+    }
+
+    /// 0 when caught up; otherwise now minus the cluster time of the newest handled event.
+    pub fn lag_seconds(&self, p: &Watched) -> f64 {
+        if p.stats.caught_up.load(Ordering::Relaxed) {
+            return 0.0;
+        }
+        match p.stats.last_event_cluster_secs.load(Ordering::Relaxed) {
+            0 => 0.0,
+            t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
+        }
+    }
+
+    /// Since the stream last answered; since start before its first answer.
+    pub fn seconds_since_progress(&self, p: &Watched) -> f64 {
+        match p.stats.last_progress_ms.load(Ordering::Relaxed) {
+            0 => self.started.elapsed().as_secs_f64(),
+            ms => since_secs(ms),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Liveness: every projection's stream answered within `liveness_timeout`. The list names
+    /// the stale ones.
+    pub fn liveness(&self) -> (bool, Vec<String>) {
+        let limit = self.http.liveness_timeout.as_secs_f64();
+        let stale: Vec<String> = self
+            .projections
+            .iter()
+            .filter(|p| self.seconds_since_progress(p) > limit)
+            .map(|p| {
+                format!(
+                    "{}: no answer from its change stream for {:.1}s",
+                    p.name,
+                    self.seconds_since_progress(p)
+                )
+            })
+            .collect();
+        (stale.is_empty(), stale)
+    }
+
+    /// Readiness: the server answers, every stream has answered once, and no projection lags
+    /// more than `readiness_max_lag`.
+    pub fn readiness(&self) -> (bool, Vec<String>) {
+        let mut problems = Vec::new();
+        if !self.server.connected.load(Ordering::Relaxed) {
+            problems.push("MongoDB does not answer".to_string());
+        }
+        let limit = self.http.readiness_max_lag.as_secs_f64();
+        for p in &self.projections {
+            if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
+                problems.push(format!("{}: change stream not open yet", p.name));
+            }
+            let lag = self.lag_seconds(p);
+            if lag > limit {
+                problems.push(format!("{}: lag {lag:.1}s over {limit:.1}s", p.name));
+            }
+        }
+        (problems.is_empty(), problems)
+    }
+
+    /// Each projection's position, lag, parked counts and last error.
+    pub fn status(&self) -> serde_json::Value {
+        let projections: Vec<serde_json::Value> = self
+            .projections
+            .iter()
+            .map(|p| {
+                let s = p.stats.snapshot();
+                serde_json::json!({
+                    "name": p.name,
+                    "eventsReceived": s.received,
+                    "eventsApplied": s.applied,
+                    "eventsSkipped": s.skipped,
+                    "duplicates": s.duplicates,
+                    "gapsHealed": s.healed,
+                    "lagSeconds": self.lag_seconds(p),
+                    "caughtUp": p.stats.caught_up.load(Ordering::Relaxed),
+                    "secondsSinceProgress": self.seconds_since_progress(p),
+                    "lastEventClusterTime": p.stats.last_event_cluster_secs.load(Ordering::Relaxed),
+                    "checkpointClusterTime": p.stats.checkpoint_cluster_secs.load(Ordering::Relaxed),
+                    "checkpoints": s.checkpoints,
+                    "parked": p.polled.parked.load(Ordering::Relaxed),
+                    "deadLetters": p.polled.dead.load(Ordering::Relaxed),
+                    "streamRestarts": p.stats.restarts_by_reason(),
+                    "historyLostRecoveries": s.history_lost_recoveries,
+                    "lastError": p.stats.last_error(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "connected": self.server.connected.load(Ordering::Relaxed),
+            "projections": projections,
+        })
+    }
+
+    /// Refreshes the polled figures once.
+    pub async fn poll_once(&self, client: &Client) {
+        let ping = client.database("admin").run_command(doc! {"ping": 1}).await;
+        self.server.connected.store(ping.is_ok(), Ordering::Relaxed);
+        if ping.is_err() {
+            return;
+        }
+        // The oldest retained oplog entry (manual: "Replica Set Oplog"); not readable on every
+        // deployment (Atlas shared tiers, missing privileges), in which case headroom is absent.
+        let oldest = client
+            .database("local")
+            .collection::<Document>("oplog.rs")
+            .find_one(doc! {})
+            .sort(doc! {"$natural": 1})
+            .projection(doc! {"ts": 1})
+            .await;
+        let oldest_secs = match oldest {
+            Ok(Some(d)) => match d.get("ts") {
+                Some(Bson::Timestamp(ts)) => ts.time as u64,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        self.server
+            .oplog_oldest_secs
+            .store(oldest_secs, Ordering::Relaxed);
+        for p in &self.projections {
+            if let Ok((parked, dead)) = p.parked_store.counts().await {
+                p.polled.parked.store(parked as i64, Ordering::Relaxed);
+                p.polled.dead.store(dead as i64, Ordering::Relaxed);
+            }
+            let oldest = p
+                .parked_store
+                .collection()
+                .find_one(doc! {"projection": &p.name})
+                .sort(doc! {"firstParkedAt": 1})
+                .projection(doc! {"firstParkedAt": 1})
+                .await;
+            let ms = match oldest {
+                Ok(Some(d)) => d
+                    .get_datetime("firstParkedAt")
+                    .map(|t| t.timestamp_millis().max(0) as u64)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            p.polled.oldest_parked_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Polls every `poll_every` until `shutdown`.
+    pub async fn poll(
+        self: Arc<Self>,
+        client: Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            self.poll_once(&client).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.http.poll_every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The HTTP endpoint during a run: `/metrics` counts what happened, `/healthz` turns unhealthy
+//! while the stream is blocked, `/readyz` follows lag, `/status` reports each projection.
+
+mod common;
+
+use bson::{Document, doc};
+use common::{TestEnv, event, eventually, recording_projection, stored_sequence};
+use mongo_projector::config::Config;
+use mongo_projector::daemon::Daemon;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A plain HTTP/1.1 GET: (status code, body).
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The value of one sample (`name{projection="accounts"}`) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+struct Served {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    monitoring: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn serve(env: &TestEnv, mut config: Config) -> Served {
+    config.http.address = "127.0.0.1:0".parse().unwrap();
+    config.http.poll_every = Duration::from_millis(50);
+    let shutdown = CancellationToken::new();
+    let monitoring = CancellationToken::new();
+    let daemon = Daemon::new(&config, &env.client, &shutdown);
+    let (_, address) = daemon
+        .start_monitoring(&config, &env.client, &monitoring)
+        .await
+        .unwrap();
+    let handle = tokio::spawn(async move {
+        let report = daemon.run().await;
+        assert!(report.all_ok(), "{:?}", report.results);
+    });
+    Served {
+        address,
+        shutdown,
+        monitoring,
+        handle,
+    }
+}
+
+impl Served {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap();
+        self.monitoring.cancel();
+    }
+}
+
+async fn fail_point(env: &TestEnv, mode: bson::Bson, data: Document) {
+    env.client
+        .database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data})
+        .await
+        .expect("configureFailPoint (needs enableTestCommands on a real mongod)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let env = TestEnv::new("metrics").await;
+    let mut config = env.config();
+    recording_projection(&mut config);
+    // A read model already past sequence 1: the first event arrives as a duplicate.
+    env.accounts()
+        .insert_one(doc! {"_id": "dup", "lastSequenceNumber": 4i64})
+        .await
+        .unwrap();
+    let served = serve(&env, config).await;
+    eventually("the stream is open and caught up", WAIT, || async {
+        let (_, scrape) = get(served.address, "/metrics").await;
+        sample(
+            &scrape,
+            "mongo_projector_caught_up{projection=\"accounts\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    env.events()
+        .insert_one(event("dup", 1, "A", doc! {}))
+        .await
+        .unwrap();
+    env.events()
+        .insert_one(event("m", 1, "A", doc! {}))
+        .await
+        .unwrap();
+    env.events()
+        .insert_one(event("m", 3, "A", doc! {}))
+        .await
+        .unwrap(); // parked: 2 is missing
+    let series = |name: &str| format!("{name}{{projection=\"accounts\"}}");
+    eventually("one parked event shows in the metrics", WAIT, || async {
+        let (_, scrape) = get(served.address, "/metrics").await;
+        sample(&scrape, &series("mongo_projector_events_parked")) == Some(1.0)
+    })
+    .await;
+    let (code, scrape) = get(served.address, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(&scrape, &series("mongo_projector_events_applied_total")),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(&scrape, &series("mongo_projector_events_duplicate_total")),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(&scrape, &series("mongo_projector_events_received_total")),
+        Some(3.0)
+    );
+    assert!(scrape.contains("# TYPE mongo_projector_apply_duration_seconds histogram"));
+    assert!(
+        scrape.contains("process_resident_memory_bytes"),
+        "process metrics are exported"
+    );
+
+    env.events()
+        .insert_one(event("m", 2, "A", doc! {}))
+        .await
+        .unwrap();
+    eventually("the parked event is released", WAIT, || async {
+        let (_, scrape) = get(served.address, "/metrics").await;
+        sample(&scrape, &series("mongo_projector_events_parked")) == Some(0.0)
+            && sample(&scrape, &series("mongo_projector_events_applied_total")) == Some(3.0)
+    })
+    .await;
+    let (code, body) = get(served.address, "/status").await;
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["projections"][0]["name"], "accounts");
+    assert_eq!(status["projections"][0]["eventsApplied"], 3);
+    assert_eq!(stored_sequence(&env, "m").await, Some(3));
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_while_the_stream_is_blocked() {
+    let env = TestEnv::new("healthz").await;
+    let mut config = env.config();
+    config.http.liveness_timeout = Duration::from_millis(700);
+    let served = serve(&env, config).await;
+    eventually("healthy once the stream answers", WAIT, || async {
+        get(served.address, "/healthz").await.0 == 200
+    })
+    .await;
+    // Every getMore now hangs for 3 s, far longer than the liveness timeout.
+    fail_point(
+        &env,
+        "alwaysOn".into(),
+        doc! {"failCommands": ["getMore"], "blockConnection": true, "blockTimeMS": 3000},
+    )
+    .await;
+    eventually("unhealthy while getMore is blocked", WAIT, || async {
+        get(served.address, "/healthz").await.0 == 503
+    })
+    .await;
+    let (_, body) = get(served.address, "/healthz").await;
+    assert!(body.contains("no answer from its change stream"), "{body}");
+    fail_point(&env, "off".into(), doc! {}).await;
+    eventually("healthy again once getMore answers", WAIT, || async {
+        get(served.address, "/healthz").await.0 == 200
+    })
+    .await;
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_lag() {
+    let env = TestEnv::new("readyz").await;
+    let mut config = env.config();
+    config.http.readiness_max_lag = Duration::from_secs(1);
+    let served = serve(&env, config).await;
+    eventually("ready once connected and caught up", WAIT, || async {
+        get(served.address, "/readyz").await.0 == 200
+    })
+    .await;
+    // Guarded writes to the read model hang for 4 s: the daemon falls behind its stream.
+    let ns = format!("{}.accounts", env.db.name());
+    fail_point(&env, doc! {"times": 1}.into(), doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns}).await;
+    env.events()
+        .insert_one(event(
+            "r",
+            1,
+            "AccountOpened",
+            doc! {"owner": "r", "currency": "EUR"},
+        ))
+        .await
+        .unwrap();
+    eventually("not ready while lagging", WAIT, || async {
+        get(served.address, "/readyz").await.0 == 503
+    })
+    .await;
+    let (_, body) = get(served.address, "/readyz").await;
+    assert!(body.contains("lag"), "{body}");
+    eventually("ready again once caught up", WAIT, || async {
+        get(served.address, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(stored_sequence(&env, "r").await, Some(1));
+    served.stop().await;
+}
