@@ -171,8 +171,12 @@ impl Oplog {
             | OplogOp::Replace { ns, .. }
             | OplogOp::Delete { ns, .. }
             | OplogOp::Create { ns } => {
-                let known = self.live.entry(ns.clone()).or_insert(None);
-                if ui.is_some() {
+                // Looked up before `entry`, which would copy the namespace on every write.
+                let known = match self.live.get_mut(ns) {
+                    Some(known) => known,
+                    None => self.live.entry(ns.clone()).or_insert(None),
+                };
+                if ui.is_some() && known != ui {
                     known.clone_from(ui);
                 }
             }

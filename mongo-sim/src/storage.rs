@@ -51,6 +51,11 @@ impl Data {
     /// The collection, created (and its creation recorded in the oplog) when missing, as an
     /// insert, upsert or createIndexes does implicitly. The flag is true when it was created.
     pub fn ensure_collection(&mut self, ns: &Namespace) -> (&mut Collection, bool) {
+        // Looked up before `entry`, which would copy the names on every insert.
+        if self.collection(ns).is_some() {
+            let coll = self.collection_mut(ns).expect("collection exists");
+            return (coll, false);
+        }
         let db = self.databases.entry(ns.db.clone()).or_default();
         let created = !db.collections.contains_key(&ns.coll);
         let coll = db.collections.entry(ns.coll.clone()).or_default();
