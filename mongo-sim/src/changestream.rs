@@ -431,7 +431,7 @@ impl ChangeStreamCursor {
                     .unwrap_or_default();
                 vec![RawEvent::new(
                     "insert",
-                    doc! {"fullDocument": document.clone(), "ns": ns_doc(ns), "documentKey": key},
+                    doc! {"fullDocument": Document::clone(document), "ns": ns_doc(ns), "documentKey": key},
                 )]
             }
             OplogOp::Update {
@@ -985,7 +985,7 @@ mod tests {
     fn insert(db: &str, coll: &str, id: i32) -> OplogOp {
         OplogOp::Insert {
             ns: Namespace::new(db, coll),
-            document: doc! {"_id": id, "x": id},
+            document: std::sync::Arc::new(doc! {"_id": id, "x": id}),
         }
     }
 

@@ -117,10 +117,10 @@ fn with_code_name(mut e: CommandError) -> CommandError {
 pub async fn run_command(
     shared: &Arc<Shared>,
     conn: &mut ConnectionState,
-    cmd: Document,
+    mut cmd: Document,
 ) -> Outcome {
     count_operation(shared, &cmd);
-    let result = execute(shared, conn, &cmd).await;
+    let result = execute(shared, conn, &mut cmd).await;
     shared.publish_oplog_head();
     match result {
         Err(Hangup) => Outcome::CloseConnection,
@@ -169,10 +169,11 @@ fn finish(shared: &Shared, mut reply: Document) -> Document {
     reply
 }
 
+/// `cmd` is mutable only so that `insert` can move its documents into storage.
 async fn execute(
     shared: &Arc<Shared>,
     conn: &mut ConnectionState,
-    cmd: &Document,
+    cmd: &mut Document,
 ) -> std::result::Result<Document, Hangup> {
     let name = cmd.keys().next().cloned().unwrap_or_default();
     let db = match cmd.get("$db") {
@@ -526,7 +527,7 @@ async fn checks_then_run(
     conn: &mut ConnectionState,
     ctx: &CommandContext,
     name: &str,
-    cmd: &Document,
+    cmd: &mut Document,
     retryable: bool,
 ) -> Result<Ran> {
     check_generic_arguments(name, cmd)?;
@@ -608,7 +609,7 @@ async fn route(
     conn: &mut ConnectionState,
     ctx: &CommandContext,
     name: &str,
-    cmd: &Document,
+    cmd: &mut Document,
 ) -> Result<Document> {
     use crate::commands::{crud, ddl};
     let s: &Shared = shared;

@@ -3,6 +3,7 @@
 
 use bson::{Binary, Bson, Document, Timestamp, doc};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// `db.collection`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,9 +30,10 @@ impl std::fmt::Display for Namespace {
 /// What happened, in the terms change events report.
 #[derive(Debug, Clone)]
 pub enum OplogOp {
+    /// `document` is the version the collection stored, shared with it rather than copied.
     Insert {
         ns: Namespace,
-        document: Document,
+        document: Arc<Document>,
     },
     /// An update by operators or pipeline; `before`/`after` let the change stream describe it.
     Update {
@@ -169,8 +171,12 @@ impl Oplog {
             | OplogOp::Replace { ns, .. }
             | OplogOp::Delete { ns, .. }
             | OplogOp::Create { ns } => {
-                let known = self.live.entry(ns.clone()).or_insert(None);
-                if ui.is_some() {
+                // Looked up before `entry`, which would copy the namespace on every write.
+                let known = match self.live.get_mut(ns) {
+                    Some(known) => known,
+                    None => self.live.entry(ns.clone()).or_insert(None),
+                };
+                if ui.is_some() && known != ui {
                     known.clone_from(ui);
                 }
             }
@@ -266,7 +272,7 @@ impl OplogEntry {
                     .get("_id")
                     .map(|id| doc! {"_id": id.clone()})
                     .unwrap_or_default();
-                ("i", ns.to_string(), document.clone(), Some(key))
+                ("i", ns.to_string(), Document::clone(document), Some(key))
             }
             OplogOp::Update {
                 ns,
@@ -386,7 +392,7 @@ mod tests {
     fn insert(coll: &str, id: i32) -> OplogOp {
         OplogOp::Insert {
             ns: Namespace::new("db", coll),
-            document: doc! {"_id": id},
+            document: Arc::new(doc! {"_id": id}),
         }
     }
 
@@ -455,7 +461,7 @@ mod tests {
         oplog.record(
             OplogOp::Insert {
                 ns: Namespace::new("other", "x"),
-                document: doc! {"_id": 1},
+                document: Arc::new(doc! {"_id": 1}),
             },
             None,
         );

@@ -16,6 +16,7 @@ use crate::oplog::{Namespace, Oplog, OplogOp};
 use crate::query::Matcher;
 use bson::{Binary, Bson, Document, Uuid};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// The largest document a client may store (manual: "BSON Document Size").
 pub const MAX_USER_DOCUMENT_SIZE: usize = 16 * 1024 * 1024;
@@ -50,6 +51,11 @@ impl Data {
     /// The collection, created (and its creation recorded in the oplog) when missing, as an
     /// insert, upsert or createIndexes does implicitly. The flag is true when it was created.
     pub fn ensure_collection(&mut self, ns: &Namespace) -> (&mut Collection, bool) {
+        // Looked up before `entry`, which would copy the names on every insert.
+        if self.collection(ns).is_some() {
+            let coll = self.collection_mut(ns).expect("collection exists");
+            return (coll, false);
+        }
         let db = self.databases.entry(ns.db.clone()).or_default();
         let created = !db.collections.contains_key(&ns.coll);
         let coll = db.collections.entry(ns.coll.clone()).or_default();
@@ -95,7 +101,7 @@ impl Data {
     ) -> Option<bson::Document> {
         let coll = self.collection(ns)?;
         let rid = coll.find_by_id(document_key.get("_id")?)?;
-        coll.documents.get(&rid).cloned()
+        coll.documents.get(&rid).map(|d| Document::clone(d))
     }
 
     /// The collection's UUID, when it exists.
@@ -535,8 +541,10 @@ fn decimal_len(mut i: usize) -> usize {
 /// One collection.
 pub struct Collection {
     pub uuid: Uuid,
-    /// Documents in natural order, by record id.
-    pub documents: BTreeMap<u64, Document>,
+    /// Documents in natural order, by record id. A stored version is never modified in
+    /// place (a write replaces it), so the oplog entry that recorded it shares it instead of
+    /// holding a copy.
+    pub documents: BTreeMap<u64, Arc<Document>>,
     /// `_id_` first, then secondary indexes in creation order.
     pub indexes: Vec<Index>,
     next_record_id: u64,
@@ -614,14 +622,20 @@ impl Collection {
         }
     }
 
-    /// Stores a new document, enforcing unique indexes; returns its record id.
-    pub fn insert_document(&mut self, ns: &Namespace, doc: Document) -> Result<u64> {
+    /// Stores a new document, enforcing unique indexes; returns its record id and the stored
+    /// version (shared, for the oplog).
+    pub fn insert_document(
+        &mut self,
+        ns: &Namespace,
+        doc: Document,
+    ) -> Result<(u64, Arc<Document>)> {
         let rid = self.next_record_id;
         let keys = self.keys_for(ns, &doc, None)?;
         self.add_keys(rid, keys);
-        self.documents.insert(rid, doc);
+        let stored = Arc::new(doc);
+        self.documents.insert(rid, stored.clone());
         self.next_record_id += 1;
-        Ok(rid)
+        Ok((rid, stored))
     }
 
     /// Replaces the document at `rid`, enforcing unique indexes; returns the old version.
@@ -630,7 +644,7 @@ impl Collection {
         ns: &Namespace,
         rid: u64,
         new: Document,
-    ) -> Result<Document> {
+    ) -> Result<Arc<Document>> {
         let keys = self.keys_for(ns, &new, Some(rid))?;
         let Some(old) = self.documents.remove(&rid) else {
             return Err(CommandError::new(
@@ -640,12 +654,12 @@ impl Collection {
         };
         self.remove_keys(rid, &old);
         self.add_keys(rid, keys);
-        self.documents.insert(rid, new);
+        self.documents.insert(rid, Arc::new(new));
         Ok(old)
     }
 
     /// Removes the document at `rid`, returning it.
-    pub fn delete_document(&mut self, rid: u64) -> Option<Document> {
+    pub fn delete_document(&mut self, rid: u64) -> Option<Arc<Document>> {
         let old = self.documents.remove(&rid)?;
         self.remove_keys(rid, &old);
         Some(old)
@@ -731,7 +745,7 @@ impl Collection {
 
     /// Total BSON size of the documents, for `listDatabases`/`collStats`-like reports.
     pub fn data_size(&self) -> usize {
-        self.documents.values().map(bson_size).sum()
+        self.documents.values().map(|d| bson_size(d)).sum()
     }
 }
 
@@ -943,7 +957,8 @@ mod tests {
                 &ns(),
                 doc! {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
             )
-            .unwrap();
+            .unwrap()
+            .0;
         c.replace_document(
             &ns(),
             r1,

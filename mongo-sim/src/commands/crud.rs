@@ -24,6 +24,7 @@ use bson::oid::ObjectId;
 use bson::{Bson, Document, doc};
 use std::cmp::Ordering;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// How many documents a first batch holds when the client gives no `batchSize` (manual:
 /// "Cursor Batches").
@@ -298,7 +299,7 @@ impl<'a> Source<'a> {
                     if let Some(d) = c.documents.get(&rid)
                         && matcher.matches(d, vars)?
                     {
-                        out.push((rid, d));
+                        out.push((rid, &**d));
                     }
                 }
             }
@@ -316,7 +317,7 @@ impl<'a> Source<'a> {
 
     fn all(&self) -> Vec<Document> {
         match self {
-            Source::Collection(c) => c.documents.values().cloned().collect(),
+            Source::Collection(c) => c.documents.values().map(|d| Document::clone(d)).collect(),
             Source::Owned(docs) => docs.clone(),
             Source::Missing => Vec::new(),
         }
@@ -327,8 +328,9 @@ impl<'a> Source<'a> {
 // insert
 
 /// The document as stored: `_id` first, an ObjectId generated when missing (manual:
-/// "insert", "_id Field").
-fn prepare_insert(doc: &Document) -> Result<Document> {
+/// "insert", "_id Field"). Takes the document by value so that the common case, `_id`
+/// already first as drivers send it, stores it without a copy.
+fn prepare_insert(doc: Document) -> Result<Document> {
     let prepared = match doc.get("_id") {
         Some(Bson::Array(_)) => {
             return Err(CommandError::bad_value("can't use an array for _id"));
@@ -353,23 +355,19 @@ fn prepare_insert(doc: &Document) -> Result<Document> {
                 ),
             ));
         }
-        Some(_) if doc.keys().next().is_some_and(|k| k == "_id") => doc.clone(),
-        Some(id) => {
+        Some(_) if doc.keys().next().is_some_and(|k| k == "_id") => doc,
+        Some(_) => {
+            let mut doc = doc;
+            let id = doc.remove("_id").unwrap_or(Bson::Null);
             let mut d = Document::new();
-            d.insert("_id", id.clone());
-            for (k, v) in doc {
-                if k != "_id" {
-                    d.insert(k.clone(), v.clone());
-                }
-            }
+            d.insert("_id", id);
+            d.extend(doc);
             d
         }
         None => {
             let mut d = Document::new();
             d.insert("_id", ObjectId::new());
-            for (k, v) in doc {
-                d.insert(k.clone(), v.clone());
-            }
+            d.extend(doc);
             d
         }
     };
@@ -388,8 +386,7 @@ fn prepare_insert(doc: &Document) -> Result<Document> {
 /// Stores a prepared document and records its insert.
 fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document) -> Result<u64> {
     let (coll, _) = data.ensure_collection(ns);
-    let rid = coll.insert_document(ns, doc)?;
-    let stored = coll.documents.get(&rid).cloned().unwrap_or_default();
+    let (rid, stored) = coll.insert_document(ns, doc)?;
     let ui = coll.ui();
     data.oplog.record(
         OplogOp::Insert {
@@ -432,7 +429,10 @@ fn write_reply(n: usize, errors: Vec<Document>) -> Document {
 
 /// `insert` (manual: "insert"): `{n, writeErrors?}`; an ordered insert stops at the first
 /// failing document, an unordered one tries them all.
-pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+///
+/// The documents are moved out of `cmd` into storage rather than copied; nothing reads them
+/// from the command afterwards.
+pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Result<Document> {
     let coll = collection_name(cmd, "insert")?;
     check_known_fields(
         cmd,
@@ -449,24 +449,23 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     validate_write_namespace(&ns)?;
     let documents = statement_array(cmd, "insert", "documents")?;
     let ordered = opt_bool(cmd, "insert", "ordered")?.unwrap_or(true);
-    let mut docs = Vec::with_capacity(documents.len());
     for (i, d) in documents.iter().enumerate() {
-        match d {
-            Bson::Document(d) => docs.push(d),
-            other => {
-                return Err(wrong_type(
-                    "insert",
-                    &format!("documents.{i}"),
-                    other,
-                    "object",
-                ));
-            }
+        if !matches!(d, Bson::Document(_)) {
+            return Err(wrong_type("insert", &format!("documents.{i}"), d, "object"));
         }
     }
+    let docs = match cmd.get_mut("documents") {
+        Some(Bson::Array(a)) => std::mem::take(a),
+        _ => Vec::new(),
+    };
     let mut data = shared.data.lock();
     let mut n = 0;
     let mut errors = Vec::new();
-    for (i, d) in docs.into_iter().enumerate() {
+    let docs = docs.into_iter().filter_map(|d| match d {
+        Bson::Document(d) => Some(d),
+        _ => None,
+    });
+    for (i, d) in docs.enumerate() {
         match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p)) {
             Ok(_) => n += 1,
             Err(e) => {
@@ -613,7 +612,7 @@ fn update_record(
     let after = match spec {
         UpdateSpec::Replacement(replacement) => replacement_document(&old_id, replacement)?,
         _ => {
-            let mut after = before.clone();
+            let mut after = Document::clone(before);
             spec.apply(&mut after, ctx)?;
             match after.get("_id") {
                 None => {
@@ -652,7 +651,7 @@ fn update_record(
         OplogOp::Update {
             ns: ns.clone(),
             document_key: key,
-            before,
+            before: Arc::unwrap_or_clone(before),
             after: recorded,
         }
     };
@@ -755,7 +754,7 @@ fn upsert(
         }
         _ => build_upsert(filter, spec, &insert_ctx)?,
     };
-    let doc = prepare_insert(&built)?;
+    let doc = prepare_insert(built)?;
     let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
     let copy = doc.clone();
     match insert_prepared(data, ns, doc) {
@@ -956,7 +955,7 @@ fn parse_delete_statement(stmt: &Bson) -> Result<DeleteStatement> {
     })
 }
 
-fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Document> {
+fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Arc<Document>> {
     let (coll, oplog) = data.collection_and_oplog(ns)?;
     let old = coll.delete_document(rid)?;
     let ui = coll.ui();
@@ -1577,7 +1576,7 @@ mod tests {
         let r = insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"a": 1}, {"b": 2, "_id": 7}]},
+            &mut doc! {"insert": "c", "documents": [{"a": 1}, {"b": 2, "_id": 7}]},
         )
         .unwrap();
         assert_eq!(r, doc! {"n": 1 + 1});
@@ -1597,7 +1596,12 @@ mod tests {
             doc! {"_id": 2, "aggregateId": "a", "sequenceNumber": 5},
             doc! {"_id": 3, "aggregateId": "a", "sequenceNumber": 6},
         ];
-        let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs.clone()}).unwrap();
+        let r = insert(
+            &s,
+            &ctx(),
+            &mut doc! {"insert": "c", "documents": docs.clone()},
+        )
+        .unwrap();
         assert_eq!(r.get_i32("n").unwrap(), 1);
         let errors = r.get_array("writeErrors").unwrap();
         assert_eq!(errors.len(), 1);
@@ -1620,7 +1624,7 @@ mod tests {
         let r = insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [
+            &mut doc! {"insert": "c", "documents": [
               {"_id": 1, "aggregateId": "b", "sequenceNumber": 1},
               {"_id": 4, "aggregateId": "b", "sequenceNumber": 1},
               {"_id": 5, "aggregateId": "b", "sequenceNumber": 1}],
@@ -1650,7 +1654,7 @@ mod tests {
         let r = insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": [1]}, {"_id": bson::Regex{pattern: "a".into(), options: "".into()}}], "ordered": false},
+            &mut doc! {"insert": "c", "documents": [{"_id": [1]}, {"_id": bson::Regex{pattern: "a".into(), options: "".into()}}], "ordered": false},
         )
         .unwrap();
         let errors = r.get_array("writeErrors").unwrap();
@@ -1664,7 +1668,7 @@ mod tests {
         let r = insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": {"$gt": 1}}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": {"$gt": 1}}]},
         )
         .unwrap();
         let e = r.get_array("writeErrors").unwrap()[0]
@@ -1675,12 +1679,17 @@ mod tests {
         let r = insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1, "$a": {"$b": 1}}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1, "$a": {"$b": 1}}]},
         )
         .unwrap();
         assert_eq!(r, doc! {"n": 1});
         let big = "x".repeat(MAX_USER_DOCUMENT_SIZE);
-        let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"s": big}]}).unwrap();
+        let r = insert(
+            &s,
+            &ctx(),
+            &mut doc! {"insert": "c", "documents": [{"s": big}]},
+        )
+        .unwrap();
         let e = r.get_array("writeErrors").unwrap()[0]
             .as_document()
             .unwrap()
@@ -1692,14 +1701,20 @@ mod tests {
     fn invalid_namespaces_and_unknown_fields() {
         let s = shared();
         for coll in ["", "a$b", "system.users"] {
-            let err = insert(&s, &ctx(), &doc! {"insert": coll, "documents": [{}]}).unwrap_err();
+            let err =
+                insert(&s, &ctx(), &mut doc! {"insert": coll, "documents": [{}]}).unwrap_err();
             assert_eq!(err.code, 73);
             assert_eq!(
                 err.errmsg,
                 format!("Invalid namespace specified 'db.{coll}'")
             );
         }
-        let err = insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{}], "x": 1}).unwrap_err();
+        let err = insert(
+            &s,
+            &ctx(),
+            &mut doc! {"insert": "c", "documents": [{}], "x": 1},
+        )
+        .unwrap_err();
         assert_eq!(err.code, 40415);
         let err = update(
             &s,
@@ -1726,7 +1741,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
         )
         .unwrap();
         let r = update(
@@ -1749,7 +1764,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "d", "documents": [{"_id": 1, "a": 1, "b": 2}]},
+            &mut doc! {"insert": "d", "documents": [{"_id": 1, "a": 1, "b": 2}]},
         )
         .unwrap();
         let r = update(
@@ -1790,7 +1805,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [
+            &mut doc! {"insert": "c", "documents": [
             {"_id": 1, "aggregateId": "a", "sequenceNumber": 1},
             {"_id": 2, "aggregateId": "a", "sequenceNumber": 2}]},
         )
@@ -1859,7 +1874,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": "p", "version": 2}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": "p", "version": 2}]},
         )
         .unwrap();
         let r = update(
@@ -1929,7 +1944,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
         )
         .unwrap();
         let r = update(
@@ -1962,7 +1977,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
         )
         .unwrap();
         let err = delete(
@@ -2003,7 +2018,12 @@ mod tests {
     #[test]
     fn unknown_hints_are_write_errors() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [{"_id": 1}]}).unwrap();
+        insert(
+            &s,
+            &ctx(),
+            &mut doc! {"insert": "c", "documents": [{"_id": 1}]},
+        )
+        .unwrap();
         let r = delete(
             &s,
             &ctx(),
@@ -2037,7 +2057,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}]},
         )
         .unwrap();
         let r = delete(
@@ -2054,7 +2074,7 @@ mod tests {
     fn find_batches_through_a_query_cursor() {
         let s = shared();
         let docs: Vec<Document> = (0..250).map(|i| doc! {"_id": i}).collect();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs}).unwrap();
+        insert(&s, &ctx(), &mut doc! {"insert": "c", "documents": docs}).unwrap();
         let r = find(&s, &ctx(), &doc! {"find": "c"}).unwrap();
         let cursor = r.get_document("cursor").unwrap();
         assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 101);
@@ -2131,7 +2151,7 @@ mod tests {
     #[test]
     fn find_with_filter_projection_and_sort() {
         let s = shared();
-        insert(&s, &ctx(), &doc! {"insert": "c", "documents": [
+        insert(&s, &ctx(), &mut doc! {"insert": "c", "documents": [
             {"_id": 1, "a": 2, "b": "x"}, {"_id": 2, "a": 1, "b": "y"}, {"_id": 3, "a": 2, "b": "z"}]}).unwrap();
         let r = find(
             &s,
@@ -2184,7 +2204,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}]},
         )
         .unwrap();
         let r = find_and_modify(
@@ -2238,7 +2258,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [
+            &mut doc! {"insert": "c", "documents": [
             {"_id": 1, "t": [2, 1]}, {"_id": 2, "t": 1.0}, {"_id": 3, "t": "a"}, {"_id": 4}]},
         )
         .unwrap();
@@ -2284,7 +2304,7 @@ mod tests {
         insert(
             &s,
             &ctx(),
-            &doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1}, {"_id": 2}, {"_id": 3}]},
         )
         .unwrap();
         let r = aggregate(
@@ -2307,7 +2327,7 @@ mod tests {
             let docs: Vec<Document> = (0..1000)
                 .map(|i| doc! {"aggregateId": format!("agg-{batch}"), "sequenceNumber": i, "payload": {"x": i, "y": "some text"}})
                 .collect();
-            let r = insert(&s, &ctx(), &doc! {"insert": "c", "documents": docs}).unwrap();
+            let r = insert(&s, &ctx(), &mut doc! {"insert": "c", "documents": docs}).unwrap();
             assert_eq!(r.get_i32("n").unwrap(), 1000);
         }
         let elapsed = start.elapsed();

@@ -1047,7 +1047,7 @@ mod tests {
         crud::insert(
             &s,
             &ctx("db"),
-            &doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}, {"_id": 2, "a": 1}]},
+            &mut doc! {"insert": "c", "documents": [{"_id": 1, "a": 1}, {"_id": 2, "a": 1}]},
         )
         .unwrap();
         let err = create_indexes(
@@ -1125,7 +1125,7 @@ mod tests {
         let r = crud::insert(
             &s,
             &ctx("db"),
-            &doc! {"insert": "c", "documents": [{"a": 1}, {"a": 1}]},
+            &mut doc! {"insert": "c", "documents": [{"a": 1}, {"a": 1}]},
         )
         .unwrap();
         assert_eq!(r.get_i32("n").unwrap(), 2);
