@@ -122,7 +122,7 @@ def seconds(duration):
 # ---------------------------------------------------------------------------------------------
 # Dockerfile
 def hadolint():
-    r = subprocess.run(["hadolint", "--failure-threshold", "style", "Dockerfile"], cwd=ROOT,
+    r = subprocess.run(["hadolint", "--no-color", "--failure-threshold", "style", "Dockerfile"], cwd=ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 0, (r.stdout + r.stderr).strip() or f"hadolint exited {r.returncode}"
     v = subprocess.run(["hadolint", "--version"], capture_output=True, text=True).stdout.strip()
