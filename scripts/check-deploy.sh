@@ -302,12 +302,11 @@ def binary_check(toml_text, label):
             return "mongo-projector check-config"
         # A build from before the [http] table existed rejects it; check everything else then,
         # and say so, rather than fail on a key the chart must set.
-        knows_http, _ = check_config(read("config", "example.toml") +
+        strip_http = lambda text: re.sub(r"(?ms)^\[http\]\n.*?(?=^\[|\Z)", "", text)
+        knows_http, _ = check_config(strip_http(read("config", "example.toml")) +
                                      '\n[http]\naddress = "0.0.0.0:9464"\n')
         if knows_http != 0:
-            without = tomllib.loads(toml_text)
-            without.pop("http", None)
-            rc2, out2 = check_config(re.sub(r"(?ms)^\[http\]\n.*?(?=^\[|\Z)", "", toml_text))
+            rc2, out2 = check_config(strip_http(toml_text))
             assert rc2 == 0, out2
             return "NOTE: this mongo-projector build has no [http] table yet; checked the rest"
         raise AssertionError(out)
