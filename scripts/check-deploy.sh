@@ -48,18 +48,10 @@ CI = os.path.join(CHART, "ci")
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the pinned
 # kubernetes-validate knows.
 KUBE_VERSIONS = ["1.27.0", kv.latest_version()]
-# The metric catalogue the daemon exports; alert expressions may only use these (and `up`).
-METRICS = {
-    "mongo_projector_events_received_total", "mongo_projector_events_applied_total",
-    "mongo_projector_events_skipped_total", "mongo_projector_events_duplicate_total",
-    "mongo_projector_gaps_healed_total", "mongo_projector_events_parked",
-    "mongo_projector_parked_oldest_age_seconds", "mongo_projector_dead_letters",
-    "mongo_projector_events_dead_lettered_total", "mongo_projector_events_malformed_total",
-    "mongo_projector_apply_duration_seconds", "mongo_projector_lag_seconds",
-    "mongo_projector_checkpoint_age_seconds", "mongo_projector_oplog_headroom_seconds",
-    "mongo_projector_stream_restarts_total", "mongo_projector_history_lost_recoveries_total",
-    "mongo_projector_caught_up", "mongo_projector_seconds_since_progress",
-}
+# The metric catalogue the daemon exports, from the project README's metric table (which
+# tests/docs.rs keeps equal to the code); alert expressions may only use these (and `up`).
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    METRICS = set(re.findall(r"(?m)^\| `(mongo_projector_[a-z_]+)` \|", f.read()))
 COMMAND = ["mongo-projector"]
 ARGS = ["run", "--config", "/etc/mongo-projector/config.toml", "--log-format", "json"]
 
@@ -264,6 +256,7 @@ def config_facts(docs, values):
 
 
 def prometheus_facts(docs, values):
+    assert METRICS, "found no metric table in README.md"
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == one(docs, "Service")["spec"]["ports"][0]["name"]
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
@@ -311,6 +304,60 @@ def binary_check(toml_text, label):
             return "NOTE: this mongo-projector build has no [http] table yet; checked the rest"
         raise AssertionError(out)
     check("  check-config accepts the rendered config", run)
+
+
+def schema_matches_code():
+    """values.schema.json knows exactly the configuration keys the daemon knows: each table's
+    list is read from check-config's own unknown-key message."""
+    binary = os.environ["MONGO_PROJECTOR_BIN"]
+    config = json.loads(read("helm", "mongo-projector", "values.schema.json"))["properties"]["config"]
+    projection = config["properties"]["projections"]["items"]
+    minimal = ('[[projections]]\nname = "p"\ndatabase = "d"\nevents = "e"\ntarget = "t"\n'
+               'handlers = { A = { "$set" = { a = 1 } } }\n')
+    tables = {
+        "": ("zzz_unknown = 1\n" + minimal, config),
+        "projections[0].": (minimal + "zzz_unknown = 1\n", projection),
+        "projections[0].parking.": (minimal + "[projections.parking]\nzzz_unknown = 1\n",
+                                    projection["properties"]["parking"]),
+        "projections[0].fields.": (minimal + "[projections.fields]\nzzz_unknown = 1\n",
+                                   projection["properties"]["fields"]),
+    }
+    for table in ("http", "checkpoints", "shutdown", "source"):
+        tables[table + "."] = (f"[{table}]\nzzz_unknown = 1\n" + minimal,
+                               config["properties"][table])
+    problems = []
+    for prefix, (text, schema) in tables.items():
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        try:
+            r = subprocess.run([binary, "check-config", "--config", f.name],
+                               capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)
+        m = re.search(re.escape(prefix) + r"zzz_unknown: unknown key \(known keys: ([^)]*)\)",
+                      r.stdout + r.stderr)
+        assert m, f"check-config did not list the keys of {prefix or 'the top level'}:\n{r.stdout}{r.stderr}"
+        code, chart = set(m.group(1).split(", ")), set(schema["properties"])
+        if code != chart:
+            problems.append(f"config.{prefix or '(top)'}: only in the daemon {sorted(code - chart)}, "
+                            f"only in values.schema.json {sorted(chart - code)}")
+    assert not problems, "\n".join(problems)
+    return f"{len(tables)} tables"
+
+
+def http_off_needs_probes_off():
+    off = {"config": {"http": {"enabled": False}}}
+    try:
+        chart.render(off, name="x", namespace="x", is_install=True)
+    except helm.HelmError as e:
+        assert "config.http.enabled is false" in str(e), str(e)
+    else:
+        raise AssertionError("rendered probes against a disabled HTTP endpoint")
+    no_probe = {"enabled": False}
+    chart.render(merge(off, {"probes": {"startup": no_probe, "liveness": no_probe,
+                                        "readiness": no_probe}}),
+                 name="x", namespace="x", is_install=True)
+    return "refused with probes on, rendered with them off"
 
 
 OPTIONAL = {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget"}
@@ -467,6 +514,9 @@ scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address", 
     "config": {"shutdown": {"deadline": "45s"}, "http": {"address": "[::]:8080"}},
 }, "paused", "ops", optional=("PodDisruptionBudget",))
 check("default config is config/example.toml", default_config_is_example)
+check("http.enabled=false needs the probes off", http_off_needs_probes_off)
+if os.environ.get("MONGO_PROJECTOR_BIN"):
+    check("values.schema.json knows the daemon's configuration keys", schema_matches_code)
 check("values.schema.json accepts the shipped values", schema_accepts)
 check("values.schema.json rejects bad values", schema_rejects)
 check("chart README documents every value", readme_documents_values)
