@@ -366,20 +366,7 @@ async fn projected_everything(
         .await?
         .try_collect()
         .await?;
-    let models: BTreeMap<String, i64> = db
-        .collection::<Document>(target)
-        .find(doc! {})
-        .await?
-        .try_collect::<Vec<Document>>()
-        .await?
-        .into_iter()
-        .filter_map(|d| {
-            Some((
-                d.get_str("_id").ok()?.to_string(),
-                account_from_read_model(&d).last_sequence,
-            ))
-        })
-        .collect();
+    let models = read_models(db, target).await?;
     Ok(latest.iter().all(|g| {
         let id = g.get_str("_id").unwrap_or_default();
         let max = match g.get("max") {
@@ -387,8 +374,30 @@ async fn projected_everything(
             Some(Bson::Int32(n)) => *n as i64,
             _ => 0,
         };
-        models.get(id).copied() == Some(max)
+        models.get(id).map(|a| a.last_sequence) == Some(max)
     }))
+}
+
+/// Every read-model document keyed by its `_id`.
+async fn read_models(
+    db: &mongodb::Database,
+    target: &str,
+) -> mongodb::error::Result<BTreeMap<String, Account>> {
+    let docs: Vec<Document> = db
+        .collection::<Document>(target)
+        .find(doc! {})
+        .await?
+        .try_collect()
+        .await?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.get_str("_id").ok()?.to_string(),
+                account_from_read_model(d),
+            ))
+        })
+        .collect())
 }
 
 /// Every account whose read model differs from the fold of its events, described.
@@ -410,20 +419,7 @@ pub async fn compare_with_fold(
             by_account.entry(id.to_string()).or_default().push(e);
         }
     }
-    let models: BTreeMap<String, Account> = db
-        .collection::<Document>(target)
-        .find(doc! {})
-        .await?
-        .try_collect::<Vec<Document>>()
-        .await?
-        .into_iter()
-        .filter_map(|d| {
-            Some((
-                d.get_str("_id").ok()?.to_string(),
-                account_from_read_model(&d),
-            ))
-        })
-        .collect();
+    let models = read_models(db, target).await?;
     let mut mismatches = Vec::new();
     for (id, evs) in &by_account {
         let expected = fold(evs);
