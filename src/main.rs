@@ -201,11 +201,11 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
     let daemon = Daemon::new(&config, &client, &shutdown);
     // The endpoint outlives the drain so probes keep answering while the daemon stops.
     let monitoring = tokio_util::sync::CancellationToken::new();
-    if config.http.enabled {
-        if let Err(e) = daemon.start_monitoring(&config, &client, &monitoring).await {
-            eprintln!("cannot serve metrics on {}: {e}", config.http.address);
-            return ExitCode::from(2);
-        }
+    if config.http.enabled
+        && let Err(e) = daemon.start_monitoring(&config, &client, &monitoring).await
+    {
+        eprintln!("cannot serve metrics on {}: {e}", config.http.address);
+        return ExitCode::from(2);
     }
     let _stop_monitoring = monitoring.drop_guard();
     let deadline = config.shutdown.deadline;
