@@ -1115,7 +1115,15 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     let mut results = Vec::with_capacity(end.saturating_sub(skip));
     for (rid, d) in selected.iter().take(end).skip(skip) {
         let mut out = match &projection {
-            Some(p) => p.apply(d, &vars)?,
+            Some(p) => p.apply_matched(d, &vars, &matcher).map_err(|mut e| {
+                if matches!(e.code, 51246 | 51247) {
+                    e.errmsg = format!(
+                        "Executor error during find command :: caused by :: {}",
+                        e.errmsg
+                    );
+                }
+                e
+            })?,
             None => (*d).clone(),
         };
         if show_record_id {
@@ -1228,7 +1236,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
     };
     let project = |d: &Document| -> Result<Bson> {
         Ok(Bson::Document(match &projection {
-            Some(p) => p.apply(d, &vars)?,
+            Some(p) => p.apply_matched(d, &vars, &matcher)?,
             None => d.clone(),
         }))
     };
