@@ -152,7 +152,8 @@ pub struct Projection {
 
 impl Projection {
     /// Parses with find's rules (manual: "Project Fields to Return from Query"). Positional
-    /// `field.$` needs the query and `$meta` needs search scores; both are 115 here.
+    /// `field.$` needs the query: apply it with [`Projection::apply_matched`]. `$meta` needs
+    /// search scores and is 115 here.
     pub fn parse(spec: &Document) -> Result<Projection> {
         if spec.is_empty() {
             return Ok(Projection { shape: None });
@@ -169,6 +170,55 @@ impl Projection {
             Some(shape) => shape.apply(doc, vars),
         }
     }
+
+    /// The projected document of `doc`, which `query` selected: a positional projection
+    /// keeps the array element the query matched (mongod's
+    /// `projection_executor::applyPositionalProjection`).
+    pub fn apply_matched(
+        &self,
+        doc: &Document,
+        vars: &Variables,
+        query: &Matcher,
+    ) -> Result<Document> {
+        let Some(shape) = &self.shape else {
+            return Ok(doc.clone());
+        };
+        let mut out = shape.apply(doc, vars)?;
+        if let Some(path) = &shape.positional {
+            let position = query.match_position(doc, vars)?.flatten();
+            apply_positional(&mut out, path, position)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Replaces the first array along `path` in the projected `out` with a one-element array
+/// of its element at `position`; leaves `out` as it is when the path meets no array.
+fn apply_positional(out: &mut Document, path: &[String], position: Option<usize>) -> Result<()> {
+    let mut cur = out;
+    for part in path {
+        let Some(value) = cur.get_mut(part) else {
+            return Ok(());
+        };
+        match value {
+            Bson::Array(items) => {
+                let position = position.ok_or_else(|| {
+                    CommandError::location(
+                        51246,
+                        "positional operator '.$' couldn't find a matching element in the array",
+                    )
+                })?;
+                let element = items.get(position).cloned().ok_or_else(|| {
+                    CommandError::location(51247, "positional operator '.$' element mismatch")
+                })?;
+                *value = Bson::Array(vec![element]);
+                return Ok(());
+            }
+            Bson::Document(d) => cur = d,
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 /// A sort specification (`{a: 1, b: -1}`), comparing as mongod does (arrays by their
@@ -1616,6 +1666,8 @@ struct Shape {
     tree: Tree,
     inclusion: bool,
     mode: Mode,
+    /// The path of a positional projection (`a.b.$`), without the `$`.
+    positional: Option<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -1627,6 +1679,8 @@ struct ParseContext {
     id_excluded: bool,
     has_slice: bool,
     has_elem_match: bool,
+    /// The path of a positional projection (`a.b.$`), without the `$`.
+    positional: Option<Vec<String>>,
 }
 
 impl Shape {
@@ -1656,6 +1710,7 @@ impl Shape {
             tree,
             inclusion,
             mode,
+            positional: ctx.positional,
         })
     }
 
@@ -1676,6 +1731,103 @@ fn is_positional(key: &str) -> bool {
     key == "$" || key.ends_with(".$") || key.contains(".$.")
 }
 
+/// `a.b.$: 1` in a find projection (manual: "$ (projection)"): includes `a.b` and, when
+/// applied, keeps only the element of the first array on that path that the query matched.
+fn parse_positional(
+    ctx: &mut ParseContext,
+    key: &str,
+    value: &Bson,
+    parent: &mut Tree,
+    at_root: bool,
+    mode: Mode,
+) -> Result<()> {
+    if mode == Mode::Aggregate {
+        return Err(CommandError::location(
+            31324,
+            "Cannot use positional projection in aggregation projection",
+        ));
+    }
+    if key.contains(".$.") {
+        return Err(CommandError::location(
+            31394,
+            "As of 4.4, it's illegal to specify positional operator in the middle of a path.\
+             Positional projection may only be used at the end, for example: a.b.$. If the \
+             query previously used a form like a.b.$.d, remove the parts following the '$' \
+             and the results will be equivalent.",
+        ));
+    }
+    let include = match value {
+        Bson::Document(_) => {
+            return Err(CommandError::location(
+                31271,
+                "positional projection cannot be used with an expression or sub object",
+            ));
+        }
+        Bson::Boolean(b) => *b,
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
+            crate::compare::as_f64(value).is_none_or(|d| d != 0.0)
+        }
+        _ => {
+            return Err(CommandError::location(
+                31308,
+                "positional projection cannot be used with a literal",
+            ));
+        }
+    };
+    if !include {
+        return Err(CommandError::location(
+            31395,
+            "positional projection cannot be used with exclusion",
+        ));
+    }
+    if ctx.positional.is_some() {
+        return Err(CommandError::location(
+            31276,
+            "Cannot specify more than one positional projection per query.",
+        ));
+    }
+    if ctx.has_elem_match {
+        return Err(CommandError::location(
+            31256,
+            "Cannot specify positional operator and $elemMatch.",
+        ));
+    }
+    if !at_root {
+        // The path would have to be resolved from the enclosing sub-projection.
+        return Err(CommandError::not_supported(
+            "positional projection inside a sub-projection is not supported by this server",
+        ));
+    }
+    let Some(path) = key.strip_suffix(".$") else {
+        // A bare `$`: not a positional projection but an invalid field name.
+        validate_field_path(key)?;
+        return Err(CommandError::location(
+            16410,
+            "FieldPath field names may not start with '$'.",
+        ));
+    };
+    if path.is_empty() {
+        return Err(CommandError::location(
+            5392900,
+            format!("Projection on field {key} is invalid"),
+        ));
+    }
+    validate_field_path(path)?;
+    if ctx.inclusion == Some(false) {
+        return Err(CommandError::location(
+            31253,
+            format!("Cannot do inclusion on field {key} in exclusion projection"),
+        ));
+    }
+    parent.add(path, Node::Include)?;
+    ctx.inclusion = Some(true);
+    if path == "_id" {
+        ctx.id_included = true;
+    }
+    ctx.positional = Some(path.split('.').map(str::to_string).collect());
+    Ok(())
+}
+
 fn parse_projection_element(
     ctx: &mut ParseContext,
     key: &str,
@@ -1685,15 +1837,7 @@ fn parse_projection_element(
     mode: Mode,
 ) -> Result<()> {
     if is_positional(key) {
-        return Err(match mode {
-            Mode::Find => CommandError::not_supported(
-                "positional projection ('field.$') is not supported by this server",
-            ),
-            Mode::Aggregate => CommandError::location(
-                31324,
-                "Cannot use positional projection in aggregation projection",
-            ),
-        });
+        return parse_positional(ctx, key, value, parent, at_root, mode);
     }
     validate_field_path(key)?;
     let top_level_id = at_root && key == "_id";
@@ -1823,6 +1967,12 @@ fn parse_projection_expression(
             return Err(CommandError::location(
                 31275,
                 "Cannot use $elemMatch projection on a nested field.",
+            ));
+        }
+        if ctx.positional.is_some() {
+            return Err(CommandError::location(
+                31255,
+                "Cannot specify positional operator and $elemMatch.",
             ));
         }
         let matcher = Matcher::parse(&doc! { key: { "$elemMatch": arg.clone() } })?;
@@ -2290,6 +2440,54 @@ mod tests {
 
     fn project_err(spec: Document) -> CommandError {
         Projection::parse(&spec).unwrap_err()
+    }
+
+    fn project_matched(spec: Document, query: Document, d: Document) -> Result<Document> {
+        let matcher = Matcher::parse(&query).unwrap();
+        Projection::parse(&spec)
+            .unwrap()
+            .apply_matched(&d, &vars(), &matcher)
+    }
+
+    #[test]
+    fn positional_projection_keeps_the_matched_element() {
+        let d = doc! {"_id": 1, "x": 5, "a": [{"k": 1, "v": 1}, {"k": 2, "v": 2}]};
+        assert_eq!(
+            project_matched(doc! {"a.$": 1}, doc! {"a.k": 2}, d.clone()).unwrap(),
+            doc! {"_id": 1, "a": [{"k": 2, "v": 2}]}
+        );
+        // The first array on the path is the one cut down, to the included fields.
+        assert_eq!(
+            project_matched(doc! {"a.v.$": 1, "_id": 0}, doc! {"a.k": 2}, d.clone()).unwrap(),
+            doc! {"a": [{"v": 2}]}
+        );
+        // No array on the path: the projection is a plain inclusion.
+        assert_eq!(
+            project_matched(doc! {"x.$": 1}, doc! {"x": 5}, d.clone()).unwrap(),
+            doc! {"_id": 1, "x": 5}
+        );
+        let e = project_matched(doc! {"a.$": 1}, doc! {"_id": 1}, d).unwrap_err();
+        assert_eq!(e.code, 51246);
+    }
+
+    #[test]
+    fn positional_projection_rules() {
+        let e = project_err(doc! {"a.$": 1, "b.$": 1});
+        assert_eq!(e.code, 31276);
+        let e = project_err(doc! {"a.$.b": 1});
+        assert_eq!(e.code, 31394);
+        let e = project_err(doc! {"a.$": 0});
+        assert_eq!(e.code, 31395);
+        let e = project_err(doc! {"a.$": {"$size": "$a"}});
+        assert_eq!(e.code, 31271);
+        let e = project_err(doc! {"a.$": "x"});
+        assert_eq!(e.code, 31308);
+        let e = project_err(doc! {"b": {"$elemMatch": {"c": 1}}, "a.$": 1});
+        assert_eq!(e.code, 31256);
+        let e = project_err(doc! {"a.$": 1, "b": {"$elemMatch": {"c": 1}}});
+        assert_eq!(e.code, 31255);
+        let e = project_err(doc! {"b": 0, "a.$": 1});
+        assert_eq!(e.code, 31253);
     }
 
     // --- pipeline validation ---
@@ -3131,7 +3329,7 @@ mod tests {
 
     #[test]
     fn find_projection_errors() {
-        assert_eq!(project_err(doc! {"a.$": 1}).code, 115);
+        assert_eq!(project_err(doc! {"a.$.b": 1}).code, 31394);
         assert_eq!(project_err(doc! {"a": {"$meta": "textScore"}}).code, 115);
         assert_eq!(project_err(doc! {"a": 1, "b": 0}).code, 31254);
         assert_eq!(

@@ -38,6 +38,26 @@ impl Matcher {
         self.root.eval(Obj::Doc(doc), Some(&ctx))
     }
 
+    /// Like [`Matcher::matches`], also reporting the array offset the positional `$` update
+    /// operator stands for (mongod's `MatchDetails::elemMatchKey`): `Ok(None)` when the
+    /// document does not match, `Ok(Some(None))` when it matches without going through an
+    /// array element. The offset is that of the outermost array a path predicate traversed
+    /// (or, without one, of the element an `$elemMatch` selected); among the conjuncts of an
+    /// `$and` the last one that records an offset wins, and `$or`, `$nor` and `$not` record
+    /// none, as in mongod.
+    pub fn match_position(
+        &self,
+        doc: &Document,
+        vars: &Variables,
+    ) -> Result<Option<Option<usize>>> {
+        let ctx = Ctx { root: doc, vars };
+        let mut position = None;
+        Ok(self
+            .root
+            .eval_recording(doc, &ctx, &mut position)?
+            .then_some(position))
+    }
+
     /// The value `path` must equal for the filter to match, when the filter pins it to one
     /// scalar (`{path: v}` or `{path: {$eq: v}}`, also inside a top-level `$and`). Storage uses
     /// it to look documents up through an index; the full filter is still applied afterwards.
@@ -154,6 +174,25 @@ impl Test {
             self,
             Test::Size(_) | Test::ElemMatchValue(_) | Test::ElemMatchObject(_)
         )
+    }
+
+    /// For an `$elemMatch` test that matches `v`, the offset of the first array element that
+    /// satisfied it (mongod's `ElemMatchObjectMatchExpression::matchesArray` records it).
+    fn matched_element(&self, v: Option<&Bson>) -> Option<usize> {
+        let Some(Bson::Array(items)) = v else {
+            return None;
+        };
+        match self {
+            Test::ElemMatchValue(children) => items
+                .iter()
+                .position(|item| children.iter().all(|c| c.matches_value(Some(item)))),
+            Test::ElemMatchObject(sub) => items.iter().position(|item| match item {
+                Bson::Document(d) => sub.eval(Obj::Doc(d), None).unwrap_or(false),
+                Bson::Array(a) => sub.eval(Obj::Arr(a), None).unwrap_or(false),
+                _ => false,
+            }),
+            _ => None,
+        }
     }
 
     fn matches(&self, v: Option<&Bson>) -> bool {
@@ -756,42 +795,77 @@ where
         }
         return f(Some(array));
     }
-    let offset = path.indexes[rest];
-    let last_component = rest + 1 == n;
-    for (i, item) in items.iter().enumerate() {
-        let at_offset = offset == Some(i);
-        match item {
-            Bson::Document(d) => {
-                if any_value(Obj::Doc(d), path, rest, leaf_traverse, f) {
-                    return true;
-                }
-                if at_offset {
-                    let hit = if last_component {
+    items
+        .iter()
+        .enumerate()
+        .any(|(i, item)| any_in_element(item, i, path, rest, leaf_traverse, f))
+}
+
+/// One element (at offset `i`) of an array met before the end of the path: a sub-document
+/// is searched for the rest of the path, and a numeric component equal to `i` selects it.
+fn any_in_element<'a, F>(
+    item: &'a Bson,
+    i: usize,
+    path: &FieldPath,
+    rest: usize,
+    leaf_traverse: bool,
+    f: &mut F,
+) -> bool
+where
+    F: FnMut(Option<&'a Bson>) -> bool,
+{
+    let at_offset = path.indexes[rest] == Some(i);
+    let last_component = rest + 1 == path.parts.len();
+    match item {
+        Bson::Document(d) => {
+            any_value(Obj::Doc(d), path, rest, leaf_traverse, f)
+                || (at_offset
+                    && if last_component {
                         f(Some(item))
                     } else {
                         any_value(Obj::Doc(d), path, rest + 1, leaf_traverse, f)
-                    };
-                    if hit {
-                        return true;
-                    }
-                }
-            }
-            _ if at_offset => {
-                let hit = if last_component {
-                    f(Some(item))
-                } else if let Bson::Array(inner) = item {
-                    any_in_array(item, inner, path, rest + 1, leaf_traverse, f)
-                } else {
-                    false
-                };
-                if hit {
-                    return true;
-                }
-            }
-            _ => {}
+                    })
         }
+        _ if at_offset => {
+            if last_component {
+                f(Some(item))
+            } else if let Bson::Array(inner) = item {
+                any_in_array(item, inner, path, rest + 1, leaf_traverse, f)
+            } else {
+                false
+            }
+        }
+        _ => false,
     }
-    false
+}
+
+/// Whether the path predicate `path`/`test` matches `doc`, as [`any_value`] from the top,
+/// and through which array offset: that of the outermost array element the matching value
+/// came from (mongod's `ElementIterator::Context::arrayOffset`), else the element an
+/// `$elemMatch` test selected. `None` when there is no match.
+fn first_match_offset(doc: &Document, path: &FieldPath, test: &Test) -> Option<Option<usize>> {
+    let leaf_traverse = test.traverses_leaf_arrays();
+    let (found, stopped_at) = field_dotted_or_array(Obj::Doc(doc), path, 0);
+    let (array, items) = match found {
+        Some(array @ Bson::Array(items)) => (array, items),
+        other => return test.matches(other).then(|| test.matched_element(other)),
+    };
+    let rest = stopped_at + 1;
+    if rest >= path.parts.len() {
+        if leaf_traverse && let Some(i) = items.iter().position(|item| test.matches(Some(item))) {
+            return Some(Some(i));
+        }
+        return test
+            .matches(Some(array))
+            .then(|| test.matched_element(Some(array)));
+    }
+    items
+        .iter()
+        .enumerate()
+        .position(|(i, item)| {
+            any_in_element(item, i, path, rest, leaf_traverse, &mut |v| test.matches(v))
+        })
+        .map(Some)
 }
 
 impl Node {
@@ -840,6 +914,36 @@ impl Node {
                 })
             }
         })
+    }
+
+    /// [`Node::eval`] on the top-level document, storing in `position` the array offset
+    /// through which a path predicate matched (see [`Matcher::match_position`]).
+    fn eval_recording(
+        &self,
+        doc: &Document,
+        ctx: &Ctx<'_>,
+        position: &mut Option<usize>,
+    ) -> Result<bool> {
+        match self {
+            Node::And(children) => {
+                for c in children {
+                    if !c.eval_recording(doc, ctx, position)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Node::Path(path, test) => {
+                let Some(offset) = first_match_offset(doc, path, test) else {
+                    return Ok(false);
+                };
+                if offset.is_some() {
+                    *position = offset;
+                }
+                Ok(true)
+            }
+            other => other.eval(Obj::Doc(doc), Some(ctx)),
+        }
     }
 
     /// Applies the node to one value rather than a document (mongod's
@@ -1507,6 +1611,91 @@ mod tests {
             pattern: pattern.to_string(),
             options: options.to_string(),
         })
+    }
+
+    fn position(filter: Document, doc: Document) -> Option<Option<usize>> {
+        Matcher::parse(&filter)
+            .unwrap()
+            .match_position(&doc, &vars())
+            .unwrap()
+    }
+
+    #[test]
+    fn match_position_reports_the_outermost_matched_offset() {
+        assert_eq!(
+            position(doc! {"a": 2}, doc! {"a": [1, 2, 3]}),
+            Some(Some(1))
+        );
+        assert_eq!(position(doc! {"a": 9}, doc! {"a": [1, 2, 3]}), None);
+        assert_eq!(position(doc! {"a": 2}, doc! {"a": 2}), Some(None));
+        // The whole array matching is no element.
+        assert_eq!(position(doc! {"a": [1, 2]}, doc! {"a": [1, 2]}), Some(None));
+        assert_eq!(
+            position(doc! {"a.b": 3}, doc! {"a": [{"b": 1}, {"b": [2, 3]}]}),
+            Some(Some(1))
+        );
+        assert_eq!(
+            position(doc! {"a.1.b": 2}, doc! {"a": [{"b": 1}, {"b": 2}]}),
+            Some(Some(1))
+        );
+        // Nested arrays: the outer offset.
+        assert_eq!(
+            position(doc! {"a": 4}, doc! {"a": [[1, 2], [3, 4]]}),
+            None,
+            "one level of implicit traversal only"
+        );
+        assert_eq!(
+            position(
+                doc! {"a.b.c": 4},
+                doc! {"a": [{"b": [{"c": 1}]}, {"b": [{"c": 3}, {"c": 4}]}]}
+            ),
+            Some(Some(1))
+        );
+    }
+
+    #[test]
+    fn match_position_of_elem_match_and_conjunctions() {
+        assert_eq!(
+            position(
+                doc! {"a": {"$elemMatch": {"b": 2}}},
+                doc! {"a": [{"b": 1}, {"b": 2}]}
+            ),
+            Some(Some(1))
+        );
+        assert_eq!(
+            position(
+                doc! {"a": {"$elemMatch": {"$gt": 1, "$lt": 5}}},
+                doc! {"a": [0, 7, 3]}
+            ),
+            Some(Some(2))
+        );
+        assert_eq!(
+            position(
+                doc! {"x.a": {"$elemMatch": {"$gt": 1}}},
+                doc! {"x": [{"a": [0]}, {"a": [0, 2]}]}
+            ),
+            Some(Some(1))
+        );
+        // The last conjunct that records an offset wins; $or records none.
+        assert_eq!(
+            position(doc! {"a": 1, "b": 5}, doc! {"a": [0, 1], "b": [4, 5, 6]}),
+            Some(Some(1))
+        );
+        assert_eq!(
+            position(doc! {"b": 6, "c": 1}, doc! {"b": [4, 5, 6], "c": 1}),
+            Some(Some(2))
+        );
+        assert_eq!(
+            position(doc! {"$or": [{"a": 1}, {"z": 1}]}, doc! {"a": [0, 1]}),
+            Some(None)
+        );
+        assert_eq!(
+            position(
+                doc! {"_id": 1, "$and": [{"a": 1}]},
+                doc! {"_id": 1, "a": [0, 1]}
+            ),
+            Some(Some(1))
+        );
     }
 
     #[test]

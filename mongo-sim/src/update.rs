@@ -42,12 +42,17 @@ pub struct UpdateContext<'a> {
     pub vars: &'a Variables,
     /// The command's `arrayFilters`, binding the `$[<identifier>]` placeholders.
     pub array_filters: &'a [Document],
+    /// The query that selected the document, which tells the positional `$` operator which
+    /// array element it stands for; `None` where there is none (the `$` then fails).
+    pub query: Option<&'a Matcher>,
 }
 
 /// A parsed document of update operators: the path tree plus what error messages quote.
 #[derive(Debug, Clone)]
 pub struct OperatorUpdate {
     root: Vec<(String, Node)>,
+    /// Whether some path uses the positional `$`, so that applying needs the matched offset.
+    positional: bool,
     /// `$[<id>]` identifiers in order of appearance, with the path that used them.
     identifiers: Vec<(String, String)>,
     raw: Document,
@@ -200,10 +205,20 @@ impl UpdateSpec {
             }
             UpdateSpec::Operators(ops) => {
                 let original_id = doc.get("_id").cloned();
+                // mongod records the offset while matching; the document given here is the
+                // one the query selected, so matching it again finds the same offset. An
+                // upsert's seed document matched nothing.
+                let position = match ctx.query {
+                    Some(query) if ops.positional && !ctx.is_upsert_insert => {
+                        query.match_position(doc, ctx.vars)?.flatten()
+                    }
+                    _ => None,
+                };
                 let mut run = Run {
                     ctx,
                     filters: &filters,
                     original_id,
+                    position,
                 };
                 let mut updated = doc.clone();
                 let mut path = Vec::new();
@@ -307,6 +322,7 @@ impl OperatorUpdate {
     fn parse(update: &Document) -> Result<OperatorUpdate> {
         let mut parsed = OperatorUpdate {
             root: Vec::new(),
+            positional: false,
             identifiers: Vec::new(),
             raw: update.clone(),
         };
@@ -397,6 +413,7 @@ impl OperatorUpdate {
             },
             _ => return Err(unknown_modifier(operator)),
         };
+        self.positional |= components.iter().any(|c| c == "$");
         self.insert(&components, path, op)
     }
 
@@ -627,12 +644,16 @@ fn split_path_components(path: &str) -> Result<Vec<String>> {
 /// Splits and validates an operator's field path.
 fn split_update_path(path: &str) -> Result<Vec<String>> {
     let parts = split_path_components(path)?;
+    if parts.iter().filter(|p| *p == "$").count() > 1 {
+        return Err(CommandError::bad_value(format!(
+            "Too many positional (i.e. '$') elements found in path '{path}'"
+        )));
+    }
     for (i, part) in parts.iter().enumerate() {
-        if part == "$" {
-            // The positional operator needs the index the query matched, which the matcher
-            // does not report.
-            return Err(CommandError::not_supported(format!(
-                "mongo-sim does not support the positional $ operator (path '{path}')"
+        if i == 0 && part == "$" {
+            return Err(CommandError::bad_value(format!(
+                "Cannot have positional (i.e. '$') element in the first position in path \
+                 '{path}'"
             )));
         }
         if i == 0 && array_placeholder(part).is_some() {
@@ -896,6 +917,8 @@ struct Run<'a, 'c> {
     ctx: &'a UpdateContext<'c>,
     filters: &'a HashMap<String, Matcher>,
     original_id: Option<Bson>,
+    /// The array offset the positional `$` stands for, when the query recorded one.
+    position: Option<usize>,
 }
 
 /// A concrete path: field names, and array indexes as decimal strings.
@@ -908,13 +931,60 @@ impl Run<'_, '_> {
         path: &mut Path,
         doc: &mut Document,
     ) -> Result<()> {
-        for (name, child) in children {
-            path.push(name.clone());
-            let outcome = self.node(child, path, doc);
-            path.pop();
-            outcome?;
+        let Some(positional) = children
+            .iter()
+            .find(|(name, _)| name == "$")
+            .map(|(_, c)| c)
+        else {
+            for (name, child) in children {
+                self.child(name, child, path, doc)?;
+            }
+            return Ok(());
+        };
+        // mongod's `UpdateObjectNode::apply`: the `$` child is applied under the matched
+        // offset, in that name's turn, merged with a child naming the same offset.
+        let index = self.position.ok_or_else(|| {
+            CommandError::bad_value(
+                "The positional operator did not find the match needed from the query.",
+            )
+        })?;
+        let matched = index.to_string();
+        let mut pending = Some(positional);
+        for (name, child) in children.iter().filter(|(name, _)| name != "$") {
+            if let Some(p) = pending {
+                if *name == matched {
+                    path.push(matched.clone());
+                    let at = path.join(".");
+                    path.pop();
+                    let merged = merge_nodes(p, child, &at)?;
+                    self.child(name, &merged, path, doc)?;
+                    pending = None;
+                    continue;
+                }
+                if field_order(&matched, name) == Ordering::Less {
+                    self.child(&matched, p, path, doc)?;
+                    pending = None;
+                }
+            }
+            self.child(name, child, path, doc)?;
+        }
+        if let Some(p) = pending {
+            self.child(&matched, p, path, doc)?;
         }
         Ok(())
+    }
+
+    fn child(
+        &mut self,
+        name: &str,
+        child: &Node,
+        path: &mut Path,
+        doc: &mut Document,
+    ) -> Result<()> {
+        path.push(name.to_string());
+        let outcome = self.node(child, path, doc);
+        path.pop();
+        outcome
     }
 
     fn node(&mut self, node: &Node, path: &mut Path, doc: &mut Document) -> Result<()> {
@@ -1856,6 +1926,7 @@ pub fn build_upsert(
         is_upsert_insert: true,
         vars: ctx.vars,
         array_filters: ctx.array_filters,
+        query: None,
     };
     spec.apply(&mut doc, &insert_ctx)?;
     if !doc.contains_key("_id") {
@@ -1893,6 +1964,7 @@ mod tests {
             is_upsert_insert: upsert,
             vars: &vars,
             array_filters: filters,
+            query: None,
         };
         spec.apply(&mut doc, &ctx)?;
         Ok(doc)
@@ -2398,11 +2470,120 @@ mod tests {
         same(&d, &doc! {"_id": 1, "a": [{"v": 1}, {"v": 5, "f": true}]});
     }
 
+    /// Applies `update` to `doc` as selected by `query`.
+    fn positional(doc: Document, query: Document, update: Document) -> Result<Document> {
+        let vars = vars();
+        let matcher = Matcher::parse(&query)?;
+        let spec = UpdateSpec::parse(&Bson::Document(update))?;
+        let ctx = UpdateContext {
+            is_upsert_insert: false,
+            vars: &vars,
+            array_filters: &[],
+            query: Some(&matcher),
+        };
+        let mut doc = doc;
+        spec.apply(&mut doc, &ctx)?;
+        Ok(doc)
+    }
+
     #[test]
-    fn positional_operator_is_not_supported() {
-        let e = parse_error(doc! {"$set": {"a.$": 1}});
-        assert_eq!(e.code, 115);
-        assert!(e.errmsg.contains("positional $ operator"));
+    fn positional_operator_updates_the_matched_element() {
+        let d = positional(
+            doc! {"_id": 1, "a": [{"k": "x", "q": 1}, {"k": "y", "q": 2}]},
+            doc! {"a.k": "y"},
+            doc! {"$set": {"a.$.q": 9}, "$inc": {"a.$.n": 1}},
+        )
+        .unwrap();
+        same(
+            &d,
+            &doc! {"_id": 1, "a": [{"k": "x", "q": 1}, {"k": "y", "q": 9, "n": 1}]},
+        );
+        let d = positional(
+            doc! {"a": [1, 5, 7]},
+            doc! {"a": {"$gt": 4}},
+            doc! {"$set": {"a.$": 0}},
+        )
+        .unwrap();
+        same(&d, &doc! {"a": [1, 0, 7]});
+        let d = positional(
+            doc! {"a": [{"b": 1, "c": 1}, {"b": 2, "c": 2}]},
+            doc! {"a": {"$elemMatch": {"b": 2, "c": 2}}},
+            doc! {"$unset": {"a.$.c": 1}},
+        )
+        .unwrap();
+        same(&d, &doc! {"a": [{"b": 1, "c": 1}, {"b": 2}]});
+        // Nested arrays: the outermost array's offset.
+        let d = positional(
+            doc! {"a": [{"b": [1, 2]}, {"b": [3, 4]}]},
+            doc! {"a.b": 4},
+            doc! {"$push": {"a.$.b": 5}},
+        )
+        .unwrap();
+        same(&d, &doc! {"a": [{"b": [1, 2]}, {"b": [3, 4, 5]}]});
+    }
+
+    #[test]
+    fn positional_operator_needs_an_array_match_in_the_query() {
+        let e = positional(
+            doc! {"_id": 1, "a": [1, 2]},
+            doc! {"_id": 1},
+            doc! {"$set": {"a.$": 0}},
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "The positional operator did not find the match needed from the query."
+        );
+        // An upsert's insert has no match either.
+        let e = apply_with(
+            doc! {"a": 1},
+            Bson::Document(doc! {"$set": {"a.$": 0}}),
+            &[],
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 2);
+    }
+
+    #[test]
+    fn positional_operator_merges_with_the_same_offset_named() {
+        let d = positional(
+            doc! {"a": [{"x": 1}, {"x": 2}]},
+            doc! {"a.x": 2},
+            doc! {"$set": {"a.$.y": 1, "a.1.z": 1, "a.0.w": 1}},
+        )
+        .unwrap();
+        same(
+            &d,
+            &doc! {"a": [{"x": 1, "w": 1}, {"x": 2, "y": 1, "z": 1}]},
+        );
+        let e = positional(
+            doc! {"a": [{"x": 1}, {"x": 2}]},
+            doc! {"a.x": 2},
+            doc! {"$set": {"a.$": 1, "a.1": 2}},
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 40);
+        assert_eq!(e.errmsg, "Update created a conflict at 'a.1'");
+    }
+
+    #[test]
+    fn positional_operator_path_rules() {
+        let e = parse_error(doc! {"$set": {"a.$.b.$": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "Too many positional (i.e. '$') elements found in path 'a.$.b.$'"
+        );
+        let e = parse_error(doc! {"$set": {"$.a": 1}});
+        assert_eq!(e.code, 2);
+        assert_eq!(
+            e.errmsg,
+            "Cannot have positional (i.e. '$') element in the first position in path '$.a'"
+        );
+        let e = parse_error(doc! {"$set": {"a.$": 1}, "$inc": {"a.$": 1}});
+        assert_eq!(e.code, 40);
     }
 
     #[test]
@@ -2626,6 +2807,7 @@ mod tests {
             is_upsert_insert: false,
             vars: &vars,
             array_filters: &[],
+            query: None,
         };
         let spec = UpdateSpec::parse(&Bson::Document(
             doc! {"$set": {"b": 1}, "$setOnInsert": {"c": 1}},

@@ -829,6 +829,52 @@ async fn positional_operator_update() {
     );
 }
 
+// Manual: "$ (update)" with findAndModify, and an upsert that inserts (no match to use).
+#[tokio::test]
+async fn positional_operator_find_and_modify_and_upsert() {
+    let env = start("positional_fam").await;
+    seed_items(&env).await;
+    let reply = env
+        .run(doc! {
+            "findAndModify": "c",
+            "query": {"items": {"$elemMatch": {"k": "b"}}},
+            "update": {"$inc": {"items.$.q": 10}},
+            "new": true,
+        })
+        .await;
+    assert_eq!(
+        reply.get_document("value").unwrap(),
+        &doc! {"_id": 1, "items": [{"k": "a", "q": 1}, {"k": "b", "q": 12}]},
+        "{reply}"
+    );
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{
+            "q": {"_id": 2, "items.k": "z"},
+            "u": {"$set": {"items.$.q": 0}},
+            "upsert": true,
+        }]})
+        .await;
+    let errors = reply.get_array("writeErrors").expect("writeErrors");
+    assert_eq!(
+        num(errors[0].as_document().unwrap().get("code")),
+        2.0,
+        "{reply}"
+    );
+}
+
+// Manual: "$ (projection)" — only the array element the query matched.
+#[tokio::test]
+async fn positional_projection() {
+    let env = start("positional_projection").await;
+    let c = seed_items(&env).await;
+    let found = c
+        .find_one(doc! {"items.q": {"$gt": 1}})
+        .projection(doc! {"items.$": 1})
+        .await
+        .unwrap();
+    assert_eq!(found, Some(doc! {"_id": 1, "items": [{"k": "b", "q": 2}]}));
+}
+
 // Manual: "$[] (update)" — every element of the array.
 #[tokio::test]
 async fn all_positional_operator_update() {

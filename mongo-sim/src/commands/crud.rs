@@ -737,6 +737,7 @@ fn upsert(
         is_upsert_insert: true,
         vars,
         array_filters,
+        query: None,
     };
     let built = match spec {
         // A replacement upsert inserts the replacement with the filter's `_id` equality,
@@ -773,6 +774,7 @@ fn upsert(
                 is_upsert_insert: false,
                 vars,
                 array_filters,
+                query: Some(matcher),
             };
             let modified = update_record(data, ns, rid, spec, &ctx)?;
             Ok(Upserted::Updated { rid, modified })
@@ -845,6 +847,7 @@ fn run_update_statement(
         is_upsert_insert: false,
         vars,
         array_filters: &stmt.array_filters,
+        query: Some(&matcher),
     };
     for rid in rids {
         outcome.n += 1;
@@ -1112,7 +1115,15 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     let mut results = Vec::with_capacity(end.saturating_sub(skip));
     for (rid, d) in selected.iter().take(end).skip(skip) {
         let mut out = match &projection {
-            Some(p) => p.apply(d, &vars)?,
+            Some(p) => p.apply_matched(d, &vars, &matcher).map_err(|mut e| {
+                if matches!(e.code, 51246 | 51247) {
+                    e.errmsg = format!(
+                        "Executor error during find command :: caused by :: {}",
+                        e.errmsg
+                    );
+                }
+                e
+            })?,
             None => (*d).clone(),
         };
         if show_record_id {
@@ -1225,7 +1236,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
     };
     let project = |d: &Document| -> Result<Bson> {
         Ok(Bson::Document(match &projection {
-            Some(p) => p.apply(d, &vars)?,
+            Some(p) => p.apply_matched(d, &vars, &matcher)?,
             None => d.clone(),
         }))
     };
@@ -1240,6 +1251,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
         is_upsert_insert: false,
         vars: &vars,
         array_filters: &array_filters,
+        query: Some(&matcher),
     };
     let stored = |data: &Data, rid: u64| -> Result<Bson> {
         match data.collection(&ns).and_then(|c| c.documents.get(&rid)) {
