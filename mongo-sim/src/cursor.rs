@@ -130,8 +130,16 @@ pub async fn get_more(
     };
     let ns = Namespace::new(ctx.db.clone(), coll);
     let mut entry = shared.cursors.lock().checkout(id)?;
+    // A getMore abandoned while it waits (interrupted by a step-down, or its connection
+    // closed) destroys its cursor, as in mongod, instead of leaving it checked out forever.
+    let mut checked_out = CheckedOut {
+        cursors: &shared.cursors,
+        id,
+        armed: true,
+    };
     if entry.ns != ns {
         let belongs = entry.ns.to_string();
+        checked_out.armed = false;
         shared.cursors.lock().checkin(id, entry);
         return Err(CommandError::new(
             error::UNAUTHORIZED,
@@ -159,6 +167,7 @@ pub async fn get_more(
                 }
             }),
     };
+    checked_out.armed = false;
     match outcome {
         Err(e) => {
             // A failed getMore destroys the cursor, as in mongod.
@@ -179,6 +188,22 @@ pub async fn get_more(
                 cursor.insert("postBatchResumeToken", pbrt);
             }
             Ok(doc! {"cursor": cursor})
+        }
+    }
+}
+
+/// Kills a checked-out cursor when dropped while armed; disarmed once its getMore has an
+/// outcome of its own.
+struct CheckedOut<'a> {
+    cursors: &'a parking_lot::Mutex<Cursors>,
+    id: i64,
+    armed: bool,
+}
+
+impl Drop for CheckedOut<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cursors.lock().kill(self.id);
         }
     }
 }
