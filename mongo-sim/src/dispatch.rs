@@ -1,5 +1,10 @@
 //! One command from decoded document to reply: fail points, session and write-concern
 //! fields, routing to its handler, error labels, `$clusterTime` and `operationTime`.
+//!
+//! A step-down interrupts every command still in progress (a blocked fail point, a getMore
+//! waiting for events) with InterruptedDueToReplStateChange, labelled as a retryable write or
+//! a resumable change-stream error where it is one; hellos and the step-down itself are not
+//! interrupted.
 
 use crate::error::{self, CommandError, Result};
 use crate::failpoint::{self, Triggered};
@@ -210,6 +215,12 @@ async fn execute(
     let retryable = RETRYABLE_COMMANDS.contains(&name.as_str())
         && ctx.lsid.is_some()
         && ctx.txn_number.is_some();
+    // Subscribed before anything can wait, so a later step-down is never missed.
+    let mut interrupts = shared.topology.lock().subscribe_interrupts();
+    let interruptible = !matches!(
+        name.as_str(),
+        "hello" | "isMaster" | "ismaster" | "replSetStepDown"
+    );
 
     let triggered = if name == "configureFailPoint" {
         None
@@ -247,7 +258,12 @@ async fn execute(
             return Err(Hangup);
         }
         if let Some(block) = block {
-            tokio::time::sleep(block).await;
+            tokio::select! {
+                _ = tokio::time::sleep(block) => {}
+                _ = interrupted(&mut interrupts), if interruptible => {
+                    return Ok(label(interrupted_error(), labelling).to_reply());
+                }
+            }
         }
         if let Some(e) = error {
             // Labels given to the fail point replace the ones mongod would add.
@@ -260,7 +276,12 @@ async fn execute(
         fp_wce = write_concern_error;
     }
 
-    let result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable).await;
+    // `biased`: a command that finishes without waiting is never interrupted.
+    let result = tokio::select! {
+        biased;
+        result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable) => result,
+        _ = interrupted(&mut interrupts), if interruptible => Err(interrupted_error()),
+    };
     if labelling.change_stream || name == "killCursors" {
         track_change_stream_cursors(shared, &name, cmd, result.as_ref().ok());
     }
@@ -292,6 +313,21 @@ async fn execute(
         }
     }
     Ok(reply)
+}
+
+/// Resolves at the next step-down.
+async fn interrupted(interrupts: &mut tokio::sync::watch::Receiver<u64>) {
+    if interrupts.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What a stepping-down mongod answers commands it kills (manual: "replSetStepDown").
+fn interrupted_error() -> CommandError {
+    CommandError::new(
+        error::INTERRUPTED_DUE_TO_REPL_STATE_CHANGE,
+        "operation was interrupted because a node stepped down",
+    )
 }
 
 fn reply_ok(reply: &Document) -> bool {
@@ -654,7 +690,7 @@ async fn route(
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
         "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
         "configureFailPoint" => failpoint::configure(s, ctx, cmd),
-        other => handshake::run(s, conn, ctx, other, cmd),
+        other => handshake::run(s, conn, ctx, other, cmd).await,
     }
 }
 

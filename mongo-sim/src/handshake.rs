@@ -4,8 +4,21 @@
 //!
 //! Replies follow mongod 7.0 and the Server Discovery and Monitoring specification: the
 //! fields drivers use to classify the server (`setName`, `hosts`, `me`, `primary`,
-//! `electionId`, `setVersion`) are always consistent with the URI the server announces.
-//! There is no `topologyVersion`, so drivers poll with `hello` instead of streaming it.
+//! `electionId`, `setVersion`, `topologyVersion`) are always consistent with the URI the
+//! server announces.
+//!
+//! `topologyVersion` is `{processId, counter}`: the process id is fixed for the server's life
+//! and the counter moves on every step-down and step-up. A hello carrying `topologyVersion`
+//! and `maxAwaitTimeMS` (the SDAM "awaitable hello" of the streaming protocol) is held until
+//! the counter moves or the time is up; it waits on a channel, not a thread. `exhaustAllowed`
+//! is ignored: each reply comes without `moreToCome` and the driver asks again, as the SDAM
+//! specification allows.
+//!
+//! `replSetStepDown` behaves as since mongod 4.2: connections stay open, commands in
+//! progress on other connections fail with InterruptedDueToReplStateChange (11602), writes are
+//! refused with NotWritablePrimary while the node is secondary, and awaitable hellos are
+//! answered at once with the new topology. When the step-down runs out the node is elected
+//! again with a larger `electionId` and the counter moves once more.
 
 use crate::dispatch::{ConnectionState, DispatchState};
 use crate::error::{self, CommandError, Result};
@@ -33,8 +46,12 @@ pub struct Topology {
     pub term: i64,
     /// Until when a `replSetStepDown` keeps this node a secondary.
     pub stepped_down_until: Option<Instant>,
-    /// Bumped to make every client connection close (after a step-down).
-    pub disconnect: watch::Sender<u64>,
+    /// `topologyVersion.processId`: one per server start.
+    pub process_id: ObjectId,
+    /// `topologyVersion.counter`; awaitable hellos wait for it to move.
+    version: watch::Sender<i64>,
+    /// Bumped by each step-down; commands in progress then fail with 11602.
+    interrupts: watch::Sender<u64>,
     pub connections_current: i64,
     pub connections_total_created: i64,
     /// What command dispatch remembers between commands (retryable-write replies, change
@@ -60,7 +77,9 @@ impl Topology {
             set_version: 1,
             term: 1,
             stepped_down_until: None,
-            disconnect: watch::channel(0).0,
+            process_id: ObjectId::new(),
+            version: watch::channel(0).0,
+            interrupts: watch::channel(0).0,
             connections_current: 0,
             connections_total_created: 0,
             dispatch: DispatchState::default(),
@@ -77,16 +96,38 @@ impl Topology {
                 self.stepped_down_until = None;
                 self.term += 1;
                 self.election_id = election_id_for_term(self.term);
+                self.version.send_modify(|counter| *counter += 1);
                 true
             }
             Some(_) => false,
         }
     }
 
-    /// Steps down for `secs` and tells every connection to close.
+    /// Steps down for `secs`: the topology changes and commands in progress are interrupted.
     pub fn step_down(&mut self, secs: u64) {
         self.stepped_down_until = Some(Instant::now() + Duration::from_secs(secs));
-        self.disconnect.send_modify(|generation| *generation += 1);
+        self.version.send_modify(|counter| *counter += 1);
+        self.interrupts.send_modify(|generation| *generation += 1);
+    }
+
+    /// `topologyVersion.counter` now.
+    pub fn counter(&self) -> i64 {
+        *self.version.borrow()
+    }
+
+    /// `topologyVersion` as hello reports it.
+    pub fn topology_version(&self) -> Document {
+        doc! {"processId": self.process_id, "counter": self.counter()}
+    }
+
+    /// A receiver that sees every later topology change.
+    pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
+        self.version.subscribe()
+    }
+
+    /// A receiver that sees every later step-down.
+    pub fn subscribe_interrupts(&self) -> watch::Receiver<u64> {
+        self.interrupts.subscribe()
     }
 }
 
@@ -114,8 +155,8 @@ pub const COMMANDS: &[&str] = &[
     "replSetStepDown",
 ];
 
-/// Runs one of [`COMMANDS`].
-pub fn run(
+/// Runs one of [`COMMANDS`]; only an awaitable hello ever waits.
+pub async fn run(
     shared: &Shared,
     conn: &mut ConnectionState,
     ctx: &CommandContext,
@@ -123,7 +164,7 @@ pub fn run(
     cmd: &Document,
 ) -> Result<Document> {
     match name {
-        "hello" | "isMaster" | "ismaster" => hello(shared, conn, name, cmd),
+        "hello" | "isMaster" | "ismaster" => hello(shared, conn, name, cmd).await,
         "ping" => Ok(Document::new()),
         "buildInfo" | "buildinfo" => Ok(build_info()),
         "hostInfo" => Ok(host_info(shared)),
@@ -156,9 +197,130 @@ fn last_write(shared: &Shared, term: i64) -> Document {
     }
 }
 
+/// The `topologyVersion` and `maxAwaitTimeMS` of an awaitable hello, validated as mongod does.
+fn awaitable(cmd: &Document) -> Result<Option<(ObjectId, i64, Duration)>> {
+    let topology_version = cmd.get("topologyVersion");
+    let max_await = cmd.get("maxAwaitTimeMS");
+    let (topology_version, max_await) = match (topology_version, max_await) {
+        (None, None) => return Ok(None),
+        (Some(tv), Some(ms)) => (tv, ms),
+        (Some(_), None) => {
+            return Err(CommandError::from_code(
+                31368,
+                "A request with a 'topologyVersion' must include 'maxAwaitTimeMS'",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CommandError::from_code(
+                31368,
+                "A request with 'maxAwaitTimeMS' must include a 'topologyVersion'",
+            ));
+        }
+    };
+    let Bson::Document(tv) = topology_version else {
+        return Err(crate::fields::wrong_type(
+            "hello",
+            "topologyVersion",
+            topology_version,
+            "object",
+        ));
+    };
+    let process_id = match tv.get("processId") {
+        Some(Bson::ObjectId(id)) => *id,
+        Some(other) => {
+            return Err(crate::fields::wrong_type(
+                "TopologyVersion",
+                "processId",
+                other,
+                "objectId",
+            ));
+        }
+        None => return Err(crate::fields::missing("TopologyVersion", "processId")),
+    };
+    let counter = match tv.get("counter") {
+        Some(v @ Bson::Int64(_)) | Some(v @ Bson::Int32(_)) | Some(v @ Bson::Double(_)) => {
+            crate::bsontype::as_i64(v).unwrap_or(-1)
+        }
+        Some(other) => {
+            return Err(crate::fields::wrong_type(
+                "TopologyVersion",
+                "counter",
+                other,
+                "long",
+            ));
+        }
+        None => return Err(crate::fields::missing("TopologyVersion", "counter")),
+    };
+    if counter < 0 {
+        return Err(CommandError::from_code(
+            31372,
+            "topologyVersion must have a non-negative counter",
+        ));
+    }
+    let ms = match crate::bsontype::as_i64(max_await) {
+        Some(ms) if ms >= 0 => ms as u64,
+        Some(_) => {
+            return Err(CommandError::from_code(
+                31373,
+                "maxAwaitTimeMS must be a non-negative integer",
+            ));
+        }
+        None => {
+            return Err(crate::fields::wrong_type(
+                "hello",
+                "maxAwaitTimeMS",
+                max_await,
+                "long",
+            ));
+        }
+    };
+    Ok(Some((process_id, counter, Duration::from_millis(ms))))
+}
+
+/// Holds an awaitable hello until the topology differs from the client's `topologyVersion`
+/// or `max_await` has passed (SDAM, "Streaming Protocol"). A step-down that runs out during
+/// the wait is a change: the wait ends then, when the new election happens.
+async fn await_topology_change(
+    shared: &Shared,
+    process_id: ObjectId,
+    counter: i64,
+    max_await: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + max_await;
+    loop {
+        let (mut changes, stepped_down_until) = {
+            let mut topology = shared.topology.lock();
+            // Applies an election that is due, which moves the counter.
+            topology.is_primary();
+            let current = topology.counter();
+            if process_id != topology.process_id || counter < current {
+                return Ok(());
+            }
+            if counter > current {
+                return Err(CommandError::from_code(
+                    31382,
+                    format!(
+                        "Received a topology version with the same process ID and larger counter than the server's topology version ({counter} > {current})"
+                    ),
+                ));
+            }
+            (topology.subscribe_changes(), topology.stepped_down_until)
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        let wake = match stepped_down_until {
+            Some(until) => deadline.min(tokio::time::Instant::from_std(until)),
+            None => deadline,
+        };
+        // Woken by a change, the election time or the deadline: the loop decides which.
+        let _ = tokio::time::timeout_at(wake, changes.changed()).await;
+    }
+}
+
 /// `hello` (manual: "hello"); `isMaster` answers the same with `ismaster` in place of
 /// `isWritablePrimary`.
-fn hello(
+async fn hello(
     shared: &Shared,
     conn: &mut ConnectionState,
     name: &str,
@@ -183,13 +345,17 @@ fn hello(
             .map(str::to_string);
     }
     conn.handshake_done = true;
-    let (primary, set_version, election_id, term) = {
+    if let Some((process_id, counter, max_await)) = awaitable(cmd)? {
+        await_topology_change(shared, process_id, counter, max_await).await?;
+    }
+    let (primary, set_version, election_id, term, topology_version) = {
         let mut topology = shared.topology.lock();
         (
             topology.is_primary(),
             topology.set_version,
             topology.election_id,
             topology.term,
+            topology.topology_version(),
         )
     };
     let mut reply = Document::new();
@@ -199,6 +365,7 @@ fn hello(
     reply.insert("hosts", vec![shared.host.clone()]);
     reply.insert("setName", shared.options.replica_set.clone());
     reply.insert("setVersion", set_version);
+    reply.insert("topologyVersion", topology_version);
     let writable_field = if name == "hello" {
         "isWritablePrimary"
     } else {
@@ -361,7 +528,8 @@ fn get_parameter(cmd: &Document) -> Result<Document> {
 }
 
 /// `replSetStepDown: <secs>` (manual: "replSetStepDown"): the node becomes a secondary for
-/// that many seconds, every connection is closed, then it is elected again.
+/// that many seconds, commands in progress elsewhere are interrupted (connections stay open,
+/// as since mongod 4.2), then it is elected again.
 fn repl_set_step_down(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
     if ctx.db != "admin" {
         return Err(CommandError::from_code(
@@ -426,12 +594,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hello_describes_a_writable_primary_of_the_named_set() {
+    #[tokio::test]
+    async fn hello_describes_a_writable_primary_of_the_named_set() {
         let s = shared();
         let mut c = conn();
         let cmd = doc! {"hello": 1, "helloOk": true, "client": {"application": {"name": "app"}}};
-        let r = run(&s, &mut c, &ctx("admin"), "hello", &cmd).unwrap();
+        let r = run(&s, &mut c, &ctx("admin"), "hello", &cmd).await.unwrap();
         assert!(r.get_bool("helloOk").unwrap());
         assert!(r.get_bool("isWritablePrimary").unwrap());
         assert!(!r.contains_key("ismaster"));
@@ -442,19 +610,26 @@ mod tests {
         assert_eq!(r.get_i32("maxWireVersion").unwrap(), 21);
         assert_eq!(r.get_i32("logicalSessionTimeoutMinutes").unwrap(), 30);
         assert_eq!(r.get_i64("connectionId").unwrap(), 5);
-        assert!(!r.contains_key("topologyVersion"));
+        let tv = r.get_document("topologyVersion").unwrap();
+        assert_eq!(
+            tv.get_object_id("processId").unwrap(),
+            s.topology.lock().process_id
+        );
+        assert_eq!(tv.get_i64("counter").unwrap(), 0);
         assert_eq!(
             r.get_object_id("electionId").unwrap().to_hex(),
             "7fffffff0000000000000001"
         );
         assert_eq!(c.app_name.as_deref(), Some("app"));
         // Metadata may not be sent again.
-        let err = run(&s, &mut c, &ctx("admin"), "hello", &cmd).unwrap_err();
+        let err = run(&s, &mut c, &ctx("admin"), "hello", &cmd)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, 186);
     }
 
-    #[test]
-    fn is_master_uses_the_legacy_field_and_no_hello_ok_unless_asked() {
+    #[tokio::test]
+    async fn is_master_uses_the_legacy_field_and_no_hello_ok_unless_asked() {
         let s = shared();
         let r = run(
             &s,
@@ -463,16 +638,17 @@ mod tests {
             "isMaster",
             &doc! {"isMaster": 1},
         )
+        .await
         .unwrap();
         assert!(r.get_bool("ismaster").unwrap());
         assert!(!r.contains_key("isWritablePrimary"));
         assert!(!r.contains_key("helloOk"));
     }
 
-    #[test]
-    fn step_down_makes_a_secondary_without_primary_then_a_new_election() {
+    #[tokio::test]
+    async fn step_down_makes_a_secondary_without_primary_then_a_new_election() {
         let s = shared();
-        let mut rx = s.topology.lock().disconnect.subscribe();
+        let mut rx = s.topology.lock().subscribe_interrupts();
         let err = run(
             &s,
             &mut conn(),
@@ -480,6 +656,7 @@ mod tests {
             "replSetStepDown",
             &doc! {"replSetStepDown": 1},
         )
+        .await
         .unwrap_err();
         assert_eq!((err.code, err.code_name.as_str()), (13, "Unauthorized"));
         run(
@@ -489,21 +666,105 @@ mod tests {
             "replSetStepDown",
             &doc! {"replSetStepDown": 60},
         )
+        .await
         .unwrap();
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
-        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
+        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1})
+            .await
+            .unwrap();
         assert!(!r.get_bool("isWritablePrimary").unwrap());
         assert!(r.get_bool("secondary").unwrap());
         assert!(!r.contains_key("primary"));
+        let counter = |r: &Document| {
+            r.get_document("topologyVersion")
+                .unwrap()
+                .get_i64("counter")
+                .unwrap()
+        };
+        assert_eq!(counter(&r), 1);
         // Time passes: the step-down runs out and a new term begins.
         s.topology.lock().stepped_down_until = Some(Instant::now());
-        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1}).unwrap();
+        let r = run(&s, &mut conn(), &ctx("admin"), "hello", &doc! {"hello": 1})
+            .await
+            .unwrap();
         assert!(r.get_bool("isWritablePrimary").unwrap());
         assert_eq!(
             r.get_object_id("electionId").unwrap().to_hex(),
             "7fffffff0000000000000002"
         );
+        assert_eq!(counter(&r), 2);
+    }
+
+    fn awaitable(tv: &Document, ms: i64) -> Document {
+        doc! {"hello": 1, "topologyVersion": tv.clone(), "maxAwaitTimeMS": ms}
+    }
+
+    async fn hello_cmd(s: &Shared, cmd: &Document) -> Result<Document> {
+        run(s, &mut conn(), &ctx("admin"), "hello", cmd).await
+    }
+
+    #[tokio::test]
+    async fn awaitable_hello_waits_for_a_topology_change_or_its_time_limit() {
+        let s = std::sync::Arc::new(shared());
+        let tv = s.topology.lock().topology_version();
+        // Nothing changes: answered once maxAwaitTimeMS has passed, with the same version.
+        let started = Instant::now();
+        let r = hello_cmd(&s, &awaitable(&tv, 100)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(r.get_document("topologyVersion").unwrap(), &tv);
+        // Another process's version, or an older counter: answered at once.
+        let other = doc! {"processId": ObjectId::new(), "counter": 0i64};
+        let limit = Duration::from_secs(30);
+        tokio::time::timeout(limit, hello_cmd(&s, &awaitable(&other, 600_000)))
+            .await
+            .expect("answered at once")
+            .unwrap();
+        // A step-down answers a waiting hello with the new topology.
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            let cmd = awaitable(&tv, 600_000);
+            async move { hello_cmd(&s, &cmd).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        s.topology.lock().step_down(1);
+        let r = tokio::time::timeout(limit, waiting).await.unwrap().unwrap();
+        assert!(!r.get_bool("isWritablePrimary").unwrap());
+        assert!(!r.contains_key("primary"));
+        let tv1 = r.get_document("topologyVersion").unwrap().clone();
+        assert_eq!(tv1.get_i64("counter").unwrap(), 1);
+        // The election that ends the step-down answers the next one.
+        let r = tokio::time::timeout(limit, hello_cmd(&s, &awaitable(&tv1, 600_000)))
+            .await
+            .expect("answered at the election")
+            .unwrap();
+        assert!(r.get_bool("isWritablePrimary").unwrap());
+        let tv2 = r.get_document("topologyVersion").unwrap();
+        assert_eq!(tv2.get_i64("counter").unwrap(), 2);
+        assert_eq!(
+            tv2.get_object_id("processId").unwrap(),
+            s.topology.lock().process_id
+        );
+    }
+
+    #[tokio::test]
+    async fn awaitable_hello_arguments_are_checked() {
+        let s = shared();
+        let tv = s.topology.lock().topology_version();
+        let err = hello_cmd(&s, &doc! {"hello": 1, "topologyVersion": tv.clone()})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 31368);
+        let err = hello_cmd(&s, &doc! {"hello": 1, "maxAwaitTimeMS": 10})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 31368);
+        let err = hello_cmd(&s, &awaitable(&tv, -1)).await.unwrap_err();
+        assert_eq!(err.code, 31373);
+        let ahead = doc! {"processId": s.topology.lock().process_id, "counter": 5i64};
+        let err = hello_cmd(&s, &awaitable(&ahead, 10)).await.unwrap_err();
+        assert_eq!(err.code, 31382);
     }
 
     #[test]

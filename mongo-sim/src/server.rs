@@ -2,8 +2,9 @@
 //! until shut down, and reports the URI drivers connect with.
 //!
 //! Each connection is one task that reads a message, runs it and writes the reply; idle
-//! connections cost only a parked task. A step-down closes every connection after the
-//! command that caused it has been answered, as a stepping-down mongod does.
+//! connections, and awaitable hellos waiting for a topology change, cost only a parked task.
+//! A step-down closes no connection (as since mongod 4.2): it interrupts the commands in
+//! progress, which dispatch answers with an error.
 
 use crate::dispatch::{self, ConnectionState, Outcome};
 use crate::error::CommandError;
@@ -244,18 +245,10 @@ async fn serve_connection(
 }
 
 async fn connection_loop(stream: TcpStream, mut conn: ConnectionState, shared: &Arc<Shared>) {
-    let mut disconnect = shared.topology.lock().disconnect.subscribe();
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     loop {
-        let message = tokio::select! {
-            _ = disconnect.changed() => {
-                tracing::info!(connection = conn.id, "closing connection after step-down");
-                return;
-            }
-            message = wire::read_message(&mut reader) => message,
-        };
-        let message = match message {
+        let message = match wire::read_message(&mut reader).await {
             Ok(Some(m)) => m,
             Ok(None) => return,
             Err(e) => {
@@ -275,17 +268,9 @@ async fn connection_loop(stream: TcpStream, mut conn: ConnectionState, shared: &
                 let more_to_come = msg.more_to_come();
                 let checksum = msg.checksum_present();
                 let request_id = msg.header.request_id;
-                // A step-down also ends commands still waiting (a change stream's getMore);
-                // `biased` lets the command that caused it finish and be answered first.
-                let outcome = tokio::select! {
-                    biased;
-                    outcome = dispatch::run_command(shared, &mut conn, msg.body) => outcome,
-                    _ = disconnect.changed() => {
-                        tracing::info!(connection = conn.id, "closing connection after step-down");
-                        return;
-                    }
-                };
-                match outcome {
+                // exhaustAllowed is not honoured: each reply is a single one, without
+                // moreToCome, and the client sends its next awaitable hello itself.
+                match dispatch::run_command(shared, &mut conn, msg.body).await {
                     Outcome::CloseConnection => {
                         tracing::info!(connection = conn.id, "closing connection (fail point)");
                         return;

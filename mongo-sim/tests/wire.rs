@@ -55,6 +55,16 @@ fn op_msg_body(reply: &[u8]) -> Document {
     }
 }
 
+/// The next reply on `stream`, which must come within 30 s and not be a hang-up.
+async fn read_reply(stream: &mut TcpStream) -> Document {
+    let reply = tokio::time::timeout(Duration::from_secs(30), wire::read_message(stream))
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .expect("a reply, not a closed connection");
+    op_msg_body(&reply)
+}
+
 async fn assert_closed(stream: &mut TcpStream) {
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
@@ -420,35 +430,169 @@ async fn block_connection_does_not_block_other_connections() {
     sim.shutdown().await;
 }
 
+// Manual: "replSetStepDown" — since 4.2 the step-down closes no connection; the node is a
+// secondary for the period, then the single node is elected again with a larger electionId
+// and a new topologyVersion.
 #[tokio::test]
-async fn step_down_closes_connections_and_a_new_primary_is_elected() {
+async fn step_down_keeps_connections_and_a_new_primary_is_elected() {
     let sim = server().await;
     let client = client(&sim, None).await;
     let before = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
+    let version_before = before.get_document("topologyVersion").unwrap().clone();
     let mut idle = connect(&sim).await;
 
     let reply = run(&client, "admin", doc! {"replSetStepDown": 2})
         .await
         .unwrap();
     assert_eq!(reply.get_f64("ok").unwrap(), 1.0);
-    assert_closed(&mut idle).await;
 
-    let mut raw = connect(&sim).await;
+    // The connection opened before the step-down still answers, now as a secondary.
     let hello = wire::encode_op_msg(1, 0, 0, &doc! {"hello": 1, "$db": "admin"}, &[]);
-    let body = op_msg_body(&exchange(&mut raw, &hello).await.expect("a reply"));
+    let body = op_msg_body(&exchange(&mut idle, &hello).await.expect("a reply"));
     assert!(!body.get_bool("isWritablePrimary").unwrap());
     assert!(body.get_bool("secondary").unwrap());
     assert!(!body.contains_key("primary"));
+    assert!(!body.contains_key("electionId"));
+    let during = body.get_document("topologyVersion").unwrap();
+    assert_eq!(
+        during.get_object_id("processId").unwrap(),
+        version_before.get_object_id("processId").unwrap()
+    );
+    assert!(during.get_i64("counter").unwrap() > version_before.get_i64("counter").unwrap());
+    let insert = wire::encode_op_msg(
+        2,
+        0,
+        0,
+        &doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "test"},
+        &[],
+    );
+    let body = op_msg_body(&exchange(&mut idle, &insert).await.expect("a reply"));
+    assert_eq!(body.get_i32("code").unwrap(), 10107, "{body}");
 
-    // The driver's pooled connection was closed: its next use fails as a network error, then
-    // the driver waits in server selection until the node is primary again.
-    let err = run(&client, "admin", doc! {"hello": 1}).await.unwrap_err();
-    assert!(matches!(&*err.kind, ErrorKind::Io(_)), "{err:?}");
+    // The driver's pooled connection is still good; it waits in server selection until the
+    // node is primary again.
     let after = run(&client, "admin", doc! {"hello": 1}).await.unwrap();
     assert!(after.get_bool("isWritablePrimary").unwrap());
     assert!(
         after.get_object_id("electionId").unwrap() > before.get_object_id("electionId").unwrap()
     );
+    let version_after = after.get_document("topologyVersion").unwrap();
+    assert!(version_after.get_i64("counter").unwrap() > during.get_i64("counter").unwrap());
+    let status = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    let created = status
+        .get_document("connections")
+        .unwrap()
+        .get_i32("totalCreated")
+        .unwrap();
+    let body = op_msg_body(&exchange(&mut idle, &hello).await.expect("a reply"));
+    assert!(body.get_bool("isWritablePrimary").unwrap());
+    // No connection was replaced: the driver's monitors, its pool and the raw one.
+    let again = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .get_document("connections")
+            .unwrap()
+            .get_i32("totalCreated")
+            .unwrap(),
+        created
+    );
+    sim.shutdown().await;
+}
+
+// SDAM "Streaming Protocol": the driver streams hello once it sees topologyVersion; the
+// server holds each awaitable hello, so an idle client sends only a few in two seconds, and
+// a step-down reaches the driver without waiting for the next heartbeat.
+#[tokio::test]
+async fn awaitable_hellos_do_not_spin_and_report_a_step_down_at_once() {
+    use mongodb::ServerType;
+    use mongodb::event::EventHandler;
+    use mongodb::event::sdam::SdamEvent;
+    use std::sync::{Arc, Mutex};
+
+    let sim = server().await;
+    let secondary_seen: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let mut options = ClientOptions::parse(sim.uri()).await.expect("uri parses");
+    options.server_selection_timeout = Some(Duration::from_secs(10));
+    // Far beyond the test: only streaming can report the step-down in time.
+    options.heartbeat_freq = Some(Duration::from_secs(60));
+    options.sdam_event_handler = Some(EventHandler::callback({
+        let seen = secondary_seen.clone();
+        move |event: SdamEvent| {
+            if let SdamEvent::ServerDescriptionChanged(e) = event
+                && e.new_description.server_type() == ServerType::RsSecondary
+            {
+                seen.lock().unwrap().get_or_insert_with(Instant::now);
+            }
+        }
+    }));
+    let client = Client::with_options(options).expect("client");
+    assert_driver_works(&client).await;
+
+    let commands = |status: &Document| {
+        status
+            .get_document("opcounters")
+            .unwrap()
+            .get_i64("command")
+            .unwrap()
+    };
+    let first = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = run(&client, "admin", doc! {"serverStatus": 1})
+        .await
+        .unwrap();
+    let idle = commands(&second) - commands(&first);
+    assert!(idle < 20, "{idle} commands in two idle seconds");
+
+    let stepped = Instant::now();
+    run(&client, "admin", doc! {"replSetStepDown": 3})
+        .await
+        .unwrap();
+    let deadline = stepped + Duration::from_secs(30);
+    while secondary_seen.lock().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the driver never saw the step-down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen_after = secondary_seen.lock().unwrap().unwrap() - stepped;
+    assert!(
+        seen_after < Duration::from_secs(20),
+        "the step-down took {seen_after:?} to reach the driver"
+    );
+
+    // While stepped down the awaitable hellos are held too: no tight loop.
+    let raw = |sim: &MongoSim| {
+        let port = sim.port();
+        async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let status =
+                wire::encode_op_msg(1, 0, 0, &doc! {"serverStatus": 1, "$db": "admin"}, &[]);
+            op_msg_body(&exchange(&mut s, &status).await.expect("a reply"))
+        }
+    };
+    let first = raw(&sim).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = raw(&sim).await;
+    let stepped_down = commands(&second) - commands(&first);
+    assert!(
+        stepped_down < 20,
+        "{stepped_down} commands in 1.5 s stepped down"
+    );
+    // Writes work again after the election.
+    run(&client, "admin", doc! {"ping": 1}).await.unwrap();
+    client
+        .database("test")
+        .collection::<Document>("c")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .expect("a write after the election");
     sim.shutdown().await;
 }
 
@@ -502,8 +646,10 @@ fn own_runtime_serves_synchronous_callers() {
     });
 }
 
+// Manual: "replSetStepDown" — commands in progress are killed with
+// InterruptedDueToReplStateChange (11602); their connections stay open.
 #[tokio::test]
-async fn step_down_ends_commands_still_waiting() {
+async fn step_down_interrupts_commands_still_waiting() {
     let sim = server().await;
     let admin = client(&sim, None).await;
     run(
@@ -527,11 +673,100 @@ async fn step_down_ends_commands_still_waiting() {
     let ping = wire::encode_op_msg(2, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
     waiting.write_all(&ping).await.unwrap();
 
+    // A change stream's getMore waiting for events.
+    let mut stream = connect(&sim).await;
+    let open = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}, "$db": "test"},
+        &[],
+    );
+    let body = op_msg_body(&exchange(&mut stream, &open).await.expect("a reply"));
+    let id = body.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let get_more = wire::encode_op_msg(
+        2,
+        0,
+        0,
+        &doc! {"getMore": id, "collection": "c", "maxTimeMS": 60_000, "$db": "test"},
+        &[],
+    );
+    stream.write_all(&get_more).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
     let mut other = connect(&sim).await;
-    let step_down = wire::encode_op_msg(3, 0, 0, &doc! {"replSetStepDown": 0, "$db": "admin"}, &[]);
+    let step_down = wire::encode_op_msg(3, 0, 0, &doc! {"replSetStepDown": 1, "$db": "admin"}, &[]);
     let body = op_msg_body(&exchange(&mut other, &step_down).await.expect("a reply"));
     assert_eq!(body.get_f64("ok").unwrap(), 1.0);
-    assert_closed(&mut other).await;
-    assert_closed(&mut waiting).await;
+
+    let body = read_reply(&mut waiting).await;
+    assert_eq!(body.get_i32("code").unwrap(), 11602, "{body}");
+    assert_eq!(
+        body.get_str("codeName").unwrap(),
+        "InterruptedDueToReplStateChange"
+    );
+    let body = read_reply(&mut stream).await;
+    assert_eq!(body.get_i32("code").unwrap(), 11602, "{body}");
+    assert_eq!(
+        body.get_array("errorLabels").unwrap(),
+        &vec![Bson::String("ResumableChangeStreamError".into())]
+    );
+    // The interrupted getMore destroyed its cursor, as in mongod.
+    let kill = wire::encode_op_msg(
+        3,
+        0,
+        0,
+        &doc! {"killCursors": "c", "cursors": [id], "$db": "test"},
+        &[],
+    );
+    let body = op_msg_body(&exchange(&mut stream, &kill).await.expect("a reply"));
+    assert_eq!(
+        body.get_array("cursorsNotFound").unwrap(),
+        &vec![Bson::Int64(id)],
+        "{body}"
+    );
+
+    // Every connection is still open.
+    run(
+        &admin,
+        "admin",
+        doc! {"configureFailPoint": "failCommand", "mode": "off"},
+    )
+    .await
+    .unwrap();
+    for conn in [&mut waiting, &mut stream, &mut other] {
+        let body = op_msg_body(&exchange(conn, &ping).await.expect("still open"));
+        assert_eq!(body.get_f64("ok").unwrap(), 1.0);
+    }
+    sim.shutdown().await;
+}
+
+// Change-streams spec, "Resumable Error": a change stream survives a step-down; the driver
+// resumes it once the node is primary again and sees the writes made after.
+#[tokio::test]
+async fn a_change_stream_resumes_across_a_step_down() {
+    use futures_util::StreamExt;
+    let sim = server().await;
+    let client = client(&sim, None).await;
+    let coll = client.database("test").collection::<Document>("c");
+    let mut stream = coll.watch().await.expect("change stream opens");
+    coll.insert_one(doc! {"_id": 1}).await.unwrap();
+    let event = stream.next().await.expect("an event").expect("no error");
+    assert_eq!(event.document_key, Some(doc! {"_id": 1}));
+    let next = tokio::spawn(async move { stream.next().await.map(|e| e.map(|e| e.document_key)) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run(&client, "admin", doc! {"replSetStepDown": 1})
+        .await
+        .unwrap();
+    coll.insert_one(doc! {"_id": 2})
+        .await
+        .expect("the write waits for the election");
+    let key = tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("the stream resumed")
+        .unwrap()
+        .expect("an event")
+        .expect("no error");
+    assert_eq!(key, Some(doc! {"_id": 2}));
     sim.shutdown().await;
 }
