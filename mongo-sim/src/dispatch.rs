@@ -154,10 +154,33 @@ fn count_operation(shared: &Shared, cmd: &Document) {
     shared.topology.lock().opcounters[slot] += n;
 }
 
-/// Adds `ok`, `$clusterTime` and `operationTime` as mongod does on every reply.
+/// mongod's NotPrimaryError category: LegacyNotPrimary, PrimarySteppedDown,
+/// NotWritablePrimary, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+/// NotPrimaryOrSecondary.
+const NOT_PRIMARY_CODES: &[i64] = &[10058, 189, 10107, 11602, 13435, 13436];
+
+/// Whether the reply fails, or fails its write concern, with a NotPrimaryError.
+fn is_not_primary_error(reply: &Document) -> bool {
+    let code = |d: &Document| d.get("code").and_then(crate::bsontype::as_i64);
+    let failed = !reply_ok(reply) && code(reply).is_some_and(|c| NOT_PRIMARY_CODES.contains(&c));
+    let wce = matches!(
+        reply.get("writeConcernError"),
+        Some(Bson::Document(wce)) if code(wce).is_some_and(|c| NOT_PRIMARY_CODES.contains(&c))
+    );
+    failed || wce
+}
+
+/// Adds `ok`, `$clusterTime` and `operationTime` as mongod does on every reply, and the
+/// `topologyVersion` a replica-set member adds to NotPrimaryError replies, by which drivers
+/// tell a stale error (a fail point's, or one from before the last change) from a new state
+/// (SDAM, "topologyVersion" and "Error handling").
 fn finish(shared: &Shared, mut reply: Document) -> Document {
     if !reply.contains_key("ok") {
         reply.insert("ok", 1.0);
+    }
+    if is_not_primary_error(&reply) {
+        let topology_version = shared.topology.lock().topology_version();
+        reply.insert("topologyVersion", topology_version);
     }
     let ts = shared.data.lock().oplog.last_ts();
     reply.insert(
@@ -850,8 +873,16 @@ mod tests {
         let r = run(&s, doc! {"insert": "c", "documents": [], "$db": "a"}).await;
         assert_eq!(r.get_i32("code").unwrap(), 10107);
         assert_eq!(r.get_str("errmsg").unwrap(), "not primary");
+        assert_eq!(
+            r.get_document("topologyVersion").unwrap(),
+            &s.topology.lock().topology_version()
+        );
         let r = run(&s, doc! {"find": "c", "$db": "a"}).await;
         assert_eq!(r.get_i32("code").unwrap(), 13435);
+        assert!(r.contains_key("topologyVersion"));
+        // Other errors carry none.
+        let r = run(&s, doc! {"ping": 1}).await;
+        assert!(!r.contains_key("topologyVersion"));
     }
 
     #[tokio::test]
