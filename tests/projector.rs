@@ -430,7 +430,16 @@ async fn fail_point(env: &TestEnv, spec: Document) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
-    let env = TestEnv::new("faults").await;
+    let mut env = TestEnv::new("faults").await;
+    // ShutdownInProgress (91) below marks the server Unknown until the driver's monitor hears
+    // from it again. A 4.4+ server streams hello, so that is when the awaitable hello in
+    // progress returns: up to heartbeatFrequencyMS later (10 s by default, and twice per
+    // fault here, against a 20 s WAIT). A short heartbeat keeps each fault well inside WAIT.
+    let mut options = mongodb::options::ClientOptions::parse(&env.uri)
+        .await
+        .expect("URI parses");
+    options.heartbeat_freq = Some(Duration::from_millis(500));
+    env.client = mongodb::Client::with_options(options).expect("client");
     let mut config = env.config();
     recording_projection(&mut config);
     config.checkpoints.every_events = 3;
