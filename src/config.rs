@@ -46,6 +46,21 @@ pub struct SourceConfig {
     /// First and largest delay between attempts to re-open a failed stream.
     pub reopen_backoff_initial: Duration,
     pub reopen_backoff_max: Duration,
+    /// Parallel apply lanes; events are routed to a lane by a stable hash of their aggregate
+    /// id, so one aggregate's events stay in order while different aggregates proceed together.
+    pub lanes: usize,
+    /// Most events one lane takes into one batch (each round of a batch is one `update`
+    /// command with at most one statement per aggregate).
+    pub batch_size: usize,
+}
+
+/// Lanes when the configuration does not say: one per core, at least 2 so that one slow
+/// aggregate's healing does not hold up the others, at most 16.
+pub fn default_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
 }
 
 /// Where a projection starts when it has no checkpoint yet.
@@ -412,7 +427,18 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
                 errors,
             ),
             reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
+            lanes: c.positive_integer("lanes", default_lanes() as u64, errors) as usize,
+            batch_size: c.positive_integer("batch_size", 500, errors) as usize,
         };
+        if cfg.lanes > 256 {
+            errors.push(format!("source.lanes: at most 256, found {}", cfg.lanes));
+        }
+        if cfg.batch_size > 10_000 {
+            errors.push(format!(
+                "source.batch_size: at most 10000, found {}",
+                cfg.batch_size
+            ));
+        }
         c.finish(errors);
         cfg
     };
