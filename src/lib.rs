@@ -5,14 +5,17 @@
 //! Events that cannot be applied yet are parked ([`park`]); see `ARCHITECTURE.md`.
 
 pub mod apply;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod lanes;
 pub mod park;
 pub mod projection;
 pub mod shutdown;
 pub mod source;
 pub mod stats;
+pub mod watermark;
