@@ -427,6 +427,34 @@ impl ProjectionWorker {
         }
     }
 
+    /// Hands a batch to a lane during a catch-up, where reports only matter for failures.
+    /// Returns how many batches were reported done meanwhile.
+    async fn hand_over(
+        lanes: &mut Lanes,
+        lane: usize,
+        batch: Vec<(Ticket, Event)>,
+    ) -> Result<usize, StoreError> {
+        let mut done = 0;
+        loop {
+            tokio::select! {
+                permit = lanes.senders[lane].reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(batch);
+                            Ok(done)
+                        }
+                        Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
+                    };
+                }
+                report = lanes.reports.recv() => match report {
+                    Some(LaneReport::Failed(e)) => return Err(e),
+                    Some(LaneReport::Done(_)) => done += 1,
+                    None => return Err(StoreError::Reply("apply lanes stopped".into())),
+                },
+            }
+        }
+    }
+
     /// Takes a lane's report: its tickets move the watermark, a failure ends this stream.
     async fn on_report(
         &self,
@@ -509,32 +537,6 @@ impl ProjectionWorker {
         }
     }
 
-    /// Handles one event, retrying transient store errors in place: the stream does not move
-    /// on past an event until it is applied, skipped or parked.
-    async fn handle_with_retry(&self, event: &crate::event::Event) -> Result<(), StoreError> {
-        let mut delay = self.source.reopen_backoff_initial;
-        loop {
-            match self.applier.handle(event).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.action() == ErrorAction::Retry && !self.shutdown.is_cancelled() => {
-                    tracing::warn!(
-                        projection = %self.config.name,
-                        aggregate = %event.aggregate_id,
-                        sequence = event.sequence,
-                        error = %e,
-                        "applying event failed; retrying"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return Err(e),
-                    }
-                    delay = (delay * 2).min(self.source.reopen_backoff_max);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Persists the position if it moved. Failures are logged and retried at the next save:
     /// a checkpoint that lags behind only means more redelivery, never loss.
     async fn save(&self, position: &mut Position) {
@@ -602,8 +604,21 @@ impl ProjectionWorker {
             .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
             .batch_size(1000)
             .await?;
-        let mut current: Option<(Bson, i64)> = None;
+        // The same lanes as the live stream: each lane's memory of stored sequences makes an
+        // already-applied prefix cost one probe per aggregate and round, no writes. Nothing
+        // is checkpointed until the whole scan is applied, so the position is not involved.
+        let mut lanes = Lanes::spawn(
+            &self.applier,
+            self.source.lanes,
+            &self.shutdown,
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        );
+        let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
+        let batch_size = self.source.batch_size.max(1);
         let mut scanned = 0u64;
+        // Batches handed over and batches reported done: equal at the end means complete.
+        let (mut sent, mut done) = (0usize, 0usize);
         while let Some(doc) = cursor.try_next().await? {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
@@ -616,28 +631,28 @@ impl ProjectionWorker {
                     continue;
                 }
             };
-            // One probe per aggregate tells which of its events are already applied.
-            let stored = match &current {
-                Some((agg, stored)) if *agg == event.aggregate_id => *stored,
-                _ => {
-                    let stored = self
-                        .applier
-                        .read_model
-                        .stored_sequence(&event.aggregate_id)
-                        .await?
-                        .unwrap_or(0);
-                    current = Some((event.aggregate_id.clone(), stored));
-                    stored
-                }
-            };
-            if event.sequence <= stored {
-                ProjectionStats::add(&self.stats.duplicates, 1);
-                continue;
+            let lane = lane_of(&event.aggregate_id, pending.len());
+            pending[lane].push((scanned, event));
+            if pending[lane].len() >= batch_size {
+                let batch = std::mem::take(&mut pending[lane]);
+                done += Self::hand_over(&mut lanes, lane, batch).await?;
+                sent += 1;
             }
-            self.handle_with_retry(&event).await?;
-            if let Some((_, s)) = current.as_mut() {
-                *s = (*s).max(event.sequence);
+        }
+        for (lane, batch) in pending.into_iter().enumerate() {
+            if !batch.is_empty() {
+                done += Self::hand_over(&mut lanes, lane, batch).await?;
+                sent += 1;
             }
+        }
+        for report in lanes.finish().await {
+            match report {
+                LaneReport::Failed(e) => return Err(e),
+                LaneReport::Done(_) => done += 1,
+            }
+        }
+        if done < sent {
+            return Ok(None); // shut down while a lane was still retrying: nothing is saved
         }
         tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
         position.token = started_at;
