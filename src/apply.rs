@@ -422,7 +422,8 @@ impl Applier {
                 cache.put(key, stored);
             }
         }
-        let mut send: Vec<(usize, Document, Disposition)> = Vec::new();
+        let mut send: Vec<(usize, Disposition)> = Vec::new();
+        let mut statements: Vec<Document> = Vec::new();
         let mut slow: Vec<usize> = Vec::new();
         for (key, i) in round {
             let event = &items[*i].event;
@@ -446,13 +447,15 @@ impl Applier {
                 Disposition::Applied
             };
             match guarded_statement(event, &change) {
-                Ok(statement) => send.push((*i, statement, kind)),
+                Ok(statement) => {
+                    send.push((*i, kind));
+                    statements.push(statement);
+                }
                 Err(_) => slow.push(*i),
             }
         }
         if !send.is_empty() {
             let started = std::time::Instant::now();
-            let statements: Vec<Document> = send.iter().map(|(_, s, _)| s.clone()).collect();
             // Unordered: each statement is a different aggregate, and one refused statement
             // must not keep the others from being applied.
             let reply = self
@@ -499,19 +502,19 @@ impl Applier {
                     .iter()
                     .zip(&refused)
                     .filter(|(_, r)| !**r)
-                    .map(|((i, _, _), _)| items[*i].event.aggregate_id.clone())
+                    .map(|((i, _), _)| items[*i].event.aggregate_id.clone())
                     .collect();
                 let now = self.read_model.stored_sequences(&ids).await?;
                 send.iter()
                     .zip(&refused)
-                    .map(|((i, _, _), r)| {
+                    .map(|((i, _), r)| {
                         let e = &items[*i].event;
                         !*r && now.get(&AggregateKey::of(&e.aggregate_id)) == Some(&e.sequence)
                     })
                     .collect()
             };
             let maybe_parked = self.parked_watch.maybe_parked();
-            for ((i, _, kind), ok) in send.iter().zip(matched) {
+            for ((i, kind), ok) in send.iter().zip(matched) {
                 let key = AggregateKey::of(&items[*i].event.aggregate_id);
                 if !ok {
                     cache.forget(&key);

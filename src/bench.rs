@@ -471,11 +471,20 @@ async fn steady_state(
         .watch()
         .await
         .map_err(err("watching the read model"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
     let observer = {
         let inserted = inserted.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut lags = Vec::new();
-            while let Ok(Some(change)) = watch.try_next().await {
+            loop {
+                let change = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = watch.try_next() => match next {
+                        Ok(Some(change)) => change,
+                        _ => break,
+                    },
+                };
                 let seen = Instant::now();
                 let id = change
                     .document_key
@@ -535,7 +544,7 @@ async fn steady_state(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let missing = inserted.lock().expect("lock").len();
-    observer.abort();
+    stop.cancel();
     let mut lags = observer.await.unwrap_or_default();
     if lags.is_empty() {
         return Err(format!(

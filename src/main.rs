@@ -212,7 +212,8 @@ fn main() -> ExitCode {
             lanes,
             batch_size,
         } => {
-            init_logging(cli.log_format, "warn");
+            // The embedded server logs every connection a stopped daemon leaves behind.
+            init_logging(cli.log_format, "warn,mongo_sim=error");
             let defaults = mongo_projector::bench::BenchOptions::default();
             let options = mongo_projector::bench::BenchOptions {
                 accounts,
