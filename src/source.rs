@@ -208,9 +208,11 @@ impl ProjectionWorker {
         &self,
         token: Option<ResumeToken>,
     ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
+        // Bounded batches: a backlog is fetched a slice at a time, never in one reply.
         let options = ChangeStreamOptions::builder()
             .resume_after(token)
             .max_await_time(Some(self.source.max_await))
+            .batch_size(Some(STREAM_BATCH))
             .build();
         let stream = self
             .events()
@@ -706,6 +708,10 @@ impl ProjectionWorker {
 /// Change events read ahead of the dispatcher: while the lanes write one batch, the next is
 /// already being read. Bounded, so a slow server slows the reader.
 const PREFETCH: usize = 4096;
+
+/// Change events asked for per `getMore`: half the prefetch queue, so one reply fits while
+/// the previous one is still being dispatched.
+const STREAM_BATCH: u32 = 2048;
 
 /// What the reader task passes on.
 enum Read {
