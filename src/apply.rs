@@ -791,49 +791,58 @@ impl Applier {
     /// Returns how many were resolved (applied or found already applied).
     pub async fn sweep_parked(&self) -> Result<u64, StoreError> {
         let mut resolved = 0;
+        for parked in self.due_parked().await? {
+            if self.retry_parked(&parked).await? {
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Parked events whose next attempt is due (at most 64). Also notes when nothing at all is
+    /// parked any more, so that applied events stop looking for parked successors.
+    pub async fn due_parked(&self) -> Result<Vec<ParkedEvent>, StoreError> {
         let epoch = self.parked_watch.epoch.load(Ordering::Acquire);
         if self.parked_watch.maybe_parked() && !self.any_waiting().await? {
             self.parked_watch.clear_at.store(epoch, Ordering::Release);
         }
-        for parked in self.parked.due(64).await? {
-            let Ok(event) = decode_event(&parked.event, &self.config.fields) else {
-                continue;
-            };
-            if parked.reason == ParkReason::Unhandled.as_str() && self.change_for(&event).is_none()
-            {
-                self.parked
-                    .reschedule(&parked, &self.config.parking)
-                    .await?;
-                continue;
-            }
-            match self.handle_inner(&event).await? {
-                Disposition::Applied | Disposition::Skipped | Disposition::Duplicate => {
-                    self.parked
-                        .remove(&event.aggregate_id, event.sequence)
-                        .await?;
-                    ProjectionStats::add(&self.stats.released, 1);
-                    self.release_successors(&event).await?;
-                    resolved += 1;
-                }
-                Disposition::Parked => {
-                    if self
-                        .parked
-                        .reschedule(&parked, &self.config.parking)
-                        .await?
-                    {
-                        ProjectionStats::add(&self.stats.dead_lettered, 1);
-                        tracing::warn!(
-                            projection = %self.config.name,
-                            aggregate = %event.aggregate_id,
-                            sequence = event.sequence,
-                            attempts = parked.attempts + 1,
-                            "parked event dead-lettered: its predecessor never arrived"
-                        );
-                    }
-                }
-                Disposition::DeadLettered => {}
-            }
+        self.parked.due(64).await
+    }
+
+    /// One more attempt at a parked event; dead-letters it past its limits. True when it was
+    /// resolved (applied or found already applied). The daemon runs this in the lane of the
+    /// event's aggregate, so that it never races with that aggregate's live events.
+    pub async fn retry_parked(&self, parked: &ParkedEvent) -> Result<bool, StoreError> {
+        let Ok(event) = decode_event(&parked.event, &self.config.fields) else {
+            return Ok(false);
+        };
+        if parked.reason == ParkReason::Unhandled.as_str() && self.change_for(&event).is_none() {
+            self.parked.reschedule(parked, &self.config.parking).await?;
+            return Ok(false);
         }
-        Ok(resolved)
+        match self.handle_inner(&event).await? {
+            Disposition::Applied | Disposition::Skipped | Disposition::Duplicate => {
+                self.parked
+                    .remove(&event.aggregate_id, event.sequence)
+                    .await?;
+                ProjectionStats::add(&self.stats.released, 1);
+                self.release_successors(&event).await?;
+                Ok(true)
+            }
+            Disposition::Parked => {
+                if self.parked.reschedule(parked, &self.config.parking).await? {
+                    ProjectionStats::add(&self.stats.dead_lettered, 1);
+                    tracing::warn!(
+                        projection = %self.config.name,
+                        aggregate = %event.aggregate_id,
+                        sequence = event.sequence,
+                        attempts = parked.attempts + 1,
+                        "parked event dead-lettered: its predecessor never arrived"
+                    );
+                }
+                Ok(false)
+            }
+            Disposition::DeadLettered => Ok(false),
+        }
     }
 }

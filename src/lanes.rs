@@ -11,6 +11,7 @@
 use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
 use crate::error::{ErrorAction, StoreError};
 use crate::event::Event;
+use crate::park::ParkedEvent;
 use crate::watermark::Ticket;
 use bson::Bson;
 use std::time::Duration;
@@ -23,6 +24,16 @@ pub const LANE_QUEUE: usize = 2;
 
 /// Aggregates whose stored sequence one lane remembers (see [`SequenceCache`]).
 pub const CACHE_PER_LANE: usize = 50_000;
+
+/// What a lane is given to do.
+#[derive(Debug)]
+pub enum LaneWork {
+    /// Events of the stream, in stream order, with their tickets.
+    Batch(Vec<(Ticket, Event)>),
+    /// Due parked events of this lane's aggregates: retried here rather than beside the lane,
+    /// so that a retry never races with the same aggregate's live events.
+    Parked(Vec<ParkedEvent>),
+}
 
 /// What a lane tells the dispatcher.
 #[derive(Debug)]
@@ -41,7 +52,7 @@ pub fn lane_of(aggregate_id: &Bson, lanes: usize) -> usize {
 /// Running lanes: their queues, the reports channel and the tasks.
 pub struct Lanes {
     /// One bounded queue per lane (see [`LANE_QUEUE`]).
-    pub senders: Vec<mpsc::Sender<Vec<(Ticket, Event)>>>,
+    pub senders: Vec<mpsc::Sender<LaneWork>>,
     pub reports: mpsc::Receiver<LaneReport>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -108,14 +119,44 @@ impl Drop for Lanes {
 
 async fn run_lane(
     applier: Applier,
-    mut batches: mpsc::Receiver<Vec<(Ticket, Event)>>,
+    mut work: mpsc::Receiver<LaneWork>,
     reports: mpsc::Sender<LaneReport>,
     shutdown: CancellationToken,
     retry_initial: Duration,
     retry_max: Duration,
 ) {
     let mut cache = SequenceCache::new(CACHE_PER_LANE);
-    while let Some(batch) = batches.recv().await {
+    while let Some(work) = work.recv().await {
+        let batch = match work {
+            LaneWork::Batch(batch) => batch,
+            LaneWork::Parked(entries) => {
+                for parked in &entries {
+                    let mut delay = retry_initial;
+                    loop {
+                        match applier.retry_parked(parked).await {
+                            Ok(_) => break,
+                            Err(e) if e.action() == ErrorAction::Retry => {
+                                // The next sweep tries again; no need to hold the lane up.
+                                tracing::warn!(projection = %applier.config.name, error = %e, "retrying a parked event failed");
+                                if shutdown.is_cancelled() || delay >= retry_max {
+                                    break;
+                                }
+                                tokio::select! {
+                                    _ = tokio::time::sleep(delay) => {}
+                                    _ = shutdown.cancelled() => return,
+                                }
+                                delay = (delay * 2).min(retry_max);
+                            }
+                            Err(e) => {
+                                let _ = reports.send(LaneReport::Failed(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+        };
         let (tickets, events): (Vec<Ticket>, Vec<Event>) = batch.into_iter().unzip();
         let mut items: Vec<BatchItem> = events.into_iter().map(BatchItem::new).collect();
         let mut delay = retry_initial;

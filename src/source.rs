@@ -8,7 +8,8 @@ use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
 use crate::error::{ErrorAction, StoreError};
 use crate::event::{Event, decode_change, decode_event};
-use crate::lanes::{LaneReport, Lanes, lane_of};
+use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
+use crate::park::ParkedEvent;
 use crate::stats::ProjectionStats;
 use crate::watermark::{Ticket, Watermark};
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
@@ -278,9 +279,9 @@ impl ProjectionWorker {
                 Err(mpsc::error::TryRecvError::Empty) => {
                     // Nothing more is ready: hand out partial batches now rather than wait
                     // for the next getMore, which may take `max_await` on a quiet stream.
-                    for lane in 0..pending.len() {
-                        if !pending[lane].is_empty() {
-                            let batch = std::mem::take(&mut pending[lane]);
+                    for (lane, waiting) in pending.iter_mut().enumerate() {
+                        if !waiting.is_empty() {
+                            let batch = std::mem::take(waiting);
                             if let Err(e) = self
                                 .dispatch(&mut lanes, lane, batch, &mut watermark, position)
                                 .await
@@ -301,7 +302,7 @@ impl ProjectionWorker {
                             continue;
                         }
                         _ = tick.tick() => {
-                            if let Err(e) = self.housekeeping(&mut last_sweep, position).await {
+                            if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await {
                                 break Err(e);
                             }
                             continue;
@@ -373,7 +374,7 @@ impl ProjectionWorker {
                 }
             }
             if last_sweep.elapsed() >= self.config.parking.sweep_every
-                && let Err(e) = self.housekeeping(&mut last_sweep, position).await
+                && let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await
             {
                 break Err(e);
             }
@@ -415,7 +416,7 @@ impl ProjectionWorker {
                 permit = lanes.senders[lane].reserve() => {
                     return match permit {
                         Ok(permit) => {
-                            permit.send(batch);
+                            permit.send(LaneWork::Batch(batch));
                             Ok(())
                         }
                         Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
@@ -442,7 +443,7 @@ impl ProjectionWorker {
                 permit = lanes.senders[lane].reserve() => {
                     return match permit {
                         Ok(permit) => {
-                            permit.send(batch);
+                            permit.send(LaneWork::Batch(batch));
                             Ok(done)
                         }
                         Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
@@ -504,6 +505,7 @@ impl ProjectionWorker {
     /// has waited `checkpoints.every`.
     async fn housekeeping(
         &self,
+        lanes: &Lanes,
         last_sweep: &mut Instant,
         position: &mut Position,
     ) -> Result<(), StoreError> {
@@ -512,7 +514,20 @@ impl ProjectionWorker {
         }
         if last_sweep.elapsed() >= self.config.parking.sweep_every {
             *last_sweep = Instant::now();
-            self.applier.sweep_parked().await?;
+            let mut per_lane: Vec<Vec<ParkedEvent>> = vec![Vec::new(); lanes.count()];
+            for parked in self.applier.due_parked().await? {
+                let lane = match parked.event.get(&self.config.fields.aggregate_id) {
+                    Some(id) => lane_of(id, per_lane.len()),
+                    None => 0,
+                };
+                per_lane[lane].push(parked);
+            }
+            for (lane, entries) in per_lane.into_iter().enumerate() {
+                // A lane with a full queue is busy: its due entries wait for the next sweep.
+                if !entries.is_empty() {
+                    let _ = lanes.senders[lane].try_send(LaneWork::Parked(entries));
+                }
+            }
         }
         Ok(())
     }
