@@ -187,6 +187,7 @@ pub enum AggregateKey {
 }
 
 impl AggregateKey {
+    /// The key of an aggregate id as stored in an event.
     pub fn of(id: &Bson) -> AggregateKey {
         match id {
             Bson::String(s) => AggregateKey::Str(s.clone()),
@@ -228,6 +229,7 @@ pub struct SequenceCache {
 }
 
 impl SequenceCache {
+    /// An empty cache of at most `capacity` aggregates.
     pub fn new(capacity: usize) -> Self {
         Self {
             known: HashMap::new(),
@@ -251,10 +253,12 @@ impl SequenceCache {
         self.known.remove(key);
     }
 
+    /// Aggregates remembered now (at most the capacity).
     pub fn len(&self) -> usize {
         self.known.len()
     }
 
+    /// True when nothing is remembered (a fresh lane, or just cleared).
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }
@@ -269,6 +273,7 @@ pub struct BatchItem {
 }
 
 impl BatchItem {
+    /// An event not yet handled.
     pub fn new(event: Event) -> Self {
         Self { event, done: None }
     }

@@ -90,6 +90,7 @@ impl Lanes {
         }
     }
 
+    /// How many lanes run.
     pub fn count(&self) -> usize {
         self.senders.len()
     }

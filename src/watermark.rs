@@ -33,6 +33,7 @@ impl<P: Clone> Default for Watermark<P> {
 }
 
 impl<P: Clone> Watermark<P> {
+    /// Nothing issued, nothing acknowledged.
     pub fn new() -> Self {
         Self {
             front: 0,
