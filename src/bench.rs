@@ -68,7 +68,7 @@ impl Default for BenchOptions {
             memory_small: 100_000,
             memory_large: 1_000_000,
             lanes: default_lanes(),
-            batch_size: 500,
+            batch_size: 1000,
             daemon: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mongo-projector")),
         }
     }

@@ -77,7 +77,7 @@ enum Command {
         /// Apply lanes of the daemon under test (default: from the core count).
         #[arg(long)]
         lanes: Option<usize>,
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
         batch_size: usize,
     },
 }
