@@ -1,6 +1,11 @@
 //! Applying events to a read model under the sequence guard, and deciding what an outcome
 //! means: applied, duplicate (skip and count), or gap (heal from the event collection, else
 //! park). See `projection` for the statement itself.
+//!
+//! Two ways in: [`Applier::handle`] takes one event at a time (healing, parking, sweeping and
+//! operator actions use it), and [`Applier::handle_batch`] takes a lane's batch and writes it in
+//! rounds, one `update` command per round with at most one statement per aggregate, so that a
+//! round trip carries hundreds of events instead of one.
 
 use crate::config::{ProjectionConfig, UnhandledPolicy};
 use crate::error::StoreError;
@@ -12,7 +17,9 @@ use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Collection, Database};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The result of one guarded write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,16 +130,40 @@ impl ReadModel {
 
     /// The `lastSequenceNumber` stored for an aggregate (None: no document, or none recorded).
     pub async fn stored_sequence(&self, aggregate_id: &Bson) -> Result<Option<i64>, StoreError> {
-        let found = self
+        Ok(self
+            .stored_sequences(std::slice::from_ref(aggregate_id))
+            .await?
+            .remove(&AggregateKey::of(aggregate_id)))
+    }
+
+    /// The `lastSequenceNumber` of many aggregates in one query (absent: no document, or none
+    /// recorded). One round trip for a whole round of a batch.
+    pub async fn stored_sequences(
+        &self,
+        aggregate_ids: &[Bson],
+    ) -> Result<HashMap<AggregateKey, i64>, StoreError> {
+        let filter = match aggregate_ids {
+            [one] => doc! {"_id": one.clone()},
+            many => doc! {"_id": {"$in": many.to_vec()}},
+        };
+        let mut cursor = self
             .collection()
-            .find_one(doc! {"_id": aggregate_id.clone()})
+            .find(filter)
             .projection(doc! {SEQUENCE_FIELD: 1})
+            .batch_size(aggregate_ids.len().clamp(1, 10_000) as u32)
             .await?;
-        Ok(found.and_then(|d| match d.get(SEQUENCE_FIELD) {
-            Some(Bson::Int64(n)) => Some(*n),
-            Some(Bson::Int32(n)) => Some(*n as i64),
-            _ => None,
-        }))
+        let mut out = HashMap::with_capacity(aggregate_ids.len());
+        while let Some(d) = cursor.try_next().await? {
+            let seq = match d.get(SEQUENCE_FIELD) {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => *n as i64,
+                _ => continue,
+            };
+            if let Some(id) = d.get("_id") {
+                out.insert(AggregateKey::of(id), seq);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -146,14 +177,143 @@ fn reply_count(reply: &Document, field: &str) -> Result<i64, StoreError> {
     }
 }
 
+/// An aggregate id as a hashable key: the read-model `_id` compares numbers by value, so
+/// 32- and 64-bit integers map to one key; other ids are keyed by their BSON bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AggregateKey {
+    Str(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl AggregateKey {
+    /// The key of an aggregate id as stored in an event.
+    pub fn of(id: &Bson) -> AggregateKey {
+        match id {
+            Bson::String(s) => AggregateKey::Str(s.clone()),
+            Bson::Int32(n) => AggregateKey::Int(*n as i64),
+            Bson::Int64(n) => AggregateKey::Int(*n),
+            other => {
+                AggregateKey::Bytes(bson::to_vec(&doc! {"": other.clone()}).unwrap_or_default())
+            }
+        }
+    }
+
+    /// A hash that is the same in every process and on every run (FNV-1a), so that routing
+    /// by aggregate never depends on a random seed.
+    pub fn stable_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= *b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        match self {
+            AggregateKey::Str(s) => eat(s.as_bytes()),
+            AggregateKey::Int(n) => eat(&n.to_le_bytes()),
+            AggregateKey::Bytes(b) => eat(b),
+        }
+        h
+    }
+}
+
+/// What a lane last knew of each aggregate's stored sequence. Read-model sequences only grow,
+/// so a cached value is a lower bound of the stored one: "stored >= seq" from the cache is a
+/// certain duplicate; anything else is checked by the guarded write itself. Bounded: when full
+/// it is cleared, which costs one probe per aggregate on its next round.
+#[derive(Debug)]
+pub struct SequenceCache {
+    known: HashMap<AggregateKey, i64>,
+    capacity: usize,
+}
+
+impl SequenceCache {
+    /// An empty cache of at most `capacity` aggregates.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            known: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&self, key: &AggregateKey) -> Option<i64> {
+        self.known.get(key).copied()
+    }
+
+    fn put(&mut self, key: AggregateKey, seq: i64) {
+        if self.known.len() >= self.capacity && !self.known.contains_key(&key) {
+            self.known.clear();
+        }
+        let slot = self.known.entry(key).or_insert(seq);
+        *slot = (*slot).max(seq);
+    }
+
+    fn forget(&mut self, key: &AggregateKey) {
+        self.known.remove(key);
+    }
+
+    /// Aggregates remembered now (at most the capacity).
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// True when nothing is remembered (a fresh lane, or just cleared).
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+}
+
+/// One event of a batch and, once reached, its final disposition. A batch interrupted by a
+/// transient error is retried with the finished items left alone.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub event: Event,
+    pub done: Option<Disposition>,
+}
+
+impl BatchItem {
+    /// An event not yet handled.
+    pub fn new(event: Event) -> Self {
+        Self { event, done: None }
+    }
+}
+
 /// Everything needed to take one event to its final disposition: guarded apply, healing from
-/// the event collection, parking, and releasing parked successors.
+/// the event collection, parking, and releasing parked successors. Cheap to clone: every lane
+/// holds its own copy of the same handles.
+#[derive(Clone)]
 pub struct Applier {
     pub config: Arc<ProjectionConfig>,
     pub read_model: ReadModel,
     pub events: Collection<Document>,
     pub parked: ParkedStore,
     pub stats: Arc<ProjectionStats>,
+    parked_watch: Arc<ParkedWatch>,
+}
+
+/// Whether this projection may have parked events waiting for a predecessor: when it has none,
+/// an applied event needs no look-up of parked successors, which would otherwise cost a round
+/// trip per event. Every park moves `epoch`; a sweep that finds nothing parked records the
+/// epoch it started from, so a park racing with that sweep keeps the answer "maybe".
+#[derive(Debug, Default)]
+struct ParkedWatch {
+    epoch: AtomicU64,
+    clear_at: AtomicU64,
+}
+
+impl ParkedWatch {
+    fn new() -> Self {
+        // Unknown at start: entries may have been parked by an earlier run.
+        Self {
+            epoch: AtomicU64::new(1),
+            clear_at: AtomicU64::new(0),
+        }
+    }
+
+    fn maybe_parked(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) != self.clear_at.load(Ordering::Acquire)
+    }
 }
 
 impl Applier {
@@ -169,6 +329,7 @@ impl Applier {
             events,
             config,
             stats,
+            parked_watch: Arc::new(ParkedWatch::new()),
         }
     }
 
@@ -190,6 +351,199 @@ impl Applier {
             self.release_successors(event).await?;
         }
         Ok(disposition)
+    }
+
+    /// True when some event of this projection is parked waiting for a predecessor.
+    async fn any_waiting(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .parked
+            .collection()
+            .find_one(doc! {"projection": &self.config.name, "state": crate::park::PARKED})
+            .projection(doc! {"_id": 1})
+            .await?
+            .is_some())
+    }
+
+    /// Takes a lane's batch (its events in stream order) to final dispositions, in rounds:
+    /// each round takes the next unfinished event of every aggregate in the batch, so one
+    /// aggregate's consecutive events go in successive rounds and are never reordered, while
+    /// a round writes many aggregates with one `update` command. `Err` only for transient
+    /// store errors; the caller retries the same items, and finished ones are left alone.
+    pub async fn handle_batch(
+        &self,
+        items: &mut [BatchItem],
+        cache: &mut SequenceCache,
+    ) -> Result<(), StoreError> {
+        let mut slot_of: HashMap<AggregateKey, usize> = HashMap::new();
+        let mut queues: Vec<(AggregateKey, VecDeque<usize>)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.done.is_some() {
+                continue;
+            }
+            let key = AggregateKey::of(&item.event.aggregate_id);
+            let slot = *slot_of.entry(key.clone()).or_insert_with(|| {
+                queues.push((key, VecDeque::new()));
+                queues.len() - 1
+            });
+            queues[slot].1.push_back(i);
+        }
+        loop {
+            let round: Vec<(AggregateKey, usize)> = queues
+                .iter()
+                .filter_map(|(k, q)| q.front().map(|i| (k.clone(), *i)))
+                .collect();
+            if round.is_empty() {
+                return Ok(());
+            }
+            self.run_round(items, &round, cache).await?;
+            for (_, q) in &mut queues {
+                q.pop_front();
+            }
+            queues.retain(|(_, q)| !q.is_empty());
+        }
+    }
+
+    /// One round: at most one event per aggregate. Aggregates whose stored sequence is not
+    /// known yet are probed first (one query), certain duplicates are settled from the cache,
+    /// the events that follow their stored predecessor are written with one `update` command,
+    /// and everything else (gaps, refusals, events without handler or that cannot be
+    /// rendered, statements that did not match) goes through [`Applier::handle`] one by one.
+    async fn run_round(
+        &self,
+        items: &mut [BatchItem],
+        round: &[(AggregateKey, usize)],
+        cache: &mut SequenceCache,
+    ) -> Result<(), StoreError> {
+        let unknown: Vec<Bson> = round
+            .iter()
+            .filter(|(k, _)| cache.get(k).is_none())
+            .map(|(_, i)| items[*i].event.aggregate_id.clone())
+            .collect();
+        if !unknown.is_empty() {
+            let found = self.read_model.stored_sequences(&unknown).await?;
+            for id in &unknown {
+                let key = AggregateKey::of(id);
+                let stored = found.get(&key).copied().unwrap_or(0);
+                cache.put(key, stored);
+            }
+        }
+        let mut send: Vec<(usize, Disposition)> = Vec::new();
+        let mut statements: Vec<Document> = Vec::new();
+        let mut slow: Vec<usize> = Vec::new();
+        for (key, i) in round {
+            let event = &items[*i].event;
+            let Some(change) = self.change_for(event) else {
+                slow.push(*i);
+                continue;
+            };
+            let stored = cache.get(key).unwrap_or(0);
+            if stored >= event.sequence {
+                ProjectionStats::add(&self.stats.duplicates, 1);
+                items[*i].done = Some(Disposition::Duplicate);
+                continue;
+            }
+            if stored != event.sequence - 1 {
+                slow.push(*i);
+                continue;
+            }
+            let kind = if matches!(change, Change::AdvanceOnly) {
+                Disposition::Skipped
+            } else {
+                Disposition::Applied
+            };
+            match guarded_statement(event, &change) {
+                Ok(statement) => {
+                    send.push((*i, kind));
+                    statements.push(statement);
+                }
+                Err(_) => slow.push(*i),
+            }
+        }
+        if !send.is_empty() {
+            let started = std::time::Instant::now();
+            // Unordered: each statement is a different aggregate, and one refused statement
+            // must not keep the others from being applied.
+            let reply = self
+                .read_model
+                .db
+                .run_command(doc! {
+                    "update": &self.read_model.collection,
+                    "updates": statements,
+                    "ordered": false,
+                    "writeConcern": {"w": "majority"},
+                })
+                .await?;
+            self.stats.apply_seconds.observe(started.elapsed());
+            if let Ok(wce) = reply.get_document("writeConcernError") {
+                return Err(StoreError::WriteConcern(
+                    wce.get_str("errmsg").unwrap_or("unknown").to_string(),
+                ));
+            }
+            let mut refused = vec![false; send.len()];
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                for e in errors {
+                    if let Bson::Document(e) = e
+                        && let Some(index) = e
+                            .get("index")
+                            .and_then(Bson::as_i64)
+                            .or_else(|| e.get_i32("index").ok().map(i64::from))
+                        && let Some(flag) = refused.get_mut(index as usize)
+                    {
+                        *flag = true;
+                    }
+                }
+            }
+            let written = refused.iter().filter(|r| !**r).count() as i64;
+            let n = reply_count(&reply, "n")?;
+            // The fast path: every statement that was not refused matched its guard.
+            let matched: Vec<bool> = if n == written {
+                refused.iter().map(|r| !r).collect()
+            } else {
+                // Some did not match: only those are looked at. After the write, a stored
+                // sequence equal to the event's own means this statement applied it (the
+                // cache said the predecessor was stored, and only this lane writes this
+                // aggregate in order); anything else goes the one-by-one way.
+                let ids: Vec<Bson> = send
+                    .iter()
+                    .zip(&refused)
+                    .filter(|(_, r)| !**r)
+                    .map(|((i, _), _)| items[*i].event.aggregate_id.clone())
+                    .collect();
+                let now = self.read_model.stored_sequences(&ids).await?;
+                send.iter()
+                    .zip(&refused)
+                    .map(|((i, _), r)| {
+                        let e = &items[*i].event;
+                        !*r && now.get(&AggregateKey::of(&e.aggregate_id)) == Some(&e.sequence)
+                    })
+                    .collect()
+            };
+            let maybe_parked = self.parked_watch.maybe_parked();
+            for ((i, kind), ok) in send.iter().zip(matched) {
+                let key = AggregateKey::of(&items[*i].event.aggregate_id);
+                if !ok {
+                    cache.forget(&key);
+                    slow.push(*i);
+                    continue;
+                }
+                cache.put(key, items[*i].event.sequence);
+                self.count_applied(*kind);
+                items[*i].done = Some(*kind);
+                if maybe_parked {
+                    self.release_successors(&items[*i].event).await?;
+                }
+            }
+        }
+        for i in slow {
+            let event = &items[i].event;
+            let key = AggregateKey::of(&event.aggregate_id);
+            // Whatever happens here may move the stored sequence in ways the cache cannot
+            // follow (healing, released successors): it is probed again next time.
+            cache.forget(&key);
+            let disposition = self.handle(event).await?;
+            items[i].done = Some(disposition);
+        }
+        Ok(())
     }
 
     /// Records a malformed event as dead-lettered.
@@ -364,6 +718,8 @@ impl Applier {
             .parked
             .park(event, reason, &detail, &self.config.parking)
             .await?;
+        // After the write: a sweep that looked before it either saw the entry or sees a new epoch.
+        self.parked_watch.epoch.fetch_add(1, Ordering::AcqRel);
         if first_time {
             ProjectionStats::add(&self.stats.parked, 1);
             tracing::info!(
@@ -440,45 +796,58 @@ impl Applier {
     /// Returns how many were resolved (applied or found already applied).
     pub async fn sweep_parked(&self) -> Result<u64, StoreError> {
         let mut resolved = 0;
-        for parked in self.parked.due(64).await? {
-            let Ok(event) = decode_event(&parked.event, &self.config.fields) else {
-                continue;
-            };
-            if parked.reason == ParkReason::Unhandled.as_str() && self.change_for(&event).is_none()
-            {
-                self.parked
-                    .reschedule(&parked, &self.config.parking)
-                    .await?;
-                continue;
-            }
-            match self.handle_inner(&event).await? {
-                Disposition::Applied | Disposition::Skipped | Disposition::Duplicate => {
-                    self.parked
-                        .remove(&event.aggregate_id, event.sequence)
-                        .await?;
-                    ProjectionStats::add(&self.stats.released, 1);
-                    self.release_successors(&event).await?;
-                    resolved += 1;
-                }
-                Disposition::Parked => {
-                    if self
-                        .parked
-                        .reschedule(&parked, &self.config.parking)
-                        .await?
-                    {
-                        ProjectionStats::add(&self.stats.dead_lettered, 1);
-                        tracing::warn!(
-                            projection = %self.config.name,
-                            aggregate = %event.aggregate_id,
-                            sequence = event.sequence,
-                            attempts = parked.attempts + 1,
-                            "parked event dead-lettered: its predecessor never arrived"
-                        );
-                    }
-                }
-                Disposition::DeadLettered => {}
+        for parked in self.due_parked().await? {
+            if self.retry_parked(&parked).await? {
+                resolved += 1;
             }
         }
         Ok(resolved)
+    }
+
+    /// Parked events whose next attempt is due (at most 64). Also notes when nothing at all is
+    /// parked any more, so that applied events stop looking for parked successors.
+    pub async fn due_parked(&self) -> Result<Vec<ParkedEvent>, StoreError> {
+        let epoch = self.parked_watch.epoch.load(Ordering::Acquire);
+        if self.parked_watch.maybe_parked() && !self.any_waiting().await? {
+            self.parked_watch.clear_at.store(epoch, Ordering::Release);
+        }
+        self.parked.due(64).await
+    }
+
+    /// One more attempt at a parked event; dead-letters it past its limits. True when it was
+    /// resolved (applied or found already applied). The daemon runs this in the lane of the
+    /// event's aggregate, so that it never races with that aggregate's live events.
+    pub async fn retry_parked(&self, parked: &ParkedEvent) -> Result<bool, StoreError> {
+        let Ok(event) = decode_event(&parked.event, &self.config.fields) else {
+            return Ok(false);
+        };
+        if parked.reason == ParkReason::Unhandled.as_str() && self.change_for(&event).is_none() {
+            self.parked.reschedule(parked, &self.config.parking).await?;
+            return Ok(false);
+        }
+        match self.handle_inner(&event).await? {
+            Disposition::Applied | Disposition::Skipped | Disposition::Duplicate => {
+                self.parked
+                    .remove(&event.aggregate_id, event.sequence)
+                    .await?;
+                ProjectionStats::add(&self.stats.released, 1);
+                self.release_successors(&event).await?;
+                Ok(true)
+            }
+            Disposition::Parked => {
+                if self.parked.reschedule(parked, &self.config.parking).await? {
+                    ProjectionStats::add(&self.stats.dead_lettered, 1);
+                    tracing::warn!(
+                        projection = %self.config.name,
+                        aggregate = %event.aggregate_id,
+                        sequence = event.sequence,
+                        attempts = parked.attempts + 1,
+                        "parked event dead-lettered: its predecessor never arrived"
+                    );
+                }
+                Ok(false)
+            }
+            Disposition::DeadLettered => Ok(false),
+        }
     }
 }

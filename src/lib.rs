@@ -5,6 +5,7 @@
 //! Events that cannot be applied yet are parked ([`park`]); see `ARCHITECTURE.md`.
 
 pub mod apply;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
@@ -12,9 +13,11 @@ pub mod demo;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod park;
 pub mod projection;
 pub mod shutdown;
 pub mod source;
 pub mod stats;
+pub mod watermark;

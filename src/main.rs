@@ -52,6 +52,34 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         writers: u32,
     },
+    /// Measure throughput, lag, restart, catch-up and memory against one server (embedded
+    /// mongo-sim, or MONGODB_URI when set); see BENCHMARKS.md.
+    Bench {
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u32,
+        /// Events in the backlog the daemon drains (and guarded updates U runs).
+        #[arg(long, default_value_t = 200_000)]
+        backlog: u64,
+        #[arg(long, default_value_t = 20_000)]
+        naive_events: u64,
+        #[arg(long, default_value_t = 20)]
+        steady_seconds: u64,
+        /// Events per second in steady state (0: half the measured backlog drain rate).
+        #[arg(long, default_value_t = 0)]
+        steady_rate: u64,
+        #[arg(long, default_value_t = 100_000)]
+        catch_up: u64,
+        /// Backlogs drained for the peak-RSS figures (0 skips one).
+        #[arg(long, default_value_t = 100_000)]
+        memory_small: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        memory_large: u64,
+        /// Apply lanes of the daemon under test (default: from the core count).
+        #[arg(long)]
+        lanes: Option<usize>,
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -171,6 +199,42 @@ fn main() -> ExitCode {
                 ..DemoOptions::default()
             };
             runtime().block_on(demo(options))
+        }
+        Command::Bench {
+            accounts,
+            backlog,
+            naive_events,
+            steady_seconds,
+            steady_rate,
+            catch_up,
+            memory_small,
+            memory_large,
+            lanes,
+            batch_size,
+        } => {
+            // The embedded server logs every connection a stopped daemon leaves behind.
+            init_logging(cli.log_format, "warn,mongo_sim=error");
+            let defaults = mongo_projector::bench::BenchOptions::default();
+            let options = mongo_projector::bench::BenchOptions {
+                accounts,
+                backlog,
+                naive_events,
+                steady_seconds,
+                steady_rate,
+                catch_up,
+                memory_small,
+                memory_large,
+                lanes: lanes.unwrap_or(defaults.lanes),
+                batch_size,
+                ..defaults
+            };
+            match runtime().block_on(mongo_projector::bench::run(options)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

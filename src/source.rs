@@ -7,8 +7,11 @@ use crate::apply::Applier;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
 use crate::error::{ErrorAction, StoreError};
-use crate::event::{decode_change, decode_event};
+use crate::event::{Event, decode_change, decode_event};
+use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
+use crate::park::ParkedEvent;
 use crate::stats::ProjectionStats;
+use crate::watermark::{Ticket, Watermark};
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
@@ -17,6 +20,7 @@ use mongodb::options::{ChangeStreamOptions, IndexOptions};
 use mongodb::{Collection, Database, IndexModel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Why a projection stopped for good.
@@ -119,7 +123,7 @@ impl ProjectionWorker {
             } else {
                 self.open(position.token.clone()).await.map(Some)
             };
-            let mut stream = match opened {
+            let stream = match opened {
                 Ok(Some(s)) => s,
                 Ok(None) => break, // shut down during catch-up
                 Err(e) => match e.action() {
@@ -141,7 +145,7 @@ impl ProjectionWorker {
                 position.token = stream.resume_token();
                 self.save(&mut position).await;
             }
-            match self.tail(&mut stream, &mut position, &mut backoff).await {
+            match self.tail(stream, &mut position, &mut backoff).await {
                 Ok(()) => break,
                 Err(e) => match e.action() {
                     ErrorAction::Fatal => {
@@ -205,9 +209,11 @@ impl ProjectionWorker {
         &self,
         token: Option<ResumeToken>,
     ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
+        // Bounded batches: a backlog is fetched a slice at a time, never in one reply.
         let options = ChangeStreamOptions::builder()
             .resume_after(token)
             .max_await_time(Some(self.source.max_await))
+            .batch_size(Some(STREAM_BATCH))
             .build();
         let stream = self
             .events()
@@ -219,63 +225,103 @@ impl ProjectionWorker {
         Ok(stream)
     }
 
-    /// Reads change events until shutdown (Ok) or an error.
+    /// Reads change events until shutdown (Ok) or an error, applying them through the lanes.
+    ///
+    /// Three stages run at once: a reader task pulls the change stream into a bounded prefetch
+    /// queue (so the next batch is read while this one is written), this dispatcher gives each
+    /// event a ticket and routes it to its aggregate's lane, and the lanes write batches and
+    /// report tickets back. The position only moves to the watermark of reported tickets. On
+    /// the way out the lanes finish what they were given, so a graceful stop leaves a
+    /// checkpoint after everything that was applied.
     async fn tail(
         &self,
-        stream: &mut ChangeStream<RawDocumentBuf>,
+        stream: ChangeStream<RawDocumentBuf>,
         position: &mut Position,
         backoff: &mut Duration,
     ) -> Result<(), StoreError> {
+        let (read_tx, mut reads) = mpsc::channel(PREFETCH);
+        // Aborted when this future is dropped (a crash of the worker task), not only on return.
+        let reader =
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_stream(stream, read_tx)));
+        let mut lanes = Lanes::spawn(
+            &self.applier,
+            self.source.lanes,
+            &self.shutdown,
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        );
+        let mut watermark: Watermark<(ResumeToken, Option<Timestamp>)> = Watermark::new();
+        let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
+        let batch_size = self.source.batch_size.max(1);
+        let tick_every = self
+            .config
+            .parking
+            .sweep_every
+            .min(self.checkpointing.every)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
-        loop {
+        let result: Result<(), StoreError> = 'run: loop {
             if self.shutdown.is_cancelled() {
-                return Ok(());
+                break Ok(());
             }
-            match stream.next_if_any().await? {
-                Some(raw) => {
-                    *backoff = self.source.reopen_backoff_initial;
-                    if raw.get_str("operationType").ok() == Some("invalidate") {
-                        return Err(StoreError::Fatal(format!(
-                            "the event collection {}.{} was dropped or renamed (change stream invalidated)",
-                            self.config.database, self.config.events
-                        )));
-                    }
-                    ProjectionStats::add(&self.stats.received, 1);
-                    self.stats.record_progress(false);
-                    let change =
-                        decode_change(&raw, &self.config.fields).map_err(StoreError::Reply)?;
-                    match &change.event {
-                        Ok(event) => self.handle_with_retry(event).await?,
-                        Err(malformed) => {
-                            let token = bson::to_bson(&change.token).ok();
-                            self.applier
-                                .dead_letter_malformed(malformed, token.as_ref())
-                                .await?;
+            while let Ok(report) = lanes.reports.try_recv() {
+                if let Err(e) = self.on_report(report, &mut watermark, position).await {
+                    break 'run Err(e);
+                }
+            }
+            let read = match reads.try_recv() {
+                Ok(read) => read,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    break Err(StoreError::Reply("change stream reader ended".into()));
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing more is ready: hand out partial batches now rather than wait
+                    // for the next getMore, which may take `max_await` on a quiet stream.
+                    for (lane, waiting) in pending.iter_mut().enumerate() {
+                        if !waiting.is_empty() {
+                            let batch = std::mem::take(waiting);
+                            if let Err(e) = self
+                                .dispatch(&mut lanes, lane, batch, &mut watermark, position)
+                                .await
+                            {
+                                break 'run Err(e);
+                            }
                         }
                     }
-                    position.token = stream.resume_token();
-                    position.cluster_time = change.cluster_time.or(position.cluster_time);
-                    self.stats
-                        .record_event_time(change.cluster_time.map(|t| t.time));
-                    position.events_handled += 1;
-                    position.unsaved_events += 1;
-                    if position.unsaved_events >= self.checkpointing.every_events
-                        || position.last_save.elapsed() >= self.checkpointing.every
-                    {
-                        self.save(position).await;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break Ok(()),
+                        report = lanes.reports.recv() => {
+                            let Some(report) = report else {
+                                break Err(StoreError::Reply("apply lanes stopped".into()));
+                            };
+                            if let Err(e) = self.on_report(report, &mut watermark, position).await {
+                                break Err(e);
+                            }
+                            continue;
+                        }
+                        _ = tick.tick() => {
+                            if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await {
+                                break Err(e);
+                            }
+                            continue;
+                        }
+                        read = reads.recv() => match read {
+                            Some(read) => read,
+                            None => break Err(StoreError::Reply("change stream reader ended".into())),
+                        },
                     }
                 }
-                None => {
+            };
+            match read {
+                Read::Failed(e) => break Err(e),
+                Read::Quiet(token) => {
+                    self.stats.record_progress(watermark.in_flight() == 0);
                     // A quiet stream: the post-batch resume token still moves; persist it so
-                    // that an idle projection's position never ages out of the oplog.
-                    if !stream.is_alive() {
-                        return Err(StoreError::Fatal(
-                            "change stream closed by the server".into(),
-                        ));
-                    }
-                    self.stats.record_progress(true);
-                    let token = stream.resume_token();
-                    if token.is_some() && token != position.token {
+                    // that an idle projection's position never ages out of the oplog. Only
+                    // with nothing in flight: the token is past every event read so far.
+                    if watermark.in_flight() == 0 && token.is_some() && token != position.token {
                         position.token = token;
                     }
                     if position.token != position.saved_token
@@ -284,29 +330,219 @@ impl ProjectionWorker {
                         self.save(position).await;
                     }
                 }
+                Read::Event(raw) => {
+                    *backoff = self.source.reopen_backoff_initial;
+                    if raw.get_str("operationType").ok() == Some("invalidate") {
+                        break Err(StoreError::Fatal(format!(
+                            "the event collection {}.{} was dropped or renamed (change stream invalidated)",
+                            self.config.database, self.config.events
+                        )));
+                    }
+                    ProjectionStats::add(&self.stats.received, 1);
+                    self.stats.record_progress(false);
+                    let change = match decode_change(&raw, &self.config.fields) {
+                        Ok(c) => c,
+                        Err(e) => break Err(StoreError::Reply(e)),
+                    };
+                    let ticket = watermark.issue((change.token.clone(), change.cluster_time));
+                    match change.event {
+                        Ok(event) => {
+                            let lane = lane_of(&event.aggregate_id, pending.len());
+                            pending[lane].push((ticket, event));
+                            if pending[lane].len() >= batch_size {
+                                let batch = std::mem::take(&mut pending[lane]);
+                                if let Err(e) = self
+                                    .dispatch(&mut lanes, lane, batch, &mut watermark, position)
+                                    .await
+                                {
+                                    break Err(e);
+                                }
+                            }
+                        }
+                        Err(malformed) => {
+                            let token = bson::to_bson(&change.token).ok();
+                            if let Err(e) = self
+                                .dead_letter_with_retry(&malformed, token.as_ref())
+                                .await
+                            {
+                                break Err(e);
+                            }
+                            watermark.ack(ticket);
+                            self.advance(&mut watermark, position).await;
+                        }
+                    }
+                }
             }
-            if last_sweep.elapsed() >= self.config.parking.sweep_every {
-                last_sweep = Instant::now();
-                self.applier.sweep_parked().await?;
+            if last_sweep.elapsed() >= self.config.parking.sweep_every
+                && let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await
+            {
+                break Err(e);
+            }
+        };
+        reader.abort();
+        // Whatever was handed to the lanes is finished (or abandoned on shutdown while being
+        // retried); events still waiting in `pending` were never written and stay above the
+        // watermark, so they are read again after a restart.
+        let mut failure = None;
+        for report in lanes.finish().await {
+            match report {
+                LaneReport::Done(tickets) => {
+                    for t in tickets {
+                        watermark.ack(t);
+                    }
+                }
+                LaneReport::Failed(e) => failure = Some(e),
+            }
+        }
+        self.advance(&mut watermark, position).await;
+        match (result, failure) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(e)) if !self.shutdown.is_cancelled() => Err(e),
+            (Ok(()), _) => Ok(()),
+        }
+    }
+
+    /// Hands a batch to a lane, taking the lanes' reports while that lane's queue is full.
+    async fn dispatch(
+        &self,
+        lanes: &mut Lanes,
+        lane: usize,
+        batch: Vec<(Ticket, Event)>,
+        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
+        position: &mut Position,
+    ) -> Result<(), StoreError> {
+        loop {
+            tokio::select! {
+                permit = lanes.senders[lane].reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(LaneWork::Batch(batch));
+                            Ok(())
+                        }
+                        Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
+                    };
+                }
+                report = lanes.reports.recv() => match report {
+                    Some(report) => self.on_report(report, watermark, position).await?,
+                    None => return Err(StoreError::Reply("apply lanes stopped".into())),
+                },
             }
         }
     }
 
-    /// Handles one event, retrying transient store errors in place: the stream does not move
-    /// on past an event until it is applied, skipped or parked.
-    async fn handle_with_retry(&self, event: &crate::event::Event) -> Result<(), StoreError> {
+    /// Hands a batch to a lane during a catch-up, where reports only matter for failures.
+    /// Returns how many batches were reported done meanwhile.
+    async fn hand_over(
+        lanes: &mut Lanes,
+        lane: usize,
+        batch: Vec<(Ticket, Event)>,
+    ) -> Result<usize, StoreError> {
+        let mut done = 0;
+        loop {
+            tokio::select! {
+                permit = lanes.senders[lane].reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(LaneWork::Batch(batch));
+                            Ok(done)
+                        }
+                        Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
+                    };
+                }
+                report = lanes.reports.recv() => match report {
+                    Some(LaneReport::Failed(e)) => return Err(e),
+                    Some(LaneReport::Done(_)) => done += 1,
+                    None => return Err(StoreError::Reply("apply lanes stopped".into())),
+                },
+            }
+        }
+    }
+
+    /// Takes a lane's report: its tickets move the watermark, a failure ends this stream.
+    async fn on_report(
+        &self,
+        report: LaneReport,
+        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
+        position: &mut Position,
+    ) -> Result<(), StoreError> {
+        match report {
+            LaneReport::Done(tickets) => {
+                for t in tickets {
+                    watermark.ack(t);
+                }
+                self.advance(watermark, position).await;
+                Ok(())
+            }
+            LaneReport::Failed(e) => Err(e),
+        }
+    }
+
+    /// Moves the position to the watermark and checkpoints every N events or T time.
+    async fn advance(
+        &self,
+        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
+        position: &mut Position,
+    ) {
+        let finalized = watermark.take_finalized();
+        if finalized == 0 {
+            return;
+        }
+        if let Some((token, cluster_time)) = watermark.safe() {
+            position.token = Some(token.clone());
+            position.cluster_time = cluster_time.or(position.cluster_time);
+            self.stats.record_event_time(cluster_time.map(|t| t.time));
+        }
+        position.events_handled += finalized as i64;
+        position.unsaved_events += finalized;
+        if position.unsaved_events >= self.checkpointing.every_events
+            || position.last_save.elapsed() >= self.checkpointing.every
+        {
+            self.save(position).await;
+        }
+    }
+
+    /// Periodic work of the dispatcher: retry due parked events, and persist progress that
+    /// has waited `checkpoints.every`.
+    async fn housekeeping(
+        &self,
+        lanes: &Lanes,
+        last_sweep: &mut Instant,
+        position: &mut Position,
+    ) -> Result<(), StoreError> {
+        if position.unsaved_events > 0 && position.last_save.elapsed() >= self.checkpointing.every {
+            self.save(position).await;
+        }
+        if last_sweep.elapsed() >= self.config.parking.sweep_every {
+            *last_sweep = Instant::now();
+            let mut per_lane: Vec<Vec<ParkedEvent>> = vec![Vec::new(); lanes.count()];
+            for parked in self.applier.due_parked().await? {
+                let lane = match parked.event.get(&self.config.fields.aggregate_id) {
+                    Some(id) => lane_of(id, per_lane.len()),
+                    None => 0,
+                };
+                per_lane[lane].push(parked);
+            }
+            for (lane, entries) in per_lane.into_iter().enumerate() {
+                // A lane with a full queue is busy: its due entries wait for the next sweep.
+                if !entries.is_empty() {
+                    let _ = lanes.senders[lane].try_send(LaneWork::Parked(entries));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters a malformed event, retrying transient errors in place.
+    async fn dead_letter_with_retry(
+        &self,
+        malformed: &crate::event::Malformed,
+        token: Option<&Bson>,
+    ) -> Result<(), StoreError> {
         let mut delay = self.source.reopen_backoff_initial;
         loop {
-            match self.applier.handle(event).await {
-                Ok(_) => return Ok(()),
+            match self.applier.dead_letter_malformed(malformed, token).await {
+                Ok(()) => return Ok(()),
                 Err(e) if e.action() == ErrorAction::Retry && !self.shutdown.is_cancelled() => {
-                    tracing::warn!(
-                        projection = %self.config.name,
-                        aggregate = %event.aggregate_id,
-                        sequence = event.sequence,
-                        error = %e,
-                        "applying event failed; retrying"
-                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.shutdown.cancelled() => return Err(e),
@@ -385,13 +621,30 @@ impl ProjectionWorker {
             .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
             .batch_size(1000)
             .await?;
-        let mut current: Option<(Bson, i64)> = None;
+        // The same lanes as the live stream: each lane's memory of stored sequences makes an
+        // already-applied prefix cost one probe per aggregate and round, no writes. Nothing
+        // is checkpointed until the whole scan is applied, so the position is not involved.
+        let mut lanes = Lanes::spawn(
+            &self.applier,
+            self.source.lanes,
+            &self.shutdown,
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        );
+        let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
+        let batch_size = self.source.batch_size.max(1);
         let mut scanned = 0u64;
+        // Batches handed over and batches reported done: equal at the end means complete.
+        let (mut sent, mut done) = (0usize, 0usize);
         while let Some(doc) = cursor.try_next().await? {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
             }
             scanned += 1;
+            if scanned % 1000 == 0 {
+                // A long scan is progress too: liveness must not fail while catching up.
+                self.stats.record_progress(false);
+            }
             let event = match decode_event(&doc, f) {
                 Ok(e) => e,
                 Err(malformed) => {
@@ -399,28 +652,28 @@ impl ProjectionWorker {
                     continue;
                 }
             };
-            // One probe per aggregate tells which of its events are already applied.
-            let stored = match &current {
-                Some((agg, stored)) if *agg == event.aggregate_id => *stored,
-                _ => {
-                    let stored = self
-                        .applier
-                        .read_model
-                        .stored_sequence(&event.aggregate_id)
-                        .await?
-                        .unwrap_or(0);
-                    current = Some((event.aggregate_id.clone(), stored));
-                    stored
-                }
-            };
-            if event.sequence <= stored {
-                ProjectionStats::add(&self.stats.duplicates, 1);
-                continue;
+            let lane = lane_of(&event.aggregate_id, pending.len());
+            pending[lane].push((scanned, event));
+            if pending[lane].len() >= batch_size {
+                let batch = std::mem::take(&mut pending[lane]);
+                done += Self::hand_over(&mut lanes, lane, batch).await?;
+                sent += 1;
             }
-            self.handle_with_retry(&event).await?;
-            if let Some((_, s)) = current.as_mut() {
-                *s = (*s).max(event.sequence);
+        }
+        for (lane, batch) in pending.into_iter().enumerate() {
+            if !batch.is_empty() {
+                done += Self::hand_over(&mut lanes, lane, batch).await?;
+                sent += 1;
             }
+        }
+        for report in lanes.finish().await {
+            match report {
+                LaneReport::Failed(e) => return Err(e),
+                LaneReport::Done(_) => done += 1,
+            }
+        }
+        if done < sent {
+            return Ok(None); // shut down while a lane was still retrying: nothing is saved
         }
         tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
         position.token = started_at;
@@ -467,6 +720,41 @@ impl ProjectionWorker {
                 f.aggregate_id,
                 f.sequence_number
             );
+        }
+    }
+}
+
+/// Change events read ahead of the dispatcher: while the lanes write one batch, the next is
+/// already being read. Bounded, so a slow server slows the reader.
+const PREFETCH: usize = 4096;
+
+/// Change events asked for per `getMore`: half the prefetch queue, so one reply fits while
+/// the previous one is still being dispatched.
+const STREAM_BATCH: u32 = 2048;
+
+/// What the reader task passes on.
+enum Read {
+    Event(RawDocumentBuf),
+    /// An empty batch: the stream is caught up; its post-batch resume token.
+    Quiet(Option<ResumeToken>),
+    Failed(StoreError),
+}
+
+/// Pulls the change stream into the prefetch queue until the queue is dropped or the stream
+/// fails (the failure is passed on, then the task ends).
+async fn read_stream(mut stream: ChangeStream<RawDocumentBuf>, out: mpsc::Sender<Read>) {
+    loop {
+        let read = match stream.next_if_any().await {
+            Ok(Some(raw)) => Read::Event(raw),
+            Ok(None) if !stream.is_alive() => Read::Failed(StoreError::Fatal(
+                "change stream closed by the server".into(),
+            )),
+            Ok(None) => Read::Quiet(stream.resume_token()),
+            Err(e) => Read::Failed(e.into()),
+        };
+        let last = matches!(read, Read::Failed(_));
+        if out.send(read).await.is_err() || last {
+            return;
         }
     }
 }

@@ -1,0 +1,766 @@
+//! `mongo-projector bench`: how fast the daemon is, measured side by side with the server's
+//! own ceiling and with the naive algorithm, in one run against one server.
+//!
+//! The server is `mongo-sim` on its own runtime inside this process (or the MongoDB named by
+//! `MONGODB_URI`); the daemon under test is this same binary started as a child process
+//! (`mongo-projector run`), so that its start-up time and its peak RSS (`VmHWM` in
+//! `/proc/<pid>/status`) are its own. Every figure comes from the same run:
+//! - **U**: batched guarded updates of the read-model shape from bare driver loops (one task
+//!   per lane, one `update` command of `batch_size` statements per round trip): what the
+//!   server can absorb for this write shape, with no daemon logic at all;
+//! - **naive**: the seed's algorithm, one event at a time: find the document, then one guarded
+//!   `updateOne`, sequentially;
+//! - **projector**: the daemon draining a backlog of change events from a stored checkpoint;
+//! - **steady state**: events written at a fixed rate while the daemon runs; lag from insert to
+//!   the read-model write, observed through a change stream on the read model;
+//! - **restart**: process start to the first applied event, with a stored checkpoint;
+//! - **catch-up**: drain rate after a stop during which events accumulated;
+//! - **memory**: peak RSS of the daemon while draining a small and a large backlog.
+//!
+//! The last line printed is `ratios: projector/U=<x> projector/naive=<y>`.
+
+use crate::config::default_lanes;
+use crate::demo::EXAMPLE_CONFIG;
+use bson::{Bson, Document, doc};
+use futures_util::TryStreamExt;
+use mongodb::options::WriteConcern;
+use mongodb::{Client, Collection, Database};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Sizes of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub accounts: u32,
+    /// Events in the backlog the projector drains (and guarded updates U runs).
+    pub backlog: u64,
+    /// Events the naive loop applies (it is slow; its rate does not depend on the count).
+    pub naive_events: u64,
+    /// How long events are written at a fixed rate for the steady-state lag.
+    pub steady_seconds: u64,
+    /// Events per second in steady state; 0: half the measured backlog drain rate.
+    pub steady_rate: u64,
+    /// Events accumulated while the daemon is stopped, for the catch-up rate.
+    pub catch_up: u64,
+    /// Backlogs drained for the memory figures (peak RSS of each).
+    pub memory_small: u64,
+    pub memory_large: u64,
+    pub lanes: usize,
+    pub batch_size: usize,
+    /// The daemon binary (this executable unless told otherwise).
+    pub daemon: PathBuf,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            accounts: 10_000,
+            backlog: 200_000,
+            naive_events: 20_000,
+            steady_seconds: 20,
+            steady_rate: 0,
+            catch_up: 100_000,
+            memory_small: 100_000,
+            memory_large: 1_000_000,
+            lanes: default_lanes(),
+            batch_size: 1000,
+            daemon: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mongo-projector")),
+        }
+    }
+}
+
+/// Everything measured, for printing and for `BENCHMARKS.md`.
+#[derive(Debug, Clone, Default)]
+pub struct BenchReport {
+    pub server: String,
+    pub u_rate: f64,
+    pub naive_rate: f64,
+    pub backlog_rate: f64,
+    pub restart: Duration,
+    pub steady_rate: f64,
+    pub steady_events: u64,
+    pub lag_p50: Duration,
+    pub lag_p99: Duration,
+    pub lag_max: Duration,
+    pub catch_up_rate: f64,
+    pub memory: Vec<(u64, u64, f64)>,
+}
+
+type BenchResult<T> = Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The example domain's events, generated per account in sequence order.
+struct Workload {
+    next: Vec<i64>,
+    rng: StdRng,
+}
+
+impl Workload {
+    fn new(accounts: u32, seed: u64) -> Self {
+        Self {
+            next: vec![1; accounts as usize],
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next `n` events over random accounts (each account's own events in order).
+    fn take(&mut self, n: usize) -> Vec<Document> {
+        (0..n)
+            .map(|_| {
+                let a = self.rng.random_range(0..self.next.len());
+                let seq = self.next[a];
+                self.next[a] += 1;
+                let amount: i64 = self.rng.random_range(1..100);
+                let (event_type, data) = if seq == 1 {
+                    (
+                        "AccountOpened",
+                        doc! {"owner": format!("owner-{a}"), "currency": "EUR"},
+                    )
+                } else if self.rng.random_bool(0.7) {
+                    ("Deposited", doc! {"amount": amount})
+                } else {
+                    ("Withdrawn", doc! {"amount": amount})
+                };
+                doc! {
+                    "aggregateId": format!("acc-{a}"),
+                    "sequenceNumber": seq,
+                    "eventType": event_type,
+                    "data": data,
+                    "timestamp": bson::DateTime::now(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Appends `n` events in batches of 1,000 from one writer (so every account's events reach
+/// the stream in order). Returns the first event written.
+async fn append(events: &Collection<Document>, w: &mut Workload, n: u64) -> BenchResult<Document> {
+    let mut first = None;
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(1000) as usize;
+        let docs = w.take(chunk);
+        if first.is_none() {
+            first = docs.first().cloned();
+        }
+        events
+            .insert_many(docs)
+            .await
+            .map_err(err("writing events"))?;
+        left -= chunk as u64;
+    }
+    first.ok_or_else(|| "no events to write".to_string())
+}
+
+/// A daemon under test, as a child process.
+struct Daemon {
+    child: Child,
+    started: Instant,
+}
+
+impl Daemon {
+    fn spawn(exe: &Path, config: &Path, uri: &str) -> BenchResult<Daemon> {
+        let started = Instant::now();
+        let child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("MONGODB_URI", uri)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(err("starting the daemon"))?;
+        Ok(Daemon { child, started })
+    }
+
+    /// Peak resident set size so far, in bytes (`VmHWM`).
+    fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// SIGTERM, then waits for a graceful exit.
+    async fn stop(mut self) -> BenchResult<()> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(err("waiting for the daemon"))?
+            {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the daemon exited with {status}"))
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Err("the daemon did not stop within 30 s of SIGTERM".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One database with the example projection, and the daemon's configuration file for it.
+struct Setup {
+    db: Database,
+    config: PathBuf,
+    workload: Workload,
+}
+
+impl Setup {
+    fn new(client: &Client, name: &str, o: &BenchOptions, dir: &Path) -> BenchResult<Setup> {
+        let mut text = EXAMPLE_CONFIG
+            .replace("database = \"bank\"", &format!("database = \"{name}\""))
+            .replace("start = \"beginning\"", "start = \"now\"")
+            .replace("every = \"1s\"", "every = \"100ms\"");
+        text = text.replacen(
+            "[shutdown]",
+            &format!(
+                "[source]\nlanes = {}\nbatch_size = {}\n\n[shutdown]",
+                o.lanes, o.batch_size
+            ),
+            1,
+        );
+        crate::config::Config::parse(&text).map_err(err("bench configuration"))?;
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text).map_err(err("writing the bench configuration"))?;
+        Ok(Setup {
+            db: client.database(name),
+            config,
+            workload: Workload::new(o.accounts, name.len() as u64 * 7919),
+        })
+    }
+
+    fn events(&self) -> Collection<Document> {
+        self.db.collection("events")
+    }
+
+    async fn events_handled(&self) -> BenchResult<Option<i64>> {
+        let c = self
+            .db
+            .collection::<Document>("projector_checkpoints")
+            .find_one(doc! {"_id": "accounts"})
+            .await
+            .map_err(err("reading the checkpoint"))?;
+        Ok(c.and_then(|d| d.get("eventsHandled").and_then(Bson::as_i64)))
+    }
+
+    /// Starts the daemon once on the empty collection so that a checkpoint exists, then
+    /// stops it: later runs resume from a stored position, as a restarted daemon does.
+    async fn with_checkpoint(&self, o: &BenchOptions, uri: &str) -> BenchResult<()> {
+        let daemon = Daemon::spawn(&o.daemon, &self.config, uri)?;
+        self.wait_until("the first checkpoint", Duration::from_secs(60), |h| {
+            h.is_some()
+        })
+        .await?;
+        daemon.stop().await
+    }
+
+    async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(Option<i64>) -> bool,
+    ) -> BenchResult<Instant> {
+        let deadline = Instant::now() + within;
+        loop {
+            if done(self.events_handled().await?) {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts the daemon on a backlog and waits until its checkpoint covers `expected`
+    /// events. Returns the daemon (still running), the drain rate and the restart time (to
+    /// the first event of the backlog applied).
+    async fn drain(
+        &self,
+        o: &BenchOptions,
+        uri: &str,
+        first: &Document,
+        backlog: u64,
+        expected: i64,
+    ) -> BenchResult<(Daemon, f64, Duration)> {
+        let accounts = self.db.collection::<Document>("accounts");
+        let id = first.get("aggregateId").cloned().unwrap_or(Bson::Null);
+        let seq = first.get_i64("sequenceNumber").unwrap_or(1);
+        let daemon = Daemon::spawn(&o.daemon, &self.config, uri)?;
+        let restart = loop {
+            let applied = accounts
+                .find_one(doc! {"_id": id.clone(), "lastSequenceNumber": {"$gte": seq}})
+                .await
+                .map_err(err("polling the read model"))?;
+            if applied.is_some() {
+                break daemon.started.elapsed();
+            }
+            if daemon.started.elapsed() > Duration::from_secs(60) {
+                return Err("no event applied within 60 s of start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let done = self
+            .wait_until("the backlog to drain", Duration::from_secs(1800), |h| {
+                h.unwrap_or(0) >= expected
+            })
+            .await?;
+        let rate = backlog as f64 / (done - daemon.started).as_secs_f64();
+        Ok((daemon, rate, restart))
+    }
+}
+
+/// U: `lanes` bare driver loops, each sending `update` commands of `batch_size` guarded
+/// statements (`$inc` plus the sequence, as the example's `Deposited`) over its share of
+/// the accounts. Statements per second.
+async fn measure_u(client: &Client, o: &BenchOptions) -> BenchResult<f64> {
+    let db = client.database("bench_u");
+    let _ = db.drop().await;
+    let coll = db.collection::<Document>("accounts");
+    let docs: Vec<Document> = (0..o.accounts)
+        .map(|a| doc! {"_id": format!("acc-{a}"), "owner": format!("owner-{a}"), "currency": "EUR", "balance": 0i64, "status": "open", "lastSequenceNumber": 1i64})
+        .collect();
+    for chunk in docs.chunks(1000) {
+        coll.insert_many(chunk.to_vec())
+            .await
+            .map_err(err("preparing U"))?;
+    }
+    let lanes = o.lanes.max(1);
+    let per_lane = o.backlog / lanes as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let db = db.clone();
+        let accounts: Vec<u32> = (0..o.accounts)
+            .filter(|a| *a as usize % lanes == lane)
+            .collect();
+        let batch = o.batch_size.min(accounts.len()).max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut seq: HashMap<u32, i64> = accounts.iter().map(|a| (*a, 1)).collect();
+            let mut cursor = 0usize;
+            let mut sent = 0u64;
+            while sent < per_lane {
+                let n = (batch as u64).min(per_lane - sent) as usize;
+                let mut statements = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let a = accounts[cursor % accounts.len()];
+                    cursor += 1;
+                    let s = seq.get_mut(&a).expect("account");
+                    statements.push(doc! {
+                        "q": {"_id": format!("acc-{a}"), "lastSequenceNumber": *s},
+                        "u": {"$inc": {"balance": 7i64}, "$set": {"lastSequenceNumber": *s + 1}},
+                        "upsert": false,
+                    });
+                    *s += 1;
+                }
+                let reply = db
+                    .run_command(doc! {"update": "accounts", "updates": statements, "ordered": false, "writeConcern": {"w": "majority"}})
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let matched = reply.get("n").and_then(Bson::as_i32).map(i64::from).or_else(|| reply.get("n").and_then(Bson::as_i64)).unwrap_or(0);
+                if matched != n as i64 {
+                    return Err(format!("U: {matched} of {n} statements matched"));
+                }
+                sent += n as u64;
+            }
+            Ok::<u64, String>(sent)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(err("U task"))??;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let _ = db.drop().await;
+    Ok(rate)
+}
+
+/// naive: the seed's algorithm, one event at a time and sequentially: find the read-model
+/// document, then one guarded `updateOne` (upsert for the first event). Events per second.
+async fn measure_naive(client: &Client, o: &BenchOptions) -> BenchResult<f64> {
+    let db = client.database("bench_naive");
+    let _ = db.drop().await;
+    let majority = mongodb::options::CollectionOptions::builder()
+        .write_concern(WriteConcern::majority())
+        .build();
+    let coll = db.collection_with_options::<Document>("accounts", majority);
+    let mut w = Workload::new(o.accounts, 99);
+    let events = w.take(o.naive_events as usize);
+    let started = Instant::now();
+    for e in &events {
+        let id = e.get("aggregateId").cloned().unwrap_or(Bson::Null);
+        let seq = e.get_i64("sequenceNumber").unwrap_or(1);
+        let current = coll
+            .find_one(doc! {"_id": id.clone()})
+            .await
+            .map_err(err("naive find"))?;
+        let stored = current
+            .as_ref()
+            .and_then(|d| d.get("lastSequenceNumber").and_then(Bson::as_i64))
+            .unwrap_or(0);
+        if stored != seq - 1 {
+            continue;
+        }
+        let data = e.get_document("data").cloned().unwrap_or_default();
+        let amount = data.get_i64("amount").unwrap_or(0);
+        let update = match e.get_str("eventType").unwrap_or("") {
+            "AccountOpened" => {
+                doc! {"$set": {"owner": data.get_str("owner").unwrap_or(""), "currency": "EUR", "balance": 0i64, "status": "open", "lastSequenceNumber": seq}}
+            }
+            "Withdrawn" => doc! {"$inc": {"balance": -amount}, "$set": {"lastSequenceNumber": seq}},
+            _ => doc! {"$inc": {"balance": amount}, "$set": {"lastSequenceNumber": seq}},
+        };
+        let filter = if seq == 1 {
+            doc! {"_id": id, "lastSequenceNumber": {"$exists": false}}
+        } else {
+            doc! {"_id": id, "lastSequenceNumber": seq - 1}
+        };
+        coll.update_one(filter, update)
+            .upsert(seq == 1)
+            .await
+            .map_err(err("naive update"))?;
+    }
+    let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    let _ = db.drop().await;
+    Ok(rate)
+}
+
+/// Insert instants of steady-state events, keyed by (account, sequence).
+type Inserted = Arc<Mutex<HashMap<(String, i64), Instant>>>;
+
+/// Steady state: writes `rate` events per second for `seconds` while the daemon runs, and
+/// measures each event's lag from its insert to the read-model write that applies it, seen
+/// through a change stream on the read model. Returns (events, lags sorted).
+async fn steady_state(
+    setup: &mut Setup,
+    rate: u64,
+    seconds: u64,
+) -> BenchResult<(u64, Vec<Duration>)> {
+    let inserted: Inserted = Arc::new(Mutex::new(HashMap::new()));
+    let mut watch = setup
+        .db
+        .collection::<Document>("accounts")
+        .watch()
+        .await
+        .map_err(err("watching the read model"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let observer = {
+        let inserted = inserted.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            loop {
+                let change = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = watch.try_next() => match next {
+                        Ok(Some(change)) => change,
+                        _ => break,
+                    },
+                };
+                let seen = Instant::now();
+                let id = change
+                    .document_key
+                    .as_ref()
+                    .and_then(|k| k.get_str("_id").ok())
+                    .map(str::to_string);
+                let seq = change
+                    .update_description
+                    .as_ref()
+                    .and_then(|u| u.updated_fields.get("lastSequenceNumber"))
+                    .or_else(|| {
+                        change
+                            .full_document
+                            .as_ref()
+                            .and_then(|d| d.get("lastSequenceNumber"))
+                    })
+                    .and_then(Bson::as_i64);
+                if let (Some(id), Some(seq)) = (id, seq)
+                    && let Some(at) = inserted.lock().expect("lock").remove(&(id, seq))
+                {
+                    lags.push(seen - at);
+                }
+            }
+            lags
+        })
+    };
+    let events = setup.events();
+    let per_tick = (rate / 100).max(1);
+    let ticks = seconds * 100;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut written = 0u64;
+    for _ in 0..ticks {
+        tick.tick().await;
+        let docs = setup.workload.take(per_tick as usize);
+        let now = Instant::now();
+        {
+            let mut map = inserted.lock().expect("lock");
+            for d in &docs {
+                map.insert(
+                    (
+                        d.get_str("aggregateId").unwrap_or("").to_string(),
+                        d.get_i64("sequenceNumber").unwrap_or(0),
+                    ),
+                    now,
+                );
+            }
+        }
+        events
+            .insert_many(docs)
+            .await
+            .map_err(err("writing steady-state events"))?;
+        written += per_tick;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !inserted.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let missing = inserted.lock().expect("lock").len();
+    stop.cancel();
+    let mut lags = observer.await.unwrap_or_default();
+    if lags.is_empty() {
+        return Err(format!(
+            "steady state: no lag observed ({missing} events not seen in the read model)"
+        ));
+    }
+    lags.sort();
+    Ok((written, lags))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Peak RSS of the daemon draining `n` events from a stored checkpoint: (events, bytes, rate).
+async fn memory(
+    client: &Client,
+    o: &BenchOptions,
+    uri: &str,
+    dir: &Path,
+    n: u64,
+) -> BenchResult<(u64, u64, f64)> {
+    let name = format!("bench_mem_{n}");
+    let _ = client.database(&name).drop().await;
+    let mut setup = Setup::new(client, &name, o, dir)?;
+    setup.with_checkpoint(o, uri).await?;
+    let before = setup.events_handled().await?.unwrap_or(0);
+    let first = append(&setup.events(), &mut setup.workload, n).await?;
+    let (daemon, rate, _) = setup.drain(o, uri, &first, n, before + n as i64).await?;
+    let rss = daemon.peak_rss().unwrap_or(0);
+    daemon.stop().await?;
+    let _ = client.database(&name).drop().await;
+    Ok((n, rss, rate))
+}
+
+/// Runs the whole benchmark, printing as it goes.
+pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
+    let _server;
+    let uri = match std::env::var("MONGODB_URI") {
+        Ok(uri) => {
+            println!("server: MONGODB_URI ({})", crate::config::redact_uri(&uri));
+            uri
+        }
+        Err(_) => {
+            let options = mongo_sim::ServerOptions {
+                // The memory run stops the daemon while a million events are written: its
+                // stored token must still be in the oplog afterwards.
+                oplog_capacity: (o.memory_large.max(o.backlog) as usize).saturating_mul(2)
+                    + 1_000_000,
+                ..mongo_sim::ServerOptions::default()
+            };
+            let sim = tokio::task::spawn_blocking(move || {
+                mongo_sim::MongoSim::start_on_own_runtime(options)
+            })
+            .await
+            .map_err(err("starting mongo-sim"))?
+            .map_err(err("starting mongo-sim"))?;
+            let uri = sim.uri().to_string();
+            println!("server: embedded mongo-sim on its own runtime at {uri}");
+            _server = sim;
+            uri
+        }
+    };
+    println!(
+        "daemon: {} (child process), lanes={}, batch_size={}; {} accounts",
+        o.daemon.display(),
+        o.lanes,
+        o.batch_size,
+        o.accounts
+    );
+    let client = Client::with_uri_str(&uri)
+        .await
+        .map_err(err("connecting"))?;
+    let dir = std::env::temp_dir().join(format!("mongo-projector-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(err("temporary directory"))?;
+    let mut report = BenchReport {
+        server: uri.clone(),
+        ..BenchReport::default()
+    };
+
+    report.u_rate = measure_u(&client, &o).await?;
+    println!(
+        "U (server ceiling, batched guarded updates): {:.0} updates/s",
+        report.u_rate
+    );
+    report.naive_rate = measure_naive(&client, &o).await?;
+    println!(
+        "naive (find + guarded updateOne per event):  {:.0} events/s",
+        report.naive_rate
+    );
+
+    let _ = client.database("bench_projector").drop().await;
+    let mut setup = Setup::new(&client, "bench_projector", &o, &dir)?;
+    setup.with_checkpoint(&o, &uri).await?;
+    let mut handled = setup.events_handled().await?.unwrap_or(0);
+    let first = append(&setup.events(), &mut setup.workload, o.backlog).await?;
+    handled += o.backlog as i64;
+    let (daemon, rate, restart) = setup.drain(&o, &uri, &first, o.backlog, handled).await?;
+    report.backlog_rate = rate;
+    report.restart = restart;
+    println!(
+        "projector (backlog of {} events): {:.0} events/s; restart to first applied event {:.0} ms",
+        o.backlog,
+        rate,
+        restart.as_secs_f64() * 1e3
+    );
+
+    let steady_rate = if o.steady_rate > 0 {
+        o.steady_rate
+    } else {
+        ((rate / 2.0) as u64).max(100)
+    };
+    let (written, lags) = steady_state(&mut setup, steady_rate, o.steady_seconds).await?;
+    handled += written as i64;
+    report.steady_rate = steady_rate as f64;
+    report.steady_events = written;
+    report.lag_p50 = percentile(&lags, 0.50);
+    report.lag_p99 = percentile(&lags, 0.99);
+    report.lag_max = lags.last().copied().unwrap_or_default();
+    println!(
+        "steady state ({} events/s for {} s, {} events): lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        steady_rate,
+        o.steady_seconds,
+        lags.len(),
+        report.lag_p50.as_secs_f64() * 1e3,
+        report.lag_p99.as_secs_f64() * 1e3,
+        report.lag_max.as_secs_f64() * 1e3
+    );
+    setup
+        .wait_until("the steady-state events", Duration::from_secs(120), |h| {
+            h.unwrap_or(0) >= handled
+        })
+        .await?;
+    daemon.stop().await?;
+
+    let first = append(&setup.events(), &mut setup.workload, o.catch_up).await?;
+    handled += o.catch_up as i64;
+    let (daemon, rate, _) = setup.drain(&o, &uri, &first, o.catch_up, handled).await?;
+    report.catch_up_rate = rate;
+    daemon.stop().await?;
+    println!(
+        "catch-up (after a stop during which {} events accumulated): {:.0} events/s ({:.0}% of the backlog drain)",
+        o.catch_up,
+        rate,
+        100.0 * rate / report.backlog_rate
+    );
+    let _ = client.database("bench_projector").drop().await;
+
+    for n in [o.memory_small, o.memory_large] {
+        if n == 0 {
+            continue;
+        }
+        let m = memory(&client, &o, &uri, &dir, n).await?;
+        println!(
+            "memory (draining {} events): peak RSS {:.1} MiB, {:.0} events/s",
+            m.0,
+            m.1 as f64 / (1024.0 * 1024.0),
+            m.2
+        );
+        report.memory.push(m);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print_summary(&report);
+    Ok(report)
+}
+
+fn print_summary(r: &BenchReport) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!();
+    println!("{:<44} {:>16}   target", "figure", "result");
+    println!(
+        "{:<44} {:>12.0} /s",
+        "U: server ceiling (guarded updates)", r.u_rate
+    );
+    println!(
+        "{:<44} {:>12.0} /s",
+        "naive: find + updateOne per event", r.naive_rate
+    );
+    println!(
+        "{:<44} {:>12.0} /s   >= {:.0} (0.5 x U), >= {:.0} (10 x naive)",
+        "projector: backlog drain",
+        r.backlog_rate,
+        0.5 * r.u_rate,
+        10.0 * r.naive_rate
+    );
+    println!(
+        "{:<44} {:>9.1} ms p50, {:.1} ms p99",
+        format!("steady state lag at {:.0} events/s", r.steady_rate),
+        r.lag_p50.as_secs_f64() * 1e3,
+        r.lag_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:<44} {:>12.0} ms   < 1000",
+        "restart to first applied event",
+        r.restart.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:<44} {:>12.0} /s   >= 80% of backlog drain ({:.0}%)",
+        "catch-up drain",
+        r.catch_up_rate,
+        100.0 * r.catch_up_rate / r.backlog_rate.max(1e-9)
+    );
+    for (n, rss, _) in &r.memory {
+        println!(
+            "{:<44} {:>10.1} MiB   < 150, flat",
+            format!("peak RSS draining {n} events"),
+            mib(*rss)
+        );
+    }
+    println!(
+        "ratios: projector/U={:.2} projector/naive={:.1}",
+        r.backlog_rate / r.u_rate.max(1e-9),
+        r.backlog_rate / r.naive_rate.max(1e-9)
+    );
+}

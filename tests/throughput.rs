@@ -1,0 +1,317 @@
+//! Parallel lanes and batched guarded writes keep every guarantee of the one-at-a-time path.
+//!
+//! - Property: any histories, any interleaving and duplication of deliveries, cut into batches
+//!   of any size and routed to several lanes that write concurrently, with restarts that
+//!   forget every lane's cache: the read model equals the in-order fold.
+//! - The daemon with many lanes and tiny batches: many aggregates interleaved, a crash between
+//!   checkpoints, a restart: every aggregate applied exactly once, in order.
+
+mod common;
+
+use bson::{Bson, Document, doc};
+use common::{TestEnv, event, eventually, recording_projection, stored_sequence};
+use mongo_projector::apply::{Applier, BatchItem, SequenceCache};
+use mongo_projector::daemon::Daemon;
+use mongo_projector::event::decode_event;
+use mongo_projector::lanes::lane_of;
+use proptest::prelude::*;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Shared {
+    runtime: tokio::runtime::Runtime,
+    env: TestEnv,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = runtime.block_on(TestEnv::new("lanes_property"));
+        Shared { runtime, env }
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    lengths: Vec<i64>,
+    deliveries: Vec<(usize, i64)>,
+    stored_up_front: bool,
+    /// Sizes of the consecutive batches the deliveries are cut into.
+    batch_sizes: Vec<usize>,
+    lanes: usize,
+    /// Batch indexes before which every lane starts afresh (a restart).
+    restarts: Vec<usize>,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    prop::collection::vec(1i64..8, 1..6).prop_flat_map(|lengths| {
+        let all: Vec<(usize, i64)> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(a, n)| (1..=*n).map(move |s| (a, s)))
+            .collect();
+        let total = all.len();
+        (
+            Just(lengths),
+            Just(all).prop_shuffle(),
+            prop::collection::vec((0..total, 0..total + 1), 0..total.max(1)),
+            any::<bool>(),
+            prop::collection::vec(1usize..12, 1..40),
+            2usize..4,
+            prop::collection::vec(0usize..10, 0..3),
+        )
+            .prop_map(
+                |(lengths, order, dups, stored_up_front, batch_sizes, lanes, restarts)| {
+                    let mut deliveries = order.clone();
+                    for (which, at) in dups {
+                        let at = at.min(deliveries.len());
+                        deliveries.insert(at, order[which]);
+                    }
+                    Scenario {
+                        lengths,
+                        deliveries,
+                        stored_up_front,
+                        batch_sizes,
+                        lanes,
+                        restarts,
+                    }
+                },
+            )
+    })
+}
+
+fn applier(env: &TestEnv, db: &mongodb::Database) -> Applier {
+    let mut config = env.config();
+    recording_projection(&mut config);
+    let mut p = config.projections[0].clone();
+    p.database = db.name().to_string();
+    p.parking.retry_initial = Duration::from_millis(1);
+    p.parking.retry_max = Duration::from_millis(1);
+    p.parking.max_attempts = 1_000;
+    Applier::new(Arc::new(p), db, Arc::new(Default::default()))
+}
+
+async fn run(s: &Scenario, case: u64) -> Result<(), TestCaseError> {
+    let env = &shared().env;
+    let db = env.client.database(&format!("{}_{case}", env.db.name()));
+    let events = db.collection::<Document>("events");
+    let doc_of = |(a, seq): (usize, i64)| {
+        event(
+            &format!("agg-{a}"),
+            seq,
+            if seq % 2 == 0 { "A" } else { "B" },
+            doc! {},
+        )
+    };
+    if s.stored_up_front {
+        let all: Vec<Document> = s
+            .lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(a, n)| (1..=*n).map(move |q| (a, q)))
+            .map(doc_of)
+            .collect();
+        events.insert_many(all).await.unwrap();
+    }
+    let mut current = applier(env, &db);
+    let mut caches: Vec<SequenceCache> = (0..s.lanes).map(|_| SequenceCache::new(4)).collect();
+    let mut inserted = std::collections::HashSet::new();
+    let mut rest = &s.deliveries[..];
+    let mut batch_no = 0;
+    let mut sizes = s.batch_sizes.iter().cycle();
+    while !rest.is_empty() {
+        if s.restarts.contains(&batch_no) {
+            current = applier(env, &db);
+            caches = (0..s.lanes).map(|_| SequenceCache::new(4)).collect();
+        }
+        let size = (*sizes.next().unwrap()).min(rest.len());
+        let (batch, tail) = rest.split_at(size);
+        rest = tail;
+        batch_no += 1;
+        let mut per_lane: Vec<Vec<BatchItem>> = vec![Vec::new(); s.lanes];
+        for delivery in batch {
+            let document = doc_of(*delivery);
+            if !s.stored_up_front && inserted.insert(*delivery) {
+                events.insert_one(document.clone()).await.unwrap();
+            }
+            let e = decode_event(&document, &current.config.fields).unwrap();
+            per_lane[lane_of(&e.aggregate_id, s.lanes)].push(BatchItem::new(e));
+        }
+        // The lanes write at the same time, as the daemon's do.
+        let writes = per_lane
+            .iter_mut()
+            .zip(caches.iter_mut())
+            .map(|(items, cache)| current.handle_batch(items, cache));
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+        for items in &per_lane {
+            prop_assert!(items.iter().all(|i| i.done.is_some()));
+        }
+    }
+    for _ in 0..50 {
+        if current.parked.counts().await.unwrap() == (0, 0) {
+            break;
+        }
+        current.sweep_parked().await.unwrap();
+    }
+    prop_assert_eq!(current.parked.counts().await.unwrap(), (0, 0));
+    for (a, n) in s.lengths.iter().enumerate() {
+        let d = db
+            .collection::<Document>("accounts")
+            .find_one(doc! {"_id": format!("agg-{a}")})
+            .await
+            .unwrap()
+            .unwrap();
+        let seen: Vec<i64> = d
+            .get_array("seen")
+            .unwrap()
+            .iter()
+            .filter_map(Bson::as_i64)
+            .collect();
+        prop_assert_eq!(seen, (1..=*n).collect::<Vec<_>>());
+        prop_assert_eq!(d.get_i64("applications").unwrap(), *n);
+    }
+    db.drop().await.unwrap();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn batched_lanes_fold_exactly_like_one_event_at_a_time(s in scenario()) {
+        static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared().runtime.block_on(run(&s, case))?;
+    }
+}
+
+async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
+    env.accounts()
+        .find_one(doc! {"_id": aggregate})
+        .await
+        .unwrap()
+        .and_then(|d| d.get_array("seen").ok().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Bson::as_i64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_lanes_and_small_batches_survive_a_crash_exactly_once() {
+    let env = TestEnv::new("lanes_crash").await;
+    let mut config = env.config();
+    recording_projection(&mut config);
+    config.source.lanes = 4;
+    config.source.batch_size = 7;
+    config.checkpoints.every_events = 13;
+    config.checkpoints.every = Duration::from_secs(3600);
+    let aggregates: Vec<String> = (0..12).map(|i| format!("l{i}")).collect();
+    // Round-robin over the aggregates, with one aggregate's long run in the middle so that a
+    // batch holds many consecutive events of one aggregate.
+    let interleaved = |from: i64, to: i64| -> Vec<Document> {
+        let mut out = Vec::new();
+        for seq in from..=to {
+            for a in &aggregates {
+                out.push(event(a, seq, "A", doc! {}));
+            }
+        }
+        out
+    };
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(&config, &env.client, &shutdown);
+    let crashed = tokio::spawn(async move { daemon.run().await });
+    env.events().insert_many(interleaved(1, 20)).await.unwrap();
+    eventually("some events applied", WAIT, || async {
+        stored_sequence(&env, "l3").await.unwrap_or(0) >= 5
+    })
+    .await;
+    crashed.abort(); // no final checkpoint: whatever followed the last one is redelivered
+    let _ = crashed.await;
+    env.events().insert_many(interleaved(21, 30)).await.unwrap();
+    let solo: Vec<Document> = (1..=40).map(|s| event("solo", s, "B", doc! {})).collect();
+    env.events().insert_many(solo).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(&config, &env.client, &shutdown);
+    let handle = tokio::spawn(async move {
+        let report = daemon.run().await;
+        assert!(report.all_ok(), "{:?}", report.results);
+        daemon.total()
+    });
+    for a in &aggregates {
+        eventually(&format!("{a} at 30"), WAIT, || async {
+            stored_sequence(&env, a).await == Some(30)
+        })
+        .await;
+    }
+    eventually("solo at 40", WAIT, || async {
+        stored_sequence(&env, "solo").await == Some(40)
+    })
+    .await;
+    shutdown.cancel();
+    let stats = handle.await.unwrap();
+    for a in &aggregates {
+        assert_eq!(seen(&env, a).await, (1..=30).collect::<Vec<_>>(), "{a}");
+    }
+    assert_eq!(seen(&env, "solo").await, (1..=40).collect::<Vec<_>>());
+    assert_eq!(stats.parked, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_with_lanes_redelivers_nothing() {
+    let env = TestEnv::new("lanes_graceful").await;
+    let mut config = env.config();
+    recording_projection(&mut config);
+    config.source.lanes = 3;
+    config.source.batch_size = 5;
+    config.checkpoints.every_events = 1_000_000;
+    config.checkpoints.every = Duration::from_secs(3600);
+    let run = |config: mongo_projector::config::Config| {
+        let shutdown = CancellationToken::new();
+        let daemon = Daemon::new(&config, &env.client, &shutdown);
+        let handle = tokio::spawn(async move {
+            let report = daemon.run().await;
+            assert!(report.all_ok(), "{:?}", report.results);
+            daemon.total()
+        });
+        (shutdown, handle)
+    };
+    let (shutdown, handle) = run(config.clone());
+    let docs: Vec<Document> = (1..=25)
+        .flat_map(|s| (0..6).map(move |a| event(&format!("g{a}"), s, "A", doc! {})))
+        .collect();
+    env.events().insert_many(docs).await.unwrap();
+    for a in 0..6 {
+        eventually("all applied", WAIT, || async {
+            stored_sequence(&env, &format!("g{a}")).await == Some(25)
+        })
+        .await;
+    }
+    shutdown.cancel();
+    handle.await.unwrap();
+    env.events()
+        .insert_many((0..6).map(|a| event(&format!("g{a}"), 26, "A", doc! {})))
+        .await
+        .unwrap();
+    let (shutdown, handle) = run(config);
+    for a in 0..6 {
+        eventually("26 applied", WAIT, || async {
+            stored_sequence(&env, &format!("g{a}")).await == Some(26)
+        })
+        .await;
+    }
+    shutdown.cancel();
+    let stats = handle.await.unwrap();
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.applied, 6, "{stats:?}");
+}
