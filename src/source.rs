@@ -641,7 +641,7 @@ impl ProjectionWorker {
                 return Ok(None);
             }
             scanned += 1;
-            if scanned % 1000 == 0 {
+            if scanned.is_multiple_of(1000) {
                 // A long scan is progress too: liveness must not fail while catching up.
                 self.stats.record_progress(false);
             }
