@@ -355,12 +355,16 @@ impl ChangeStreamCursor {
         }
         let oplog = &data.oplog;
         let start = oplog.first_at_or_after(self.position.ts());
+        // mongod stops a batch before it would pass the 16 MiB reply limit (the first event
+        // always goes in); the post-batch resume token is then the last returned event's.
+        let mut bytes = 0usize;
         for entry in oplog.entries().range(start..) {
             for (index, raw) in self.events_for(entry, data).into_iter().enumerate() {
                 let point = Point::event(entry.ts, index as u16);
                 if point <= self.position {
                     continue;
                 }
+                let before = self.position;
                 self.position = point;
                 let token = ResumeToken {
                     point,
@@ -379,6 +383,12 @@ impl ChangeStreamCursor {
                 };
                 event.extend(raw.body);
                 if let Some(event) = self.transform(event, &token, entry.ts)? {
+                    let size = crate::storage::bson_size(&event);
+                    if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                        self.position = before;
+                        return Ok(batch);
+                    }
+                    bytes += size;
                     batch.push(event);
                 }
                 if raw.invalidates {
@@ -747,6 +757,9 @@ fn parse_following_stages(stages: &[Bson]) -> Result<Option<Pipeline>> {
     }
     Ok(Some(pipeline))
 }
+
+/// The most a reply's batch may hold (mongod's `BSONObjMaxUserSize`).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 fn first_batch_size(cmd: &Document) -> Result<usize> {
     let Some(cursor) = fields::opt_document(cmd, "aggregate", "cursor")? else {
@@ -1203,6 +1216,48 @@ mod tests {
         assert!(
             data_of(&pbrt5) > data_of(&pbrt4),
             "an idle stream's token advances"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_before_the_16_mib_reply_limit() {
+        let s = shared(100);
+        let start = s.data.lock().oplog.tick();
+        let big = "x".repeat(3 * 1024 * 1024);
+        for i in 1..=8 {
+            write(
+                &s,
+                OplogOp::Insert {
+                    ns: Namespace::new("db", "c"),
+                    document: std::sync::Arc::new(doc! {"_id": i, "blob": big.clone()}),
+                },
+            );
+        }
+        let (mut cursor, first) = open_on(
+            &s,
+            "db",
+            "c".into(),
+            doc! {"startAtOperationTime": start},
+            Some(0),
+        )
+        .unwrap();
+        assert!(first.is_empty());
+        let (batch, pbrt, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(
+            batch.len(),
+            5,
+            "five 3 MiB events fit under 16 MiB, a sixth does not"
+        );
+        assert_eq!(pbrt, id_of(&batch[4]));
+        let (rest, _, _) = next(&s, &mut cursor, None).await.unwrap();
+        assert_eq!(
+            rest.len(),
+            3,
+            "the rest follows in the next batch, nothing skipped"
+        );
+        assert_eq!(
+            rest[0].get_document("documentKey").unwrap(),
+            &doc! {"_id": 6}
         );
     }
 
