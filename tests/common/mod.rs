@@ -150,3 +150,44 @@ pub async fn stored_sequence(env: &TestEnv, aggregate: &str) -> Option<i64> {
         .unwrap()
         .and_then(|d| d.get("lastSequenceNumber").and_then(bson::Bson::as_i64))
 }
+
+/// Retries what is parked until nothing is left, then checks that every aggregate `agg-{a}` of
+/// the recording projection applied exactly `1..=lengths[a]`, in order, once each.
+pub async fn settle_and_check_recorded(
+    applier: &mongo_projector::apply::Applier,
+    db: &Database,
+    lengths: &[i64],
+) -> Result<(), String> {
+    for _ in 0..50 {
+        if applier.parked.counts().await.unwrap() == (0, 0) {
+            break;
+        }
+        applier.sweep_parked().await.unwrap();
+    }
+    let left = applier.parked.counts().await.unwrap();
+    if left != (0, 0) {
+        return Err(format!("still parked/dead after retries: {left:?}"));
+    }
+    for (a, n) in lengths.iter().enumerate() {
+        let d = db
+            .collection::<Document>("accounts")
+            .find_one(doc! {"_id": format!("agg-{a}")})
+            .await
+            .unwrap()
+            .ok_or_else(|| format!("agg-{a} has no read model"))?;
+        let seen: Vec<i64> = d
+            .get_array("seen")
+            .unwrap()
+            .iter()
+            .filter_map(bson::Bson::as_i64)
+            .collect();
+        let applications = d.get_i64("applications").unwrap_or(-1);
+        let last = d.get_i64("lastSequenceNumber").unwrap_or(-1);
+        if seen != (1..=*n).collect::<Vec<_>>() || applications != *n || last != *n {
+            return Err(format!(
+                "agg-{a}: seen {seen:?}, applications {applications}, lastSequenceNumber {last}; expected 1..={n}"
+            ));
+        }
+    }
+    Ok(())
+}
