@@ -7,7 +7,9 @@
 mod common;
 
 use bson::{Bson, Document, doc};
-use common::{TestEnv, event, eventually, recording_projection, stored_sequence};
+use common::{
+    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::daemon::Daemon;
@@ -393,6 +395,7 @@ async fn a_graceful_stop_leaves_a_checkpoint_that_a_restart_continues_from() {
     config.checkpoints.every_events = 1_000_000;
     config.checkpoints.every = Duration::from_secs(3600);
     let running = start(&env, &config);
+    wait_until_tailing(&env, "accounts").await;
     env.events()
         .insert_many((1..=30).map(|s| event("g", s, "A", doc! {})))
         .await

@@ -9,7 +9,9 @@
 mod common;
 
 use bson::{Bson, Document, doc};
-use common::{TestEnv, event, eventually, recording_projection, stored_sequence};
+use common::{
+    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+};
 use mongo_projector::apply::{Applier, BatchItem, SequenceCache};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::event::decode_event;
@@ -287,6 +289,7 @@ async fn a_graceful_stop_with_lanes_redelivers_nothing() {
         (shutdown, handle)
     };
     let (shutdown, handle) = run(config.clone());
+    wait_until_tailing(&env, "accounts").await;
     let docs: Vec<Document> = (1..=25)
         .flat_map(|s| (0..6).map(move |a| event(&format!("g{a}"), s, "A", doc! {})))
         .collect();

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use bson::{Document, doc};
+use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler, ProjectionConfig};
 use mongodb::{Client, Collection, Database};
 use std::future::Future;
@@ -140,6 +141,20 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the projection has stored its first checkpoint: its change stream is open and
+/// any catch-up from the collection is over, so events inserted from now on reach it through
+/// the stream alone. Without this, a test that inserts right after start cannot tell whether
+/// the catch-up scan or the stream applied an event.
+pub async fn wait_until_tailing(env: &TestEnv, projection: &str) {
+    let store = CheckpointStore::new(&env.db, "projector_checkpoints");
+    eventually(
+        &format!("{projection} tailing"),
+        Duration::from_secs(30),
+        || async { matches!(store.load(projection).await, Ok(Some(_))) },
+    )
+    .await;
 }
 
 /// The read model's `lastSequenceNumber` for an aggregate.
