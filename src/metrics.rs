@@ -55,7 +55,7 @@ catalogue! {
     EVENTS_DEAD_LETTERED = "mongo_projector_events_dead_lettered_total", Counter, "Events dead-lettered (malformed, refused by the server, or a gap never filled).";
     EVENTS_MALFORMED = "mongo_projector_events_malformed_total", Counter, "Event documents that could not be decoded.";
     APPLY_DURATION = "mongo_projector_apply_duration_seconds", Histogram, "Duration of guarded writes.";
-    LAG = "mongo_projector_lag_seconds", Gauge, "Now minus the cluster time of the newest applied event; 0 when caught up.";
+    LAG = "mongo_projector_lag_seconds", Gauge, "How long the oldest event not yet applied has waited (now minus its cluster time; the newest applied event's while between batches); 0 when caught up.";
     CHECKPOINT_AGE = "mongo_projector_checkpoint_age_seconds", Gauge, "Time since the last checkpoint write.";
     OPLOG_HEADROOM = "mongo_projector_oplog_headroom_seconds", Gauge, "Cluster time covered by the stored checkpoint minus the oldest oplog entry's time: how long until the stored token would be lost.";
     STREAM_RESTARTS = "mongo_projector_stream_restarts_total", Counter, "Change stream re-opens, by reason.";
@@ -315,7 +315,14 @@ impl Monitor {
         if p.stats.caught_up.load(Ordering::Relaxed) {
             return 0.0;
         }
-        match p.stats.last_event_cluster_secs.load(Ordering::Relaxed) {
+        // The read model reflects everything before the oldest event still in flight: the
+        // lag is how long that event has waited. With nothing in flight (between batches of
+        // a backlog), the last applied event is the best known position.
+        let since = match p.stats.oldest_pending_cluster_secs.load(Ordering::Relaxed) {
+            0 => p.stats.last_event_cluster_secs.load(Ordering::Relaxed),
+            pending => pending,
+        };
+        match since {
             0 => 0.0,
             t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
         }
