@@ -204,7 +204,8 @@ pub struct AuditReport {
     pub checked: u64,
     /// Aggregates of each kind, indexed like [`DriftKind::ALL`].
     pub counts: [u64; 4],
-    /// The first few drifts found, in aggregate id order.
+    /// The first few drifts found, in aggregate id order (those looked at again after the
+    /// settle time last).
     pub examples: Vec<Drift>,
     /// Present when the audit repaired what it found.
     pub repair: Option<RepairSummary>,
@@ -353,13 +354,20 @@ pub struct AuditOptions {
     pub examples: usize,
     /// Heal what is found through the guarded path.
     pub repair: bool,
+    /// How long to give the live daemon before an aggregate that looks behind or missing is
+    /// looked at again (zero: at once). The background audit uses `http.readiness_max_lag`.
+    pub settle: Duration,
 }
+
+/// Behind-or-missing candidates an audit holds back for a later look at most.
+const MAX_DEFERRED: usize = 10_000;
 
 impl Default for AuditOptions {
     fn default() -> Self {
         Self {
             examples: 20,
             repair: false,
+            settle: Duration::ZERO,
         }
     }
 }
@@ -477,6 +485,7 @@ impl Audit {
             .await?;
         let mut next_group = Ordered::new("event collection's $group");
         let mut next_model = Ordered::new("read model");
+        let mut deferred: Vec<(Bson, tokio::time::Instant)> = Vec::new();
         let mut group = next_group.next(&mut events).await?;
         let mut model = next_model.next(&mut models).await?;
         loop {
@@ -514,32 +523,58 @@ impl Audit {
                 }
             };
             report.checked += 1;
-            if classify(&stored, summary.as_ref()).is_none() {
-                continue;
-            }
-            // A second look, read model first: an event appended since the $group was read
-            // must not make its document look ahead.
-            let stored = self.stored_of(&aggregate).await?;
-            let summary = self.events_of(&aggregate).await?;
             let Some(kind) = classify(&stored, summary.as_ref()) else {
                 continue;
             };
-            let drift = Drift {
-                kind,
-                aggregate,
-                stored,
-                events: summary,
-            };
-            report.counts[kind.index()] += 1;
-            if let (Some(applier), Some(repair)) = (&applier, report.repair.as_mut()) {
-                self.repair(applier, &drift, repair, options.examples)
-                    .await?;
+            // Behind and missing are also what lag looks like: with a settle time they are
+            // looked at again once the daemon has had that long to catch up (a bounded number
+            // of them; past that, they are judged at once).
+            let lag_like = matches!(kind, DriftKind::Behind | DriftKind::Missing);
+            if lag_like && !options.settle.is_zero() && deferred.len() < MAX_DEFERRED {
+                deferred.push((aggregate, tokio::time::Instant::now() + options.settle));
+                continue;
             }
-            if report.examples.len() < options.examples {
-                report.examples.push(drift);
-            }
+            self.second_look(aggregate, &mut report, applier.as_ref(), options)
+                .await?;
+        }
+        for (aggregate, due) in deferred {
+            tokio::time::sleep_until(due).await;
+            self.second_look(aggregate, &mut report, applier.as_ref(), options)
+                .await?;
         }
         Ok(report)
+    }
+
+    /// Reads one candidate again, read model first (so that an event appended since the
+    /// `$group` was read cannot make its document look ahead), then counts, lists and
+    /// repairs what it still is.
+    async fn second_look(
+        &self,
+        aggregate: Bson,
+        report: &mut AuditReport,
+        applier: Option<&Applier>,
+        options: AuditOptions,
+    ) -> Result<(), StoreError> {
+        let stored = self.stored_of(&aggregate).await?;
+        let summary = self.events_of(&aggregate).await?;
+        let Some(kind) = classify(&stored, summary.as_ref()) else {
+            return Ok(());
+        };
+        let drift = Drift {
+            kind,
+            aggregate,
+            stored,
+            events: summary,
+        };
+        report.counts[kind.index()] += 1;
+        if let (Some(applier), Some(repair)) = (applier, report.repair.as_mut()) {
+            self.repair(applier, &drift, repair, options.examples)
+                .await?;
+        }
+        if report.examples.len() < options.examples {
+            report.examples.push(drift);
+        }
+        Ok(())
     }
 
     /// Brings one aggregate level with its events through the guard.
@@ -772,6 +807,7 @@ impl AuditFigures {
 #[derive(Clone)]
 pub struct BackgroundAudit {
     every: Duration,
+    settle: Duration,
     audits: Vec<(Audit, Arc<ProjectionStats>)>,
     shutdown: CancellationToken,
 }
@@ -791,6 +827,7 @@ impl BackgroundAudit {
             .collect();
         Some(Self {
             every,
+            settle: config.http.readiness_max_lag,
             audits,
             shutdown: shutdown.clone(),
         })
@@ -810,7 +847,7 @@ impl BackgroundAudit {
             for (audit, stats) in &self.audits {
                 let name = &audit.config.name;
                 let result = tokio::select! {
-                    r = audit.run(AuditOptions { examples: 5, repair: false }) => r,
+                    r = audit.run(AuditOptions { examples: 5, repair: false, settle: self.settle }) => r,
                     _ = self.shutdown.cancelled() => return,
                 };
                 match result {

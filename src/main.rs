@@ -61,6 +61,10 @@ enum Command {
         /// How many out-of-step aggregates to list (all are counted and repaired).
         #[arg(long, default_value_t = 20)]
         examples: usize,
+        /// Look again after this long at aggregates that seem behind or missing, so that a
+        /// running daemon's lag is not reported as drift (e.g. "30s").
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        settle: std::time::Duration,
     },
     /// Run the example domain end to end on an embedded test server.
     Demo {
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             repair,
             json,
             examples,
+            settle,
         } => {
             init_logging(cli.log_format, "warn");
             let config = match load_config(&config) {
@@ -221,7 +226,11 @@ fn main() -> ExitCode {
                 eprintln!("MONGODB_URI is not set: it must hold the connection string");
                 return ExitCode::from(2);
             };
-            let options = mongo_projector::audit::AuditOptions { examples, repair };
+            let options = mongo_projector::audit::AuditOptions {
+                examples,
+                repair,
+                settle,
+            };
             runtime().block_on(audit(config, uri, projection, options, json))
         }
         Command::Demo {
