@@ -5,10 +5,10 @@
 
 mod common;
 
-use bson::{Document, doc};
+use bson::{Bson, Document, doc};
 use common::{TestEnv, event, eventually, stored_sequence};
 use futures_util::TryStreamExt;
-use mongo_projector::audit::{Audit, AuditOptions, AuditReport};
+use mongo_projector::audit::{Audit, AuditOptions, AuditReport, DriftKind};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::demo::{account_from_read_model, compare_with_fold, fold};
 use std::collections::BTreeSet;
@@ -451,4 +451,63 @@ async fn the_background_audit_exports_drift_by_kind() {
     shutdown.cancel();
     assert!(running.await.unwrap().all_ok());
     monitoring.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_every_type_are_matched_in_the_servers_order() {
+    let env = TestEnv::new("audit_ids").await;
+    let config = env.config();
+    let oid = bson::oid::ObjectId::new();
+    let binary = Bson::Binary(bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: vec![1, 2, 3],
+    });
+    // (id in the events, the same id as the read model stores it): numbers of another width
+    // are the same id to the server.
+    let ids = [
+        (Bson::Int32(10), Bson::Int64(10)),
+        (Bson::Int64(9), Bson::Int32(9)),
+        (Bson::Int32(100), Bson::Int32(100)),
+        (Bson::String("B".into()), Bson::String("B".into())),
+        (Bson::String("a".into()), Bson::String("a".into())),
+        (Bson::String("ä".into()), Bson::String("ä".into())),
+        (Bson::ObjectId(oid), Bson::ObjectId(oid)),
+        (binary.clone(), binary),
+    ];
+    for (event_id, model_id) in &ids {
+        let mut e = opened("x");
+        e.insert("aggregateId", event_id.clone());
+        env.events().insert_one(e).await.unwrap();
+        env.accounts()
+            .insert_one(doc! {"_id": model_id.clone(), "lastSequenceNumber": 1i64})
+            .await
+            .unwrap();
+    }
+    let report = audit(&env, &config, false).await;
+    assert_eq!(report.checked, ids.len() as u64, "{report:?}");
+    assert_eq!(report.drifted(), 0, "{report:?}");
+
+    // One more event for the numeric id 9 and one document for an id without events, between
+    // the others in BSON order.
+    let mut e = deposited("x", 2, 1);
+    e.insert("aggregateId", 9i64);
+    env.events().insert_one(e).await.unwrap();
+    env.accounts()
+        .insert_one(doc! {"_id": "Zed", "lastSequenceNumber": 1i64})
+        .await
+        .unwrap();
+    let report = audit(&env, &config, false).await;
+    assert_eq!(report.checked, ids.len() as u64 + 1, "{report:?}");
+    let found: Vec<(DriftKind, Bson)> = report
+        .examples
+        .iter()
+        .map(|d| (d.kind, d.aggregate.clone()))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (DriftKind::Behind, Bson::Int64(9)),
+            (DriftKind::Ahead, Bson::String("Zed".into())),
+        ]
+    );
 }
