@@ -489,38 +489,30 @@ impl Audit {
         let mut group = next_group.next(&mut events).await?;
         let mut model = next_model.next(&mut models).await?;
         loop {
-            let (aggregate, stored, summary) = match (&group, &model) {
+            // Which side holds the smaller id (both: the same aggregate on both sides).
+            let side = match (&group, &model) {
                 (None, None) => break,
-                (Some(g), m) => {
-                    let order = match m {
-                        None => Ordering::Less,
-                        Some(m) => compare(&g.0, &m.0),
-                    };
-                    match order {
-                        Ordering::Less => {
-                            let (id, summary) = group.take().expect("matched Some");
-                            group = next_group.next(&mut events).await?;
-                            (id, Stored::NoDocument, summary)
-                        }
-                        Ordering::Greater => {
-                            let (id, stored) = model.take().expect("matched Some");
-                            model = next_model.next(&mut models).await?;
-                            (id, stored, None)
-                        }
-                        Ordering::Equal => {
-                            let (id, summary) = group.take().expect("matched Some");
-                            let (_, stored) = model.take().expect("matched Some");
-                            group = next_group.next(&mut events).await?;
-                            model = next_model.next(&mut models).await?;
-                            (id, stored, summary)
-                        }
-                    }
-                }
-                (None, Some(_)) => {
-                    let (id, stored) = model.take().expect("matched Some");
-                    model = next_model.next(&mut models).await?;
-                    (id, stored, None)
-                }
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(g), Some(m)) => compare(&g.0, &m.0),
+            };
+            let (mut aggregate, mut stored, mut summary) = (None, Stored::NoDocument, None);
+            if side != Ordering::Greater
+                && let Some((id, s)) = group.take()
+            {
+                aggregate = Some(id);
+                summary = s;
+                group = next_group.next(&mut events).await?;
+            }
+            if side != Ordering::Less
+                && let Some((id, s)) = model.take()
+            {
+                aggregate.get_or_insert(id);
+                stored = s;
+                model = next_model.next(&mut models).await?;
+            }
+            let Some(aggregate) = aggregate else {
+                break;
             };
             report.checked += 1;
             let Some(kind) = classify(&stored, summary.as_ref()) else {
