@@ -634,10 +634,11 @@ impl Audit {
 
     /// Deletes an "ahead" document if it still holds what the audit saw; false when it changed.
     async fn delete_ahead(&self, drift: &Drift) -> Result<bool, StoreError> {
+        // `$eq`: a stored value that is itself a document must not be read as operators.
         let sequence = match &drift.stored {
-            Stored::Sequence(n) => Bson::Int64(*n),
-            Stored::Invalid(Some(v)) => v.clone(),
-            Stored::Invalid(None) => Bson::Document(doc! {"$exists": false}),
+            Stored::Sequence(n) => doc! {"$eq": *n},
+            Stored::Invalid(Some(v)) => doc! {"$eq": v.clone()},
+            Stored::Invalid(None) => doc! {"$exists": false},
             Stored::NoDocument => return Ok(false),
         };
         tracing::warn!(
