@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// A running set of projection workers.
 pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
+    audit: Option<crate::audit::BackgroundAudit>,
 }
 
 /// How each projection ended.
@@ -33,7 +34,7 @@ impl Daemon {
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
         );
-        let workers = config
+        let workers: Vec<Arc<ProjectionWorker>> = config
             .projections
             .iter()
             .map(|p| {
@@ -47,7 +48,13 @@ impl Daemon {
                 ))
             })
             .collect();
-        Self { workers }
+        let audit = crate::audit::BackgroundAudit::new(
+            config,
+            client,
+            shutdown,
+            workers.iter().map(|w| (w.config.clone(), w.stats.clone())),
+        );
+        Self { workers, audit }
     }
 
     /// Counters per projection, for reporting while running.
@@ -68,6 +75,7 @@ impl Daemon {
 
     /// Runs every projection until shutdown or until each has stopped.
     pub async fn run(&self) -> DaemonReport {
+        let _audit = self.audit.clone().map(crate::audit::BackgroundAudit::spawn);
         let mut handles = Vec::new();
         for w in &self.workers {
             let w = w.clone();

@@ -38,7 +38,7 @@ macro_rules! catalogue {
     ($($ident:ident = $name:literal, $kind:ident, $help:literal;)*) => {
         $(pub const $ident: MetricDef = MetricDef { name: $name, kind: Kind::$kind, help: $help };)*
         /// Every metric the daemon exports (besides the standard `process_*` ones), each with
-        /// the label `projection` (restarts also `reason`).
+        /// the label `projection` (restarts also `reason`, audit drift also `kind`).
         pub const CATALOGUE: &[MetricDef] = &[$($ident),*];
     };
 }
@@ -63,6 +63,9 @@ catalogue! {
     CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
     SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
     CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
+    AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
+    AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
+    AUDIT_LAST_RUN = "mongo_projector_audit_last_run_timestamp_seconds", Gauge, "Unix time when the last background drift audit completed.";
 }
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
@@ -166,6 +169,20 @@ impl Collector for ProjectorCollector {
                             ));
                         }
                     }
+                    n if n == AUDIT_DRIFT.name => {
+                        for kind in crate::audit::DriftKind::ALL {
+                            if let Some(count) = p.stats.audit.drift(kind) {
+                                metrics.push(sample(
+                                    vec![
+                                        label("projection", &p.name),
+                                        label("kind", kind.as_str()),
+                                    ],
+                                    Kind::Gauge,
+                                    count as f64,
+                                ));
+                            }
+                        }
+                    }
                     n if n == APPLY_DURATION.name => {
                         let (buckets, count, sum) = p.stats.apply_seconds.read();
                         let mut h = proto::Histogram::default();
@@ -238,6 +255,8 @@ impl Monitor {
             .filter_map(|d| {
                 let labels = if d.name == STREAM_RESTARTS.name {
                     vec!["projection".to_string(), "reason".to_string()]
+                } else if d.name == AUDIT_DRIFT.name {
+                    vec!["projection".to_string(), "kind".to_string()]
                 } else {
                     vec!["projection".to_string()]
                 };
@@ -306,6 +325,11 @@ impl Monitor {
                 f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
             }
             n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            n if n == AUDIT_RUNS.name => load(&p.stats.audit.runs) as f64,
+            n if n == AUDIT_LAST_RUN.name => match load(&p.stats.audit.last_run_ms) {
+                0 => return None,
+                ms => ms as f64 / 1000.0,
+            },
             _ => return None,
         })
     }

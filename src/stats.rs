@@ -41,6 +41,8 @@ pub struct ProjectionStats {
     pub checkpoint_cluster_secs: AtomicU64,
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
+    /// The last background drift audit's findings.
+    pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
 }
 
