@@ -18,6 +18,7 @@ pub mod lease;
 pub mod metrics;
 pub mod park;
 pub mod projection;
+pub mod replicas;
 pub mod shutdown;
 pub mod source;
 pub mod stats;
