@@ -228,6 +228,7 @@ fn lease_status(p: &Watched) -> serde_json::Value {
     let view = lease.view();
     serde_json::json!({
         "state": if lease.held.load(Ordering::Relaxed) { "active" } else { "standby" },
+        "instance": lease.instance(),
         "holder": view.holder,
         "epoch": view.epoch,
         "acquisitions": lease.acquisitions.load(Ordering::Relaxed),

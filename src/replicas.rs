@@ -171,7 +171,7 @@ pub async fn run_leased(
     let name = worker.config.name.clone();
     let stop = worker.shutdown.clone();
     let lease_stats = &worker.stats.lease;
-    lease_stats.enabled.store(true, Ordering::Relaxed);
+    lease_stats.enable(&instance.holder);
     let ttl = instance.config.ttl;
     while !stop.is_cancelled() {
         if instance.share.reserve() {

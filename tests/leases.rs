@@ -393,6 +393,7 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
     let lease = &status["projections"][0]["lease"];
     assert_eq!(lease["state"], "standby");
     assert_eq!(lease["holder"], holder.as_str());
+    assert_eq!(lease["instance"], standby.holder.as_str());
     let metrics = monitor.render();
     assert!(
         metrics.contains("mongo_projector_lease_held{projection=\"accounts\"} 0"),
@@ -401,6 +402,21 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
     assert!(
         !metrics.contains("mongo_projector_lag_seconds{"),
         "a standby worker has no lag of its own: {metrics}"
+    );
+    let on_active = Monitor::new(&config, &active.client, active.stats.clone());
+    let status = on_active.status();
+    let lease = &status["projections"][0]["lease"];
+    let current = LeaseStore::new(&env.db, "projector_leases")
+        .current("accounts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease["state"], "active");
+    assert_eq!(lease["epoch"], current.epoch);
+    assert!(
+        on_active
+            .render()
+            .contains("mongo_projector_lease_held{projection=\"accounts\"} 1")
     );
 
     // A graceful stop releases the lease: the standby instance takes over without waiting
