@@ -66,6 +66,10 @@ catalogue! {
     AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
     AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
     AUDIT_LAST_RUN = "mongo_projector_audit_last_run_timestamp_seconds", Gauge, "Unix time when the last background drift audit completed.";
+    LEASE_HELD = "mongo_projector_lease_held", Gauge, "1 while this instance holds the worker's lease and runs it, 0 in standby (only with leases enabled).";
+    LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
+    LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
+    CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
 }
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
@@ -216,6 +220,49 @@ impl Collector for ProjectorCollector {
     }
 }
 
+/// Gauges of a worker's own stream and checkpoint, not exported while it is in standby.
+const STALE_IN_STANDBY: &[MetricDef] = &[
+    LAG,
+    CHECKPOINT_AGE,
+    OPLOG_HEADROOM,
+    CAUGHT_UP,
+    SINCE_PROGRESS,
+];
+
+/// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
+/// for readiness (a standby replica is live and ready, so a rolling update can proceed).
+fn standby(p: &Watched) -> bool {
+    let lease = &p.stats.lease;
+    lease.enabled.load(Ordering::Relaxed)
+        && lease.standby.load(Ordering::Relaxed)
+        && !lease.held.load(Ordering::Relaxed)
+}
+
+/// `/status`'s lease of one worker: `active` with our epoch, `standby` with the holder (if
+/// any) as last seen, `starting` before the first attempt (or while the server cannot be
+/// asked), or `null` without leases.
+fn lease_status(p: &Watched) -> serde_json::Value {
+    let lease = &p.stats.lease;
+    if !lease.enabled.load(Ordering::Relaxed) {
+        return serde_json::Value::Null;
+    }
+    let view = lease.view();
+    serde_json::json!({
+        "state": if lease.held.load(Ordering::Relaxed) {
+            "active"
+        } else if lease.standby.load(Ordering::Relaxed) {
+            "standby"
+        } else {
+            "starting"
+        },
+        "instance": lease.instance(),
+        "holder": view.holder,
+        "epoch": view.epoch,
+        "acquisitions": lease.acquisitions.load(Ordering::Relaxed),
+        "losses": lease.losses.load(Ordering::Relaxed),
+    })
+}
+
 fn since_secs(unix_ms: u64) -> f64 {
     (unix_millis().saturating_sub(unix_ms)) as f64 / 1000.0
 }
@@ -288,6 +335,11 @@ impl Monitor {
     /// The value of a plain (non-histogram, non-restart) metric for one projection; `None`
     /// when it is not known yet.
     fn value(&self, def: &MetricDef, p: &Watched) -> Option<f64> {
+        // A standby worker's progress figures are those of its last active period, if any:
+        // absent, so that alerts on them (taking the max over instances) see the active one.
+        if standby(p) && STALE_IN_STANDBY.iter().any(|d| d.name == def.name) {
+            return None;
+        }
         let s = p.stats.snapshot();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Some(match def.name {
@@ -330,6 +382,15 @@ impl Monitor {
                 0 => return None,
                 ms => ms as f64 / 1000.0,
             },
+            n if n == LEASE_HELD.name => {
+                if !p.stats.lease.enabled.load(Ordering::Relaxed) {
+                    return None;
+                }
+                f64::from(u8::from(p.stats.lease.held.load(Ordering::Relaxed)))
+            }
+            n if n == LEASE_ACQUISITIONS.name => load(&p.stats.lease.acquisitions) as f64,
+            n if n == LEASE_LOSSES.name => load(&p.stats.lease.losses) as f64,
+            n if n == CHECKPOINT_FENCED.name => load(&p.stats.checkpoint_fenced) as f64,
             _ => return None,
         })
     }
@@ -377,7 +438,7 @@ impl Monitor {
         let stale: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| self.seconds_since_progress(p) > limit)
+            .filter(|p| !standby(p) && self.seconds_since_progress(p) > limit)
             .map(|p| {
                 format!(
                     "{}: no answer from its change stream for {:.1}s",
@@ -397,7 +458,7 @@ impl Monitor {
             problems.push("MongoDB does not answer".to_string());
         }
         let limit = self.http.readiness_max_lag.as_secs_f64();
-        for p in &self.projections {
+        for p in self.projections.iter().filter(|p| !standby(p)) {
             if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
                 problems.push(format!("{}: change stream not open yet", p.name));
             }
@@ -434,6 +495,8 @@ impl Monitor {
                     "streamRestarts": p.stats.restarts_by_reason(),
                     "historyLostRecoveries": s.history_lost_recoveries,
                     "lastError": p.stats.last_error(),
+                    "checkpointFenced": p.stats.checkpoint_fenced.load(Ordering::Relaxed),
+                    "lease": lease_status(p),
                 })
             })
             .collect();

@@ -44,6 +44,60 @@ pub struct ProjectionStats {
     /// The last background drift audit's findings.
     pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
+    /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
+    pub checkpoint_fenced: AtomicU64,
+    /// Lease state of this worker (see [`crate::lease`]).
+    pub lease: LeaseStats,
+}
+
+/// A worker's lease, as this instance sees it.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Whether leases are in use at all (`[leases] enabled`).
+    pub enabled: AtomicBool,
+    /// This instance holds the lease and runs the worker.
+    pub held: AtomicBool,
+    /// The last attempt found the lease held elsewhere (or this instance at its share): the
+    /// worker waits. False before the first attempt, so a starting worker is not counted as
+    /// a standby one.
+    pub standby: AtomicBool,
+    pub acquisitions: AtomicU64,
+    /// Leases lost to expiry, to another holder, or to a refused checkpoint write.
+    pub losses: AtomicU64,
+    /// While active: our epoch. While standby: the holder and epoch last seen.
+    pub view: Mutex<LeaseView>,
+    /// This instance's holder id.
+    pub instance: Mutex<String>,
+}
+
+/// The lease as last seen, for `/status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    pub epoch: i64,
+}
+
+impl LeaseStats {
+    pub fn set_view(&self, holder: Option<String>, epoch: i64) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = LeaseView { holder, epoch };
+    }
+
+    pub fn view(&self) -> LeaseView {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Marks the worker as run under a lease, by the instance `holder`.
+    pub fn enable(&self, holder: &str) {
+        self.enabled.store(true, Ordering::Relaxed);
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = holder.to_string();
+    }
+
+    pub fn instance(&self) -> String {
+        self.instance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Upper bounds (seconds) of the apply-duration histogram's buckets.
