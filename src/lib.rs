@@ -17,6 +17,7 @@ pub mod lanes;
 pub mod metrics;
 pub mod park;
 pub mod projection;
+pub mod rebuild;
 pub mod shutdown;
 pub mod source;
 pub mod stats;

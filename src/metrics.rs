@@ -8,6 +8,7 @@
 
 use crate::config::{Config, HttpConfig};
 use crate::park::ParkedStore;
+use crate::rebuild::{Phase, RebuildProgress};
 use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, Document, doc};
 use mongodb::Client;
@@ -63,6 +64,17 @@ catalogue! {
     CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
     SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
     CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
+    REBUILD_PHASE = "mongo_projector_rebuild_phase", Gauge, "1 for the phase a live rebuild is in (label phase: building, catching_up, swapping, done), 0 for the others.";
+    REBUILD_EVENTS_SCANNED = "mongo_projector_rebuild_events_scanned_total", Counter, "Events a live rebuild read from the event collection.";
+    REBUILD_EVENTS_STREAMED = "mongo_projector_rebuild_events_streamed_total", Counter, "Events a live rebuild read from the change stream after its scan.";
+    REBUILD_EVENTS_APPLIED = "mongo_projector_rebuild_events_applied_total", Counter, "Events a live rebuild applied to its shadow read model.";
+    REBUILD_LAG = "mongo_projector_rebuild_lag_seconds", Gauge, "Now minus the cluster time of the newest event a live rebuild read from the stream.";
+}
+
+/// The metrics of live rebuilds: reported for the rebuilds a monitor watches, not for the
+/// daemon's projections.
+fn is_rebuild_metric(def: &MetricDef) -> bool {
+    def.name.starts_with("mongo_projector_rebuild_")
 }
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
@@ -95,6 +107,8 @@ pub struct Monitor {
     pub http: HttpConfig,
     pub projections: Vec<Watched>,
     pub server: ServerGauges,
+    /// Live rebuilds reported by this process (`mongo-projector rebuild --metrics-address`).
+    rebuilds: std::sync::Mutex<Vec<(String, Arc<RebuildProgress>)>>,
     registry: Registry,
     started: Instant,
 }
@@ -154,7 +168,14 @@ impl Collector for ProjectorCollector {
         let mut out = Vec::new();
         for def in CATALOGUE {
             let mut metrics = Vec::new();
-            for p in &monitor.projections {
+            if is_rebuild_metric(def) {
+                metrics = monitor.rebuild_samples(def);
+            }
+            for p in monitor
+                .projections
+                .iter()
+                .filter(|_| !is_rebuild_metric(def))
+            {
                 let labels = || vec![label("projection", &p.name)];
                 match def.name {
                     n if n == STREAM_RESTARTS.name => {
@@ -230,6 +251,7 @@ impl Monitor {
             http: config.http.clone(),
             projections,
             server: ServerGauges::default(),
+            rebuilds: Default::default(),
             registry: Registry::new(),
             started: Instant::now(),
         });
@@ -238,6 +260,8 @@ impl Monitor {
             .filter_map(|d| {
                 let labels = if d.name == STREAM_RESTARTS.name {
                     vec!["projection".to_string(), "reason".to_string()]
+                } else if d.name == REBUILD_PHASE.name {
+                    vec!["projection".to_string(), "phase".to_string()]
                 } else {
                     vec!["projection".to_string()]
                 };
@@ -308,6 +332,50 @@ impl Monitor {
             n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
             _ => return None,
         })
+    }
+
+    /// Reports a live rebuild's progress under the rebuild metrics.
+    pub fn watch_rebuild(&self, projection: &str, progress: Arc<RebuildProgress>) {
+        if let Ok(mut rebuilds) = self.rebuilds.lock() {
+            rebuilds.push((projection.to_string(), progress));
+        }
+    }
+
+    fn rebuild_samples(&self, def: &MetricDef) -> Vec<proto::Metric> {
+        let Ok(rebuilds) = self.rebuilds.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, r) in rebuilds.iter() {
+            let labels = || vec![label("projection", name)];
+            match def.name {
+                n if n == REBUILD_PHASE.name => {
+                    for phase in Phase::ALL {
+                        out.push(sample(
+                            vec![label("projection", name), label("phase", phase.as_str())],
+                            Kind::Gauge,
+                            f64::from(u8::from(r.phase() == phase)),
+                        ));
+                    }
+                }
+                n if n == REBUILD_EVENTS_SCANNED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.scanned.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_STREAMED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.streamed.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_APPLIED.name => {
+                    out.push(sample(labels(), def.kind, r.applied() as f64))
+                }
+                n if n == REBUILD_LAG.name => out.push(sample(labels(), def.kind, r.lag_seconds())),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// 0 when caught up; otherwise now minus the cluster time of the newest handled event.
