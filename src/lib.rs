@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod lanes;
+pub mod lease;
 pub mod metrics;
 pub mod park;
 pub mod projection;

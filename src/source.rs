@@ -41,6 +41,11 @@ pub struct ProjectionWorker {
     pub checkpoints: CheckpointStore,
     pub stats: Arc<ProjectionStats>,
     pub shutdown: CancellationToken,
+    /// The lease epoch that fences this run's checkpoint writes; `None` without leases.
+    pub fence: Option<i64>,
+    /// Set when a checkpoint write was refused because a newer lease holder claimed the
+    /// checkpoint: the run stops and never writes again.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// Where the worker stands: the newest position below which everything is handled.
@@ -73,7 +78,31 @@ impl ProjectionWorker {
             checkpoints,
             stats,
             shutdown,
+            fence: None,
+            fenced: Default::default(),
         }
+    }
+
+    /// A fresh worker for one period as lease holder: the same projection, stores and
+    /// counters, its own stop token, and checkpoint writes fenced by `epoch`.
+    pub fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
+        ProjectionWorker {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            checkpointing: self.checkpointing.clone(),
+            db: self.db.clone(),
+            applier: Applier::new(self.config.clone(), &self.db, self.stats.clone()),
+            checkpoints: self.checkpoints.clone(),
+            stats: self.stats.clone(),
+            shutdown,
+            fence: Some(epoch),
+            fenced: Default::default(),
+        }
+    }
+
+    /// True when this run stopped because a newer lease holder fenced its checkpoint.
+    pub fn was_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn events(&self) -> Collection<Document> {
@@ -161,6 +190,11 @@ impl ProjectionWorker {
             }
         }
         self.save_final(&mut position).await;
+        if self.was_fenced() {
+            return Err(
+                self.stopped("a newer lease holder claimed the checkpoint; this run stopped")
+            );
+        }
         tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
         Ok(())
     }
@@ -560,6 +594,9 @@ impl ProjectionWorker {
         let Some(token) = position.token.clone() else {
             return;
         };
+        if self.was_fenced() {
+            return;
+        }
         if position.saved_token.as_ref() == Some(&token) && position.unsaved_events == 0 {
             return;
         }
@@ -569,13 +606,37 @@ impl ProjectionWorker {
             events_handled: position.events_handled,
             updated_at: DateTime::now(),
         };
-        match self.checkpoints.save(&self.config.name, &checkpoint).await {
+        let written = match self.fence {
+            Some(epoch) => {
+                self.checkpoints
+                    .save(&self.config.name, &checkpoint, epoch)
+                    .await
+            }
+            None => {
+                self.checkpoints
+                    .save_unfenced(&self.config.name, &checkpoint)
+                    .await
+            }
+        };
+        match written {
             Ok(()) => {
                 self.stats
                     .record_checkpoint(position.cluster_time.map(|t| t.time));
                 position.saved_token = Some(token);
                 position.unsaved_events = 0;
                 position.last_save = Instant::now();
+            }
+            Err(e @ StoreError::Fenced(_)) => {
+                self.fenced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                ProjectionStats::add(&self.stats.checkpoint_fenced, 1);
+                tracing::warn!(
+                    projection = %self.config.name,
+                    epoch = ?self.fence,
+                    error = %e,
+                    "checkpoint write refused: a newer lease holder took over; stopping this run"
+                );
+                self.shutdown.cancel();
             }
             Err(e) => {
                 tracing::warn!(projection = %self.config.name, error = %e, "checkpoint write failed; will retry")
@@ -592,7 +653,9 @@ impl ProjectionWorker {
         let mut delay = self.source.reopen_backoff_initial;
         for _ in 0..8 {
             self.save(position).await;
-            if position.unsaved_events == 0 && position.saved_token == position.token {
+            if self.was_fenced()
+                || (position.unsaved_events == 0 && position.saved_token == position.token)
+            {
                 return;
             }
             tokio::time::sleep(delay).await;

@@ -40,6 +40,41 @@ pub struct ProjectionStats {
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
     last_error: Mutex<Option<String>>,
+    /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
+    pub checkpoint_fenced: AtomicU64,
+    /// Lease state of this worker (see [`crate::lease`]).
+    pub lease: LeaseStats,
+}
+
+/// A worker's lease, as this instance sees it.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Whether leases are in use at all (`[leases] enabled`).
+    pub enabled: AtomicBool,
+    /// This instance holds the lease and runs the worker.
+    pub held: AtomicBool,
+    pub acquisitions: AtomicU64,
+    /// Leases lost to expiry, to another holder, or to a refused checkpoint write.
+    pub losses: AtomicU64,
+    /// While active: our epoch. While standby: the holder and epoch last seen.
+    pub view: Mutex<LeaseView>,
+}
+
+/// The lease as last seen, for `/status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    pub epoch: i64,
+}
+
+impl LeaseStats {
+    pub fn set_view(&self, holder: Option<String>, epoch: i64) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = LeaseView { holder, epoch };
+    }
+
+    pub fn view(&self) -> LeaseView {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Upper bounds (seconds) of the apply-duration histogram's buckets.
