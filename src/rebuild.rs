@@ -27,6 +27,7 @@ use crate::config::{Config, ProjectionConfig};
 use crate::error::{ErrorAction, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::lane_of;
+use crate::lease::{Lease, LeaseStore, Renewal};
 use crate::source::prefix_filter;
 use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, DateTime, Document, Timestamp, doc};
@@ -320,32 +321,206 @@ impl StateStore {
 pub enum Handover {
     /// The operator states that no daemon runs the projection (`--offline`).
     Offline,
+    /// The live daemon holds a lease per worker: each holder is asked to hand its lease over
+    /// (it stops its worker gracefully, with a final checkpoint, and releases), the rebuild
+    /// acquires every lease, holds them (renewed) during the swap and releases them after.
+    Leases(LeaseHandover),
 }
+
+/// The lease side of a [`Handover`].
+pub struct LeaseHandover {
+    pub store: LeaseStore,
+    /// This rebuild's holder name.
+    pub holder: String,
+    /// Lease and handover-request time-to-live; both are renewed every third of it.
+    pub ttl: Duration,
+    /// How long to wait for the live workers to hand over before giving up.
+    pub timeout: Duration,
+}
+
+impl LeaseHandover {
+    /// Leases in `collection` of `db`, held as `rebuild-<unique id>`.
+    pub fn new(db: &Database, collection: &str, ttl: Duration, timeout: Duration) -> Self {
+        Self {
+            store: LeaseStore::new(db, collection),
+            holder: format!("rebuild-{}", bson::oid::ObjectId::new().to_hex()),
+            ttl,
+            timeout,
+        }
+    }
+
+    /// Asks every holder to hand over and acquires every lease; `None` on shutdown. Gives up,
+    /// releasing what it got, after `timeout`.
+    async fn take(
+        &self,
+        workers: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Lease>>, RebuildError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut held: Vec<Lease> = Vec::new();
+        let mut asked_at: Option<Instant> = None;
+        let outcome = loop {
+            if shutdown.is_cancelled() {
+                break Ok(None);
+            }
+            let waiting: Vec<&String> = workers
+                .iter()
+                .filter(|w| !held.iter().any(|l| &l.name == *w))
+                .collect();
+            if waiting.is_empty() {
+                break Ok(Some(()));
+            }
+            if Instant::now() >= deadline {
+                break Err(RebuildError::Refused(format!(
+                    "the live workers of {} did not hand their leases over within {} (is the \
+                     daemon running with leases? without leases, stop it and pass --offline)",
+                    waiting
+                        .iter()
+                        .map(|w| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+            if asked_at.is_none_or(|t| t.elapsed() >= self.ttl / 3) {
+                asked_at = Some(Instant::now());
+                for w in &waiting {
+                    self.store
+                        .request_handover(w, &self.holder, self.ttl)
+                        .await?;
+                }
+                for lease in &held {
+                    self.store.renew(lease, self.ttl).await?;
+                }
+            }
+            for w in waiting {
+                if let Some(lease) = self.store.try_acquire(w, &self.holder, self.ttl).await? {
+                    tracing::info!(worker = %w, epoch = lease.epoch, "rebuild: lease handed over");
+                    held.push(lease);
+                }
+            }
+            // Polling the lease documents: the live holder answers at its next renewal.
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_POLL) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        };
+        match outcome {
+            Ok(Some(())) => Ok(Some(held)),
+            other => {
+                self.release(&held, workers).await?;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Releases the leases and withdraws the handover requests.
+    async fn release(&self, held: &[Lease], workers: &[String]) -> Result<(), StoreError> {
+        for lease in held {
+            self.store.release(lease).await?;
+        }
+        for w in workers {
+            self.store.clear_handover(w, &self.holder).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How often the lease documents are looked at while waiting for a handover.
+const LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// The workers held by the rebuild during the swap.
 struct Held {
     /// Per worker name, the fencing epoch of the lease held (None: offline).
     workers: Vec<(String, Option<i64>)>,
+    leases: Vec<Lease>,
+    /// Cancelled when a lease could not be renewed: the swap must not go on.
+    lost: CancellationToken,
+    /// Stops the renewals.
+    renewing: Option<tokio_util::sync::DropGuard>,
 }
 
 impl Handover {
-    /// Takes every worker of the projection; returns once none of them runs any more.
+    /// Takes every worker of the projection; returns once none of them runs any more, or
+    /// `None` on shutdown.
     async fn take(
         &self,
         workers: &[String],
-        _shutdown: &CancellationToken,
+        shutdown: &CancellationToken,
     ) -> Result<Option<Held>, RebuildError> {
         match self {
             Handover::Offline => Ok(Some(Held {
                 workers: workers.iter().map(|w| (w.clone(), None)).collect(),
+                leases: Vec::new(),
+                lost: CancellationToken::new(),
+                renewing: None,
             })),
+            Handover::Leases(h) => {
+                let Some(leases) = h.take(workers, shutdown).await? else {
+                    return Ok(None);
+                };
+                let lost = CancellationToken::new();
+                let stop = CancellationToken::new();
+                tokio::spawn(renew_leases(
+                    h.store.clone(),
+                    leases.clone(),
+                    h.ttl,
+                    lost.clone(),
+                    stop.clone(),
+                ));
+                Ok(Some(Held {
+                    workers: leases
+                        .iter()
+                        .map(|l| (l.name.clone(), Some(l.epoch)))
+                        .collect(),
+                    leases,
+                    lost,
+                    renewing: Some(stop.drop_guard()),
+                }))
+            }
         }
     }
 
     /// Gives the workers back to the live daemon.
-    async fn give_back(&self, _held: Held) -> Result<(), RebuildError> {
+    async fn give_back(&self, mut held: Held) -> Result<(), RebuildError> {
+        drop(held.renewing.take());
         match self {
             Handover::Offline => Ok(()),
+            Handover::Leases(h) => {
+                let workers: Vec<String> = held.workers.iter().map(|(w, _)| w.clone()).collect();
+                h.release(&held.leases, &workers).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Renews held leases every third of their ttl until `stop`; cancels `lost` when one is no
+/// longer ours.
+async fn renew_leases(
+    store: LeaseStore,
+    leases: Vec<Lease>,
+    ttl: Duration,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        for lease in &leases {
+            match store.renewal(lease, ttl).await {
+                Ok(Renewal::Lost) => {
+                    tracing::error!(worker = %lease.name, "rebuild: a lease held for the swap was lost");
+                    lost.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(worker = %lease.name, error = %e, "rebuild: renewing a lease failed; retrying")
+                }
+            }
         }
     }
 }
@@ -831,6 +1006,12 @@ impl<'a> Rebuild<'a> {
         held: &Held,
     ) -> Result<Option<RebuildSummary>, RebuildError> {
         let shadow = shadow_name(self.projection);
+        for (worker, epoch) in &held.workers {
+            if let Some(epoch) = epoch {
+                // From here on, a late checkpoint write of a former holder is refused.
+                self.checkpoints.claim(worker, *epoch).await?;
+            }
+        }
         let renamed = !self.collection_exists(&shadow).await?;
         if !renamed {
             // The moment every worker was held: a state write whose operation time is after
@@ -854,6 +1035,12 @@ impl<'a> Rebuild<'a> {
             }
             self.check_not_behind().await?;
             self.copy_indexes(&shadow).await?;
+            if held.lost.is_cancelled() {
+                return Err(RebuildError::Refused(
+                    "a lease held for the swap was lost before the rename; run again to resume"
+                        .into(),
+                ));
+            }
             // Atomic for readers: they see the old read model until here, then the new one
             // (manual: "renameCollection": within a database the rename is atomic).
             self.client
@@ -1002,7 +1189,7 @@ impl<'a> Rebuild<'a> {
         state: &RebuildState,
         held: &Held,
     ) -> Result<(), RebuildError> {
-        for (worker, _epoch) in &held.workers {
+        for (worker, epoch) in &held.workers {
             let previous = self.checkpoints.load(worker).await?;
             let checkpoint = Checkpoint {
                 token: state.token.clone(),
@@ -1010,7 +1197,10 @@ impl<'a> Rebuild<'a> {
                 events_handled: previous.map(|c| c.events_handled).unwrap_or(0),
                 updated_at: DateTime::now(),
             };
-            self.checkpoints.save(worker, &checkpoint).await?;
+            match epoch {
+                Some(epoch) => self.checkpoints.save(worker, &checkpoint, *epoch).await?,
+                None => self.checkpoints.save_unfenced(worker, &checkpoint).await?,
+            }
         }
         Ok(())
     }

@@ -11,11 +11,15 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{TestEnv, event, eventually};
 use futures_util::TryStreamExt;
+use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler};
 use mongo_projector::daemon::Daemon;
+use mongo_projector::lease::{LeaseStore, Renewal};
 use mongo_projector::rebuild::{
-    self, Phase, RebuildError, RebuildOptions, RebuildOutcome, RebuildProgress,
+    self, Handover, LeaseHandover, Phase, RebuildError, RebuildOptions, RebuildOutcome,
+    RebuildProgress,
 };
+use mongo_projector::source::ProjectionWorker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,14 +50,15 @@ fn old_handlers(config: &mut Config) {
     );
 }
 
-/// The changed handlers: deposits are also counted, a field the old read model lacks.
+/// The changed handlers: deposits are also counted, and a new account is marked `version: 2`
+/// (which only a rebuild gives the accounts opened before the change).
 fn new_handlers(config: &mut Config) {
     let p = &mut config.projections[0];
     p.handlers.clear();
     p.handlers.insert(
         "Opened".into(),
         Handler::Operators(doc! {
-            "$set": {"owner": "${data.owner}", "status": "open", "balance": 0i64, "deposits": 0i64},
+            "$set": {"owner": "${data.owner}", "status": "open", "balance": 0i64, "deposits": 0i64, "version": 2i64},
             "$push": {"seen": "${sequenceNumber}"},
         }),
     );
@@ -110,6 +115,7 @@ async fn new_fold(env: &TestEnv) -> BTreeMap<String, Document> {
                 d.insert("status", "open");
                 d.insert("balance", 0i64);
                 d.insert("deposits", 0i64);
+                d.insert("version", 2i64);
             }
             _ => {
                 let b = d.get_i64("balance").unwrap() + data.get_i64("amount").unwrap();
@@ -189,8 +195,8 @@ impl Reader {
                     ));
                 }
                 let mut present = std::collections::HashSet::new();
-                let new_shape_now = docs.iter().any(|d| d.contains_key("deposits"));
-                if new_shape_seen && docs.iter().any(|d| !d.contains_key("deposits")) {
+                let new_shape_now = docs.iter().any(|d| d.contains_key("version"));
+                if new_shape_seen && docs.iter().any(|d| !d.contains_key("version")) {
                     problems.push("the old read model came back after the new one".into());
                 }
                 new_shape_seen |= new_shape_now;
@@ -291,6 +297,79 @@ async fn at_heads(env: &TestEnv, heads: &[i64]) -> bool {
     })
 }
 
+const LEASES: &str = "projector_leases";
+const LEASE_TTL: Duration = Duration::from_millis(900);
+
+/// The live daemon's side of the lease protocol for one projection: acquire the lease, claim
+/// the checkpoint, run the worker; at each renewal, stop the worker gracefully when a handover
+/// is asked for (or the lease is lost), release, and try to acquire again.
+struct LeasedDaemon {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<u32>,
+}
+
+impl LeasedDaemon {
+    fn start(env: &TestEnv, config: &Config) -> LeasedDaemon {
+        let stop = CancellationToken::new();
+        let p = Arc::new(config.projections[0].clone());
+        let checkpoints = CheckpointStore::new(&env.db, &config.checkpoints.collection);
+        let base = ProjectionWorker::new(
+            p.clone(),
+            config.source.clone(),
+            config.checkpoints.clone(),
+            env.db.clone(),
+            checkpoints.clone(),
+            stop.clone(),
+        );
+        let leases = LeaseStore::new(&env.db, LEASES);
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut runs = 0;
+            while !token.is_cancelled() {
+                let Some(lease) = leases
+                    .try_acquire(&p.name, "live", LEASE_TTL)
+                    .await
+                    .unwrap()
+                else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_TTL / 9) => {}
+                        _ = token.cancelled() => {}
+                    }
+                    continue;
+                };
+                checkpoints.claim(&p.name, lease.epoch).await.unwrap();
+                runs += 1;
+                let run_token = token.child_token();
+                let worker = Arc::new(base.for_run(run_token.clone(), lease.epoch));
+                let running = tokio::spawn({
+                    let worker = worker.clone();
+                    async move { worker.run().await }
+                });
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_TTL / 3) => {}
+                        _ = token.cancelled() => break,
+                    }
+                    if leases.renewal(&lease, LEASE_TTL).await.unwrap() != Renewal::Renewed {
+                        break;
+                    }
+                }
+                run_token.cancel();
+                running.await.unwrap().unwrap();
+                leases.release(&lease).await.unwrap();
+            }
+            runs
+        });
+        LeasedDaemon { stop, handle }
+    }
+
+    /// Stops it; returns how many times it held the lease.
+    async fn stop(self) -> u32 {
+        self.stop.cancel();
+        self.handle.await.unwrap()
+    }
+}
+
 fn options() -> RebuildOptions {
     RebuildOptions {
         offline: true,
@@ -383,6 +462,65 @@ async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or
         let names = env.db.list_collection_names().await.unwrap();
         assert!(!names.contains(&shadow.to_string()), "{shadow} left behind");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read_model() {
+    let env = TestEnv::new("rebuild_live").await;
+    let heads = old_read_model(&env, 6).await;
+    // The new handlers are deployed: the live daemon applies them from now on, and the
+    // rebuild recomputes what the old ones had applied.
+    let mut config = env.config();
+    new_handlers(&mut config);
+    let live = LeasedDaemon::start(&env, &config);
+    let reader = Reader::start(&env);
+    let writer = Writer::start(&env, heads);
+    let handover = Handover::Leases(LeaseHandover::new(
+        &env.db,
+        LEASES,
+        LEASE_TTL,
+        Duration::from_secs(20),
+    ));
+    let options = RebuildOptions {
+        offline: false,
+        ..options()
+    };
+    let progress = Arc::new(RebuildProgress::default());
+    let outcome = rebuild::run(
+        &config,
+        &env.client,
+        "accounts",
+        &options,
+        &handover,
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
+    let heads = writer.finish().await;
+    let lease = LeaseStore::new(&env.db, LEASES)
+        .current("accounts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        lease.handover_to, None,
+        "the handover request was withdrawn"
+    );
+    eventually("the live daemon applied every event", WAIT, || async {
+        at_heads(&env, &heads).await
+    })
+    .await;
+    let runs = live.stop().await;
+    assert!(runs >= 2, "the live daemon held the lease {runs} time(s)");
+    let (problems, reads) = reader.finish().await;
+    assert!(problems.is_empty(), "the reader saw: {problems:#?}");
+    assert!(reads > 10, "the reader read only {reads} times");
+    assert_eq!(
+        normalised(read_model(&env).await),
+        normalised(new_fold(&env).await)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
