@@ -169,8 +169,12 @@ impl RebuildProgress {
         s.applied + s.skipped
     }
 
-    /// Now minus the cluster time of the newest event read from the stream; 0 before any.
+    /// Now minus the cluster time of the newest event read from the stream; 0 before any and
+    /// once done.
     pub fn lag_seconds(&self) -> f64 {
+        if self.phase() == Phase::Done {
+            return 0.0;
+        }
         match self.last_event_cluster_secs.load(Ordering::Relaxed) {
             0 => 0.0,
             t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
@@ -641,27 +645,37 @@ impl<'a> Rebuild<'a> {
             _ => self.begin(fingerprint).await?,
         };
         self.progress.set_phase(state.phase);
-        if state.phase == Phase::Building {
-            if !self.scan(&mut state).await? {
-                return Ok(self.interrupted(state.phase));
+        loop {
+            if state.phase == Phase::Building {
+                if !self.scan(&mut state).await? {
+                    return Ok(self.interrupted(state.phase));
+                }
+                state.phase = Phase::CatchingUp;
+                state.scan_from = None;
+                self.states.save(self.projection, &state, None).await?;
+                self.progress.set_phase(state.phase);
+                tracing::info!(projection = %name, scanned = state.scanned, "rebuild: scan complete; catching up with the stream");
             }
-            state.phase = Phase::CatchingUp;
-            state.scan_from = None;
-            self.states.save(self.projection, &state, None).await?;
-            self.progress.set_phase(state.phase);
-            tracing::info!(projection = %name, scanned = state.scanned, "rebuild: scan complete; catching up with the stream");
-        }
-        if state.phase == Phase::CatchingUp {
-            if !self
-                .follow(&mut state, Until::Lag(self.options.max_lag))
-                .await?
-            {
-                return Ok(self.interrupted(state.phase));
+            if state.phase == Phase::CatchingUp {
+                match self
+                    .follow(&mut state, Until::Lag(self.options.max_lag))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(self.interrupted(state.phase)),
+                    Err(RebuildError::Store(e)) if e.action() == ErrorAction::HistoryLost => {
+                        tracing::warn!(projection = %name, error = %e, "rebuild: its position is no longer in the oplog; scanning again from a new one (what the shadow has is kept)");
+                        self.scan_again(&mut state).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(projection = %name, streamed = state.streamed, lag_seconds = self.progress.lag_seconds(), "rebuild: caught up; taking the projection over for the swap");
+                state.phase = Phase::Swapping;
+                self.states.save(self.projection, &state, None).await?;
+                self.progress.set_phase(state.phase);
             }
-            tracing::info!(projection = %name, streamed = state.streamed, lag_seconds = self.progress.lag_seconds(), "rebuild: caught up; taking the projection over for the swap");
-            state.phase = Phase::Swapping;
-            self.states.save(self.projection, &state, None).await?;
-            self.progress.set_phase(state.phase);
+            break;
         }
         let workers = worker_names(self.projection);
         let Some(held) = handover.take(&workers, self.shutdown).await? else {
@@ -739,6 +753,21 @@ impl<'a> Rebuild<'a> {
         self.states.save(self.projection, &state, None).await?;
         tracing::info!(projection = %self.name(), shadow = %shadow_name(self.projection), "rebuild started: scanning the event collection into the shadow");
         Ok(state)
+    }
+
+    /// When the shadow's position has fallen off the oplog: a new position, taken before a new
+    /// scan from the start. The shadow keeps what it has; the guard absorbs it as duplicates.
+    async fn scan_again(&self, state: &mut RebuildState) -> Result<(), RebuildError> {
+        let stream = self.open(None).await?;
+        let Some(token) = stream.resume_token() else {
+            return Err(StoreError::Reply("a new change stream has no resume token".into()).into());
+        };
+        state.token = token;
+        state.phase = Phase::Building;
+        state.scan_from = None;
+        self.states.save(self.projection, state, None).await?;
+        self.progress.set_phase(state.phase);
+        Ok(())
     }
 
     /// The event collection's change stream with the projection's filter.
@@ -991,11 +1020,7 @@ impl<'a> Rebuild<'a> {
                 *backoff = (*backoff * 2).min(self.config.source.reopen_backoff_max);
                 Ok(())
             }
-            ErrorAction::HistoryLost => Err(RebuildError::Refused(format!(
-                "the rebuild's position is no longer in the oplog ({e}); run again with --restart \
-                 (a larger oplog keeps a long rebuild's position)"
-            ))),
-            ErrorAction::Fatal => Err(e.into()),
+            ErrorAction::HistoryLost | ErrorAction::Fatal => Err(e.into()),
         }
     }
 
@@ -1030,8 +1055,18 @@ impl<'a> Rebuild<'a> {
                     StoreError::Reply("the server reported no operation time".into()).into(),
                 );
             };
-            if !self.follow(state, Until::Past(held_at, moment)).await? {
-                return Ok(None);
+            match self.follow(state, Until::Past(held_at, moment)).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(RebuildError::Store(e)) if e.action() == ErrorAction::HistoryLost => {
+                    self.scan_again(state).await?;
+                    return Err(RebuildError::Refused(format!(
+                        "the rebuild's position fell off the oplog during the swap ({e}); the live \
+                         daemon goes on with the old read model; run again to scan from a new \
+                         position (what the shadow has is kept)"
+                    )));
+                }
+                Err(e) => return Err(e),
             }
             self.check_not_behind().await?;
             self.copy_indexes(&shadow).await?;

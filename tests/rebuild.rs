@@ -438,6 +438,20 @@ async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or
         panic!("not swapped: {outcome:?}");
     };
     assert_eq!(progress.phase(), Phase::Done);
+    let monitor = mongo_projector::metrics::Monitor::new(&config, &env.client, Vec::new());
+    monitor.watch_rebuild("accounts", progress.clone());
+    let metrics = monitor.render();
+    for line in [
+        "mongo_projector_rebuild_phase{projection=\"accounts\",phase=\"done\"} 1",
+        "mongo_projector_rebuild_phase{projection=\"accounts\",phase=\"building\"} 0",
+        &format!(
+            "mongo_projector_rebuild_events_scanned_total{{projection=\"accounts\"}} {}",
+            summary.scanned
+        ),
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(progress.applied() >= (ACCOUNTS * 6) as u64);
     assert_eq!(summary.documents, ACCOUNTS as u64);
     assert!(summary.scanned >= (ACCOUNTS * 6) as i64, "{summary:?}");
     // The daemon, with the new handlers deployed, continues from the handed-over position.
@@ -535,14 +549,19 @@ async fn an_interrupted_rebuild_resumes_where_its_scan_stopped() {
     let watcher = {
         let (first, shutdown) = (first.clone(), shutdown.clone());
         tokio::spawn(async move {
-            eventually("half the scan done", WAIT, || async {
-                first.scanned.load(Ordering::Relaxed) >= 60
+            eventually("a part of the scan done", WAIT, || async {
+                first.scanned.load(Ordering::Relaxed) >= 20
             })
             .await;
             shutdown.cancel();
         })
     };
-    let outcome = rebuild_once(&env, &config, &options(), &first, &shutdown)
+    // Small chunks: the scan saves its progress often and takes long enough to be cut.
+    let small_chunks = RebuildOptions {
+        chunk: 2,
+        ..options()
+    };
+    let outcome = rebuild_once(&env, &config, &small_chunks, &first, &shutdown)
         .await
         .unwrap();
     watcher.await.unwrap();
@@ -581,7 +600,7 @@ async fn an_interrupted_rebuild_resumes_where_its_scan_stopped() {
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
     let rescanned = second.scanned.load(Ordering::Relaxed);
     assert!(
-        rescanned < 120 - 25,
+        rescanned <= 110,
         "the second run scanned {rescanned} of 120 events: it did not resume"
     );
     assert_eq!(
@@ -739,4 +758,67 @@ async fn the_swap_keeps_the_read_models_indexes_and_moves_parked_entries() {
         .unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].get_str("reason").unwrap(), "malformed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_whose_position_left_the_oplog_scans_again_and_completes() {
+    let Some(env) = TestEnv::with_small_oplog("rebuild_history_lost", 300).await else {
+        return;
+    };
+    let mut heads = vec![0i64; ACCOUNTS];
+    append(&env, &mut heads, 10).await;
+    let mut config = env.config();
+    new_handlers(&mut config);
+    let shutdown = CancellationToken::new();
+    let first = Arc::new(RebuildProgress::default());
+    let watcher = {
+        let (first, shutdown) = (first.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            eventually("a part of the scan done", WAIT, || async {
+                first.scanned.load(Ordering::Relaxed) >= 20
+            })
+            .await;
+            shutdown.cancel();
+        })
+    };
+    let small_chunks = RebuildOptions {
+        chunk: 2,
+        ..options()
+    };
+    let outcome = rebuild_once(&env, &config, &small_chunks, &first, &shutdown)
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert!(
+        matches!(outcome, RebuildOutcome::Interrupted { .. }),
+        "{outcome:?}"
+    );
+    // Enough other writes to push the rebuild's stream position out of the oplog.
+    let filler: Vec<Document> = (0..400).map(|i| doc! {"i": i}).collect();
+    env.db
+        .collection::<Document>("filler")
+        .insert_many(filler)
+        .await
+        .unwrap();
+    let second = Arc::new(RebuildProgress::default());
+    let outcome = rebuild_once(
+        &env,
+        &config,
+        &options(),
+        &second,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
+    // The rest of the first scan, then the whole collection again from a new position.
+    assert!(
+        second.scanned.load(Ordering::Relaxed) > 120,
+        "scanned {}",
+        second.scanned.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        normalised(read_model(&env).await),
+        normalised(new_fold(&env).await)
+    );
 }
