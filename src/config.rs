@@ -18,7 +18,50 @@ pub struct Config {
     pub checkpoints: CheckpointConfig,
     pub shutdown: ShutdownConfig,
     pub source: SourceConfig,
+    pub leases: LeaseConfig,
     pub projections: Vec<ProjectionConfig>,
+}
+
+/// Leases that let several replicas run side by side: each worker is active in one instance
+/// at a time, and checkpoint writes are fenced by the lease epoch (see [`crate::lease`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseConfig {
+    /// Off: a single instance, checkpoints unfenced.
+    pub enabled: bool,
+    /// How long a lease (and an instance's heartbeat) lasts without renewal: the longest a
+    /// dead holder keeps a worker from running elsewhere.
+    pub ttl: Duration,
+    /// How often leases are renewed and standby workers try to acquire; below `ttl / 2` so
+    /// that one late renewal does not lose the lease.
+    pub renew_every: Duration,
+    /// Lease collection, in the checkpoint database.
+    pub collection: String,
+    /// This instance's name in lease documents; by default the host name (the pod's name),
+    /// the process id and a random suffix, see [`LeaseConfig::holder_id`].
+    pub holder: Option<String>,
+}
+
+/// Heartbeats of running instances, beside the leases in the checkpoint database.
+pub const INSTANCES_COLLECTION: &str = "projector_instances";
+
+impl LeaseConfig {
+    /// The configured holder, or `$HOSTNAME-<pid>-<random>`: unique even when a pod's
+    /// process restarts under the same name, so a restarted instance never inherits the lease
+    /// (and epoch) of the process it replaces.
+    pub fn holder_id(&self) -> String {
+        if let Some(h) = &self.holder {
+            return h.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "mongo-projector".into());
+        format!(
+            "{host}-{}-{:06x}",
+            std::process::id(),
+            rand::random::<u32>() & 0xff_ffff
+        )
+    }
 }
 
 /// The metrics and probes endpoint.
@@ -482,6 +525,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         c.finish(errors);
         cfg
     };
+    let leases = read_leases(&mut r, errors);
     let mut projections = Vec::new();
     match r.get("projections") {
         None => {
@@ -522,8 +566,33 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         checkpoints,
         shutdown,
         source,
+        leases,
         projections,
     }
+}
+
+fn read_leases(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> LeaseConfig {
+    let empty = toml::Table::new();
+    let t = r.table("leases", errors).unwrap_or(&empty);
+    let mut c = TableReader::new(t, "leases");
+    let cfg = LeaseConfig {
+        enabled: c.boolean("enabled", true, errors),
+        ttl: c.duration("ttl", Duration::from_secs(15), errors),
+        renew_every: c.duration("renew_every", Duration::from_secs(5), errors),
+        collection: c
+            .string("collection", errors)
+            .unwrap_or_else(|| "projector_leases".into()),
+        holder: c.string("holder", errors),
+    };
+    if cfg.renew_every * 2 >= cfg.ttl {
+        errors.push(format!(
+            "leases.renew_every: must be less than half of leases.ttl ({}), found {}",
+            humantime::format_duration(cfg.ttl),
+            humantime::format_duration(cfg.renew_every)
+        ));
+    }
+    c.finish(errors);
+    cfg
 }
 
 fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> ProjectionConfig {
@@ -911,6 +980,46 @@ mod tests {
             errors.contains(&"projections[0].name: expected a string, found integer".to_string()),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn leases_default_on_and_renew_well_within_the_ttl() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert!(config.leases.enabled);
+        assert_eq!(config.leases.ttl, Duration::from_secs(15));
+        assert_eq!(config.leases.renew_every, Duration::from_secs(5));
+        assert_eq!(config.leases.collection, "projector_leases");
+        let a = config.leases.holder_id();
+        assert_ne!(
+            a,
+            config.leases.holder_id(),
+            "each instance gets its own id"
+        );
+
+        let text = EXAMPLE.replace(
+            "[shutdown]",
+            "[leases]\nttl = \"4s\"\nrenew_every = \"2s\"\nowner = \"x\"\n[shutdown]",
+        );
+        let errors = Config::parse(&text).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("leases.renew_every: must be less than half of leases.ttl")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("leases.owner: unknown key")),
+            "{errors:?}"
+        );
+        let text = EXAMPLE.replace(
+            "[shutdown]",
+            "[leases]\nenabled = false\nholder = \"pod-a\"\n[shutdown]",
+        );
+        let config = Config::parse(&text).unwrap();
+        assert!(!config.leases.enabled);
+        assert_eq!(config.leases.holder_id(), "pod-a");
     }
 
     #[test]

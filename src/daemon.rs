@@ -1,18 +1,26 @@
 //! The daemon: one worker per projection, all sharing one client and one shutdown token. A
 //! projection that stops for good (its event collection dropped, say) is reported while the
 //! others go on.
+//!
+//! With `[leases] enabled` (the default), each worker runs only while this instance holds its
+//! lease ([`crate::replicas`]), so that several replicas can run side by side.
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::Config;
+use crate::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::{ProjectionStats, StatsSnapshot};
 use mongodb::Client;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A running set of projection workers.
 pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
+    /// This instance among the replicas; `None` with leases disabled.
+    instance: Option<Arc<Instance>>,
+    shutdown: CancellationToken,
 }
 
 /// How each projection ended.
@@ -46,8 +54,22 @@ impl Daemon {
                     shutdown.child_token(),
                 ))
             })
-            .collect();
-        Self { workers }
+            .collect::<Vec<_>>();
+        let instance = config
+            .leases
+            .enabled
+            .then(|| Instance::new(config, client, checkpoints, workers.len()));
+        Self {
+            workers,
+            instance,
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    /// This instance among the replicas (its holder id, its share of leases); `None` with
+    /// leases disabled.
+    pub fn instance(&self) -> Option<&Arc<Instance>> {
+        self.instance.as_ref()
     }
 
     /// Counters per projection, for reporting while running.
@@ -67,14 +89,29 @@ impl Daemon {
     }
 
     /// Runs every projection until shutdown or until each has stopped.
+    ///
+    /// Dropping this future (a crash of the task running it) aborts every worker at once,
+    /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
+        let mut _heartbeat = None;
+        let heartbeat_stop = self.shutdown.child_token();
+        if let Some(instance) = &self.instance {
+            // Count the live instances before taking leases, so that a new instance does not
+            // take every lease only to give most back a moment later.
+            let _ = tokio::time::timeout(FIRST_HEARTBEAT_WAIT, instance.heartbeat()).await;
+            _heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(
+                instance.clone().announce(heartbeat_stop.clone()),
+            )));
+        }
         let mut handles = Vec::new();
         for w in &self.workers {
+            let name = w.config.name.clone();
             let w = w.clone();
-            handles.push((
-                w.config.name.clone(),
-                tokio::spawn(async move { w.run().await }),
-            ));
+            let task = match &self.instance {
+                Some(instance) => tokio::spawn(run_leased(w, instance.clone())),
+                None => tokio::spawn(async move { w.run().await }),
+            };
+            handles.push((name, AbortOnDropHandle::new(task)));
         }
         let mut results = Vec::new();
         for (name, handle) in handles {
@@ -89,6 +126,11 @@ impl Daemon {
                 tracing::error!(projection = %name, error = %e.message, "projection stopped");
             }
             results.push((name, result));
+        }
+        heartbeat_stop.cancel();
+        if let Some(heartbeat) = _heartbeat {
+            // The heartbeat is removed on shutdown, so that others count this instance gone.
+            let _ = heartbeat.await;
         }
         DaemonReport { results }
     }

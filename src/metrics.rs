@@ -69,6 +69,10 @@ catalogue! {
     REBUILD_EVENTS_STREAMED = "mongo_projector_rebuild_events_streamed_total", Counter, "Events a live rebuild read from the change stream after its scan.";
     REBUILD_EVENTS_APPLIED = "mongo_projector_rebuild_events_applied_total", Counter, "Events a live rebuild applied to its shadow read model.";
     REBUILD_LAG = "mongo_projector_rebuild_lag_seconds", Gauge, "Now minus the cluster time of the newest event a live rebuild read from the stream.";
+    LEASE_HELD = "mongo_projector_lease_held", Gauge, "1 while this instance holds the worker's lease and runs it, 0 in standby (only with leases enabled).";
+    LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
+    LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
+    CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
 }
 
 /// The metrics of live rebuilds: reported for the rebuilds a monitor watches, not for the
@@ -220,6 +224,29 @@ impl Collector for ProjectorCollector {
     }
 }
 
+/// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
+/// for readiness (a standby replica is live and ready, so a rolling update can proceed).
+fn standby(p: &Watched) -> bool {
+    p.stats.lease.enabled.load(Ordering::Relaxed) && !p.stats.lease.held.load(Ordering::Relaxed)
+}
+
+/// `/status`'s lease of one worker: `active` with our epoch, `standby` with the holder (if
+/// any) as last seen, or `null` without leases.
+fn lease_status(p: &Watched) -> serde_json::Value {
+    let lease = &p.stats.lease;
+    if !lease.enabled.load(Ordering::Relaxed) {
+        return serde_json::Value::Null;
+    }
+    let view = lease.view();
+    serde_json::json!({
+        "state": if lease.held.load(Ordering::Relaxed) { "active" } else { "standby" },
+        "holder": view.holder,
+        "epoch": view.epoch,
+        "acquisitions": lease.acquisitions.load(Ordering::Relaxed),
+        "losses": lease.losses.load(Ordering::Relaxed),
+    })
+}
+
 fn since_secs(unix_ms: u64) -> f64 {
     (unix_millis().saturating_sub(unix_ms)) as f64 / 1000.0
 }
@@ -330,6 +357,15 @@ impl Monitor {
                 f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
             }
             n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            n if n == LEASE_HELD.name => {
+                if !p.stats.lease.enabled.load(Ordering::Relaxed) {
+                    return None;
+                }
+                f64::from(u8::from(p.stats.lease.held.load(Ordering::Relaxed)))
+            }
+            n if n == LEASE_ACQUISITIONS.name => load(&p.stats.lease.acquisitions) as f64,
+            n if n == LEASE_LOSSES.name => load(&p.stats.lease.losses) as f64,
+            n if n == CHECKPOINT_FENCED.name => load(&p.stats.checkpoint_fenced) as f64,
             _ => return None,
         })
     }
@@ -414,7 +450,7 @@ impl Monitor {
         let stale: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| self.seconds_since_progress(p) > limit)
+            .filter(|p| !standby(p) && self.seconds_since_progress(p) > limit)
             .map(|p| {
                 format!(
                     "{}: no answer from its change stream for {:.1}s",
@@ -434,7 +470,7 @@ impl Monitor {
             problems.push("MongoDB does not answer".to_string());
         }
         let limit = self.http.readiness_max_lag.as_secs_f64();
-        for p in &self.projections {
+        for p in self.projections.iter().filter(|p| !standby(p)) {
             if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
                 problems.push(format!("{}: change stream not open yet", p.name));
             }
@@ -471,6 +507,8 @@ impl Monitor {
                     "streamRestarts": p.stats.restarts_by_reason(),
                     "historyLostRecoveries": s.history_lost_recoveries,
                     "lastError": p.stats.last_error(),
+                    "checkpointFenced": p.stats.checkpoint_fenced.load(Ordering::Relaxed),
+                    "lease": lease_status(p),
                 })
             })
             .collect();
