@@ -529,18 +529,31 @@ async fn renew_leases(
     }
 }
 
-/// The handover a configuration allows: without leases the swap needs `--offline`.
+/// The handover a configuration allows: with leases (`[leases]`, on by default) the live
+/// daemon is asked to hand the projection over; without them the swap needs `--offline`.
 pub fn handover_for(
-    _config: &Config,
-    _client: &Client,
+    config: &Config,
+    client: &Client,
     options: &RebuildOptions,
 ) -> Result<Handover, RebuildError> {
+    if config.leases.enabled {
+        // The holder answers at its next renewal and then drains; a dead holder's lease
+        // expires after the ttl.
+        let timeout =
+            (config.leases.ttl + config.leases.renew_every + config.shutdown.deadline) * 2;
+        return Ok(Handover::Leases(LeaseHandover::new(
+            &client.database(config.checkpoint_database()),
+            &config.leases.collection,
+            config.leases.ttl,
+            timeout,
+        )));
+    }
     if options.offline {
         return Ok(Handover::Offline);
     }
     Err(RebuildError::Refused(
-        "leases are not enabled, so a running daemon cannot hand the projection over for the \
-         swap: stop the daemon (or its projection) and pass --offline"
+        "leases are not enabled ([leases] enabled = false), so a running daemon cannot hand the \
+         projection over for the swap: stop the daemon (or its projection) and pass --offline"
             .into(),
     ))
 }

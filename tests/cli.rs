@@ -193,7 +193,10 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
         "database = \"bank\"",
         &format!("database = \"{}\"", env.db.name()),
     );
-    let path = temp_file("rebuild.toml", &config);
+    let path = temp_file(
+        "rebuild.toml",
+        &config.replace("enabled = true ", "enabled = false"),
+    );
     env.events()
         .insert_many(vec![
             event(

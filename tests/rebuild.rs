@@ -11,15 +11,12 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{TestEnv, event, eventually};
 use futures_util::TryStreamExt;
-use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler};
 use mongo_projector::daemon::Daemon;
-use mongo_projector::lease::{LeaseStore, Renewal};
+use mongo_projector::lease::LeaseStore;
 use mongo_projector::rebuild::{
-    self, Handover, LeaseHandover, Phase, RebuildError, RebuildOptions, RebuildOutcome,
-    RebuildProgress,
+    self, Handover, Phase, RebuildError, RebuildOptions, RebuildOutcome, RebuildProgress,
 };
-use mongo_projector::source::ProjectionWorker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -297,79 +294,6 @@ async fn at_heads(env: &TestEnv, heads: &[i64]) -> bool {
     })
 }
 
-const LEASES: &str = "projector_leases";
-const LEASE_TTL: Duration = Duration::from_millis(900);
-
-/// The live daemon's side of the lease protocol for one projection: acquire the lease, claim
-/// the checkpoint, run the worker; at each renewal, stop the worker gracefully when a handover
-/// is asked for (or the lease is lost), release, and try to acquire again.
-struct LeasedDaemon {
-    stop: CancellationToken,
-    handle: tokio::task::JoinHandle<u32>,
-}
-
-impl LeasedDaemon {
-    fn start(env: &TestEnv, config: &Config) -> LeasedDaemon {
-        let stop = CancellationToken::new();
-        let p = Arc::new(config.projections[0].clone());
-        let checkpoints = CheckpointStore::new(&env.db, &config.checkpoints.collection);
-        let base = ProjectionWorker::new(
-            p.clone(),
-            config.source.clone(),
-            config.checkpoints.clone(),
-            env.db.clone(),
-            checkpoints.clone(),
-            stop.clone(),
-        );
-        let leases = LeaseStore::new(&env.db, LEASES);
-        let token = stop.clone();
-        let handle = tokio::spawn(async move {
-            let mut runs = 0;
-            while !token.is_cancelled() {
-                let Some(lease) = leases
-                    .try_acquire(&p.name, "live", LEASE_TTL)
-                    .await
-                    .unwrap()
-                else {
-                    tokio::select! {
-                        _ = tokio::time::sleep(LEASE_TTL / 9) => {}
-                        _ = token.cancelled() => {}
-                    }
-                    continue;
-                };
-                checkpoints.claim(&p.name, lease.epoch).await.unwrap();
-                runs += 1;
-                let run_token = token.child_token();
-                let worker = Arc::new(base.for_run(run_token.clone(), lease.epoch));
-                let running = tokio::spawn({
-                    let worker = worker.clone();
-                    async move { worker.run().await }
-                });
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(LEASE_TTL / 3) => {}
-                        _ = token.cancelled() => break,
-                    }
-                    if leases.renewal(&lease, LEASE_TTL).await.unwrap() != Renewal::Renewed {
-                        break;
-                    }
-                }
-                run_token.cancel();
-                running.await.unwrap().unwrap();
-                leases.release(&lease).await.unwrap();
-            }
-            runs
-        });
-        LeasedDaemon { stop, handle }
-    }
-
-    /// Stops it; returns how many times it held the lease.
-    async fn stop(self) -> u32 {
-        self.stop.cancel();
-        self.handle.await.unwrap()
-    }
-}
-
 fn options() -> RebuildOptions {
     RebuildOptions {
         offline: true,
@@ -486,20 +410,24 @@ async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read
     // rebuild recomputes what the old ones had applied.
     let mut config = env.config();
     new_handlers(&mut config);
-    let live = LeasedDaemon::start(&env, &config);
+    config.leases.ttl = Duration::from_millis(900);
+    config.leases.renew_every = Duration::from_millis(300);
+    let stop_live = CancellationToken::new();
+    let daemon = Arc::new(Daemon::new(&config, &env.client, &stop_live));
+    let live = tokio::spawn({
+        let daemon = daemon.clone();
+        async move { daemon.run().await }
+    });
+    common::wait_until_tailing(&env, "accounts").await;
     let reader = Reader::start(&env);
     let writer = Writer::start(&env, heads);
-    let handover = Handover::Leases(LeaseHandover::new(
-        &env.db,
-        LEASES,
-        LEASE_TTL,
-        Duration::from_secs(20),
-    ));
     let options = RebuildOptions {
         offline: false,
         ..options()
     };
     let progress = Arc::new(RebuildProgress::default());
+    let handover = rebuild::handover_for(&config, &env.client, &options).unwrap();
+    assert!(matches!(handover, Handover::Leases(_)));
     let outcome = rebuild::run(
         &config,
         &env.client,
@@ -513,21 +441,23 @@ async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read
     .unwrap();
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
     let heads = writer.finish().await;
-    let lease = LeaseStore::new(&env.db, LEASES)
-        .current("accounts")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        lease.handover_to, None,
-        "the handover request was withdrawn"
-    );
     eventually("the live daemon applied every event", WAIT, || async {
         at_heads(&env, &heads).await
     })
     .await;
-    let runs = live.stop().await;
-    assert!(runs >= 2, "the live daemon held the lease {runs} time(s)");
+    // The lease went to the rebuild and back to the daemon (each change of hands is a new
+    // epoch), and the handover request was withdrawn.
+    let lease = LeaseStore::new(&env.db, &config.leases.collection)
+        .current("accounts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.handover_to, None, "{lease:?}");
+    assert_eq!(lease.holder, config.leases.holder, "{lease:?}");
+    assert!(lease.epoch >= 3, "{lease:?}");
+    stop_live.cancel();
+    let report = live.await.unwrap();
+    assert!(report.all_ok(), "{:?}", report.results);
     let (problems, reads) = reader.finish().await;
     assert!(problems.is_empty(), "the reader saw: {problems:#?}");
     assert!(reads > 10, "the reader read only {reads} times");
@@ -699,7 +629,8 @@ async fn a_rebuild_that_would_put_aggregates_back_is_refused_and_changes_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_leases_a_rebuild_needs_the_operators_word_that_the_daemon_is_stopped() {
     let env = TestEnv::new("rebuild_offline").await;
-    let config = env.config();
+    let mut config = env.config();
+    config.leases.enabled = false;
     let options = RebuildOptions {
         offline: false,
         ..options()
@@ -708,6 +639,14 @@ async fn without_leases_a_rebuild_needs_the_operators_word_that_the_daemon_is_st
         panic!("a handover without leases and without --offline");
     };
     assert!(refused.to_string().contains("--offline"), "{refused}");
+    let offline = RebuildOptions {
+        offline: true,
+        ..options
+    };
+    assert!(matches!(
+        rebuild::handover_for(&config, &env.client, &offline),
+        Ok(Handover::Offline)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
