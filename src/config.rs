@@ -996,10 +996,16 @@ mod tests {
             "each instance gets its own id"
         );
 
-        let text = EXAMPLE.replace(
-            "[shutdown]",
-            "[leases]\nttl = \"4s\"\nrenew_every = \"2s\"\nowner = \"x\"\n[shutdown]",
-        );
+        let minimal = r#"
+            [[projections]]
+            name = "p"
+            database = "d"
+            events = "e"
+            target = "t"
+            handlers = { A = { "$set" = { a = 1 } } }
+        "#;
+        let text =
+            format!("[leases]\nttl = \"4s\"\nrenew_every = \"2s\"\nowner = \"x\"\n{minimal}");
         let errors = Config::parse(&text).unwrap_err().0;
         assert!(
             errors
@@ -1013,10 +1019,7 @@ mod tests {
                 .any(|e| e.starts_with("leases.owner: unknown key")),
             "{errors:?}"
         );
-        let text = EXAMPLE.replace(
-            "[shutdown]",
-            "[leases]\nenabled = false\nholder = \"pod-a\"\n[shutdown]",
-        );
+        let text = format!("[leases]\nenabled = false\nholder = \"pod-a\"\n{minimal}");
         let config = Config::parse(&text).unwrap();
         assert!(!config.leases.enabled);
         assert_eq!(config.leases.holder_id(), "pod-a");
