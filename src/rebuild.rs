@@ -182,10 +182,31 @@ impl RebuildProgress {
     }
 }
 
-/// The names under which the live daemon runs a projection's workers (one lease and one
-/// checkpoint each).
-pub fn worker_names(projection: &ProjectionConfig) -> Vec<String> {
-    vec![projection.name.clone()]
+/// The names under which the daemon may run a projection's workers, each with its own lease
+/// and checkpoint: the projection's own name, and the `<projection>/...` names of its
+/// partition workers (under any partition count) found as `_id`s in `coll` (the lease or the
+/// checkpoint collection). Read from the stores rather than the configuration, so that workers
+/// of a running daemon whose partition count differs from this configuration's are included.
+pub async fn worker_names(
+    projection: &str,
+    coll: &Collection<Document>,
+) -> Result<Vec<String>, StoreError> {
+    // Every string that starts with "<projection>/" sorts between it and "<projection>0"
+    // ('0' follows '/'): a range on `_id` instead of a regular expression.
+    let mut cursor = coll
+        .find(doc! {"_id": {"$gt": format!("{projection}/"), "$lt": format!("{projection}0")}})
+        .projection(doc! {"_id": 1})
+        .await?;
+    let mut names = vec![projection.to_string()];
+    while let Some(d) = cursor.try_next().await? {
+        if let Ok(name) = d.get_str("_id")
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The shadow read-model collection of a projection.
@@ -334,6 +355,8 @@ pub enum Handover {
 /// The lease side of a [`Handover`].
 pub struct LeaseHandover {
     pub store: LeaseStore,
+    /// The same lease collection, read for the projection's worker names.
+    leases: Collection<Document>,
     /// This rebuild's holder name.
     pub holder: String,
     /// Lease and handover-request time-to-live; both are renewed every third of it.
@@ -347,25 +370,34 @@ impl LeaseHandover {
     pub fn new(db: &Database, collection: &str, ttl: Duration, timeout: Duration) -> Self {
         Self {
             store: LeaseStore::new(db, collection),
+            leases: db.collection(collection),
             holder: format!("rebuild-{}", bson::oid::ObjectId::new().to_hex()),
             ttl,
             timeout,
         }
     }
 
-    /// Asks every holder to hand over and acquires every lease; `None` on shutdown. Gives up,
-    /// releasing what it got, after `timeout`.
+    /// Asks every holder to hand over and acquires every lease of `known` workers and of the
+    /// projection's workers found in the lease collection (looked up again until no new one
+    /// appears); `None` on shutdown. Gives up, releasing what it got, after `timeout`.
     async fn take(
         &self,
-        workers: &[String],
+        projection: &str,
+        known: &[String],
         shutdown: &CancellationToken,
     ) -> Result<Option<Vec<Lease>>, RebuildError> {
         let deadline = Instant::now() + self.timeout;
         let mut held: Vec<Lease> = Vec::new();
+        let mut workers: Vec<String> = known.to_vec();
         let mut asked_at: Option<Instant> = None;
         let outcome = loop {
             if shutdown.is_cancelled() {
                 break Ok(None);
+            }
+            for name in worker_names(projection, &self.leases).await? {
+                if !workers.contains(&name) {
+                    workers.push(name);
+                }
             }
             let waiting: Vec<&String> = workers
                 .iter()
@@ -412,7 +444,7 @@ impl LeaseHandover {
         match outcome {
             Ok(Some(())) => Ok(Some(held)),
             other => {
-                self.release(&held, workers).await?;
+                self.release(&held, &workers).await?;
                 other.map(|_| None)
             }
         }
@@ -445,13 +477,15 @@ struct Held {
 }
 
 impl Handover {
-    /// Takes every worker of the projection; returns once none of them runs any more, or
-    /// `None` on shutdown.
+    /// Takes every worker of the projection (`known`, and with leases every one found in the
+    /// lease collection); returns once none of them runs any more, or `None` on shutdown.
     async fn take(
         &self,
-        workers: &[String],
+        projection: &str,
+        known: &[String],
         shutdown: &CancellationToken,
     ) -> Result<Option<Held>, RebuildError> {
+        let workers = known;
         match self {
             Handover::Offline => Ok(Some(Held {
                 workers: workers.iter().map(|w| (w.clone(), None)).collect(),
@@ -460,7 +494,7 @@ impl Handover {
                 renewing: None,
             })),
             Handover::Leases(h) => {
-                let Some(leases) = h.take(workers, shutdown).await? else {
+                let Some(leases) = h.take(projection, workers, shutdown).await? else {
                     return Ok(None);
                 };
                 let lost = CancellationToken::new();
@@ -588,6 +622,8 @@ struct Rebuild<'a> {
     db: Database,
     states: StateStore,
     checkpoints: CheckpointStore,
+    /// The checkpoint collection, read for the projection's worker names.
+    checkpoint_names: Collection<Document>,
     /// The guarded applier with the shadow as target and the shadow parked collection.
     applier: Applier,
     progress: &'a Arc<RebuildProgress>,
@@ -623,6 +659,7 @@ impl<'a> Rebuild<'a> {
             applier: Applier::new(Arc::new(shadow), &db, progress.stats.clone()),
             states: StateStore::new(&checkpoint_db),
             checkpoints: CheckpointStore::new(&checkpoint_db, &config.checkpoints.collection),
+            checkpoint_names: checkpoint_db.collection(&config.checkpoints.collection),
             db,
             config,
             projection,
@@ -690,8 +727,8 @@ impl<'a> Rebuild<'a> {
             }
             break;
         }
-        let workers = worker_names(self.projection);
-        let Some(held) = handover.take(&workers, self.shutdown).await? else {
+        let workers = worker_names(self.name(), &self.checkpoint_names).await?;
+        let Some(held) = handover.take(self.name(), &workers, self.shutdown).await? else {
             return Ok(self.interrupted(state.phase));
         };
         let swapped = self.swap(&mut state, &held).await;

@@ -11,9 +11,10 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{TestEnv, event, eventually};
 use futures_util::TryStreamExt;
+use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler};
 use mongo_projector::daemon::Daemon;
-use mongo_projector::lease::LeaseStore;
+use mongo_projector::lease::{LeaseStore, Renewal};
 use mongo_projector::rebuild::{
     self, Handover, Phase, RebuildError, RebuildOptions, RebuildOutcome, RebuildProgress,
 };
@@ -760,4 +761,84 @@ async fn a_rebuild_whose_position_left_the_oplog_scans_again_and_completes() {
         normalised(read_model(&env).await),
         normalised(new_fold(&env).await)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_of_the_projection_is_handed_over_partitions_included() {
+    let env = TestEnv::new("rebuild_workers").await;
+    old_read_model(&env, 3).await;
+    let config = {
+        let mut c = env.config();
+        new_handlers(&mut c);
+        c
+    };
+    let checkpoints = CheckpointStore::new(&env.db, &config.checkpoints.collection);
+    // A partition worker's checkpoint from an earlier partition count, and a partition worker
+    // running elsewhere under its lease, which hands it over when asked.
+    let old = checkpoints.load("accounts").await.unwrap().unwrap();
+    checkpoints
+        .save_unfenced("accounts/p0of2", &old)
+        .await
+        .unwrap();
+    let leases = LeaseStore::new(&env.db, &config.leases.collection);
+    let other = leases
+        .try_acquire("accounts/p1of2", "other", config.leases.ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let holder = tokio::spawn({
+        let leases = leases.clone();
+        let ttl = config.leases.ttl;
+        async move {
+            loop {
+                match leases.renewal(&other, ttl).await.unwrap() {
+                    Renewal::Renewed => {}
+                    Renewal::HandoverRequested => {
+                        leases.release(&other).await.unwrap();
+                        return true;
+                    }
+                    Renewal::Lost => return false,
+                }
+                // The holder's renewal period.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let progress = Arc::new(RebuildProgress::default());
+    let options = RebuildOptions {
+        offline: false,
+        ..options()
+    };
+    let outcome = rebuild_once(
+        &env,
+        &config,
+        &options,
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
+    assert!(
+        holder.await.unwrap(),
+        "the partition's holder was asked to hand over"
+    );
+    let state = env
+        .db
+        .collection::<Document>("projector_rebuilds")
+        .find_one(doc! {"_id": "accounts"})
+        .await
+        .unwrap()
+        .unwrap();
+    let handed_over: mongodb::change_stream::event::ResumeToken =
+        bson::from_bson(state.get("token").unwrap().clone()).unwrap();
+    for worker in ["accounts", "accounts/p0of2", "accounts/p1of2"] {
+        let c = checkpoints.load(worker).await.unwrap().unwrap();
+        assert_eq!(c.token, handed_over, "{worker}");
+    }
+    // Taken from "other" (epoch 1), the partition's lease was the rebuild's at epoch 2, which
+    // fenced the checkpoint; released since.
+    assert_eq!(checkpoints.epoch("accounts/p1of2").await.unwrap(), Some(2));
+    let lease = leases.current("accounts/p1of2").await.unwrap().unwrap();
+    assert_eq!((lease.holder, lease.handover_to), (None, None));
 }
