@@ -688,8 +688,17 @@ impl<'a> Rebuild<'a> {
                      it and start over"
                 )));
             }
-            Some(s) if s.phase != Phase::Done => {
+            Some(mut s) if s.phase != Phase::Done => {
                 tracing::info!(projection = %name, phase = s.phase.as_str(), scanned = s.scanned, streamed = s.streamed, "resuming the rebuild");
+                // A swap that stopped before the rename catches up again first, so that the
+                // live workers are held only for the last events.
+                if s.phase == Phase::Swapping
+                    && self
+                        .collection_exists(&shadow_name(self.projection))
+                        .await?
+                {
+                    s.phase = Phase::CatchingUp;
+                }
                 s
             }
             _ => self.begin(fingerprint).await?,
