@@ -241,6 +241,9 @@ struct RebuildState {
     scanned: i64,
     streamed: i64,
     started_at: DateTime,
+    /// When the swap held every worker: the projection's parked entries older than this
+    /// belong to the old read model.
+    held_at: Option<DateTime>,
 }
 
 /// The `projector_rebuilds` collection.
@@ -291,6 +294,7 @@ impl StateStore {
                 .get_datetime("startedAt")
                 .copied()
                 .unwrap_or_else(|_| DateTime::now()),
+            held_at: d.get_datetime("heldAt").ok().copied(),
         }))
     }
 
@@ -314,6 +318,9 @@ impl StateStore {
             "startedAt": state.started_at,
             "updatedAt": DateTime::now(),
         };
+        if let Some(t) = state.held_at {
+            set.insert("heldAt", t);
+        }
         let mut update = doc! {};
         match &state.scan_from {
             Some(from) => {
@@ -808,6 +815,7 @@ impl<'a> Rebuild<'a> {
             scanned: 0,
             streamed: 0,
             started_at: DateTime::now(),
+            held_at: None,
         };
         self.states.save(self.projection, &state, None).await?;
         tracing::info!(projection = %self.name(), shadow = %shadow_name(self.projection), "rebuild started: scanning the event collection into the shadow");
@@ -1105,6 +1113,7 @@ impl<'a> Rebuild<'a> {
                 .start_session()
                 .await
                 .map_err(StoreError::from)?;
+            state.held_at = Some(DateTime::now());
             self.states
                 .save(self.projection, state, Some(&mut session))
                 .await?;
@@ -1150,7 +1159,7 @@ impl<'a> Rebuild<'a> {
             tracing::info!(projection = %self.name(), "rebuild: shadow renamed over the read model");
         }
         self.hand_over_checkpoints(state, held).await?;
-        let parked = self.move_parked().await?;
+        let parked = self.move_parked(state).await?;
         state.phase = Phase::Done;
         self.states.save(self.projection, state, None).await?;
         self.progress.set_phase(Phase::Done);
@@ -1301,15 +1310,19 @@ impl<'a> Rebuild<'a> {
 
     /// Replaces the projection's parked entries with the rebuilt read model's (the old ones
     /// describe a read model that no longer exists), then drops the shadow parked collection.
-    /// Idempotent, so an interrupted swap can run it again. Returns the entries moved.
-    async fn move_parked(&self) -> Result<u64, RebuildError> {
+    /// Only entries parked before the workers were held are the old read model's: should a
+    /// crash after the rename let the daemon run on the new read model before this runs again,
+    /// what it parked meanwhile is kept. Idempotent. Returns the entries moved.
+    async fn move_parked(&self, state: &RebuildState) -> Result<u64, RebuildError> {
         let shadow = self.applier.parked.collection().clone();
         let live = self
             .db
             .collection::<Document>(&self.projection.parking.collection);
-        live.delete_many(doc! {"projection": self.name()})
-            .await
-            .map_err(StoreError::from)?;
+        let mut old = doc! {"projection": self.name()};
+        if let Some(t) = state.held_at {
+            old.insert("firstParkedAt", doc! {"$lte": t});
+        }
+        live.delete_many(old).await.map_err(StoreError::from)?;
         let mut cursor = shadow.find(doc! {}).await.map_err(StoreError::from)?;
         let mut moved = 0;
         while let Some(entry) = cursor.try_next().await.map_err(StoreError::from)? {

@@ -662,7 +662,7 @@ async fn the_swap_keeps_the_read_models_indexes_and_moves_parked_entries() {
         .unwrap();
     // An old parked entry of the projection, which the rebuilt read model does not have.
     env.parked()
-        .insert_one(doc! {"_id": {"projection": "accounts", "aggregateId": "gone", "sequenceNumber": 9i64}, "projection": "accounts", "state": "dead"})
+        .insert_one(doc! {"_id": {"projection": "accounts", "aggregateId": "gone", "sequenceNumber": 9i64}, "projection": "accounts", "state": "dead", "firstParkedAt": bson::DateTime::now()})
         .await
         .unwrap();
     // A malformed event: the rebuilt read model's dead letter replaces the old entries.
