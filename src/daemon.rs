@@ -59,6 +59,12 @@ impl Daemon {
             .leases
             .enabled
             .then(|| Instance::new(config, client, checkpoints, workers.len()));
+        if let Some(instance) = &instance {
+            // Standby from the start: a monitor built before `run` already sees leases.
+            for w in &workers {
+                w.stats.lease.enable(&instance.holder);
+            }
+        }
         Self {
             workers,
             instance,

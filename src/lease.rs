@@ -176,6 +176,30 @@ impl LeaseStore {
         })
     }
 
+    /// Raises our lease's epoch above `above` while we still hold it: for a checkpoint that
+    /// carries a newer epoch than the lease, which happens only when the lease documents were
+    /// lost (collection dropped or renamed) while the checkpoints were kept. `None` when the
+    /// lease is no longer ours.
+    pub async fn raise_epoch(
+        &self,
+        lease: &Lease,
+        above: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let epoch = above.max(lease.epoch) + 1;
+        let matched = self
+            .coll
+            .update_one(
+                doc! {"_id": &lease.name, "holder": &lease.holder, "epoch": lease.epoch},
+                doc! {"$set": {"epoch": epoch}},
+            )
+            .await?
+            .matched_count;
+        Ok((matched == 1).then(|| Lease {
+            epoch,
+            ..lease.clone()
+        }))
+    }
+
     /// Gives the lease up at once (graceful stop), keeping the epoch: the next holder takes
     /// it without waiting for the ttl.
     pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

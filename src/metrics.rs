@@ -224,6 +224,15 @@ impl Collector for ProjectorCollector {
     }
 }
 
+/// Gauges of a worker's own stream and checkpoint, not exported while it is in standby.
+const STALE_IN_STANDBY: &[MetricDef] = &[
+    LAG,
+    CHECKPOINT_AGE,
+    OPLOG_HEADROOM,
+    CAUGHT_UP,
+    SINCE_PROGRESS,
+];
+
 /// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
 /// for readiness (a standby replica is live and ready, so a rolling update can proceed).
 fn standby(p: &Watched) -> bool {
@@ -240,6 +249,7 @@ fn lease_status(p: &Watched) -> serde_json::Value {
     let view = lease.view();
     serde_json::json!({
         "state": if lease.held.load(Ordering::Relaxed) { "active" } else { "standby" },
+        "instance": lease.instance(),
         "holder": view.holder,
         "epoch": view.epoch,
         "acquisitions": lease.acquisitions.load(Ordering::Relaxed),
@@ -320,6 +330,11 @@ impl Monitor {
     /// The value of a plain (non-histogram, non-restart) metric for one projection; `None`
     /// when it is not known yet.
     fn value(&self, def: &MetricDef, p: &Watched) -> Option<f64> {
+        // A standby worker's progress figures are those of its last active period, if any:
+        // absent, so that alerts on them (taking the max over instances) see the active one.
+        if standby(p) && STALE_IN_STANDBY.iter().any(|d| d.name == def.name) {
+            return None;
+        }
         let s = p.stats.snapshot();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Some(match def.name {

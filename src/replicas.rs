@@ -29,12 +29,72 @@ pub struct Instance {
     instances: InstanceStore,
     checkpoints: CheckpointStore,
     config: LeaseConfig,
-    /// Workers this instance runs (active or standby).
+    pub share: FairShare,
+}
+
+/// How many leases one instance may hold: an equal share of its workers among the live
+/// instances, rounded up so that every worker has a place. Every instance runs the same
+/// workers, so the shares add up to at least the number of workers.
+#[derive(Debug)]
+pub struct FairShare {
     workers: usize,
-    /// Leases held or being acquired, kept within [`Instance::share`].
+    /// Leases held or being acquired, kept within [`FairShare::limit`].
     held: AtomicUsize,
     /// Live instances at the last heartbeat, this one included.
     live: AtomicUsize,
+}
+
+impl FairShare {
+    pub fn new(workers: usize) -> Self {
+        FairShare {
+            workers,
+            held: AtomicUsize::new(0),
+            live: AtomicUsize::new(1),
+        }
+    }
+
+    /// Most leases this instance may hold now.
+    pub fn limit(&self) -> usize {
+        self.workers
+            .div_ceil(self.live.load(Ordering::Relaxed).max(1))
+            .max(1)
+    }
+
+    /// Leases held (or being acquired) now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Records the number of live instances; returns the previous one.
+    pub fn set_live(&self, live: usize) -> usize {
+        self.live.swap(live.max(1), Ordering::Relaxed)
+    }
+
+    /// Takes a place for one more lease, if within the limit.
+    pub fn reserve(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                (h < self.limit()).then_some(h + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back (the lease was not acquired, or is no longer held).
+    pub fn unreserve(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_sub(1));
+    }
+
+    /// Gives up a place when over the limit: true for exactly as many callers as there are
+    /// places too many, each of which then releases its lease.
+    pub fn yield_one(&self) -> bool {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
+                (h > self.limit()).then(|| h - 1)
+            })
+            .is_ok()
+    }
 }
 
 /// How an active period ended.
@@ -64,48 +124,8 @@ impl Instance {
             instances: InstanceStore::new(&db, INSTANCES_COLLECTION),
             checkpoints,
             config: config.leases.clone(),
-            workers,
-            held: AtomicUsize::new(0),
-            live: AtomicUsize::new(1),
+            share: FairShare::new(workers),
         })
-    }
-
-    /// Most leases this instance may hold: an equal share of the workers among the live
-    /// instances, rounded up so that every worker has a place.
-    pub fn share(&self) -> usize {
-        self.workers
-            .div_ceil(self.live.load(Ordering::Relaxed).max(1))
-            .max(1)
-    }
-
-    /// Leases held (or being acquired) now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// Takes a place for one more lease, if within the share.
-    fn reserve(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
-                (h < self.share()).then_some(h + 1)
-            })
-            .is_ok()
-    }
-
-    fn unreserve(&self) {
-        let _ = self
-            .held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_sub(1));
-    }
-
-    /// Gives up a place when over the share; true for exactly as many callers as there are
-    /// places too many.
-    fn yield_one(&self) -> bool {
-        self.held
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
-                (h > self.share()).then(|| h - 1)
-            })
-            .is_ok()
     }
 
     /// Renews this instance's heartbeat once and counts the live instances.
@@ -116,9 +136,8 @@ impl Instance {
             .await
         {
             Ok(live) => {
-                let before = self.live.swap(live, Ordering::Relaxed);
-                if before != live {
-                    tracing::info!(holder = %self.holder, live, share = self.share(), "live instances changed");
+                if self.share.set_live(live) != live {
+                    tracing::info!(holder = %self.holder, live, share = self.share.limit(), "live instances changed");
                 }
             }
             Err(e) => {
@@ -152,10 +171,10 @@ pub async fn run_leased(
     let name = worker.config.name.clone();
     let stop = worker.shutdown.clone();
     let lease_stats = &worker.stats.lease;
-    lease_stats.enabled.store(true, Ordering::Relaxed);
+    lease_stats.enable(&instance.holder);
     let ttl = instance.config.ttl;
     while !stop.is_cancelled() {
-        if instance.reserve() {
+        if instance.share.reserve() {
             let asked_at = Instant::now();
             match instance
                 .leases
@@ -166,9 +185,9 @@ pub async fn run_leased(
                     active(&worker, &instance, lease, asked_at).await?;
                     continue;
                 }
-                Ok(None) => instance.unreserve(),
+                Ok(None) => instance.share.unreserve(),
                 Err(e) => {
-                    instance.unreserve();
+                    instance.share.unreserve();
                     tracing::warn!(worker = %name, holder = %instance.holder, error = %e, "cannot acquire the lease; will retry");
                 }
             }
@@ -203,16 +222,31 @@ async fn active(
     stats.record_progress(false);
 
     // From here on, every checkpoint write of an older holder is refused.
-    let claimed = instance.checkpoints.claim(name, lease.epoch).await;
+    let (lease, claimed) = match claim(instance, &lease).await {
+        Ok(claimed) => (claimed.clone(), Ok(claimed)),
+        Err(e) => (lease, Err(e)),
+    };
+    let name = &lease.name;
     let (result, ending) = match claimed {
         Err(e) => {
             tracing::warn!(worker = %name, holder = %lease.holder, epoch = lease.epoch, error = %e, "cannot claim the checkpoint; back to standby");
-            if matches!(e, StoreError::Fenced(_)) {
+            let fenced = matches!(e, StoreError::Fenced(_));
+            if fenced {
                 ProjectionStats::add(&stats.checkpoint_fenced, 1);
             }
-            (Ok(()), RenewalEnd::Lost)
+            (
+                Ok(()),
+                if fenced {
+                    RenewalEnd::Lost
+                } else {
+                    RenewalEnd::RunStopped
+                },
+            )
         }
-        Ok(()) => {
+        Ok(_) => {
+            stats
+                .lease
+                .set_view(Some(lease.holder.clone()), lease.epoch);
             let child = template.shutdown.child_token();
             let run = template.for_run(child.clone(), lease.epoch);
             let renewer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep_renewed(
@@ -235,7 +269,7 @@ async fn active(
     };
     stats.lease.held.store(false, Ordering::Relaxed);
     if ending != RenewalEnd::Yielded {
-        instance.unreserve();
+        instance.share.unreserve();
     }
     match ending {
         RenewalEnd::Lost => {
@@ -262,6 +296,29 @@ async fn active(
     result
 }
 
+/// Raises the checkpoint's epoch to the lease's. A checkpoint with a newer epoch than the
+/// lease still held by us means the lease documents were lost while the checkpoints were
+/// kept: the lease's epoch is then raised above it (conditional on still holding the lease).
+async fn claim(instance: &Instance, lease: &Lease) -> Result<Lease, StoreError> {
+    let checkpoints = &instance.checkpoints;
+    match checkpoints.claim(&lease.name, lease.epoch).await {
+        Ok(()) => Ok(lease.clone()),
+        Err(StoreError::Fenced(_)) => {
+            let stored = checkpoints.epoch(&lease.name).await?.unwrap_or(0);
+            let Some(raised) = instance.leases.raise_epoch(lease, stored).await? else {
+                return Err(StoreError::Fenced(format!(
+                    "lease {} was taken while claiming its checkpoint",
+                    lease.name
+                )));
+            };
+            tracing::warn!(worker = %lease.name, holder = %lease.holder, epoch = raised.epoch, checkpoint_epoch = stored, "the checkpoint had a newer epoch than the lease (lease documents lost?): epoch raised");
+            checkpoints.claim(&raised.name, raised.epoch).await?;
+            Ok(raised)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Renews `lease` every `renew_every` until `run` is cancelled; cancels it when the lease is
 /// lost, not renewed within the ttl, asked for, or to be yielded.
 async fn keep_renewed(
@@ -285,7 +342,7 @@ async fn keep_renewed(
             attempt = tokio::time::timeout_at(deadline, instance.leases.renewal(&lease, ttl)) => match attempt {
                 Ok(Ok(Renewal::Renewed)) => {
                     renewed_at = sent;
-                    if instance.yield_one() {
+                    if instance.share.yield_one() {
                         RenewalEnd::Yielded
                     } else {
                         continue;
@@ -311,3 +368,48 @@ async fn keep_renewed(
 /// How long to wait for the first heartbeat before workers start: a short bound, so that an
 /// unreachable server delays nothing more than it would anyway.
 pub const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_instance_may_hold_every_lease() {
+        let share = FairShare::new(3);
+        assert!(share.reserve() && share.reserve() && share.reserve());
+        assert!(!share.reserve());
+        assert!(!share.yield_one());
+        assert_eq!(share.held(), 3);
+    }
+
+    #[test]
+    fn more_instances_make_the_holder_yield_the_extra_leases() {
+        let share = FairShare::new(3);
+        for _ in 0..3 {
+            assert!(share.reserve());
+        }
+        share.set_live(2); // ceil(3 / 2) = 2: exactly one lease too many
+        assert_eq!(share.limit(), 2);
+        assert!(share.yield_one());
+        assert!(!share.yield_one());
+        assert!(!share.reserve());
+        share.set_live(3);
+        assert!(share.yield_one());
+        assert_eq!(share.held(), 1);
+        // Fewer instances again: room to take leases back.
+        share.set_live(1);
+        assert!(share.reserve() && share.reserve());
+        assert_eq!(share.held(), 3);
+    }
+
+    #[test]
+    fn a_worker_always_has_a_place_somewhere() {
+        let share = FairShare::new(1);
+        share.set_live(5);
+        assert_eq!(share.limit(), 1);
+        share.set_live(0); // never below this instance itself
+        assert_eq!(share.limit(), 1);
+        share.unreserve(); // nothing held: stays at zero
+        assert_eq!(share.held(), 0);
+    }
+}

@@ -58,6 +58,8 @@ pub struct LeaseStats {
     pub losses: AtomicU64,
     /// While active: our epoch. While standby: the holder and epoch last seen.
     pub view: Mutex<LeaseView>,
+    /// This instance's holder id.
+    pub instance: Mutex<String>,
 }
 
 /// The lease as last seen, for `/status`.
@@ -74,6 +76,19 @@ impl LeaseStats {
 
     pub fn view(&self) -> LeaseView {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Marks the worker as run under a lease, by the instance `holder`.
+    pub fn enable(&self, holder: &str) {
+        self.enabled.store(true, Ordering::Relaxed);
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = holder.to_string();
+    }
+
+    pub fn instance(&self) -> String {
+        self.instance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

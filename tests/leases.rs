@@ -393,13 +393,120 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
     let lease = &status["projections"][0]["lease"];
     assert_eq!(lease["state"], "standby");
     assert_eq!(lease["holder"], holder.as_str());
+    assert_eq!(lease["instance"], standby.holder.as_str());
     let metrics = monitor.render();
     assert!(
         metrics.contains("mongo_projector_lease_held{projection=\"accounts\"} 0"),
         "{metrics}"
     );
+    assert!(
+        !metrics.contains("mongo_projector_lag_seconds{"),
+        "a standby worker has no lag of its own: {metrics}"
+    );
+    let on_active = Monitor::new(&config, &active.client, active.stats.clone());
+    let status = on_active.status();
+    let lease = &status["projections"][0]["lease"];
+    let current = LeaseStore::new(&env.db, "projector_leases")
+        .current("accounts")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease["state"], "active");
+    assert_eq!(lease["epoch"], current.epoch);
+    assert!(
+        on_active
+            .render()
+            .contains("mongo_projector_lease_held{projection=\"accounts\"} 1")
+    );
+
+    // A graceful stop releases the lease: the standby instance takes over without waiting
+    // for the ttl, and goes on from the final checkpoint.
+    let (active, standby) = if holder == a.holder { (a, b) } else { (b, a) };
+    active.stop().await;
+    let leases = LeaseStore::new(&env.db, "projector_leases");
+    let after = leases.current("accounts").await.unwrap().unwrap();
+    assert_ne!(after.holder.as_deref(), Some(holder.as_str()), "released");
+    wait_until_active(&env, &[&standby], &standby.holder).await;
+    insert(&env, AGGREGATES, 41, 50).await;
+    wait_until_applied(&env, AGGREGATES, 50).await;
+    assert_folded(&env, AGGREGATES, 50).await;
+    assert_eq!(standby.worker("accounts").snapshot().received, 40);
+    standby.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_hands_its_lease_over_on_request() {
+    let env = TestEnv::new("handover").await;
+    let config = leased_config(&env);
+    let a = start_replica(&env, &config, "inst-a").await;
+    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
+    wait_until_tailing(&env, "accounts").await;
+    insert(&env, AGGREGATES, 1, 10).await;
+    wait_until_applied(&env, AGGREGATES, 10).await;
+
+    let leases = LeaseStore::new(&env.db, "projector_leases");
+    let ttl = Duration::from_secs(60);
+    leases
+        .request_handover("accounts", "rebuild", ttl)
+        .await
+        .unwrap();
+    eventually("A stops and releases", WAIT, || async {
+        !a.holds("accounts")
+            && leases
+                .current("accounts")
+                .await
+                .unwrap()
+                .unwrap()
+                .holder
+                .is_none()
+    })
+    .await;
+    let taken = leases
+        .try_acquire("accounts", "rebuild", ttl)
+        .await
+        .unwrap()
+        .expect("reserved for the requester");
+    // A's final checkpoint covers everything it applied.
+    let checkpoints = CheckpointStore::new(&env.db, "projector_checkpoints");
+    assert_eq!(
+        checkpoints
+            .load("accounts")
+            .await
+            .unwrap()
+            .unwrap()
+            .events_handled,
+        40
+    );
+    leases.release(&taken).await.unwrap();
+    leases.clear_handover("accounts", "rebuild").await.unwrap();
+
+    wait_until_active(&env, &[&a], "inst-a").await;
+    let back = leases.current("accounts").await.unwrap().unwrap();
+    assert_eq!(back.epoch, taken.epoch + 1);
+    insert(&env, AGGREGATES, 11, 20).await;
+    wait_until_applied(&env, AGGREGATES, 20).await;
+    assert_folded(&env, AGGREGATES, 20).await;
     a.stop().await;
-    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_lease_documents_do_not_lock_the_workers_out() {
+    let env = TestEnv::new("lease_docs_lost").await;
+    let config = leased_config(&env);
+    // Checkpoints fenced at epoch 7, but no lease document (its collection was dropped).
+    let checkpoints = CheckpointStore::new(&env.db, "projector_checkpoints");
+    checkpoints.claim("accounts", 7).await.unwrap();
+    let a = start_replica(&env, &config, "inst-a").await;
+    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
+    wait_until_tailing(&env, "accounts").await;
+    let leases = LeaseStore::new(&env.db, "projector_leases");
+    let lease = leases.current("accounts").await.unwrap().unwrap();
+    assert_eq!(lease.epoch, 8);
+    assert_eq!(checkpoints.epoch("accounts").await.unwrap(), Some(8));
+    insert(&env, AGGREGATES, 1, 10).await;
+    wait_until_applied(&env, AGGREGATES, 10).await;
+    assert_folded(&env, AGGREGATES, 10).await;
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
