@@ -99,13 +99,14 @@ impl Daemon {
     /// Dropping this future (a crash of the task running it) aborts every worker at once,
     /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
-        let mut _heartbeat = None;
+        let mut heartbeat = None;
         let heartbeat_stop = self.shutdown.child_token();
         if let Some(instance) = &self.instance {
+            tracing::info!(holder = %instance.holder, workers = self.workers.len(), "leases enabled: each worker runs while this instance holds its lease");
             // Count the live instances before taking leases, so that a new instance does not
             // take every lease only to give most back a moment later.
             let _ = tokio::time::timeout(FIRST_HEARTBEAT_WAIT, instance.heartbeat()).await;
-            _heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(
+            heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(
                 instance.clone().announce(heartbeat_stop.clone()),
             )));
         }
@@ -134,7 +135,7 @@ impl Daemon {
             results.push((name, result));
         }
         heartbeat_stop.cancel();
-        if let Some(heartbeat) = _heartbeat {
+        if let Some(heartbeat) = heartbeat {
             // The heartbeat is removed on shutdown, so that others count this instance gone.
             let _ = heartbeat.await;
         }

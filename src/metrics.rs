@@ -236,11 +236,15 @@ const STALE_IN_STANDBY: &[MetricDef] = &[
 /// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
 /// for readiness (a standby replica is live and ready, so a rolling update can proceed).
 fn standby(p: &Watched) -> bool {
-    p.stats.lease.enabled.load(Ordering::Relaxed) && !p.stats.lease.held.load(Ordering::Relaxed)
+    let lease = &p.stats.lease;
+    lease.enabled.load(Ordering::Relaxed)
+        && lease.standby.load(Ordering::Relaxed)
+        && !lease.held.load(Ordering::Relaxed)
 }
 
 /// `/status`'s lease of one worker: `active` with our epoch, `standby` with the holder (if
-/// any) as last seen, or `null` without leases.
+/// any) as last seen, `starting` before the first attempt (or while the server cannot be
+/// asked), or `null` without leases.
 fn lease_status(p: &Watched) -> serde_json::Value {
     let lease = &p.stats.lease;
     if !lease.enabled.load(Ordering::Relaxed) {
@@ -248,7 +252,13 @@ fn lease_status(p: &Watched) -> serde_json::Value {
     }
     let view = lease.view();
     serde_json::json!({
-        "state": if lease.held.load(Ordering::Relaxed) { "active" } else { "standby" },
+        "state": if lease.held.load(Ordering::Relaxed) {
+            "active"
+        } else if lease.standby.load(Ordering::Relaxed) {
+            "standby"
+        } else {
+            "starting"
+        },
         "instance": lease.instance(),
         "holder": view.holder,
         "epoch": view.epoch,

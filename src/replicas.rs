@@ -174,6 +174,7 @@ pub async fn run_leased(
     lease_stats.enable(&instance.holder);
     let ttl = instance.config.ttl;
     while !stop.is_cancelled() {
+        let mut waiting = true;
         if instance.share.reserve() {
             let asked_at = Instant::now();
             match instance
@@ -182,16 +183,19 @@ pub async fn run_leased(
                 .await
             {
                 Ok(Some(lease)) => {
+                    lease_stats.standby.store(false, Ordering::Relaxed);
                     active(&worker, &instance, lease, asked_at).await?;
                     continue;
                 }
                 Ok(None) => instance.share.unreserve(),
                 Err(e) => {
+                    waiting = false;
                     instance.share.unreserve();
                     tracing::warn!(worker = %name, holder = %instance.holder, error = %e, "cannot acquire the lease; will retry");
                 }
             }
         }
+        lease_stats.standby.store(waiting, Ordering::Relaxed);
         if let Ok(Some(state)) = instance.leases.current(&name).await {
             lease_stats.set_view(state.holder, state.epoch);
         }

@@ -53,6 +53,10 @@ pub struct LeaseStats {
     pub enabled: AtomicBool,
     /// This instance holds the lease and runs the worker.
     pub held: AtomicBool,
+    /// The last attempt found the lease held elsewhere (or this instance at its share): the
+    /// worker waits. False before the first attempt, so a starting worker is not counted as
+    /// a standby one.
+    pub standby: AtomicBool,
     pub acquisitions: AtomicU64,
     /// Leases lost to expiry, to another holder, or to a refused checkpoint write.
     pub losses: AtomicU64,
