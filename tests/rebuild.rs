@@ -842,3 +842,60 @@ async fn every_worker_of_the_projection_is_handed_over_partitions_included() {
     let lease = leases.current("accounts/p1of2").await.unwrap().unwrap();
     assert_eq!((lease.holder, lease.handover_to), (None, None));
 }
+
+/// The swap relies on this: within a database, `renameCollection` with `dropTarget: true` is
+/// atomic for readers (manual: "renameCollection": it holds an exclusive lock on both
+/// collections, and operations on them wait until it completes), so a reader sees the old
+/// collection or the new one, never none or a partial one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_over_a_collection_never_shows_readers_a_missing_or_partial_one() {
+    let env = TestEnv::new("rebuild_rename").await;
+    let target = env.db.collection::<Document>("model");
+    let docs = |round: i64| -> Vec<Document> {
+        (0..50i64)
+            .map(|i| doc! {"_id": i, "round": round})
+            .collect()
+    };
+    target.insert_many(docs(0)).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = tokio::spawn({
+        let (target, stop) = (target.clone(), stop.clone());
+        async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let all: Vec<Document> = target
+                    .find(doc! {})
+                    .batch_size(1000)
+                    .await
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                let rounds: std::collections::BTreeSet<i64> =
+                    all.iter().filter_map(|d| d.get_i64("round").ok()).collect();
+                seen.push((all.len(), rounds.len()));
+            }
+            seen
+        }
+    });
+    for round in 1..=20 {
+        let shadow = env.db.collection::<Document>("model_rebuild");
+        shadow.insert_many(docs(round)).await.unwrap();
+        env.client
+            .database("admin")
+            .run_command(doc! {
+                "renameCollection": format!("{}.model_rebuild", env.db.name()),
+                "to": format!("{}.model", env.db.name()),
+                "dropTarget": true,
+            })
+            .await
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = reader.await.unwrap();
+    assert!(seen.len() > 5, "only {} reads", seen.len());
+    let bad: Vec<_> = seen.iter().filter(|s| **s != (50, 1)).collect();
+    assert!(bad.is_empty(), "reads of (documents, rounds) {bad:?}");
+    let last = target.find_one(doc! {"_id": 0i64}).await.unwrap().unwrap();
+    assert_eq!(last.get_i64("round").unwrap(), 20);
+}
