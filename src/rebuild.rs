@@ -1215,8 +1215,10 @@ impl<'a> Rebuild<'a> {
                 let ids: Vec<Bson> = page.iter().map(|(id, _)| id.clone()).collect();
                 let rebuilt = self.applier.read_model.stored_sequences(&ids).await?;
                 for (id, seq) in page.drain(..) {
-                    let new = rebuilt.get(&AggregateKey::of(&id)).copied().unwrap_or(0);
-                    if new < seq {
+                    // A document missing from the shadow would disappear for readers.
+                    let new = rebuilt.get(&AggregateKey::of(&id)).copied();
+                    if new.is_none_or(|new| new < seq) {
+                        let new = new.unwrap_or(0);
                         total_behind += 1;
                         if behind.len() < 10 {
                             let id = match id {
