@@ -18,6 +18,7 @@ pub struct Config {
     pub checkpoints: CheckpointConfig,
     pub shutdown: ShutdownConfig,
     pub source: SourceConfig,
+    pub audit: AuditConfig,
     pub leases: LeaseConfig,
     pub projections: Vec<ProjectionConfig>,
 }
@@ -110,6 +111,14 @@ pub struct SourceConfig {
     /// Most events one lane takes into one batch (each round of a batch is one `update`
     /// command with at most one statement per aggregate).
     pub batch_size: usize,
+}
+
+/// The periodic drift audit inside the daemon (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditConfig {
+    /// How often every projection's read model is compared with its event collection;
+    /// `None` (absent or `"0s"`): never.
+    pub every: Option<Duration>,
 }
 
 /// Lanes when the configuration does not say: two per core, at least 4, at most 16. A lane
@@ -525,6 +534,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         c.finish(errors);
         cfg
     };
+    let audit = read_audit(&mut r, errors);
     let leases = read_leases(&mut r, errors);
     let mut projections = Vec::new();
     match r.get("projections") {
@@ -566,11 +576,42 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         checkpoints,
         shutdown,
         source,
+        audit,
         leases,
         projections,
     }
 }
 
+/// `[audit]`: `every` is a duration where `"0s"` (like leaving it out) turns the audit off.
+fn read_audit(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> AuditConfig {
+    let empty = toml::Table::new();
+    let t = r.table("audit", errors).unwrap_or(&empty);
+    let mut c = TableReader::new(t, "audit");
+    let every = match c.get("every") {
+        None => None,
+        Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!(
+                    "audit.every: not a duration like \"1h\" or \"0s\" (off): {e}"
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(format!(
+                "audit.every: expected a duration string like \"1h\", found {}",
+                other.type_str()
+            ));
+            None
+        }
+    };
+    c.finish(errors);
+    AuditConfig { every }
+}
+
+/// `[leases]`: `renew_every` must leave room for one late renewal within `ttl`.
 fn read_leases(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> LeaseConfig {
     let empty = toml::Table::new();
     let t = r.table("leases", errors).unwrap_or(&empty);
@@ -980,6 +1021,38 @@ mod tests {
             errors.contains(&"projections[0].name: expected a string, found integer".to_string()),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn the_audit_runs_only_when_asked_to() {
+        let minimal = r#"
+            [[projections]]
+            name = "p"
+            database = "d"
+            events = "e"
+            target = "t"
+            handlers = { A = { "$set" = { a = 1 } } }
+        "#;
+        let every =
+            |audit: &str| Config::parse(&format!("{audit}\n{minimal}")).map(|c| c.audit.every);
+        assert_eq!(every(""), Ok(None));
+        assert_eq!(every("[audit]\nevery = \"0s\""), Ok(None));
+        assert_eq!(
+            every("[audit]\nevery = \"1h\""),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        let errors = every("[audit]\nevery = \"often\"\nrepair = true")
+            .unwrap_err()
+            .0;
+        assert!(
+            errors[0].starts_with("audit.every: not a duration"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("audit.repair: unknown key"),
+            "{errors:?}"
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]

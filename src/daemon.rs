@@ -18,6 +18,7 @@ use tokio_util::task::AbortOnDropHandle;
 /// A running set of projection workers.
 pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
+    audit: Option<crate::audit::BackgroundAudit>,
     /// This instance among the replicas; `None` with leases disabled.
     instance: Option<Arc<Instance>>,
     shutdown: CancellationToken,
@@ -41,7 +42,7 @@ impl Daemon {
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
         );
-        let workers = config
+        let workers: Vec<Arc<ProjectionWorker>> = config
             .projections
             .iter()
             .map(|p| {
@@ -54,7 +55,13 @@ impl Daemon {
                     shutdown.child_token(),
                 ))
             })
-            .collect::<Vec<_>>();
+            .collect();
+        let audit = crate::audit::BackgroundAudit::new(
+            config,
+            client,
+            shutdown,
+            workers.iter().map(|w| (w.config.clone(), w.stats.clone())),
+        );
         let instance = config
             .leases
             .enabled
@@ -67,6 +74,7 @@ impl Daemon {
         }
         Self {
             workers,
+            audit,
             instance,
             shutdown: shutdown.clone(),
         }
@@ -99,6 +107,7 @@ impl Daemon {
     /// Dropping this future (a crash of the task running it) aborts every worker at once,
     /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
+        let _audit = self.audit.clone().map(crate::audit::BackgroundAudit::spawn);
         let mut heartbeat = None;
         let heartbeat_stop = self.shutdown.child_token();
         if let Some(instance) = &self.instance {

@@ -5,6 +5,7 @@
 //! Events that cannot be applied yet are parked ([`park`]); see `ARCHITECTURE.md`.
 
 pub mod apply;
+pub mod audit;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

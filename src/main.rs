@@ -50,6 +50,29 @@ enum Command {
         #[command(subcommand)]
         action: ParkedAction,
     },
+    /// Compare the read model with the event collection: aggregates behind, ahead, missing or
+    /// with a gap in their events; exits 0 when nothing is out of step, 1 when something is
+    /// (and was not repaired), 2 on error.
+    Audit {
+        #[arg(long)]
+        config: PathBuf,
+        /// The projection to audit.
+        #[arg(long)]
+        projection: String,
+        /// Heal what is found through the sequence guard (safe while the daemon runs).
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many out-of-step aggregates to list (all are counted and repaired).
+        #[arg(long, default_value_t = 20)]
+        examples: usize,
+        /// Look again after this long at aggregates that seem behind or missing, so that a
+        /// running daemon's lag is not reported as drift (e.g. "30s").
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        settle: std::time::Duration,
+    },
     /// Run the example domain end to end on an embedded test server.
     Demo {
         #[arg(long, default_value_t = 200)]
@@ -229,6 +252,30 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             runtime().block_on(parked(config, uri, action))
+        }
+        Command::Audit {
+            config,
+            projection,
+            repair,
+            json,
+            examples,
+            settle,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!("MONGODB_URI is not set: it must hold the connection string");
+                return ExitCode::from(2);
+            };
+            let options = mongo_projector::audit::AuditOptions {
+                examples,
+                repair,
+                settle,
+            };
+            runtime().block_on(audit(config, uri, projection, options, json))
         }
         Command::Demo {
             accounts,
@@ -572,4 +619,50 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
+}
+
+async fn audit(
+    config: Config,
+    uri: String,
+    projection: String,
+    options: mongo_projector::audit::AuditOptions,
+    json: bool,
+) -> ExitCode {
+    let Some(p) = config.projection(&projection) else {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "no projection {projection:?} in the configuration (known: {})",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let audit = mongo_projector::audit::Audit::new(
+        std::sync::Arc::new(p.clone()),
+        &client.database(&p.database),
+    );
+    match audit.run(options).await {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.unresolved() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("audit of {projection} failed: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

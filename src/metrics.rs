@@ -39,7 +39,7 @@ macro_rules! catalogue {
     ($($ident:ident = $name:literal, $kind:ident, $help:literal;)*) => {
         $(pub const $ident: MetricDef = MetricDef { name: $name, kind: Kind::$kind, help: $help };)*
         /// Every metric the daemon exports (besides the standard `process_*` ones), each with
-        /// the label `projection` (restarts also `reason`).
+        /// the label `projection` (restarts also `reason`, audit drift also `kind`).
         pub const CATALOGUE: &[MetricDef] = &[$($ident),*];
     };
 }
@@ -56,7 +56,7 @@ catalogue! {
     EVENTS_DEAD_LETTERED = "mongo_projector_events_dead_lettered_total", Counter, "Events dead-lettered (malformed, refused by the server, or a gap never filled).";
     EVENTS_MALFORMED = "mongo_projector_events_malformed_total", Counter, "Event documents that could not be decoded.";
     APPLY_DURATION = "mongo_projector_apply_duration_seconds", Histogram, "Duration of guarded writes.";
-    LAG = "mongo_projector_lag_seconds", Gauge, "Now minus the cluster time of the newest applied event; 0 when caught up.";
+    LAG = "mongo_projector_lag_seconds", Gauge, "How long the oldest event not yet applied has waited (now minus its cluster time; the newest applied event's while between batches); 0 when caught up.";
     CHECKPOINT_AGE = "mongo_projector_checkpoint_age_seconds", Gauge, "Time since the last checkpoint write.";
     OPLOG_HEADROOM = "mongo_projector_oplog_headroom_seconds", Gauge, "Cluster time covered by the stored checkpoint minus the oldest oplog entry's time: how long until the stored token would be lost.";
     STREAM_RESTARTS = "mongo_projector_stream_restarts_total", Counter, "Change stream re-opens, by reason.";
@@ -64,6 +64,9 @@ catalogue! {
     CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
     SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
     CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
+    AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
+    AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
+    AUDIT_LAST_RUN = "mongo_projector_audit_last_run_timestamp_seconds", Gauge, "Unix time when the last background drift audit completed.";
     REBUILD_PHASE = "mongo_projector_rebuild_phase", Gauge, "1 for the phase a live rebuild is in (label phase: building, catching_up, swapping, done), 0 for the others.";
     REBUILD_EVENTS_SCANNED = "mongo_projector_rebuild_events_scanned_total", Counter, "Events a live rebuild read from the event collection.";
     REBUILD_EVENTS_STREAMED = "mongo_projector_rebuild_events_streamed_total", Counter, "Events a live rebuild read from the change stream after its scan.";
@@ -191,6 +194,20 @@ impl Collector for ProjectorCollector {
                             ));
                         }
                     }
+                    n if n == AUDIT_DRIFT.name => {
+                        for kind in crate::audit::DriftKind::ALL {
+                            if let Some(count) = p.stats.audit.drift(kind) {
+                                metrics.push(sample(
+                                    vec![
+                                        label("projection", &p.name),
+                                        label("kind", kind.as_str()),
+                                    ],
+                                    Kind::Gauge,
+                                    count as f64,
+                                ));
+                            }
+                        }
+                    }
                     n if n == APPLY_DURATION.name => {
                         let (buckets, count, sum) = p.stats.apply_seconds.read();
                         let mut h = proto::Histogram::default();
@@ -307,6 +324,8 @@ impl Monitor {
             .filter_map(|d| {
                 let labels = if d.name == STREAM_RESTARTS.name {
                     vec!["projection".to_string(), "reason".to_string()]
+                } else if d.name == AUDIT_DRIFT.name {
+                    vec!["projection".to_string(), "kind".to_string()]
                 } else if d.name == REBUILD_PHASE.name {
                     vec!["projection".to_string(), "phase".to_string()]
                 } else {
@@ -382,6 +401,11 @@ impl Monitor {
                 f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
             }
             n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            n if n == AUDIT_RUNS.name => load(&p.stats.audit.runs) as f64,
+            n if n == AUDIT_LAST_RUN.name => match load(&p.stats.audit.last_run_ms) {
+                0 => return None,
+                ms => ms as f64 / 1000.0,
+            },
             n if n == LEASE_HELD.name => {
                 if !p.stats.lease.enabled.load(Ordering::Relaxed) {
                     return None;
@@ -444,7 +468,14 @@ impl Monitor {
         if p.stats.caught_up.load(Ordering::Relaxed) {
             return 0.0;
         }
-        match p.stats.last_event_cluster_secs.load(Ordering::Relaxed) {
+        // The read model reflects everything before the oldest event still in flight: the
+        // lag is how long that event has waited. With nothing in flight (between batches of
+        // a backlog), the last applied event is the best known position.
+        let since = match p.stats.oldest_pending_cluster_secs.load(Ordering::Relaxed) {
+            0 => p.stats.last_event_cluster_secs.load(Ordering::Relaxed),
+            pending => pending,
+        };
+        match since {
             0 => 0.0,
             t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
         }

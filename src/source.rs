@@ -379,6 +379,10 @@ impl ProjectionWorker {
                         Err(e) => break Err(StoreError::Reply(e)),
                     };
                     let ticket = watermark.issue((change.token.clone(), change.cluster_time));
+                    if watermark.in_flight() == 1 {
+                        self.stats
+                            .record_oldest_pending(change.cluster_time.map(|t| t.time));
+                    }
                     match change.event {
                         Ok(event) => {
                             let lane = lane_of(&event.aggregate_id, pending.len());
@@ -429,6 +433,8 @@ impl ProjectionWorker {
             }
         }
         self.advance(&mut watermark, position).await;
+        // Whatever was not handled is read again by the next stream, which reports it anew.
+        self.stats.record_oldest_pending(None);
         match (result, failure) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(e)) if !self.shutdown.is_cancelled() => Err(e),
@@ -521,6 +527,11 @@ impl ProjectionWorker {
         if finalized == 0 {
             return;
         }
+        self.stats.record_oldest_pending(
+            watermark
+                .oldest_pending()
+                .and_then(|(_, cluster_time)| cluster_time.map(|t| t.time)),
+        );
         if let Some((token, cluster_time)) = watermark.safe() {
             position.token = Some(token.clone());
             position.cluster_time = cluster_time.or(position.cluster_time);

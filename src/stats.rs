@@ -33,12 +33,16 @@ pub struct ProjectionStats {
     pub last_event_cluster_secs: AtomicU64,
     /// True once the stream has answered with an empty batch after the last event.
     pub caught_up: AtomicBool,
+    /// Cluster time (seconds) of the oldest event read but not yet handled; 0 when none.
+    pub oldest_pending_cluster_secs: AtomicU64,
     /// Unix milliseconds of the last successful checkpoint write.
     pub last_checkpoint_ms: AtomicU64,
     /// Cluster time (seconds) of the newest event covered by the stored checkpoint.
     pub checkpoint_cluster_secs: AtomicU64,
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
+    /// The last background drift audit's findings.
+    pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
     /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
     pub checkpoint_fenced: AtomicU64,
@@ -193,6 +197,12 @@ impl ProjectionStats {
             self.last_event_cluster_secs
                 .fetch_max(t as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The oldest event not yet handled changed (`None`: nothing is in flight).
+    pub fn record_oldest_pending(&self, cluster_secs: Option<u32>) {
+        self.oldest_pending_cluster_secs
+            .store(cluster_secs.map_or(0, u64::from), Ordering::Relaxed);
     }
 
     pub fn record_checkpoint(&self, cluster_secs: Option<u32>) {
