@@ -743,6 +743,13 @@ impl<'a> Rebuild<'a> {
             }
             break;
         }
+        // Index builds take time: done here, the live workers are not held during them (the
+        // swap builds again only what the read model gained meanwhile; an existing identical
+        // index is left alone).
+        let shadow = shadow_name(self.projection);
+        if self.collection_exists(&shadow).await? {
+            self.copy_indexes(&shadow).await?;
+        }
         let workers = worker_names(self.name(), &self.checkpoint_names).await?;
         let Some(held) = handover.take(self.name(), &workers, self.shutdown).await? else {
             return Ok(self.interrupted(state.phase));
