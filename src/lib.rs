@@ -19,6 +19,7 @@ pub mod lease;
 pub mod metrics;
 pub mod park;
 pub mod projection;
+pub mod rebuild;
 pub mod replicas;
 pub mod shutdown;
 pub mod source;

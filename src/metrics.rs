@@ -8,6 +8,7 @@
 
 use crate::config::{Config, HttpConfig};
 use crate::park::ParkedStore;
+use crate::rebuild::{Phase, RebuildProgress};
 use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, Document, doc};
 use mongodb::Client;
@@ -66,10 +67,21 @@ catalogue! {
     AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
     AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
     AUDIT_LAST_RUN = "mongo_projector_audit_last_run_timestamp_seconds", Gauge, "Unix time when the last background drift audit completed.";
+    REBUILD_PHASE = "mongo_projector_rebuild_phase", Gauge, "1 for the phase a live rebuild is in (label phase: building, catching_up, swapping, done), 0 for the others.";
+    REBUILD_EVENTS_SCANNED = "mongo_projector_rebuild_events_scanned_total", Counter, "Events a live rebuild read from the event collection.";
+    REBUILD_EVENTS_STREAMED = "mongo_projector_rebuild_events_streamed_total", Counter, "Events a live rebuild read from the change stream after its scan.";
+    REBUILD_EVENTS_APPLIED = "mongo_projector_rebuild_events_applied_total", Counter, "Events a live rebuild applied to its shadow read model.";
+    REBUILD_LAG = "mongo_projector_rebuild_lag_seconds", Gauge, "Now minus the cluster time of the newest event a live rebuild read from the stream.";
     LEASE_HELD = "mongo_projector_lease_held", Gauge, "1 while this instance holds the worker's lease and runs it, 0 in standby (only with leases enabled).";
     LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
     LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
     CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
+}
+
+/// The metrics of live rebuilds: reported for the rebuilds a monitor watches, not for the
+/// daemon's projections.
+fn is_rebuild_metric(def: &MetricDef) -> bool {
+    def.name.starts_with("mongo_projector_rebuild_")
 }
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
@@ -102,6 +114,8 @@ pub struct Monitor {
     pub http: HttpConfig,
     pub projections: Vec<Watched>,
     pub server: ServerGauges,
+    /// Live rebuilds reported by this process (`mongo-projector rebuild --metrics-address`).
+    rebuilds: std::sync::Mutex<Vec<(String, Arc<RebuildProgress>)>>,
     registry: Registry,
     started: Instant,
 }
@@ -161,7 +175,14 @@ impl Collector for ProjectorCollector {
         let mut out = Vec::new();
         for def in CATALOGUE {
             let mut metrics = Vec::new();
-            for p in &monitor.projections {
+            if is_rebuild_metric(def) {
+                metrics = monitor.rebuild_samples(def);
+            }
+            for p in monitor
+                .projections
+                .iter()
+                .filter(|_| !is_rebuild_metric(def))
+            {
                 let labels = || vec![label("projection", &p.name)];
                 match def.name {
                     n if n == STREAM_RESTARTS.name => {
@@ -294,6 +315,7 @@ impl Monitor {
             http: config.http.clone(),
             projections,
             server: ServerGauges::default(),
+            rebuilds: Default::default(),
             registry: Registry::new(),
             started: Instant::now(),
         });
@@ -304,6 +326,8 @@ impl Monitor {
                     vec!["projection".to_string(), "reason".to_string()]
                 } else if d.name == AUDIT_DRIFT.name {
                     vec!["projection".to_string(), "kind".to_string()]
+                } else if d.name == REBUILD_PHASE.name {
+                    vec!["projection".to_string(), "phase".to_string()]
                 } else {
                     vec!["projection".to_string()]
                 };
@@ -393,6 +417,50 @@ impl Monitor {
             n if n == CHECKPOINT_FENCED.name => load(&p.stats.checkpoint_fenced) as f64,
             _ => return None,
         })
+    }
+
+    /// Reports a live rebuild's progress under the rebuild metrics.
+    pub fn watch_rebuild(&self, projection: &str, progress: Arc<RebuildProgress>) {
+        if let Ok(mut rebuilds) = self.rebuilds.lock() {
+            rebuilds.push((projection.to_string(), progress));
+        }
+    }
+
+    fn rebuild_samples(&self, def: &MetricDef) -> Vec<proto::Metric> {
+        let Ok(rebuilds) = self.rebuilds.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, r) in rebuilds.iter() {
+            let labels = || vec![label("projection", name)];
+            match def.name {
+                n if n == REBUILD_PHASE.name => {
+                    for phase in Phase::ALL {
+                        out.push(sample(
+                            vec![label("projection", name), label("phase", phase.as_str())],
+                            Kind::Gauge,
+                            f64::from(u8::from(r.phase() == phase)),
+                        ));
+                    }
+                }
+                n if n == REBUILD_EVENTS_SCANNED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.scanned.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_STREAMED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.streamed.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_APPLIED.name => {
+                    out.push(sample(labels(), def.kind, r.applied() as f64))
+                }
+                n if n == REBUILD_LAG.name => out.push(sample(labels(), def.kind, r.lag_seconds())),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// 0 when caught up; otherwise now minus the cluster time of the newest handled event.
