@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -348,18 +347,7 @@ async fn the_command_exits_1_on_drift_0_once_repaired_and_2_on_error() {
 
 /// A plain HTTP/1.1 GET of `path`: the body.
 async fn get(address: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    common::http_get(address, path).await.1
 }
 
 /// The value of the sample of `name` whose labels include every one of `labels`.

@@ -3,7 +3,7 @@
 mod common;
 
 use bson::doc;
-use common::{TestEnv, event, eventually, stored_sequence};
+use common::{TestEnv, event, eventually, stored_document, stored_sequence};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,6 +18,22 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
+}
+
+/// Inserts two events of `aggregate`: its opening (owner "o") and a deposit of 5.
+async fn open_with_a_deposit(env: &TestEnv, aggregate: &str) {
+    env.events()
+        .insert_many(vec![
+            event(
+                aggregate,
+                1,
+                "AccountOpened",
+                doc! {"owner": "o", "currency": "EUR"},
+            ),
+            event(aggregate, 2, "Deposited", doc! {"amount": 5i64}),
+        ])
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -101,18 +117,7 @@ async fn sigterm_drains_checkpoints_and_exits_zero() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    env.events()
-        .insert_many(vec![
-            event(
-                "s",
-                1,
-                "AccountOpened",
-                doc! {"owner": "o", "currency": "EUR"},
-            ),
-            event("s", 2, "Deposited", doc! {"amount": 5i64}),
-        ])
-        .await
-        .unwrap();
+    open_with_a_deposit(&env, "s").await;
     eventually(
         "the daemon applied both events",
         Duration::from_secs(30),
@@ -197,18 +202,7 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
         "rebuild.toml",
         &config.replace("enabled = true ", "enabled = false"),
     );
-    env.events()
-        .insert_many(vec![
-            event(
-                "r",
-                1,
-                "AccountOpened",
-                doc! {"owner": "o", "currency": "EUR"},
-            ),
-            event("r", 2, "Deposited", doc! {"amount": 5i64}),
-        ])
-        .await
-        .unwrap();
+    open_with_a_deposit(&env, "r").await;
     // A read model the current handlers would not produce.
     env.accounts()
         .insert_one(
@@ -255,12 +249,7 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
         stdout.contains("rebuilt accounts: 2 events scanned"),
         "{stdout}"
     );
-    let account = env
-        .accounts()
-        .find_one(doc! {"_id": "r"})
-        .await
-        .unwrap()
-        .unwrap();
+    let account = stored_document(&env, "r").await.unwrap();
     assert_eq!(account.get_str("owner").unwrap(), "o");
     assert_eq!(account.get_i64("balance").unwrap(), 5);
 }

@@ -6,9 +6,10 @@
 
 mod common;
 
-use bson::{Bson, DateTime, doc};
+use bson::{DateTime, doc};
 use common::{
-    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+    TestEnv, event, eventually, recording_projection, seen, stored_document, stored_sequence,
+    wait_until_tailing,
 };
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::config::Config;
@@ -267,18 +268,6 @@ impl Replica {
     }
 }
 
-async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
-    env.accounts()
-        .find_one(doc! {"_id": aggregate})
-        .await
-        .unwrap()
-        .and_then(|d| d.get_array("seen").ok().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Bson::as_i64)
-        .collect()
-}
-
 /// Inserts events `from..=to` of each aggregate, interleaved.
 async fn insert(env: &TestEnv, aggregates: &[&str], from: i64, to: i64) {
     let mut batch = Vec::new();
@@ -303,12 +292,7 @@ async fn wait_until_applied(env: &TestEnv, aggregates: &[&str], upto: i64) {
 async fn assert_folded(env: &TestEnv, aggregates: &[&str], upto: i64) {
     for a in aggregates {
         assert_eq!(seen(env, a).await, (1..=upto).collect::<Vec<_>>(), "{a}");
-        let d = env
-            .accounts()
-            .find_one(doc! {"_id": *a})
-            .await
-            .unwrap()
-            .unwrap();
+        let d = stored_document(env, a).await.unwrap();
         assert_eq!(d.get_i64("applications").unwrap(), upto, "{a}");
     }
 }
@@ -367,11 +351,16 @@ async fn start_sole_replica(env: &TestEnv, config: &Config, holder: &str) -> Rep
     replica
 }
 
+/// Inserts events `from..=to` of every aggregate and waits until they are applied.
+async fn insert_and_wait(env: &TestEnv, from: i64, to: i64) {
+    insert(env, AGGREGATES, from, to).await;
+    wait_until_applied(env, AGGREGATES, to).await;
+}
+
 /// Inserts events `from..=to` of every aggregate, waits until they are applied and checks
 /// the read model is their in-order fold.
 async fn insert_and_check_folded(env: &TestEnv, from: i64, to: i64) {
-    insert(env, AGGREGATES, from, to).await;
-    wait_until_applied(env, AGGREGATES, to).await;
+    insert_and_wait(env, from, to).await;
     assert_folded(env, AGGREGATES, to).await;
 }
 
@@ -451,8 +440,7 @@ async fn the_holder_hands_its_lease_over_on_request() {
     let env = TestEnv::new("handover").await;
     let config = leased_config(&env);
     let a = start_sole_replica(&env, &config, "inst-a").await;
-    insert(&env, AGGREGATES, 1, 10).await;
-    wait_until_applied(&env, AGGREGATES, 10).await;
+    insert_and_wait(&env, 1, 10).await;
 
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let ttl = Duration::from_secs(60);
@@ -551,8 +539,7 @@ async fn a_paused_holder_is_fenced_and_cannot_move_the_checkpoint_back() {
     let env = TestEnv::new("holder_paused").await;
     let config = leased_config(&env);
     let a = start_sole_replica(&env, &config, "inst-a").await;
-    insert(&env, AGGREGATES, 1, 20).await;
-    wait_until_applied(&env, AGGREGATES, 20).await;
+    insert_and_wait(&env, 1, 20).await;
     let b = start_replica(&env, &config, "inst-b").await;
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let first = leases.current("accounts").await.unwrap().unwrap();
@@ -617,8 +604,7 @@ async fn three_instances_restarted_continue_from_the_checkpoint() {
     }
     wait_for_holder(&env, &replicas.iter().collect::<Vec<_>>()).await;
     wait_until_tailing(&env, "accounts").await;
-    insert(&env, AGGREGATES, 1, 30).await;
-    wait_until_applied(&env, AGGREGATES, 30).await;
+    insert_and_wait(&env, 1, 30).await;
     for r in replicas.drain(..) {
         r.stop().await;
     }

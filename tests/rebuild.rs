@@ -9,7 +9,7 @@
 mod common;
 
 use bson::{Bson, Document, doc};
-use common::{TestEnv, event, eventually};
+use common::{TestEnv, documents, event, eventually};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler};
@@ -132,15 +132,9 @@ async fn new_fold(env: &TestEnv) -> BTreeMap<String, Document> {
 
 /// The read model as stored, without `_id`, keyed by it.
 async fn read_model(env: &TestEnv) -> BTreeMap<String, Document> {
-    let docs: Vec<Document> = env
-        .accounts()
-        .find(doc! {})
+    documents(&env.accounts(), doc! {})
         .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    docs.into_iter()
+        .into_iter()
         .map(|mut d| {
             let id = d.get_str("_id").unwrap().to_string();
             d.remove("_id");
@@ -666,14 +660,7 @@ async fn the_swap_keeps_the_read_models_indexes_and_moves_parked_entries() {
     assert_eq!(summary.parked, 1);
     let indexes: Vec<String> = env.accounts().list_index_names().await.unwrap();
     assert!(indexes.contains(&"by_owner".to_string()), "{indexes:?}");
-    let parked: Vec<Document> = env
-        .parked()
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let parked = documents(&env.parked(), doc! {}).await;
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].get_str("reason").unwrap(), "malformed");
 }
