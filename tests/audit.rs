@@ -239,10 +239,7 @@ async fn the_audit_names_each_corruption_and_repair_restores_the_fold() {
 
 /// The `audit` command: a config file pointing at this test's database.
 fn audit_command(env: &TestEnv, name: &str, projection: &str) -> Command {
-    let text = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let text = env.example_text();
     let dir = std::env::temp_dir().join(format!("mongo-projector-audit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.toml"));
@@ -379,14 +376,8 @@ async fn the_background_audit_exports_drift_by_kind() {
         .insert_one(doc! {"_id": "ghost", "lastSequenceNumber": 2i64})
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let monitoring = CancellationToken::new();
-    let daemon = Daemon::new(&config, &env.client, &shutdown);
-    let (_, address) = daemon
-        .start_monitoring(&config, &env.client, &monitoring)
-        .await
-        .unwrap();
-    let running = tokio::spawn(async move { daemon.run().await });
+    let served = common::start_monitored(&env, &config).await;
+    let address = served.address;
     let projection = "projection=\"accounts\"";
     eventually(
         "the audit reports the ghost document alone",
@@ -436,9 +427,7 @@ async fn the_background_audit_exports_drift_by_kind() {
         ) == Some(0.0)
     })
     .await;
-    shutdown.cancel();
-    assert!(running.await.unwrap().all_ok());
-    monitoring.cancel();
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

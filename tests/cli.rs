@@ -104,10 +104,7 @@ fn run_without_mongodb_uri_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_checkpoints_and_exits_zero() {
     let env = TestEnv::new("sigterm").await;
-    let config = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let config = env.example_text();
     let path = temp_file("sigterm.toml", &config);
     let mut child = binary()
         .args(["run", "--config"])
@@ -194,10 +191,7 @@ fn rebuild_help_names_its_options() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_swaps_a_recomputed_read_model_in() {
     let env = TestEnv::new("cli_rebuild").await;
-    let config = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let config = env.example_text();
     let path = temp_file(
         "rebuild.toml",
         &config.replace("enabled = true ", "enabled = false"),

@@ -4,12 +4,12 @@
 mod common;
 
 use bson::{Document, doc};
-use common::{TestEnv, event, eventually, http_get as get, recording_projection, stored_sequence};
+use common::{
+    Monitored, TestEnv, event, eventually, http_get as get, recording_projection, start_monitored,
+    stored_sequence,
+};
 use mongo_projector::config::Config;
-use mongo_projector::daemon::Daemon;
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -20,41 +20,11 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-struct Served {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    monitoring: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-async fn serve(env: &TestEnv, mut config: Config) -> Served {
+/// The daemon with its endpoint on a free port, polling often.
+async fn serve(env: &TestEnv, mut config: Config) -> Monitored {
     config.http.address = "127.0.0.1:0".parse().unwrap();
     config.http.poll_every = Duration::from_millis(50);
-    let shutdown = CancellationToken::new();
-    let monitoring = CancellationToken::new();
-    let daemon = Daemon::new(&config, &env.client, &shutdown);
-    let (_, address) = daemon
-        .start_monitoring(&config, &env.client, &monitoring)
-        .await
-        .unwrap();
-    let handle = tokio::spawn(async move {
-        let report = daemon.run().await;
-        assert!(report.all_ok(), "{:?}", report.results);
-    });
-    Served {
-        address,
-        shutdown,
-        monitoring,
-        handle,
-    }
-}
-
-impl Served {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap();
-        self.monitoring.cancel();
-    }
+    start_monitored(env, &config).await
 }
 
 async fn fail_point(env: &TestEnv, mode: bson::Bson, data: Document) {

@@ -7,12 +7,14 @@ use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler, ProjectionConfig};
+use mongo_projector::daemon::{Daemon, DaemonReport};
 use mongodb::{Client, Collection, Database};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 pub const EXAMPLE: &str = include_str!("../../config/example.toml");
 
@@ -97,6 +99,15 @@ impl TestEnv {
         // several instances give each its own holder.
         config.leases.holder = Some(format!("test-{}", self.db.name()));
         config
+    }
+
+    /// The example configuration file's text pointed at this test's database, for the
+    /// binary's `--config`.
+    pub fn example_text(&self) -> String {
+        EXAMPLE.replace(
+            "database = \"bank\"",
+            &format!("database = \"{}\"", self.db.name()),
+        )
     }
 
     pub fn events(&self) -> Collection<Document> {
@@ -219,4 +230,39 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (code, body.to_string())
+}
+
+/// A daemon running in the background with its HTTP endpoint (on `config.http.address`).
+pub struct Monitored {
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    monitoring: CancellationToken,
+    handle: tokio::task::JoinHandle<DaemonReport>,
+}
+
+pub async fn start_monitored(env: &TestEnv, config: &Config) -> Monitored {
+    let shutdown = CancellationToken::new();
+    let monitoring = CancellationToken::new();
+    let daemon = Daemon::new(config, &env.client, &shutdown);
+    let (_, address) = daemon
+        .start_monitoring(config, &env.client, &monitoring)
+        .await
+        .unwrap();
+    let handle = tokio::spawn(async move { daemon.run().await });
+    Monitored {
+        address,
+        shutdown,
+        monitoring,
+        handle,
+    }
+}
+
+impl Monitored {
+    /// Graceful stop: every worker must have ended well; then the endpoint stops.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let report = self.handle.await.expect("daemon task");
+        assert!(report.all_ok(), "{:?}", report.results);
+        self.monitoring.cancel();
+    }
 }
