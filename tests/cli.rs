@@ -20,6 +20,17 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// The standard output of a command that must have succeeded (its output shown if not).
+fn stdout_of_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Inserts two events of `aggregate`: its opening (owner "o") and a deposit of 5.
 async fn open_with_a_deposit(env: &TestEnv, aggregate: &str) {
     env.events()
@@ -154,12 +165,7 @@ fn the_demo_passes_and_reports_what_happened() {
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     for line in [
         "applied:",
         "healed from the store:",
@@ -233,12 +239,7 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     assert!(
         stdout.contains("rebuilt accounts: 2 events scanned"),
         "{stdout}"
