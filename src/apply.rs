@@ -15,7 +15,6 @@ use crate::projection::{Change, SEQUENCE_FIELD, guarded_statement};
 use crate::stats::ProjectionStats;
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
-use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Collection, Database};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -318,11 +317,7 @@ impl ParkedWatch {
 
 impl Applier {
     pub fn new(config: Arc<ProjectionConfig>, db: &Database, stats: Arc<ProjectionStats>) -> Self {
-        let majority = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .read_concern(ReadConcern::majority())
-            .build();
-        let events = db.collection_with_options::<Document>(&config.events, majority);
+        let events = crate::majority_collection(db, &config.events);
         Self {
             read_model: ReadModel::new(db.clone(), config.target.clone()),
             parked: ParkedStore::new(db, &config.parking.collection, &config.name),

@@ -27,7 +27,6 @@ use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongo_sim::compare::compare;
-use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -386,13 +385,9 @@ const AGGREGATE_ID_TYPES: [&str; 5] = ["string", "objectId", "int", "long", "bin
 
 impl Audit {
     pub fn new(config: Arc<ProjectionConfig>, db: &Database) -> Self {
-        let majority = mongodb::options::CollectionOptions::builder()
-            .read_concern(ReadConcern::majority())
-            .write_concern(WriteConcern::majority())
-            .build();
         Self {
-            events: db.collection_with_options(&config.events, majority.clone()),
-            read_model: db.collection_with_options(&config.target, majority),
+            events: crate::majority_collection(db, &config.events),
+            read_model: crate::majority_collection(db, &config.target),
             db: db.clone(),
             config,
         }

@@ -11,7 +11,6 @@
 use crate::error::{DUPLICATE_KEY, StoreError, server_code};
 use bson::{Bson, DateTime, Document, Timestamp, doc};
 use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Collection, Database};
 
 /// A stored position.
@@ -32,12 +31,8 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(db: &Database, collection: &str) -> Self {
-        let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .read_concern(ReadConcern::majority())
-            .build();
         Self {
-            coll: db.collection_with_options(collection, options),
+            coll: crate::majority_collection(db, collection),
         }
     }
 

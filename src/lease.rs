@@ -12,7 +12,7 @@
 
 use crate::error::{DUPLICATE_KEY, StoreError, server_code};
 use bson::{Bson, DateTime, Document, doc};
-use mongodb::options::{ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
 use std::time::Duration;
 
@@ -75,12 +75,8 @@ impl LeaseStore {
     /// Leases in `collection` of `db`, with majority write and read concern: a lease acknowledged
     /// by a primary that then rolls back would let two holders believe they hold it.
     pub fn new(db: &Database, collection: &str) -> Self {
-        let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .read_concern(ReadConcern::majority())
-            .build();
         Self {
-            coll: db.collection_with_options(collection, options),
+            coll: crate::majority_collection(db, collection),
         }
     }
 
@@ -281,12 +277,8 @@ pub struct InstanceStore {
 
 impl InstanceStore {
     pub fn new(db: &Database, collection: &str) -> Self {
-        let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .read_concern(ReadConcern::majority())
-            .build();
         Self {
-            coll: db.collection_with_options(collection, options),
+            coll: crate::majority_collection(db, collection),
         }
     }
 

@@ -25,3 +25,17 @@ pub mod shutdown;
 pub mod source;
 pub mod stats;
 pub mod watermark;
+
+/// A collection with majority write and read concern, as every store of state that must
+/// survive a failover (checkpoints, leases, rebuild state) and every read of events uses: a
+/// write acknowledged only by a primary that then rolls back would be lost.
+pub(crate) fn majority_collection(
+    db: &mongodb::Database,
+    name: &str,
+) -> mongodb::Collection<bson::Document> {
+    let options = mongodb::options::CollectionOptions::builder()
+        .write_concern(mongodb::options::WriteConcern::majority())
+        .read_concern(mongodb::options::ReadConcern::majority())
+        .build();
+    db.collection_with_options(name, options)
+}

@@ -1,7 +1,7 @@
 //! The `mongo-projector` command: parse arguments, set up logging, hand over to the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mongo_projector::config::{Config, redact_uri};
+use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::demo::{DemoOptions, run_demo};
 use std::path::PathBuf;
@@ -193,6 +193,52 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The configuration at `path` and the connection string from `MONGODB_URI`, which every
+/// subcommand that talks to MongoDB needs; a clear message and exit code 2 when either is
+/// missing or wrong.
+fn config_and_uri(path: &std::path::Path) -> Result<(Config, String), ExitCode> {
+    let config = load_config(path)?;
+    let Ok(uri) = std::env::var("MONGODB_URI") else {
+        eprintln!(
+            "MONGODB_URI is not set: it must hold the connection string (it is never read from the config file)"
+        );
+        return Err(ExitCode::from(2));
+    };
+    Ok((config, uri))
+}
+
+/// A client for `uri` (redacted in the message when it is unusable).
+async fn connect(uri: &str) -> Result<mongodb::Client, ExitCode> {
+    mongodb::Client::with_uri_str(uri).await.map_err(|e| {
+        eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(uri));
+        ExitCode::from(2)
+    })
+}
+
+/// For a command that runs until stopped: the cancellation token that SIGTERM and SIGINT
+/// trigger, and a client for `uri`.
+async fn signals_and_client(
+    uri: &str,
+) -> Result<(tokio_util::sync::CancellationToken, mongodb::Client), ExitCode> {
+    let shutdown = mongo_projector::shutdown::install().map_err(|e| {
+        eprintln!("cannot install signal handlers: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((shutdown, connect(uri).await?))
+}
+
+/// The projection named `name`, or a message listing the configured ones.
+fn find_projection<'a>(config: &'a Config, name: &str) -> Result<&'a ProjectionConfig, ExitCode> {
+    config.projection(name).ok_or_else(|| {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "no projection {name:?} in the configuration (known: {})",
+            names.join(", ")
+        );
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -212,27 +258,17 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
-            let config = match load_config(&config) {
-                Ok(c) => c,
+            let (config, uri) = match config_and_uri(&config) {
+                Ok(found) => found,
                 Err(code) => return code,
-            };
-            let Ok(uri) = std::env::var("MONGODB_URI") else {
-                eprintln!(
-                    "MONGODB_URI is not set: it must hold the connection string (it is never read from the config file)"
-                );
-                return ExitCode::from(2);
             };
             runtime().block_on(run_daemon(config, uri))
         }
         Command::Rebuild { args } => {
             init_logging(cli.log_format, "info");
-            let config = match load_config(&args.config) {
-                Ok(c) => c,
+            let (config, uri) = match config_and_uri(&args.config) {
+                Ok(found) => found,
                 Err(code) => return code,
-            };
-            let Ok(uri) = std::env::var("MONGODB_URI") else {
-                eprintln!("MONGODB_URI is not set: it must hold the connection string");
-                return ExitCode::from(2);
             };
             runtime().block_on(rebuild(config, uri, args))
         }
@@ -243,13 +279,9 @@ fn main() -> ExitCode {
                 | ParkedAction::Retry { target }
                 | ParkedAction::Skip { target, .. } => target.config.clone(),
             };
-            let config = match load_config(&path) {
-                Ok(c) => c,
+            let (config, uri) = match config_and_uri(&path) {
+                Ok(found) => found,
                 Err(code) => return code,
-            };
-            let Ok(uri) = std::env::var("MONGODB_URI") else {
-                eprintln!("MONGODB_URI is not set: it must hold the connection string");
-                return ExitCode::from(2);
             };
             runtime().block_on(parked(config, uri, action))
         }
@@ -262,13 +294,9 @@ fn main() -> ExitCode {
             settle,
         } => {
             init_logging(cli.log_format, "warn");
-            let config = match load_config(&config) {
-                Ok(c) => c,
+            let (config, uri) = match config_and_uri(&config) {
+                Ok(found) => found,
                 Err(code) => return code,
-            };
-            let Ok(uri) = std::env::var("MONGODB_URI") else {
-                eprintln!("MONGODB_URI is not set: it must hold the connection string");
-                return ExitCode::from(2);
             };
             let options = mongo_projector::audit::AuditOptions {
                 examples,
@@ -338,19 +366,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn run_daemon(config: Config, uri: String) -> ExitCode {
-    let shutdown = match mongo_projector::shutdown::install() {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let client = match mongodb::Client::with_uri_str(&uri).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
-            return ExitCode::from(2);
-        }
+    let (shutdown, client) = match signals_and_client(&uri).await {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     tracing::info!(uri = %redact_uri(&uri), projections = config.projections.len(), "starting");
     let daemon = Daemon::new(&config, &client, &shutdown);
@@ -441,19 +459,9 @@ async fn demo(options: DemoOptions) -> ExitCode {
 
 async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
     use mongo_projector::rebuild::{self, RebuildError, RebuildOptions, RebuildOutcome};
-    let shutdown = match mongo_projector::shutdown::install() {
-        Ok(token) => token,
-        Err(e) => {
-            eprintln!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let client = match mongodb::Client::with_uri_str(&uri).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
-            return ExitCode::from(2);
-        }
+    let (shutdown, client) = match signals_and_client(&uri).await {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let options = RebuildOptions {
         restart: args.restart,
@@ -529,21 +537,13 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
         | ParkedAction::Retry { target }
         | ParkedAction::Skip { target, .. } => target,
     };
-    let Some(projection) = config.projection(&target.projection) else {
-        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
-        eprintln!(
-            "no projection {:?} in the configuration (known: {})",
-            target.projection,
-            names.join(", ")
-        );
-        return ExitCode::from(2);
+    let projection = match find_projection(&config, &target.projection) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let client = match mongodb::Client::with_uri_str(&uri).await {
+    let client = match connect(&uri).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let stats = std::sync::Arc::new(mongo_projector::stats::ProjectionStats::default());
     let applier = Applier::new(
@@ -628,20 +628,13 @@ async fn audit(
     options: mongo_projector::audit::AuditOptions,
     json: bool,
 ) -> ExitCode {
-    let Some(p) = config.projection(&projection) else {
-        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
-        eprintln!(
-            "no projection {projection:?} in the configuration (known: {})",
-            names.join(", ")
-        );
-        return ExitCode::from(2);
+    let p = match find_projection(&config, &projection) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let client = match mongodb::Client::with_uri_str(&uri).await {
+    let client = match connect(&uri).await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let audit = mongo_projector::audit::Audit::new(
         std::sync::Arc::new(p.clone()),

@@ -34,7 +34,7 @@ use bson::{Bson, DateTime, Document, Timestamp, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::{ChangeStreamOptions, ReadConcern, WriteConcern};
+use mongodb::options::ChangeStreamOptions;
 use mongodb::{Client, Collection, Database};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -254,12 +254,8 @@ struct StateStore {
 
 impl StateStore {
     fn new(db: &Database) -> Self {
-        let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .read_concern(ReadConcern::majority())
-            .build();
         Self {
-            coll: db.collection_with_options(STATE_COLLECTION, options),
+            coll: crate::majority_collection(db, STATE_COLLECTION),
         }
     }
 

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -240,10 +239,7 @@ async fn the_audit_names_each_corruption_and_repair_restores_the_fold() {
 
 /// The `audit` command: a config file pointing at this test's database.
 fn audit_command(env: &TestEnv, name: &str, projection: &str) -> Command {
-    let text = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let text = env.example_text();
     let dir = std::env::temp_dir().join(format!("mongo-projector-audit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.toml"));
@@ -348,18 +344,7 @@ async fn the_command_exits_1_on_drift_0_once_repaired_and_2_on_error() {
 
 /// A plain HTTP/1.1 GET of `path`: the body.
 async fn get(address: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    common::http_get(address, path).await.1
 }
 
 /// The value of the sample of `name` whose labels include every one of `labels`.
@@ -391,14 +376,8 @@ async fn the_background_audit_exports_drift_by_kind() {
         .insert_one(doc! {"_id": "ghost", "lastSequenceNumber": 2i64})
         .await
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let monitoring = CancellationToken::new();
-    let daemon = Daemon::new(&config, &env.client, &shutdown);
-    let (_, address) = daemon
-        .start_monitoring(&config, &env.client, &monitoring)
-        .await
-        .unwrap();
-    let running = tokio::spawn(async move { daemon.run().await });
+    let served = common::start_monitored(&env, &config).await;
+    let address = served.address;
     let projection = "projection=\"accounts\"";
     eventually(
         "the audit reports the ghost document alone",
@@ -448,9 +427,7 @@ async fn the_background_audit_exports_drift_by_kind() {
         ) == Some(0.0)
     })
     .await;
-    shutdown.cancel();
-    assert!(running.await.unwrap().all_ok());
-    monitoring.cancel();
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

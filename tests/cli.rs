@@ -3,7 +3,7 @@
 mod common;
 
 use bson::doc;
-use common::{TestEnv, event, eventually, stored_sequence};
+use common::{TestEnv, event, eventually, stored_document, stored_sequence};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,6 +18,33 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
+}
+
+/// The standard output of a command that must have succeeded (its output shown if not).
+fn stdout_of_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Inserts two events of `aggregate`: its opening (owner "o") and a deposit of 5.
+async fn open_with_a_deposit(env: &TestEnv, aggregate: &str) {
+    env.events()
+        .insert_many(vec![
+            event(
+                aggregate,
+                1,
+                "AccountOpened",
+                doc! {"owner": "o", "currency": "EUR"},
+            ),
+            event(aggregate, 2, "Deposited", doc! {"amount": 5i64}),
+        ])
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -88,10 +115,7 @@ fn run_without_mongodb_uri_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_checkpoints_and_exits_zero() {
     let env = TestEnv::new("sigterm").await;
-    let config = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let config = env.example_text();
     let path = temp_file("sigterm.toml", &config);
     let mut child = binary()
         .args(["run", "--config"])
@@ -101,18 +125,7 @@ async fn sigterm_drains_checkpoints_and_exits_zero() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    env.events()
-        .insert_many(vec![
-            event(
-                "s",
-                1,
-                "AccountOpened",
-                doc! {"owner": "o", "currency": "EUR"},
-            ),
-            event("s", 2, "Deposited", doc! {"amount": 5i64}),
-        ])
-        .await
-        .unwrap();
+    open_with_a_deposit(&env, "s").await;
     eventually(
         "the daemon applied both events",
         Duration::from_secs(30),
@@ -152,12 +165,7 @@ fn the_demo_passes_and_reports_what_happened() {
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     for line in [
         "applied:",
         "healed from the store:",
@@ -189,26 +197,12 @@ fn rebuild_help_names_its_options() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_swaps_a_recomputed_read_model_in() {
     let env = TestEnv::new("cli_rebuild").await;
-    let config = common::EXAMPLE.replace(
-        "database = \"bank\"",
-        &format!("database = \"{}\"", env.db.name()),
-    );
+    let config = env.example_text();
     let path = temp_file(
         "rebuild.toml",
         &config.replace("enabled = true ", "enabled = false"),
     );
-    env.events()
-        .insert_many(vec![
-            event(
-                "r",
-                1,
-                "AccountOpened",
-                doc! {"owner": "o", "currency": "EUR"},
-            ),
-            event("r", 2, "Deposited", doc! {"amount": 5i64}),
-        ])
-        .await
-        .unwrap();
+    open_with_a_deposit(&env, "r").await;
     // A read model the current handlers would not produce.
     env.accounts()
         .insert_one(
@@ -245,22 +239,12 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out);
     assert!(
         stdout.contains("rebuilt accounts: 2 events scanned"),
         "{stdout}"
     );
-    let account = env
-        .accounts()
-        .find_one(doc! {"_id": "r"})
-        .await
-        .unwrap()
-        .unwrap();
+    let account = stored_document(&env, "r").await.unwrap();
     assert_eq!(account.get_str("owner").unwrap(), "o");
     assert_eq!(account.get_i64("balance").unwrap(), 5);
 }

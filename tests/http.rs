@@ -4,35 +4,14 @@
 mod common;
 
 use bson::{Document, doc};
-use common::{TestEnv, event, eventually, recording_projection, stored_sequence};
+use common::{
+    Monitored, TestEnv, event, eventually, http_get as get, recording_projection, start_monitored,
+    stored_sequence,
+};
 use mongo_projector::config::Config;
-use mongo_projector::daemon::Daemon;
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A plain HTTP/1.1 GET: (status code, body).
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
-}
 
 /// The value of one sample (`name{projection="accounts"}`) in a scrape.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
@@ -41,41 +20,11 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-struct Served {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    monitoring: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-async fn serve(env: &TestEnv, mut config: Config) -> Served {
+/// The daemon with its endpoint on a free port, polling often.
+async fn serve(env: &TestEnv, mut config: Config) -> Monitored {
     config.http.address = "127.0.0.1:0".parse().unwrap();
     config.http.poll_every = Duration::from_millis(50);
-    let shutdown = CancellationToken::new();
-    let monitoring = CancellationToken::new();
-    let daemon = Daemon::new(&config, &env.client, &shutdown);
-    let (_, address) = daemon
-        .start_monitoring(&config, &env.client, &monitoring)
-        .await
-        .unwrap();
-    let handle = tokio::spawn(async move {
-        let report = daemon.run().await;
-        assert!(report.all_ok(), "{:?}", report.results);
-    });
-    Served {
-        address,
-        shutdown,
-        monitoring,
-        handle,
-    }
-}
-
-impl Served {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap();
-        self.monitoring.cancel();
-    }
+    start_monitored(env, &config).await
 }
 
 async fn fail_point(env: &TestEnv, mode: bson::Bson, data: Document) {

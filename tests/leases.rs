@@ -6,9 +6,10 @@
 
 mod common;
 
-use bson::{Bson, DateTime, doc};
+use bson::{DateTime, doc};
 use common::{
-    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+    TestEnv, event, eventually, recording_projection, seen, stored_document, stored_sequence,
+    wait_until_tailing,
 };
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::config::Config;
@@ -267,18 +268,6 @@ impl Replica {
     }
 }
 
-async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
-    env.accounts()
-        .find_one(doc! {"_id": aggregate})
-        .await
-        .unwrap()
-        .and_then(|d| d.get_array("seen").ok().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Bson::as_i64)
-        .collect()
-}
-
 /// Inserts events `from..=to` of each aggregate, interleaved.
 async fn insert(env: &TestEnv, aggregates: &[&str], from: i64, to: i64) {
     let mut batch = Vec::new();
@@ -303,12 +292,7 @@ async fn wait_until_applied(env: &TestEnv, aggregates: &[&str], upto: i64) {
 async fn assert_folded(env: &TestEnv, aggregates: &[&str], upto: i64) {
     for a in aggregates {
         assert_eq!(seen(env, a).await, (1..=upto).collect::<Vec<_>>(), "{a}");
-        let d = env
-            .accounts()
-            .find_one(doc! {"_id": *a})
-            .await
-            .unwrap()
-            .unwrap();
+        let d = stored_document(env, a).await.unwrap();
         assert_eq!(d.get_i64("applications").unwrap(), upto, "{a}");
     }
 }
@@ -359,6 +343,27 @@ async fn wait_for_holder(env: &TestEnv, replicas: &[&Replica]) -> String {
 
 const AGGREGATES: &[&str] = &["a", "b", "c", "d"];
 
+/// Starts the one replica `holder` and waits until it holds the lease and tails the events.
+async fn start_sole_replica(env: &TestEnv, config: &Config, holder: &str) -> Replica {
+    let replica = start_replica(env, config, holder).await;
+    assert_eq!(wait_for_holder(env, &[&replica]).await, holder);
+    wait_until_tailing(env, "accounts").await;
+    replica
+}
+
+/// Inserts events `from..=to` of every aggregate and waits until they are applied.
+async fn insert_and_wait(env: &TestEnv, from: i64, to: i64) {
+    insert(env, AGGREGATES, from, to).await;
+    wait_until_applied(env, AGGREGATES, to).await;
+}
+
+/// Inserts events `from..=to` of every aggregate, waits until they are applied and checks
+/// the read model is their in-order fold.
+async fn insert_and_check_folded(env: &TestEnv, from: i64, to: i64) {
+    insert_and_wait(env, from, to).await;
+    assert_folded(env, AGGREGATES, to).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
     let env = TestEnv::new("two_instances").await;
@@ -373,9 +378,7 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
         (&b, &a)
     };
 
-    insert(&env, AGGREGATES, 1, 40).await;
-    wait_until_applied(&env, AGGREGATES, 40).await;
-    assert_folded(&env, AGGREGATES, 40).await;
+    insert_and_check_folded(&env, 1, 40).await;
     let standby_stats = standby.worker("accounts").snapshot();
     assert_eq!(
         (standby_stats.received, standby_stats.applied),
@@ -427,9 +430,7 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
     let after = leases.current("accounts").await.unwrap().unwrap();
     assert_ne!(after.holder.as_deref(), Some(holder.as_str()), "released");
     wait_until_active(&env, &[&standby], &standby.holder).await;
-    insert(&env, AGGREGATES, 41, 50).await;
-    wait_until_applied(&env, AGGREGATES, 50).await;
-    assert_folded(&env, AGGREGATES, 50).await;
+    insert_and_check_folded(&env, 41, 50).await;
     assert_eq!(standby.worker("accounts").snapshot().received, 40);
     standby.stop().await;
 }
@@ -438,11 +439,8 @@ async fn of_two_instances_one_is_active_and_events_are_applied_once_in_order() {
 async fn the_holder_hands_its_lease_over_on_request() {
     let env = TestEnv::new("handover").await;
     let config = leased_config(&env);
-    let a = start_replica(&env, &config, "inst-a").await;
-    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
-    wait_until_tailing(&env, "accounts").await;
-    insert(&env, AGGREGATES, 1, 10).await;
-    wait_until_applied(&env, AGGREGATES, 10).await;
+    let a = start_sole_replica(&env, &config, "inst-a").await;
+    insert_and_wait(&env, 1, 10).await;
 
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let ttl = Duration::from_secs(60);
@@ -483,9 +481,7 @@ async fn the_holder_hands_its_lease_over_on_request() {
     wait_until_active(&env, &[&a], "inst-a").await;
     let back = leases.current("accounts").await.unwrap().unwrap();
     assert_eq!(back.epoch, taken.epoch + 1);
-    insert(&env, AGGREGATES, 11, 20).await;
-    wait_until_applied(&env, AGGREGATES, 20).await;
-    assert_folded(&env, AGGREGATES, 20).await;
+    insert_and_check_folded(&env, 11, 20).await;
     a.stop().await;
 }
 
@@ -496,16 +492,12 @@ async fn lost_lease_documents_do_not_lock_the_workers_out() {
     // Checkpoints fenced at epoch 7, but no lease document (its collection was dropped).
     let checkpoints = CheckpointStore::new(&env.db, "projector_checkpoints");
     checkpoints.claim("accounts", 7).await.unwrap();
-    let a = start_replica(&env, &config, "inst-a").await;
-    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
-    wait_until_tailing(&env, "accounts").await;
+    let a = start_sole_replica(&env, &config, "inst-a").await;
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let lease = leases.current("accounts").await.unwrap().unwrap();
     assert_eq!(lease.epoch, 8);
     assert_eq!(checkpoints.epoch("accounts").await.unwrap(), Some(8));
-    insert(&env, AGGREGATES, 1, 10).await;
-    wait_until_applied(&env, AGGREGATES, 10).await;
-    assert_folded(&env, AGGREGATES, 10).await;
+    insert_and_check_folded(&env, 1, 10).await;
     a.stop().await;
 }
 
@@ -516,9 +508,7 @@ async fn when_the_holder_dies_another_instance_takes_over_without_loss() {
     config.checkpoints.every_events = 7; // the crash lands between checkpoints
     config.checkpoints.every = Duration::from_secs(3600);
     config.source.batch_size = 5;
-    let a = start_replica(&env, &config, "inst-a").await;
-    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
-    wait_until_tailing(&env, "accounts").await;
+    let a = start_sole_replica(&env, &config, "inst-a").await;
     let b = start_replica(&env, &config, "inst-b").await;
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let first = leases.current("accounts").await.unwrap().unwrap();
@@ -548,11 +538,8 @@ async fn when_the_holder_dies_another_instance_takes_over_without_loss() {
 async fn a_paused_holder_is_fenced_and_cannot_move_the_checkpoint_back() {
     let env = TestEnv::new("holder_paused").await;
     let config = leased_config(&env);
-    let a = start_replica(&env, &config, "inst-a").await;
-    assert_eq!(wait_for_holder(&env, &[&a]).await, "inst-a");
-    wait_until_tailing(&env, "accounts").await;
-    insert(&env, AGGREGATES, 1, 20).await;
-    wait_until_applied(&env, AGGREGATES, 20).await;
+    let a = start_sole_replica(&env, &config, "inst-a").await;
+    insert_and_wait(&env, 1, 20).await;
     let b = start_replica(&env, &config, "inst-b").await;
     let leases = LeaseStore::new(&env.db, "projector_leases");
     let first = leases.current("accounts").await.unwrap().unwrap();
@@ -599,9 +586,7 @@ async fn a_paused_holder_is_fenced_and_cannot_move_the_checkpoint_back() {
     );
 
     // B goes on from its own position; nothing was applied twice.
-    insert(&env, AGGREGATES, 41, 50).await;
-    wait_until_applied(&env, AGGREGATES, 50).await;
-    assert_folded(&env, AGGREGATES, 50).await;
+    insert_and_check_folded(&env, 41, 50).await;
     assert!(b.holds("accounts"));
     b.stop().await;
     a.stop().await;
@@ -619,8 +604,7 @@ async fn three_instances_restarted_continue_from_the_checkpoint() {
     }
     wait_for_holder(&env, &replicas.iter().collect::<Vec<_>>()).await;
     wait_until_tailing(&env, "accounts").await;
-    insert(&env, AGGREGATES, 1, 30).await;
-    wait_until_applied(&env, AGGREGATES, 30).await;
+    insert_and_wait(&env, 1, 30).await;
     for r in replicas.drain(..) {
         r.stop().await;
     }
@@ -677,9 +661,7 @@ async fn instances_share_the_leases_fairly() {
         a.held() == 1 && b.held() == 1
     })
     .await;
-    insert(&env, AGGREGATES, 1, 10).await;
-    wait_until_applied(&env, AGGREGATES, 10).await;
-    assert_folded(&env, AGGREGATES, 10).await;
+    insert_and_check_folded(&env, 1, 10).await;
 
     // When B leaves, A takes both again.
     b.stop().await;

@@ -8,9 +8,9 @@ mod common;
 
 use bson::{Bson, Document, doc};
 use common::{
-    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+    TestEnv, documents, event, eventually, recording_projection, seen, stored_document,
+    stored_sequence, wait_until_tailing,
 };
-use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::demo::compare_with_fold;
@@ -43,18 +43,6 @@ impl Running {
     }
 }
 
-async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
-    env.accounts()
-        .find_one(doc! {"_id": aggregate})
-        .await
-        .unwrap()
-        .and_then(|d| d.get_array("seen").ok().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Bson::as_i64)
-        .collect()
-}
-
 async fn wait_for_sequence(env: &TestEnv, aggregate: &str, seq: i64) {
     eventually(&format!("{aggregate} at sequence {seq}"), WAIT, || async {
         stored_sequence(env, aggregate).await == Some(seq)
@@ -63,13 +51,7 @@ async fn wait_for_sequence(env: &TestEnv, aggregate: &str, seq: i64) {
 }
 
 async fn parked_entries(env: &TestEnv, state: &str) -> Vec<Document> {
-    env.parked()
-        .find(doc! {"state": state})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
+    documents(&env.parked(), doc! {"state": state}).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +82,7 @@ async fn events_in_order_are_folded_into_the_read_model() {
             .unwrap(),
         Vec::<String>::new()
     );
-    let account = env
-        .accounts()
-        .find_one(doc! {"_id": "acc-2"})
-        .await
-        .unwrap()
-        .unwrap();
+    let account = stored_document(&env, "acc-2").await.unwrap();
     assert_eq!(account.get_i64("balance").unwrap(), 70);
     assert_eq!(account.get_str("status").unwrap(), "open");
     assert_eq!((stats.applied, stats.skipped, stats.parked), (9, 3, 0));
@@ -135,12 +112,7 @@ async fn a_crash_mid_stream_redelivers_without_applying_twice() {
     wait_for_sequence(&env, "agg", 60).await;
     running.stop().await;
     assert_eq!(seen(&env, "agg").await, (1..=60).collect::<Vec<_>>());
-    let doc = env
-        .accounts()
-        .find_one(doc! {"_id": "agg"})
-        .await
-        .unwrap()
-        .unwrap();
+    let doc = stored_document(&env, "agg").await.unwrap();
     assert_eq!(doc.get_i64("applications").unwrap(), 60);
 }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use bson::{Bson, Document, doc};
-use common::{TestEnv, event, eventually};
+use common::{TestEnv, documents, event, eventually};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler};
@@ -132,15 +132,9 @@ async fn new_fold(env: &TestEnv) -> BTreeMap<String, Document> {
 
 /// The read model as stored, without `_id`, keyed by it.
 async fn read_model(env: &TestEnv) -> BTreeMap<String, Document> {
-    let docs: Vec<Document> = env
-        .accounts()
-        .find(doc! {})
+    documents(&env.accounts(), doc! {})
         .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    docs.into_iter()
+        .into_iter()
         .map(|mut d| {
             let id = d.get_str("_id").unwrap().to_string();
             d.remove("_id");
@@ -340,25 +334,103 @@ async fn old_read_model(env: &TestEnv, per_account: i64) -> Vec<i64> {
     heads
 }
 
+/// A rebuild that nothing cancels, reporting to `progress`.
+async fn rebuild_with(
+    env: &TestEnv,
+    config: &Config,
+    options: &RebuildOptions,
+    progress: &Arc<RebuildProgress>,
+) -> Result<RebuildOutcome, RebuildError> {
+    rebuild_once(env, config, options, progress, &CancellationToken::new()).await
+}
+
+/// A rebuild that nothing cancels and whose progress nobody watches.
+async fn rebuild_to_end(
+    env: &TestEnv,
+    config: &Config,
+    options: &RebuildOptions,
+) -> Result<RebuildOutcome, RebuildError> {
+    rebuild_with(env, config, options, &Arc::new(RebuildProgress::default())).await
+}
+
+/// The options of a rebuild that takes the projection over through its leases.
+fn leased_options() -> RebuildOptions {
+    RebuildOptions {
+        offline: false,
+        ..options()
+    }
+}
+
+/// The example configuration with the changed handlers.
+fn new_config(env: &TestEnv) -> Config {
+    let mut config = env.config();
+    new_handlers(&mut config);
+    config
+}
+
+/// Starts a rebuild in small chunks (so that it saves its progress often and takes long
+/// enough to be cut) and cancels it once a part of the scan is done.
+async fn rebuild_cut_during_scan(env: &TestEnv, config: &Config) -> RebuildOutcome {
+    let shutdown = CancellationToken::new();
+    let progress = Arc::new(RebuildProgress::default());
+    let watcher = {
+        let (progress, shutdown) = (progress.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            eventually("a part of the scan done", WAIT, || async {
+                progress.scanned.load(Ordering::Relaxed) >= 20
+            })
+            .await;
+            shutdown.cancel();
+        })
+    };
+    let small_chunks = RebuildOptions {
+        chunk: 2,
+        ..options()
+    };
+    let outcome = rebuild_once(env, config, &small_chunks, &progress, &shutdown)
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    outcome
+}
+
+/// The rebuild's saved state, if any.
+async fn saved_state(env: &TestEnv) -> Option<Document> {
+    env.db
+        .collection::<Document>("projector_rebuilds")
+        .find_one(doc! {"_id": "accounts"})
+        .await
+        .unwrap()
+}
+
+/// The read model is exactly the fold of every event with the new handlers: nothing lost,
+/// nothing applied twice.
+async fn assert_new_fold(env: &TestEnv) {
+    assert_eq!(
+        normalised(read_model(env).await),
+        normalised(new_fold(env).await)
+    );
+}
+
+/// The reader read often and never saw a partial, regressed or vanished read model.
+async fn assert_reader_saw_no_problem(reader: Reader) {
+    let (problems, reads) = reader.finish().await;
+    assert!(problems.is_empty(), "the reader saw: {problems:#?}");
+    assert!(reads > 10, "the reader read only {reads} times");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or_behind() {
     let env = TestEnv::new("rebuild_swap").await;
     let heads = old_read_model(&env, 6).await;
-    let mut config = env.config();
-    new_handlers(&mut config);
+    let config = new_config(&env);
     // The write side goes on during the whole rebuild, and a reader reads throughout.
     let reader = Reader::start(&env);
     let writer = Writer::start(&env, heads);
     let progress = Arc::new(RebuildProgress::default());
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = rebuild_with(&env, &config, &options(), &progress)
+        .await
+        .unwrap();
     let RebuildOutcome::Swapped(summary) = outcome else {
         panic!("not swapped: {outcome:?}");
     };
@@ -389,14 +461,9 @@ async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or
         async move { at_heads(env, &h).await }
     })
     .await;
-    let (problems, reads) = reader.finish().await;
-    assert!(problems.is_empty(), "the reader saw: {problems:#?}");
-    assert!(reads > 10, "the reader read only {reads} times");
+    assert_reader_saw_no_problem(reader).await;
     // Exactly the fold of every event with the new handlers: nothing lost, nothing twice.
-    assert_eq!(
-        normalised(read_model(&env).await),
-        normalised(new_fold(&env).await)
-    );
+    assert_new_fold(&env).await;
     for shadow in ["accounts_rebuild", "accounts_parked_rebuild"] {
         let names = env.db.list_collection_names().await.unwrap();
         assert!(!names.contains(&shadow.to_string()), "{shadow} left behind");
@@ -409,8 +476,7 @@ async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read
     let heads = old_read_model(&env, 6).await;
     // The new handlers are deployed: the live daemon applies them from now on, and the
     // rebuild recomputes what the old ones had applied.
-    let mut config = env.config();
-    new_handlers(&mut config);
+    let mut config = new_config(&env);
     config.leases.ttl = Duration::from_millis(900);
     config.leases.renew_every = Duration::from_millis(300);
     let stop_live = CancellationToken::new();
@@ -422,10 +488,7 @@ async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read
     common::wait_until_tailing(&env, "accounts").await;
     let reader = Reader::start(&env);
     let writer = Writer::start(&env, heads);
-    let options = RebuildOptions {
-        offline: false,
-        ..options()
-    };
+    let options = leased_options();
     let progress = Arc::new(RebuildProgress::default());
     let handover = rebuild::handover_for(&config, &env.client, &options).unwrap();
     assert!(matches!(handover, Handover::Leases(_)));
@@ -459,13 +522,8 @@ async fn a_live_daemon_hands_over_for_the_swap_and_continues_on_the_rebuilt_read
     stop_live.cancel();
     let report = live.await.unwrap();
     assert!(report.all_ok(), "{:?}", report.results);
-    let (problems, reads) = reader.finish().await;
-    assert!(problems.is_empty(), "the reader saw: {problems:#?}");
-    assert!(reads > 10, "the reader read only {reads} times");
-    assert_eq!(
-        normalised(read_model(&env).await),
-        normalised(new_fold(&env).await)
-    );
+    assert_reader_saw_no_problem(reader).await;
+    assert_new_fold(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,42 +531,15 @@ async fn an_interrupted_rebuild_resumes_where_its_scan_stopped() {
     let env = TestEnv::new("rebuild_resume").await;
     let mut heads = old_read_model(&env, 4).await;
     append(&env, &mut heads, 6).await; // 120 events in all, in chunks of 25
-    let mut config = env.config();
-    new_handlers(&mut config);
-    let shutdown = CancellationToken::new();
-    let first = Arc::new(RebuildProgress::default());
-    let watcher = {
-        let (first, shutdown) = (first.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            eventually("a part of the scan done", WAIT, || async {
-                first.scanned.load(Ordering::Relaxed) >= 20
-            })
-            .await;
-            shutdown.cancel();
-        })
-    };
-    // Small chunks: the scan saves its progress often and takes long enough to be cut.
-    let small_chunks = RebuildOptions {
-        chunk: 2,
-        ..options()
-    };
-    let outcome = rebuild_once(&env, &config, &small_chunks, &first, &shutdown)
-        .await
-        .unwrap();
-    watcher.await.unwrap();
+    let config = new_config(&env);
+    let outcome = rebuild_cut_during_scan(&env, &config).await;
     assert_eq!(
         outcome,
         RebuildOutcome::Interrupted {
             phase: Phase::Building
         }
     );
-    let state = env
-        .db
-        .collection::<Document>("projector_rebuilds")
-        .find_one(doc! {"_id": "accounts"})
-        .await
-        .unwrap()
-        .expect("a saved state");
+    let state = saved_state(&env).await.expect("a saved state");
     assert_eq!(state.get_str("phase").unwrap(), "building");
     assert!(state.get("scanFrom").is_some(), "{state}");
     // Interrupted before the swap: readers still see the old read model.
@@ -519,25 +550,16 @@ async fn an_interrupted_rebuild_resumes_where_its_scan_stopped() {
             .all(|d| !d.contains_key("deposits"))
     );
     let second = Arc::new(RebuildProgress::default());
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &second,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = rebuild_with(&env, &config, &options(), &second)
+        .await
+        .unwrap();
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
     let rescanned = second.scanned.load(Ordering::Relaxed);
     assert!(
         rescanned <= 110,
         "the second run scanned {rescanned} of 120 events: it did not resume"
     );
-    assert_eq!(
-        normalised(read_model(&env).await),
-        normalised(new_fold(&env).await)
-    );
+    assert_new_fold(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,24 +567,14 @@ async fn a_rebuild_that_would_put_aggregates_back_is_refused_and_changes_nothing
     let env = TestEnv::new("rebuild_behind").await;
     old_read_model(&env, 3).await;
     let before = read_model(&env).await;
-    let mut config = env.config();
-    new_handlers(&mut config);
+    let mut config = new_config(&env);
     // The changed handler needs a field the deposits do not have: every deposit is
     // dead-lettered in the rebuilt read model, which stays at sequence 1.
     config.projections[0].handlers.insert(
         "Deposited".into(),
         Handler::Operators(doc! {"$inc": {"balance": "${data.cents}"}}),
     );
-    let progress = Arc::new(RebuildProgress::default());
-    let refused = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let refused = rebuild_to_end(&env, &config, &options()).await.unwrap_err();
     let message = refused.to_string();
     assert!(matches!(refused, RebuildError::Refused(_)), "{message}");
     assert!(
@@ -585,46 +597,19 @@ async fn a_rebuild_that_would_put_aggregates_back_is_refused_and_changes_nothing
     assert_eq!(dead, (ACCOUNTS * 2) as u64);
     assert_eq!(env.parked().count_documents(doc! {}).await.unwrap(), 0);
     // The same handlers again: the stored rebuild is resumed, and refused again.
-    let again = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let again = rebuild_to_end(&env, &config, &options()).await.unwrap_err();
     assert!(again.to_string().contains("behind the live one"), "{again}");
     // Other handlers than the stored rebuild's: refused until --restart.
     new_handlers(&mut config);
-    let other = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let other = rebuild_to_end(&env, &config, &options()).await.unwrap_err();
     assert!(other.to_string().contains("--restart"), "{other}");
     let restart = RebuildOptions {
         restart: true,
         ..options()
     };
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &restart,
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = rebuild_to_end(&env, &config, &restart).await.unwrap();
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
-    assert_eq!(
-        normalised(read_model(&env).await),
-        normalised(new_fold(&env).await)
-    );
+    assert_new_fold(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,10 +617,7 @@ async fn without_leases_a_rebuild_needs_the_operators_word_that_the_daemon_is_st
     let env = TestEnv::new("rebuild_offline").await;
     let mut config = env.config();
     config.leases.enabled = false;
-    let options = RebuildOptions {
-        offline: false,
-        ..options()
-    };
+    let options = leased_options();
     let Err(refused) = rebuild::handover_for(&config, &env.client, &options) else {
         panic!("a handover without leases and without --offline");
     };
@@ -670,32 +652,15 @@ async fn the_swap_keeps_the_read_models_indexes_and_moves_parked_entries() {
         .insert_one(doc! {"aggregateId": "acc-00", "sequenceNumber": "three"})
         .await
         .unwrap();
-    let mut config = env.config();
-    new_handlers(&mut config);
-    let progress = Arc::new(RebuildProgress::default());
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let config = new_config(&env);
+    let outcome = rebuild_to_end(&env, &config, &options()).await.unwrap();
     let RebuildOutcome::Swapped(summary) = outcome else {
         panic!("{outcome:?}");
     };
     assert_eq!(summary.parked, 1);
     let indexes: Vec<String> = env.accounts().list_index_names().await.unwrap();
     assert!(indexes.contains(&"by_owner".to_string()), "{indexes:?}");
-    let parked: Vec<Document> = env
-        .parked()
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let parked = documents(&env.parked(), doc! {}).await;
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].get_str("reason").unwrap(), "malformed");
 }
@@ -707,28 +672,8 @@ async fn a_rebuild_whose_position_left_the_oplog_scans_again_and_completes() {
     };
     let mut heads = vec![0i64; ACCOUNTS];
     append(&env, &mut heads, 10).await;
-    let mut config = env.config();
-    new_handlers(&mut config);
-    let shutdown = CancellationToken::new();
-    let first = Arc::new(RebuildProgress::default());
-    let watcher = {
-        let (first, shutdown) = (first.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            eventually("a part of the scan done", WAIT, || async {
-                first.scanned.load(Ordering::Relaxed) >= 20
-            })
-            .await;
-            shutdown.cancel();
-        })
-    };
-    let small_chunks = RebuildOptions {
-        chunk: 2,
-        ..options()
-    };
-    let outcome = rebuild_once(&env, &config, &small_chunks, &first, &shutdown)
-        .await
-        .unwrap();
-    watcher.await.unwrap();
+    let config = new_config(&env);
+    let outcome = rebuild_cut_during_scan(&env, &config).await;
     assert!(
         matches!(outcome, RebuildOutcome::Interrupted { .. }),
         "{outcome:?}"
@@ -741,15 +686,9 @@ async fn a_rebuild_whose_position_left_the_oplog_scans_again_and_completes() {
         .await
         .unwrap();
     let second = Arc::new(RebuildProgress::default());
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &options(),
-        &second,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = rebuild_with(&env, &config, &options(), &second)
+        .await
+        .unwrap();
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
     // The rest of the first scan, then the whole collection again from a new position.
     assert!(
@@ -757,21 +696,14 @@ async fn a_rebuild_whose_position_left_the_oplog_scans_again_and_completes() {
         "scanned {}",
         second.scanned.load(Ordering::Relaxed)
     );
-    assert_eq!(
-        normalised(read_model(&env).await),
-        normalised(new_fold(&env).await)
-    );
+    assert_new_fold(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_worker_of_the_projection_is_handed_over_partitions_included() {
     let env = TestEnv::new("rebuild_workers").await;
     old_read_model(&env, 3).await;
-    let config = {
-        let mut c = env.config();
-        new_handlers(&mut c);
-        c
-    };
+    let config = new_config(&env);
     let checkpoints = CheckpointStore::new(&env.db, &config.checkpoints.collection);
     // A partition worker's checkpoint from an earlier partition count, and a partition worker
     // running elsewhere under its lease, which hands it over when asked.
@@ -804,32 +736,15 @@ async fn every_worker_of_the_projection_is_handed_over_partitions_included() {
             }
         }
     });
-    let progress = Arc::new(RebuildProgress::default());
-    let options = RebuildOptions {
-        offline: false,
-        ..options()
-    };
-    let outcome = rebuild_once(
-        &env,
-        &config,
-        &options,
-        &progress,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = rebuild_to_end(&env, &config, &leased_options())
+        .await
+        .unwrap();
     assert!(matches!(outcome, RebuildOutcome::Swapped(_)), "{outcome:?}");
     assert!(
         holder.await.unwrap(),
         "the partition's holder was asked to hand over"
     );
-    let state = env
-        .db
-        .collection::<Document>("projector_rebuilds")
-        .find_one(doc! {"_id": "accounts"})
-        .await
-        .unwrap()
-        .unwrap();
+    let state = saved_state(&env).await.unwrap();
     let handed_over: mongodb::change_stream::event::ResumeToken =
         bson::from_bson(state.get("token").unwrap().clone()).unwrap();
     for worker in ["accounts", "accounts/p0of2", "accounts/p1of2"] {

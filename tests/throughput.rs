@@ -10,7 +10,7 @@ mod common;
 
 use bson::{Bson, Document, doc};
 use common::{
-    TestEnv, event, eventually, recording_projection, stored_sequence, wait_until_tailing,
+    TestEnv, event, eventually, recording_projection, seen, stored_sequence, wait_until_tailing,
 };
 use mongo_projector::apply::{Applier, BatchItem, SequenceCache};
 use mongo_projector::daemon::Daemon;
@@ -195,18 +195,6 @@ proptest! {
         let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shared().runtime.block_on(run(&s, case))?;
     }
-}
-
-async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
-    env.accounts()
-        .find_one(doc! {"_id": aggregate})
-        .await
-        .unwrap()
-        .and_then(|d| d.get_array("seen").ok().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Bson::as_i64)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

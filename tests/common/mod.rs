@@ -3,13 +3,18 @@
 
 #![allow(dead_code)]
 
-use bson::{Document, doc};
+use bson::{Bson, Document, doc};
+use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, Handler, ProjectionConfig};
+use mongo_projector::daemon::{Daemon, DaemonReport};
 use mongodb::{Client, Collection, Database};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 pub const EXAMPLE: &str = include_str!("../../config/example.toml");
 
@@ -96,6 +101,15 @@ impl TestEnv {
         config
     }
 
+    /// The example configuration file's text pointed at this test's database, for the
+    /// binary's `--config`.
+    pub fn example_text(&self) -> String {
+        EXAMPLE.replace(
+            "database = \"bank\"",
+            &format!("database = \"{}\"", self.db.name()),
+        )
+    }
+
     pub fn events(&self) -> Collection<Document> {
         self.db.collection("events")
     }
@@ -161,11 +175,94 @@ pub async fn wait_until_tailing(env: &TestEnv, projection: &str) {
     .await;
 }
 
-/// The read model's `lastSequenceNumber` for an aggregate.
-pub async fn stored_sequence(env: &TestEnv, aggregate: &str) -> Option<i64> {
+/// The read model's document for an aggregate.
+pub async fn stored_document(env: &TestEnv, aggregate: &str) -> Option<Document> {
     env.accounts()
         .find_one(doc! {"_id": aggregate})
         .await
         .unwrap()
-        .and_then(|d| d.get("lastSequenceNumber").and_then(bson::Bson::as_i64))
+}
+
+/// The read model's `lastSequenceNumber` for an aggregate.
+pub async fn stored_sequence(env: &TestEnv, aggregate: &str) -> Option<i64> {
+    stored_document(env, aggregate)
+        .await
+        .and_then(|d| d.get("lastSequenceNumber").and_then(Bson::as_i64))
+}
+
+/// The sequences that [`recording_projection`] recorded for an aggregate, in the order applied.
+pub async fn seen(env: &TestEnv, aggregate: &str) -> Vec<i64> {
+    stored_document(env, aggregate)
+        .await
+        .and_then(|d| d.get_array("seen").ok().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Bson::as_i64)
+        .collect()
+}
+
+/// Every document of `collection` that matches `filter`.
+pub async fn documents(collection: &Collection<Document>, filter: Document) -> Vec<Document> {
+    collection
+        .find(filter)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// A plain HTTP/1.1 GET of `path`: (status code, body).
+pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// A daemon running in the background with its HTTP endpoint (on `config.http.address`).
+pub struct Monitored {
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    monitoring: CancellationToken,
+    handle: tokio::task::JoinHandle<DaemonReport>,
+}
+
+pub async fn start_monitored(env: &TestEnv, config: &Config) -> Monitored {
+    let shutdown = CancellationToken::new();
+    let monitoring = CancellationToken::new();
+    let daemon = Daemon::new(config, &env.client, &shutdown);
+    let (_, address) = daemon
+        .start_monitoring(config, &env.client, &monitoring)
+        .await
+        .unwrap();
+    let handle = tokio::spawn(async move { daemon.run().await });
+    Monitored {
+        address,
+        shutdown,
+        monitoring,
+        handle,
+    }
+}
+
+impl Monitored {
+    /// Graceful stop: every worker must have ended well; then the endpoint stops.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let report = self.handle.await.expect("daemon task");
+        assert!(report.all_ok(), "{:?}", report.results);
+        self.monitoring.cancel();
+    }
 }
