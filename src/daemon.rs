@@ -1,9 +1,9 @@
-//! The daemon: one worker per projection, all sharing one client and one shutdown token. A
-//! projection that stops for good (its event collection dropped, say) is reported while the
-//! others go on.
+//! The daemon: one worker per projection (one per partition of a partitioned projection), all
+//! sharing one client and one shutdown token. A worker that stops for good (its event
+//! collection dropped, say) is reported while the others go on.
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::Config;
+use crate::config::{Config, ProjectionConfig};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::{ProjectionStats, StatsSnapshot};
 use mongodb::Client;
@@ -29,6 +29,18 @@ impl DaemonReport {
 
 impl Daemon {
     pub fn new(config: &Config, client: &Client, shutdown: &CancellationToken) -> Self {
+        Self::with_workers(config, client, shutdown, |_| true)
+    }
+
+    /// A daemon running only the workers `select` accepts, among every projection's workers
+    /// (one per partition: [`crate::partition::workers`]). Until workers are shared out by
+    /// leases, this is how instances split a partitioned projection between them.
+    pub fn with_workers(
+        config: &Config,
+        client: &Client,
+        shutdown: &CancellationToken,
+        select: impl Fn(&ProjectionConfig) -> bool,
+    ) -> Self {
         let checkpoints = CheckpointStore::new(
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
@@ -36,12 +48,15 @@ impl Daemon {
         let workers = config
             .projections
             .iter()
+            .flat_map(crate::partition::workers)
+            .filter(|w| select(w))
             .map(|p| {
+                let db = client.database(&p.database);
                 Arc::new(ProjectionWorker::new(
-                    Arc::new(p.clone()),
+                    Arc::new(p),
                     config.source.clone(),
                     config.checkpoints.clone(),
-                    client.database(&p.database),
+                    db,
                     checkpoints.clone(),
                     shutdown.child_token(),
                 ))

@@ -16,6 +16,7 @@ pub mod http;
 pub mod lanes;
 pub mod metrics;
 pub mod park;
+pub mod partition;
 pub mod projection;
 pub mod shutdown;
 pub mod source;

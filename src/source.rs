@@ -10,6 +10,7 @@ use crate::error::{ErrorAction, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
 use crate::park::ParkedEvent;
+use crate::partition;
 use crate::stats::ProjectionStats;
 use crate::watermark::{Ticket, Watermark};
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
@@ -108,9 +109,15 @@ impl ProjectionWorker {
                 position.saved_token = Some(c.token.clone());
                 position.token = Some(c.token);
             }
-            Ok(None) => {
-                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
-            }
+            Ok(None) => match self.inherit_checkpoint().await {
+                Some(c) => {
+                    position.cluster_time = c.cluster_time;
+                    position.token = Some(c.token);
+                }
+                None => {
+                    tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
+                }
+            },
             Err(e) if e.action() == ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
             Err(e) => {
                 tracing::warn!(projection = %name, error = %e, "cannot read checkpoint yet; will retry")
@@ -165,6 +172,39 @@ impl ProjectionWorker {
         Ok(())
     }
 
+    /// A worker's first start when the projection was checkpointed under another partition
+    /// count: the position to start from ([`partition::inherited_start`]). Read errors mean
+    /// starting as configured would risk a gap, so they are retried until shutdown.
+    async fn inherit_checkpoint(&self) -> Option<Checkpoint> {
+        let projection = self.config.projection_name();
+        let mut delay = self.source.reopen_backoff_initial;
+        let family = loop {
+            match self.checkpoints.load_family(projection).await {
+                Ok(family) => break family,
+                Err(e) if e.action() == ErrorAction::Fatal => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints yet; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return None,
+                    }
+                    delay = (delay * 2).min(self.source.reopen_backoff_max);
+                }
+            }
+        };
+        let (from, checkpoint) = partition::inherited_start(projection, &family)?;
+        tracing::info!(
+            projection = %self.config.name,
+            from = %from,
+            checkpoints = family.len(),
+            "no checkpoint of this worker: starting from the oldest checkpoint of the projection under its previous partitioning (later events are redelivered; the sequence guard absorbs those already applied)"
+        );
+        Some(checkpoint)
+    }
+
     fn history_lost(&self, e: &StoreError) {
         ProjectionStats::add(&self.stats.history_lost_recoveries, 1);
         tracing::warn!(
@@ -191,10 +231,10 @@ impl ProjectionWorker {
         *backoff = (*backoff * 2).min(self.source.reopen_backoff_max);
     }
 
-    /// The `$match` after `$changeStream`: inserts (with the projection's filter on the event
-    /// document) and the invalidate that ends a stream.
+    /// The `$match` after `$changeStream`: inserts (with the projection's filter and the
+    /// worker's partition on the event document) and the invalidate that ends a stream.
     fn stream_pipeline(&self) -> Vec<Document> {
-        let inserts = match &self.config.filter {
+        let mut inserts = match &self.config.filter {
             None => doc! {"operationType": "insert"},
             Some(f) => {
                 let mut m = prefix_filter(f, "fullDocument.");
@@ -202,6 +242,8 @@ impl ProjectionWorker {
                 m
             }
         };
+        let aggregate_id = format!("fullDocument.{}", self.config.fields.aggregate_id);
+        partition::restrict(&mut inserts, self.config.partition, &aggregate_id);
         vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}]
     }
 
@@ -614,7 +656,8 @@ impl ProjectionWorker {
         let stream = self.open(None).await?;
         let started_at = stream.resume_token();
         let f = &self.config.fields;
-        let filter = self.config.filter.clone().unwrap_or_default();
+        let mut filter = self.config.filter.clone().unwrap_or_default();
+        partition::restrict(&mut filter, self.config.partition, &f.aggregate_id);
         let mut cursor = self
             .events()
             .find(filter)
