@@ -12,7 +12,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ProjectionConfig};
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, Timestamp, doc};
 use mongodb::change_stream::event::ResumeToken;
 
 /// Most partitions a projection may be split into: each is one more change stream on the
@@ -159,6 +159,25 @@ fn token_order(token: &ResumeToken) -> String {
         Ok(Bson::Document(d)) => d.get_str("_data").unwrap_or_default().to_string(),
         _ => String::new(),
     }
+}
+
+/// The cluster time a resume token stands for. mongod's `_data` is a hex KeyString whose first
+/// value is that time (type byte 130, then the timestamp's 8 bytes big-endian: seconds, then
+/// increment); mongo-sim's is a version byte 1 followed by the same 8 bytes. `None` for any
+/// other form.
+pub fn token_cluster_time(token: &ResumeToken) -> Option<Timestamp> {
+    let data = token_order(token);
+    let byte = |i: usize| u8::from_str_radix(data.get(2 * i..2 * i + 2)?, 16).ok();
+    if !matches!(byte(0)?, 0x82 | 0x01) {
+        return None;
+    }
+    let word = |from: usize| -> Option<u32> {
+        (from..from + 4).try_fold(0u32, |acc, i| Some((acc << 8) | u32::from(byte(i)?)))
+    };
+    Some(Timestamp {
+        time: word(1)?,
+        increment: word(5)?,
+    })
 }
 
 impl ProjectionConfig {
@@ -322,5 +341,30 @@ mod tests {
         // Other projections' checkpoints are not the family.
         assert_eq!(start(&[("accounts2", "01")]), None);
         assert_eq!(start(&[]), None);
+    }
+
+    #[test]
+    fn resume_tokens_name_their_cluster_time() {
+        let token = |data: &str| -> ResumeToken {
+            bson::from_bson(Bson::Document(doc! {"_data": data})).unwrap()
+        };
+        // A token in mongod's form: 82, then the time.
+        assert_eq!(
+            token_cluster_time(&token("82635019A0000000012B022C0100296E5A1004")),
+            Some(Timestamp {
+                time: 0x6350_19A0,
+                increment: 1
+            })
+        );
+        // mongo-sim's: version 1, then the time.
+        assert_eq!(
+            token_cluster_time(&token("0100000064000000070000000000")),
+            Some(Timestamp {
+                time: 100,
+                increment: 7
+            })
+        );
+        assert_eq!(token_cluster_time(&token("7F00")), None);
+        assert_eq!(token_cluster_time(&token("82ZZ")), None);
     }
 }

@@ -101,6 +101,7 @@ impl ProjectionWorker {
             unsaved_events: 0,
             last_save: Instant::now(),
         };
+        let mut inherited_at: Option<Timestamp> = None;
         match self.checkpoints.load(&name).await {
             Ok(Some(c)) => {
                 tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
@@ -109,11 +110,15 @@ impl ProjectionWorker {
                 position.saved_token = Some(c.token.clone());
                 position.token = Some(c.token);
             }
+            // Another stream's token may name an event this worker's filter excludes, and mongod
+            // refuses to resume after an event its stream would not produce ("the resume token
+            // was not found"): start at the token's cluster time instead (inclusive, so that
+            // event too is redelivered), or at the checkpoint's (older still).
             Ok(None) => match self.inherit_checkpoint().await {
-                Some(c) => {
-                    position.cluster_time = c.cluster_time;
-                    position.token = Some(c.token);
-                }
+                Some(c) => match partition::token_cluster_time(&c.token).or(c.cluster_time) {
+                    Some(at) => inherited_at = Some(at),
+                    None => position.token = Some(c.token),
+                },
                 None => {
                     tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
                 }
@@ -123,15 +128,22 @@ impl ProjectionWorker {
                 tracing::warn!(projection = %name, error = %e, "cannot read checkpoint yet; will retry")
             }
         }
-        let mut first_start = position.token.is_none() && self.config.start == StartFrom::Beginning;
+        let mut first_start = position.token.is_none()
+            && inherited_at.is_none()
+            && self.config.start == StartFrom::Beginning;
         while !self.shutdown.is_cancelled() {
             let opened = if first_start {
                 self.catch_up_from_collection(&mut position).await
+            } else if let Some(at) = inherited_at {
+                self.open_from(None, Some(at)).await.map(Some)
             } else {
                 self.open(position.token.clone()).await.map(Some)
             };
             let stream = match opened {
-                Ok(Some(s)) => s,
+                Ok(Some(s)) => {
+                    inherited_at = None; // from now on the position is this stream's own
+                    s
+                }
                 Ok(None) => break, // shut down during catch-up
                 Err(e) => match e.action() {
                     ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
@@ -251,9 +263,19 @@ impl ProjectionWorker {
         &self,
         token: Option<ResumeToken>,
     ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
+        self.open_from(token, None).await
+    }
+
+    /// Opens the stream after `token`, or at the cluster time `start_at`, or from now.
+    async fn open_from(
+        &self,
+        token: Option<ResumeToken>,
+        start_at: Option<Timestamp>,
+    ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
         // Bounded batches: a backlog is fetched a slice at a time, never in one reply.
         let options = ChangeStreamOptions::builder()
             .resume_after(token)
+            .start_at_operation_time(start_at)
             .max_await_time(Some(self.source.max_await))
             .batch_size(Some(STREAM_BATCH))
             .build();
