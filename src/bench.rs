@@ -800,18 +800,23 @@ fn process_cpu() -> Duration {
 /// backlog (`backlog` events over `accounts`) drained by 1 instance running the 3 workers, by 2
 /// running 2 + 1, and by 3 running one each. The instances are [`crate::daemon::Daemon`]s in
 /// this process, each with its own client (connection pool); partition `i` goes to instance
-/// `i mod n`. Each run starts from stored checkpoints on a fresh database and ends when every
-/// event is handled. CPU time is the whole process's: with the embedded server that includes
+/// `i mod n`. Each run starts from stored checkpoints on a fresh database (and a fresh embedded
+/// server) and ends when every event is handled. CPU time is the whole process's: with the embedded server that includes
 /// mongo-sim, which shares the process.
 pub async fn scale_out(o: BenchOptions) -> BenchResult<Vec<ScaleOutRow>> {
-    let (uri, _server, embedded) = start_server(o.backlog as usize * 2 + 100_000).await?;
     println!(
         "scale-out: {SCALE_OUT_PARTITIONS} partitions, backlog of {} events over {} accounts, lanes={} per worker, batch_size={}",
         o.backlog, o.accounts, o.lanes, o.batch_size
     );
     let mut rows = Vec::new();
+    let mut embedded = false;
     for instances in 1..=SCALE_OUT_PARTITIONS as usize {
+        // A fresh embedded server per row, so that no row runs on a server the previous rows
+        // filled (its oplog and memory); a MONGODB_URI server is shared by all three.
+        let (uri, server, is_embedded) = start_server(o.backlog as usize * 2 + 100_000).await?;
+        embedded = is_embedded;
         let row = scale_out_run(&uri, &o, instances).await?;
+        drop(server);
         println!(
             "{} instance(s) ({} workers): {:.0} events/s, {:.1} µs CPU per event",
             row.instances,
