@@ -771,6 +771,8 @@ fn print_summary(r: &BenchReport) {
 /// One row of the scale-out table.
 #[derive(Debug, Clone)]
 pub struct ScaleOutRow {
+    /// Partitions of the projection (1: the unpartitioned baseline).
+    pub partitions: u32,
     pub instances: usize,
     /// Partition workers per instance, e.g. "2+1".
     pub split: String,
@@ -798,10 +800,11 @@ fn process_cpu() -> Duration {
 
 /// `mongo-projector bench --scale-out`: the example projection with 3 partitions; the same
 /// backlog (`backlog` events over `accounts`) drained by 1 instance running the 3 workers, by 2
-/// running 2 + 1, and by 3 running one each. The instances are [`crate::daemon::Daemon`]s in
-/// this process, each with its own client (connection pool); partition `i` goes to instance
-/// `i mod n`. Each run starts from stored checkpoints on a fresh database (and a fresh embedded
-/// server) and ends when every event is handled. CPU time is the whole process's: with the embedded server that includes
+/// running 2 + 1, and by 3 running one each, after a baseline of the unpartitioned projection
+/// in 1 instance. The instances are [`crate::daemon::Daemon`]s in this process, each with its
+/// own client (connection pool); partition `i` goes to instance `i mod n`. Each run starts from
+/// stored checkpoints on a fresh database (and a fresh embedded server) and ends when every
+/// event is handled. CPU time is the whole process's: with the embedded server that includes
 /// mongo-sim, which shares the process.
 pub async fn scale_out(o: BenchOptions) -> BenchResult<Vec<ScaleOutRow>> {
     println!(
@@ -810,15 +813,18 @@ pub async fn scale_out(o: BenchOptions) -> BenchResult<Vec<ScaleOutRow>> {
     );
     let mut rows = Vec::new();
     let mut embedded = false;
-    for instances in 1..=SCALE_OUT_PARTITIONS as usize {
+    let plan = std::iter::once((1, 1))
+        .chain((1..=SCALE_OUT_PARTITIONS as usize).map(|n| (SCALE_OUT_PARTITIONS, n)));
+    for (partitions, instances) in plan {
         // A fresh embedded server per row, so that no row runs on a server the previous rows
-        // filled (its oplog and memory); a MONGODB_URI server is shared by all three.
+        // filled (its oplog and memory); a MONGODB_URI server is shared by all of them.
         let (uri, server, is_embedded) = start_server(o.backlog as usize * 2 + 100_000).await?;
         embedded = is_embedded;
-        let row = scale_out_run(&uri, &o, instances).await?;
+        let row = scale_out_run(&uri, &o, partitions, instances).await?;
         drop(server);
         println!(
-            "{} instance(s) ({} workers): {:.0} events/s, {:.1} µs CPU per event",
+            "{} partition(s), {} instance(s) ({} workers): {:.0} events/s, {:.1} µs CPU per event",
+            row.partitions,
             row.instances,
             row.split,
             row.rate,
@@ -836,12 +842,13 @@ pub async fn scale_out(o: BenchOptions) -> BenchResult<Vec<ScaleOutRow>> {
         }
     );
     println!(
-        "{:<10} {:<10} {:>12} {:>22}",
-        "instances", "workers", "events/s", "CPU µs per event"
+        "{:<11} {:<10} {:<10} {:>12} {:>22}",
+        "partitions", "instances", "workers", "events/s", "CPU µs per event"
     );
     for r in &rows {
         println!(
-            "{:<10} {:<10} {:>12.0} {:>22.1}",
+            "{:<11} {:<10} {:<10} {:>12.0} {:>22.1}",
+            r.partitions,
             r.instances,
             r.split,
             r.rate,
@@ -874,17 +881,22 @@ async fn start_server(
     Ok((uri, Some(sim), true))
 }
 
-async fn scale_out_run(uri: &str, o: &BenchOptions, instances: usize) -> BenchResult<ScaleOutRow> {
+async fn scale_out_run(
+    uri: &str,
+    o: &BenchOptions,
+    partitions: u32,
+    instances: usize,
+) -> BenchResult<ScaleOutRow> {
     use crate::daemon::Daemon;
     use tokio_util::sync::CancellationToken;
-    let name = format!("bench_scale_out_{instances}");
+    let name = format!("bench_scale_out_{partitions}_{instances}");
     let text = EXAMPLE_CONFIG
         .replace("database = \"bank\"", &format!("database = \"{name}\""))
         .replace("start = \"beginning\"", "start = \"now\"")
         .replace(
             "[[projections]]",
             &format!(
-                "[source]\nlanes = {}\nbatch_size = {}\n\n[[projections]]\npartitions = {SCALE_OUT_PARTITIONS}",
+                "[source]\nlanes = {}\nbatch_size = {}\n\n[[projections]]\npartitions = {partitions}",
                 o.lanes, o.batch_size
             ),
         );
@@ -902,8 +914,7 @@ async fn scale_out_run(uri: &str, o: &BenchOptions, instances: usize) -> BenchRe
             .enumerate()
             .map(|(n, client)| {
                 let daemon = Arc::new(Daemon::with_workers(&config, client, shutdown, |w| {
-                    w.partition
-                        .is_some_and(|p| p.index as usize % instances == n)
+                    w.partition.map_or(0, |p| p.index as usize) % instances == n
                 }));
                 let running = daemon.clone();
                 let handle = tokio::spawn(async move { running.run().await });
@@ -935,7 +946,7 @@ async fn scale_out_run(uri: &str, o: &BenchOptions, instances: usize) -> BenchRe
         .count_documents(doc! {})
         .await
         .map_err(err("reading checkpoints"))?
-        < u64::from(SCALE_OUT_PARTITIONS)
+        < u64::from(partitions)
     {
         if Instant::now() > deadline {
             return Err("timed out waiting for the workers' first checkpoints".into());
@@ -978,6 +989,7 @@ async fn scale_out_run(uri: &str, o: &BenchOptions, instances: usize) -> BenchRe
     stop(shutdown, running).await?;
     let _ = db.drop().await;
     Ok(ScaleOutRow {
+        partitions,
         instances,
         split,
         events: o.backlog,
