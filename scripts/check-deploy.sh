@@ -5,7 +5,8 @@
 #   - helm render of several value sets, every manifest validated strictly (unknown fields are
 #     errors) against the Kubernetes API schemas of the oldest supported and the newest release;
 #     ServiceMonitor and PrometheusRule against the schemas in helm/mongo-projector/ci/crd-schemas;
-#   - what the manifests must say: Recreate, at most one replica, probes, security context, the
+#   - what the manifests must say: RollingUpdate with leases (Recreate and at most one replica
+#     without), probes, security context, the
 #     grace period longer than the drain deadline, MONGODB_URI from the Secret, the TOML config
 #     equal to the values it was rendered from (and the default equal to config/example.toml);
 #   - values.schema.json accepts the shipped values and rejects each case of ci/rejected.yaml;
@@ -205,8 +206,14 @@ def one(docs, kind):
 def deployment_facts(docs, values):
     dep = one(docs, "Deployment")
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
-    assert spec["strategy"] == {"type": "Recreate"}, f"strategy {spec['strategy']}, want Recreate"
-    assert spec["replicas"] in (0, 1), f"replicas {spec['replicas']}: at most one is safe"
+    if values["config"].get("leases", {}).get("enabled", True):
+        # A new pod starts in standby before the old one releases its leases.
+        want = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        assert spec["strategy"] == want, f"strategy {spec['strategy']}, want {want}"
+    else:
+        assert spec["strategy"] == {"type": "Recreate"}, f"strategy {spec['strategy']}, want Recreate"
+        assert spec["replicas"] in (0, 1), f"replicas {spec['replicas']}: without leases at most one is safe"
+    assert spec["replicas"] == values["replicaCount"], f"replicas {spec['replicas']}"
     deadline = seconds(values["config"]["shutdown"]["deadline"])
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > deadline, f"terminationGracePeriodSeconds {grace} <= drain deadline {deadline}s"
@@ -262,7 +269,8 @@ def prometheus_facts(docs, values):
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     alerts = {r["alert"] for r in rules}
     want = {"MongoProjectorLagHigh", "MongoProjectorParkedEventsOld", "MongoProjectorDeadLetters",
-            "MongoProjectorOplogHeadroomLow", "MongoProjectorNoProgress", "MongoProjectorDown"}
+            "MongoProjectorOplogHeadroomLow", "MongoProjectorNoProgress", "MongoProjectorDown",
+            "MongoProjectorAuditDrift"}
     assert want <= alerts, f"missing alerts {sorted(want - alerts)}"
     unknown = {m for r in rules for m in re.findall(r"\bmongo_projector_[a-z_]+", str(r["expr"]))
                if re.sub(r"_(bucket|sum|count)$", "", m) not in METRICS}
@@ -312,7 +320,7 @@ def schema_matches_code():
         "projections[0].fields.": (minimal + "[projections.fields]\nzzz_unknown = 1\n",
                                    projection["properties"]["fields"]),
     }
-    for table in ("http", "checkpoints", "shutdown", "source"):
+    for table in ("http", "checkpoints", "shutdown", "source", "leases"):
         tables[table + "."] = (f"[{table}]\nzzz_unknown = 1\n" + minimal,
                                config["properties"][table])
     problems = []
@@ -333,6 +341,21 @@ def schema_matches_code():
                             f"only in values.schema.json {sorted(chart - code)}")
     assert not problems, "\n".join(problems)
     return f"{len(tables)} tables"
+
+
+def replicas_need_leases():
+    """Refused by values.schema.json, and by the template itself (for a chart rendered without
+    schema validation)."""
+    try:
+        chart.render({"replicaCount": 2, "config": {"leases": {"enabled": False}}},
+                     name="x", namespace="x", is_install=True)
+    except helm.HelmValuesError:
+        pass
+    except helm.HelmError as e:
+        assert "leases" in str(e), str(e)
+    else:
+        raise AssertionError("rendered two replicas without leases")
+    return "refused"
 
 
 def http_off_needs_probes_off():
@@ -503,7 +526,15 @@ scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address", 
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": None},
     "config": {"shutdown": {"deadline": "45s"}, "http": {"address": "[::]:8080"}},
 }, "paused", "ops", optional=("PodDisruptionBudget",))
+scenario("three replicas with leases, PDB", {
+    "replicaCount": 3,
+    "podDisruptionBudget": {"enabled": True},
+}, "replicas", "ops", optional=("PodDisruptionBudget",))
+scenario("leases disabled: one replica, Recreate", {
+    "config": {"leases": {"enabled": False}},
+}, "single", "ops", optional=())
 check("default config is config/example.toml", default_config_is_example)
+check("replicaCount > 1 without leases is refused", replicas_need_leases)
 check("http.enabled=false needs the probes off", http_off_needs_probes_off)
 if os.environ.get("MONGO_PROJECTOR_BIN"):
     check("values.schema.json knows the daemon's configuration keys", schema_matches_code)

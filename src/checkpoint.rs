@@ -2,8 +2,13 @@
 //! skipped or parked, with its cluster time and a running count. Written with majority write
 //! concern, every N events or T time (whichever first), and from the post-batch resume token
 //! on quiet streams so that an idle projection's token never ages out of the oplog.
+//!
+//! When several replicas run, writes are fenced by the writer's lease epoch
+//! ([`crate::lease`]): the document keeps the highest epoch that claimed it, and a write with
+//! an older epoch is refused ([`StoreError::Fenced`]), so a paused former holder can never move
+//! the position back. Checkpoints are keyed by the worker's name.
 
-use crate::error::StoreError;
+use crate::error::{DUPLICATE_KEY, StoreError, server_code};
 use bson::{Bson, DateTime, Document, Timestamp, doc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::{ReadConcern, WriteConcern};
@@ -48,6 +53,8 @@ impl CheckpointStore {
                     ))
                 })?
             }
+            // Claimed by a lease holder that has not saved a position yet.
+            None if d.contains_key("epoch") => return Ok(None),
             _ => {
                 return Err(StoreError::Fatal(format!(
                     "checkpoint of {projection} has no resumeToken"
@@ -69,7 +76,53 @@ impl CheckpointStore {
         }))
     }
 
-    pub async fn save(&self, projection: &str, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    /// Writes the position of a worker holding the lease with `epoch`: only while the stored
+    /// checkpoint's epoch is not newer (an upsert whose filter misses an existing document
+    /// fails with a duplicate key, which means a newer holder claimed it).
+    pub async fn save(
+        &self,
+        projection: &str,
+        checkpoint: &Checkpoint,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let mut set = Self::fields(checkpoint)?;
+        set.insert("epoch", epoch);
+        self.fenced_update(projection, epoch, set).await
+    }
+
+    /// Writes the position without a lease (leases disabled, operator tools, tests): the
+    /// stored epoch, if any, is kept.
+    pub async fn save_unfenced(
+        &self,
+        projection: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
+        let set = Self::fields(checkpoint)?;
+        self.coll
+            .update_one(doc! {"_id": projection}, doc! {"$set": set})
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Raises the checkpoint's epoch to `epoch` without moving its position: a new lease
+    /// holder does this before loading, so that every later write of an older holder is
+    /// refused. Fails with [`StoreError::Fenced`] when an even newer holder claimed it.
+    pub async fn claim(&self, projection: &str, epoch: i64) -> Result<(), StoreError> {
+        self.fenced_update(projection, epoch, doc! {"epoch": epoch})
+            .await
+    }
+
+    /// The epoch of the newest holder that claimed or wrote the checkpoint.
+    pub async fn epoch(&self, projection: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .coll
+            .find_one(doc! {"_id": projection})
+            .await?
+            .and_then(|d| d.get("epoch").and_then(Bson::as_i64)))
+    }
+
+    fn fields(checkpoint: &Checkpoint) -> Result<Document, StoreError> {
         let token = bson::to_bson(&checkpoint.token)
             .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
         let mut set = doc! {
@@ -80,11 +133,7 @@ impl CheckpointStore {
         if let Some(ts) = checkpoint.cluster_time {
             set.insert("clusterTime", ts);
         }
-        self.coll
-            .update_one(doc! {"_id": projection}, doc! {"$set": set})
-            .upsert(true)
-            .await?;
-        Ok(())
+        Ok(set)
     }
 
     /// Every checkpoint whose name is `projection` or starts with `projection/` (its partition
@@ -113,13 +162,51 @@ impl CheckpointStore {
         Ok(family)
     }
 
-    /// Forgets a projection's position (it then starts as configured).
+    async fn fenced_update(
+        &self,
+        projection: &str,
+        epoch: i64,
+        set: Document,
+    ) -> Result<(), StoreError> {
+        let filter = doc! {
+            "_id": projection,
+            "$or": [{"epoch": {"$lte": epoch}}, {"epoch": {"$exists": false}}],
+        };
+        match self
+            .coll
+            .update_one(filter, doc! {"$set": set})
+            .upsert(true)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if server_code(&e) == Some(DUPLICATE_KEY) => Err(StoreError::Fenced(format!(
+                "checkpoint of {projection} belongs to a lease holder newer than epoch {epoch}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Forgets a projection's position (it then starts as configured). A lease epoch stored
+    /// with it is kept, so that fencing still refuses older holders.
     pub async fn reset(&self, projection: &str) -> Result<bool, StoreError> {
+        let deleted = self
+            .coll
+            .delete_one(doc! {"_id": projection, "epoch": {"$exists": false}})
+            .await?
+            .deleted_count;
+        if deleted > 0 {
+            return Ok(true);
+        }
+        let unset =
+            doc! {"resumeToken": "", "clusterTime": "", "eventsHandled": "", "updatedAt": ""};
         Ok(self
             .coll
-            .delete_one(doc! {"_id": projection})
+            .update_one(
+                doc! {"_id": projection, "resumeToken": {"$exists": true}},
+                doc! {"$unset": unset},
+            )
             .await?
-            .deleted_count
+            .modified_count
             > 0)
     }
 }

@@ -18,7 +18,51 @@ pub struct Config {
     pub checkpoints: CheckpointConfig,
     pub shutdown: ShutdownConfig,
     pub source: SourceConfig,
+    pub audit: AuditConfig,
+    pub leases: LeaseConfig,
     pub projections: Vec<ProjectionConfig>,
+}
+
+/// Leases that let several replicas run side by side: each worker is active in one instance
+/// at a time, and checkpoint writes are fenced by the lease epoch (see [`crate::lease`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseConfig {
+    /// Off: a single instance, checkpoints unfenced.
+    pub enabled: bool,
+    /// How long a lease (and an instance's heartbeat) lasts without renewal: the longest a
+    /// dead holder keeps a worker from running elsewhere.
+    pub ttl: Duration,
+    /// How often leases are renewed and standby workers try to acquire; below `ttl / 2` so
+    /// that one late renewal does not lose the lease.
+    pub renew_every: Duration,
+    /// Lease collection, in the checkpoint database.
+    pub collection: String,
+    /// This instance's name in lease documents; by default the host name (the pod's name),
+    /// the process id and a random suffix, see [`LeaseConfig::holder_id`].
+    pub holder: Option<String>,
+}
+
+/// Heartbeats of running instances, beside the leases in the checkpoint database.
+pub const INSTANCES_COLLECTION: &str = "projector_instances";
+
+impl LeaseConfig {
+    /// The configured holder, or `$HOSTNAME-<pid>-<random>`: unique even when a pod's
+    /// process restarts under the same name, so a restarted instance never inherits the lease
+    /// (and epoch) of the process it replaces.
+    pub fn holder_id(&self) -> String {
+        if let Some(h) = &self.holder {
+            return h.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "mongo-projector".into());
+        format!(
+            "{host}-{}-{:06x}",
+            std::process::id(),
+            rand::random::<u32>() & 0xff_ffff
+        )
+    }
 }
 
 /// The metrics and probes endpoint.
@@ -67,6 +111,14 @@ pub struct SourceConfig {
     /// Most events one lane takes into one batch (each round of a batch is one `update`
     /// command with at most one statement per aggregate).
     pub batch_size: usize,
+}
+
+/// The periodic drift audit inside the daemon (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditConfig {
+    /// How often every projection's read model is compared with its event collection;
+    /// `None` (absent or `"0s"`): never.
+    pub every: Option<Duration>,
 }
 
 /// Lanes when the configuration does not say: two per core, at least 4, at most 16. A lane
@@ -486,6 +538,8 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         c.finish(errors);
         cfg
     };
+    let audit = read_audit(&mut r, errors);
+    let leases = read_leases(&mut r, errors);
     let mut projections = Vec::new();
     match r.get("projections") {
         None => {
@@ -526,8 +580,64 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         checkpoints,
         shutdown,
         source,
+        audit,
+        leases,
         projections,
     }
+}
+
+/// `[audit]`: `every` is a duration where `"0s"` (like leaving it out) turns the audit off.
+fn read_audit(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> AuditConfig {
+    let empty = toml::Table::new();
+    let t = r.table("audit", errors).unwrap_or(&empty);
+    let mut c = TableReader::new(t, "audit");
+    let every = match c.get("every") {
+        None => None,
+        Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!(
+                    "audit.every: not a duration like \"1h\" or \"0s\" (off): {e}"
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(format!(
+                "audit.every: expected a duration string like \"1h\", found {}",
+                other.type_str()
+            ));
+            None
+        }
+    };
+    c.finish(errors);
+    AuditConfig { every }
+}
+
+/// `[leases]`: `renew_every` must leave room for one late renewal within `ttl`.
+fn read_leases(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> LeaseConfig {
+    let empty = toml::Table::new();
+    let t = r.table("leases", errors).unwrap_or(&empty);
+    let mut c = TableReader::new(t, "leases");
+    let cfg = LeaseConfig {
+        enabled: c.boolean("enabled", true, errors),
+        ttl: c.duration("ttl", Duration::from_secs(15), errors),
+        renew_every: c.duration("renew_every", Duration::from_secs(5), errors),
+        collection: c
+            .string("collection", errors)
+            .unwrap_or_else(|| "projector_leases".into()),
+        holder: c.string("holder", errors),
+    };
+    if cfg.renew_every * 2 >= cfg.ttl {
+        errors.push(format!(
+            "leases.renew_every: must be less than half of leases.ttl ({}), found {}",
+            humantime::format_duration(cfg.ttl),
+            humantime::format_duration(cfg.renew_every)
+        ));
+    }
+    c.finish(errors);
+    cfg
 }
 
 fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> ProjectionConfig {
@@ -955,6 +1065,81 @@ mod tests {
             bad("partitions = \"3\""),
             ["projections[0].partitions: expected an integer, found string"]
         );
+    }
+
+    #[test]
+    fn the_audit_runs_only_when_asked_to() {
+        let minimal = r#"
+            [[projections]]
+            name = "p"
+            database = "d"
+            events = "e"
+            target = "t"
+            handlers = { A = { "$set" = { a = 1 } } }
+        "#;
+        let every =
+            |audit: &str| Config::parse(&format!("{audit}\n{minimal}")).map(|c| c.audit.every);
+        assert_eq!(every(""), Ok(None));
+        assert_eq!(every("[audit]\nevery = \"0s\""), Ok(None));
+        assert_eq!(
+            every("[audit]\nevery = \"1h\""),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        let errors = every("[audit]\nevery = \"often\"\nrepair = true")
+            .unwrap_err()
+            .0;
+        assert!(
+            errors[0].starts_with("audit.every: not a duration"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("audit.repair: unknown key"),
+            "{errors:?}"
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn leases_default_on_and_renew_well_within_the_ttl() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        assert!(config.leases.enabled);
+        assert_eq!(config.leases.ttl, Duration::from_secs(15));
+        assert_eq!(config.leases.renew_every, Duration::from_secs(5));
+        assert_eq!(config.leases.collection, "projector_leases");
+        let a = config.leases.holder_id();
+        assert_ne!(
+            a,
+            config.leases.holder_id(),
+            "each instance gets its own id"
+        );
+
+        let minimal = r#"
+            [[projections]]
+            name = "p"
+            database = "d"
+            events = "e"
+            target = "t"
+            handlers = { A = { "$set" = { a = 1 } } }
+        "#;
+        let text =
+            format!("[leases]\nttl = \"4s\"\nrenew_every = \"2s\"\nowner = \"x\"\n{minimal}");
+        let errors = Config::parse(&text).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("leases.renew_every: must be less than half of leases.ttl")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("leases.owner: unknown key")),
+            "{errors:?}"
+        );
+        let text = format!("[leases]\nenabled = false\nholder = \"pod-a\"\n{minimal}");
+        let config = Config::parse(&text).unwrap();
+        assert!(!config.leases.enabled);
+        assert_eq!(config.leases.holder_id(), "pod-a");
     }
 
     #[test]

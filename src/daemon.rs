@@ -1,18 +1,27 @@
 //! The daemon: one worker per projection (one per partition of a partitioned projection), all
 //! sharing one client and one shutdown token. A worker that stops for good (its event
 //! collection dropped, say) is reported while the others go on.
+//!
+//! With `[leases] enabled` (the default), each worker runs only while this instance holds its
+//! lease ([`crate::replicas`]), so that several replicas can run side by side.
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, ProjectionConfig};
+use crate::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::{ProjectionStats, StatsSnapshot};
 use mongodb::Client;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A running set of projection workers.
 pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
+    audit: Option<crate::audit::BackgroundAudit>,
+    /// This instance among the replicas; `None` with leases disabled.
+    instance: Option<Arc<Instance>>,
+    shutdown: CancellationToken,
 }
 
 /// How each projection ended.
@@ -33,8 +42,8 @@ impl Daemon {
     }
 
     /// A daemon running only the workers `select` accepts, among every projection's workers
-    /// (one per partition: [`crate::partition::workers`]). Until workers are shared out by
-    /// leases, this is how instances split a partitioned projection between them.
+    /// (one per partition: [`crate::partition::workers`]): a fixed split between instances,
+    /// for tests and benchmarks (leases share the workers out at run time).
     pub fn with_workers(
         config: &Config,
         client: &Client,
@@ -45,7 +54,7 @@ impl Daemon {
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
         );
-        let workers = config
+        let workers: Vec<Arc<ProjectionWorker>> = config
             .projections
             .iter()
             .flat_map(crate::partition::workers)
@@ -62,7 +71,34 @@ impl Daemon {
                 ))
             })
             .collect();
-        Self { workers }
+        let audit = crate::audit::BackgroundAudit::new(
+            config,
+            client,
+            shutdown,
+            workers.iter().map(|w| (w.config.clone(), w.stats.clone())),
+        );
+        let instance = config
+            .leases
+            .enabled
+            .then(|| Instance::new(config, client, checkpoints, workers.len()));
+        if let Some(instance) = &instance {
+            // Standby from the start: a monitor built before `run` already sees leases.
+            for w in &workers {
+                w.stats.lease.enable(&instance.holder);
+            }
+        }
+        Self {
+            workers,
+            audit,
+            instance,
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    /// This instance among the replicas (its holder id, its share of leases); `None` with
+    /// leases disabled.
+    pub fn instance(&self) -> Option<&Arc<Instance>> {
+        self.instance.as_ref()
     }
 
     /// Counters per projection, for reporting while running.
@@ -82,14 +118,31 @@ impl Daemon {
     }
 
     /// Runs every projection until shutdown or until each has stopped.
+    ///
+    /// Dropping this future (a crash of the task running it) aborts every worker at once,
+    /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
+        let _audit = self.audit.clone().map(crate::audit::BackgroundAudit::spawn);
+        let mut heartbeat = None;
+        let heartbeat_stop = self.shutdown.child_token();
+        if let Some(instance) = &self.instance {
+            tracing::info!(holder = %instance.holder, workers = self.workers.len(), "leases enabled: each worker runs while this instance holds its lease");
+            // Count the live instances before taking leases, so that a new instance does not
+            // take every lease only to give most back a moment later.
+            let _ = tokio::time::timeout(FIRST_HEARTBEAT_WAIT, instance.heartbeat()).await;
+            heartbeat = Some(AbortOnDropHandle::new(tokio::spawn(
+                instance.clone().announce(heartbeat_stop.clone()),
+            )));
+        }
         let mut handles = Vec::new();
         for w in &self.workers {
+            let name = w.config.name.clone();
             let w = w.clone();
-            handles.push((
-                w.config.name.clone(),
-                tokio::spawn(async move { w.run().await }),
-            ));
+            let task = match &self.instance {
+                Some(instance) => tokio::spawn(run_leased(w, instance.clone())),
+                None => tokio::spawn(async move { w.run().await }),
+            };
+            handles.push((name, AbortOnDropHandle::new(task)));
         }
         let mut results = Vec::new();
         for (name, handle) in handles {
@@ -104,6 +157,11 @@ impl Daemon {
                 tracing::error!(projection = %name, error = %e.message, "projection stopped");
             }
             results.push((name, result));
+        }
+        heartbeat_stop.cancel();
+        if let Some(heartbeat) = heartbeat {
+            // The heartbeat is removed on shutdown, so that others count this instance gone.
+            let _ = heartbeat.await;
         }
         DaemonReport { results }
     }

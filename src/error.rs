@@ -25,6 +25,11 @@ pub enum StoreError {
     Reply(String),
     #[error("{0}")]
     Fatal(String),
+    /// A checkpoint write was refused because a newer lease holder (a higher epoch) has
+    /// claimed the checkpoint: this worker run must stop; retrying with the same epoch would
+    /// only be refused again.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// mongod's ChangeStreamHistoryLost, and its pre-4.4 code.
@@ -42,7 +47,7 @@ impl StoreError {
                 _ => ErrorAction::Retry,
             },
             StoreError::WriteConcern(_) | StoreError::Reply(_) => ErrorAction::Retry,
-            StoreError::Fatal(_) => ErrorAction::Fatal,
+            StoreError::Fatal(_) | StoreError::Fenced(_) => ErrorAction::Fatal,
         }
     }
 
@@ -60,9 +65,13 @@ impl StoreError {
             StoreError::WriteConcern(_) => "write_concern".into(),
             StoreError::Reply(_) => "reply".into(),
             StoreError::Fatal(_) => "fatal".into(),
+            StoreError::Fenced(_) => "fenced".into(),
         }
     }
 }
+
+/// mongod's DuplicateKey: an upsert whose filter did not match a document that exists.
+pub const DUPLICATE_KEY: i32 = 11000;
 
 /// The server's error code, for command errors.
 pub fn server_code(e: &MongoError) -> Option<i32> {

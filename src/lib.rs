@@ -5,6 +5,7 @@
 //! Events that cannot be applied yet are parked ([`park`]); see `ARCHITECTURE.md`.
 
 pub mod apply;
+pub mod audit;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -14,10 +15,13 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod lanes;
+pub mod lease;
 pub mod metrics;
 pub mod park;
 pub mod partition;
 pub mod projection;
+pub mod rebuild;
+pub mod replicas;
 pub mod shutdown;
 pub mod source;
 pub mod stats;

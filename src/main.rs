@@ -38,10 +38,40 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Rebuild a projection's read model into a shadow collection while the daemon keeps
+    /// serving, then swap it in atomically and hand the position over (README: "Live
+    /// rebuild"). Interrupted, it resumes when run again.
+    Rebuild {
+        #[command(flatten)]
+        args: RebuildArgs,
+    },
     /// List, retry or skip parked and dead-lettered events.
     Parked {
         #[command(subcommand)]
         action: ParkedAction,
+    },
+    /// Compare the read model with the event collection: aggregates behind, ahead, missing or
+    /// with a gap in their events; exits 0 when nothing is out of step, 1 when something is
+    /// (and was not repaired), 2 on error.
+    Audit {
+        #[arg(long)]
+        config: PathBuf,
+        /// The projection to audit.
+        #[arg(long)]
+        projection: String,
+        /// Heal what is found through the sequence guard (safe while the daemon runs).
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many out-of-step aggregates to list (all are counted and repaired).
+        #[arg(long, default_value_t = 20)]
+        examples: usize,
+        /// Look again after this long at aggregates that seem behind or missing, so that a
+        /// running daemon's lag is not reported as drift (e.g. "30s").
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        settle: std::time::Duration,
     },
     /// Run the example domain end to end on an embedded test server.
     Demo {
@@ -96,6 +126,31 @@ struct ParkedTarget {
     /// Only this aggregate (a string id).
     #[arg(long)]
     aggregate: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct RebuildArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// The projection to rebuild.
+    #[arg(long)]
+    projection: String,
+    /// Discard an unfinished rebuild of this projection (and its shadow) and start over.
+    #[arg(long)]
+    restart: bool,
+    /// No daemon runs this projection now: swap without asking one to hand it over
+    /// (required when leases are not enabled).
+    #[arg(long)]
+    offline: bool,
+    /// Swap even when the rebuilt read model is behind the live one for some aggregates.
+    #[arg(long)]
+    allow_behind: bool,
+    /// Catching up ends once the rebuild is this close to the head of the stream.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    max_lag: std::time::Duration,
+    /// Serve the rebuild's metrics on /metrics at this address while it runs.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +228,18 @@ fn main() -> ExitCode {
             };
             runtime().block_on(run_daemon(config, uri))
         }
+        Command::Rebuild { args } => {
+            init_logging(cli.log_format, "info");
+            let config = match load_config(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!("MONGODB_URI is not set: it must hold the connection string");
+                return ExitCode::from(2);
+            };
+            runtime().block_on(rebuild(config, uri, args))
+        }
         Command::Parked { action } => {
             init_logging(cli.log_format, "warn");
             let path = match &action {
@@ -189,6 +256,30 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             runtime().block_on(parked(config, uri, action))
+        }
+        Command::Audit {
+            config,
+            projection,
+            repair,
+            json,
+            examples,
+            settle,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let config = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Ok(uri) = std::env::var("MONGODB_URI") else {
+                eprintln!("MONGODB_URI is not set: it must hold the connection string");
+                return ExitCode::from(2);
+            };
+            let options = mongo_projector::audit::AuditOptions {
+                examples,
+                repair,
+                settle,
+            };
+            runtime().block_on(audit(config, uri, projection, options, json))
         }
         Command::Demo {
             accounts,
@@ -362,6 +453,89 @@ async fn demo(options: DemoOptions) -> ExitCode {
     }
 }
 
+async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
+    use mongo_projector::rebuild::{self, RebuildError, RebuildOptions, RebuildOutcome};
+    let shutdown = match mongo_projector::shutdown::install() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let options = RebuildOptions {
+        restart: args.restart,
+        offline: args.offline,
+        allow_behind: args.allow_behind,
+        max_lag: args.max_lag,
+        lanes: config.source.lanes,
+        ..RebuildOptions::default()
+    };
+    let progress = std::sync::Arc::new(rebuild::RebuildProgress::default());
+    let monitoring = tokio_util::sync::CancellationToken::new();
+    let _stop_monitoring = monitoring.clone().drop_guard();
+    if let Some(address) = args.metrics_address {
+        let monitor = mongo_projector::metrics::Monitor::new(&config, &client, Vec::new());
+        monitor.watch_rebuild(&args.projection, progress.clone());
+        match mongo_projector::http::bind(address, monitor, monitoring.clone()).await {
+            Ok((bound, serve)) => {
+                tokio::spawn(serve);
+                tracing::info!(address = %bound, "serving the rebuild's /metrics");
+            }
+            Err(e) => {
+                eprintln!("cannot serve metrics on {address}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let result = match rebuild::handover_for(&config, &client, &options) {
+        Ok(handover) => {
+            rebuild::run(
+                &config,
+                &client,
+                &args.projection,
+                &options,
+                &handover,
+                &progress,
+                &shutdown,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(RebuildOutcome::Swapped(s)) => {
+            println!(
+                "rebuilt {}: {} events scanned, {} streamed, {} documents swapped in, {} parked or dead-lettered",
+                args.projection, s.scanned, s.streamed, s.documents, s.parked
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(RebuildOutcome::Interrupted { phase }) => {
+            eprintln!(
+                "rebuild of {} interrupted while {}; run the same command again to resume",
+                args.projection,
+                phase.as_str()
+            );
+            ExitCode::FAILURE
+        }
+        Err(RebuildError::Refused(why)) => {
+            eprintln!("rebuild of {} refused: {why}", args.projection);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("rebuild of {} failed: {e}", args.projection);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
     use mongo_projector::apply::Applier;
     let target = match &action {
@@ -459,4 +633,50 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
+}
+
+async fn audit(
+    config: Config,
+    uri: String,
+    projection: String,
+    options: mongo_projector::audit::AuditOptions,
+    json: bool,
+) -> ExitCode {
+    let Some(p) = config.projection(&projection) else {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        eprintln!(
+            "no projection {projection:?} in the configuration (known: {})",
+            names.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    let client = match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let audit = mongo_projector::audit::Audit::new(
+        std::sync::Arc::new(p.clone()),
+        &client.database(&p.database),
+    );
+    match audit.run(options).await {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.unresolved() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("audit of {projection} failed: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

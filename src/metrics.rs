@@ -8,6 +8,7 @@
 
 use crate::config::{Config, HttpConfig};
 use crate::park::ParkedStore;
+use crate::rebuild::{Phase, RebuildProgress};
 use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, Document, doc};
 use mongodb::Client;
@@ -38,7 +39,7 @@ macro_rules! catalogue {
     ($($ident:ident = $name:literal, $kind:ident, $help:literal;)*) => {
         $(pub const $ident: MetricDef = MetricDef { name: $name, kind: Kind::$kind, help: $help };)*
         /// Every metric the daemon exports (besides the standard `process_*` ones), each with
-        /// the label `projection` (restarts also `reason`).
+        /// the label `projection` (restarts also `reason`, audit drift also `kind`).
         pub const CATALOGUE: &[MetricDef] = &[$($ident),*];
     };
 }
@@ -55,7 +56,7 @@ catalogue! {
     EVENTS_DEAD_LETTERED = "mongo_projector_events_dead_lettered_total", Counter, "Events dead-lettered (malformed, refused by the server, or a gap never filled).";
     EVENTS_MALFORMED = "mongo_projector_events_malformed_total", Counter, "Event documents that could not be decoded.";
     APPLY_DURATION = "mongo_projector_apply_duration_seconds", Histogram, "Duration of guarded writes.";
-    LAG = "mongo_projector_lag_seconds", Gauge, "Now minus the cluster time of the newest applied event; 0 when caught up.";
+    LAG = "mongo_projector_lag_seconds", Gauge, "How long the oldest event not yet applied has waited (now minus its cluster time; the newest applied event's while between batches); 0 when caught up.";
     CHECKPOINT_AGE = "mongo_projector_checkpoint_age_seconds", Gauge, "Time since the last checkpoint write.";
     OPLOG_HEADROOM = "mongo_projector_oplog_headroom_seconds", Gauge, "Cluster time covered by the stored checkpoint minus the oldest oplog entry's time: how long until the stored token would be lost.";
     STREAM_RESTARTS = "mongo_projector_stream_restarts_total", Counter, "Change stream re-opens, by reason.";
@@ -63,6 +64,24 @@ catalogue! {
     CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
     SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
     CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
+    AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
+    AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
+    AUDIT_LAST_RUN = "mongo_projector_audit_last_run_timestamp_seconds", Gauge, "Unix time when the last background drift audit completed.";
+    REBUILD_PHASE = "mongo_projector_rebuild_phase", Gauge, "1 for the phase a live rebuild is in (label phase: building, catching_up, swapping, done), 0 for the others.";
+    REBUILD_EVENTS_SCANNED = "mongo_projector_rebuild_events_scanned_total", Counter, "Events a live rebuild read from the event collection.";
+    REBUILD_EVENTS_STREAMED = "mongo_projector_rebuild_events_streamed_total", Counter, "Events a live rebuild read from the change stream after its scan.";
+    REBUILD_EVENTS_APPLIED = "mongo_projector_rebuild_events_applied_total", Counter, "Events a live rebuild applied to its shadow read model.";
+    REBUILD_LAG = "mongo_projector_rebuild_lag_seconds", Gauge, "Now minus the cluster time of the newest event a live rebuild read from the stream.";
+    LEASE_HELD = "mongo_projector_lease_held", Gauge, "1 while this instance holds the worker's lease and runs it, 0 in standby (only with leases enabled).";
+    LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
+    LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
+    CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
+}
+
+/// The metrics of live rebuilds: reported for the rebuilds a monitor watches, not for the
+/// daemon's projections.
+fn is_rebuild_metric(def: &MetricDef) -> bool {
+    def.name.starts_with("mongo_projector_rebuild_")
 }
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
@@ -95,6 +114,8 @@ pub struct Monitor {
     pub http: HttpConfig,
     pub projections: Vec<Watched>,
     pub server: ServerGauges,
+    /// Live rebuilds reported by this process (`mongo-projector rebuild --metrics-address`).
+    rebuilds: std::sync::Mutex<Vec<(String, Arc<RebuildProgress>)>>,
     registry: Registry,
     started: Instant,
 }
@@ -154,7 +175,14 @@ impl Collector for ProjectorCollector {
         let mut out = Vec::new();
         for def in CATALOGUE {
             let mut metrics = Vec::new();
-            for p in &monitor.projections {
+            if is_rebuild_metric(def) {
+                metrics = monitor.rebuild_samples(def);
+            }
+            for p in monitor
+                .projections
+                .iter()
+                .filter(|_| !is_rebuild_metric(def))
+            {
                 let labels = || vec![label("projection", &p.name)];
                 match def.name {
                     n if n == STREAM_RESTARTS.name => {
@@ -164,6 +192,20 @@ impl Collector for ProjectorCollector {
                                 Kind::Counter,
                                 count as f64,
                             ));
+                        }
+                    }
+                    n if n == AUDIT_DRIFT.name => {
+                        for kind in crate::audit::DriftKind::ALL {
+                            if let Some(count) = p.stats.audit.drift(kind) {
+                                metrics.push(sample(
+                                    vec![
+                                        label("projection", &p.name),
+                                        label("kind", kind.as_str()),
+                                    ],
+                                    Kind::Gauge,
+                                    count as f64,
+                                ));
+                            }
                         }
                     }
                     n if n == APPLY_DURATION.name => {
@@ -199,6 +241,49 @@ impl Collector for ProjectorCollector {
     }
 }
 
+/// Gauges of a worker's own stream and checkpoint, not exported while it is in standby.
+const STALE_IN_STANDBY: &[MetricDef] = &[
+    LAG,
+    CHECKPOINT_AGE,
+    OPLOG_HEADROOM,
+    CAUGHT_UP,
+    SINCE_PROGRESS,
+];
+
+/// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
+/// for readiness (a standby replica is live and ready, so a rolling update can proceed).
+fn standby(p: &Watched) -> bool {
+    let lease = &p.stats.lease;
+    lease.enabled.load(Ordering::Relaxed)
+        && lease.standby.load(Ordering::Relaxed)
+        && !lease.held.load(Ordering::Relaxed)
+}
+
+/// `/status`'s lease of one worker: `active` with our epoch, `standby` with the holder (if
+/// any) as last seen, `starting` before the first attempt (or while the server cannot be
+/// asked), or `null` without leases.
+fn lease_status(p: &Watched) -> serde_json::Value {
+    let lease = &p.stats.lease;
+    if !lease.enabled.load(Ordering::Relaxed) {
+        return serde_json::Value::Null;
+    }
+    let view = lease.view();
+    serde_json::json!({
+        "state": if lease.held.load(Ordering::Relaxed) {
+            "active"
+        } else if lease.standby.load(Ordering::Relaxed) {
+            "standby"
+        } else {
+            "starting"
+        },
+        "instance": lease.instance(),
+        "holder": view.holder,
+        "epoch": view.epoch,
+        "acquisitions": lease.acquisitions.load(Ordering::Relaxed),
+        "losses": lease.losses.load(Ordering::Relaxed),
+    })
+}
+
 fn since_secs(unix_ms: u64) -> f64 {
     (unix_millis().saturating_sub(unix_ms)) as f64 / 1000.0
 }
@@ -226,6 +311,7 @@ impl Monitor {
             http: config.http.clone(),
             projections,
             server: ServerGauges::default(),
+            rebuilds: Default::default(),
             registry: Registry::new(),
             started: Instant::now(),
         });
@@ -234,6 +320,10 @@ impl Monitor {
             .filter_map(|d| {
                 let labels = if d.name == STREAM_RESTARTS.name {
                     vec!["projection".to_string(), "reason".to_string()]
+                } else if d.name == AUDIT_DRIFT.name {
+                    vec!["projection".to_string(), "kind".to_string()]
+                } else if d.name == REBUILD_PHASE.name {
+                    vec!["projection".to_string(), "phase".to_string()]
                 } else {
                     vec!["projection".to_string()]
                 };
@@ -265,6 +355,11 @@ impl Monitor {
     /// The value of a plain (non-histogram, non-restart) metric for one projection; `None`
     /// when it is not known yet.
     fn value(&self, def: &MetricDef, p: &Watched) -> Option<f64> {
+        // A standby worker's progress figures are those of its last active period, if any:
+        // absent, so that alerts on them (taking the max over instances) see the active one.
+        if standby(p) && STALE_IN_STANDBY.iter().any(|d| d.name == def.name) {
+            return None;
+        }
         let s = p.stats.snapshot();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Some(match def.name {
@@ -302,8 +397,66 @@ impl Monitor {
                 f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
             }
             n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            n if n == AUDIT_RUNS.name => load(&p.stats.audit.runs) as f64,
+            n if n == AUDIT_LAST_RUN.name => match load(&p.stats.audit.last_run_ms) {
+                0 => return None,
+                ms => ms as f64 / 1000.0,
+            },
+            n if n == LEASE_HELD.name => {
+                if !p.stats.lease.enabled.load(Ordering::Relaxed) {
+                    return None;
+                }
+                f64::from(u8::from(p.stats.lease.held.load(Ordering::Relaxed)))
+            }
+            n if n == LEASE_ACQUISITIONS.name => load(&p.stats.lease.acquisitions) as f64,
+            n if n == LEASE_LOSSES.name => load(&p.stats.lease.losses) as f64,
+            n if n == CHECKPOINT_FENCED.name => load(&p.stats.checkpoint_fenced) as f64,
             _ => return None,
         })
+    }
+
+    /// Reports a live rebuild's progress under the rebuild metrics.
+    pub fn watch_rebuild(&self, projection: &str, progress: Arc<RebuildProgress>) {
+        if let Ok(mut rebuilds) = self.rebuilds.lock() {
+            rebuilds.push((projection.to_string(), progress));
+        }
+    }
+
+    fn rebuild_samples(&self, def: &MetricDef) -> Vec<proto::Metric> {
+        let Ok(rebuilds) = self.rebuilds.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, r) in rebuilds.iter() {
+            let labels = || vec![label("projection", name)];
+            match def.name {
+                n if n == REBUILD_PHASE.name => {
+                    for phase in Phase::ALL {
+                        out.push(sample(
+                            vec![label("projection", name), label("phase", phase.as_str())],
+                            Kind::Gauge,
+                            f64::from(u8::from(r.phase() == phase)),
+                        ));
+                    }
+                }
+                n if n == REBUILD_EVENTS_SCANNED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.scanned.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_STREAMED.name => out.push(sample(
+                    labels(),
+                    def.kind,
+                    r.streamed.load(Ordering::Relaxed) as f64,
+                )),
+                n if n == REBUILD_EVENTS_APPLIED.name => {
+                    out.push(sample(labels(), def.kind, r.applied() as f64))
+                }
+                n if n == REBUILD_LAG.name => out.push(sample(labels(), def.kind, r.lag_seconds())),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// 0 when caught up; otherwise now minus the cluster time of the newest handled event.
@@ -311,7 +464,14 @@ impl Monitor {
         if p.stats.caught_up.load(Ordering::Relaxed) {
             return 0.0;
         }
-        match p.stats.last_event_cluster_secs.load(Ordering::Relaxed) {
+        // The read model reflects everything before the oldest event still in flight: the
+        // lag is how long that event has waited. With nothing in flight (between batches of
+        // a backlog), the last applied event is the best known position.
+        let since = match p.stats.oldest_pending_cluster_secs.load(Ordering::Relaxed) {
+            0 => p.stats.last_event_cluster_secs.load(Ordering::Relaxed),
+            pending => pending,
+        };
+        match since {
             0 => 0.0,
             t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
         }
@@ -342,7 +502,7 @@ impl Monitor {
         let stale: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| self.seconds_since_progress(p) > limit)
+            .filter(|p| !standby(p) && self.seconds_since_progress(p) > limit)
             .map(|p| {
                 format!(
                     "{}: no answer from its change stream for {:.1}s",
@@ -362,7 +522,7 @@ impl Monitor {
             problems.push("MongoDB does not answer".to_string());
         }
         let limit = self.http.readiness_max_lag.as_secs_f64();
-        for p in &self.projections {
+        for p in self.projections.iter().filter(|p| !standby(p)) {
             if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
                 problems.push(format!("{}: change stream not open yet", p.name));
             }
@@ -399,6 +559,8 @@ impl Monitor {
                     "streamRestarts": p.stats.restarts_by_reason(),
                     "historyLostRecoveries": s.history_lost_recoveries,
                     "lastError": p.stats.last_error(),
+                    "checkpointFenced": p.stats.checkpoint_fenced.load(Ordering::Relaxed),
+                    "lease": lease_status(p),
                 })
             })
             .collect();

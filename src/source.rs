@@ -42,6 +42,11 @@ pub struct ProjectionWorker {
     pub checkpoints: CheckpointStore,
     pub stats: Arc<ProjectionStats>,
     pub shutdown: CancellationToken,
+    /// The lease epoch that fences this run's checkpoint writes; `None` without leases.
+    pub fence: Option<i64>,
+    /// Set when a checkpoint write was refused because a newer lease holder claimed the
+    /// checkpoint: the run stops and never writes again.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 /// Where the worker stands: the newest position below which everything is handled.
@@ -74,7 +79,31 @@ impl ProjectionWorker {
             checkpoints,
             stats,
             shutdown,
+            fence: None,
+            fenced: Default::default(),
         }
+    }
+
+    /// A fresh worker for one period as lease holder: the same projection, stores and
+    /// counters, its own stop token, and checkpoint writes fenced by `epoch`.
+    pub fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
+        ProjectionWorker {
+            config: self.config.clone(),
+            source: self.source.clone(),
+            checkpointing: self.checkpointing.clone(),
+            db: self.db.clone(),
+            applier: Applier::new(self.config.clone(), &self.db, self.stats.clone()),
+            checkpoints: self.checkpoints.clone(),
+            stats: self.stats.clone(),
+            shutdown,
+            fence: Some(epoch),
+            fenced: Default::default(),
+        }
+    }
+
+    /// True when this run stopped because a newer lease holder fenced its checkpoint.
+    pub fn was_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn events(&self) -> Collection<Document> {
@@ -180,6 +209,11 @@ impl ProjectionWorker {
             }
         }
         self.save_final(&mut position).await;
+        if self.was_fenced() {
+            return Err(
+                self.stopped("a newer lease holder claimed the checkpoint; this run stopped")
+            );
+        }
         tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
         Ok(())
     }
@@ -409,6 +443,10 @@ impl ProjectionWorker {
                         Err(e) => break Err(StoreError::Reply(e)),
                     };
                     let ticket = watermark.issue((change.token.clone(), change.cluster_time));
+                    if watermark.in_flight() == 1 {
+                        self.stats
+                            .record_oldest_pending(change.cluster_time.map(|t| t.time));
+                    }
                     match change.event {
                         Ok(event) => {
                             let lane = lane_of(&event.aggregate_id, pending.len());
@@ -459,6 +497,8 @@ impl ProjectionWorker {
             }
         }
         self.advance(&mut watermark, position).await;
+        // Whatever was not handled is read again by the next stream, which reports it anew.
+        self.stats.record_oldest_pending(None);
         match (result, failure) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(e)) if !self.shutdown.is_cancelled() => Err(e),
@@ -551,6 +591,11 @@ impl ProjectionWorker {
         if finalized == 0 {
             return;
         }
+        self.stats.record_oldest_pending(
+            watermark
+                .oldest_pending()
+                .and_then(|(_, cluster_time)| cluster_time.map(|t| t.time)),
+        );
         if let Some((token, cluster_time)) = watermark.safe() {
             position.token = Some(token.clone());
             position.cluster_time = cluster_time.or(position.cluster_time);
@@ -624,6 +669,9 @@ impl ProjectionWorker {
         let Some(token) = position.token.clone() else {
             return;
         };
+        if self.was_fenced() {
+            return;
+        }
         if position.saved_token.as_ref() == Some(&token) && position.unsaved_events == 0 {
             return;
         }
@@ -633,13 +681,37 @@ impl ProjectionWorker {
             events_handled: position.events_handled,
             updated_at: DateTime::now(),
         };
-        match self.checkpoints.save(&self.config.name, &checkpoint).await {
+        let written = match self.fence {
+            Some(epoch) => {
+                self.checkpoints
+                    .save(&self.config.name, &checkpoint, epoch)
+                    .await
+            }
+            None => {
+                self.checkpoints
+                    .save_unfenced(&self.config.name, &checkpoint)
+                    .await
+            }
+        };
+        match written {
             Ok(()) => {
                 self.stats
                     .record_checkpoint(position.cluster_time.map(|t| t.time));
                 position.saved_token = Some(token);
                 position.unsaved_events = 0;
                 position.last_save = Instant::now();
+            }
+            Err(e @ StoreError::Fenced(_)) => {
+                self.fenced
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                ProjectionStats::add(&self.stats.checkpoint_fenced, 1);
+                tracing::warn!(
+                    projection = %self.config.name,
+                    epoch = ?self.fence,
+                    error = %e,
+                    "checkpoint write refused: a newer lease holder took over; stopping this run"
+                );
+                self.shutdown.cancel();
             }
             Err(e) => {
                 tracing::warn!(projection = %self.config.name, error = %e, "checkpoint write failed; will retry")
@@ -656,7 +728,9 @@ impl ProjectionWorker {
         let mut delay = self.source.reopen_backoff_initial;
         for _ in 0..8 {
             self.save(position).await;
-            if position.unsaved_events == 0 && position.saved_token == position.token {
+            if self.was_fenced()
+                || (position.unsaved_events == 0 && position.saved_token == position.token)
+            {
                 return;
             }
             tokio::time::sleep(delay).await;

@@ -33,13 +33,71 @@ pub struct ProjectionStats {
     pub last_event_cluster_secs: AtomicU64,
     /// True once the stream has answered with an empty batch after the last event.
     pub caught_up: AtomicBool,
+    /// Cluster time (seconds) of the oldest event read but not yet handled; 0 when none.
+    pub oldest_pending_cluster_secs: AtomicU64,
     /// Unix milliseconds of the last successful checkpoint write.
     pub last_checkpoint_ms: AtomicU64,
     /// Cluster time (seconds) of the newest event covered by the stored checkpoint.
     pub checkpoint_cluster_secs: AtomicU64,
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
+    /// The last background drift audit's findings.
+    pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
+    /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
+    pub checkpoint_fenced: AtomicU64,
+    /// Lease state of this worker (see [`crate::lease`]).
+    pub lease: LeaseStats,
+}
+
+/// A worker's lease, as this instance sees it.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Whether leases are in use at all (`[leases] enabled`).
+    pub enabled: AtomicBool,
+    /// This instance holds the lease and runs the worker.
+    pub held: AtomicBool,
+    /// The last attempt found the lease held elsewhere (or this instance at its share): the
+    /// worker waits. False before the first attempt, so a starting worker is not counted as
+    /// a standby one.
+    pub standby: AtomicBool,
+    pub acquisitions: AtomicU64,
+    /// Leases lost to expiry, to another holder, or to a refused checkpoint write.
+    pub losses: AtomicU64,
+    /// While active: our epoch. While standby: the holder and epoch last seen.
+    pub view: Mutex<LeaseView>,
+    /// This instance's holder id.
+    pub instance: Mutex<String>,
+}
+
+/// The lease as last seen, for `/status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: Option<String>,
+    pub epoch: i64,
+}
+
+impl LeaseStats {
+    pub fn set_view(&self, holder: Option<String>, epoch: i64) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = LeaseView { holder, epoch };
+    }
+
+    pub fn view(&self) -> LeaseView {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Marks the worker as run under a lease, by the instance `holder`.
+    pub fn enable(&self, holder: &str) {
+        self.enabled.store(true, Ordering::Relaxed);
+        *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = holder.to_string();
+    }
+
+    pub fn instance(&self) -> String {
+        self.instance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Upper bounds (seconds) of the apply-duration histogram's buckets.
@@ -139,6 +197,12 @@ impl ProjectionStats {
             self.last_event_cluster_secs
                 .fetch_max(t as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The oldest event not yet handled changed (`None`: nothing is in flight).
+    pub fn record_oldest_pending(&self, cluster_secs: Option<u32>) {
+        self.oldest_pending_cluster_secs
+            .store(cluster_secs.map_or(0, u64::from), Ordering::Relaxed);
     }
 
     pub fn record_checkpoint(&self, cluster_secs: Option<u32>) {

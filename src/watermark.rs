@@ -84,6 +84,11 @@ impl<P: Clone> Watermark<P> {
         self.pending.len()
     }
 
+    /// The position of the oldest ticket not yet below the watermark.
+    pub fn oldest_pending(&self) -> Option<&P> {
+        self.pending.front().map(|(p, _)| p)
+    }
+
     /// The first ticket not yet below the watermark (the next to be issued when idle).
     pub fn first_unfinalized(&self) -> Ticket {
         self.front
@@ -103,11 +108,14 @@ mod tests {
         let c = w.issue("c");
         w.ack(c);
         assert_eq!(w.safe(), None);
+        assert_eq!(w.oldest_pending(), Some(&"a"));
         w.ack(a);
         assert_eq!(w.safe(), Some(&"a"));
+        assert_eq!(w.oldest_pending(), Some(&"b"));
         w.ack(b);
         assert_eq!(w.safe(), Some(&"c"));
         assert_eq!(w.in_flight(), 0);
+        assert_eq!(w.oldest_pending(), None);
         assert_eq!(w.take_finalized(), 3);
         w.ack(b); // repeated: ignored
         assert_eq!(w.safe(), Some(&"c"));

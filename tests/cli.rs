@@ -168,3 +168,99 @@ fn the_demo_passes_and_reports_what_happened() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn rebuild_help_names_its_options() {
+    let out = binary().args(["rebuild", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--projection",
+        "--offline",
+        "--restart",
+        "--allow-behind",
+        "--max-lag",
+        "--metrics-address",
+    ] {
+        assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_swaps_a_recomputed_read_model_in() {
+    let env = TestEnv::new("cli_rebuild").await;
+    let config = common::EXAMPLE.replace(
+        "database = \"bank\"",
+        &format!("database = \"{}\"", env.db.name()),
+    );
+    let path = temp_file(
+        "rebuild.toml",
+        &config.replace("enabled = true ", "enabled = false"),
+    );
+    env.events()
+        .insert_many(vec![
+            event(
+                "r",
+                1,
+                "AccountOpened",
+                doc! {"owner": "o", "currency": "EUR"},
+            ),
+            event("r", 2, "Deposited", doc! {"amount": 5i64}),
+        ])
+        .await
+        .unwrap();
+    // A read model the current handlers would not produce.
+    env.accounts()
+        .insert_one(
+            doc! {"_id": "r", "owner": "stale", "balance": 0i64, "lastSequenceNumber": 2i64},
+        )
+        .await
+        .unwrap();
+    let rebuild = |offline: bool| {
+        let mut c = binary();
+        c.args(["rebuild", "--projection", "accounts", "--config"])
+            .arg(&path)
+            .env("MONGODB_URI", &env.uri)
+            .env("RUST_LOG", "warn");
+        if offline {
+            c.arg("--offline");
+        }
+        c
+    };
+    let refused = tokio::task::spawn_blocking({
+        let mut c = rebuild(false);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--offline"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = tokio::task::spawn_blocking({
+        let mut c = rebuild(true);
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("rebuilt accounts: 2 events scanned"),
+        "{stdout}"
+    );
+    let account = env
+        .accounts()
+        .find_one(doc! {"_id": "r"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(account.get_str("owner").unwrap(), "o");
+    assert_eq!(account.get_i64("balance").unwrap(), 5);
+}

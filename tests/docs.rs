@@ -54,7 +54,14 @@ fn every_configuration_key_is_documented() {
         handlers = { A = { "$set" = { a = 1 } } }
     "#;
     let mut documented = Vec::new();
-    for table in ["http", "checkpoints", "shutdown", "source"] {
+    for table in [
+        "http",
+        "checkpoints",
+        "shutdown",
+        "source",
+        "audit",
+        "leases",
+    ] {
         let text = format!("[{table}]\nzzz_unknown = 1\n{minimal}");
         for key in known_keys(&text, &format!("{table}.")) {
             documented.push(format!("{table}.{key}"));

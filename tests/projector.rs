@@ -184,7 +184,7 @@ async fn a_gap_is_healed_from_the_event_collection() {
         .await
         .unwrap();
     CheckpointStore::new(&env.db, "projector_checkpoints")
-        .save(
+        .save_unfenced(
             "accounts",
             &Checkpoint {
                 token,

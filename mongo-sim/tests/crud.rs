@@ -1213,3 +1213,62 @@ async fn id_field_rules() {
     );
     assert_eq!(env.coll("c").count_documents(doc! {}).await.unwrap(), 2);
 }
+
+// Manual: "Replica Set Oplog" — `local.oplog.rs` is read like a collection, and `$natural`
+// order is the order of writes. A limited natural-order read returns exactly what the full
+// scan returns in that order, whichever direction, filter and skip.
+#[tokio::test]
+async fn the_oplog_read_in_natural_order_with_a_limit_agrees_with_the_full_scan() {
+    let env = start("oplog_natural_limit").await;
+    for i in 0..5 {
+        env.coll("c").insert_one(doc! {"_id": i}).await.unwrap();
+    }
+    let oplog = env
+        .client
+        .database("local")
+        .collection::<Document>("oplog.rs");
+    let all = collect(
+        oplog
+            .find(doc! {})
+            .sort(doc! {"$natural": 1})
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(all.len() >= 5, "{all:?}");
+    let oldest = oplog
+        .find_one(doc! {})
+        .sort(doc! {"$natural": 1})
+        .await
+        .unwrap();
+    assert_eq!(oldest.as_ref(), all.first());
+
+    let ns = format!("{}.c", env.db.name());
+    let inserts: Vec<Document> = all
+        .iter()
+        .filter(|d| d.get_str("op") == Ok("i") && d.get_str("ns") == Ok(&ns))
+        .cloned()
+        .collect();
+    assert_eq!(inserts.len(), 5);
+    let newest_two = collect(
+        oplog
+            .find(doc! {"op": "i", "ns": &ns})
+            .sort(doc! {"$natural": -1})
+            .limit(2)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(newest_two, vec![inserts[4].clone(), inserts[3].clone()]);
+    let second = collect(
+        oplog
+            .find(doc! {"op": "i", "ns": &ns})
+            .sort(doc! {"$natural": 1})
+            .skip(1)
+            .limit(1)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(second, vec![inserts[1].clone()]);
+}

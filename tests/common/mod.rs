@@ -89,6 +89,10 @@ impl TestEnv {
         config.source.max_await = Duration::from_millis(100);
         config.source.reopen_backoff_initial = Duration::from_millis(20);
         config.source.reopen_backoff_max = Duration::from_millis(200);
+        // One holder for every daemon of a test: a daemon started after a simulated crash
+        // takes over its predecessor's lease at once instead of after the ttl. Tests of
+        // several instances give each its own holder.
+        config.leases.holder = Some(format!("test-{}", self.db.name()));
         config
     }
 

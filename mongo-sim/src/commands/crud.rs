@@ -272,7 +272,44 @@ enum Source<'a> {
     Missing,
 }
 
+/// The first `want` oplog entries matching, in natural order (oldest first when `forward`),
+/// each with its record id; renders only the entries it looks at.
+fn oplog_in_natural_order(
+    oplog: &crate::oplog::Oplog,
+    matcher: &Matcher,
+    vars: &Variables,
+    forward: bool,
+    want: usize,
+) -> Result<Vec<(u64, Document)>> {
+    let entries = oplog.entries();
+    let positions: Box<dyn Iterator<Item = usize>> = if forward {
+        Box::new(0..entries.len())
+    } else {
+        Box::new((0..entries.len()).rev())
+    };
+    let mut out = Vec::new();
+    for i in positions {
+        if out.len() >= want {
+            break;
+        }
+        let d = entries[i].to_document();
+        if matcher.matches(&d, vars)? {
+            out.push((i as u64 + 1, d));
+        }
+    }
+    Ok(out)
+}
+
 impl<'a> Source<'a> {
+    /// As [`Source::open`], but renders nothing when the caller already has its documents.
+    fn open_unless(data: &'a Data, ns: &Namespace, have_documents: bool) -> Source<'a> {
+        if have_documents {
+            Source::Owned(Vec::new())
+        } else {
+            Source::open(data, ns)
+        }
+    }
+
     fn open(data: &'a Data, ns: &Namespace) -> Source<'a> {
         if is_oplog(ns) {
             return Source::Owned(data.oplog.as_documents());
@@ -1107,10 +1144,24 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
         )));
     }
     let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
+    // The oplog in natural order with a limit (the "oldest entry" or "newest entry" query of
+    // monitoring tools) renders only the entries it reads, as mongod's collection scan stops
+    // at the limit; rendering the whole oplog under the lock would stall every client.
+    let early: Option<Vec<(u64, Document)>> = match (&order, limit) {
+        (Order::Natural { forward }, Some(l)) if is_oplog(&ns) && hint.is_none() => Some(
+            oplog_in_natural_order(&data.oplog, &matcher, &vars, *forward, skip + l)?,
+        ),
+        _ => None,
+    };
+    let source = Source::open_unless(&data, &ns, early.is_some());
     check_hint(source.collection(), hint)?;
-    let mut selected = source.select(&matcher, &vars)?;
-    order.apply(&mut selected, |(_, d)| d);
+    let mut selected = match &early {
+        Some(docs) => docs.iter().map(|(rid, d)| (*rid, d)).collect(),
+        None => source.select(&matcher, &vars)?,
+    };
+    if early.is_none() {
+        order.apply(&mut selected, |(_, d)| d);
+    }
     let end = limit.map_or(selected.len(), |l| (skip + l).min(selected.len()));
     let mut results = Vec::with_capacity(end.saturating_sub(skip));
     for (rid, d) in selected.iter().take(end).skip(skip) {

@@ -1,0 +1,1468 @@
+//! Live rebuild: recomputes a projection's read model into a shadow collection while the live
+//! one keeps serving and advancing, then swaps the shadow in atomically and hands the
+//! position over to the live daemon, so that readers never see a partial or regressed read
+//! model. Typical use: a projection's handlers changed and its read model must be recomputed.
+//!
+//! The phases, each recorded in a state document of `projector_rebuilds` (checkpoint
+//! database) so that an interrupted rebuild resumes where it stopped:
+//!
+//! 1. **building**: a change stream on the event collection is opened first (its position is
+//!    kept), then the event collection is scanned in `{aggregateId, sequenceNumber}` order and
+//!    every event goes through the same guarded [`Applier`] with the shadow as target (and a
+//!    shadow parked collection). Progress (the aggregate the scan has reached) is saved after
+//!    every chunk.
+//! 2. **catching_up**: the stream is followed from the position kept before the scan until
+//!    the newest event applied to the shadow is younger than `max_lag` (or the stream is quiet).
+//! 3. **swapping**: the live workers are taken over ([`Handover`]); the stream is read until it
+//!    is past the moment they were all held; the shadow must not be behind the live read model
+//!    for any aggregate; the live collection's indexes are built on the shadow; the shadow
+//!    replaces the target with `renameCollection ... dropTarget: true` (atomic for readers);
+//!    each worker's checkpoint is set to the shadow's position; the shadow's parked entries
+//!    replace the projection's; the workers are given back.
+//! 4. **done**.
+
+use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::{Config, ProjectionConfig};
+use crate::error::{ErrorAction, StoreError};
+use crate::event::{Event, decode_change, decode_event};
+use crate::lanes::lane_of;
+use crate::lease::{Lease, LeaseStore, Renewal};
+use crate::source::prefix_filter;
+use crate::stats::{ProjectionStats, unix_millis};
+use bson::{Bson, DateTime, Document, Timestamp, doc};
+use futures_util::TryStreamExt;
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::{ChangeStreamOptions, ReadConcern, WriteConcern};
+use mongodb::{Client, Collection, Database};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The collection (in the checkpoint database) holding one state document per rebuild.
+pub const STATE_COLLECTION: &str = "projector_rebuilds";
+
+/// Where a rebuild stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Building,
+    CatchingUp,
+    Swapping,
+    Done,
+}
+
+impl Phase {
+    /// Every phase, in order (the values of the `phase` metric label).
+    pub const ALL: [Phase; 4] = [
+        Phase::Building,
+        Phase::CatchingUp,
+        Phase::Swapping,
+        Phase::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Building => "building",
+            Phase::CatchingUp => "catching_up",
+            Phase::Swapping => "swapping",
+            Phase::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// How a rebuild is run.
+#[derive(Debug, Clone)]
+pub struct RebuildOptions {
+    /// Discard a stored, unfinished rebuild of the projection and its shadow; start over.
+    pub restart: bool,
+    /// The operator's word that no daemon runs the projection: swap without a handover.
+    pub offline: bool,
+    /// Swap even when the rebuilt read model is behind the live one for some aggregates
+    /// (events the new handlers refused or parked); refused otherwise.
+    pub allow_behind: bool,
+    /// Catching up ends once the newest event applied to the shadow is younger than this.
+    pub max_lag: Duration,
+    /// Events per scan chunk; progress is saved after each.
+    pub chunk: usize,
+    /// Parallel writers into the shadow (aggregates are routed to them by a stable hash).
+    pub lanes: usize,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            restart: false,
+            offline: false,
+            allow_behind: false,
+            max_lag: Duration::from_secs(2),
+            chunk: 5_000,
+            lanes: crate::config::default_lanes(),
+        }
+    }
+}
+
+/// Why a rebuild did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The rebuild cannot or must not go on as asked; the message says what to do.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How a call to [`run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebuildOutcome {
+    /// The shadow was swapped in and the position handed over.
+    Swapped(RebuildSummary),
+    /// Stopped by the shutdown token; running again resumes from the saved state.
+    Interrupted { phase: Phase },
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildSummary {
+    /// Events read from the event collection by the scan (over all runs of this rebuild).
+    pub scanned: i64,
+    /// Events read from the change stream after the scan (over all runs).
+    pub streamed: i64,
+    /// Read-model documents swapped in.
+    pub documents: u64,
+    /// Parked or dead-lettered entries of the rebuilt read model.
+    pub parked: u64,
+}
+
+/// Live progress of a rebuild, for logs and the metrics catalogue.
+#[derive(Debug, Default)]
+pub struct RebuildProgress {
+    phase: AtomicU8,
+    /// Counters of the guarded writes into the shadow.
+    pub stats: Arc<ProjectionStats>,
+    /// Events read by the scan in this run.
+    pub scanned: AtomicU64,
+    /// Events read from the stream in this run.
+    pub streamed: AtomicU64,
+    /// Cluster time (seconds) of the newest event read from the stream.
+    pub last_event_cluster_secs: AtomicU64,
+}
+
+impl RebuildProgress {
+    pub fn phase(&self) -> Phase {
+        Phase::ALL[(self.phase.load(Ordering::Relaxed) as usize).min(Phase::ALL.len() - 1)]
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let i = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
+        self.phase.store(i as u8, Ordering::Relaxed);
+    }
+
+    /// Events applied (or only sequence-advanced) to the shadow in this run.
+    pub fn applied(&self) -> u64 {
+        let s = self.stats.snapshot();
+        s.applied + s.skipped
+    }
+
+    /// Now minus the cluster time of the newest event read from the stream; 0 before any and
+    /// once done.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.phase() == Phase::Done {
+            return 0.0;
+        }
+        match self.last_event_cluster_secs.load(Ordering::Relaxed) {
+            0 => 0.0,
+            t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
+        }
+    }
+}
+
+/// The names under which the daemon may run a projection's workers, each with its own lease
+/// and checkpoint: the projection's own name, and the `<projection>/...` names of its
+/// partition workers (under any partition count) found as `_id`s in `coll` (the lease or the
+/// checkpoint collection). Read from the stores rather than the configuration, so that workers
+/// of a running daemon whose partition count differs from this configuration's are included.
+pub async fn worker_names(
+    projection: &str,
+    coll: &Collection<Document>,
+) -> Result<Vec<String>, StoreError> {
+    // Every string that starts with "<projection>/" sorts between it and "<projection>0"
+    // ('0' follows '/'): a range on `_id` instead of a regular expression.
+    let mut cursor = coll
+        .find(doc! {"_id": {"$gt": format!("{projection}/"), "$lt": format!("{projection}0")}})
+        .projection(doc! {"_id": 1})
+        .await?;
+    let mut names = vec![projection.to_string()];
+    while let Some(d) = cursor.try_next().await? {
+        if let Ok(name) = d.get_str("_id")
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The shadow read-model collection of a projection.
+pub fn shadow_name(projection: &ProjectionConfig) -> String {
+    format!("{}_rebuild", projection.target)
+}
+
+/// The shadow parked collection of a projection.
+pub fn shadow_parked_name(projection: &ProjectionConfig) -> String {
+    format!("{}_rebuild", projection.parking.collection)
+}
+
+/// What the shadow is built with: a resumed rebuild must use the same handlers, or the shadow
+/// would mix two versions of them.
+fn fingerprint(p: &ProjectionConfig) -> String {
+    let described = format!(
+        "{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
+        p.database, p.events, p.target, p.filter, p.fields, p.unhandled, p.handlers
+    );
+    format!("{:016x}", AggregateKey::Str(described).stable_hash())
+}
+
+/// The stored state of one rebuild.
+#[derive(Debug, Clone)]
+struct RebuildState {
+    phase: Phase,
+    fingerprint: String,
+    /// The shadow's stream position: below it, every event is in the shadow.
+    token: ResumeToken,
+    /// Scan progress: every aggregate sorted before this one is in the shadow.
+    scan_from: Option<Bson>,
+    scanned: i64,
+    streamed: i64,
+    started_at: DateTime,
+    /// When the swap held every worker: the projection's parked entries older than this
+    /// belong to the old read model.
+    held_at: Option<DateTime>,
+}
+
+/// The `projector_rebuilds` collection.
+#[derive(Clone)]
+struct StateStore {
+    coll: Collection<Document>,
+}
+
+impl StateStore {
+    fn new(db: &Database) -> Self {
+        let options = mongodb::options::CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .read_concern(ReadConcern::majority())
+            .build();
+        Self {
+            coll: db.collection_with_options(STATE_COLLECTION, options),
+        }
+    }
+
+    async fn load(&self, projection: &str) -> Result<Option<RebuildState>, StoreError> {
+        let Some(d) = self.coll.find_one(doc! {"_id": projection}).await? else {
+            return Ok(None);
+        };
+        let bad = |what: &str| {
+            StoreError::Fatal(format!(
+                "rebuild state of {projection} in {STATE_COLLECTION} has {what}; run again with --restart"
+            ))
+        };
+        let phase = d
+            .get_str("phase")
+            .ok()
+            .and_then(Phase::parse)
+            .ok_or_else(|| bad("no readable phase"))?;
+        let token = match d.get("token") {
+            Some(t @ Bson::Document(_)) => bson::from_bson::<ResumeToken>(t.clone())
+                .map_err(|_| bad("an unreadable resume token"))?,
+            _ => return Err(bad("no resume token")),
+        };
+        let count = |k: &str| d.get(k).and_then(Bson::as_i64).unwrap_or(0);
+        Ok(Some(RebuildState {
+            phase,
+            fingerprint: d.get_str("fingerprint").unwrap_or("").to_string(),
+            token,
+            scan_from: d.get("scanFrom").cloned(),
+            scanned: count("scanned"),
+            streamed: count("streamed"),
+            started_at: d
+                .get_datetime("startedAt")
+                .copied()
+                .unwrap_or_else(|_| DateTime::now()),
+            held_at: d.get_datetime("heldAt").ok().copied(),
+        }))
+    }
+
+    /// Writes the state; `session` (when given) receives the write's operation time.
+    async fn save(
+        &self,
+        projection: &ProjectionConfig,
+        state: &RebuildState,
+        session: Option<&mut mongodb::ClientSession>,
+    ) -> Result<(), StoreError> {
+        let token = bson::to_bson(&state.token)
+            .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
+        let mut set = doc! {
+            "phase": state.phase.as_str(),
+            "fingerprint": &state.fingerprint,
+            "shadow": shadow_name(projection),
+            "shadowParked": shadow_parked_name(projection),
+            "token": token,
+            "scanned": state.scanned,
+            "streamed": state.streamed,
+            "startedAt": state.started_at,
+            "updatedAt": DateTime::now(),
+        };
+        if let Some(t) = state.held_at {
+            set.insert("heldAt", t);
+        }
+        let mut update = doc! {};
+        match &state.scan_from {
+            Some(from) => {
+                set.insert("scanFrom", from.clone());
+            }
+            None => {
+                update.insert("$unset", doc! {"scanFrom": ""});
+            }
+        }
+        update.insert("$set", set);
+        let action = self
+            .coll
+            .update_one(doc! {"_id": &projection.name}, update)
+            .upsert(true);
+        match session {
+            Some(s) => action.session(s).await?,
+            None => action.await?,
+        };
+        Ok(())
+    }
+
+    async fn delete(&self, projection: &str) -> Result<(), StoreError> {
+        self.coll.delete_one(doc! {"_id": projection}).await?;
+        Ok(())
+    }
+}
+
+/// How the rebuild takes a projection's workers away from the live daemon for the swap, so
+/// that nothing writes the read model, its parked entries or its checkpoints meanwhile.
+pub enum Handover {
+    /// The operator states that no daemon runs the projection (`--offline`).
+    Offline,
+    /// The live daemon holds a lease per worker: each holder is asked to hand its lease over
+    /// (it stops its worker gracefully, with a final checkpoint, and releases), the rebuild
+    /// acquires every lease, holds them (renewed) during the swap and releases them after.
+    Leases(LeaseHandover),
+}
+
+/// The lease side of a [`Handover`].
+pub struct LeaseHandover {
+    pub store: LeaseStore,
+    /// The same lease collection, read for the projection's worker names.
+    leases: Collection<Document>,
+    /// This rebuild's holder name.
+    pub holder: String,
+    /// Lease and handover-request time-to-live; both are renewed every third of it.
+    pub ttl: Duration,
+    /// How long to wait for the live workers to hand over before giving up.
+    pub timeout: Duration,
+}
+
+impl LeaseHandover {
+    /// Leases in `collection` of `db`, held as `rebuild-<unique id>`.
+    pub fn new(db: &Database, collection: &str, ttl: Duration, timeout: Duration) -> Self {
+        Self {
+            store: LeaseStore::new(db, collection),
+            leases: db.collection(collection),
+            holder: format!("rebuild-{}", bson::oid::ObjectId::new().to_hex()),
+            ttl,
+            timeout,
+        }
+    }
+
+    /// Asks every holder to hand over and acquires every lease of `known` workers and of the
+    /// projection's workers found in the lease collection (looked up again until no new one
+    /// appears); `None` on shutdown. Gives up, releasing what it got, after `timeout`.
+    async fn take(
+        &self,
+        projection: &str,
+        known: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Vec<Lease>>, RebuildError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut held: Vec<Lease> = Vec::new();
+        let mut workers: Vec<String> = known.to_vec();
+        let mut asked_at: Option<Instant> = None;
+        let outcome = loop {
+            if shutdown.is_cancelled() {
+                break Ok(None);
+            }
+            for name in worker_names(projection, &self.leases).await? {
+                if !workers.contains(&name) {
+                    workers.push(name);
+                }
+            }
+            let waiting: Vec<&String> = workers
+                .iter()
+                .filter(|w| !held.iter().any(|l| &l.name == *w))
+                .collect();
+            if waiting.is_empty() {
+                break Ok(Some(()));
+            }
+            if Instant::now() >= deadline {
+                break Err(RebuildError::Refused(format!(
+                    "the live workers of {} did not hand their leases over within {} (is the \
+                     daemon running with leases? without leases, stop it and pass --offline)",
+                    waiting
+                        .iter()
+                        .map(|w| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+            if asked_at.is_none_or(|t| t.elapsed() >= self.ttl / 3) {
+                asked_at = Some(Instant::now());
+                for w in &waiting {
+                    self.store
+                        .request_handover(w, &self.holder, self.ttl)
+                        .await?;
+                }
+                for lease in &held {
+                    self.store.renew(lease, self.ttl).await?;
+                }
+            }
+            for w in waiting {
+                if let Some(lease) = self.store.try_acquire(w, &self.holder, self.ttl).await? {
+                    tracing::info!(worker = %w, epoch = lease.epoch, "rebuild: lease handed over");
+                    held.push(lease);
+                }
+            }
+            // Polling the lease documents: the live holder answers at its next renewal.
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_POLL) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        };
+        match outcome {
+            Ok(Some(())) => Ok(Some(held)),
+            other => {
+                self.release(&held, &workers).await?;
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// Releases the leases and withdraws the handover requests.
+    async fn release(&self, held: &[Lease], workers: &[String]) -> Result<(), StoreError> {
+        for lease in held {
+            self.store.release(lease).await?;
+        }
+        for w in workers {
+            self.store.clear_handover(w, &self.holder).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How often the lease documents are looked at while waiting for a handover.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+/// The workers held by the rebuild during the swap.
+struct Held {
+    /// Per worker name, the fencing epoch of the lease held (None: offline).
+    workers: Vec<(String, Option<i64>)>,
+    leases: Vec<Lease>,
+    /// Cancelled when a lease could not be renewed: the swap must not go on.
+    lost: CancellationToken,
+    /// Stops the renewals.
+    renewing: Option<tokio_util::sync::DropGuard>,
+}
+
+impl Handover {
+    /// Takes every worker of the projection (`known`, and with leases every one found in the
+    /// lease collection); returns once none of them runs any more, or `None` on shutdown.
+    async fn take(
+        &self,
+        projection: &str,
+        known: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Held>, RebuildError> {
+        let workers = known;
+        match self {
+            Handover::Offline => Ok(Some(Held {
+                workers: workers.iter().map(|w| (w.clone(), None)).collect(),
+                leases: Vec::new(),
+                lost: CancellationToken::new(),
+                renewing: None,
+            })),
+            Handover::Leases(h) => {
+                let Some(leases) = h.take(projection, workers, shutdown).await? else {
+                    return Ok(None);
+                };
+                let lost = CancellationToken::new();
+                let stop = CancellationToken::new();
+                tokio::spawn(renew_leases(
+                    h.store.clone(),
+                    leases.clone(),
+                    h.ttl,
+                    lost.clone(),
+                    stop.clone(),
+                ));
+                Ok(Some(Held {
+                    workers: leases
+                        .iter()
+                        .map(|l| (l.name.clone(), Some(l.epoch)))
+                        .collect(),
+                    leases,
+                    lost,
+                    renewing: Some(stop.drop_guard()),
+                }))
+            }
+        }
+    }
+
+    /// Gives the workers back to the live daemon.
+    async fn give_back(&self, mut held: Held) -> Result<(), RebuildError> {
+        drop(held.renewing.take());
+        match self {
+            Handover::Offline => Ok(()),
+            Handover::Leases(h) => {
+                let workers: Vec<String> = held.workers.iter().map(|(w, _)| w.clone()).collect();
+                h.release(&held.leases, &workers).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Renews held leases every third of their ttl until `stop`; cancels `lost` when one is no
+/// longer ours.
+async fn renew_leases(
+    store: LeaseStore,
+    leases: Vec<Lease>,
+    ttl: Duration,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = stop.cancelled() => return,
+        }
+        for lease in &leases {
+            match store.renewal(lease, ttl).await {
+                Ok(Renewal::Lost) => {
+                    tracing::error!(worker = %lease.name, "rebuild: a lease held for the swap was lost");
+                    lost.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(worker = %lease.name, error = %e, "rebuild: renewing a lease failed; retrying")
+                }
+            }
+        }
+    }
+}
+
+/// The handover a configuration allows: with leases (`[leases]`, on by default) the live
+/// daemon is asked to hand the projection over; without them the swap needs `--offline`.
+pub fn handover_for(
+    config: &Config,
+    client: &Client,
+    options: &RebuildOptions,
+) -> Result<Handover, RebuildError> {
+    if config.leases.enabled {
+        // The holder answers at its next renewal and then drains; a dead holder's lease
+        // expires after the ttl.
+        let timeout =
+            (config.leases.ttl + config.leases.renew_every + config.shutdown.deadline) * 2;
+        return Ok(Handover::Leases(LeaseHandover::new(
+            &client.database(config.checkpoint_database()),
+            &config.leases.collection,
+            config.leases.ttl,
+            timeout,
+        )));
+    }
+    if options.offline {
+        return Ok(Handover::Offline);
+    }
+    Err(RebuildError::Refused(
+        "leases are not enabled ([leases] enabled = false), so a running daemon cannot hand the \
+         projection over for the swap: stop the daemon (or its projection) and pass --offline"
+            .into(),
+    ))
+}
+
+/// Rebuilds `projection` into its shadow and swaps it in (see the module documentation).
+/// Resumes a stored rebuild of the same handlers; `Ok(Interrupted)` when `shutdown` fires.
+pub async fn run(
+    config: &Config,
+    client: &Client,
+    projection: &str,
+    options: &RebuildOptions,
+    handover: &Handover,
+    progress: &Arc<RebuildProgress>,
+    shutdown: &CancellationToken,
+) -> Result<RebuildOutcome, RebuildError> {
+    let Some(p) = config.projection(projection) else {
+        let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
+        return Err(RebuildError::Refused(format!(
+            "no projection {projection:?} in the configuration (known: {})",
+            names.join(", ")
+        )));
+    };
+    let rebuild = Rebuild::new(config, client, p, options, progress, shutdown);
+    rebuild.run(handover).await
+}
+
+/// One rebuild in progress.
+struct Rebuild<'a> {
+    config: &'a Config,
+    projection: &'a ProjectionConfig,
+    options: &'a RebuildOptions,
+    db: Database,
+    states: StateStore,
+    checkpoints: CheckpointStore,
+    /// The checkpoint collection, read for the projection's worker names.
+    checkpoint_names: Collection<Document>,
+    /// The guarded applier with the shadow as target and the shadow parked collection.
+    applier: Applier,
+    progress: &'a Arc<RebuildProgress>,
+    shutdown: &'a CancellationToken,
+    client: &'a Client,
+}
+
+/// How far to follow the stream.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// Until the newest applied event is younger than the lag, or the stream is quiet.
+    Lag(Duration),
+    /// Until the stream is past this cluster time: an event after it, or an empty batch
+    /// from a `getMore` sent after it was reached.
+    Past(Timestamp, Instant),
+}
+
+impl<'a> Rebuild<'a> {
+    fn new(
+        config: &'a Config,
+        client: &'a Client,
+        projection: &'a ProjectionConfig,
+        options: &'a RebuildOptions,
+        progress: &'a Arc<RebuildProgress>,
+        shutdown: &'a CancellationToken,
+    ) -> Self {
+        let db = client.database(&projection.database);
+        let checkpoint_db = client.database(config.checkpoint_database());
+        let mut shadow = projection.clone();
+        shadow.target = shadow_name(projection);
+        shadow.parking.collection = shadow_parked_name(projection);
+        Self {
+            applier: Applier::new(Arc::new(shadow), &db, progress.stats.clone()),
+            states: StateStore::new(&checkpoint_db),
+            checkpoints: CheckpointStore::new(&checkpoint_db, &config.checkpoints.collection),
+            checkpoint_names: checkpoint_db.collection(&config.checkpoints.collection),
+            db,
+            config,
+            projection,
+            options,
+            progress,
+            shutdown,
+            client,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.projection.name
+    }
+
+    async fn run(&self, handover: &Handover) -> Result<RebuildOutcome, RebuildError> {
+        let name = self.name().to_string();
+        if self.options.restart {
+            self.discard().await?;
+        }
+        let fingerprint = fingerprint(self.projection);
+        let mut state = match self.states.load(&name).await? {
+            Some(s) if s.phase != Phase::Done && s.fingerprint != fingerprint => {
+                return Err(RebuildError::Refused(format!(
+                    "an unfinished rebuild of {name} was started with other handlers, filter or \
+                     fields than the configuration has now; run again with --restart to discard \
+                     it and start over"
+                )));
+            }
+            Some(mut s) if s.phase != Phase::Done => {
+                tracing::info!(projection = %name, phase = s.phase.as_str(), scanned = s.scanned, streamed = s.streamed, "resuming the rebuild");
+                // A swap that stopped before the rename catches up again first, so that the
+                // live workers are held only for the last events.
+                if s.phase == Phase::Swapping
+                    && self
+                        .collection_exists(&shadow_name(self.projection))
+                        .await?
+                {
+                    s.phase = Phase::CatchingUp;
+                }
+                s
+            }
+            _ => self.begin(fingerprint).await?,
+        };
+        self.progress.set_phase(state.phase);
+        loop {
+            if state.phase == Phase::Building {
+                if !self.scan(&mut state).await? {
+                    return Ok(self.interrupted(state.phase));
+                }
+                state.phase = Phase::CatchingUp;
+                state.scan_from = None;
+                self.states.save(self.projection, &state, None).await?;
+                self.progress.set_phase(state.phase);
+                tracing::info!(projection = %name, scanned = state.scanned, "rebuild: scan complete; catching up with the stream");
+            }
+            if state.phase == Phase::CatchingUp {
+                match self
+                    .follow(&mut state, Until::Lag(self.options.max_lag))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(self.interrupted(state.phase)),
+                    Err(RebuildError::Store(e)) if e.action() == ErrorAction::HistoryLost => {
+                        tracing::warn!(projection = %name, error = %e, "rebuild: its position is no longer in the oplog; scanning again from a new one (what the shadow has is kept)");
+                        self.scan_again(&mut state).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                tracing::info!(projection = %name, streamed = state.streamed, lag_seconds = self.progress.lag_seconds(), "rebuild: caught up; taking the projection over for the swap");
+                state.phase = Phase::Swapping;
+                self.states.save(self.projection, &state, None).await?;
+                self.progress.set_phase(state.phase);
+            }
+            break;
+        }
+        // Index builds take time: done here, the live workers are not held during them (the
+        // swap builds again only what the read model gained meanwhile; an existing identical
+        // index is left alone).
+        let shadow = shadow_name(self.projection);
+        if self.collection_exists(&shadow).await? {
+            self.copy_indexes(&shadow).await?;
+        }
+        let workers = worker_names(self.name(), &self.checkpoint_names).await?;
+        let Some(held) = handover.take(self.name(), &workers, self.shutdown).await? else {
+            return Ok(self.interrupted(state.phase));
+        };
+        let swapped = self.swap(&mut state, &held).await;
+        // The workers go back whatever happened: after a refusal the live daemon goes on with
+        // the old read model, after a swap with the new one.
+        let given_back = handover.give_back(held).await;
+        let summary = match swapped? {
+            Some(summary) => summary,
+            None => return Ok(self.interrupted(state.phase)),
+        };
+        given_back?;
+        tracing::info!(
+            projection = %name,
+            scanned = summary.scanned,
+            streamed = summary.streamed,
+            documents = summary.documents,
+            parked = summary.parked,
+            "rebuild: swapped in and handed over"
+        );
+        Ok(RebuildOutcome::Swapped(summary))
+    }
+
+    fn interrupted(&self, phase: Phase) -> RebuildOutcome {
+        tracing::info!(projection = %self.name(), phase = phase.as_str(), "rebuild interrupted; running it again resumes here");
+        RebuildOutcome::Interrupted { phase }
+    }
+
+    /// Drops an unfinished rebuild: its state and both shadow collections.
+    async fn discard(&self) -> Result<(), StoreError> {
+        self.states.delete(self.name()).await?;
+        self.drop_shadows().await
+    }
+
+    async fn drop_shadows(&self) -> Result<(), StoreError> {
+        self.db
+            .collection::<Document>(&shadow_name(self.projection))
+            .drop()
+            .await?;
+        self.db
+            .collection::<Document>(&shadow_parked_name(self.projection))
+            .drop()
+            .await?;
+        Ok(())
+    }
+
+    /// A new rebuild: empty shadows, and the stream's position taken before the scan, so that
+    /// nothing written during the scan is missed.
+    async fn begin(&self, fingerprint: String) -> Result<RebuildState, RebuildError> {
+        self.drop_shadows().await?;
+        // The shadow exists from the start, so that a projection without events still has a
+        // collection to swap in.
+        self.db
+            .create_collection(shadow_name(self.projection))
+            .await
+            .map_err(StoreError::from)?;
+        let stream = self.open(None).await?;
+        let Some(token) = stream.resume_token() else {
+            return Err(RebuildError::Store(StoreError::Reply(
+                "a new change stream has no resume token".into(),
+            )));
+        };
+        drop(stream);
+        let state = RebuildState {
+            phase: Phase::Building,
+            fingerprint,
+            token,
+            scan_from: None,
+            scanned: 0,
+            streamed: 0,
+            started_at: DateTime::now(),
+            held_at: None,
+        };
+        self.states.save(self.projection, &state, None).await?;
+        tracing::info!(projection = %self.name(), shadow = %shadow_name(self.projection), "rebuild started: scanning the event collection into the shadow");
+        Ok(state)
+    }
+
+    /// When the shadow's position has fallen off the oplog: a new position, taken before a new
+    /// scan from the start. The shadow keeps what it has; the guard absorbs it as duplicates.
+    async fn scan_again(&self, state: &mut RebuildState) -> Result<(), RebuildError> {
+        let stream = self.open(None).await?;
+        let Some(token) = stream.resume_token() else {
+            return Err(StoreError::Reply("a new change stream has no resume token".into()).into());
+        };
+        state.token = token;
+        state.phase = Phase::Building;
+        state.scan_from = None;
+        self.states.save(self.projection, state, None).await?;
+        self.progress.set_phase(state.phase);
+        Ok(())
+    }
+
+    /// The event collection's change stream with the projection's filter.
+    async fn open(
+        &self,
+        token: Option<ResumeToken>,
+    ) -> Result<ChangeStream<bson::RawDocumentBuf>, StoreError> {
+        let inserts = match &self.projection.filter {
+            None => doc! {"operationType": "insert"},
+            Some(f) => {
+                let mut m = prefix_filter(f, "fullDocument.");
+                m.insert("operationType", "insert");
+                m
+            }
+        };
+        let pipeline = vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}];
+        let options = ChangeStreamOptions::builder()
+            .resume_after(token)
+            .max_await_time(Some(self.config.source.max_await))
+            .batch_size(Some(self.options.chunk.clamp(1, 10_000) as u32))
+            .build();
+        Ok(self
+            .db
+            .collection::<Document>(&self.projection.events)
+            .watch()
+            .pipeline(pipeline)
+            .with_options(options)
+            .await?
+            .with_type::<bson::RawDocumentBuf>())
+    }
+
+    /// Scans the event collection into the shadow from the saved progress. False when
+    /// interrupted (the progress of every finished chunk is saved).
+    async fn scan(&self, state: &mut RebuildState) -> Result<bool, RebuildError> {
+        let f = &self.projection.fields;
+        let mut filter = self.projection.filter.clone().unwrap_or_default();
+        if let Some(from) = &state.scan_from {
+            filter = doc! {"$and": [filter, resume_filter(&f.aggregate_id, from)]};
+        }
+        let mut cursor = self
+            .db
+            .collection::<Document>(&self.projection.events)
+            .find(filter)
+            .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
+            .batch_size(self.options.chunk.clamp(1, 10_000) as u32)
+            .await
+            .map_err(StoreError::from)?;
+        let mut writer = ShadowWriter::new(self.applier.clone(), self.options.lanes);
+        let mut chunk: Vec<Event> = Vec::with_capacity(self.options.chunk);
+        let mut last_log = Instant::now();
+        loop {
+            let next = cursor.try_next().await.map_err(StoreError::from)?;
+            if self.shutdown.is_cancelled() {
+                return Ok(false);
+            }
+            let end = next.is_none();
+            if let Some(d) = next {
+                state.scanned += 1;
+                self.progress.scanned.fetch_add(1, Ordering::Relaxed);
+                match decode_event(&d, f) {
+                    Ok(e) => chunk.push(e),
+                    Err(malformed) => {
+                        self.applier.dead_letter_malformed(&malformed, None).await?;
+                    }
+                }
+            }
+            if chunk.len() >= self.options.chunk.max(1) || (end && !chunk.is_empty()) {
+                let last = chunk.last().map(|e| e.aggregate_id.clone());
+                if !writer
+                    .write(std::mem::take(&mut chunk), self.config, self.shutdown)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                // The chunk's last aggregate may continue in the next chunk: the scan resumes
+                // at it (its applied events are absorbed by the guard as duplicates).
+                state.scan_from = last;
+                self.states.save(self.projection, state, None).await?;
+                if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+                    last_log = Instant::now();
+                    tracing::info!(projection = %self.name(), scanned = state.scanned, applied = self.progress.applied(), "rebuild: scanning");
+                }
+            }
+            if end {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Follows the stream from the saved position into the shadow until `until`, saving the
+    /// position as it goes. False when interrupted.
+    async fn follow(&self, state: &mut RebuildState, until: Until) -> Result<bool, RebuildError> {
+        let mut writer = ShadowWriter::new(self.applier.clone(), self.options.lanes);
+        let mut backoff = self.config.source.reopen_backoff_initial;
+        let mut last_log = Instant::now();
+        // Empty batches from `getMore`s sent after the moment of `Until::Past`.
+        let mut quiet_after = 0;
+        'reopen: loop {
+            let mut stream = match self.open(Some(state.token.clone())).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.on_stream_error(e, &mut backoff).await?;
+                    continue 'reopen;
+                }
+            };
+            let mut batch: Vec<Event> = Vec::new();
+            let mut newest: Option<Timestamp> = None;
+            let mut last_flush = Instant::now();
+            loop {
+                if self.shutdown.is_cancelled() {
+                    self.flush(&mut writer, &mut batch, &stream, state).await?;
+                    return Ok(false);
+                }
+                let asked_at = Instant::now();
+                match stream.next_if_any().await {
+                    Ok(Some(raw)) => {
+                        backoff = self.config.source.reopen_backoff_initial;
+                        if raw.get_str("operationType").ok() == Some("invalidate") {
+                            return Err(StoreError::Fatal(format!(
+                                "the event collection {}.{} was dropped or renamed during the rebuild",
+                                self.projection.database, self.projection.events
+                            ))
+                            .into());
+                        }
+                        let change = decode_change(&raw, &self.projection.fields)
+                            .map_err(StoreError::Reply)?;
+                        state.streamed += 1;
+                        self.progress.streamed.fetch_add(1, Ordering::Relaxed);
+                        newest = change.cluster_time.or(newest);
+                        if let Some(t) = newest {
+                            self.progress
+                                .last_event_cluster_secs
+                                .store(t.time as u64, Ordering::Relaxed);
+                        }
+                        match change.event {
+                            Ok(event) => batch.push(event),
+                            Err(malformed) => {
+                                let token = bson::to_bson(&change.token).ok();
+                                self.applier
+                                    .dead_letter_malformed(&malformed, token.as_ref())
+                                    .await?;
+                            }
+                        }
+                        let past =
+                            matches!(until, Until::Past(t, _) if newest.is_some_and(|n| n > t));
+                        // A busy stream seldom answers with an empty batch: write what was read
+                        // every chunk or FLUSH_EVERY, and look at the lag each time.
+                        if batch.len() >= self.options.chunk.max(1)
+                            || past
+                            || last_flush.elapsed() >= FLUSH_EVERY
+                        {
+                            if !self.flush(&mut writer, &mut batch, &stream, state).await? {
+                                return Ok(false);
+                            }
+                            last_flush = Instant::now();
+                            if past || self.lag_within(until, newest) {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        if !stream.is_alive() {
+                            return Err(StoreError::Fatal(
+                                "change stream closed by the server".into(),
+                            )
+                            .into());
+                        }
+                        if !self.flush(&mut writer, &mut batch, &stream, state).await? {
+                            return Ok(false);
+                        }
+                        match until {
+                            // Quiet: everything written so far is in the shadow.
+                            Until::Lag(_) => return Ok(true),
+                            // Two empty batches, so that at least one `getMore` certainly
+                            // started after the moment (the driver may answer the first from
+                            // a reply it already had).
+                            Until::Past(_, moment) if asked_at >= moment => {
+                                quiet_after += 1;
+                                if quiet_after >= 2 {
+                                    return Ok(true);
+                                }
+                            }
+                            Until::Past(..) => {}
+                        }
+                    }
+                    Err(e) => {
+                        if !self.flush(&mut writer, &mut batch, &stream, state).await? {
+                            return Ok(false);
+                        }
+                        self.on_stream_error(e.into(), &mut backoff).await?;
+                        continue 'reopen;
+                    }
+                }
+                if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+                    last_log = Instant::now();
+                    tracing::info!(projection = %self.name(), streamed = state.streamed, lag_seconds = self.progress.lag_seconds(), "rebuild: following the stream");
+                }
+            }
+        }
+    }
+
+    /// True once the newest applied event is younger than the lag of `Until::Lag`.
+    fn lag_within(&self, until: Until, newest: Option<Timestamp>) -> bool {
+        match (until, newest) {
+            (Until::Lag(max), Some(t)) => {
+                (unix_millis() / 1000).saturating_sub(t.time as u64) <= max.as_secs()
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the events read so far into the shadow, then saves the stream's position (the
+    /// token of the last event returned, or the post-batch token after an empty batch).
+    async fn flush(
+        &self,
+        writer: &mut ShadowWriter,
+        batch: &mut Vec<Event>,
+        stream: &ChangeStream<bson::RawDocumentBuf>,
+        state: &mut RebuildState,
+    ) -> Result<bool, RebuildError> {
+        if !batch.is_empty()
+            && !writer
+                .write(std::mem::take(batch), self.config, self.shutdown)
+                .await?
+        {
+            return Ok(false);
+        }
+        if let Some(token) = stream.resume_token()
+            && token != state.token
+        {
+            state.token = token;
+            self.states.save(self.projection, state, None).await?;
+        }
+        Ok(true)
+    }
+
+    /// A failed stream: waits and re-opens on transient errors; anything else ends the rebuild.
+    async fn on_stream_error(
+        &self,
+        e: StoreError,
+        backoff: &mut Duration,
+    ) -> Result<(), RebuildError> {
+        match e.action() {
+            ErrorAction::Retry => {
+                tracing::warn!(projection = %self.name(), error = %e, retry_in = ?*backoff, "rebuild: change stream failed; re-opening");
+                tokio::select! {
+                    _ = tokio::time::sleep(*backoff) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+                *backoff = (*backoff * 2).min(self.config.source.reopen_backoff_max);
+                Ok(())
+            }
+            ErrorAction::HistoryLost | ErrorAction::Fatal => Err(e.into()),
+        }
+    }
+
+    /// The swap, with the workers held. `None` when interrupted before the rename.
+    async fn swap(
+        &self,
+        state: &mut RebuildState,
+        held: &Held,
+    ) -> Result<Option<RebuildSummary>, RebuildError> {
+        let shadow = shadow_name(self.projection);
+        for (worker, epoch) in &held.workers {
+            if let Some(epoch) = epoch {
+                // From here on, a late checkpoint write of a former holder is refused.
+                self.checkpoints.claim(worker, *epoch).await?;
+            }
+        }
+        let renamed = !self.collection_exists(&shadow).await?;
+        if !renamed {
+            // The moment every worker was held: a state write whose operation time is after
+            // everything a live worker could have read from its stream.
+            let mut session = self
+                .client
+                .start_session()
+                .await
+                .map_err(StoreError::from)?;
+            state.held_at = Some(DateTime::now());
+            self.states
+                .save(self.projection, state, Some(&mut session))
+                .await?;
+            let moment = Instant::now();
+            let Some(held_at) = session.operation_time() else {
+                return Err(
+                    StoreError::Reply("the server reported no operation time".into()).into(),
+                );
+            };
+            match self.follow(state, Until::Past(held_at, moment)).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(RebuildError::Store(e)) if e.action() == ErrorAction::HistoryLost => {
+                    self.scan_again(state).await?;
+                    return Err(RebuildError::Refused(format!(
+                        "the rebuild's position fell off the oplog during the swap ({e}); the live \
+                         daemon goes on with the old read model; run again to scan from a new \
+                         position (what the shadow has is kept)"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+            self.check_not_behind().await?;
+            self.copy_indexes(&shadow).await?;
+            if held.lost.is_cancelled() {
+                return Err(RebuildError::Refused(
+                    "a lease held for the swap was lost before the rename; run again to resume"
+                        .into(),
+                ));
+            }
+            // Atomic for readers: they see the old read model until here, then the new one
+            // (manual: "renameCollection": within a database the rename is atomic).
+            self.client
+                .database("admin")
+                .run_command(doc! {
+                    "renameCollection": format!("{}.{}", self.projection.database, shadow),
+                    "to": format!("{}.{}", self.projection.database, self.projection.target),
+                    "dropTarget": true,
+                    "writeConcern": {"w": "majority"},
+                })
+                .await
+                .map_err(StoreError::from)?;
+            tracing::info!(projection = %self.name(), "rebuild: shadow renamed over the read model");
+        }
+        self.hand_over_checkpoints(state, held).await?;
+        let parked = self.move_parked(state).await?;
+        state.phase = Phase::Done;
+        self.states.save(self.projection, state, None).await?;
+        self.progress.set_phase(Phase::Done);
+        let documents = self
+            .db
+            .collection::<Document>(&self.projection.target)
+            .count_documents(doc! {})
+            .await
+            .map_err(StoreError::from)?;
+        Ok(Some(RebuildSummary {
+            scanned: state.scanned,
+            streamed: state.streamed,
+            documents,
+            parked,
+        }))
+    }
+
+    async fn collection_exists(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .db
+            .list_collection_names()
+            .filter(doc! {"name": name})
+            .await?
+            .is_empty())
+    }
+
+    /// Refuses the swap when the shadow is behind the live read model for some aggregate: the
+    /// swap would make readers see it go back. With the workers held, the live model is still.
+    async fn check_not_behind(&self) -> Result<(), RebuildError> {
+        let live = self.db.collection::<Document>(&self.projection.target);
+        let mut cursor = live
+            .find(doc! {})
+            .projection(doc! {crate::projection::SEQUENCE_FIELD: 1})
+            .batch_size(1000)
+            .await
+            .map_err(StoreError::from)?;
+        let mut behind: Vec<String> = Vec::new();
+        let mut total_behind = 0u64;
+        let mut page: Vec<(Bson, i64)> = Vec::new();
+        loop {
+            let next = cursor.try_next().await.map_err(StoreError::from)?;
+            let end = next.is_none();
+            if let Some(d) = next
+                && let Some(id) = d.get("_id")
+            {
+                let seq = d
+                    .get(crate::projection::SEQUENCE_FIELD)
+                    .and_then(Bson::as_i64)
+                    .unwrap_or(0);
+                page.push((id.clone(), seq));
+            }
+            if page.len() >= 1000 || (end && !page.is_empty()) {
+                let ids: Vec<Bson> = page.iter().map(|(id, _)| id.clone()).collect();
+                let rebuilt = self.applier.read_model.stored_sequences(&ids).await?;
+                for (id, seq) in page.drain(..) {
+                    // A document missing from the shadow would disappear for readers.
+                    let new = rebuilt.get(&AggregateKey::of(&id)).copied();
+                    if new.is_none_or(|new| new < seq) {
+                        let new = new.unwrap_or(0);
+                        total_behind += 1;
+                        if behind.len() < 10 {
+                            let id = match id {
+                                Bson::String(s) => s,
+                                other => other.to_string(),
+                            };
+                            behind.push(format!("{id}: live {seq}, rebuilt {new}"));
+                        }
+                    }
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        if total_behind == 0 {
+            return Ok(());
+        }
+        let message = format!(
+            "the rebuilt read model is behind the live one for {total_behind} aggregate(s) ({}); \
+             their next events are parked or dead-lettered in {} (see `mongo-projector parked \
+             list`); fix the handlers and run again with --restart, or pass --allow-behind",
+            behind.join("; "),
+            shadow_parked_name(self.projection)
+        );
+        if self.options.allow_behind {
+            tracing::warn!(projection = %self.name(), "{message}");
+            return Ok(());
+        }
+        Err(RebuildError::Refused(message))
+    }
+
+    /// Builds the live read model's secondary indexes on the shadow, so that readers' queries
+    /// are as fast after the swap as before.
+    async fn copy_indexes(&self, shadow: &str) -> Result<(), RebuildError> {
+        let reply = self
+            .db
+            .run_command(doc! {"listIndexes": &self.projection.target})
+            .await;
+        let specs: Vec<Document> = match reply {
+            Ok(r) => r
+                .get_document("cursor")
+                .and_then(|c| c.get_array("firstBatch"))
+                .map(|b| b.iter().filter_map(Bson::as_document).cloned().collect())
+                .unwrap_or_default(),
+            // No live read model yet: nothing to copy.
+            Err(e) if crate::error::server_code(&e) == Some(26) => Vec::new(),
+            Err(e) => return Err(StoreError::from(e).into()),
+        };
+        let indexes: Vec<Document> = specs
+            .into_iter()
+            .filter(|s| s.get_str("name").ok() != Some("_id_"))
+            .map(|mut s| {
+                s.remove("ns");
+                s.remove("v");
+                s
+            })
+            .collect();
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(projection = %self.name(), indexes = indexes.len(), "rebuild: building the read model's indexes on the shadow");
+        self.db
+            .run_command(doc! {"createIndexes": shadow, "indexes": indexes, "writeConcern": {"w": "majority"}})
+            .await
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Sets every worker's checkpoint to the shadow's position, keeping its running count.
+    async fn hand_over_checkpoints(
+        &self,
+        state: &RebuildState,
+        held: &Held,
+    ) -> Result<(), RebuildError> {
+        for (worker, epoch) in &held.workers {
+            let previous = self.checkpoints.load(worker).await?;
+            let checkpoint = Checkpoint {
+                token: state.token.clone(),
+                cluster_time: None,
+                events_handled: previous.map(|c| c.events_handled).unwrap_or(0),
+                updated_at: DateTime::now(),
+            };
+            match epoch {
+                Some(epoch) => self.checkpoints.save(worker, &checkpoint, *epoch).await?,
+                None => self.checkpoints.save_unfenced(worker, &checkpoint).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the projection's parked entries with the rebuilt read model's (the old ones
+    /// describe a read model that no longer exists), then drops the shadow parked collection.
+    /// Only entries parked before the workers were held are the old read model's: should a
+    /// crash after the rename let the daemon run on the new read model before this runs again,
+    /// what it parked meanwhile is kept. Idempotent. Returns the entries moved.
+    async fn move_parked(&self, state: &RebuildState) -> Result<u64, RebuildError> {
+        let shadow = self.applier.parked.collection().clone();
+        let live = self
+            .db
+            .collection::<Document>(&self.projection.parking.collection);
+        let mut old = doc! {"projection": self.name()};
+        if let Some(t) = state.held_at {
+            old.insert("firstParkedAt", doc! {"$lte": t});
+        }
+        live.delete_many(old).await.map_err(StoreError::from)?;
+        let mut cursor = shadow.find(doc! {}).await.map_err(StoreError::from)?;
+        let mut moved = 0;
+        while let Some(entry) = cursor.try_next().await.map_err(StoreError::from)? {
+            let Some(id) = entry.get("_id").cloned() else {
+                continue;
+            };
+            live.replace_one(doc! {"_id": id}, entry)
+                .upsert(true)
+                .await
+                .map_err(StoreError::from)?;
+            moved += 1;
+        }
+        shadow.drop().await.map_err(StoreError::from)?;
+        Ok(moved)
+    }
+}
+
+/// Longest time events read from the stream wait before they are written to the shadow.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// How often a long phase logs its progress.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// The filter that resumes a scan at aggregate `from`. A range query only matches ids of
+/// `from`'s own type (manual: "Comparison/Sort Order", type bracketing), so ids of the types
+/// sorted after it are added explicitly; ids of unusual types resume from the start (the
+/// guard absorbs what is already applied).
+fn resume_filter(field: &str, from: &Bson) -> Document {
+    const AFTER_OBJECT_ID: [&str; 5] = ["bool", "date", "timestamp", "regex", "maxKey"];
+    let later: Vec<&str> = match from {
+        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
+            let mut l = vec!["string", "symbol", "object", "array", "binData", "objectId"];
+            l.extend(AFTER_OBJECT_ID);
+            l
+        }
+        Bson::String(_) => {
+            let mut l = vec!["object", "array", "binData", "objectId"];
+            l.extend(AFTER_OBJECT_ID);
+            l
+        }
+        Bson::ObjectId(_) => AFTER_OBJECT_ID.to_vec(),
+        _ => return doc! {},
+    };
+    doc! {"$or": [{field: {"$gte": from.clone()}}, {field: {"$type": later}}]}
+}
+
+/// Writes events into the shadow: split by aggregate over parallel writers (one aggregate
+/// always to the same one, so its events stay in order), each a lane-style batch in rounds.
+struct ShadowWriter {
+    applier: Applier,
+    caches: Vec<SequenceCache>,
+}
+
+impl ShadowWriter {
+    fn new(applier: Applier, lanes: usize) -> Self {
+        Self {
+            applier,
+            caches: (0..lanes.max(1))
+                .map(|_| SequenceCache::new(crate::lanes::CACHE_PER_LANE))
+                .collect(),
+        }
+    }
+
+    /// Takes every event to its final disposition, retrying transient errors in place. False
+    /// when interrupted while retrying.
+    async fn write(
+        &mut self,
+        events: Vec<Event>,
+        config: &Config,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let lanes = self.caches.len();
+        let mut groups: Vec<Vec<BatchItem>> = vec![Vec::new(); lanes];
+        for e in events {
+            groups[lane_of(&e.aggregate_id, lanes)].push(BatchItem::new(e));
+        }
+        let applier = &self.applier;
+        let writes = groups
+            .iter_mut()
+            .zip(self.caches.iter_mut())
+            .filter(|(items, _)| !items.is_empty())
+            .map(|(items, cache)| async move {
+                let mut delay = config.source.reopen_backoff_initial;
+                loop {
+                    match applier.handle_batch(items, cache).await {
+                        Ok(()) => return Ok(true),
+                        Err(e) if e.action() == ErrorAction::Retry => {
+                            tracing::warn!(projection = %applier.config.name, error = %e, "rebuild: writing to the shadow failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = shutdown.cancelled() => return Ok(false),
+                            }
+                            delay = (delay * 2).min(config.source.reopen_backoff_max);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            });
+        let done = futures_util::future::try_join_all(writes).await?;
+        Ok(done.into_iter().all(|d| d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_round_trip_through_their_names() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Phase::parse("sleeping"), None);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_handlers() {
+        let config = Config::parse(include_str!("../config/example.toml")).unwrap();
+        let p = config.projections[0].clone();
+        let mut changed = p.clone();
+        changed.handlers.remove("Deposited");
+        assert_eq!(fingerprint(&p), fingerprint(&p.clone()));
+        assert_ne!(fingerprint(&p), fingerprint(&changed));
+    }
+
+    #[test]
+    fn a_resumed_scan_also_covers_ids_of_later_types() {
+        assert_eq!(
+            resume_filter("a", &Bson::String("m".into())),
+            doc! {"$or": [{"a": {"$gte": "m"}}, {"a": {"$type": ["object", "array", "binData", "objectId", "bool", "date", "timestamp", "regex", "maxKey"]}}]}
+        );
+        assert_eq!(resume_filter("a", &Bson::Null), doc! {});
+    }
+}
