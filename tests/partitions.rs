@@ -7,6 +7,7 @@
 //!   own aggregates, the union is the in-order fold, each worker has its own checkpoint.
 //! - A parked sweep only sees its partition's entries.
 //! - Going from 1 to 3 partitions (stop, reconfigure, restart) loses nothing.
+//! - Three replicas under leases take one partition each.
 
 mod common;
 
@@ -268,5 +269,70 @@ async fn going_from_one_to_three_partitions_loses_nothing() {
     for i in 0..3 {
         let name = format!("accounts/p{i}of3");
         assert!(checkpoints.load(&name).await.unwrap().is_some(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_leases_take_one_partition_each() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new("partition_leases").await;
+    let mut config = env.config();
+    recording_projection(&mut config);
+    config.projections[0].partitions = 3;
+    config.leases.ttl = Duration::from_secs(2);
+    config.leases.renew_every = Duration::from_millis(400);
+    let aggregates: Vec<String> = (0..30).map(|i| format!("r-{i}")).collect();
+    let mut replicas = Vec::new();
+    for holder in ["inst-a", "inst-b", "inst-c"] {
+        let mut config = config.clone();
+        config.leases.holder = Some(holder.to_string());
+        let client = mongodb::Client::with_uri_str(&env.uri).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let daemon = Daemon::new(&config, &client, &shutdown);
+        let stats = daemon.stats();
+        let handle = tokio::spawn(async move {
+            let report = daemon.run().await;
+            assert!(report.all_ok(), "{:?}", report.results);
+        });
+        replicas.push((client, shutdown, handle, stats));
+    }
+    let held = |stats: &[(
+        String,
+        std::sync::Arc<mongo_projector::stats::ProjectionStats>,
+    )]| {
+        stats
+            .iter()
+            .filter(|(_, s)| s.lease.held.load(Ordering::Relaxed))
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    // The fair share of 3 workers among 3 live instances is one each.
+    eventually("one partition per replica", WAIT, || async {
+        replicas
+            .iter()
+            .all(|(_, _, _, stats)| held(stats).len() == 1)
+    })
+    .await;
+    let owners: BTreeSet<String> = replicas
+        .iter()
+        .flat_map(|(_, _, _, stats)| held(stats))
+        .collect();
+    assert_eq!(owners.len(), 3, "{owners:?}");
+    for i in 0..3 {
+        wait_until_tailing(&env, &format!("accounts/p{i}of3")).await;
+    }
+    for seq in 1..=8 {
+        env.events()
+            .insert_many(interleaved(&aggregates, seq, seq))
+            .await
+            .unwrap();
+    }
+    all_at(&env, &aggregates, 8).await;
+    for (_, shutdown, handle, _) in replicas {
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+    for a in &aggregates {
+        assert_eq!(seen(&env, a).await, (1..=8).collect::<Vec<_>>(), "{a}");
     }
 }
