@@ -4,7 +4,8 @@
 //! - The server's partition filter and the hash computed here agree, for ids of every common
 //!   type: against mongod this checks mongo-sim's `$toHashedIndexKey` too.
 //! - Three daemon instances, each running one partition: every instance handles exactly its
-//!   own aggregates, the union is the in-order fold, each worker has its own checkpoint.
+//!   own aggregates, the union is the in-order fold, each worker has its own checkpoint and
+//!   audits its own share.
 //! - A parked sweep only sees its partition's entries.
 //! - Going from 1 to 3 partitions (stop, reconfigure, restart) loses nothing.
 //! - Three replicas under leases take one partition each.
@@ -14,6 +15,7 @@ mod common;
 use bson::{Bson, Document, doc, oid::ObjectId};
 use common::{TestEnv, event, eventually, recording_projection, wait_until_tailing};
 use futures_util::TryStreamExt;
+use mongo_projector::audit::{Audit, AuditOptions};
 use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::config::{Config, StartFrom};
 use mongo_projector::daemon::Daemon;
@@ -182,6 +184,20 @@ async fn three_instances_apply_their_own_partitions_exactly_once() {
         assert!(checkpoints.load(&name).await.unwrap().is_some(), "{name}");
     }
     assert!(checkpoints.load("accounts").await.unwrap().is_none());
+    // Each worker's drift audit checks its own share, and finds nothing.
+    for worker in workers(&config.projections[0]) {
+        let index = worker.partition.unwrap().index;
+        let report = Audit::new(std::sync::Arc::new(worker), &env.db)
+            .run(AuditOptions {
+                examples: 5,
+                repair: false,
+                settle: Duration::ZERO,
+            })
+            .await
+            .unwrap();
+        assert_eq!(report.checked, per_partition(index), "partition {index}");
+        assert_eq!(report.drifted(), 0, "partition {index}: {report:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
