@@ -91,6 +91,8 @@ pub struct BenchReport {
     pub lag_p99: Duration,
     pub lag_max: Duration,
     pub catch_up_rate: f64,
+    /// kill -9 in the middle of a drain; `None` when not run.
+    pub crash: Option<CrashReport>,
     pub memory: Vec<(u64, u64, f64)>,
 }
 
@@ -234,6 +236,8 @@ struct Setup {
     db: Database,
     config: PathBuf,
     workload: Workload,
+    /// `checkpoints.every_events` of the daemon's configuration.
+    checkpoint_events: i64,
 }
 
 impl Setup {
@@ -250,13 +254,14 @@ impl Setup {
             ),
             1,
         );
-        crate::config::Config::parse(&text).map_err(err("bench configuration"))?;
+        let parsed = crate::config::Config::parse(&text).map_err(err("bench configuration"))?;
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).map_err(err("writing the bench configuration"))?;
         Ok(Setup {
             db: client.database(name),
             config,
             workload: Workload::new(o.accounts, name.len() as u64 * 7919),
+            checkpoint_events: parsed.checkpoints.every_events as i64,
         })
     }
 
@@ -587,6 +592,95 @@ async fn memory(
     Ok((n, rss, rate))
 }
 
+/// What a `kill -9` in the middle of a drain costs.
+#[derive(Debug, Clone, Default)]
+pub struct CrashReport {
+    /// Events the killed daemon had applied after its last checkpoint: the restart reads them
+    /// again and the guard counts them as duplicates.
+    pub redelivered: i64,
+    /// Events handled per checkpoint (`checkpoints.every_events`), for comparison.
+    pub checkpoint_events: i64,
+    /// Events the checkpoint could trail by besides the interval: batches being written or
+    /// queued in the lanes (lanes x (queued + 1) x batch size).
+    pub in_flight_bound: i64,
+}
+
+/// The sum of every read-model document's `lastSequenceNumber`: the events applied (or
+/// skipped) so far, each counted once whatever the redelivery.
+async fn applied_total(db: &Database) -> BenchResult<i64> {
+    let mut cursor = db
+        .collection::<Document>("accounts")
+        .aggregate(vec![
+            doc! {"$group": {"_id": null, "n": {"$sum": "$lastSequenceNumber"}}},
+        ])
+        .await
+        .map_err(err("summing the read model"))?;
+    let total = match cursor
+        .try_next()
+        .await
+        .map_err(err("summing the read model"))?
+    {
+        Some(d) => d.get("n").and_then(Bson::as_i64).unwrap_or(0),
+        None => 0,
+    };
+    Ok(total)
+}
+
+/// `kill -9` halfway through a drain, then a restart: how many already-applied events the
+/// restart reads again, and a check that in the end every event is applied exactly once
+/// (the read model's sequences add up to the events written).
+async fn crash(
+    setup: &mut Setup,
+    o: &BenchOptions,
+    uri: &str,
+    handled: i64,
+) -> BenchResult<CrashReport> {
+    let n = o.catch_up.max(2) as i64;
+    let before = applied_total(&setup.db).await?;
+    if before != handled {
+        return Err(format!(
+            "before the crash the read model holds {before} events, the checkpoint {handled}"
+        ));
+    }
+    append(&setup.events(), &mut setup.workload, n as u64).await?;
+    let mut daemon = Daemon::spawn(&o.daemon, &setup.config, uri)?;
+    setup
+        .wait_until(
+            "half the events before the kill",
+            Duration::from_secs(600),
+            |h| h.unwrap_or(0) >= handled + n / 2,
+        )
+        .await?;
+    daemon.child.kill().map_err(err("kill -9"))?;
+    daemon
+        .child
+        .wait()
+        .map_err(err("waiting for the killed daemon"))?;
+    let checkpoint = setup.events_handled().await?.unwrap_or(0);
+    let applied = applied_total(&setup.db).await?;
+    let restarted = Daemon::spawn(&o.daemon, &setup.config, uri)?;
+    setup
+        .wait_until(
+            "the rest after the restart",
+            Duration::from_secs(1800),
+            |h| h.unwrap_or(0) >= handled + n,
+        )
+        .await?;
+    restarted.stop().await?;
+    let after = applied_total(&setup.db).await?;
+    if after != handled + n {
+        return Err(format!(
+            "after the crash the read model holds {after} events, {} were written",
+            handled + n
+        ));
+    }
+    Ok(CrashReport {
+        redelivered: applied - checkpoint,
+        checkpoint_events: setup.checkpoint_events,
+        in_flight_bound: (o.lanes * (crate::lanes::LANE_QUEUE + 1) * o.batch_size) as i64,
+    })
+}
+
 /// Runs the whole benchmark, printing as it goes.
 pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
     let _server;
@@ -698,6 +792,15 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
         rate,
         100.0 * rate / report.backlog_rate
     );
+    let c = crash(&mut setup, &o, &uri, handled).await?;
+    println!(
+        "kill -9 halfway through a drain of {} events: {} applied events redelivered after the restart (checkpoint every {} events; up to {} more in the lanes), all absorbed by the guard",
+        o.catch_up.max(2),
+        c.redelivered,
+        c.checkpoint_events,
+        c.in_flight_bound
+    );
+    report.crash = Some(c);
     let _ = client.database("bench_projector").drop().await;
 
     for n in [o.memory_small, o.memory_large] {
@@ -754,6 +857,15 @@ fn print_summary(r: &BenchReport) {
         r.catch_up_rate,
         100.0 * r.catch_up_rate / r.backlog_rate.max(1e-9)
     );
+    if let Some(c) = &r.crash {
+        println!(
+            "{:<44} {:>12} ev   <= {} + {} in flight",
+            "kill -9: applied events redelivered",
+            c.redelivered,
+            c.checkpoint_events,
+            c.in_flight_bound
+        );
+    }
     for (n, rss, _) in &r.memory {
         println!(
             "{:<44} {:>10.1} MiB   < 150, flat",
