@@ -1012,7 +1012,10 @@ async fn scale_out_run(
                 o.lanes, o.batch_size
             ),
         );
-    let config = crate::config::Config::parse(&text).map_err(err("scale-out configuration"))?;
+    let mut config = crate::config::Config::parse(&text).map_err(err("scale-out configuration"))?;
+    // The instances split the workers between them here; leases would share them out again
+    // (each instance's fair share counts only the workers it was given).
+    config.leases.enabled = false;
     let setup_client = Client::with_uri_str(uri).await.map_err(err("connecting"))?;
     let db = setup_client.database(&name);
     let _ = db.drop().await;

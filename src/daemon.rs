@@ -43,7 +43,8 @@ impl Daemon {
 
     /// A daemon running only the workers `select` accepts, among every projection's workers
     /// (one per partition: [`crate::partition::workers`]): a fixed split between instances,
-    /// for tests and benchmarks (leases share the workers out at run time).
+    /// for tests and benchmarks, meant with leases off (leases share the workers out at run
+    /// time, and an instance's fair share counts only the workers it was given).
     pub fn with_workers(
         config: &Config,
         client: &Client,

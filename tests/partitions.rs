@@ -130,6 +130,8 @@ async fn three_instances_apply_their_own_partitions_exactly_once() {
     let mut config = env.config();
     recording_projection(&mut config);
     config.projections[0].partitions = 3;
+    // A fixed split of the workers between instances (leases would share them out instead).
+    config.leases.enabled = false;
     config.source.lanes = 2;
     config.source.batch_size = 16;
     let aggregates: Vec<String> = (0..36).map(|i| format!("acc-{i}")).collect();
