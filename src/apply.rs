@@ -320,7 +320,7 @@ impl Applier {
         let events = crate::majority_collection(db, &config.events);
         Self {
             read_model: ReadModel::new(db.clone(), config.target.clone()),
-            parked: ParkedStore::new(db, &config.parking.collection, &config.name),
+            parked: ParkedStore::for_worker(db, &config),
             events,
             config,
             stats,
@@ -348,15 +348,9 @@ impl Applier {
         Ok(disposition)
     }
 
-    /// True when some event of this projection is parked waiting for a predecessor.
+    /// True when some event of this worker's share is parked waiting for a predecessor.
     async fn any_waiting(&self) -> Result<bool, StoreError> {
-        Ok(self
-            .parked
-            .collection()
-            .find_one(doc! {"projection": &self.config.name, "state": crate::park::PARKED})
-            .projection(doc! {"_id": 1})
-            .await?
-            .is_some())
+        self.parked.any_parked().await
     }
 
     /// Takes a lane's batch (its events in stream order) to final dispositions, in rounds:

@@ -411,6 +411,8 @@ impl Audit {
                 doc! {"$type": AGGREGATE_ID_TYPES.to_vec(), "$ne": ""},
             ),
         };
+        // A partition worker audits its own share of the aggregates.
+        crate::partition::restrict(&mut valid, self.config.partition, &f.aggregate_id);
         pipeline.push(doc! {"$match": valid});
         let seq = format!("${}", f.sequence_number);
         pipeline.push(doc! {"$group": {
@@ -471,9 +473,11 @@ impl Audit {
             .allow_disk_use(true)
             .batch_size(1000)
             .await?;
+        let mut mine = doc! {};
+        crate::partition::restrict(&mut mine, self.config.partition, "_id");
         let mut models = self
             .read_model
-            .find(doc! {})
+            .find(mine)
             .projection(doc! {SEQUENCE_FIELD: 1})
             .sort(doc! {"_id": 1})
             .batch_size(1000)

@@ -18,6 +18,9 @@
 //! - **memory**: peak RSS of the daemon while draining a small and a large backlog.
 //!
 //! The last line printed is `ratios: projector/U=<x> projector/naive=<y>`.
+//!
+//! `--scale-out` runs a separate section instead ([`scale_out`]): one backlog drained by 1, 2
+//! and 3 daemon instances inside this process sharing a projection split into 3 partitions.
 
 use crate::config::default_lanes;
 use crate::demo::EXAMPLE_CONFIG;
@@ -875,4 +878,237 @@ fn print_summary(r: &BenchReport) {
         r.backlog_rate / r.u_rate.max(1e-9),
         r.backlog_rate / r.naive_rate.max(1e-9)
     );
+}
+
+/// One row of the scale-out table.
+#[derive(Debug, Clone)]
+pub struct ScaleOutRow {
+    /// Partitions of the projection (1: the unpartitioned baseline).
+    pub partitions: u32,
+    pub instances: usize,
+    /// Partition workers per instance, e.g. "2+1".
+    pub split: String,
+    pub events: u64,
+    pub rate: f64,
+    /// Process CPU time (user + system) per event.
+    pub cpu_per_event: Duration,
+}
+
+/// Partitions of the projection in the scale-out section.
+const SCALE_OUT_PARTITIONS: u32 = 3;
+
+/// CPU time (user + system) of this whole process so far, from `getrusage(RUSAGE_SELF)`.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// `mongo-projector bench --scale-out`: the example projection with 3 partitions; the same
+/// backlog (`backlog` events over `accounts`) drained by 1 instance running the 3 workers, by 2
+/// running 2 + 1, and by 3 running one each, after a baseline of the unpartitioned projection
+/// in 1 instance. The instances are [`crate::daemon::Daemon`]s in this process, each with its
+/// own client (connection pool); partition `i` goes to instance `i mod n`. Each run starts from
+/// stored checkpoints on a fresh database (and a fresh embedded server) and ends when every
+/// event is handled. CPU time is the whole process's: with the embedded server that includes
+/// mongo-sim, which shares the process.
+pub async fn scale_out(o: BenchOptions) -> BenchResult<Vec<ScaleOutRow>> {
+    println!(
+        "scale-out: {SCALE_OUT_PARTITIONS} partitions, backlog of {} events over {} accounts, lanes={} per worker, batch_size={}",
+        o.backlog, o.accounts, o.lanes, o.batch_size
+    );
+    let mut rows = Vec::new();
+    let mut embedded = false;
+    let plan = std::iter::once((1, 1))
+        .chain((1..=SCALE_OUT_PARTITIONS as usize).map(|n| (SCALE_OUT_PARTITIONS, n)));
+    for (partitions, instances) in plan {
+        // A fresh embedded server per row, so that no row runs on a server the previous rows
+        // filled (its oplog and memory); a MONGODB_URI server is shared by all of them.
+        let (uri, server, is_embedded) = start_server(o.backlog as usize * 2 + 100_000).await?;
+        embedded = is_embedded;
+        let row = scale_out_run(&uri, &o, partitions, instances).await?;
+        drop(server);
+        println!(
+            "{} partition(s), {} instance(s) ({} workers): {:.0} events/s, {:.1} µs CPU per event",
+            row.partitions,
+            row.instances,
+            row.split,
+            row.rate,
+            row.cpu_per_event.as_secs_f64() * 1e6
+        );
+        rows.push(row);
+    }
+    println!();
+    println!(
+        "CPU time is this process's{}",
+        if embedded {
+            ", which includes the embedded mongo-sim serving every instance"
+        } else {
+            " (the daemons only; the server is MONGODB_URI)"
+        }
+    );
+    println!(
+        "{:<11} {:<10} {:<10} {:>12} {:>22}",
+        "partitions", "instances", "workers", "events/s", "CPU µs per event"
+    );
+    for r in &rows {
+        println!(
+            "{:<11} {:<10} {:<10} {:>12.0} {:>22.1}",
+            r.partitions,
+            r.instances,
+            r.split,
+            r.rate,
+            r.cpu_per_event.as_secs_f64() * 1e6
+        );
+    }
+    Ok(rows)
+}
+
+/// The embedded mongo-sim on its own runtime (unless `MONGODB_URI` is set): its URI, the
+/// server to keep alive, and whether it is embedded.
+async fn start_server(
+    oplog_capacity: usize,
+) -> BenchResult<(String, Option<mongo_sim::MongoSim>, bool)> {
+    if let Ok(uri) = std::env::var("MONGODB_URI") {
+        println!("server: MONGODB_URI ({})", crate::config::redact_uri(&uri));
+        return Ok((uri, None, false));
+    }
+    let options = mongo_sim::ServerOptions {
+        oplog_capacity,
+        ..mongo_sim::ServerOptions::default()
+    };
+    let sim =
+        tokio::task::spawn_blocking(move || mongo_sim::MongoSim::start_on_own_runtime(options))
+            .await
+            .map_err(err("starting mongo-sim"))?
+            .map_err(err("starting mongo-sim"))?;
+    let uri = sim.uri().to_string();
+    println!("server: embedded mongo-sim on its own runtime at {uri}");
+    Ok((uri, Some(sim), true))
+}
+
+async fn scale_out_run(
+    uri: &str,
+    o: &BenchOptions,
+    partitions: u32,
+    instances: usize,
+) -> BenchResult<ScaleOutRow> {
+    use crate::daemon::Daemon;
+    use tokio_util::sync::CancellationToken;
+    let name = format!("bench_scale_out_{partitions}_{instances}");
+    let text = EXAMPLE_CONFIG
+        .replace("database = \"bank\"", &format!("database = \"{name}\""))
+        .replace("start = \"beginning\"", "start = \"now\"")
+        .replace(
+            "[[projections]]",
+            &format!(
+                "[source]\nlanes = {}\nbatch_size = {}\n\n[[projections]]\npartitions = {partitions}",
+                o.lanes, o.batch_size
+            ),
+        );
+    let mut config = crate::config::Config::parse(&text).map_err(err("scale-out configuration"))?;
+    // The instances split the workers between them here; leases would share them out again
+    // (each instance's fair share counts only the workers it was given).
+    config.leases.enabled = false;
+    let setup_client = Client::with_uri_str(uri).await.map_err(err("connecting"))?;
+    let db = setup_client.database(&name);
+    let _ = db.drop().await;
+    let mut clients = Vec::new();
+    for _ in 0..instances {
+        clients.push(Client::with_uri_str(uri).await.map_err(err("connecting"))?);
+    }
+    let start = |shutdown: &CancellationToken| {
+        clients
+            .iter()
+            .enumerate()
+            .map(|(n, client)| {
+                let daemon = Arc::new(Daemon::with_workers(&config, client, shutdown, |w| {
+                    w.partition.map_or(0, |p| p.index as usize) % instances == n
+                }));
+                let running = daemon.clone();
+                let handle = tokio::spawn(async move { running.run().await });
+                (daemon, handle)
+            })
+            .collect::<Vec<_>>()
+    };
+    let stop = |shutdown: CancellationToken,
+                running: Vec<(
+        Arc<Daemon>,
+        tokio::task::JoinHandle<crate::daemon::DaemonReport>,
+    )>| async move {
+        shutdown.cancel();
+        for (_, handle) in running {
+            let report = handle.await.map_err(err("a daemon instance"))?;
+            if !report.all_ok() {
+                return Err(format!("a daemon instance failed: {:?}", report.results));
+            }
+        }
+        Ok::<(), String>(())
+    };
+    // A first start on the empty collection stores every worker's checkpoint; the backlog is
+    // then written while nothing runs, and drained from those checkpoints.
+    let checkpoints = db.collection::<Document>("projector_checkpoints");
+    let shutdown = CancellationToken::new();
+    let running = start(&shutdown);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while checkpoints
+        .count_documents(doc! {})
+        .await
+        .map_err(err("reading checkpoints"))?
+        < u64::from(partitions)
+    {
+        if Instant::now() > deadline {
+            return Err("timed out waiting for the workers' first checkpoints".into());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop(shutdown, running).await?;
+    let mut workload = Workload::new(o.accounts, 7919);
+    append(&db.collection("events"), &mut workload, o.backlog).await?;
+
+    let shutdown = CancellationToken::new();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
+    let running = start(&shutdown);
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let handled: u64 = running
+            .iter()
+            .map(|(d, _)| {
+                let t = d.total();
+                t.applied + t.skipped + t.duplicates + t.parked + t.dead_lettered
+            })
+            .sum();
+        if handled >= o.backlog {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "timed out draining: {handled} of {} events",
+                o.backlog
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
+    let split = running
+        .iter()
+        .map(|(d, _)| d.stats().len().to_string())
+        .collect::<Vec<_>>()
+        .join("+");
+    stop(shutdown, running).await?;
+    let _ = db.drop().await;
+    Ok(ScaleOutRow {
+        partitions,
+        instances,
+        split,
+        events: o.backlog,
+        rate: o.backlog as f64 / elapsed.as_secs_f64().max(1e-9),
+        cpu_per_event: cpu / o.backlog.max(1) as u32,
+    })
 }

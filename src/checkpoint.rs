@@ -131,6 +131,32 @@ impl CheckpointStore {
         Ok(set)
     }
 
+    /// Every checkpoint whose name is `projection` or starts with `projection/` (its partition
+    /// workers under any partition count), with its name.
+    pub async fn load_family(
+        &self,
+        projection: &str,
+    ) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let pattern = format!("^{}(/|$)", regex_escape(projection));
+        let ids: Vec<Document> = futures_util::TryStreamExt::try_collect(
+            self.coll
+                .find(doc! {"_id": {"$regex": pattern}})
+                .projection(doc! {"_id": 1})
+                .await?,
+        )
+        .await?;
+        let mut family = Vec::new();
+        for id in ids {
+            let Ok(name) = id.get_str("_id") else {
+                continue;
+            };
+            if let Some(c) = self.load(name).await? {
+                family.push((name.to_string(), c));
+            }
+        }
+        Ok(family)
+    }
+
     async fn fenced_update(
         &self,
         projection: &str,
@@ -178,4 +204,16 @@ impl CheckpointStore {
             .modified_count
             > 0)
     }
+}
+
+/// `s` with the characters that mean something in a regular expression escaped.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -213,6 +213,10 @@ pub struct ProjectionConfig {
     pub unhandled: UnhandledPolicy,
     pub handlers: BTreeMap<String, Handler>,
     pub parking: ParkingConfig,
+    /// Workers the projection is split into by a hash of the aggregate id (1 to 64).
+    pub partitions: u32,
+    /// Which of them this is, once expanded by [`crate::partition::workers`]; never from TOML.
+    pub partition: Option<crate::partition::Partition>,
 }
 
 /// Every problem found in a configuration file, each with its path.
@@ -743,6 +747,7 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         p.finish(errors);
         cfg
     };
+    let partitions = read_partitions(&mut r, path, errors);
     r.finish(errors);
     if !events.is_empty() && events == target {
         errors.push(format!(
@@ -761,7 +766,20 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         unhandled,
         handlers,
         parking,
+        partitions,
+        partition: None,
     }
+}
+
+/// `projections[].partitions`: 1 to [`crate::partition::MAX_PARTITIONS`], default 1.
+fn read_partitions(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> u32 {
+    let max = crate::partition::MAX_PARTITIONS;
+    let k = r.positive_integer("partitions", 1, errors);
+    if k > u64::from(max) {
+        errors.push(format!("{path}.partitions: at most {max}, found {k}"));
+        return 1;
+    }
+    k as u32
 }
 
 /// Update operators a handler may use (manual: "Update Operators").
@@ -1020,6 +1038,32 @@ mod tests {
         assert!(
             errors.contains(&"projections[0].name: expected a string, found integer".to_string()),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn partitions_are_checked_with_their_path() {
+        let projection = |k: &str| {
+            format!(
+                "[[projections]]\nname = \"a\"\ndatabase = \"db\"\nevents = \"e\"\ntarget = \"t\"\n{k}\nhandlers = {{ A = {{ \"$set\" = {{ a = 1 }} }} }}\n"
+            )
+        };
+        let ok = |k: &str| Config::parse(&projection(k)).unwrap().projections[0].partitions;
+        assert_eq!(ok(""), 1);
+        assert_eq!(ok("partitions = 3"), 3);
+        assert_eq!(ok("partitions = 64"), 64);
+        let bad = |k: &str| Config::parse(&projection(k)).unwrap_err().0;
+        assert_eq!(
+            bad("partitions = 65"),
+            ["projections[0].partitions: at most 64, found 65"]
+        );
+        assert_eq!(
+            bad("partitions = 0"),
+            ["projections[0].partitions: must be at least 1, found 0"]
+        );
+        assert_eq!(
+            bad("partitions = \"3\""),
+            ["projections[0].partitions: expected an integer, found string"]
         );
     }
 

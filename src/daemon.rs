@@ -1,12 +1,12 @@
-//! The daemon: one worker per projection, all sharing one client and one shutdown token. A
-//! projection that stops for good (its event collection dropped, say) is reported while the
-//! others go on.
+//! The daemon: one worker per projection (one per partition of a partitioned projection), all
+//! sharing one client and one shutdown token. A worker that stops for good (its event
+//! collection dropped, say) is reported while the others go on.
 //!
 //! With `[leases] enabled` (the default), each worker runs only while this instance holds its
 //! lease ([`crate::replicas`]), so that several replicas can run side by side.
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::Config;
+use crate::config::{Config, ProjectionConfig};
 use crate::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::{ProjectionStats, StatsSnapshot};
@@ -38,6 +38,19 @@ impl DaemonReport {
 
 impl Daemon {
     pub fn new(config: &Config, client: &Client, shutdown: &CancellationToken) -> Self {
+        Self::with_workers(config, client, shutdown, |_| true)
+    }
+
+    /// A daemon running only the workers `select` accepts, among every projection's workers
+    /// (one per partition: [`crate::partition::workers`]): a fixed split between instances,
+    /// for tests and benchmarks, meant with leases off (leases share the workers out at run
+    /// time, and an instance's fair share counts only the workers it was given).
+    pub fn with_workers(
+        config: &Config,
+        client: &Client,
+        shutdown: &CancellationToken,
+        select: impl Fn(&ProjectionConfig) -> bool,
+    ) -> Self {
         let checkpoints = CheckpointStore::new(
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
@@ -45,12 +58,15 @@ impl Daemon {
         let workers: Vec<Arc<ProjectionWorker>> = config
             .projections
             .iter()
+            .flat_map(crate::partition::workers)
+            .filter(|w| select(w))
             .map(|p| {
+                let db = client.database(&p.database);
                 Arc::new(ProjectionWorker::new(
-                    Arc::new(p.clone()),
+                    Arc::new(p),
                     config.source.clone(),
                     config.checkpoints.clone(),
-                    client.database(&p.database),
+                    db,
                     checkpoints.clone(),
                     shutdown.child_token(),
                 ))

@@ -18,6 +18,7 @@ pub mod lanes;
 pub mod lease;
 pub mod metrics;
 pub mod park;
+pub mod partition;
 pub mod projection;
 pub mod rebuild;
 pub mod replicas;

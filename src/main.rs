@@ -109,6 +109,10 @@ enum Command {
         lanes: Option<usize>,
         #[arg(long, default_value_t = 1000)]
         batch_size: usize,
+        /// Only the scale-out section: the backlog drained by 1, 2 and 3 instances sharing
+        /// a projection of 3 partitions (events/s and CPU time per event).
+        #[arg(long)]
+        scale_out: bool,
     },
 }
 
@@ -330,6 +334,7 @@ fn main() -> ExitCode {
             memory_large,
             lanes,
             batch_size,
+            scale_out,
         } => {
             // The embedded server logs every connection a stopped daemon leaves behind.
             init_logging(cli.log_format, "warn,mongo_sim=error");
@@ -347,6 +352,15 @@ fn main() -> ExitCode {
                 batch_size,
                 ..defaults
             };
+            if scale_out {
+                return match runtime().block_on(mongo_projector::bench::scale_out(options)) {
+                    Ok(_) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bench failed: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match runtime().block_on(mongo_projector::bench::run(options)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {

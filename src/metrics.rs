@@ -298,13 +298,9 @@ impl Monitor {
         let projections = stats
             .into_iter()
             .filter_map(|(name, stats)| {
-                let p = config.projection(&name)?;
+                let p = crate::partition::find_worker(config, &name)?;
                 Some(Watched {
-                    parked_store: ParkedStore::new(
-                        &client.database(&p.database),
-                        &p.parking.collection,
-                        &p.name,
-                    ),
+                    parked_store: ParkedStore::for_worker(&client.database(&p.database), &p),
                     name,
                     stats,
                     polled: PolledGauges::default(),
@@ -605,18 +601,8 @@ impl Monitor {
                 p.polled.parked.store(parked as i64, Ordering::Relaxed);
                 p.polled.dead.store(dead as i64, Ordering::Relaxed);
             }
-            let oldest = p
-                .parked_store
-                .collection()
-                .find_one(doc! {"projection": &p.name})
-                .sort(doc! {"firstParkedAt": 1})
-                .projection(doc! {"firstParkedAt": 1})
-                .await;
-            let ms = match oldest {
-                Ok(Some(d)) => d
-                    .get_datetime("firstParkedAt")
-                    .map(|t| t.timestamp_millis().max(0) as u64)
-                    .unwrap_or(0),
+            let ms = match p.parked_store.oldest_first_parked().await {
+                Ok(Some(t)) => t.timestamp_millis().max(0) as u64,
                 _ => 0,
             };
             p.polled.oldest_parked_ms.store(ms, Ordering::Relaxed);

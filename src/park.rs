@@ -4,8 +4,10 @@
 //! dead-lettered ones wait for an operator (`mongo-projector parked retry|skip`).
 
 use crate::config::ParkingConfig;
+use crate::config::ProjectionConfig;
 use crate::error::StoreError;
 use crate::event::{Event, Malformed};
+use crate::partition::{Partition, restrict};
 use bson::{Bson, DateTime, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::WriteConcern;
@@ -80,6 +82,9 @@ impl ParkedEvent {
 pub struct ParkedStore {
     coll: Collection<Document>,
     projection: String,
+    /// A partitioned worker's share: its sweeps and counts see only the entries of aggregates
+    /// in its partition (entries are keyed by the projection, so every K shares them).
+    partition: Option<Partition>,
 }
 
 fn later(base: DateTime, by: Duration) -> DateTime {
@@ -103,7 +108,32 @@ impl ParkedStore {
         Self {
             coll: db.collection_with_options(collection, options),
             projection: projection.to_string(),
+            partition: None,
         }
+    }
+
+    /// The store as one worker sees it: the projection's entries, restricted to the worker's
+    /// partition (by the entry's `aggregateId`) when it is one.
+    pub fn for_worker(db: &Database, worker: &ProjectionConfig) -> Self {
+        let mut store = Self::new(db, &worker.parking.collection, worker.projection_name());
+        store.partition = worker.partition;
+        store
+    }
+
+    /// `filter` restricted to this store's partition.
+    fn mine(&self, mut filter: Document) -> Document {
+        restrict(&mut filter, self.partition, "aggregateId");
+        filter
+    }
+
+    /// True when some entry of this store's share is parked (not dead).
+    pub async fn any_parked(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .coll
+            .find_one(self.mine(doc! {"projection": &self.projection, "state": PARKED}))
+            .projection(doc! {"_id": 1})
+            .await?
+            .is_some())
     }
 
     pub fn collection(&self) -> &Collection<Document> {
@@ -239,11 +269,11 @@ impl ParkedStore {
         Ok(r.deleted_count > 0)
     }
 
-    /// Parked events whose next attempt is due, oldest first.
+    /// Parked events of this store's share whose next attempt is due, oldest first.
     pub async fn due(&self, limit: i64) -> Result<Vec<ParkedEvent>, StoreError> {
         let cursor = self
             .coll
-            .find(doc! {"projection": &self.projection, "state": PARKED, "nextAttemptAt": {"$lte": DateTime::now()}})
+            .find(self.mine(doc! {"projection": &self.projection, "state": PARKED, "nextAttemptAt": {"$lte": DateTime::now()}}))
             .sort(doc! {"nextAttemptAt": 1})
             .limit(limit)
             .await?;
@@ -324,15 +354,26 @@ impl ParkedStore {
         Ok(r.modified_count)
     }
 
-    /// Counts by state: (parked, dead).
+    /// When the oldest entry (parked or dead) of this store's share was first parked.
+    pub async fn oldest_first_parked(&self) -> Result<Option<DateTime>, StoreError> {
+        let oldest = self
+            .coll
+            .find_one(self.mine(doc! {"projection": &self.projection}))
+            .sort(doc! {"firstParkedAt": 1})
+            .projection(doc! {"firstParkedAt": 1})
+            .await?;
+        Ok(oldest.and_then(|d| d.get_datetime("firstParkedAt").ok().copied()))
+    }
+
+    /// Counts of this store's share by state: (parked, dead).
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
         let parked = self
             .coll
-            .count_documents(doc! {"projection": &self.projection, "state": PARKED})
+            .count_documents(self.mine(doc! {"projection": &self.projection, "state": PARKED}))
             .await?;
         let dead = self
             .coll
-            .count_documents(doc! {"projection": &self.projection, "state": DEAD})
+            .count_documents(self.mine(doc! {"projection": &self.projection, "state": DEAD}))
             .await?;
         Ok((parked, dead))
     }

@@ -10,6 +10,7 @@ use crate::error::{ErrorAction, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
 use crate::park::ParkedEvent;
+use crate::partition;
 use crate::stats::ProjectionStats;
 use crate::watermark::{Ticket, Watermark};
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
@@ -129,6 +130,7 @@ impl ProjectionWorker {
             unsaved_events: 0,
             last_save: Instant::now(),
         };
+        let mut inherited_at: Option<Timestamp> = None;
         match self.checkpoints.load(&name).await {
             Ok(Some(c)) => {
                 tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
@@ -137,23 +139,40 @@ impl ProjectionWorker {
                 position.saved_token = Some(c.token.clone());
                 position.token = Some(c.token);
             }
-            Ok(None) => {
-                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
-            }
+            // Another stream's token may name an event this worker's filter excludes, and mongod
+            // refuses to resume after an event its stream would not produce ("the resume token
+            // was not found"): start at the token's cluster time instead (inclusive, so that
+            // event too is redelivered), or at the checkpoint's (older still).
+            Ok(None) => match self.inherit_checkpoint().await {
+                Some(c) => match partition::token_cluster_time(&c.token).or(c.cluster_time) {
+                    Some(at) => inherited_at = Some(at),
+                    None => position.token = Some(c.token),
+                },
+                None => {
+                    tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
+                }
+            },
             Err(e) if e.action() == ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
             Err(e) => {
                 tracing::warn!(projection = %name, error = %e, "cannot read checkpoint yet; will retry")
             }
         }
-        let mut first_start = position.token.is_none() && self.config.start == StartFrom::Beginning;
+        let mut first_start = position.token.is_none()
+            && inherited_at.is_none()
+            && self.config.start == StartFrom::Beginning;
         while !self.shutdown.is_cancelled() {
             let opened = if first_start {
                 self.catch_up_from_collection(&mut position).await
+            } else if let Some(at) = inherited_at {
+                self.open_from(None, Some(at)).await.map(Some)
             } else {
                 self.open(position.token.clone()).await.map(Some)
             };
             let stream = match opened {
-                Ok(Some(s)) => s,
+                Ok(Some(s)) => {
+                    inherited_at = None; // from now on the position is this stream's own
+                    s
+                }
                 Ok(None) => break, // shut down during catch-up
                 Err(e) => match e.action() {
                     ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
@@ -199,6 +218,39 @@ impl ProjectionWorker {
         Ok(())
     }
 
+    /// A worker's first start when the projection was checkpointed under another partition
+    /// count: the position to start from ([`partition::inherited_start`]). Read errors mean
+    /// starting as configured would risk a gap, so they are retried until shutdown.
+    async fn inherit_checkpoint(&self) -> Option<Checkpoint> {
+        let projection = self.config.projection_name();
+        let mut delay = self.source.reopen_backoff_initial;
+        let family = loop {
+            match self.checkpoints.load_family(projection).await {
+                Ok(family) => break family,
+                Err(e) if e.action() == ErrorAction::Fatal => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints yet; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => return None,
+                    }
+                    delay = (delay * 2).min(self.source.reopen_backoff_max);
+                }
+            }
+        };
+        let (from, checkpoint) = partition::inherited_start(projection, &family)?;
+        tracing::info!(
+            projection = %self.config.name,
+            from = %from,
+            checkpoints = family.len(),
+            "no checkpoint of this worker: starting from the oldest checkpoint of the projection under its previous partitioning (later events are redelivered; the sequence guard absorbs those already applied)"
+        );
+        Some(checkpoint)
+    }
+
     fn history_lost(&self, e: &StoreError) {
         ProjectionStats::add(&self.stats.history_lost_recoveries, 1);
         tracing::warn!(
@@ -225,10 +277,10 @@ impl ProjectionWorker {
         *backoff = (*backoff * 2).min(self.source.reopen_backoff_max);
     }
 
-    /// The `$match` after `$changeStream`: inserts (with the projection's filter on the event
-    /// document) and the invalidate that ends a stream.
+    /// The `$match` after `$changeStream`: inserts (with the projection's filter and the
+    /// worker's partition on the event document) and the invalidate that ends a stream.
     fn stream_pipeline(&self) -> Vec<Document> {
-        let inserts = match &self.config.filter {
+        let mut inserts = match &self.config.filter {
             None => doc! {"operationType": "insert"},
             Some(f) => {
                 let mut m = prefix_filter(f, "fullDocument.");
@@ -236,6 +288,8 @@ impl ProjectionWorker {
                 m
             }
         };
+        let aggregate_id = format!("fullDocument.{}", self.config.fields.aggregate_id);
+        partition::restrict(&mut inserts, self.config.partition, &aggregate_id);
         vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}]
     }
 
@@ -243,9 +297,19 @@ impl ProjectionWorker {
         &self,
         token: Option<ResumeToken>,
     ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
+        self.open_from(token, None).await
+    }
+
+    /// Opens the stream after `token`, or at the cluster time `start_at`, or from now.
+    async fn open_from(
+        &self,
+        token: Option<ResumeToken>,
+        start_at: Option<Timestamp>,
+    ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
         // Bounded batches: a backlog is fetched a slice at a time, never in one reply.
         let options = ChangeStreamOptions::builder()
             .resume_after(token)
+            .start_at_operation_time(start_at)
             .max_await_time(Some(self.source.max_await))
             .batch_size(Some(STREAM_BATCH))
             .build();
@@ -688,7 +752,8 @@ impl ProjectionWorker {
         let stream = self.open(None).await?;
         let started_at = stream.resume_token();
         let f = &self.config.fields;
-        let filter = self.config.filter.clone().unwrap_or_default();
+        let mut filter = self.config.filter.clone().unwrap_or_default();
+        partition::restrict(&mut filter, self.config.partition, &f.aggregate_id);
         let mut cursor = self
             .events()
             .find(filter)

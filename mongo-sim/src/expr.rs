@@ -8,9 +8,8 @@
 //! Constant sub-expressions are folded at parse time, as mongod's `optimize()` does.
 //!
 //! Not implemented, and rejected at parse time with 168 InvalidPipelineOperator like any unknown
-//! operator: `$dateFromString`, `$meta`,
-//! `$function`/`$accumulator`, `$toHashedIndexKey` and the n-ary array operators (`$firstN`,
-//! `$maxN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
+//! operator: `$dateFromString`, `$meta`, `$function`/`$accumulator` and the n-ary array
+//! operators (`$firstN`, `$maxN`, ...). Decimal128 values fail with 115 CommandNotSupported wherever they would be
 //! computed on, and time zones other than UTC and fixed offsets fail with 40485 when a date
 //! has to be placed in them.
 
@@ -321,6 +320,7 @@ fn arity_of(op: &str) -> Option<(&'static str, Arity)> {
         "$objectToArray",
         "$arrayToObject",
         "$reverseArray",
+        "$toHashedIndexKey",
     ];
     const TWO: &[&str] = &[
         "$subtract",
@@ -4155,6 +4155,13 @@ fn eval_values(op: &str, mut vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
         }
         "$max" | "$min" | "$sum" | "$avg" => eval_accumulator(op, vals),
         "$type" => Ok(Some(Bson::String(type_of(vals[0].as_ref()).to_string()))),
+        // mongod's ExpressionToHashedIndexKey: a missing value hashes as null, as in a hashed
+        // index (manual: "$toHashedIndexKey", documented from 7.0 and added to earlier release
+        // series' patch releases by SERVER-49214; an expression like any other, so allowed in
+        // `$expr` of `find` and of a change stream's `$match`).
+        "$toHashedIndexKey" => Ok(Some(Bson::Int64(crate::hasher::hash64(
+            vals[0].as_ref().unwrap_or(&Bson::Null),
+        )?))),
         "$isArray" => Ok(Some(Bson::Boolean(matches!(vals[0], Some(Bson::Array(_)))))),
         "$isNumber" => Ok(Some(Bson::Boolean(
             vals[0].as_ref().is_some_and(crate::compare::is_number),
@@ -5837,6 +5844,36 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("{expr} parsed"),
         }
+    }
+
+    #[test]
+    fn to_hashed_index_key_is_mongods_hash() {
+        // The manual's example ("$toHashedIndexKey").
+        assert_eq!(
+            value(bson!({"$toHashedIndexKey": "string to hash"})),
+            Bson::Int64(763_543_691_661_428_748)
+        );
+        let root = doc! {"a": 42, "b": 42i64, "c": 42.0, "d": null};
+        let hash = |path: &str| {
+            eval_in(bson!({"$toHashedIndexKey": path}), &root)
+                .unwrap()
+                .unwrap()
+        };
+        // Numbers that compare equal hash the same, whatever their type.
+        assert_eq!(hash("$a"), Bson::Int64(-944_302_157_085_130_861));
+        assert_eq!(hash("$b"), hash("$a"));
+        assert_eq!(hash("$c"), hash("$a"));
+        // A missing value hashes as null, as a hashed index stores it.
+        assert_eq!(hash("$missing"), hash("$d"));
+        assert_eq!(
+            parse_error(bson!({"$toHashedIndexKey": [1, 2]})).code,
+            16020
+        );
+        // The partition test of a hashed value: $mod keeps the dividend's sign.
+        let m = eval_in(bson!({"$mod": [{"$toHashedIndexKey": "$a"}, 3]}), &root)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m, Bson::Int64(-944_302_157_085_130_861i64 % 3));
     }
 
     fn date(ms: i64) -> Bson {

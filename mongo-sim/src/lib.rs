@@ -21,6 +21,7 @@ pub mod expr;
 pub mod failpoint;
 pub mod fields;
 pub mod handshake;
+pub mod hasher;
 pub mod oplog;
 pub mod path;
 pub mod query;
