@@ -70,6 +70,13 @@ impl Matcher {
         self.root.equality_on(path)
     }
 
+    /// The values the filter requires `path` to equal one of (`{path: {$in: [...]}}` at the
+    /// top level, without regexes or null), each usable as [`Matcher::equality_on`]'s value
+    /// is: an index is probed once per value, as mongod's index bounds for `$in` are.
+    pub fn in_values_on(&self, path: &str) -> Option<&[bson::Bson]> {
+        self.root.in_values_on(path)
+    }
+
     /// The filter as given.
     pub fn filter(&self) -> &Document {
         &self.filter
@@ -284,6 +291,24 @@ fn mod_dividend(v: &Bson) -> Option<i64> {
         }
         _ => None,
     }
+}
+
+/// Values an index can be probed with for equality (scalars; arrays, documents, null and
+/// the like match in ways a prefix lookup does not cover).
+fn index_probe(v: &Bson) -> bool {
+    matches!(
+        v,
+        Bson::Double(_)
+            | Bson::Int32(_)
+            | Bson::Int64(_)
+            | Bson::Decimal128(_)
+            | Bson::String(_)
+            | Bson::ObjectId(_)
+            | Bson::Boolean(_)
+            | Bson::DateTime(_)
+            | Bson::Timestamp(_)
+            | Bson::Binary(_)
+    )
 }
 
 /// The values of `$in`/`$nin`, sorted by BSON order for binary search, plus its regexes.
@@ -963,19 +988,22 @@ impl Node {
     fn equality_on(&self, path: &str) -> Option<&Bson> {
         match self {
             Node::And(children) => children.iter().find_map(|c| c.equality_on(path)),
-            Node::Path(p, Test::Cmp(CmpOp::Eq, v)) if p.dotted == path => match v {
-                Bson::Double(_)
-                | Bson::Int32(_)
-                | Bson::Int64(_)
-                | Bson::Decimal128(_)
-                | Bson::String(_)
-                | Bson::ObjectId(_)
-                | Bson::Boolean(_)
-                | Bson::DateTime(_)
-                | Bson::Timestamp(_)
-                | Bson::Binary(_) => Some(v),
-                _ => None,
-            },
+            Node::Path(p, Test::Cmp(CmpOp::Eq, v)) if p.dotted == path && index_probe(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn in_values_on(&self, path: &str) -> Option<&[Bson]> {
+        match self {
+            Node::And(children) => children.iter().find_map(|c| c.in_values_on(path)),
+            Node::Path(p, Test::In(set))
+                if p.dotted == path
+                    && !set.has_null
+                    && set.regexes.is_empty()
+                    && set.values.iter().all(index_probe) =>
+            {
+                Some(&set.values)
+            }
             _ => None,
         }
     }

@@ -671,14 +671,25 @@ impl Collection {
     }
 
     /// Record ids that may match: through an index when the filter pins `_id` or an index's
-    /// first field to one value, otherwise every record. Natural order either way.
+    /// first field to one value or to a list of values (`$in`), otherwise every record.
+    /// Natural order either way.
     pub fn candidates(&self, matcher: &Matcher) -> Vec<u64> {
         for index in &self.indexes {
             if index.spec.sparse {
                 continue;
             }
-            if let Some(v) = matcher.equality_on(&index.fields[0].0) {
+            let field = &index.fields[0].0;
+            if let Some(v) = matcher.equality_on(field) {
                 return index.records_with_prefix(v);
+            }
+            if let Some(values) = matcher.in_values_on(field) {
+                let mut rids: Vec<u64> = values
+                    .iter()
+                    .flat_map(|v| index.records_with_prefix(v))
+                    .collect();
+                rids.sort_unstable();
+                rids.dedup();
+                return rids;
             }
         }
         self.documents.keys().copied().collect()

@@ -449,3 +449,74 @@ async fn unique_sparse_index_allows_many_missing() {
         doc! {"email": "a"},
     );
 }
+
+// Manual: "$in" — with an index on the field, mongod probes the index once per listed value;
+// the result is the same as a collection scan's: array fields match on any element and
+// numbers of any width compare equal. (Without a sort the order is unspecified; both are
+// sorted by `_id` here.)
+#[tokio::test]
+async fn in_on_an_indexed_field_finds_what_a_scan_finds() {
+    let env = start("in_indexed").await;
+    let docs = vec![
+        doc! {"_id": 1, "a": 1},
+        doc! {"_id": 2, "a": "x"},
+        doc! {"_id": 3, "a": [5, 2]},
+        doc! {"_id": 4, "a": 2.0},
+        doc! {"_id": 5},
+        doc! {"_id": 6, "a": 3i64},
+        doc! {"_id": 7, "a": "y"},
+    ];
+    env.coll("scan").insert_many(docs.clone()).await.unwrap();
+    env.coll("indexed").insert_many(docs).await.unwrap();
+    env.coll("indexed")
+        .create_index(IndexModel::builder().keys(doc! {"a": 1}).build())
+        .await
+        .unwrap();
+    for filter in [
+        doc! {"a": {"$in": [2, "x", 3]}},
+        doc! {"a": {"$in": [1]}, "_id": {"$gt": 0}},
+        doc! {"_id": {"$in": [7, 1, 4]}},
+    ] {
+        let by_id = doc! {"_id": 1};
+        let scanned = collect(
+            env.coll("scan")
+                .find(filter.clone())
+                .sort(by_id.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        let probed = collect(
+            env.coll("indexed")
+                .find(filter.clone())
+                .sort(by_id)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(!scanned.is_empty(), "{filter}");
+        assert_eq!(probed, scanned, "{filter}");
+    }
+    let ids = |docs: Vec<Document>| -> Vec<Bson> {
+        docs.iter()
+            .map(|d| d.get("_id").cloned().unwrap())
+            .collect()
+    };
+    let found = collect(
+        env.coll("indexed")
+            .find(doc! {"a": {"$in": [2, "x", 3]}})
+            .sort(doc! {"_id": 1})
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        ids(found),
+        vec![
+            Bson::Int32(2),
+            Bson::Int32(3),
+            Bson::Int32(4),
+            Bson::Int32(6)
+        ]
+    );
+}
