@@ -961,6 +961,16 @@ pub fn toml_to_bson(v: &toml::Value) -> Bson {
 
 #[cfg(test)]
 mod tests {
+    /// The smallest valid file: one projection with one handler.
+    const MINIMAL: &str = r#"
+        [[projections]]
+        name = "p"
+        database = "d"
+        events = "e"
+        target = "t"
+        handlers = { A = { "$set" = { a = 1 } } }
+    "#;
+
     use super::*;
 
     const EXAMPLE: &str = include_str!("../config/example.toml");
@@ -1069,14 +1079,7 @@ mod tests {
 
     #[test]
     fn the_audit_runs_only_when_asked_to() {
-        let minimal = r#"
-            [[projections]]
-            name = "p"
-            database = "d"
-            events = "e"
-            target = "t"
-            handlers = { A = { "$set" = { a = 1 } } }
-        "#;
+        let minimal = MINIMAL;
         let every =
             |audit: &str| Config::parse(&format!("{audit}\n{minimal}")).map(|c| c.audit.every);
         assert_eq!(every(""), Ok(None));
@@ -1113,14 +1116,7 @@ mod tests {
             "each instance gets its own id"
         );
 
-        let minimal = r#"
-            [[projections]]
-            name = "p"
-            database = "d"
-            events = "e"
-            target = "t"
-            handlers = { A = { "$set" = { a = 1 } } }
-        "#;
+        let minimal = MINIMAL;
         let text =
             format!("[leases]\nttl = \"4s\"\nrenew_every = \"2s\"\nowner = \"x\"\n{minimal}");
         let errors = Config::parse(&text).unwrap_err().0;

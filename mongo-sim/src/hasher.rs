@@ -33,29 +33,6 @@ pub fn hash64(value: &Bson) -> Result<i64> {
     Ok(i64::from_le_bytes(first))
 }
 
-/// mongod's `canonicalizeBSONType`: the sort-order class of a type.
-fn canonical_type(v: &Bson) -> i32 {
-    match v {
-        Bson::MinKey => -1,
-        Bson::Undefined => 0,
-        Bson::Null => 5,
-        Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Decimal128(_) => 10,
-        Bson::String(_) | Bson::Symbol(_) => 15,
-        Bson::Document(_) => 20,
-        Bson::Array(_) => 25,
-        Bson::Binary(_) => 30,
-        Bson::ObjectId(_) => 35,
-        Bson::Boolean(_) => 40,
-        Bson::DateTime(_) => 45,
-        Bson::Timestamp(_) => 47,
-        Bson::RegularExpression(_) => 50,
-        Bson::DbPointer(_) => 55,
-        Bson::JavaScriptCode(_) => 60,
-        Bson::JavaScriptCodeWithScope(_) => 65,
-        Bson::MaxKey => 127,
-    }
-}
-
 /// `BSONElement::safeNumberLongForHash`.
 fn number_for_hash(v: &Bson) -> Result<i64> {
     const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
@@ -88,7 +65,7 @@ fn value_bytes(v: &Bson) -> Result<Vec<u8>> {
 }
 
 fn element(md5: &mut Md5, v: &Bson, name: Option<&str>) -> Result<()> {
-    md5.update(canonical_type(v).to_le_bytes());
+    md5.update(crate::compare::type_rank(v).to_le_bytes());
     if let Some(name) = name {
         md5.update(name.as_bytes());
         md5.update([0]);
