@@ -8,44 +8,24 @@
 
 mod common;
 
-use bson::{Bson, Document, doc};
+use bson::{Document, doc};
+use common::fold::{Histories, applier, histories, shared};
 use common::{
     TestEnv, event, eventually, recording_projection, seen, stored_sequence, wait_until_tailing,
 };
-use mongo_projector::apply::{Applier, BatchItem, SequenceCache};
+use mongo_projector::apply::{BatchItem, SequenceCache};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::event::decode_event;
 use mongo_projector::lanes::lane_of;
 use proptest::prelude::*;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Shared {
-    runtime: tokio::runtime::Runtime,
-    env: TestEnv,
-}
-
-fn shared() -> &'static Shared {
-    static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let env = runtime.block_on(TestEnv::new("lanes_property"));
-        Shared { runtime, env }
-    })
-}
-
 #[derive(Debug, Clone)]
 struct Scenario {
-    lengths: Vec<i64>,
-    deliveries: Vec<(usize, i64)>,
-    stored_up_front: bool,
+    histories: Histories,
     /// Sizes of the consecutive batches the deliveries are cut into.
     batch_sizes: Vec<usize>,
     lanes: usize,
@@ -54,79 +34,29 @@ struct Scenario {
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
-    prop::collection::vec(1i64..8, 1..6).prop_flat_map(|lengths| {
-        let all: Vec<(usize, i64)> = lengths
-            .iter()
-            .enumerate()
-            .flat_map(|(a, n)| (1..=*n).map(move |s| (a, s)))
-            .collect();
-        let total = all.len();
-        (
-            Just(lengths),
-            Just(all).prop_shuffle(),
-            prop::collection::vec((0..total, 0..total + 1), 0..total.max(1)),
-            any::<bool>(),
-            prop::collection::vec(1usize..12, 1..40),
-            2usize..4,
-            prop::collection::vec(0usize..10, 0..3),
-        )
-            .prop_map(
-                |(lengths, order, dups, stored_up_front, batch_sizes, lanes, restarts)| {
-                    let mut deliveries = order.clone();
-                    for (which, at) in dups {
-                        let at = at.min(deliveries.len());
-                        deliveries.insert(at, order[which]);
-                    }
-                    Scenario {
-                        lengths,
-                        deliveries,
-                        stored_up_front,
-                        batch_sizes,
-                        lanes,
-                        restarts,
-                    }
-                },
-            )
-    })
-}
-
-fn applier(env: &TestEnv, db: &mongodb::Database) -> Applier {
-    let mut config = env.config();
-    recording_projection(&mut config);
-    let mut p = config.projections[0].clone();
-    p.database = db.name().to_string();
-    p.parking.retry_initial = Duration::from_millis(1);
-    p.parking.retry_max = Duration::from_millis(1);
-    p.parking.max_attempts = 1_000;
-    Applier::new(Arc::new(p), db, Arc::new(Default::default()))
+    (
+        histories(8, 6),
+        prop::collection::vec(1usize..12, 1..40),
+        2usize..4,
+        prop::collection::vec(0usize..10, 0..3),
+    )
+        .prop_map(|(histories, batch_sizes, lanes, restarts)| Scenario {
+            histories,
+            batch_sizes,
+            lanes,
+            restarts,
+        })
 }
 
 async fn run(s: &Scenario, case: u64) -> Result<(), TestCaseError> {
-    let env = &shared().env;
+    let env = &shared("lanes_property").env;
     let db = env.client.database(&format!("{}_{case}", env.db.name()));
     let events = db.collection::<Document>("events");
-    let doc_of = |(a, seq): (usize, i64)| {
-        event(
-            &format!("agg-{a}"),
-            seq,
-            if seq % 2 == 0 { "A" } else { "B" },
-            doc! {},
-        )
-    };
-    if s.stored_up_front {
-        let all: Vec<Document> = s
-            .lengths
-            .iter()
-            .enumerate()
-            .flat_map(|(a, n)| (1..=*n).map(move |q| (a, q)))
-            .map(doc_of)
-            .collect();
-        events.insert_many(all).await.unwrap();
-    }
+    s.histories.store_up_front(&db).await;
     let mut current = applier(env, &db);
     let mut caches: Vec<SequenceCache> = (0..s.lanes).map(|_| SequenceCache::new(4)).collect();
     let mut inserted = std::collections::HashSet::new();
-    let mut rest = &s.deliveries[..];
+    let mut rest = &s.histories.deliveries[..];
     let mut batch_no = 0;
     let mut sizes = s.batch_sizes.iter().cycle();
     while !rest.is_empty() {
@@ -140,8 +70,8 @@ async fn run(s: &Scenario, case: u64) -> Result<(), TestCaseError> {
         batch_no += 1;
         let mut per_lane: Vec<Vec<BatchItem>> = vec![Vec::new(); s.lanes];
         for delivery in batch {
-            let document = doc_of(*delivery);
-            if !s.stored_up_front && inserted.insert(*delivery) {
+            let document = Histories::event(*delivery);
+            if !s.histories.stored_up_front && inserted.insert(*delivery) {
                 events.insert_one(document.clone()).await.unwrap();
             }
             let e = decode_event(&document, &current.config.fields).unwrap();
@@ -159,29 +89,7 @@ async fn run(s: &Scenario, case: u64) -> Result<(), TestCaseError> {
             prop_assert!(items.iter().all(|i| i.done.is_some()));
         }
     }
-    for _ in 0..50 {
-        if current.parked.counts().await.unwrap() == (0, 0) {
-            break;
-        }
-        current.sweep_parked().await.unwrap();
-    }
-    prop_assert_eq!(current.parked.counts().await.unwrap(), (0, 0));
-    for (a, n) in s.lengths.iter().enumerate() {
-        let d = db
-            .collection::<Document>("accounts")
-            .find_one(doc! {"_id": format!("agg-{a}")})
-            .await
-            .unwrap()
-            .unwrap();
-        let seen: Vec<i64> = d
-            .get_array("seen")
-            .unwrap()
-            .iter()
-            .filter_map(Bson::as_i64)
-            .collect();
-        prop_assert_eq!(seen, (1..=*n).collect::<Vec<_>>());
-        prop_assert_eq!(d.get_i64("applications").unwrap(), *n);
-    }
+    s.histories.check_fold(&current, &db).await?;
     db.drop().await.unwrap();
     Ok(())
 }
@@ -193,7 +101,7 @@ proptest! {
     fn batched_lanes_fold_exactly_like_one_event_at_a_time(s in scenario()) {
         static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        shared().runtime.block_on(run(&s, case))?;
+        shared("lanes_property").runtime.block_on(run(&s, case))?;
     }
 }
 

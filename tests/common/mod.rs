@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fold;
+
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
