@@ -323,6 +323,17 @@ impl ProjectionWorker {
         Ok(stream)
     }
 
+    /// This worker's apply lanes, retrying transient errors with the stream's backoff.
+    fn spawn_lanes(&self) -> Lanes {
+        Lanes::spawn(
+            &self.applier,
+            self.source.lanes,
+            &self.shutdown,
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        )
+    }
+
     /// Reads change events until shutdown (Ok) or an error, applying them through the lanes.
     ///
     /// Three stages run at once: a reader task pulls the change stream into a bounded prefetch
@@ -341,13 +352,7 @@ impl ProjectionWorker {
         // Aborted when this future is dropped (a crash of the worker task), not only on return.
         let reader =
             tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_stream(stream, read_tx)));
-        let mut lanes = Lanes::spawn(
-            &self.applier,
-            self.source.lanes,
-            &self.shutdown,
-            self.source.reopen_backoff_initial,
-            self.source.reopen_backoff_max,
-        );
+        let mut lanes = self.spawn_lanes();
         let mut watermark: Watermark<(ResumeToken, Option<Timestamp>)> = Watermark::new();
         let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
         let batch_size = self.source.batch_size.max(1);
@@ -763,13 +768,7 @@ impl ProjectionWorker {
         // The same lanes as the live stream: each lane's memory of stored sequences makes an
         // already-applied prefix cost one probe per aggregate and round, no writes. Nothing
         // is checkpointed until the whole scan is applied, so the position is not involved.
-        let mut lanes = Lanes::spawn(
-            &self.applier,
-            self.source.lanes,
-            &self.shutdown,
-            self.source.reopen_backoff_initial,
-            self.source.reopen_backoff_max,
-        );
+        let mut lanes = self.spawn_lanes();
         let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
         let batch_size = self.source.batch_size.max(1);
         let mut scanned = 0u64;
