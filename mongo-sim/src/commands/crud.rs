@@ -301,15 +301,6 @@ fn oplog_in_natural_order(
 }
 
 impl<'a> Source<'a> {
-    /// As [`Source::open`], but renders nothing when the caller already has its documents.
-    fn open_unless(data: &'a Data, ns: &Namespace, have_documents: bool) -> Source<'a> {
-        if have_documents {
-            Source::Owned(Vec::new())
-        } else {
-            Source::open(data, ns)
-        }
-    }
-
     fn open(data: &'a Data, ns: &Namespace) -> Source<'a> {
         if is_oplog(ns) {
             return Source::Owned(data.oplog.as_documents());
@@ -1153,7 +1144,11 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
         ),
         _ => None,
     };
-    let source = Source::open_unless(&data, &ns, early.is_some());
+    // With the documents already read, nothing else is opened (`Missing` renders nothing).
+    let source = match early {
+        Some(_) => Source::Missing,
+        None => Source::open(&data, &ns),
+    };
     check_hint(source.collection(), hint)?;
     let mut selected = match &early {
         Some(docs) => docs.iter().map(|(rid, d)| (*rid, d)).collect(),
