@@ -459,22 +459,9 @@ impl Monitor {
         out
     }
 
-    /// 0 when caught up; otherwise now minus the cluster time of the newest handled event.
+    /// See [`ProjectionStats::lag_seconds`].
     pub fn lag_seconds(&self, p: &Watched) -> f64 {
-        if p.stats.caught_up.load(Ordering::Relaxed) {
-            return 0.0;
-        }
-        // The read model reflects everything before the oldest event still in flight: the
-        // lag is how long that event has waited. With nothing in flight (between batches of
-        // a backlog), the last applied event is the best known position.
-        let since = match p.stats.oldest_pending_cluster_secs.load(Ordering::Relaxed) {
-            0 => p.stats.last_event_cluster_secs.load(Ordering::Relaxed),
-            pending => pending,
-        };
-        match since {
-            0 => 0.0,
-            t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
-        }
+        p.stats.lag_seconds(unix_millis())
     }
 
     /// Since the stream last answered; since start before its first answer.

@@ -199,6 +199,24 @@ impl ProjectionStats {
         }
     }
 
+    /// 0 when caught up. Otherwise the read model reflects everything before the oldest event
+    /// still in flight, so the lag is how long that event has waited (`now_ms` minus its
+    /// cluster time); with nothing in flight (between batches of a backlog), the newest applied
+    /// event is the best known position. 0 when neither is known.
+    pub fn lag_seconds(&self, now_ms: u64) -> f64 {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return 0.0;
+        }
+        let since = match self.oldest_pending_cluster_secs.load(Ordering::Relaxed) {
+            0 => self.last_event_cluster_secs.load(Ordering::Relaxed),
+            pending => pending,
+        };
+        match since {
+            0 => 0.0,
+            t => (now_ms as f64 / 1000.0 - t as f64).max(0.0),
+        }
+    }
+
     /// The oldest event not yet handled changed (`None`: nothing is in flight).
     pub fn record_oldest_pending(&self, cluster_secs: Option<u32>) {
         self.oldest_pending_cluster_secs
@@ -271,5 +289,33 @@ impl std::ops::Add for StatsSnapshot {
             history_lost_recoveries: self.history_lost_recoveries + o.history_lost_recoveries,
             checkpoints: self.checkpoints + o.checkpoints,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_from_the_oldest_event_in_flight() {
+        let now_ms = 1_000_000_000;
+        let s = ProjectionStats::default();
+        assert_eq!(s.lag_seconds(now_ms), 0.0, "nothing known yet");
+        // The newest applied event is an hour old, but the projection was idle since.
+        s.record_event_time(Some(1_000_000 - 3600));
+        s.record_progress(true);
+        assert_eq!(s.lag_seconds(now_ms), 0.0, "caught up");
+        // One event arrives, two seconds old: the lag is its wait, not the idle hour.
+        s.record_progress(false);
+        s.record_oldest_pending(Some(1_000_000 - 2));
+        assert_eq!(s.lag_seconds(now_ms), 2.0);
+        // A daemon that has applied nothing yet still shows its stuck first event.
+        let fresh = ProjectionStats::default();
+        fresh.record_progress(false);
+        fresh.record_oldest_pending(Some(1_000_000 - 5));
+        assert_eq!(fresh.lag_seconds(now_ms), 5.0);
+        // Nothing in flight between batches: the newest applied event is the position.
+        s.record_oldest_pending(None);
+        assert_eq!(s.lag_seconds(now_ms), 3600.0);
     }
 }
