@@ -21,6 +21,12 @@ async fn server() -> MongoSim {
 async fn client(sim: &MongoSim, app_name: Option<&str>) -> Client {
     let mut options = ClientOptions::parse(sim.uri()).await.expect("uri parses");
     options.server_selection_timeout = Some(Duration::from_secs(10));
+    // ShutdownInProgress (91, used below) marks the server Unknown. A 4.4+ server streams
+    // hello, and the monitor may not check again before its awaitable hello is answered
+    // (server monitoring spec, "Requesting an immediate check"), which mongod does after
+    // maxAwaitTimeMS, that is heartbeatFrequencyMS: with the default 10 s, as long as the
+    // selection timeout, the next command could time out. Keep the heartbeat well under it.
+    options.heartbeat_freq = Some(Duration::from_millis(500));
     options.app_name = app_name.map(str::to_string);
     Client::with_options(options).expect("client")
 }
