@@ -85,7 +85,9 @@ pub struct CheckpointConfig {
     /// Database of the checkpoint collection; defaults to the first projection's database.
     pub database: Option<String>,
     pub collection: String,
-    /// Write a checkpoint at least every this many handled events...
+    /// The crash bound: at most this many events lie beyond the stored checkpoint (handled
+    /// or in flight), so a kill -9 redelivers no more. The checkpoint is written every half
+    /// of it...
     pub every_events: u64,
     /// ...or after this much time with unpersisted progress, whichever comes first.
     pub every: Duration,

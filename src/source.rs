@@ -339,9 +339,11 @@ impl ProjectionWorker {
     /// Three stages run at once: a reader task pulls the change stream into a bounded prefetch
     /// queue (so the next batch is read while this one is written), this dispatcher gives each
     /// event a ticket and routes it to its aggregate's lane, and the lanes write batches and
-    /// report tickets back. The position only moves to the watermark of reported tickets. On
-    /// the way out the lanes finish what they were given, so a graceful stop leaves a
-    /// checkpoint after everything that was applied.
+    /// report tickets back. The position only moves to the watermark of reported tickets. No
+    /// more than `checkpoints.every_events` tickets lie beyond the stored checkpoint (saved
+    /// every half of that), which bounds what a crash redelivers. On the way out the lanes
+    /// finish what they were given, so a graceful stop leaves a checkpoint after everything
+    /// that was applied.
     async fn tail(
         &self,
         stream: ChangeStream<RawDocumentBuf>,
@@ -374,7 +376,17 @@ impl ProjectionWorker {
                     break 'run Err(e);
                 }
             }
-            let read = match reads.try_recv() {
+            // The crash bound: at most `every_events` events between the stored checkpoint
+            // and the newest one handed out, so a kill -9 redelivers no more than that. When
+            // the window is full, reading waits for the lanes and the next checkpoint.
+            let full = position.unsaved_events + watermark.in_flight() as u64
+                >= self.checkpointing.every_events;
+            let read = if full {
+                Err(mpsc::error::TryRecvError::Empty)
+            } else {
+                reads.try_recv()
+            };
+            let read = match read {
                 Ok(read) => read,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     break Err(StoreError::Reply("change stream reader ended".into()));
@@ -405,12 +417,17 @@ impl ProjectionWorker {
                             continue;
                         }
                         _ = tick.tick() => {
+                            if full && position.unsaved_events > 0 {
+                                // A checkpoint write that failed holds the window shut:
+                                // retry it on every tick, not only after `every`.
+                                self.save(position).await;
+                            }
                             if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await {
                                 break Err(e);
                             }
                             continue;
                         }
-                        read = reads.recv() => match read {
+                        read = reads.recv(), if !full => match read {
                             Some(read) => read,
                             None => break Err(StoreError::Reply("change stream reader ended".into())),
                         },
@@ -608,7 +625,9 @@ impl ProjectionWorker {
         }
         position.events_handled += finalized as i64;
         position.unsaved_events += finalized;
-        if position.unsaved_events >= self.checkpointing.every_events
+        // Half the interval: the other half stays open for events in flight, so the lanes
+        // keep writing while the checkpoint is saved (see the window in `tail`).
+        if position.unsaved_events >= self.checkpointing.every_events.div_ceil(2)
             || position.last_save.elapsed() >= self.checkpointing.every
         {
             self.save(position).await;

@@ -4,7 +4,8 @@
 //!   of any size and routed to several lanes that write concurrently, with restarts that
 //!   forget every lane's cache: the read model equals the in-order fold.
 //! - The daemon with many lanes and tiny batches: many aggregates interleaved, a crash between
-//!   checkpoints, a restart: every aggregate applied exactly once, in order.
+//!   checkpoints that leaves at most `every_events` applied events beyond the checkpoint, a
+//!   restart: every aggregate applied exactly once, in order.
 
 mod common;
 
@@ -14,6 +15,7 @@ use common::{
     TestEnv, event, eventually, recording_projection, seen, stored_sequence, wait_until_tailing,
 };
 use mongo_projector::apply::{BatchItem, SequenceCache};
+use mongo_projector::checkpoint::CheckpointStore;
 use mongo_projector::daemon::Daemon;
 use mongo_projector::event::decode_event;
 use mongo_projector::lanes::lane_of;
@@ -129,6 +131,8 @@ async fn many_lanes_and_small_batches_survive_a_crash_exactly_once() {
     let shutdown = CancellationToken::new();
     let daemon = Daemon::new(&config, &env.client, &shutdown);
     let crashed = tokio::spawn(async move { daemon.run().await });
+    // Events read by the stream, not by the first start's catch-up scan.
+    wait_until_tailing(&env, "accounts").await;
     env.events().insert_many(interleaved(1, 20)).await.unwrap();
     eventually("some events applied", WAIT, || async {
         stored_sequence(&env, "l3").await.unwrap_or(0) >= 5
@@ -136,6 +140,23 @@ async fn many_lanes_and_small_batches_survive_a_crash_exactly_once() {
     .await;
     crashed.abort(); // no final checkpoint: whatever followed the last one is redelivered
     let _ = crashed.await;
+    // The crash bound: with 4 lanes of 7-event batches far more could be written at once,
+    // but no more than `every_events` events were applied beyond the stored checkpoint.
+    let mut applied = 0;
+    for a in &aggregates {
+        applied += stored_sequence(&env, a).await.unwrap_or(0);
+    }
+    let checkpoint = CheckpointStore::new(&env.db, "projector_checkpoints")
+        .load("accounts")
+        .await
+        .unwrap()
+        .expect("a checkpoint before the crash");
+    let redelivered = applied - checkpoint.events_handled;
+    assert!(
+        (0..=13).contains(&redelivered),
+        "{applied} applied, {} checkpointed",
+        checkpoint.events_handled
+    );
     env.events().insert_many(interleaved(21, 30)).await.unwrap();
     let solo: Vec<Document> = (1..=40).map(|s| event("solo", s, "B", doc! {})).collect();
     env.events().insert_many(solo).await.unwrap();
