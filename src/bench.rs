@@ -55,6 +55,8 @@ pub struct BenchOptions {
     pub memory_large: u64,
     pub lanes: usize,
     pub batch_size: usize,
+    /// `checkpoints.every_events` of the daemon under test.
+    pub checkpoint_events: u64,
     /// The daemon binary (this executable unless told otherwise).
     pub daemon: PathBuf,
 }
@@ -72,6 +74,7 @@ impl Default for BenchOptions {
             memory_large: 1_000_000,
             lanes: default_lanes(),
             batch_size: 1000,
+            checkpoint_events: crate::config::DEFAULT_EVERY_EVENTS,
             daemon: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mongo-projector")),
         }
     }
@@ -245,7 +248,11 @@ impl Setup {
         let mut text = EXAMPLE_CONFIG
             .replace("database = \"bank\"", &format!("database = \"{name}\""))
             .replace("start = \"beginning\"", "start = \"now\"")
-            .replace("every = \"1s\"", "every = \"100ms\"");
+            .replace("every = \"1s\"", "every = \"100ms\"")
+            .replace(
+                "every_events = 10000 ",
+                &format!("every_events = {} ", o.checkpoint_events),
+            );
         text = text.replacen(
             "[shutdown]",
             &format!(
@@ -255,6 +262,12 @@ impl Setup {
             1,
         );
         let parsed = crate::config::Config::parse(&text).map_err(err("bench configuration"))?;
+        if parsed.checkpoints.every_events != o.checkpoint_events {
+            return Err(
+                "bench configuration: the example's checkpoints.every_events line was not found"
+                    .into(),
+            );
+        }
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).map_err(err("writing the bench configuration"))?;
         Ok(Setup {
@@ -707,10 +720,11 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
         }
     };
     println!(
-        "daemon: {} (child process), lanes={}, batch_size={}; {} accounts",
+        "daemon: {} (child process), lanes={}, batch_size={}, checkpoints.every_events={}; {} accounts",
         o.daemon.display(),
         o.lanes,
         o.batch_size,
+        o.checkpoint_events,
         o.accounts
     );
     let client = Client::with_uri_str(&uri)

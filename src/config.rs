@@ -79,6 +79,10 @@ pub struct HttpConfig {
     pub poll_every: Duration,
 }
 
+/// The default crash bound, `checkpoints.every_events`: wide enough for the default lanes'
+/// batches to be written at once (the window also limits the events in flight).
+pub const DEFAULT_EVERY_EVENTS: u64 = 10_000;
+
 /// Where and how often resume tokens are persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointConfig {
@@ -497,7 +501,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
             collection: c
                 .string("collection", errors)
                 .unwrap_or_else(|| "projector_checkpoints".into()),
-            every_events: c.positive_integer("every_events", 1000, errors),
+            every_events: c.positive_integer("every_events", DEFAULT_EVERY_EVENTS, errors),
             every: c.duration("every", Duration::from_secs(1), errors),
         };
         c.finish(errors);

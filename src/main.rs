@@ -109,6 +109,10 @@ enum Command {
         lanes: Option<usize>,
         #[arg(long, default_value_t = 1000)]
         batch_size: usize,
+        /// `checkpoints.every_events` of the daemon under test: at most this many events lie
+        /// beyond its stored checkpoint (the `kill -9` bound).
+        #[arg(long, default_value_t = mongo_projector::config::DEFAULT_EVERY_EVENTS)]
+        checkpoint_events: u64,
         /// Only the scale-out section: the backlog drained by 1, 2 and 3 instances sharing
         /// a projection of 3 partitions (events/s and CPU time per event).
         #[arg(long)]
@@ -334,6 +338,7 @@ fn main() -> ExitCode {
             memory_large,
             lanes,
             batch_size,
+            checkpoint_events,
             scale_out,
         } => {
             // The embedded server logs every connection a stopped daemon leaves behind.
@@ -350,6 +355,7 @@ fn main() -> ExitCode {
                 memory_large,
                 lanes: lanes.unwrap_or(defaults.lanes),
                 batch_size,
+                checkpoint_events,
                 ..defaults
             };
             if scale_out {
