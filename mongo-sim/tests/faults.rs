@@ -356,14 +356,10 @@ async fn step_down_rejects_writes_then_recovers() {
 async fn retryable_error_codes_are_retried() {
     let env = start("fail_retryable_codes").await;
     let _turn = fail_point_turn().await;
-    // ShutdownInProgress marks the server Unknown. A 4.4+ server streams hello, and the
-    // monitor may not check again before its awaitable hello is answered (server monitoring
-    // spec, "Requesting an immediate check"), which mongod does after maxAwaitTimeMS, that is
-    // heartbeatFrequencyMS: keep that well under the server selection timeout.
-    let retrying = env
-        .other_client(|o| o.heartbeat_freq = Some(Duration::from_millis(500)))
-        .await;
-    let coll = retrying
+    // ShutdownInProgress marks the server Unknown until the monitor's next hello, which the
+    // short heartbeat of the tests' clients keeps well inside the selection timeout.
+    let coll = env
+        .client
         .database(&env.db_name)
         .collection::<mongodb::bson::Document>("c");
     env.fail_command(

@@ -91,6 +91,12 @@ pub async fn client_for(
     let mut options = ClientOptions::parse(uri).await.expect("URI parses");
     options.app_name = Some(app_name.to_string());
     options.server_selection_timeout = Some(Duration::from_secs(10));
+    // A state-change error (ShutdownInProgress from a fail point, say) marks the server
+    // Unknown. A 4.4+ server streams hello, and the monitor may not check again before its
+    // awaitable hello is answered (server monitoring spec, "Requesting an immediate check"),
+    // which mongod does after maxAwaitTimeMS, that is heartbeatFrequencyMS: at the default
+    // 10 s, as long as the selection timeout, the next operation could time out first.
+    options.heartbeat_freq = Some(Duration::from_millis(500));
     adjust(&mut options);
     Client::with_options(options).expect("client builds")
 }
