@@ -775,6 +775,7 @@ impl ProjectionWorker {
     ) -> Result<Option<ChangeStream<RawDocumentBuf>>, StoreError> {
         let stream = self.open(None).await?;
         let started_at = stream.resume_token();
+        self.stats.record_scan_started();
         let f = &self.config.fields;
         let mut filter = self.config.filter.clone().unwrap_or_default();
         partition::restrict(&mut filter, self.config.partition, &f.aggregate_id);
@@ -833,6 +834,8 @@ impl ProjectionWorker {
             return Ok(None); // shut down while a lane was still retrying: nothing is saved
         }
         tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
+        // Events written during the scan come from the stream, which reports them anew.
+        self.stats.record_oldest_pending(None);
         position.token = started_at;
         position.events_handled += scanned as i64;
         position.unsaved_events += scanned.max(1);

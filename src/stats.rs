@@ -202,7 +202,8 @@ impl ProjectionStats {
     /// 0 when caught up. Otherwise the read model reflects everything before the oldest event
     /// still in flight, so the lag is how long that event has waited (`now_ms` minus its
     /// cluster time); with nothing in flight (between batches of a backlog), the newest applied
-    /// event is the best known position. 0 when neither is known.
+    /// event is the best known position. While the event collection is scanned, the scan's
+    /// start stands for the oldest event in flight. 0 when neither is known.
     pub fn lag_seconds(&self, now_ms: u64) -> f64 {
         if self.caught_up.load(Ordering::Relaxed) {
             return 0.0;
@@ -215,6 +216,19 @@ impl ProjectionStats {
             0 => 0.0,
             t => (now_ms as f64 / 1000.0 - t as f64).max(0.0),
         }
+    }
+
+    /// A scan of the event collection began (a first start from the beginning, or recovery
+    /// from a lost history): the read model lacks events written up to now until it ends, so
+    /// the lag counts from here. A scan retried after an error keeps the first start.
+    pub fn record_scan_started(&self) {
+        let _ = self.oldest_pending_cluster_secs.compare_exchange(
+            0,
+            unix_millis() / 1000,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.record_progress(false);
     }
 
     /// The oldest event not yet handled changed (`None`: nothing is in flight).
@@ -317,5 +331,27 @@ mod tests {
         // Nothing in flight between batches: the newest applied event is the position.
         s.record_oldest_pending(None);
         assert_eq!(s.lag_seconds(now_ms), 3600.0);
+    }
+
+    #[test]
+    fn a_scan_of_the_collection_is_lag_from_its_start() {
+        let s = ProjectionStats::default();
+        s.record_progress(true);
+        s.record_scan_started();
+        let started = s.oldest_pending_cluster_secs.load(Ordering::Relaxed);
+        assert!(started > 0);
+        assert_eq!(
+            s.lag_seconds(started * 1000 + 7000),
+            7.0,
+            "not caught up while scanning"
+        );
+        // A scan retried after an error is still as far behind as the first attempt.
+        s.oldest_pending_cluster_secs
+            .store(started - 60, Ordering::Relaxed);
+        s.record_scan_started();
+        assert_eq!(s.lag_seconds(started * 1000), 60.0);
+        // Done: the stream's events take over.
+        s.record_oldest_pending(None);
+        assert_eq!(s.lag_seconds(started * 1000), 0.0);
     }
 }

@@ -1,12 +1,13 @@
 //! The HTTP endpoint during a run: `/metrics` counts what happened, `/healthz` turns unhealthy
-//! while the stream is blocked, `/readyz` follows lag, `/status` reports each projection.
+//! while the stream is blocked, `/readyz` follows lag (a first start's scan of the event
+//! collection included), `/status` reports each projection.
 
 mod common;
 
 use bson::{Document, doc};
 use common::{
     Monitored, TestEnv, event, eventually, http_get as get, recording_projection, start_monitored,
-    stored_sequence,
+    stored_sequence, wait_until_tailing,
 };
 use mongo_projector::config::Config;
 use std::time::Duration;
@@ -123,6 +124,7 @@ async fn healthz_fails_while_the_stream_is_blocked() {
         get(served.address, "/healthz").await.0 == 200
     })
     .await;
+    wait_until_tailing(&env, "accounts").await;
     // Every getMore now hangs for 3 s, far longer than the liveness timeout.
     fail_point(
         &env,
@@ -144,6 +146,48 @@ async fn healthz_fails_while_the_stream_is_blocked() {
     served.stop().await;
 }
 
+// A first start from the beginning folds the stored events before it tails: until that scan
+// is over the read model is behind, and /readyz says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_first_scan_of_the_collection() {
+    let env = TestEnv::new("readyz_scan").await;
+    env.events()
+        .insert_one(event(
+            "s",
+            1,
+            "AccountOpened",
+            doc! {"owner": "s", "currency": "EUR"},
+        ))
+        .await
+        .unwrap();
+    // The scan's guarded write of that event hangs for 4 s.
+    let ns = format!("{}.accounts", env.db.name());
+    fail_point(&env, doc! {"times": 1}.into(), doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns}).await;
+    let mut config = env.config();
+    config.http.readiness_max_lag = Duration::from_secs(1);
+    let served = serve(&env, config).await;
+    eventually(
+        "not ready for lag while the scan is behind",
+        WAIT,
+        || async {
+            let (code, body) = get(served.address, "/readyz").await;
+            code == 503 && body.contains("accounts: lag")
+        },
+    )
+    .await;
+    assert_eq!(
+        stored_sequence(&env, "s").await,
+        None,
+        "still being written"
+    );
+    eventually("ready once the scan is done", WAIT, || async {
+        get(served.address, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(stored_sequence(&env, "s").await, Some(1));
+    served.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_lag() {
     let env = TestEnv::new("readyz").await;
@@ -154,6 +198,8 @@ async fn readyz_follows_lag() {
         get(served.address, "/readyz").await.0 == 200
     })
     .await;
+    // The event below comes through the stream, not through the first start's scan.
+    wait_until_tailing(&env, "accounts").await;
     // Guarded writes to the read model hang for 4 s: the daemon falls behind its stream.
     let ns = format!("{}.accounts", env.db.name());
     fail_point(&env, doc! {"times": 1}.into(), doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns}).await;
