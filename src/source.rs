@@ -110,10 +110,14 @@ impl ProjectionWorker {
         self.db.collection(&self.config.events)
     }
 
+    /// The projection cannot go on: the reason is also `/status`'s last error.
     fn stopped(&self, message: impl Into<String>) -> ProjectionStopped {
+        let message = message.into();
+        self.stats
+            .set_last_error(format!("projection stopped: {message}"));
         ProjectionStopped {
             projection: self.config.name.clone(),
-            message: message.into(),
+            message,
         }
     }
 

@@ -21,6 +21,30 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// Appends the first event of an account.
+async fn open_account(env: &TestEnv, id: &str) {
+    env.events()
+        .insert_one(event(
+            id,
+            1,
+            "AccountOpened",
+            doc! {"owner": id, "currency": "EUR"},
+        ))
+        .await
+        .unwrap();
+}
+
+/// The next `update` of the read model hangs for 4 s.
+async fn block_next_read_model_write(env: &TestEnv) {
+    let ns = format!("{}.accounts", env.db.name());
+    fail_point(
+        env,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns},
+    )
+    .await;
+}
+
 /// The daemon with its endpoint on a free port, polling often.
 async fn serve(env: &TestEnv, mut config: Config) -> Monitored {
     config.http.address = "127.0.0.1:0".parse().unwrap();
@@ -151,18 +175,9 @@ async fn healthz_fails_while_the_stream_is_blocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_waits_for_the_first_scan_of_the_collection() {
     let env = TestEnv::new("readyz_scan").await;
-    env.events()
-        .insert_one(event(
-            "s",
-            1,
-            "AccountOpened",
-            doc! {"owner": "s", "currency": "EUR"},
-        ))
-        .await
-        .unwrap();
+    open_account(&env, "s").await;
     // The scan's guarded write of that event hangs for 4 s.
-    let ns = format!("{}.accounts", env.db.name());
-    fail_point(&env, doc! {"times": 1}.into(), doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns}).await;
+    block_next_read_model_write(&env).await;
     let mut config = env.config();
     config.http.readiness_max_lag = Duration::from_secs(1);
     let served = serve(&env, config).await;
@@ -200,18 +215,9 @@ async fn readyz_follows_lag() {
     .await;
     // The event below comes through the stream, not through the first start's scan.
     wait_until_tailing(&env, "accounts").await;
-    // Guarded writes to the read model hang for 4 s: the daemon falls behind its stream.
-    let ns = format!("{}.accounts", env.db.name());
-    fail_point(&env, doc! {"times": 1}.into(), doc! {"failCommands": ["update"], "blockConnection": true, "blockTimeMS": 4000, "namespace": ns}).await;
-    env.events()
-        .insert_one(event(
-            "r",
-            1,
-            "AccountOpened",
-            doc! {"owner": "r", "currency": "EUR"},
-        ))
-        .await
-        .unwrap();
+    // The guarded write to the read model hangs for 4 s: the daemon falls behind its stream.
+    block_next_read_model_write(&env).await;
+    open_account(&env, "r").await;
     eventually("not ready while lagging", WAIT, || async {
         get(served.address, "/readyz").await.0 == 503
     })

@@ -550,6 +550,13 @@ async fn a_dropped_event_collection_stops_its_projection_and_the_others_go_on() 
         .await
         .unwrap();
     wait_for_sequence(&env, "a", 2).await;
+    let mirror = stats[1].1.clone();
+    eventually("the mirror projection stopped", WAIT, || async {
+        mirror
+            .last_error()
+            .is_some_and(|e| e.starts_with("projection stopped:"))
+    })
+    .await;
     shutdown.cancel();
     let report = handle.await.unwrap();
     let (name, result) = &report.results[1];
