@@ -421,12 +421,7 @@ impl ProjectionWorker {
                             continue;
                         }
                         _ = tick.tick() => {
-                            if full && position.unsaved_events > 0 {
-                                // A checkpoint write that failed holds the window shut:
-                                // retry it on every tick, not only after `every`.
-                                self.save(position).await;
-                            }
-                            if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await {
+                            if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position, full).await {
                                 break Err(e);
                             }
                             continue;
@@ -502,7 +497,9 @@ impl ProjectionWorker {
                 }
             }
             if last_sweep.elapsed() >= self.config.parking.sweep_every
-                && let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position).await
+                && let Err(e) = self
+                    .housekeeping(&lanes, &mut last_sweep, position, full)
+                    .await
             {
                 break Err(e);
             }
@@ -639,14 +636,18 @@ impl ProjectionWorker {
     }
 
     /// Periodic work of the dispatcher: retry due parked events, and persist progress that
-    /// has waited `checkpoints.every`.
+    /// has waited `checkpoints.every`, or at once while the crash window is `full` (a failed
+    /// checkpoint write would otherwise hold reading back until `every`).
     async fn housekeeping(
         &self,
         lanes: &Lanes,
         last_sweep: &mut Instant,
         position: &mut Position,
+        full: bool,
     ) -> Result<(), StoreError> {
-        if position.unsaved_events > 0 && position.last_save.elapsed() >= self.checkpointing.every {
+        if position.unsaved_events > 0
+            && (full || position.last_save.elapsed() >= self.checkpointing.every)
+        {
             self.save(position).await;
         }
         if last_sweep.elapsed() >= self.config.parking.sweep_every {
