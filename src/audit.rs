@@ -576,39 +576,36 @@ impl Audit {
         summary: &mut RepairSummary,
         keep_failures: usize,
     ) -> Result<(), StoreError> {
+        let changed = |summary: &mut RepairSummary| {
+            Self::failed(
+                summary,
+                keep_failures,
+                drift,
+                "changed while being repaired",
+            )
+        };
+        // "Ahead" starts over: the document goes if it still holds what the audit saw.
+        if drift.kind == DriftKind::Ahead {
+            if !self.delete_ahead(drift).await? {
+                changed(summary);
+                return Ok(());
+            }
+            summary.refolded += 1;
+        }
         let Some(highest) = drift.events.map(|e| e.highest) else {
             // Events-less documents are only ever "ahead": deleting them is the whole repair.
-            if drift.kind == DriftKind::Ahead && self.delete_ahead(drift).await? {
-                summary.refolded += 1;
+            if drift.kind == DriftKind::Ahead {
                 summary.repaired += 1;
             } else {
-                Self::failed(
-                    summary,
-                    keep_failures,
-                    drift,
-                    "changed while being repaired",
-                );
+                changed(summary);
             }
             return Ok(());
         };
         let from = match (&drift.kind, &drift.stored) {
             (DriftKind::Gap, _) => return Ok(()),
             (DriftKind::Behind, Stored::Sequence(s)) => s + 1,
-            (DriftKind::Missing, _) => 1,
-            (DriftKind::Ahead, _) => {
-                if !self.delete_ahead(drift).await? {
-                    Self::failed(
-                        summary,
-                        keep_failures,
-                        drift,
-                        "changed while being repaired",
-                    );
-                    return Ok(());
-                }
-                summary.refolded += 1;
-                1
-            }
-            (DriftKind::Behind, _) => 1,
+            // Missing, ahead (deleted above), or behind something that is not a sequence.
+            _ => 1,
         };
         match self
             .fold(applier, &drift.aggregate, from, highest, summary)
