@@ -21,6 +21,36 @@ pub struct Checkpoint {
     /// Events handled (applied, skipped, duplicate, parked) since the projection first started.
     pub events_handled: i64,
     pub updated_at: DateTime,
+    /// The change stream that issued `token`: the worker's own name, or another stream's
+    /// (the live rebuild hands its own token to every worker). Only a worker's own stream's
+    /// token is resumed after: mongod refuses to resume after an event that the resuming
+    /// stream's `$match` would not produce, so a token from elsewhere is started from at its
+    /// cluster time. `None` (written before this field existed) means the worker's own.
+    pub token_from: Option<String>,
+    /// For `start = "now"`: the cluster time from which this worker's share is covered (the
+    /// moment its first start opened the stream, or the position it first inherited). A
+    /// sibling that starts later from "now" starts there instead, so that "now" means one
+    /// moment for the whole projection ([`crate::partition::choose_start`]).
+    pub origin: Option<Timestamp>,
+}
+
+impl Checkpoint {
+    /// A position at `token` issued by the worker's own stream, with no cluster time or origin.
+    pub fn new(token: ResumeToken, events_handled: i64) -> Self {
+        Checkpoint {
+            token,
+            cluster_time: None,
+            events_handled,
+            updated_at: DateTime::now(),
+            token_from: None,
+            origin: None,
+        }
+    }
+
+    /// True when `token` came from `worker`'s own change stream.
+    pub fn token_is_from(&self, worker: &str) -> bool {
+        self.token_from.as_deref().is_none_or(|from| from == worker)
+    }
 }
 
 /// The checkpoint collection.
@@ -68,6 +98,8 @@ impl CheckpointStore {
                 .get_datetime("updatedAt")
                 .copied()
                 .unwrap_or_else(|_| DateTime::now()),
+            token_from: d.get_str("tokenFrom").ok().map(str::to_string),
+            origin: d.get_timestamp("origin").ok(),
         }))
     }
 
@@ -80,9 +112,8 @@ impl CheckpointStore {
         checkpoint: &Checkpoint,
         epoch: i64,
     ) -> Result<(), StoreError> {
-        let mut set = Self::fields(checkpoint)?;
-        set.insert("epoch", epoch);
-        self.fenced_update(projection, epoch, set).await
+        let update = Self::update(checkpoint, Some(epoch))?;
+        self.fenced_update(projection, epoch, update).await
     }
 
     /// Writes the position without a lease (leases disabled, operator tools, tests): the
@@ -92,9 +123,8 @@ impl CheckpointStore {
         projection: &str,
         checkpoint: &Checkpoint,
     ) -> Result<(), StoreError> {
-        let set = Self::fields(checkpoint)?;
         self.coll
-            .update_one(doc! {"_id": projection}, doc! {"$set": set})
+            .update_one(doc! {"_id": projection}, Self::update(checkpoint, None)?)
             .upsert(true)
             .await?;
         Ok(())
@@ -104,7 +134,7 @@ impl CheckpointStore {
     /// holder does this before loading, so that every later write of an older holder is
     /// refused. Fails with [`StoreError::Fenced`] when an even newer holder claimed it.
     pub async fn claim(&self, projection: &str, epoch: i64) -> Result<(), StoreError> {
-        self.fenced_update(projection, epoch, doc! {"epoch": epoch})
+        self.fenced_update(projection, epoch, doc! {"$set": {"epoch": epoch}})
             .await
     }
 
@@ -117,7 +147,10 @@ impl CheckpointStore {
             .and_then(|d| d.get("epoch").and_then(Bson::as_i64)))
     }
 
-    fn fields(checkpoint: &Checkpoint) -> Result<Document, StoreError> {
+    /// The update that stores `checkpoint`, with `epoch` when fenced. Optional fields it
+    /// lacks are removed, so that nothing of an earlier writer's position survives (a rebuild's
+    /// `tokenFrom` after the worker's own save, for instance).
+    fn update(checkpoint: &Checkpoint, epoch: Option<i64>) -> Result<Document, StoreError> {
         let token = bson::to_bson(&checkpoint.token)
             .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
         let mut set = doc! {
@@ -125,14 +158,32 @@ impl CheckpointStore {
             "eventsHandled": checkpoint.events_handled,
             "updatedAt": checkpoint.updated_at,
         };
-        if let Some(ts) = checkpoint.cluster_time {
-            set.insert("clusterTime", ts);
+        if let Some(epoch) = epoch {
+            set.insert("epoch", epoch);
         }
-        Ok(set)
+        let mut unset = Document::new();
+        let optional = [
+            ("clusterTime", checkpoint.cluster_time.map(Bson::Timestamp)),
+            ("tokenFrom", checkpoint.token_from.clone().map(Bson::String)),
+            ("origin", checkpoint.origin.map(Bson::Timestamp)),
+        ];
+        for (field, value) in optional {
+            match value {
+                Some(v) => set.insert(field, v),
+                None => unset.insert(field, ""),
+            };
+        }
+        let mut update = doc! {"$set": set};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        Ok(update)
     }
 
     /// Every checkpoint whose name is `projection` or starts with `projection/` (its partition
-    /// workers under any partition count), with its name.
+    /// workers under any partition count), with its name. A checkpoint that cannot be read is
+    /// left out with a warning: it vouches for nothing, which can only make a worker start
+    /// earlier ([`crate::partition::choose_start`]), never later.
     pub async fn load_family(
         &self,
         projection: &str,
@@ -150,8 +201,13 @@ impl CheckpointStore {
             let Ok(name) = id.get_str("_id") else {
                 continue;
             };
-            if let Some(c) = self.load(name).await? {
-                family.push((name.to_string(), c));
+            match self.load(name).await {
+                Ok(Some(c)) => family.push((name.to_string(), c)),
+                Ok(None) => {}
+                Err(e @ StoreError::Fatal(_)) => {
+                    tracing::warn!(checkpoint = name, error = %e, "unreadable checkpoint left out of its projection's family")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(family)
@@ -161,18 +217,13 @@ impl CheckpointStore {
         &self,
         projection: &str,
         epoch: i64,
-        set: Document,
+        update: Document,
     ) -> Result<(), StoreError> {
         let filter = doc! {
             "_id": projection,
             "$or": [{"epoch": {"$lte": epoch}}, {"epoch": {"$exists": false}}],
         };
-        match self
-            .coll
-            .update_one(filter, doc! {"$set": set})
-            .upsert(true)
-            .await
-        {
+        match self.coll.update_one(filter, update).upsert(true).await {
             Ok(_) => Ok(()),
             Err(e) if server_code(&e) == Some(DUPLICATE_KEY) => Err(StoreError::Fenced(format!(
                 "checkpoint of {projection} belongs to a lease holder newer than epoch {epoch}"
@@ -192,8 +243,10 @@ impl CheckpointStore {
         if deleted > 0 {
             return Ok(true);
         }
-        let unset =
-            doc! {"resumeToken": "", "clusterTime": "", "eventsHandled": "", "updatedAt": ""};
+        let unset = doc! {
+            "resumeToken": "", "clusterTime": "", "eventsHandled": "", "updatedAt": "",
+            "tokenFrom": "", "origin": "",
+        };
         Ok(self
             .coll
             .update_one(

@@ -1291,7 +1291,10 @@ impl<'a> Rebuild<'a> {
         Ok(())
     }
 
-    /// Sets every worker's checkpoint to the shadow's position, keeping its running count.
+    /// Sets every worker's checkpoint to the shadow's position, keeping its running count and
+    /// origin. The token is the rebuild's stream's, not the worker's: marked as such, a worker
+    /// starts at its cluster time instead of resuming after it
+    /// ([`crate::partition::Vouched::ForeignToken`]).
     async fn hand_over_checkpoints(
         &self,
         state: &RebuildState,
@@ -1301,9 +1304,11 @@ impl<'a> Rebuild<'a> {
             let previous = self.checkpoints.load(worker).await?;
             let checkpoint = Checkpoint {
                 token: state.token.clone(),
-                cluster_time: None,
-                events_handled: previous.map(|c| c.events_handled).unwrap_or(0),
+                cluster_time: crate::partition::token_cluster_time(&state.token),
+                events_handled: previous.as_ref().map_or(0, |c| c.events_handled),
                 updated_at: DateTime::now(),
+                token_from: Some(format!("{} rebuild", self.name())),
+                origin: previous.and_then(|c| c.origin),
             };
             match epoch {
                 Some(epoch) => self.checkpoints.save(worker, &checkpoint, *epoch).await?,

@@ -10,7 +10,7 @@ use crate::error::{ErrorAction, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
 use crate::park::ParkedEvent;
-use crate::partition;
+use crate::partition::{self, Start, StreamStart};
 use crate::stats::ProjectionStats;
 use crate::watermark::{Ticket, Watermark};
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
@@ -57,6 +57,9 @@ struct Position {
     saved_token: Option<ResumeToken>,
     unsaved_events: u64,
     last_save: Instant,
+    /// Where this worker's share is covered from, for `start = "now"`
+    /// ([`Checkpoint::origin`]).
+    origin: Option<Timestamp>,
 }
 
 impl ProjectionWorker {
@@ -133,32 +136,43 @@ impl ProjectionWorker {
             saved_token: None,
             unsaved_events: 0,
             last_save: Instant::now(),
+            origin: None,
         };
         let mut inherited_at: Option<Timestamp> = None;
-        match self.checkpoints.load(&name).await {
-            Ok(Some(c)) => {
+        let Some((start, own)) = self.choose_start().await? else {
+            return Ok(()); // shut down before the checkpoints could be read
+        };
+        match start {
+            Start::Resume(c) => {
                 tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
                 position.events_handled = c.events_handled;
                 position.cluster_time = c.cluster_time;
+                position.origin = c.origin;
                 position.saved_token = Some(c.token.clone());
                 position.token = Some(c.token);
             }
-            // Another stream's token may name an event this worker's filter excludes, and mongod
-            // refuses to resume after an event its stream would not produce ("the resume token
-            // was not found"): start at the token's cluster time instead (inclusive, so that
-            // event too is redelivered), or at the checkpoint's (older still).
-            Ok(None) => match self.inherit_checkpoint().await {
-                Some(c) => match partition::token_cluster_time(&c.token).or(c.cluster_time) {
-                    Some(at) => inherited_at = Some(at),
-                    None => position.token = Some(c.token),
-                },
-                None => {
-                    tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint: first start")
+            Start::Inherited(inherited) => {
+                tracing::info!(
+                    projection = %name,
+                    from = %inherited.from,
+                    reason = ?inherited.reason,
+                    at = ?inherited.at,
+                    "starting from a position other checkpoints vouch for (later events are redelivered; the sequence guard absorbs those already applied)"
+                );
+                if let Some(mine) = own {
+                    position.events_handled = mine.events_handled;
+                    position.origin = mine.origin;
                 }
-            },
-            Err(e) if e.action() == ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
-            Err(e) => {
-                tracing::warn!(projection = %name, error = %e, "cannot read checkpoint yet; will retry")
+                match inherited.at {
+                    StreamStart::At(at) => {
+                        inherited_at = Some(at);
+                        position.origin = position.origin.or(Some(at));
+                    }
+                    StreamStart::AfterToken(token) => position.token = Some(token),
+                }
+            }
+            Start::Configured => {
+                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint covers this worker's share: first start as configured")
             }
         }
         let mut first_start = position.token.is_none()
@@ -193,8 +207,15 @@ impl ProjectionWorker {
             };
             first_start = false;
             if position.token.is_none() {
-                // First start from "now": remember where "now" was, so a restart continues there.
+                // First start from "now": remember where "now" was, so a restart continues
+                // there, and so that a sibling started later begins there too.
                 position.token = stream.resume_token();
+                if position.origin.is_none() && self.config.start == StartFrom::Now {
+                    position.origin = position
+                        .token
+                        .as_ref()
+                        .and_then(partition::token_cluster_time);
+                }
                 self.save(&mut position).await;
             }
             match self.tail(stream, &mut position, &mut backoff).await {
@@ -222,37 +243,42 @@ impl ProjectionWorker {
         Ok(())
     }
 
-    /// A worker's first start when the projection was checkpointed under another partition
-    /// count: the position to start from ([`partition::inherited_start`]). Read errors mean
-    /// starting as configured would risk a gap, so they are retried until shutdown.
-    async fn inherit_checkpoint(&self) -> Option<Checkpoint> {
-        let projection = self.config.projection_name();
+    /// Where this worker starts ([`partition::choose_start`]), from its own checkpoint and
+    /// those of the rest of its projection. Read errors are retried with backoff until
+    /// shutdown (`None`): starting without knowing the checkpoints could skip events. An
+    /// unreadable own checkpoint stops the worker.
+    async fn choose_start(&self) -> Result<Option<(Start, Option<Checkpoint>)>, ProjectionStopped> {
+        let name = &self.config.name;
         let mut delay = self.source.reopen_backoff_initial;
-        let family = loop {
-            match self.checkpoints.load_family(projection).await {
-                Ok(family) => break family,
+        loop {
+            let read = async {
+                // The own checkpoint is read on its own first: unreadable, it is an error of
+                // this worker, where the family merely leaves an unreadable one out.
+                let own = self.checkpoints.load(name).await?;
+                let family = self
+                    .checkpoints
+                    .load_family(self.config.projection_name())
+                    .await?;
+                Ok::<_, StoreError>((own, family))
+            };
+            match read.await {
+                Ok((own, family)) => {
+                    let start = partition::choose_start(name, &family, self.config.start);
+                    return Ok(Some((start, own)));
+                }
                 Err(e) if e.action() == ErrorAction::Fatal => {
-                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints");
-                    return None;
+                    return Err(self.stopped(e.to_string()));
                 }
                 Err(e) => {
-                    tracing::warn!(projection = %self.config.name, error = %e, "cannot read the projection's other checkpoints yet; will retry");
+                    tracing::warn!(projection = %name, error = %e, retry_in = ?delay, "cannot read the checkpoints yet; will retry");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return None,
+                        _ = self.shutdown.cancelled() => return Ok(None),
                     }
                     delay = (delay * 2).min(self.source.reopen_backoff_max);
                 }
             }
-        };
-        let (from, checkpoint) = partition::inherited_start(projection, &family)?;
-        tracing::info!(
-            projection = %self.config.name,
-            from = %from,
-            checkpoints = family.len(),
-            "no checkpoint of this worker: starting from the oldest checkpoint of the projection under its previous partitioning (later events are redelivered; the sequence guard absorbs those already applied)"
-        );
-        Some(checkpoint)
+        }
     }
 
     fn history_lost(&self, e: &StoreError) {
@@ -709,6 +735,8 @@ impl ProjectionWorker {
             cluster_time: position.cluster_time,
             events_handled: position.events_handled,
             updated_at: DateTime::now(),
+            token_from: Some(self.config.name.clone()),
+            origin: position.origin,
         };
         let written = match self.fence {
             Some(epoch) => {

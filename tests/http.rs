@@ -4,10 +4,10 @@
 
 mod common;
 
-use bson::{Document, doc};
+use bson::doc;
 use common::{
-    Monitored, TestEnv, event, eventually, http_get as get, recording_projection, start_monitored,
-    stored_sequence, wait_until_tailing,
+    Monitored, TestEnv, event, eventually, fail_point, http_get as get, recording_projection,
+    start_monitored, stored_sequence, wait_until_tailing,
 };
 use mongo_projector::config::Config;
 use std::time::Duration;
@@ -50,14 +50,6 @@ async fn serve(env: &TestEnv, mut config: Config) -> Monitored {
     config.http.address = "127.0.0.1:0".parse().unwrap();
     config.http.poll_every = Duration::from_millis(50);
     start_monitored(env, &config).await
-}
-
-async fn fail_point(env: &TestEnv, mode: bson::Bson, data: Document) {
-    env.client
-        .database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data})
-        .await
-        .expect("configureFailPoint (needs enableTestCommands on a real mongod)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

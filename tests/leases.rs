@@ -6,24 +6,20 @@
 
 mod common;
 
-use bson::{DateTime, doc};
+use bson::doc;
+use common::replica::{Replica, leased_config, start_replica};
 use common::{
-    TestEnv, event, eventually, recording_projection, seen, stored_document, stored_sequence,
+    TestEnv, event, eventually, fail_point, seen, stored_document, stored_sequence,
     wait_until_tailing,
 };
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::config::Config;
-use mongo_projector::daemon::{Daemon, DaemonReport};
 use mongo_projector::error::StoreError;
 use mongo_projector::lease::{LeaseStore, Renewal};
 use mongo_projector::metrics::Monitor;
-use mongo_projector::stats::ProjectionStats;
 use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::ClientOptions;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -46,12 +42,7 @@ async fn tokens(env: &TestEnv, n: usize) -> Vec<ResumeToken> {
 }
 
 fn checkpoint(token: &ResumeToken, handled: i64) -> Checkpoint {
-    Checkpoint {
-        token: token.clone(),
-        cluster_time: None,
-        events_handled: handled,
-        updated_at: DateTime::now(),
-    }
+    Checkpoint::new(token.clone(), handled)
 }
 
 #[tokio::test]
@@ -198,75 +189,7 @@ async fn a_claimed_checkpoint_without_a_position_loads_as_none() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Several daemon instances, each with its own client (and `appName`, so that a fail point
-// can single one out), sharing one server.
-
-/// One daemon instance running in the background of a test.
-struct Replica {
-    holder: String,
-    client: mongodb::Client,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<DaemonReport>,
-    stats: Vec<(String, Arc<ProjectionStats>)>,
-}
-
-/// The test configuration with leases short enough for takeovers to be quick.
-fn leased_config(env: &TestEnv) -> Config {
-    let mut config = env.config();
-    recording_projection(&mut config);
-    config.leases.ttl = Duration::from_secs(2);
-    config.leases.renew_every = Duration::from_millis(400);
-    config
-}
-
-async fn start_replica(env: &TestEnv, config: &Config, holder: &str) -> Replica {
-    let mut options = ClientOptions::parse(&env.uri).await.unwrap();
-    options.app_name = Some(holder.to_string());
-    let client = mongodb::Client::with_options(options).unwrap();
-    let mut config = config.clone();
-    config.leases.holder = Some(holder.to_string());
-    let shutdown = CancellationToken::new();
-    let daemon = Daemon::new(&config, &client, &shutdown);
-    let stats = daemon.stats();
-    let handle = tokio::spawn(async move { daemon.run().await });
-    Replica {
-        holder: holder.to_string(),
-        client,
-        shutdown,
-        handle,
-        stats,
-    }
-}
-
-impl Replica {
-    fn worker(&self, name: &str) -> &Arc<ProjectionStats> {
-        &self.stats.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    fn holds(&self, name: &str) -> bool {
-        self.worker(name).lease.held.load(Ordering::Relaxed)
-    }
-
-    fn held(&self) -> usize {
-        self.stats
-            .iter()
-            .filter(|(_, s)| s.lease.held.load(Ordering::Relaxed))
-            .count()
-    }
-
-    /// Graceful stop (SIGTERM): final checkpoint, lease released.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let report = self.handle.await.expect("daemon task");
-        assert!(report.all_ok(), "{:?}", report.results);
-    }
-
-    /// A crash: the task is aborted, nothing is written on the way out.
-    async fn kill(self) {
-        self.handle.abort();
-        let _ = self.handle.await;
-    }
-}
+// Several daemon instances sharing one server (`common::replica`).
 
 /// Inserts events `from..=to` of each aggregate, interleaved.
 async fn insert(env: &TestEnv, aggregates: &[&str], from: i64, to: i64) {
@@ -547,30 +470,24 @@ async fn a_paused_holder_is_fenced_and_cannot_move_the_checkpoint_back() {
     // Every update of instance A (its lease renewals, read-model writes and checkpoint
     // writes) stalls far past its 2 s lease. Manual: "failCommand" in the server's
     // fail points (blockConnection, blockTimeMS, appName).
-    let admin = env.client.database("admin");
-    admin
-        .run_command(doc! {
-            "configureFailPoint": "failCommand",
-            "mode": "alwaysOn",
-            "data": {
-                "failCommands": ["update", "findAndModify"],
-                "blockConnection": true,
-                "blockTimeMS": 5000,
-                "appName": "inst-a",
-            },
-        })
-        .await
-        .unwrap();
+    fail_point(
+        &env,
+        "alwaysOn".into(),
+        doc! {
+            "failCommands": ["update", "findAndModify"],
+            "blockConnection": true,
+            "blockTimeMS": 5000,
+            "appName": "inst-a",
+        },
+    )
+    .await;
     insert(&env, AGGREGATES, 21, 40).await;
 
     wait_until_active(&env, &[&a, &b], "inst-b").await;
     let taken = leases.current("accounts").await.unwrap().unwrap();
     assert_eq!(taken.epoch, first.epoch + 1);
     wait_until_applied(&env, AGGREGATES, 40).await;
-    admin
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
-        .await
-        .unwrap();
+    fail_point(&env, "off".into(), doc! {}).await;
 
     // A's stalled writes reach the server late: its checkpoint write is refused.
     let a_stats = a.worker("accounts").clone();

@@ -8,7 +8,7 @@ mod common;
 
 use bson::{Bson, Document, doc};
 use common::{
-    TestEnv, documents, event, eventually, recording_projection, seen, stored_document,
+    TestEnv, documents, event, eventually, fail_point, recording_projection, seen, stored_document,
     stored_sequence, wait_until_tailing,
 };
 use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
@@ -156,15 +156,7 @@ async fn a_gap_is_healed_from_the_event_collection() {
         .await
         .unwrap();
     CheckpointStore::new(&env.db, "projector_checkpoints")
-        .save_unfenced(
-            "accounts",
-            &Checkpoint {
-                token,
-                cluster_time: None,
-                events_handled: 2,
-                updated_at: bson::DateTime::now(),
-            },
-        )
+        .save_unfenced("accounts", &Checkpoint::new(token, 2))
         .await
         .unwrap();
     env.events()
@@ -395,14 +387,6 @@ async fn a_graceful_stop_leaves_a_checkpoint_that_a_restart_continues_from() {
     assert_eq!(seen(&env, "g").await, (1..=35).collect::<Vec<_>>());
 }
 
-async fn fail_point(env: &TestEnv, spec: Document) {
-    env.client
-        .database("admin")
-        .run_command(doc! {"configureFailPoint": "failCommand", "mode": spec.get("mode").cloned().unwrap(), "data": spec.get_document("data").unwrap().clone()})
-        .await
-        .expect("configureFailPoint (needs enableTestCommands on a real mongod)");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
     let mut env = TestEnv::new("faults").await;
@@ -428,7 +412,8 @@ async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
     // A dropped connection on getMore: the driver resumes the stream by itself.
     fail_point(
         &env,
-        doc! {"mode": {"times": 1}, "data": {"failCommands": ["getMore"], "closeConnection": true}},
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "closeConnection": true},
     )
     .await;
     env.events()
@@ -440,7 +425,8 @@ async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
     // A non-resumable error on getMore: the daemon re-opens from its position.
     fail_point(
         &env,
-        doc! {"mode": {"times": 1}, "data": {"failCommands": ["getMore"], "errorCode": 11601}},
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 11601},
     )
     .await;
     env.events()
@@ -451,7 +437,12 @@ async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
 
     // The guarded update fails twice with a retryable error: retried in place, applied once.
     let ns = format!("{}.accounts", env.db.name());
-    fail_point(&env, doc! {"mode": {"times": 2}, "data": {"failCommands": ["update"], "errorCode": 91, "namespace": ns}}).await;
+    fail_point(
+        &env,
+        doc! {"times": 2}.into(),
+        doc! {"failCommands": ["update"], "errorCode": 91, "namespace": ns},
+    )
+    .await;
     env.events()
         .insert_one(event("f", 16, "A", doc! {}))
         .await
@@ -460,7 +451,12 @@ async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
 
     // The checkpoint write fails: progress continues, the checkpoint catches up later.
     let ns = format!("{}.projector_checkpoints", env.db.name());
-    fail_point(&env, doc! {"mode": {"times": 2}, "data": {"failCommands": ["update"], "errorCode": 91, "namespace": ns}}).await;
+    fail_point(
+        &env,
+        doc! {"times": 2}.into(),
+        doc! {"failCommands": ["update"], "errorCode": 91, "namespace": ns},
+    )
+    .await;
     env.events()
         .insert_many((17..=25).map(|s| event("f", s, "A", doc! {})))
         .await
@@ -625,4 +621,43 @@ async fn an_idle_projection_keeps_its_token_inside_the_oplog() {
         "the stored token was still in the oplog"
     );
     assert_eq!(seen(&env, "i").await, vec![1, 2]);
+}
+
+/// A checkpoint that cannot be read at start-up (a transient error) is read again: starting
+/// without it would begin as configured, which for `start = "now"` skips every event written
+/// since the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_unreadable_at_start_is_read_again_not_skipped() {
+    let env = TestEnv::new("unreadable_checkpoint").await;
+    let mut config = env.config();
+    recording_projection(&mut config);
+    config.projections[0].start = mongo_projector::config::StartFrom::Now;
+    config.leases.enabled = false;
+    let first = start(&env, &config);
+    wait_until_tailing(&env, "accounts").await;
+    env.events()
+        .insert_one(event("u", 1, "A", doc! {}))
+        .await
+        .unwrap();
+    wait_for_sequence(&env, "u", 1).await;
+    first.stop().await;
+    // Written while the daemon is down: only the stored checkpoint covers them.
+    env.events()
+        .insert_many([event("u", 2, "A", doc! {}), event("v", 1, "A", doc! {})])
+        .await
+        .unwrap();
+    // The restarted daemon's first `find`, the read of its checkpoint, fails (BadValue is
+    // not retried by the driver).
+    fail_point(
+        &env,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["find"], "errorCode": 2, "appName": "restarted"},
+    )
+    .await;
+    let restarted = common::replica::start_instance(&env, &config, "restarted", |_| true).await;
+    wait_for_sequence(&env, "u", 2).await;
+    wait_for_sequence(&env, "v", 1).await;
+    restarted.stop().await;
+    assert_eq!(seen(&env, "u").await, [1, 2]);
+    assert_eq!(seen(&env, "v").await, [1]);
 }

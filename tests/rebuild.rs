@@ -12,9 +12,10 @@ use bson::{Bson, Document, doc};
 use common::{TestEnv, documents, event, eventually};
 use futures_util::TryStreamExt;
 use mongo_projector::checkpoint::CheckpointStore;
-use mongo_projector::config::{Config, Handler};
+use mongo_projector::config::{Config, Handler, StartFrom};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::lease::{LeaseStore, Renewal};
+use mongo_projector::partition::{Start, StreamStart, choose_start, token_cluster_time};
 use mongo_projector::rebuild::{
     self, Handover, Phase, RebuildError, RebuildOptions, RebuildOutcome, RebuildProgress,
 };
@@ -747,10 +748,31 @@ async fn every_worker_of_the_projection_is_handed_over_partitions_included() {
     let state = saved_state(&env).await.unwrap();
     let handed_over: mongodb::change_stream::event::ResumeToken =
         bson::from_bson(state.get("token").unwrap().clone()).unwrap();
+    let at = token_cluster_time(&handed_over).expect("a token names its cluster time");
+    let family = checkpoints.load_family("accounts").await.unwrap();
     for worker in ["accounts", "accounts/p0of2", "accounts/p1of2"] {
         let c = checkpoints.load(worker).await.unwrap().unwrap();
         assert_eq!(c.token, handed_over, "{worker}");
+        // The rebuild's stream issued the token: each worker starts at its cluster time.
+        assert_eq!(
+            c.token_from.as_deref(),
+            Some("accounts rebuild"),
+            "{worker}"
+        );
+        assert_eq!(c.cluster_time, Some(at), "{worker}");
+        let start = choose_start(worker, &family, StartFrom::Beginning);
+        assert!(
+            matches!(&start, Start::Inherited(i) if i.at == StreamStart::At(at)),
+            "{worker}: {start:?}"
+        );
     }
+    // A worker of another count that never ran starts there too, vouched for by the
+    // projection's own handed-over checkpoint.
+    let start = choose_start("accounts/p2of3", &family, StartFrom::Now);
+    assert!(
+        matches!(&start, Start::Inherited(i) if i.at == StreamStart::At(at)),
+        "{start:?}"
+    );
     // Taken from "other" (epoch 1), the partition's lease was the rebuild's at epoch 2, which
     // fenced the checkpoint; released since.
     assert_eq!(checkpoints.epoch("accounts/p1of2").await.unwrap(), Some(2));

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fold;
+pub mod replica;
 
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
@@ -175,6 +176,16 @@ pub async fn wait_until_tailing(env: &TestEnv, projection: &str) {
         || async { matches!(store.load(projection).await, Ok(Some(_))) },
     )
     .await;
+}
+
+/// Sets mongod's `failCommand` fail point (manual: "failCommand"; a real mongod needs
+/// `--setParameter enableTestCommands=1`); mode `"off"` clears it.
+pub async fn fail_point(env: &TestEnv, mode: Bson, data: Document) {
+    env.client
+        .database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": mode, "data": data})
+        .await
+        .expect("configureFailPoint (needs enableTestCommands on a real mongod)");
 }
 
 /// The read model's document for an aggregate.
