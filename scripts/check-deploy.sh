@@ -270,7 +270,7 @@ def prometheus_facts(docs, values):
     alerts = {r["alert"] for r in rules}
     want = {"MongoProjectorLagHigh", "MongoProjectorParkedEventsOld", "MongoProjectorDeadLetters",
             "MongoProjectorOplogHeadroomLow", "MongoProjectorNoProgress", "MongoProjectorDown",
-            "MongoProjectorAuditDrift"}
+            "MongoProjectorAuditDrift", "MongoProjectorWorkerStopped"}
     assert want <= alerts, f"missing alerts {sorted(want - alerts)}"
     unknown = {m for r in rules for m in re.findall(r"\bmongo_projector_[a-z_]+", str(r["expr"]))
                if re.sub(r"_(bucket|sum|count)$", "", m) not in METRICS}

@@ -100,9 +100,12 @@ impl ReadModel {
                             .unwrap_or(1),
                     });
                 }
+                let message = e.get_str("errmsg").unwrap_or("");
+                if let Some(e) = crate::error::server_write_error(code, message) {
+                    return Err(e);
+                }
                 return Ok(Outcome::Rejected(format!(
-                    "update refused with code {code}: {}",
-                    e.get_str("errmsg").unwrap_or("")
+                    "update refused with code {code}: {message}"
                 )));
             }
             let n = reply_count(&reply, "n")?;

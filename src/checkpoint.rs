@@ -73,7 +73,7 @@ impl CheckpointStore {
         let token = match d.get("resumeToken") {
             Some(t @ Bson::Document(_)) => {
                 bson::from_bson::<ResumeToken>(t.clone()).map_err(|e| {
-                    StoreError::Fatal(format!(
+                    StoreError::internal(format!(
                         "checkpoint of {projection} has an unreadable resume token: {e}"
                     ))
                 })?
@@ -81,7 +81,7 @@ impl CheckpointStore {
             // Claimed by a lease holder that has not saved a position yet.
             None if d.contains_key("epoch") => return Ok(None),
             _ => {
-                return Err(StoreError::Fatal(format!(
+                return Err(StoreError::internal(format!(
                     "checkpoint of {projection} has no resumeToken"
                 )));
             }
@@ -152,7 +152,7 @@ impl CheckpointStore {
     /// `tokenFrom` after the worker's own save, for instance).
     fn update(checkpoint: &Checkpoint, epoch: Option<i64>) -> Result<Document, StoreError> {
         let token = bson::to_bson(&checkpoint.token)
-            .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
+            .map_err(|e| StoreError::internal(format!("resume token: {e}")))?;
         let mut set = doc! {
             "resumeToken": token,
             "eventsHandled": checkpoint.events_handled,
@@ -204,7 +204,7 @@ impl CheckpointStore {
             match self.load(name).await {
                 Ok(Some(c)) => family.push((name.to_string(), c)),
                 Ok(None) => {}
-                Err(e @ StoreError::Fatal(_)) => {
+                Err(e @ StoreError::Stop(..)) => {
                     tracing::warn!(checkpoint = name, error = %e, "unreadable checkpoint left out of its projection's family")
                 }
                 Err(e) => return Err(e),

@@ -108,9 +108,13 @@ pub struct ShutdownConfig {
 pub struct SourceConfig {
     /// How long one `getMore` waits for new events before returning an empty batch.
     pub max_await: Duration,
-    /// First and largest delay between attempts to re-open a failed stream.
+    /// First ceiling and cap of the one retry pause of a worker ([`crate::backoff`]): re-opening
+    /// its stream, retrying a write, a checkpoint, a lease claim.
     pub reopen_backoff_initial: Duration,
     pub reopen_backoff_max: Duration,
+    /// How many errors not known to be transient a worker retries in a row before it stops
+    /// ([`crate::error`]); known-transient errors (network, failover) are retried without limit.
+    pub unknown_error_retries: u32,
     /// Parallel apply lanes; events are routed to a lane by a stable hash of their aggregate
     /// id, so one aggregate's events stay in order while different aggregates proceed together.
     pub lanes: usize,
@@ -529,11 +533,18 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
                 errors,
             ),
             reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
+            unknown_error_retries: c.positive_integer("unknown_error_retries", 10, errors) as u32,
             lanes: c.positive_integer("lanes", default_lanes() as u64, errors) as usize,
             batch_size: c.positive_integer("batch_size", 1000, errors) as usize,
         };
         if cfg.lanes > 256 {
             errors.push(format!("source.lanes: at most 256, found {}", cfg.lanes));
+        }
+        if cfg.unknown_error_retries > 1000 {
+            errors.push(format!(
+                "source.unknown_error_retries: at most 1000, found {}",
+                cfg.unknown_error_retries
+            ));
         }
         if cfg.batch_size > 10_000 {
             errors.push(format!(
@@ -966,9 +977,9 @@ pub fn toml_to_bson(v: &toml::Value) -> Bson {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     /// The smallest valid file: one projection with one handler.
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
         [[projections]]
         name = "p"
         database = "d"

@@ -7,6 +7,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, ProjectionConfig};
+use crate::error::StopReason;
 use crate::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::{ProjectionStats, StatsSnapshot};
@@ -138,25 +139,31 @@ impl Daemon {
         let mut handles = Vec::new();
         for w in &self.workers {
             let name = w.config.name.clone();
+            let stats = w.stats.clone();
             let w = w.clone();
             let task = match &self.instance {
                 Some(instance) => tokio::spawn(run_leased(w, instance.clone())),
                 None => tokio::spawn(async move { w.run().await }),
             };
-            handles.push((name, AbortOnDropHandle::new(task)));
+            handles.push((name, stats, AbortOnDropHandle::new(task)));
         }
         let mut results = Vec::new();
-        for (name, handle) in handles {
+        for (name, stats, handle) in handles {
             let result = match handle.await {
                 Ok(r) => r,
-                Err(e) => Err(ProjectionStopped {
-                    projection: name.clone(),
-                    message: format!("worker task failed: {e}"),
-                }),
+                Err(e) => {
+                    // The worker's task panicked: a fault of the daemon, reported like a stop.
+                    let message = format!("worker task failed: {e}");
+                    tracing::error!(projection = %name, error = %message, "projection stopped");
+                    stats.set_stopped(StopReason::Internal);
+                    stats.set_last_error(format!("projection stopped: {message}"));
+                    Err(ProjectionStopped {
+                        projection: name.clone(),
+                        reason: StopReason::Internal,
+                        message,
+                    })
+                }
             };
-            if let Err(e) = &result {
-                tracing::error!(projection = %name, error = %e.message, "projection stopped");
-            }
             results.push((name, result));
         }
         heartbeat_stop.cancel();

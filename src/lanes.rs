@@ -3,12 +3,13 @@
 //! An event goes to the lane chosen by a stable hash of its aggregate id, so all events of one
 //! aggregate pass through one lane in stream order (order holds within an aggregate) while
 //! different aggregates are written in parallel. A lane writes each batch with
-//! [`Applier::handle_batch`], retries transient errors in place (the stream does not move past
+//! [`Applier::handle_batch`], retries known-transient errors in place (the stream does not move past
 //! an event until it is applied, skipped or parked), and reports the batch's tickets back so
 //! that the [`crate::watermark::Watermark`] can move. Every channel is bounded: a slow server
 //! fills the lanes' queues and then slows the reader down instead of growing memory.
 
 use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
+use crate::backoff::Backoff;
 use crate::error::{ErrorAction, StoreError};
 use crate::event::Event;
 use crate::park::ParkedEvent;
@@ -132,21 +133,17 @@ async fn run_lane(
             LaneWork::Batch(batch) => batch,
             LaneWork::Parked(entries) => {
                 for parked in &entries {
-                    let mut delay = retry_initial;
+                    let mut backoff = Backoff::new(retry_initial, retry_max);
                     loop {
                         match applier.retry_parked(parked).await {
                             Ok(_) => break,
                             Err(e) if e.action() == ErrorAction::Retry => {
                                 // The next sweep tries again; no need to hold the lane up.
                                 tracing::warn!(projection = %applier.config.name, error = %e, "retrying a parked event failed");
-                                if shutdown.is_cancelled() || delay >= retry_max {
+                                if backoff.ceiling() >= retry_max || !backoff.wait(&shutdown).await
+                                {
                                     break;
                                 }
-                                tokio::select! {
-                                    _ = tokio::time::sleep(delay) => {}
-                                    _ = shutdown.cancelled() => return,
-                                }
-                                delay = (delay * 2).min(retry_max);
                             }
                             Err(e) => {
                                 let _ = reports.send(LaneReport::Failed(e)).await;
@@ -160,24 +157,26 @@ async fn run_lane(
         };
         let (tickets, events): (Vec<Ticket>, Vec<Event>) = batch.into_iter().unzip();
         let mut items: Vec<BatchItem> = events.into_iter().map(BatchItem::new).collect();
-        let mut delay = retry_initial;
+        // Known-transient errors are retried here for as long as they last; anything else
+        // goes to the worker, which counts it against its retry budget ([`crate::error`]).
+        let mut backoff = Backoff::new(retry_initial, retry_max);
         loop {
             match applier.handle_batch(&mut items, &mut cache).await {
                 Ok(()) => break,
-                Err(e) if e.action() == ErrorAction::Retry && !shutdown.is_cancelled() => {
+                Err(e) if e.action() == ErrorAction::Retry => {
+                    let pause = backoff.next_pause();
                     tracing::warn!(
                         projection = %applier.config.name,
                         error = %e,
                         unfinished = items.iter().filter(|i| i.done.is_none()).count(),
+                        retry_in = ?pause,
                         "applying a batch failed; retrying"
                     );
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = shutdown.cancelled() => return,
                     }
-                    delay = (delay * 2).min(retry_max);
                 }
-                Err(e) if e.action() == ErrorAction::Retry => return, // shutting down
                 Err(e) => {
                     let _ = reports.send(LaneReport::Failed(e)).await;
                     return;

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod audit;
+pub mod backoff;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

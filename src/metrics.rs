@@ -7,6 +7,7 @@
 //! whether the server answers.
 
 use crate::config::{Config, HttpConfig};
+use crate::error::StopReason;
 use crate::park::ParkedStore;
 use crate::rebuild::{Phase, RebuildProgress};
 use crate::stats::{ProjectionStats, unix_millis};
@@ -76,6 +77,7 @@ catalogue! {
     LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
     LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
     CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
+    WORKER_STOPPED = "mongo_projector_worker_stopped", Gauge, "1 for the reason a worker stopped for good (label reason: unauthorized, namespace, unsupported, retries_exhausted, internal), 0 for the others; all 0 while it runs.";
 }
 
 /// The metrics of live rebuilds: reported for the rebuilds a monitor watches, not for the
@@ -191,6 +193,19 @@ impl Collector for ProjectorCollector {
                                 vec![label("projection", &p.name), label("reason", &reason)],
                                 Kind::Counter,
                                 count as f64,
+                            ));
+                        }
+                    }
+                    n if n == WORKER_STOPPED.name => {
+                        let stopped = p.stats.stopped();
+                        for reason in StopReason::ALL.iter().filter(|r| **r != StopReason::Fenced) {
+                            metrics.push(sample(
+                                vec![
+                                    label("projection", &p.name),
+                                    label("reason", reason.label()),
+                                ],
+                                Kind::Gauge,
+                                f64::from(u8::from(stopped == Some(*reason))),
                             ));
                         }
                     }
@@ -318,7 +333,7 @@ impl Monitor {
         let descs = CATALOGUE
             .iter()
             .filter_map(|d| {
-                let labels = if d.name == STREAM_RESTARTS.name {
+                let labels = if d.name == STREAM_RESTARTS.name || d.name == WORKER_STOPPED.name {
                     vec!["projection".to_string(), "reason".to_string()]
                 } else if d.name == AUDIT_DRIFT.name {
                     vec!["projection".to_string(), "kind".to_string()]
@@ -483,13 +498,16 @@ impl Monitor {
     }
 
     /// Liveness: every projection's stream answered within `liveness_timeout`. The list names
-    /// the stale ones.
+    /// the stale ones. A worker that stopped for good is not stale: it said why, and a
+    /// restart of the process would stop the others too (readiness reports it).
     pub fn liveness(&self) -> (bool, Vec<String>) {
         let limit = self.http.liveness_timeout.as_secs_f64();
         let stale: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| !standby(p) && self.seconds_since_progress(p) > limit)
+            .filter(|p| {
+                !standby(p) && p.stats.stopped().is_none() && self.seconds_since_progress(p) > limit
+            })
             .map(|p| {
                 format!(
                     "{}: no answer from its change stream for {:.1}s",
@@ -510,6 +528,15 @@ impl Monitor {
         }
         let limit = self.http.readiness_max_lag.as_secs_f64();
         for p in self.projections.iter().filter(|p| !standby(p)) {
+            if let Some(reason) = p.stats.stopped() {
+                problems.push(format!(
+                    "{}: stopped ({}): {}",
+                    p.name,
+                    reason.label(),
+                    p.stats.last_error().unwrap_or_default()
+                ));
+                continue;
+            }
             if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
                 problems.push(format!("{}: change stream not open yet", p.name));
             }
@@ -546,6 +573,10 @@ impl Monitor {
                     "streamRestarts": p.stats.restarts_by_reason(),
                     "historyLostRecoveries": s.history_lost_recoveries,
                     "lastError": p.stats.last_error(),
+                    "stopped": p.stats.stopped().map(|r| serde_json::json!({
+                        "reason": r.label(),
+                        "fix": r.fix(),
+                    })),
                     "checkpointFenced": p.stats.checkpoint_fenced.load(Ordering::Relaxed),
                     "lease": lease_status(p),
                 })

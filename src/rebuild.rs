@@ -22,9 +22,10 @@
 //! 4. **done**.
 
 use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
+use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{Config, ProjectionConfig};
-use crate::error::{ErrorAction, StoreError};
+use crate::error::{ErrorAction, Failures, StopReason, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::lane_of;
 use crate::lease::{Lease, LeaseStore, Renewal};
@@ -264,7 +265,7 @@ impl StateStore {
             return Ok(None);
         };
         let bad = |what: &str| {
-            StoreError::Fatal(format!(
+            StoreError::internal(format!(
                 "rebuild state of {projection} in {STATE_COLLECTION} has {what}; run again with --restart"
             ))
         };
@@ -302,7 +303,7 @@ impl StateStore {
         session: Option<&mut mongodb::ClientSession>,
     ) -> Result<(), StoreError> {
         let token = bson::to_bson(&state.token)
-            .map_err(|e| StoreError::Fatal(format!("resume token: {e}")))?;
+            .map_err(|e| StoreError::internal(format!("resume token: {e}")))?;
         let mut set = doc! {
             "phase": state.phase.as_str(),
             "fingerprint": &state.fingerprint,
@@ -931,7 +932,7 @@ impl<'a> Rebuild<'a> {
     /// position as it goes. False when interrupted.
     async fn follow(&self, state: &mut RebuildState, until: Until) -> Result<bool, RebuildError> {
         let mut writer = ShadowWriter::new(self.applier.clone(), self.options.lanes);
-        let mut backoff = self.config.source.reopen_backoff_initial;
+        let mut failures = Failures::new(&self.config.source);
         let mut last_log = Instant::now();
         // Empty batches from `getMore`s sent after the moment of `Until::Past`.
         let mut quiet_after = 0;
@@ -939,7 +940,7 @@ impl<'a> Rebuild<'a> {
             let mut stream = match self.open(Some(state.token.clone())).await {
                 Ok(s) => s,
                 Err(e) => {
-                    self.on_stream_error(e, &mut backoff).await?;
+                    self.on_stream_error(e, &mut failures).await?;
                     continue 'reopen;
                 }
             };
@@ -954,9 +955,9 @@ impl<'a> Rebuild<'a> {
                 let asked_at = Instant::now();
                 match stream.next_if_any().await {
                     Ok(Some(raw)) => {
-                        backoff = self.config.source.reopen_backoff_initial;
+                        failures.progress();
                         if raw.get_str("operationType").ok() == Some("invalidate") {
-                            return Err(StoreError::Fatal(format!(
+                            return Err(StoreError::Stop(StopReason::Namespace, format!(
                                 "the event collection {}.{} was dropped or renamed during the rebuild",
                                 self.projection.database, self.projection.events
                             ))
@@ -1000,7 +1001,7 @@ impl<'a> Rebuild<'a> {
                     }
                     Ok(None) => {
                         if !stream.is_alive() {
-                            return Err(StoreError::Fatal(
+                            return Err(StoreError::Reply(
                                 "change stream closed by the server".into(),
                             )
                             .into());
@@ -1027,7 +1028,7 @@ impl<'a> Rebuild<'a> {
                         if !self.flush(&mut writer, &mut batch, &stream, state).await? {
                             return Ok(false);
                         }
-                        self.on_stream_error(e.into(), &mut backoff).await?;
+                        self.on_stream_error(e.into(), &mut failures).await?;
                         continue 'reopen;
                     }
                 }
@@ -1074,24 +1075,27 @@ impl<'a> Rebuild<'a> {
         Ok(true)
     }
 
-    /// A failed stream: waits and re-opens on transient errors; anything else ends the rebuild.
+    /// A failed stream: waits and re-opens after transient errors, and after errors not known
+    /// to be transient up to `source.unknown_error_retries` in a row; anything else ends the
+    /// rebuild ([`crate::error`]).
     async fn on_stream_error(
         &self,
         e: StoreError,
-        backoff: &mut Duration,
+        failures: &mut Failures,
     ) -> Result<(), RebuildError> {
-        match e.action() {
-            ErrorAction::Retry => {
-                tracing::warn!(projection = %self.name(), error = %e, retry_in = ?*backoff, "rebuild: change stream failed; re-opening");
-                tokio::select! {
-                    _ = tokio::time::sleep(*backoff) => {}
-                    _ = self.shutdown.cancelled() => {}
-                }
-                *backoff = (*backoff * 2).min(self.config.source.reopen_backoff_max);
-                Ok(())
-            }
-            ErrorAction::HistoryLost | ErrorAction::Fatal => Err(e.into()),
+        if e.action() == ErrorAction::HistoryLost {
+            return Err(e.into());
         }
+        if let Some(reason) = failures.count(&e) {
+            return Err(StoreError::Stop(reason, e.to_string()).into());
+        }
+        let pause = failures.backoff.next_pause();
+        tracing::warn!(projection = %self.name(), error = %e, retry_in = ?pause, "rebuild: change stream failed; re-opening");
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        Ok(())
     }
 
     /// The swap, with the workers held. `None` when interrupted before the rename.
@@ -1415,17 +1419,18 @@ impl ShadowWriter {
             .zip(self.caches.iter_mut())
             .filter(|(items, _)| !items.is_empty())
             .map(|(items, cache)| async move {
-                let mut delay = config.source.reopen_backoff_initial;
+                let mut backoff = Backoff::new(
+                    config.source.reopen_backoff_initial,
+                    config.source.reopen_backoff_max,
+                );
                 loop {
                     match applier.handle_batch(items, cache).await {
                         Ok(()) => return Ok(true),
                         Err(e) if e.action() == ErrorAction::Retry => {
                             tracing::warn!(projection = %applier.config.name, error = %e, "rebuild: writing to the shadow failed; retrying");
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = shutdown.cancelled() => return Ok(false),
+                            if !backoff.wait(shutdown).await {
+                                return Ok(false);
                             }
-                            delay = (delay * 2).min(config.source.reopen_backoff_max);
                         }
                         Err(e) => return Err(e),
                     }

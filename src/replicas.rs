@@ -11,7 +11,7 @@
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, INSTANCES_COLLECTION, LeaseConfig};
-use crate::error::StoreError;
+use crate::error::{Failures, StoreError};
 use crate::lease::{InstanceStore, Lease, LeaseStore, Renewal};
 use crate::source::{ProjectionStopped, ProjectionWorker};
 use crate::stats::ProjectionStats;
@@ -173,8 +173,12 @@ pub async fn run_leased(
     let lease_stats = &worker.stats.lease;
     lease_stats.enable(&instance.holder);
     let ttl = instance.config.ttl;
+    // Failures of this worker's lease path (acquire, claim): paused by the worker's backoff,
+    // and stopping it when retrying cannot help ([`crate::error`]).
+    let mut failures = Failures::new(&worker.source);
     while !stop.is_cancelled() {
         let mut waiting = true;
+        let mut failure = None;
         if instance.share.reserve() {
             let asked_at = Instant::now();
             match instance
@@ -184,36 +188,55 @@ pub async fn run_leased(
             {
                 Ok(Some(lease)) => {
                     lease_stats.standby.store(false, Ordering::Relaxed);
-                    active(&worker, &instance, lease, asked_at).await?;
-                    continue;
+                    match active(&worker, &instance, lease, asked_at).await? {
+                        None => {
+                            failures.progress();
+                            continue;
+                        }
+                        Some(e) => failure = Some(e),
+                    }
                 }
                 Ok(None) => instance.share.unreserve(),
                 Err(e) => {
                     waiting = false;
                     instance.share.unreserve();
-                    tracing::warn!(worker = %name, holder = %instance.holder, error = %e, "cannot acquire the lease; will retry");
+                    failure = Some(e);
                 }
             }
         }
+        let pause = match failure {
+            Some(e) => {
+                if let Some(reason) = failures.count(&e) {
+                    return Err(worker.stopped(reason, format!("lease or checkpoint claim: {e}")));
+                }
+                let pause = failures.backoff.next_pause();
+                worker.stats.set_last_error(e.to_string());
+                tracing::warn!(worker = %name, holder = %instance.holder, error = %e, retry_in = ?pause, "cannot take the lease and its checkpoint; will retry");
+                pause
+            }
+            None => instance.config.renew_every,
+        };
         lease_stats.standby.store(waiting, Ordering::Relaxed);
         if let Ok(Some(state)) = instance.leases.current(&name).await {
             lease_stats.set_view(state.holder, state.epoch);
         }
         tokio::select! {
-            _ = tokio::time::sleep(instance.config.renew_every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => {}
         }
     }
     Ok(())
 }
 
-/// One period as lease holder: claim the checkpoint, run, renew; then release.
+/// One period as lease holder: claim the checkpoint, run, renew; then release. `Ok(Some)`
+/// with the error when the checkpoint could not be claimed (a newer holder's claim is no
+/// error: back to standby).
 async fn active(
     template: &ProjectionWorker,
     instance: &Arc<Instance>,
     lease: Lease,
     asked_at: Instant,
-) -> Result<(), ProjectionStopped> {
+) -> Result<Option<StoreError>, ProjectionStopped> {
     let name = &lease.name;
     let stats = &template.stats;
     tracing::info!(worker = %name, holder = %lease.holder, epoch = lease.epoch, "lease acquired: active");
@@ -232,21 +255,12 @@ async fn active(
     };
     let name = &lease.name;
     let (result, ending) = match claimed {
-        Err(e) => {
-            tracing::warn!(worker = %name, holder = %lease.holder, epoch = lease.epoch, error = %e, "cannot claim the checkpoint; back to standby");
-            let fenced = matches!(e, StoreError::Fenced(_));
-            if fenced {
-                ProjectionStats::add(&stats.checkpoint_fenced, 1);
-            }
-            (
-                Ok(()),
-                if fenced {
-                    RenewalEnd::Lost
-                } else {
-                    RenewalEnd::RunStopped
-                },
-            )
+        Err(e @ StoreError::Fenced(_)) => {
+            tracing::warn!(worker = %name, holder = %lease.holder, epoch = lease.epoch, error = %e, "a newer holder claimed the checkpoint; back to standby");
+            ProjectionStats::add(&stats.checkpoint_fenced, 1);
+            (Ok(None), RenewalEnd::Lost)
         }
+        Err(e) => (Ok(Some(e)), RenewalEnd::RunStopped),
         Ok(_) => {
             stats
                 .lease
@@ -265,9 +279,9 @@ async fn active(
             match result {
                 Err(_) if run.was_fenced() => {
                     tracing::warn!(worker = %name, holder = %lease.holder, epoch = lease.epoch, "a newer holder fenced this run's checkpoint: lease lost");
-                    (Ok(()), RenewalEnd::Lost)
+                    (Ok(None), RenewalEnd::Lost)
                 }
-                other => (other, ending),
+                other => (other.map(|()| None), ending),
             }
         }
     };

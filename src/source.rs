@@ -4,9 +4,10 @@
 //! loss when the stored token has fallen off the oplog.
 
 use crate::apply::Applier;
+use crate::backoff::Backoff;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
-use crate::error::{ErrorAction, StoreError};
+use crate::error::{ErrorAction, Failures, StopReason, StoreError};
 use crate::event::{Event, decode_change, decode_event};
 use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
 use crate::park::ParkedEvent;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 #[error("projection {projection}: {message}")]
 pub struct ProjectionStopped {
     pub projection: String,
+    pub reason: StopReason,
     pub message: String,
 }
 
@@ -47,6 +49,9 @@ pub struct ProjectionWorker {
     /// Set when a checkpoint write was refused because a newer lease holder claimed the
     /// checkpoint: the run stops and never writes again.
     fenced: std::sync::atomic::AtomicBool,
+    /// This run's failures in a row: the next pause, and the count of errors not known to be
+    /// transient ([`crate::error`]).
+    failures: std::sync::Mutex<Failures>,
 }
 
 /// Where the worker stands: the newest position below which everything is handled.
@@ -60,6 +65,8 @@ struct Position {
     /// Where this worker's share is covered from, for `start = "now"`
     /// ([`Checkpoint::origin`]).
     origin: Option<Timestamp>,
+    /// After a failed checkpoint write: no new attempt before this.
+    save_retry_at: Option<Instant>,
 }
 
 impl ProjectionWorker {
@@ -75,6 +82,7 @@ impl ProjectionWorker {
         let applier = Applier::new(config.clone(), &db, stats.clone());
         Self {
             config,
+            failures: std::sync::Mutex::new(Failures::new(&source)),
             source,
             checkpointing,
             db,
@@ -101,6 +109,7 @@ impl ProjectionWorker {
             shutdown,
             fence: Some(epoch),
             fenced: Default::default(),
+            failures: std::sync::Mutex::new(Failures::new(&self.source)),
         }
     }
 
@@ -113,14 +122,70 @@ impl ProjectionWorker {
         self.db.collection(&self.config.events)
     }
 
-    /// The projection cannot go on: the reason is also `/status`'s last error.
-    fn stopped(&self, message: impl Into<String>) -> ProjectionStopped {
+    /// The worker cannot go on: the reason is also `/status`'s last error and, unless a newer
+    /// lease holder took over (which is no fault), `mongo_projector_worker_stopped`.
+    pub(crate) fn stopped(
+        &self,
+        reason: StopReason,
+        message: impl Into<String>,
+    ) -> ProjectionStopped {
         let message = message.into();
-        self.stats
-            .set_last_error(format!("projection stopped: {message}"));
+        if reason != StopReason::Fenced {
+            self.stats.set_stopped(reason);
+            self.stats
+                .set_last_error(format!("projection stopped: {message}"));
+            tracing::error!(
+                projection = %self.config.name,
+                reason = reason.label(),
+                error = %message,
+                fix = reason.fix(),
+                "projection stopped"
+            );
+        }
         ProjectionStopped {
             projection: self.config.name.clone(),
+            reason,
             message,
+        }
+    }
+
+    /// Counts a failure; the stop it calls for, if any.
+    fn failed(&self, e: &StoreError) -> Option<ProjectionStopped> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = failures.count(e)?;
+        let message = match reason {
+            StopReason::RetriesExhausted => format!(
+                "{e} (failed {} times in a row; errors not known to be transient are retried source.unknown_error_retries times)",
+                failures.unknown_in_a_row()
+            ),
+            _ => e.to_string(),
+        };
+        drop(failures);
+        Some(self.stopped(reason, message))
+    }
+
+    /// Something was applied: the next failure starts from the first pause and a fresh count.
+    fn progressed(&self) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .progress();
+    }
+
+    /// The next pause of this worker's backoff.
+    fn next_pause(&self) -> Duration {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backoff
+            .next_pause()
+    }
+
+    /// Waits `pause` unless shutdown comes first (false then).
+    async fn sleep(&self, pause: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = self.shutdown.cancelled() => false,
         }
     }
 
@@ -128,7 +193,6 @@ impl ProjectionWorker {
     pub async fn run(&self) -> Result<(), ProjectionStopped> {
         let name = self.config.name.clone();
         self.ensure_event_index().await;
-        let mut backoff = self.source.reopen_backoff_initial;
         let mut position = Position {
             token: None,
             cluster_time: None,
@@ -137,6 +201,7 @@ impl ProjectionWorker {
             unsaved_events: 0,
             last_save: Instant::now(),
             origin: None,
+            save_retry_at: None,
         };
         let mut inherited_at: Option<Timestamp> = None;
         let Some((start, own)) = self.choose_start().await? else {
@@ -192,18 +257,15 @@ impl ProjectionWorker {
                     s
                 }
                 Ok(None) => break, // shut down during catch-up
-                Err(e) => match e.action() {
-                    ErrorAction::Fatal => return Err(self.stopped(e.to_string())),
-                    ErrorAction::HistoryLost => {
-                        self.history_lost(&e);
-                        first_start = true;
-                        continue;
-                    }
-                    ErrorAction::Retry => {
-                        self.restart_after(&e, &mut backoff).await;
-                        continue;
-                    }
-                },
+                Err(e) if e.action() == ErrorAction::HistoryLost => {
+                    self.history_lost(&e);
+                    first_start = true;
+                    continue;
+                }
+                Err(e) => {
+                    self.restart_after(&e).await?;
+                    continue;
+                }
             };
             first_start = false;
             if position.token.is_none() {
@@ -216,31 +278,41 @@ impl ProjectionWorker {
                         .as_ref()
                         .and_then(partition::token_cluster_time);
                 }
-                self.save(&mut position).await;
+                if let Err(e) = self.save(&mut position).await {
+                    return Err(self.stop_for(&e));
+                }
             }
-            match self.tail(stream, &mut position, &mut backoff).await {
+            match self.tail(stream, &mut position).await {
                 Ok(()) => break,
-                Err(e) => match e.action() {
-                    ErrorAction::Fatal => {
+                Err(e) if e.action() == ErrorAction::HistoryLost => {
+                    self.history_lost(&e);
+                    first_start = true;
+                }
+                Err(e) => {
+                    if let Err(stopped) = self.restart_after(&e).await {
                         self.save_final(&mut position).await;
-                        return Err(self.stopped(e.to_string()));
+                        return Err(stopped);
                     }
-                    ErrorAction::HistoryLost => {
-                        self.history_lost(&e);
-                        first_start = true;
-                    }
-                    ErrorAction::Retry => self.restart_after(&e, &mut backoff).await,
-                },
+                }
             }
         }
         self.save_final(&mut position).await;
         if self.was_fenced() {
-            return Err(
-                self.stopped("a newer lease holder claimed the checkpoint; this run stopped")
-            );
+            return Err(self.stopped(
+                StopReason::Fenced,
+                "a newer lease holder claimed the checkpoint; this run stopped",
+            ));
         }
         tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
         Ok(())
+    }
+
+    /// The stop an error calls for by itself (a stop, or a retry budget spent elsewhere).
+    fn stop_for(&self, e: &StoreError) -> ProjectionStopped {
+        match e.action() {
+            ErrorAction::Stop(reason) => self.stopped(reason, e.to_string()),
+            _ => self.stopped(StopReason::RetriesExhausted, e.to_string()),
+        }
     }
 
     /// Where this worker starts ([`partition::choose_start`]), from its own checkpoint and
@@ -249,7 +321,6 @@ impl ProjectionWorker {
     /// unreadable own checkpoint stops the worker.
     async fn choose_start(&self) -> Result<Option<(Start, Option<Checkpoint>)>, ProjectionStopped> {
         let name = &self.config.name;
-        let mut delay = self.source.reopen_backoff_initial;
         loop {
             let read = async {
                 // The own checkpoint is read on its own first: unreadable, it is an error of
@@ -263,19 +334,19 @@ impl ProjectionWorker {
             };
             match read.await {
                 Ok((own, family)) => {
+                    self.progressed();
                     let start = partition::choose_start(name, &family, self.config.start);
                     return Ok(Some((start, own)));
                 }
-                Err(e) if e.action() == ErrorAction::Fatal => {
-                    return Err(self.stopped(e.to_string()));
-                }
                 Err(e) => {
-                    tracing::warn!(projection = %name, error = %e, retry_in = ?delay, "cannot read the checkpoints yet; will retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return Ok(None),
+                    if let Some(stopped) = self.failed(&e) {
+                        return Err(stopped);
                     }
-                    delay = (delay * 2).min(self.source.reopen_backoff_max);
+                    let pause = self.next_pause();
+                    tracing::warn!(projection = %name, error = %e, retry_in = ?pause, "cannot read the checkpoints yet; will retry");
+                    if !self.sleep(pause).await {
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -290,21 +361,25 @@ impl ProjectionWorker {
         );
     }
 
-    async fn restart_after(&self, e: &StoreError, backoff: &mut Duration) {
+    /// After a failure of the stream or of what it feeds: counts it (a stop, or too many
+    /// errors not known to be transient, ends the worker), then waits the next pause before
+    /// the stream is opened again from the last handled position.
+    async fn restart_after(&self, e: &StoreError) -> Result<(), ProjectionStopped> {
+        if let Some(stopped) = self.failed(e) {
+            return Err(stopped);
+        }
         self.stats.count_restart(&e.reason());
         self.stats.set_last_error(e.to_string());
+        let pause = self.next_pause();
         tracing::warn!(
             projection = %self.config.name,
             reason = %e.reason(),
             error = %e,
-            retry_in = ?*backoff,
+            retry_in = ?pause,
             "change stream failed; re-opening from the last handled position"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(*backoff) => {}
-            _ = self.shutdown.cancelled() => {}
-        }
-        *backoff = (*backoff * 2).min(self.source.reopen_backoff_max);
+        self.sleep(pause).await;
+        Ok(())
     }
 
     /// The `$match` after `$changeStream`: inserts (with the projection's filter and the
@@ -378,7 +453,6 @@ impl ProjectionWorker {
         &self,
         stream: ChangeStream<RawDocumentBuf>,
         position: &mut Position,
-        backoff: &mut Duration,
     ) -> Result<(), StoreError> {
         let (read_tx, mut reads) = mpsc::channel(PREFETCH);
         // Aborted when this future is dropped (a crash of the worker task), not only on return.
@@ -471,17 +545,20 @@ impl ProjectionWorker {
                     }
                     if position.token != position.saved_token
                         && position.last_save.elapsed() >= self.checkpointing.every
+                        && let Err(e) = self.save(position).await
                     {
-                        self.save(position).await;
+                        break Err(e);
                     }
                 }
                 Read::Event(raw) => {
-                    *backoff = self.source.reopen_backoff_initial;
                     if raw.get_str("operationType").ok() == Some("invalidate") {
-                        break Err(StoreError::Fatal(format!(
-                            "the event collection {}.{} was dropped or renamed (change stream invalidated)",
-                            self.config.database, self.config.events
-                        )));
+                        break Err(StoreError::Stop(
+                            StopReason::Namespace,
+                            format!(
+                                "the event collection {}.{} was dropped or renamed (change stream invalidated)",
+                                self.config.database, self.config.events
+                            ),
+                        ));
                     }
                     ProjectionStats::add(&self.stats.received, 1);
                     self.stats.record_progress(false);
@@ -517,7 +594,9 @@ impl ProjectionWorker {
                                 break Err(e);
                             }
                             watermark.ack(ticket);
-                            self.advance(&mut watermark, position).await;
+                            if let Err(e) = self.advance(&mut watermark, position).await {
+                                break Err(e);
+                            }
                         }
                     }
                 }
@@ -545,13 +624,14 @@ impl ProjectionWorker {
                 LaneReport::Failed(e) => failure = Some(e),
             }
         }
-        self.advance(&mut watermark, position).await;
+        let advanced = self.advance(&mut watermark, position).await;
         // Whatever was not handled is read again by the next stream, which reports it anew.
         self.stats.record_oldest_pending(None);
-        match (result, failure) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(e)) if !self.shutdown.is_cancelled() => Err(e),
-            (Ok(()), _) => Ok(()),
+        match (result, failure, advanced) {
+            (Err(e), _, _) => Err(e),
+            (Ok(()), Some(e), _) if !self.shutdown.is_cancelled() => Err(e),
+            (Ok(()), _, Err(e)) => Err(e),
+            (Ok(()), _, Ok(())) => Ok(()),
         }
     }
 
@@ -623,8 +703,7 @@ impl ProjectionWorker {
                 for t in tickets {
                     watermark.ack(t);
                 }
-                self.advance(watermark, position).await;
-                Ok(())
+                self.advance(watermark, position).await
             }
             LaneReport::Failed(e) => Err(e),
         }
@@ -635,11 +714,12 @@ impl ProjectionWorker {
         &self,
         watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
         position: &mut Position,
-    ) {
+    ) -> Result<(), StoreError> {
         let finalized = watermark.take_finalized();
         if finalized == 0 {
-            return;
+            return Ok(());
         }
+        self.progressed();
         self.stats.record_oldest_pending(
             watermark
                 .oldest_pending()
@@ -657,8 +737,9 @@ impl ProjectionWorker {
         if position.unsaved_events >= self.checkpointing.every_events.div_ceil(2)
             || position.last_save.elapsed() >= self.checkpointing.every
         {
-            self.save(position).await;
+            self.save(position).await?;
         }
+        Ok(())
     }
 
     /// Periodic work of the dispatcher: retry due parked events, and persist progress that
@@ -674,7 +755,7 @@ impl ProjectionWorker {
         if position.unsaved_events > 0
             && (full || position.last_save.elapsed() >= self.checkpointing.every)
         {
-            self.save(position).await;
+            self.save(position).await?;
         }
         if last_sweep.elapsed() >= self.config.parking.sweep_every {
             *last_sweep = Instant::now();
@@ -702,33 +783,60 @@ impl ProjectionWorker {
         malformed: &crate::event::Malformed,
         token: Option<&Bson>,
     ) -> Result<(), StoreError> {
-        let mut delay = self.source.reopen_backoff_initial;
+        let mut backoff = Backoff::new(
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        );
         loop {
             match self.applier.dead_letter_malformed(malformed, token).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.action() == ErrorAction::Retry && !self.shutdown.is_cancelled() => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.cancelled() => return Err(e),
-                    }
-                    delay = (delay * 2).min(self.source.reopen_backoff_max);
-                }
+                Err(e)
+                    if e.action() == ErrorAction::Retry && backoff.wait(&self.shutdown).await => {}
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Persists the position if it moved. Failures are logged and retried at the next save:
-    /// a checkpoint that lags behind only means more redelivery, never loss.
-    async fn save(&self, position: &mut Position) {
+    /// Persists the position if it moved. A failed write is retried at a later save, after
+    /// the next pause of the worker's backoff (a checkpoint that lags behind only means more
+    /// redelivery, never loss); `Err` when the failure calls for the worker to stop (a stop,
+    /// or too many errors not known to be transient in a row).
+    async fn save(&self, position: &mut Position) -> Result<(), StoreError> {
+        if position.save_retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        match self.write_checkpoint(position).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => Err(e),
+            Err(e) => {
+                let exhausted = self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .count(&e);
+                if let Some(reason) = exhausted {
+                    return Err(StoreError::Stop(reason, format!("checkpoint write: {e}")));
+                }
+                let pause = self.next_pause();
+                position.save_retry_at = Some(Instant::now() + pause);
+                self.stats.set_last_error(format!("checkpoint write: {e}"));
+                tracing::warn!(projection = %self.config.name, error = %e, retry_in = ?pause, "checkpoint write failed; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the position if it moved (fenced by the lease epoch when there is one). A write
+    /// refused because a newer holder claimed the checkpoint stops this run, and is no error.
+    async fn write_checkpoint(&self, position: &mut Position) -> Result<(), StoreError> {
         let Some(token) = position.token.clone() else {
-            return;
+            return Ok(());
         };
         if self.was_fenced() {
-            return;
+            return Ok(());
         }
         if position.saved_token.as_ref() == Some(&token) && position.unsaved_events == 0 {
-            return;
+            return Ok(());
         }
         let checkpoint = Checkpoint {
             token: token.clone(),
@@ -757,6 +865,8 @@ impl ProjectionWorker {
                 position.saved_token = Some(token);
                 position.unsaved_events = 0;
                 position.last_save = Instant::now();
+                position.save_retry_at = None;
+                Ok(())
             }
             Err(e @ StoreError::Fenced(_)) => {
                 self.fenced
@@ -769,29 +879,34 @@ impl ProjectionWorker {
                     "checkpoint write refused: a newer lease holder took over; stopping this run"
                 );
                 self.shutdown.cancel();
+                Ok(())
             }
-            Err(e) => {
-                tracing::warn!(projection = %self.config.name, error = %e, "checkpoint write failed; will retry")
-            }
+            Err(e) => Err(e),
         }
     }
 
     /// The last checkpoint before stopping, retried with backoff: the shutdown deadline bounds
-    /// how long this may take.
+    /// how long this may take, and an error that retrying cannot fix ends it at once.
     async fn save_final(&self, position: &mut Position) {
         if position.token.is_none() {
             return;
         }
-        let mut delay = self.source.reopen_backoff_initial;
+        let mut backoff = Backoff::new(
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        );
         for _ in 0..8 {
-            self.save(position).await;
-            if self.was_fenced()
-                || (position.unsaved_events == 0 && position.saved_token == position.token)
-            {
-                return;
+            match self.write_checkpoint(position).await {
+                Ok(()) => return,
+                Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => {
+                    tracing::error!(projection = %self.config.name, error = %e, "final checkpoint refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.config.name, error = %e, "final checkpoint failed; retrying");
+                    tokio::time::sleep(backoff.next_pause()).await;
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.source.reopen_backoff_max);
         }
         tracing::error!(
             projection = %self.config.name,
@@ -872,7 +987,8 @@ impl ProjectionWorker {
         position.token = started_at;
         position.events_handled += scanned as i64;
         position.unsaved_events += scanned.max(1);
-        self.save(position).await;
+        self.progressed();
+        self.save(position).await?;
         Ok(Some(stream))
     }
 
@@ -939,7 +1055,7 @@ async fn read_stream(mut stream: ChangeStream<RawDocumentBuf>, out: mpsc::Sender
     loop {
         let read = match stream.next_if_any().await {
             Ok(Some(raw)) => Read::Event(raw),
-            Ok(None) if !stream.is_alive() => Read::Failed(StoreError::Fatal(
+            Ok(None) if !stream.is_alive() => Read::Failed(StoreError::Reply(
                 "change stream closed by the server".into(),
             )),
             Ok(None) => Read::Quiet(stream.resume_token()),

@@ -44,6 +44,8 @@ pub struct ProjectionStats {
     /// The last background drift audit's findings.
     pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
+    /// Set once the worker stopped for good ([`crate::error::StopReason`]).
+    stopped: Mutex<Option<crate::error::StopReason>>,
     /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
     pub checkpoint_fenced: AtomicU64,
     /// Lease state of this worker (see [`crate::lease`]).
@@ -257,6 +259,16 @@ impl ProjectionStats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records that the worker stopped for good, and why.
+    pub fn set_stopped(&self, reason: crate::error::StopReason) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    /// Why the worker stopped for good; `None` while it runs (or waits for its lease).
+    pub fn stopped(&self) -> Option<crate::error::StopReason> {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stream restarts so far, by reason.

@@ -85,6 +85,12 @@ impl Replica {
         assert!(report.all_ok(), "{:?}", report.results);
     }
 
+    /// Graceful stop of a daemon some of whose workers stopped for good; its report.
+    pub async fn stop_allowing_failures(self) -> DaemonReport {
+        self.shutdown.cancel();
+        self.handle.await.expect("daemon task")
+    }
+
     /// A crash: the task is aborted, nothing is written on the way out.
     pub async fn kill(self) {
         self.handle.abort();
