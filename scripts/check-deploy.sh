@@ -12,7 +12,7 @@
 #   - values.schema.json accepts the shipped values and rejects each case of ci/rejected.yaml;
 #   - the chart README documents every value and its sidecar example validates;
 #   - docker-compose.yml runs a replica set and the image the way the README says.
-# With MONGO_PROJECTOR_BIN set to a mongo-projector binary, each rendered config.toml is also
+# With PROJECTOR_CHECK_BIN set to a mongo-projector binary, each rendered config.toml is also
 # checked with `mongo-projector check-config`.
 # Prints one line per check and exits non-zero if any fails.
 set -euo pipefail
@@ -283,7 +283,7 @@ def prometheus_facts(docs, values):
 
 
 def binary_check(toml_text, label):
-    binary = os.environ.get("MONGO_PROJECTOR_BIN")
+    binary = os.environ.get("PROJECTOR_CHECK_BIN")
     if not binary:
         return
 
@@ -307,7 +307,7 @@ def binary_check(toml_text, label):
 def schema_matches_code():
     """values.schema.json knows exactly the configuration keys the daemon knows: each table's
     list is read from check-config's own unknown-key message."""
-    binary = os.environ["MONGO_PROJECTOR_BIN"]
+    binary = os.environ["PROJECTOR_CHECK_BIN"]
     config = json.loads(read("helm", "mongo-projector", "values.schema.json"))["properties"]["config"]
     projection = config["properties"]["projections"]["items"]
     minimal = ('[[projections]]\nname = "p"\ndatabase = "d"\nevents = "e"\ntarget = "t"\n'
@@ -536,7 +536,7 @@ scenario("leases disabled: one replica, Recreate", {
 check("default config is config/example.toml", default_config_is_example)
 check("replicaCount > 1 without leases is refused", replicas_need_leases)
 check("http.enabled=false needs the probes off", http_off_needs_probes_off)
-if os.environ.get("MONGO_PROJECTOR_BIN"):
+if os.environ.get("PROJECTOR_CHECK_BIN"):
     check("values.schema.json knows the daemon's configuration keys", schema_matches_code)
 check("values.schema.json accepts the shipped values", schema_accepts)
 check("values.schema.json rejects bad values", schema_rejects)

@@ -30,12 +30,12 @@ enum LogFormat {
 enum Command {
     /// Run the daemon (connection string from MONGODB_URI).
     Run {
-        #[arg(long)]
+        #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
         config: PathBuf,
     },
     /// Validate a configuration file and report every problem.
     CheckConfig {
-        #[arg(long)]
+        #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
         config: PathBuf,
     },
     /// Rebuild a projection's read model into a shadow collection while the daemon keeps
@@ -54,7 +54,7 @@ enum Command {
     /// with a gap in their events; exits 0 when nothing is out of step, 1 when something is
     /// (and was not repaired), 2 on error.
     Audit {
-        #[arg(long)]
+        #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
         config: PathBuf,
         /// The projection to audit.
         #[arg(long)]
@@ -122,7 +122,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ParkedTarget {
-    #[arg(long)]
+    #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
     config: PathBuf,
     /// The projection whose parked events to act on.
     #[arg(long)]
@@ -134,7 +134,7 @@ struct ParkedTarget {
 
 #[derive(clap::Args)]
 struct RebuildArgs {
-    #[arg(long)]
+    #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
     config: PathBuf,
     /// The projection to rebuild.
     #[arg(long)]
@@ -206,12 +206,11 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 /// missing or wrong.
 fn config_and_uri(path: &std::path::Path) -> Result<(Config, String), ExitCode> {
     let config = load_config(path)?;
-    let Ok(uri) = std::env::var("MONGODB_URI") else {
-        eprintln!(
-            "MONGODB_URI is not set: it must hold the connection string (it is never read from the config file)"
-        );
-        return Err(ExitCode::from(2));
-    };
+    let uri = mongo_projector::config::env::connection_string(|name| std::env::var(name).ok())
+        .map_err(|message| {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        })?;
     Ok((config, uri))
 }
 
@@ -259,6 +258,9 @@ fn main() -> ExitCode {
                         config.display(),
                         c.projections.len()
                     );
+                    for o in &c.overrides {
+                        println!("  {} overrides {}", o.variable, o.path);
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,

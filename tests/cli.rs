@@ -248,3 +248,97 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
     assert_eq!(account.get_str("owner").unwrap(), "o");
     assert_eq!(account.get_i64("balance").unwrap(), 5);
 }
+
+#[test]
+fn environment_overrides_are_validated_listed_and_named_in_errors() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = binary();
+        command
+            .args(["check-config"])
+            .env("MONGO_PROJECTOR_CONFIG", "config/example.toml")
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    // `--config` from MONGO_PROJECTOR_CONFIG, overrides listed.
+    let out = run(&[
+        ("MONGO_PROJECTOR_HTTP_ADDRESS", "127.0.0.1:9465"),
+        ("MONGO_PROJECTOR_CHECKPOINTS_EVERY_EVENTS", "5000"),
+    ]);
+    let stdout = stdout_of_success(&out);
+    assert!(
+        stdout.contains("MONGO_PROJECTOR_HTTP_ADDRESS overrides http.address"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "MONGO_PROJECTOR_CHECKPOINTS_EVERY_EVENTS overrides checkpoints.every_events"
+        )
+    );
+    // A malformed value and an unknown variable: configuration errors naming them, exit 2.
+    let out = run(&[
+        ("MONGO_PROJECTOR_CHECKPOINTS_EVERY_EVENTS", "many"),
+        ("MONGO_PROJECTOR_HTTP_PORT", "9465"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MONGO_PROJECTOR_CHECKPOINTS_EVERY_EVENTS: expected an integer"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("MONGO_PROJECTOR_HTTP_PORT: no such setting"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_connection_string_may_come_from_a_file_and_is_never_printed() {
+    let uri_file = temp_file(
+        "uri",
+        "mongodb://user:s3cret@127.0.0.1:1/?serverSelectionTimeoutMS=200\n",
+    );
+    // `audit` needs the server: with an unreachable one it fails, and says so without the
+    // password.
+    let out = binary()
+        .args([
+            "audit",
+            "--config",
+            "config/example.toml",
+            "--projection",
+            "accounts",
+        ])
+        .env_remove("MONGODB_URI")
+        .env("MONGODB_URI_FILE", &uri_file)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(!all.contains("s3cret"), "{all}");
+    assert!(!all.contains("MONGODB_URI is not set"), "{all}");
+    let missing = binary()
+        .args([
+            "audit",
+            "--config",
+            "config/example.toml",
+            "--projection",
+            "accounts",
+        ])
+        .env_remove("MONGODB_URI")
+        .env("MONGODB_URI_FILE", "/nonexistent/uri")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("MONGODB_URI_FILE /nonexistent/uri: cannot read")
+    );
+}

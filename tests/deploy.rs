@@ -12,7 +12,7 @@ fn run(script: &str) -> (bool, String) {
     let out = Command::new("bash")
         .arg(root.join("scripts").join(script))
         .current_dir(root)
-        .env("MONGO_PROJECTOR_BIN", env!("CARGO_BIN_EXE_mongo-projector"))
+        .env("PROJECTOR_CHECK_BIN", env!("CARGO_BIN_EXE_mongo-projector"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run bash scripts/{script}: {e}"));
     let text = format!(

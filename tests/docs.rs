@@ -100,3 +100,13 @@ fn every_configuration_key_is_documented() {
         assert!(mentioned, "README's configuration table lacks {key}");
     }
 }
+
+#[test]
+fn every_environment_override_is_documented() {
+    for variable in mongo_projector::config::env::all_variables() {
+        assert!(
+            README.contains(&format!("| `{variable}` |")),
+            "README lacks a row for {variable}"
+        );
+    }
+}

@@ -5,6 +5,8 @@
 //! comes from the file: it is read from `MONGODB_URI` by the caller, and only ever logged
 //! through [`redact_uri`].
 
+pub mod env;
+
 use bson::{Bson, Document};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +23,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub leases: LeaseConfig,
     pub projections: Vec<ProjectionConfig>,
+    /// Settings taken from `MONGO_PROJECTOR_*` variables instead of the file ([`env`]).
+    pub overrides: Vec<env::Override>,
 }
 
 /// Leases that let several replicas run side by side: each worker is active in one instance
@@ -250,19 +254,32 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, with the overrides of this process's
+    /// `MONGO_PROJECTOR_*` environment variables ([`env`]).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
-        Self::parse(&text)
+        Self::parse_with_env(&text, std::env::vars())
     }
 
-    /// Parses and validates configuration text.
+    /// Parses and validates configuration text alone.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let root: toml::Table =
+        Self::parse_with_env(text, std::iter::empty())
+    }
+
+    /// Parses configuration text, applies the `MONGO_PROJECTOR_*` overrides among `vars`, and
+    /// validates the result as a whole: every problem, of the file or of a variable, at once.
+    pub fn parse_with_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut root: toml::Table =
             toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("syntax: {e}")]))?;
         let mut errors = Vec::new();
-        let config = read_config(&root, &mut errors);
+        let overrides = env::apply(&mut root, vars, &mut errors);
+        let mut config = read_config(&root, &mut errors);
+        env::name_variables(&mut errors, &overrides);
+        config.overrides = overrides;
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -285,28 +302,70 @@ impl Config {
     }
 }
 
-/// `mongodb://user:secret@host` -> `mongodb://user:***@host`: the only form in which a
-/// connection string may be logged.
+/// A connection string with every secret replaced by `***`: the password of the userinfo
+/// (`mongodb://user:***@host`), and the values of the query options that carry credentials
+/// (connection string specification: `tlsCertificateKeyFilePassword`, the legacy
+/// `sslPEMKeyPassword` and `sslClientCertificateKeyPassword`, `proxyPassword`, and in
+/// `authMechanismProperties` the values of properties such as `AWS_SESSION_TOKEN`). Option names
+/// are case-insensitive; any option or property whose name contains "password", "secret" or
+/// "token" is masked too. The only form in which a connection string may be logged.
 pub fn redact_uri(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
         return uri.to_string();
     };
-    let rest = &uri[scheme_end + 3..];
+    let (scheme, rest) = uri.split_at(scheme_end + 3);
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{user}:***@{}{}",
-                &uri[..scheme_end + 3],
-                &authority[at + 1..],
-                &rest[authority_end..]
-            )
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _password)) => format!("{user}:***{}", &authority[at..]),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let options: Vec<String> = query
+                .split('&')
+                .map(|option| match option.split_once('=') {
+                    Some((name, _)) if is_secret_name(name) => format!("{name}=***"),
+                    Some((name, value)) if name.eq_ignore_ascii_case("authMechanismProperties") => {
+                        format!("{name}={}", redact_properties(value))
+                    }
+                    _ => option.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", options.join("&"))
         }
-        None => uri.to_string(),
-    }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// An option or property name that names a credential.
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// `authMechanismProperties`' `KEY:value` pairs (comma-separated, possibly percent-encoded),
+/// with the values of secret keys masked.
+fn redact_properties(value: &str) -> String {
+    let (separator, colon) = if value.contains("%2C") || value.contains("%3A") {
+        ("%2C", "%3A")
+    } else {
+        (",", ":")
+    };
+    value
+        .split(separator)
+        .map(|pair| match pair.split_once(colon) {
+            Some((key, _)) if is_secret_name(key) => format!("{key}{colon}***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 /// Reads one TOML table, remembering which keys were consumed so that the rest can be
@@ -600,6 +659,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
         audit,
         leases,
         projections,
+        overrides: Vec::new(),
     }
 }
 
@@ -990,7 +1050,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../config/example.toml");
+    const EXAMPLE: &str = include_str!("../../config/example.toml");
 
     #[test]
     fn the_example_configuration_is_valid() {
@@ -1156,19 +1216,56 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_uri("mongodb://u:pw@h:1/db?x=1"),
-            "mongodb://u:***@h:1/db?x=1"
-        );
-        assert_eq!(
-            redact_uri("mongodb+srv://u:p@w@cluster/"),
-            "mongodb+srv://u:***@cluster/"
-        );
-        assert_eq!(
-            redact_uri("mongodb://h:1/?replicaSet=rs0"),
-            "mongodb://h:1/?replicaSet=rs0"
-        );
+    fn every_secret_of_a_connection_string_is_redacted() {
+        let table = [
+            ("mongodb://u:pw@h:1/db?x=1", "mongodb://u:***@h:1/db?x=1"),
+            (
+                "mongodb+srv://u:p@w@cluster/",
+                "mongodb+srv://u:***@cluster/",
+            ),
+            (
+                "mongodb://h:1/?replicaSet=rs0",
+                "mongodb://h:1/?replicaSet=rs0",
+            ),
+            // X.509 and other password-less users: nothing to hide.
+            (
+                "mongodb://CN=client@h/?authMechanism=MONGODB-X509",
+                "mongodb://CN=client@h/?authMechanism=MONGODB-X509",
+            ),
+            (
+                "mongodb://h/?tls=true&tlsCertificateKeyFile=/c.pem&tlsCertificateKeyFilePassword=hunter2",
+                "mongodb://h/?tls=true&tlsCertificateKeyFile=/c.pem&tlsCertificateKeyFilePassword=***",
+            ),
+            (
+                "mongodb://h/?ssl=true&sslPEMKeyPassword=hunter2&sslClientCertificateKeyPassword=x",
+                "mongodb://h/?ssl=true&sslPEMKeyPassword=***&sslClientCertificateKeyPassword=***",
+            ),
+            (
+                "mongodb://AKIA:sec@h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:tok123",
+                "mongodb://AKIA:***@h/?authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:***",
+            ),
+            (
+                "mongodb://h/?authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:tok&appName=x",
+                "mongodb://h/?authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:***&appName=x",
+            ),
+            (
+                "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN%3Atok%2CSERVICE_NAME%3Am",
+                "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN%3A***%2CSERVICE_NAME%3Am",
+            ),
+            (
+                "mongodb://h/?proxyHost=p&proxyUsername=pu&PROXYPASSWORD=pp",
+                "mongodb://h/?proxyHost=p&proxyUsername=pu&PROXYPASSWORD=***",
+            ),
+            ("not a uri", "not a uri"),
+        ];
+        for (uri, expected) in table {
+            assert_eq!(redact_uri(uri), expected, "{uri}");
+            for secret in ["pw", "p@w", "hunter2", "tok123", "tok", "pp", "sec"] {
+                if uri.contains(&format!(":{secret}@")) || uri.contains(&format!("={secret}")) {
+                    assert!(!redact_uri(uri).contains(secret), "{uri}");
+                }
+            }
+        }
     }
 
     #[test]
