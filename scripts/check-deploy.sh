@@ -235,7 +235,7 @@ def deployment_facts(docs, values):
     assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}], c["ports"]
     probes = values["probes"]
     for key, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
-                      ("startupProbe", "/healthz")):
+                      ("startupProbe", "/startupz")):
         enabled = probes[key.removesuffix("Probe")]["enabled"]
         assert (key in c) == enabled, f"{key} present: {key in c}, enabled: {enabled}"
         if enabled:

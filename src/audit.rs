@@ -346,6 +346,10 @@ impl AuditReport {
     }
 }
 
+/// How long the background audit lets a candidate settle when `http.readiness_max_lag` is
+/// off: a lag the daemon may have without drift.
+pub const DEFAULT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What one audit does besides comparing.
 #[derive(Debug, Clone, Copy)]
 pub struct AuditOptions {
@@ -354,7 +358,8 @@ pub struct AuditOptions {
     /// Heal what is found through the guarded path.
     pub repair: bool,
     /// How long to give the live daemon before an aggregate that looks behind or missing is
-    /// looked at again (zero: at once). The background audit uses `http.readiness_max_lag`.
+    /// looked at again (zero: at once). The background audit uses `http.readiness_max_lag`,
+    /// or [`DEFAULT_SETTLE`] when that is off.
     pub settle: Duration,
 }
 
@@ -816,7 +821,7 @@ impl BackgroundAudit {
             .collect();
         Some(Self {
             every,
-            settle: config.http.readiness_max_lag,
+            settle: config.http.readiness_max_lag.unwrap_or(DEFAULT_SETTLE),
             audits,
             shutdown: shutdown.clone(),
         })

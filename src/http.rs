@@ -1,5 +1,6 @@
-//! The HTTP endpoint: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (readiness)
-//! and `/status` (JSON), all answered from the [`Monitor`] without touching MongoDB.
+//! The HTTP endpoint: `/metrics` (Prometheus), `/healthz` (liveness), `/readyz` (readiness),
+//! `/startupz` (initialized once) and `/status` (JSON), all answered from the [`Monitor`]
+//! without touching MongoDB.
 
 use crate::metrics::Monitor;
 use axum::Router;
@@ -15,6 +16,7 @@ fn router(monitor: Arc<Monitor>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/startupz", get(startupz))
         .route("/status", get(status))
         .with_state(monitor)
 }
@@ -45,6 +47,11 @@ async fn healthz(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
 
 async fn readyz(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
     let (ok, problems) = m.readiness();
+    verdict(ok, problems)
+}
+
+async fn startupz(State(m): State<Arc<Monitor>>) -> impl IntoResponse {
+    let (ok, problems) = m.startup();
     verdict(ok, problems)
 }
 

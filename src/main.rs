@@ -247,6 +247,7 @@ fn find_projection<'a>(config: &'a Config, name: &str) -> Result<&'a ProjectionC
 }
 
 fn main() -> ExitCode {
+    mongo_projector::metrics::set_revision(env!("PROJECTOR_REVISION"));
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {

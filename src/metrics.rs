@@ -18,7 +18,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a metric behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,18 +52,19 @@ catalogue! {
     EVENTS_DUPLICATE = "mongo_projector_events_duplicate_total", Counter, "Redelivered events absorbed by the sequence guard.";
     GAPS_HEALED = "mongo_projector_gaps_healed_total", Counter, "Missing predecessors read back from the event collection and applied.";
     EVENTS_PARKED = "mongo_projector_events_parked", Gauge, "Events parked now, waiting for their predecessor.";
-    PARKED_OLDEST_AGE = "mongo_projector_parked_oldest_age_seconds", Gauge, "Age of the oldest parked or dead-lettered event.";
+    PARKED_OLDEST = "mongo_projector_parked_oldest_timestamp_seconds", Gauge, "Unix time at which the oldest parked or dead-lettered event was first parked; absent when none is.";
     DEAD_LETTERS = "mongo_projector_dead_letters", Gauge, "Dead-lettered events waiting for an operator.";
     EVENTS_DEAD_LETTERED = "mongo_projector_events_dead_lettered_total", Counter, "Events dead-lettered (malformed, refused by the server, or a gap never filled).";
     EVENTS_MALFORMED = "mongo_projector_events_malformed_total", Counter, "Event documents that could not be decoded.";
     APPLY_DURATION = "mongo_projector_apply_duration_seconds", Histogram, "Duration of guarded writes.";
     LAG = "mongo_projector_lag_seconds", Gauge, "How long the oldest event not yet applied has waited (now minus its cluster time; the newest applied event's while between batches; the start of a scan of the event collection while one runs); 0 when caught up.";
-    CHECKPOINT_AGE = "mongo_projector_checkpoint_age_seconds", Gauge, "Time since the last checkpoint write.";
+    CHECKPOINT_WRITTEN = "mongo_projector_checkpoint_timestamp_seconds", Gauge, "Unix time of the last checkpoint write.";
+    BEYOND_CHECKPOINT = "mongo_projector_events_beyond_checkpoint", Gauge, "Events handled or in flight beyond the stored checkpoint: what a kill -9 would deliver again (at most checkpoints.every_events).";
     OPLOG_HEADROOM = "mongo_projector_oplog_headroom_seconds", Gauge, "Cluster time covered by the stored checkpoint minus the oldest oplog entry's time: how long until the stored token would be lost.";
     STREAM_RESTARTS = "mongo_projector_stream_restarts_total", Counter, "Change stream re-opens, by reason.";
     HISTORY_LOST = "mongo_projector_history_lost_recoveries_total", Counter, "Recoveries from a resume token no longer in the oplog.";
     CAUGHT_UP = "mongo_projector_caught_up", Gauge, "1 when the stream's last answer was an empty batch after every event was handled.";
-    SINCE_PROGRESS = "mongo_projector_seconds_since_progress", Gauge, "Time since the stream last answered (an event or an empty batch).";
+    STREAM_ANSWER = "mongo_projector_stream_answer_timestamp_seconds", Gauge, "Unix time at which the stream last answered (an event or an empty batch).";
     CHECKPOINTS = "mongo_projector_checkpoints_total", Counter, "Checkpoint writes.";
     AUDIT_DRIFT = "mongo_projector_audit_drift_aggregates", Gauge, "Aggregates out of step with their events at the last background audit, by kind (behind, ahead, missing, gap).";
     AUDIT_RUNS = "mongo_projector_audit_runs_total", Counter, "Completed background drift audits.";
@@ -77,6 +78,8 @@ catalogue! {
     LEASE_ACQUISITIONS = "mongo_projector_lease_acquisitions_total", Counter, "Times this instance acquired the worker's lease.";
     LEASE_LOSSES = "mongo_projector_lease_losses_total", Counter, "Leases lost while active: taken by another holder, not renewed within the ttl, or fenced.";
     CHECKPOINT_FENCED = "mongo_projector_checkpoint_fenced_total", Counter, "Checkpoint writes refused because a newer lease holder claimed the checkpoint.";
+    BUILD_INFO = "mongo_projector_build_info", Gauge, "1, with the version and the source revision of this binary as labels (no projection label).";
+    CONNECTED = "mongo_projector_connected", Gauge, "1 while MongoDB answers this instance's ping (every http.poll_every), 0 otherwise (no projection label).";
     WORKER_STOPPED = "mongo_projector_worker_stopped", Gauge, "1 for the reason a worker stopped for good (label reason: unauthorized, namespace, unsupported, retries_exhausted, internal), 0 for the others; all 0 while it runs.";
 }
 
@@ -107,6 +110,11 @@ pub struct Watched {
 #[derive(Debug, Default)]
 pub struct ServerGauges {
     pub connected: AtomicBool,
+    /// Unix ms at which the server last became reachable (its first answer, or its first after
+    /// an outage): liveness counts a stream's silence from then at the earliest.
+    pub reachable_since_ms: AtomicU64,
+    /// Set once the daemon was initialized: connected, and every worker begun or in standby.
+    pub initialized: AtomicBool,
     /// Seconds of the oldest oplog entry's `ts`; 0 when unknown (not readable there).
     pub oplog_oldest_secs: AtomicU64,
 }
@@ -180,10 +188,25 @@ impl Collector for ProjectorCollector {
             if is_rebuild_metric(def) {
                 metrics = monitor.rebuild_samples(def);
             }
+            if def.name == BUILD_INFO.name {
+                metrics.push(sample(
+                    vec![label("version", VERSION), label("revision", revision())],
+                    Kind::Gauge,
+                    1.0,
+                ));
+            }
+            if def.name == CONNECTED.name {
+                let connected = monitor.server.connected.load(Ordering::Relaxed);
+                metrics.push(sample(
+                    Vec::new(),
+                    Kind::Gauge,
+                    f64::from(u8::from(connected)),
+                ));
+            }
             for p in monitor
                 .projections
                 .iter()
-                .filter(|_| !is_rebuild_metric(def))
+                .filter(|_| !is_rebuild_metric(def) && !is_process_metric(def))
             {
                 let labels = || vec![label("projection", &p.name)];
                 match def.name {
@@ -259,11 +282,33 @@ impl Collector for ProjectorCollector {
 /// Gauges of a worker's own stream and checkpoint, not exported while it is in standby.
 const STALE_IN_STANDBY: &[MetricDef] = &[
     LAG,
-    CHECKPOINT_AGE,
+    CHECKPOINT_WRITTEN,
+    BEYOND_CHECKPOINT,
     OPLOG_HEADROOM,
     CAUGHT_UP,
-    SINCE_PROGRESS,
+    STREAM_ANSWER,
 ];
+
+/// Metrics of the process, not of a projection: no `projection` label.
+fn is_process_metric(def: &MetricDef) -> bool {
+    def.name == BUILD_INFO.name || def.name == CONNECTED.name
+}
+
+/// This binary's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The source revision the running binary was built from, as the binary sets it at start-up
+/// ([`set_revision`]); "unknown" otherwise (tests, benchmarks).
+static REVISION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Called once by the binary with its build's revision (`build.rs`).
+pub fn set_revision(revision: &'static str) {
+    let _ = REVISION.set(revision);
+}
+
+fn revision() -> &'static str {
+    REVISION.get().copied().unwrap_or("unknown")
+}
 
 /// A worker waiting for its lease: it runs no stream, so it counts neither for liveness nor
 /// for readiness (a standby replica is live and ready, so a rolling update can proceed).
@@ -333,7 +378,11 @@ impl Monitor {
         let descs = CATALOGUE
             .iter()
             .filter_map(|d| {
-                let labels = if d.name == STREAM_RESTARTS.name || d.name == WORKER_STOPPED.name {
+                let labels = if d.name == BUILD_INFO.name {
+                    vec!["version".to_string(), "revision".to_string()]
+                } else if d.name == CONNECTED.name {
+                    Vec::new()
+                } else if d.name == STREAM_RESTARTS.name || d.name == WORKER_STOPPED.name {
                     vec!["projection".to_string(), "reason".to_string()]
                 } else if d.name == AUDIT_DRIFT.name {
                     vec!["projection".to_string(), "kind".to_string()]
@@ -389,17 +438,18 @@ impl Monitor {
             n if n == CHECKPOINTS.name => s.checkpoints as f64,
             n if n == EVENTS_PARKED.name => p.polled.parked.load(Ordering::Relaxed) as f64,
             n if n == DEAD_LETTERS.name => p.polled.dead.load(Ordering::Relaxed) as f64,
-            n if n == PARKED_OLDEST_AGE.name => {
+            n if n == PARKED_OLDEST.name => {
                 match p.polled.oldest_parked_ms.load(Ordering::Relaxed) {
-                    0 => 0.0,
-                    ms => since_secs(ms),
+                    0 => return None,
+                    ms => ms as f64 / 1000.0,
                 }
             }
             n if n == LAG.name => self.lag_seconds(p),
-            n if n == CHECKPOINT_AGE.name => match load(&p.stats.last_checkpoint_ms) {
+            n if n == CHECKPOINT_WRITTEN.name => match load(&p.stats.last_checkpoint_ms) {
                 0 => return None,
-                ms => since_secs(ms),
+                ms => ms as f64 / 1000.0,
             },
+            n if n == BEYOND_CHECKPOINT.name => load(&p.stats.beyond_checkpoint) as f64,
             n if n == OPLOG_HEADROOM.name => {
                 let oldest = self.server.oplog_oldest_secs.load(Ordering::Relaxed);
                 let covered = load(&p.stats.checkpoint_cluster_secs);
@@ -411,7 +461,10 @@ impl Monitor {
             n if n == CAUGHT_UP.name => {
                 f64::from(u8::from(p.stats.caught_up.load(Ordering::Relaxed)))
             }
-            n if n == SINCE_PROGRESS.name => self.seconds_since_progress(p),
+            n if n == STREAM_ANSWER.name => match load(&p.stats.last_progress_ms) {
+                0 => return None,
+                ms => ms as f64 / 1000.0,
+            },
             n if n == AUDIT_RUNS.name => load(&p.stats.audit.runs) as f64,
             n if n == AUDIT_LAST_RUN.name => match load(&p.stats.audit.last_run_ms) {
                 0 => return None,
@@ -497,36 +550,51 @@ impl Monitor {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    /// Liveness: every projection's stream answered within `liveness_timeout`. The list names
-    /// the stale ones. A worker that stopped for good is not stale: it said why, and a
-    /// restart of the process would stop the others too (readiness reports it).
+    /// Since a running worker's stream last answered, counting no further back than the
+    /// moment the server became reachable again: silence during an outage is the outage's.
+    fn silent_for(&self, p: &Watched) -> f64 {
+        let since_reachable = match self.server.reachable_since_ms.load(Ordering::Relaxed) {
+            0 => self.started.elapsed().as_secs_f64(),
+            ms => since_secs(ms),
+        };
+        self.seconds_since_progress(p).min(since_reachable)
+    }
+
+    /// Liveness: what a restart of the process can fix. It fails when a running worker's
+    /// stream has not answered for `liveness_timeout` while MongoDB does answer: that worker
+    /// is stuck. MongoDB unreachable is not the process's fault (a restart cannot fix the
+    /// database), and a worker stopped for good said why (readiness reports it); neither fails
+    /// liveness.
     pub fn liveness(&self) -> (bool, Vec<String>) {
+        if !self.server.connected.load(Ordering::Relaxed) {
+            return (true, Vec::new());
+        }
         let limit = self.http.liveness_timeout.as_secs_f64();
         let stale: Vec<String> = self
             .projections
             .iter()
-            .filter(|p| {
-                !standby(p) && p.stats.stopped().is_none() && self.seconds_since_progress(p) > limit
-            })
+            .filter(|p| !standby(p) && p.stats.stopped().is_none() && self.silent_for(p) > limit)
             .map(|p| {
                 format!(
-                    "{}: no answer from its change stream for {:.1}s",
+                    "{}: no answer from its change stream for {:.1}s while MongoDB answers",
                     p.name,
-                    self.seconds_since_progress(p)
+                    self.silent_for(p)
                 )
             })
             .collect();
         (stale.is_empty(), stale)
     }
 
-    /// Readiness: the server answers, every stream has answered once, and no projection lags
-    /// more than `readiness_max_lag`.
+    /// Readiness: this instance can do its work now. It fails while MongoDB does not answer,
+    /// while a worker has not begun (its stream not answered once, its first scan not
+    /// started), and once a worker stopped for good; with `http.readiness_max_lag` set, also
+    /// while a projection lags more than that. The pod serves no traffic, so readiness only
+    /// gates rollouts and `helm install --wait`: lag is for alerts, and off by default.
     pub fn readiness(&self) -> (bool, Vec<String>) {
         let mut problems = Vec::new();
         if !self.server.connected.load(Ordering::Relaxed) {
             problems.push("MongoDB does not answer".to_string());
         }
-        let limit = self.http.readiness_max_lag.as_secs_f64();
         for p in self.projections.iter().filter(|p| !standby(p)) {
             if let Some(reason) = p.stats.stopped() {
                 problems.push(format!(
@@ -537,15 +605,46 @@ impl Monitor {
                 ));
                 continue;
             }
-            if p.stats.last_progress_ms.load(Ordering::Relaxed) == 0 {
-                problems.push(format!("{}: change stream not open yet", p.name));
+            if !p.stats.started.load(Ordering::Relaxed) {
+                problems.push(format!("{}: not started yet", p.name));
             }
-            let lag = self.lag_seconds(p);
-            if lag > limit {
-                problems.push(format!("{}: lag {lag:.1}s over {limit:.1}s", p.name));
+            if let Some(limit) = self.http.readiness_max_lag {
+                let lag = self.lag_seconds(p);
+                if lag > limit.as_secs_f64() {
+                    problems.push(format!(
+                        "{}: lag {lag:.1}s over {:.1}s",
+                        p.name,
+                        limit.as_secs_f64()
+                    ));
+                }
             }
         }
         (problems.is_empty(), problems)
+    }
+
+    /// Startup: the daemon has initialized once: MongoDB answered, and every worker has begun
+    /// (its stream answered, or its first scan started), is in standby, or stopped with its
+    /// reason. Sticky: once initialized, liveness and readiness take over.
+    pub fn startup(&self) -> (bool, Vec<String>) {
+        if self.server.initialized.load(Ordering::Relaxed) {
+            return (true, Vec::new());
+        }
+        let mut waiting = Vec::new();
+        if self.server.reachable_since_ms.load(Ordering::Relaxed) == 0 {
+            waiting.push("MongoDB has not answered yet".to_string());
+        }
+        for p in &self.projections {
+            let begun = standby(p)
+                || p.stats.stopped().is_some()
+                || p.stats.started.load(Ordering::Relaxed);
+            if !begun {
+                waiting.push(format!("{}: not started yet", p.name));
+            }
+        }
+        if waiting.is_empty() {
+            self.server.initialized.store(true, Ordering::Relaxed);
+        }
+        (waiting.is_empty(), waiting)
     }
 
     /// Each projection's position, lag, parked counts and last error.
@@ -590,9 +689,23 @@ impl Monitor {
 
     /// Refreshes the polled figures once.
     pub async fn poll_once(&self, client: &Client) {
-        let ping = client.database("admin").run_command(doc! {"ping": 1}).await;
-        self.server.connected.store(ping.is_ok(), Ordering::Relaxed);
-        if ping.is_err() {
+        // Bounded: while the server is away the driver would wait its whole server selection
+        // timeout (30 s by default) before failing the ping.
+        let wait = self
+            .http
+            .poll_every
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
+        let ping =
+            tokio::time::timeout(wait, client.database("admin").run_command(doc! {"ping": 1}))
+                .await;
+        let answered = matches!(ping, Ok(Ok(_)));
+        let was = self.server.connected.swap(answered, Ordering::Relaxed);
+        if answered && (!was || self.server.reachable_since_ms.load(Ordering::Relaxed) == 0) {
+            self.server
+                .reachable_since_ms
+                .store(unix_millis(), Ordering::Relaxed);
+        }
+        if !answered {
             return;
         }
         // The oldest retained oplog entry (manual: "Replica Set Oplog"); not readable on every

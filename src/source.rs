@@ -483,8 +483,11 @@ impl ProjectionWorker {
             // The crash bound: at most `every_events` events between the stored checkpoint
             // and the newest one handed out, so a kill -9 redelivers no more than that. When
             // the window is full, reading waits for the lanes and the next checkpoint.
-            let full = position.unsaved_events + watermark.in_flight() as u64
-                >= self.checkpointing.every_events;
+            let beyond = position.unsaved_events + watermark.in_flight() as u64;
+            self.stats
+                .beyond_checkpoint
+                .store(beyond, std::sync::atomic::Ordering::Relaxed);
+            let full = beyond >= self.checkpointing.every_events;
             let read = if full {
                 Err(mpsc::error::TryRecvError::Empty)
             } else {

@@ -44,6 +44,11 @@ pub struct ProjectionStats {
     /// The last background drift audit's findings.
     pub audit: crate::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
+    /// Events handled or in flight beyond the stored checkpoint (the crash window).
+    pub beyond_checkpoint: AtomicU64,
+    /// Set once the worker has begun its work: its stream answered, or its scan of the event
+    /// collection started (the startup probe waits for it).
+    pub started: AtomicBool,
     /// Set once the worker stopped for good ([`crate::error::StopReason`]).
     stopped: Mutex<Option<crate::error::StopReason>>,
     /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
@@ -188,6 +193,7 @@ impl ProjectionStats {
 
     /// The stream answered (with events or an empty batch).
     pub fn record_progress(&self, caught_up: bool) {
+        self.started.store(true, Ordering::Relaxed);
         self.last_progress_ms
             .store(unix_millis(), Ordering::Relaxed);
         self.caught_up.store(caught_up, Ordering::Relaxed);
@@ -224,6 +230,7 @@ impl ProjectionStats {
     /// from a lost history): the read model lacks events written up to now until it ends, so
     /// the lag counts from here. A scan retried after an error keeps the first start.
     pub fn record_scan_started(&self) {
+        self.started.store(true, Ordering::Relaxed);
         let _ = self.oldest_pending_cluster_secs.compare_exchange(
             0,
             unix_millis() / 1000,

@@ -365,7 +365,7 @@ async fn the_background_audit_exports_drift_by_kind() {
     let mut config = env.config();
     config.audit.every = Some(Duration::from_millis(100));
     // Also the time an aggregate that looks behind or missing gets before it is counted.
-    config.http.readiness_max_lag = Duration::from_millis(500);
+    config.http.readiness_max_lag = Some(Duration::from_millis(500));
     config.http.address = "127.0.0.1:0".parse().unwrap();
     env.events()
         .insert_many(vec![opened("a"), deposited("a", 2, 5)])

@@ -19,7 +19,7 @@ fn every_metric_is_documented() {
 
 #[test]
 fn every_endpoint_is_documented() {
-    for e in ["/metrics", "/healthz", "/readyz", "/status"] {
+    for e in ["/metrics", "/healthz", "/readyz", "/startupz", "/status"] {
         assert!(
             README.contains(&format!("| `{e}` |")),
             "README lacks a row for endpoint {e}"

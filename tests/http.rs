@@ -1,6 +1,8 @@
 //! The HTTP endpoint during a run: `/metrics` counts what happened, `/healthz` turns unhealthy
-//! while the stream is blocked, `/readyz` follows lag (a first start's scan of the event
-//! collection included), `/status` reports each projection.
+//! while the stream is blocked and MongoDB answers (and stays healthy while MongoDB is away),
+//! `/readyz` says why MongoDB or a projection is not ready and follows lag when asked to (a
+//! first start's scan of the event collection included), `/startupz` waits for every worker to
+//! begin, `/status` reports each projection.
 
 mod common;
 
@@ -106,6 +108,31 @@ async fn metrics_count_what_happened() {
         Some(3.0)
     );
     assert!(scrape.contains("# TYPE mongo_projector_apply_duration_seconds histogram"));
+    // The process-wide metrics carry no projection label.
+    assert_eq!(
+        sample(&scrape, "mongo_projector_connected"),
+        Some(1.0),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains(&format!(
+            "mongo_projector_build_info{{version=\"{}\",revision=\"unknown\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{scrape}"
+    );
+    // The crash window: the parked event (handled) may still lie beyond the stored checkpoint.
+    let beyond = sample(&scrape, &series("mongo_projector_events_beyond_checkpoint"));
+    assert!(beyond.is_some_and(|n| n <= 3.0), "{scrape}");
+    let answered = sample(
+        &scrape,
+        &series("mongo_projector_stream_answer_timestamp_seconds"),
+    );
+    let now = bson::DateTime::now().timestamp_millis() as f64 / 1000.0;
+    assert!(
+        answered.is_some_and(|t| t <= now && t > now - 60.0),
+        "{scrape}"
+    );
     assert!(
         scrape.contains("process_resident_memory_bytes"),
         "process metrics are exported"
@@ -171,7 +198,7 @@ async fn readyz_waits_for_the_first_scan_of_the_collection() {
     // The scan's guarded write of that event hangs for 4 s.
     block_next_read_model_write(&env).await;
     let mut config = env.config();
-    config.http.readiness_max_lag = Duration::from_secs(1);
+    config.http.readiness_max_lag = Some(Duration::from_secs(1));
     let served = serve(&env, config).await;
     eventually(
         "not ready for lag while the scan is behind",
@@ -199,7 +226,7 @@ async fn readyz_waits_for_the_first_scan_of_the_collection() {
 async fn readyz_follows_lag() {
     let env = TestEnv::new("readyz").await;
     let mut config = env.config();
-    config.http.readiness_max_lag = Duration::from_secs(1);
+    config.http.readiness_max_lag = Some(Duration::from_secs(1));
     let served = serve(&env, config).await;
     eventually("ready once connected and caught up", WAIT, || async {
         get(served.address, "/readyz").await.0 == 200
@@ -221,5 +248,76 @@ async fn readyz_follows_lag() {
     })
     .await;
     assert_eq!(stored_sequence(&env, "r").await, Some(1));
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mongodb_gone_healthz_stays_200_and_readyz_and_status_say_why() {
+    let mut env = TestEnv::new("mongodb_gone").await;
+    let Some(server) = env.server.take() else {
+        eprintln!("skipped against MONGODB_URI: needs to stop the embedded server");
+        return;
+    };
+    // Operations give up quickly once the server is gone, so that the stop below is prompt.
+    let mut options = mongodb::options::ClientOptions::parse(&env.uri)
+        .await
+        .unwrap();
+    options.server_selection_timeout = Some(Duration::from_millis(300));
+    env.client = mongodb::Client::with_options(options).unwrap();
+    let mut config = env.config();
+    config.http.liveness_timeout = Duration::from_millis(700);
+    config.leases.enabled = false;
+    let served = serve(&env, config).await;
+    eventually("healthy and ready", WAIT, || async {
+        get(served.address, "/healthz").await.0 == 200
+            && get(served.address, "/readyz").await.0 == 200
+    })
+    .await;
+    server.shutdown().await;
+    eventually("not ready, saying why", WAIT, || async {
+        let (code, body) = get(served.address, "/readyz").await;
+        code == 503 && body.contains("MongoDB does not answer")
+    })
+    .await;
+    let status = || async {
+        let (_, body) = get(served.address, "/status").await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(status().await["connected"], false);
+    // Past the liveness timeout without an answer from the stream: still live, since a
+    // restart cannot bring MongoDB back.
+    eventually("silent past the liveness timeout", WAIT, || async {
+        status().await["projections"][0]["secondsSinceProgress"]
+            .as_f64()
+            .is_some_and(|s| s > 1.5)
+    })
+    .await;
+    let (code, body) = get(served.address, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startupz_waits_until_every_worker_has_begun() {
+    let env = TestEnv::new("startupz").await;
+    let mut config = env.config();
+    config.audit.every = None;
+    // The change stream's `aggregate` (the daemon's first) hangs for 3 s: the worker cannot
+    // begin until it answers.
+    fail_point(
+        &env,
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["aggregate"], "blockConnection": true, "blockTimeMS": 3000,
+        "namespace": format!("{}.events", env.db.name())},
+    )
+    .await;
+    let served = serve(&env, config).await;
+    let (code, body) = get(served.address, "/startupz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("accounts: not started yet"), "{body}");
+    eventually("started once the stream opened", WAIT, || async {
+        get(served.address, "/startupz").await.0 == 200
+    })
+    .await;
     served.stop().await;
 }

@@ -77,8 +77,9 @@ pub struct HttpConfig {
     /// `/healthz` fails when a projection's stream has not answered (not even with an empty
     /// batch) for this long.
     pub liveness_timeout: Duration,
-    /// `/readyz` fails while any projection lags more than this.
-    pub readiness_max_lag: Duration,
+    /// With a value, `/readyz` also fails while a projection lags more than this; `None`
+    /// (absent or `"0s"`, the default): lag is left to alerts.
+    pub readiness_max_lag: Option<Duration>,
     /// How often parked counts, the oplog's oldest entry and the connection are checked.
     pub poll_every: Duration,
 }
@@ -498,6 +499,35 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// A duration where `"0s"`, like leaving the key out, means "off" (`None`).
+    fn optional_duration(
+        &mut self,
+        key: &'static str,
+        errors: &mut Vec<String>,
+    ) -> Option<Duration> {
+        match self.get(key)? {
+            toml::Value::String(s) => match humantime::parse_duration(s) {
+                Ok(d) if d.is_zero() => None,
+                Ok(d) => Some(d),
+                Err(e) => {
+                    errors.push(format!(
+                        "{}: not a duration like \"30s\" or \"0s\" (off): {e}",
+                        self.at(key)
+                    ));
+                    None
+                }
+            },
+            other => {
+                errors.push(format!(
+                    "{}: expected a duration string like \"30s\", found {}",
+                    self.at(key),
+                    other.type_str()
+                ));
+                None
+            }
+        }
+    }
+
     fn table(&mut self, key: &'static str, errors: &mut Vec<String>) -> Option<&'a toml::Table> {
         match self.get(key)? {
             toml::Value::Table(t) => Some(t),
@@ -549,7 +579,7 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
             enabled: c.boolean("enabled", true, errors),
             address,
             liveness_timeout: c.duration("liveness_timeout", Duration::from_secs(60), errors),
-            readiness_max_lag: c.duration("readiness_max_lag", Duration::from_secs(30), errors),
+            readiness_max_lag: c.optional_duration("readiness_max_lag", errors),
             poll_every: c.duration("poll_every", Duration::from_secs(5), errors),
         };
         c.finish(errors);
@@ -668,26 +698,7 @@ fn read_audit(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> AuditConfig 
     let empty = toml::Table::new();
     let t = r.table("audit", errors).unwrap_or(&empty);
     let mut c = TableReader::new(t, "audit");
-    let every = match c.get("every") {
-        None => None,
-        Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
-            Ok(d) if d.is_zero() => None,
-            Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(format!(
-                    "audit.every: not a duration like \"1h\" or \"0s\" (off): {e}"
-                ));
-                None
-            }
-        },
-        Some(other) => {
-            errors.push(format!(
-                "audit.every: expected a duration string like \"1h\", found {}",
-                other.type_str()
-            ));
-            None
-        }
-    };
+    let every = c.optional_duration("every", errors);
     c.finish(errors);
     AuditConfig { every }
 }
