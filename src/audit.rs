@@ -6,7 +6,7 @@
 //! (`$group` per aggregate with the highest and lowest sequence and the count, `$sort` on `_id`,
 //! `allowDiskUse`), the read-model side one `find` of `{_id, lastSequenceNumber}` sorted by
 //! `_id`. Both orders are the server's BSON order, and the walk compares ids with the same order
-//! ([`mongo_sim::compare::compare`], manual: "Comparison/Sort Order").
+//! ([`bson_order::compare`], manual: "Comparison/Sort Order").
 //!
 //! An aggregate is **behind** (read model below its newest event), **ahead** (read model above
 //! it, without events at all, or with a stored sequence that is not a valid integer),
@@ -25,8 +25,8 @@ use crate::event::decode_event;
 use crate::projection::SEQUENCE_FIELD;
 use crate::stats::{ProjectionStats, unix_millis};
 use bson::{Bson, Document, doc};
+use bson_order::compare;
 use futures_util::TryStreamExt;
-use mongo_sim::compare::compare;
 use mongodb::{Client, Collection, Database};
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -7,10 +7,12 @@
 pub mod apply;
 pub mod audit;
 pub mod backoff;
+#[cfg(feature = "embedded")]
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "embedded")]
 pub mod demo;
 pub mod error;
 pub mod event;

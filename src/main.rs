@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
 use mongo_projector::daemon::Daemon;
+#[cfg(feature = "embedded")]
 use mongo_projector::demo::{DemoOptions, run_demo};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -316,6 +317,7 @@ fn main() -> ExitCode {
             };
             runtime().block_on(audit(config, uri, projection, options, json))
         }
+        #[cfg(feature = "embedded")]
         Command::Demo {
             accounts,
             events,
@@ -330,6 +332,9 @@ fn main() -> ExitCode {
             };
             runtime().block_on(demo(options))
         }
+        #[cfg(not(feature = "embedded"))]
+        Command::Demo { .. } => without_embedded("demo"),
+        #[cfg(feature = "embedded")]
         Command::Bench {
             accounts,
             backlog,
@@ -378,7 +383,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(not(feature = "embedded"))]
+        Command::Bench { .. } => without_embedded("bench"),
     }
+}
+
+/// `demo` and `bench` in a build without the embedded test server (the production image).
+#[cfg(not(feature = "embedded"))]
+fn without_embedded(command: &str) -> ExitCode {
+    eprintln!(
+        "`{command}` needs the embedded test server, which this build leaves out (the production \
+         image is built with --no-default-features); build with the default `embedded` feature: \
+         cargo run --release -- {command}"
+    );
+    ExitCode::from(2)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -421,6 +439,7 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
     }
 }
 
+#[cfg(feature = "embedded")]
 async fn demo(options: DemoOptions) -> ExitCode {
     let server = match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
         Ok(s) => s,
