@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod http;

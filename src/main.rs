@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
 use mongo_projector::daemon::Daemon;
 use mongo_projector::demo::{DemoOptions, run_demo};
+use mongo_projector::doctor::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +38,19 @@ enum Command {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Check that the server named by MONGODB_URI, and its user, can do what the
+    /// configuration asks (README: "doctor"); exits 0 when nothing fails, 1 when something
+    /// does, 2 on a bad configuration.
+    Doctor {
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object instead of one line per check.
+        #[arg(long)]
+        json: bool,
+        /// Rebuilds are expected: also check renameCollection and the rebuild's privileges.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Rebuild a projection's read model into a shadow collection while the daemon keeps
     /// serving, then swap it in atomically and hand the position over (README: "Live
@@ -264,6 +278,19 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Doctor {
+            config,
+            json,
+            rebuild,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let (config, uri) = match config_and_uri(&config) {
+                Ok(found) => found,
+                Err(code) => return code,
+            };
+            let options = mongo_projector::doctor::DoctorOptions { rebuild };
+            runtime().block_on(doctor(config, uri, options, json))
+        }
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
             let (config, uri) = match config_and_uri(&config) {
@@ -391,7 +418,26 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
         Err(code) => return code,
     };
     tracing::info!(uri = %redact_uri(&uri), projections = config.projections.len(), "starting");
-    let daemon = Daemon::new(&config, &client, &shutdown);
+    let Some(preflight) = preflight(&config, &client, &shutdown).await else {
+        return ExitCode::SUCCESS;
+    };
+    let blocked: Vec<String> = preflight
+        .blocked(&config)
+        .into_iter()
+        .map(|b| b.projection)
+        .collect();
+    if blocked.len() == config.projections.len() {
+        eprintln!(
+            "no projection can run on this server (mongo-projector doctor --config FILE checks everything):"
+        );
+        for check in preflight.checks.iter().filter(|c| c.status == Status::Fail) {
+            eprintln!("  {}", check.to_line());
+        }
+        return ExitCode::FAILURE;
+    }
+    let daemon = Daemon::with_workers(&config, &client, &shutdown, |worker| {
+        !blocked.iter().any(|b| b == worker.projection_name())
+    });
     // The endpoint outlives the drain so probes keep answering while the daemon stops.
     let monitoring = tokio_util::sync::CancellationToken::new();
     if config.http.enabled
@@ -415,6 +461,78 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The server's checks at start-up, logged as doctor prints them; tried again (with the
+/// configured backoff) while the server does not answer. `None`: shut down meanwhile.
+async fn preflight(
+    config: &Config,
+    client: &mongodb::Client,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<mongo_projector::doctor::Preflight> {
+    let mut pause = config.source.reopen_backoff_initial;
+    let preflight = loop {
+        match mongo_projector::doctor::preflight(config, client).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot check the server yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                pause = (pause * 2).min(config.source.reopen_backoff_max);
+            }
+        }
+    };
+    for check in &preflight.checks {
+        match check.status {
+            Status::Ok => tracing::info!("{}", check.to_line()),
+            Status::Warn => tracing::warn!("{}", check.to_line()),
+            Status::Fail => tracing::error!("{}", check.to_line()),
+        }
+    }
+    for b in preflight.blocked(config) {
+        let names: Vec<&str> = b.checks.iter().map(|c| c.name.as_str()).collect();
+        tracing::error!(projection = %b.projection, failed = %names.join(", "), "projection not started: the server lacks what it needs");
+    }
+    Some(preflight)
+}
+
+async fn doctor(
+    config: Config,
+    uri: String,
+    options: mongo_projector::doctor::DoctorOptions,
+    json: bool,
+) -> ExitCode {
+    let client = match mongodb::options::ClientOptions::parse(&uri).await {
+        Ok(mut o) => {
+            // An unreachable server is one failed check, reported within seconds.
+            o.server_selection_timeout
+                .get_or_insert(std::time::Duration::from_secs(10));
+            match mongodb::Client::with_options(o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let report = mongo_projector::doctor::run(&config, &client, &uri, &options).await;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
