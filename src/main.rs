@@ -87,7 +87,8 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         settle: std::time::Duration,
     },
-    /// Run the example domain end to end on an embedded test server.
+    /// Run the example domain end to end on an embedded test server (or, with
+    /// --uri-from-env, on the server named by MONGODB_URI).
     Demo {
         #[arg(long, default_value_t = 200)]
         accounts: u32,
@@ -95,6 +96,13 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 4)]
         writers: u32,
+        /// Run against the server named by MONGODB_URI instead of an embedded one.
+        #[arg(long)]
+        uri_from_env: bool,
+        /// The database the demo writes to; it must be empty or absent. Default: "bank" on
+        /// the embedded server, "mongo_projector_demo" with --uri-from-env.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Measure throughput, lag, restart, catch-up and memory against one server (embedded
     /// mongo-sim, or MONGODB_URI when set); see BENCHMARKS.md.
@@ -344,15 +352,34 @@ fn main() -> ExitCode {
             accounts,
             events,
             writers,
+            uri_from_env,
+            database,
         } => {
             init_logging(cli.log_format, "warn");
+            let uri = if uri_from_env {
+                match std::env::var("MONGODB_URI") {
+                    Ok(uri) => Some(uri),
+                    Err(_) => {
+                        eprintln!("--uri-from-env: MONGODB_URI is not set");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                None
+            };
+            let default_database = if uri.is_some() {
+                "mongo_projector_demo"
+            } else {
+                "bank"
+            };
             let options = DemoOptions {
                 accounts,
                 events,
                 writers,
+                database: Some(database.unwrap_or_else(|| default_database.to_string())),
                 ..DemoOptions::default()
             };
-            runtime().block_on(demo(options))
+            runtime().block_on(demo(options, uri))
         }
         Command::Bench {
             accounts,
@@ -536,22 +563,57 @@ async fn doctor(
     }
 }
 
-async fn demo(options: DemoOptions) -> ExitCode {
-    let server = match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot start the embedded test server: {e}");
-            return ExitCode::FAILURE;
+/// The demo's server: an embedded mongo-sim, or the one `uri` names.
+async fn demo_client(
+    uri: Option<&str>,
+) -> Result<(mongodb::Client, Option<mongo_sim::MongoSim>), ExitCode> {
+    let (uri, server) = match uri {
+        Some(uri) => {
+            println!("server: MONGODB_URI ({})", redact_uri(uri));
+            (uri.to_string(), None)
         }
+        None => match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
+            Ok(s) => {
+                println!("embedded test server at {}", s.uri());
+                (s.uri().to_string(), Some(s))
+            }
+            Err(e) => {
+                eprintln!("cannot start the embedded test server: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        },
     };
-    println!("embedded test server at {}", server.uri());
-    let client = match mongodb::Client::with_uri_str(server.uri()).await {
-        Ok(c) => c,
+    match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => Ok((c, server)),
         Err(e) => {
-            eprintln!("cannot connect to the embedded test server: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("cannot connect to {}: {e}", redact_uri(&uri));
+            Err(ExitCode::from(2))
         }
+    }
+}
+
+async fn demo(options: DemoOptions, uri: Option<String>) -> ExitCode {
+    let (client, _server) = match demo_client(uri.as_deref()).await {
+        Ok(found) => found,
+        Err(code) => return code,
     };
+    if let Some(db) = &options.database {
+        match client.database(db).list_collection_names().await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => {
+                eprintln!(
+                    "database {db} is not empty ({}): the demo needs a fresh one; pass --database with another name",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("cannot list the collections of {db}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("database: {db}");
+    }
     println!(
         "writing {} events over {} accounts with {} concurrent writers; the daemon is stopped and restarted half-way",
         options.events, options.accounts, options.writers
