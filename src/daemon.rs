@@ -19,6 +19,8 @@ use tokio_util::task::AbortOnDropHandle;
 /// A running set of projection workers.
 pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
+    /// Projections refused before the start ([`Daemon::refuse`]), with the reason.
+    refused: Vec<(String, String)>,
     audit: Option<crate::audit::BackgroundAudit>,
     /// This instance among the replicas; `None` with leases disabled.
     instance: Option<Arc<Instance>>,
@@ -91,6 +93,7 @@ impl Daemon {
         }
         Self {
             workers,
+            refused: Vec::new(),
             audit,
             instance,
             shutdown: shutdown.clone(),
@@ -119,6 +122,30 @@ impl Daemon {
             .fold(StatsSnapshot::default(), |a, b| a + b)
     }
 
+    /// Does not start `projection`'s workers: the server lacks what they need (`message`, the
+    /// failed checks). They report as stopped for that reason in `/status`, the metrics and
+    /// the run's report, and the other projections run.
+    pub fn refuse(&mut self, projection: &str, message: &str) {
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.config.projection_name() == projection)
+        {
+            w.stats.set_stopped(StopReason::Unsupported);
+            w.stats
+                .set_last_error(format!("projection stopped: {message}"));
+        }
+        self.refused
+            .push((projection.to_string(), message.to_string()));
+    }
+
+    fn is_refused(&self, w: &ProjectionWorker) -> Option<&str> {
+        self.refused
+            .iter()
+            .find(|(p, _)| p == w.config.projection_name())
+            .map(|(_, m)| m.as_str())
+    }
+
     /// Runs every projection until shutdown or until each has stopped.
     ///
     /// Dropping this future (a crash of the task running it) aborts every worker at once,
@@ -137,8 +164,20 @@ impl Daemon {
             )));
         }
         let mut handles = Vec::new();
+        let mut results = Vec::new();
         for w in &self.workers {
             let name = w.config.name.clone();
+            if let Some(message) = self.is_refused(w) {
+                results.push((
+                    name.clone(),
+                    Err(ProjectionStopped {
+                        projection: name,
+                        reason: StopReason::Unsupported,
+                        message: message.to_string(),
+                    }),
+                ));
+                continue;
+            }
             let stats = w.stats.clone();
             let w = w.clone();
             let task = match &self.instance {
@@ -147,7 +186,6 @@ impl Daemon {
             };
             handles.push((name, stats, AbortOnDropHandle::new(task)));
         }
-        let mut results = Vec::new();
         for (name, stats, handle) in handles {
             let result = match handle.await {
                 Ok(r) => r,

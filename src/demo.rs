@@ -1,10 +1,11 @@
-//! `mongo-projector demo`: the whole product on an embedded server, end to end.
+//! `mongo-projector demo`: the whole product end to end, on an embedded server or another one.
 //!
-//! Starts `mongo-sim` in-process, appends a generated workload for the example domain with
-//! several concurrent writers (next sequence number from the latest event, insert, retry on
-//! duplicate key), inserts some events deliberately out of order and one malformed event, runs
-//! the real daemon, stops and restarts it mid-way, and finally checks every account against an
-//! independent in-order fold of its events.
+//! Starts `mongo-sim` in-process (or uses the server the caller connected to), appends a
+//! generated workload for the example domain with several concurrent writers (next sequence
+//! number from the latest event, insert, retry on duplicate key), inserts some events
+//! deliberately out of order and one malformed event, runs the real daemon, stops and restarts
+//! it mid-way, and finally checks every account against an independent in-order fold of its
+//! events.
 
 use crate::config::Config;
 use crate::daemon::Daemon;
@@ -35,6 +36,9 @@ pub struct DemoOptions {
     /// Accounts whose events are appended in pairs, the later one first.
     pub out_of_order_accounts: u32,
     pub seed: u64,
+    /// The database to use instead of the example configuration's (`bank`), for a server
+    /// that is not the demo's own.
+    pub database: Option<String>,
 }
 
 impl Default for DemoOptions {
@@ -45,6 +49,7 @@ impl Default for DemoOptions {
             writers: 4,
             out_of_order_accounts: 10,
             seed: 7,
+            database: None,
         }
     }
 }
@@ -218,7 +223,13 @@ pub async fn run_demo(
     options: &DemoOptions,
 ) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
-    let config = Config::parse(EXAMPLE_CONFIG)?;
+    let mut config = Config::parse(EXAMPLE_CONFIG)?;
+    if let Some(db) = &options.database {
+        for p in &mut config.projections {
+            p.database = db.clone();
+        }
+        config.checkpoints.database = Some(db.clone());
+    }
     let projection = config
         .projection("accounts")
         .ok_or("example config lacks the accounts projection")?

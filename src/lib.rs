@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "embedded")]
 pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod http;

@@ -5,6 +5,7 @@ use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
 use mongo_projector::daemon::Daemon;
 #[cfg(feature = "embedded")]
 use mongo_projector::demo::{DemoOptions, run_demo};
+use mongo_projector::doctor::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,6 +39,19 @@ enum Command {
     CheckConfig {
         #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
         config: PathBuf,
+    },
+    /// Check that the server named by MONGODB_URI, and its user, can do what the
+    /// configuration asks (README: "doctor"); exits 0 when nothing fails, 1 when something
+    /// does, 2 on a bad configuration.
+    Doctor {
+        #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
+        config: PathBuf,
+        /// One JSON object instead of one line per check.
+        #[arg(long)]
+        json: bool,
+        /// Rebuilds are expected: also check renameCollection and the rebuild's privileges.
+        #[arg(long)]
+        rebuild: bool,
     },
     /// Rebuild a projection's read model into a shadow collection while the daemon keeps
     /// serving, then swap it in atomically and hand the position over (README: "Live
@@ -74,7 +88,8 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         settle: std::time::Duration,
     },
-    /// Run the example domain end to end on an embedded test server.
+    /// Run the example domain end to end on an embedded test server (or, with
+    /// --uri-from-env, on the server named by MONGODB_URI).
     Demo {
         #[arg(long, default_value_t = 200)]
         accounts: u32,
@@ -82,6 +97,13 @@ enum Command {
         events: u64,
         #[arg(long, default_value_t = 4)]
         writers: u32,
+        /// Run against the server named by MONGODB_URI instead of an embedded one.
+        #[arg(long)]
+        uri_from_env: bool,
+        /// The database the demo writes to; it must be empty or absent. Default: "bank" on
+        /// the embedded server, "mongo_projector_demo" with --uri-from-env.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Measure throughput, lag, restart, catch-up and memory against one server (embedded
     /// mongo-sim, or MONGODB_URI when set); see BENCHMARKS.md.
@@ -268,6 +290,19 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Doctor {
+            config,
+            json,
+            rebuild,
+        } => {
+            init_logging(cli.log_format, "warn");
+            let (config, uri) = match config_and_uri(&config) {
+                Ok(found) => found,
+                Err(code) => return code,
+            };
+            let options = mongo_projector::doctor::DoctorOptions { rebuild };
+            runtime().block_on(doctor(config, uri, options, json))
+        }
         Command::Run { config } => {
             init_logging(cli.log_format, "info");
             let (config, uri) = match config_and_uri(&config) {
@@ -322,15 +357,34 @@ fn main() -> ExitCode {
             accounts,
             events,
             writers,
+            uri_from_env,
+            database,
         } => {
             init_logging(cli.log_format, "warn");
+            let uri = if uri_from_env {
+                match mongo_projector::config::env::connection_string(|n| std::env::var(n).ok()) {
+                    Ok(uri) => Some(uri),
+                    Err(message) => {
+                        eprintln!("--uri-from-env: {message}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                None
+            };
+            let default_database = if uri.is_some() {
+                "mongo_projector_demo"
+            } else {
+                "bank"
+            };
             let options = DemoOptions {
                 accounts,
                 events,
                 writers,
+                database: Some(database.unwrap_or_else(|| default_database.to_string())),
                 ..DemoOptions::default()
             };
-            runtime().block_on(demo(options))
+            runtime().block_on(demo(options, uri))
         }
         #[cfg(not(feature = "embedded"))]
         Command::Demo { .. } => without_embedded("demo"),
@@ -412,14 +466,32 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
         Err(code) => return code,
     };
     tracing::info!(uri = %redact_uri(&uri), projections = config.projections.len(), "starting");
-    let daemon = Daemon::new(&config, &client, &shutdown);
-    // The endpoint outlives the drain so probes keep answering while the daemon stops.
+    let mut daemon = Daemon::new(&config, &client, &shutdown);
+    // The endpoint outlives the drain so probes keep answering while the daemon stops; it
+    // serves from the start, so that probes answer while the server is checked.
     let monitoring = tokio_util::sync::CancellationToken::new();
     if config.http.enabled
         && let Err(e) = daemon.start_monitoring(&config, &client, &monitoring).await
     {
         eprintln!("cannot serve metrics on {}: {e}", config.http.address);
         return ExitCode::from(2);
+    }
+    let Some(preflight) = preflight(&config, &client, &shutdown).await else {
+        return ExitCode::SUCCESS;
+    };
+    let blocked = preflight.blocked(&config);
+    if blocked.len() == config.projections.len() {
+        eprintln!(
+            "no projection can run on this server (mongo-projector doctor --config FILE checks everything):"
+        );
+        for check in preflight.checks.iter().filter(|c| c.status == Status::Fail) {
+            eprintln!("  {}", check.to_line());
+        }
+        return ExitCode::FAILURE;
+    }
+    for b in &blocked {
+        let failed: Vec<String> = b.checks.iter().map(|c| c.to_line()).collect();
+        daemon.refuse(&b.projection, &failed.join("; "));
     }
     let _stop_monitoring = monitoring.drop_guard();
     let deadline = config.shutdown.deadline;
@@ -439,23 +511,134 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
     }
 }
 
+/// The server's checks at start-up, logged as doctor prints them; tried again (with the
+/// configured backoff) while the server does not answer. `None`: shut down meanwhile.
+async fn preflight(
+    config: &Config,
+    client: &mongodb::Client,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<mongo_projector::doctor::Preflight> {
+    let mut backoff = mongo_projector::backoff::Backoff::new(
+        config.source.reopen_backoff_initial,
+        config.source.reopen_backoff_max,
+    );
+    let preflight = loop {
+        match mongo_projector::doctor::preflight(config, client).await {
+            Ok(p) => break p,
+            Err(e) => {
+                let pause = backoff.next_pause();
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot check the server yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    };
+    for check in &preflight.checks {
+        match check.status {
+            Status::Ok => tracing::info!("{}", check.to_line()),
+            Status::Warn => tracing::warn!("{}", check.to_line()),
+            Status::Fail => tracing::error!("{}", check.to_line()),
+        }
+    }
+    for b in preflight.blocked(config) {
+        let names: Vec<&str> = b.checks.iter().map(|c| c.name.as_str()).collect();
+        tracing::error!(projection = %b.projection, failed = %names.join(", "), "projection not started: the server lacks what it needs");
+    }
+    Some(preflight)
+}
+
+async fn doctor(
+    config: Config,
+    uri: String,
+    options: mongo_projector::doctor::DoctorOptions,
+    json: bool,
+) -> ExitCode {
+    let client = match mongodb::options::ClientOptions::parse(&uri).await {
+        Ok(mut o) => {
+            // An unreachable server is one failed check, reported within seconds.
+            o.server_selection_timeout
+                .get_or_insert(std::time::Duration::from_secs(10));
+            match mongodb::Client::with_options(o) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("cannot use MONGODB_URI {}: {e}", redact_uri(&uri));
+            return ExitCode::from(2);
+        }
+    };
+    let report = mongo_projector::doctor::run(&config, &client, &uri, &options).await;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The demo's server: an embedded mongo-sim, or the one `uri` names.
 #[cfg(feature = "embedded")]
-async fn demo(options: DemoOptions) -> ExitCode {
-    let server = match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot start the embedded test server: {e}");
-            return ExitCode::FAILURE;
+async fn demo_client(
+    uri: Option<&str>,
+) -> Result<(mongodb::Client, Option<mongo_sim::MongoSim>), ExitCode> {
+    let (uri, server) = match uri {
+        Some(uri) => {
+            println!("server: MONGODB_URI ({})", redact_uri(uri));
+            (uri.to_string(), None)
         }
+        None => match mongo_sim::MongoSim::start(mongo_sim::ServerOptions::default()).await {
+            Ok(s) => {
+                println!("embedded test server at {}", s.uri());
+                (s.uri().to_string(), Some(s))
+            }
+            Err(e) => {
+                eprintln!("cannot start the embedded test server: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        },
     };
-    println!("embedded test server at {}", server.uri());
-    let client = match mongodb::Client::with_uri_str(server.uri()).await {
-        Ok(c) => c,
+    match mongodb::Client::with_uri_str(&uri).await {
+        Ok(c) => Ok((c, server)),
         Err(e) => {
-            eprintln!("cannot connect to the embedded test server: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("cannot connect to {}: {e}", redact_uri(&uri));
+            Err(ExitCode::from(2))
         }
+    }
+}
+
+#[cfg(feature = "embedded")]
+async fn demo(options: DemoOptions, uri: Option<String>) -> ExitCode {
+    let (client, _server) = match demo_client(uri.as_deref()).await {
+        Ok(found) => found,
+        Err(code) => return code,
     };
+    if let Some(db) = &options.database {
+        match client.database(db).list_collection_names().await {
+            Ok(names) if names.is_empty() => {}
+            Ok(names) => {
+                eprintln!(
+                    "database {db} is not empty ({}): the demo needs a fresh one; pass --database with another name",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("cannot list the collections of {db}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("database: {db}");
+    }
     println!(
         "writing {} events over {} accounts with {} concurrent writers; the daemon is stopped and restarted half-way",
         options.events, options.accounts, options.writers

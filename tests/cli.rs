@@ -177,6 +177,43 @@ fn the_demo_passes_and_reports_what_happened() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_the_server_named_by_mongodb_uri() {
+    let env = TestEnv::new("demo_uri").await;
+    let demo = |db: String| {
+        let mut c = binary();
+        c.args(["demo", "--uri-from-env", "--database", &db])
+            .args(["--accounts", "20", "--events", "300", "--writers", "2"])
+            .env("MONGODB_URI", &env.uri);
+        c
+    };
+    let out = tokio::task::spawn_blocking({
+        let mut c = demo(env.db.name().to_string());
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = stdout_of_success(&out);
+    assert!(
+        stdout.contains(&format!("database: {}", env.db.name())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK: all "), "{stdout}");
+    // A second run would mix its workload with the first one's: refused.
+    let again = tokio::task::spawn_blocking({
+        let mut c = demo(env.db.name().to_string());
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is not empty"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
 #[test]
 fn rebuild_help_names_its_options() {
     let out = binary().args(["rebuild", "--help"]).output().unwrap();

@@ -2,6 +2,7 @@
 //! documentation cannot drift from the code.
 
 use mongo_projector::config::Config;
+use mongo_projector::doctor::{SUPPORTED_NEWEST, SUPPORTED_OLDEST};
 use mongo_projector::metrics::CATALOGUE;
 
 const README: &str = include_str!("../README.md");
@@ -109,4 +110,33 @@ fn every_environment_override_is_documented() {
             "README lacks a row for {variable}"
         );
     }
+}
+
+/// The release series from the oldest to the newest supported, one per major version.
+fn supported_series() -> Vec<String> {
+    (SUPPORTED_OLDEST.0..=SUPPORTED_NEWEST.0)
+        .map(|major| {
+            let minor = if major == SUPPORTED_OLDEST.0 {
+                SUPPORTED_OLDEST.1
+            } else {
+                0
+            };
+            format!("{major}.{minor}")
+        })
+        .collect()
+}
+
+#[test]
+fn the_supported_versions_are_stated_tested_and_enforced_alike() {
+    let series = supported_series();
+    let (last, rest) = series.split_last().unwrap();
+    let stated = format!("supports **MongoDB {} and {last}**", rest.join(", "));
+    assert!(README.contains(&stated), "README lacks {stated:?}");
+    let workflow = include_str!("../.github/workflows/ci.yml");
+    let quoted: Vec<String> = series.iter().map(|v| format!("\"{v}\"")).collect();
+    let matrix = format!("mongodb: [{}]", quoted.join(", "));
+    assert!(
+        workflow.contains(&matrix),
+        "the CI workflow's matrix is not {matrix}"
+    );
 }

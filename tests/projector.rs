@@ -482,13 +482,8 @@ async fn the_demo_workload_folds_exactly() {
         writers: 3,
         out_of_order_accounts: 5,
         seed: 11,
+        database: Some(env.db.name().to_string()),
     };
-    // The demo uses the example configuration's database name; run it on a client whose
-    // database is fresh for this test by pointing at a dedicated server when embedded.
-    if common::real_mongodb() {
-        eprintln!("skipped against MONGODB_URI: the demo writes to the example's fixed database");
-        return;
-    }
     let report = mongo_projector::demo::run_demo(&env.client, &options)
         .await
         .unwrap();

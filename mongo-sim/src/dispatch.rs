@@ -590,6 +590,8 @@ async fn checks_then_run(
     retryable: bool,
 ) -> Result<Ran> {
     check_generic_arguments(name, cmd)?;
+    crate::profile::authorize(shared.options.user.as_ref(), name, &ctx.db, cmd)?;
+    shared.options.release.refuse_unknown_operators(name, cmd)?;
     let writes = WRITE_COMMANDS.contains(&name);
     if writes || READ_COMMANDS.contains(&name) {
         let primary = shared.topology.lock().is_primary();

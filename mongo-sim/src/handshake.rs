@@ -28,9 +28,11 @@ use bson::{Bson, Document, doc};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The server version announced by `buildInfo` and `serverStatus`.
+/// The server version announced by `buildInfo` and `serverStatus` by default; `ServerOptions`
+/// may name another release ([`crate::profile`]).
 pub const VERSION: &str = "7.0.14";
 const GIT_VERSION: &str = "ce59cfc6a3c5e5c067dca0d30697edd68d4f5188";
+/// The default release's `maxWireVersion`.
 pub const MAX_WIRE_VERSION: i32 = 21;
 pub const MAX_BSON_OBJECT_SIZE: i32 = 16 * 1024 * 1024;
 pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
@@ -166,15 +168,16 @@ pub async fn run(
     match name {
         "hello" | "isMaster" | "ismaster" => hello(shared, conn, name, cmd).await,
         "ping" => Ok(Document::new()),
-        "buildInfo" | "buildinfo" => Ok(build_info()),
+        "buildInfo" | "buildinfo" => Ok(build_info(shared)),
         "hostInfo" => Ok(host_info(shared)),
         "serverStatus" => Ok(server_status(shared)),
         // Sessions hold no server-side state besides retryable-write replies, which expire
         // with the server.
         "endSessions" | "killSessions" => Ok(Document::new()),
-        "connectionStatus" => Ok(doc! {
-            "authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}
-        }),
+        "connectionStatus" => Ok(crate::profile::connection_status(
+            shared.options.user.as_ref(),
+            cmd,
+        )),
         "whatsmyuri" => Ok(doc! {"you": conn.peer.clone()}),
         "getParameter" => get_parameter(cmd),
         "replSetStepDown" => repl_set_step_down(shared, ctx, cmd),
@@ -391,20 +394,24 @@ async fn hello(
     );
     reply.insert("connectionId", conn.id);
     reply.insert("minWireVersion", 0);
-    reply.insert("maxWireVersion", MAX_WIRE_VERSION);
+    reply.insert(
+        "maxWireVersion",
+        shared.options.release.version.max_wire_version(),
+    );
     reply.insert("readOnly", false);
     Ok(reply)
 }
 
-fn build_info() -> Document {
+fn build_info(shared: &Shared) -> Document {
+    let version = shared.options.release.version;
     doc! {
-        "version": VERSION,
+        "version": version.to_string(),
         "gitVersion": GIT_VERSION,
         "modules": [],
         "allocator": "tcmalloc",
         "javascriptEngine": "mozjs",
         "sysInfo": "deprecated",
-        "versionArray": [7, 0, 14, 0],
+        "versionArray": version.version_array(),
         "openssl": {"running": "disabled", "compiled": "disabled"},
         "buildEnvironment": {},
         "bits": 64,
@@ -463,7 +470,7 @@ fn server_status(shared: &Shared) -> Document {
     repl.insert("me", shared.host.clone());
     doc! {
         "host": shared.host.clone(),
-        "version": VERSION,
+        "version": shared.options.release.version.to_string(),
         "process": "mongod",
         "pid": std::process::id() as i64,
         "uptime": uptime.as_secs_f64().floor(),
@@ -777,7 +784,7 @@ mod tests {
 
     #[test]
     fn build_info_reports_mongod_7() {
-        let r = build_info();
+        let r = build_info(&shared());
         assert_eq!(r.get_str("version").unwrap(), "7.0.14");
         assert_eq!(
             r.get_array("versionArray").unwrap(),

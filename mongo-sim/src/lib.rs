@@ -24,6 +24,7 @@ pub mod handshake;
 pub mod hasher;
 pub mod oplog;
 pub mod path;
+pub mod profile;
 pub mod query;
 pub mod server;
 pub mod state;

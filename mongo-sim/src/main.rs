@@ -2,6 +2,7 @@
 //! The first line of stdout is the connection URI, so scripts can wait for it.
 
 use clap::Parser;
+use mongo_sim::profile::{Privilege, Release, ServerVersion, SimulatedUser};
 use mongo_sim::{MongoSim, ServerOptions};
 use std::io::{IsTerminal, Write};
 
@@ -20,6 +21,35 @@ struct Args {
     /// Oplog entries retained before the oldest are dropped.
     #[arg(long, env = "MONGO_SIM_OPLOG_CAPACITY", default_value_t = ServerOptions::default().oplog_capacity)]
     oplog_capacity: usize,
+    /// The MongoDB release to play (`buildInfo`, `hello`'s wire version; aggregation operators
+    /// introduced later are refused), e.g. 6.0.19.
+    #[arg(long, env = "MONGO_SIM_SERVER_VERSION", default_value_t = ServerVersion::default())]
+    server_version: ServerVersion,
+    /// An aggregation operator to refuse as unknown although the release has it (repeat for
+    /// more), e.g. '$toHashedIndexKey'.
+    #[arg(long, value_name = "OPERATOR")]
+    without_operator: Vec<String>,
+    /// Turn access control on: every connection is authenticated as this user (NAME@DB), with
+    /// only the privileges given by --privilege.
+    #[arg(long, value_name = "NAME@DB", value_parser = user_and_db)]
+    user: Option<(String, String)>,
+    /// A privilege of --user: RESOURCE=ACTION[,ACTION...], RESOURCE being db.collection ("*"
+    /// for any part), cluster or anyResource (repeat for more), e.g. 'bank.*=find,insert'.
+    #[arg(long, value_name = "PRIVILEGE", requires = "user")]
+    privilege: Vec<Privilege>,
+    /// A role --user is reported to have in connectionStatus (ROLE@DB; repeat for more).
+    #[arg(long, value_name = "ROLE@DB", value_parser = user_and_db, requires = "user")]
+    role: Vec<(String, String)>,
+}
+
+/// `NAME@DB`.
+fn user_and_db(s: &str) -> Result<(String, String), String> {
+    match s.rsplit_once('@') {
+        Some((name, db)) if !name.is_empty() && !db.is_empty() => {
+            Ok((name.to_string(), db.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected NAME@DB, e.g. projector@admin")),
+    }
 }
 
 #[tokio::main]
@@ -38,6 +68,15 @@ async fn main() -> std::process::ExitCode {
         port: args.port,
         replica_set: args.replica_set,
         oplog_capacity: args.oplog_capacity,
+        release: Release {
+            version: args.server_version,
+            missing_operators: args.without_operator,
+        },
+        user: args.user.map(|(name, db)| SimulatedUser {
+            roles: args.role,
+            privileges: args.privilege,
+            ..SimulatedUser::new(&name, &db)
+        }),
     };
     // Handlers are installed before the URI is printed, so a script may signal right away.
     let signals = match Signals::install() {

@@ -22,6 +22,12 @@ pub struct ServerOptions {
     /// How many oplog entries are retained before the oldest are dropped. Small values let
     /// tests provoke `ChangeStreamHistoryLost`.
     pub oplog_capacity: usize,
+    /// The release announced (`buildInfo`, `hello`) and the aggregation operators refused
+    /// ([`crate::profile`]); a current mongod by default.
+    pub release: crate::profile::Release,
+    /// The user every connection is authenticated as, with access control on; `None`: access
+    /// control off, as a mongod without `--auth`.
+    pub user: Option<crate::profile::SimulatedUser>,
 }
 
 impl Default for ServerOptions {
@@ -31,6 +37,8 @@ impl Default for ServerOptions {
             port: 0,
             replica_set: "rs0".to_string(),
             oplog_capacity: 1_000_000,
+            release: crate::profile::Release::default(),
+            user: None,
         }
     }
 }

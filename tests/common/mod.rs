@@ -39,20 +39,35 @@ pub fn real_mongodb() -> bool {
 
 impl TestEnv {
     pub async fn new(name: &str) -> TestEnv {
-        Self::with_oplog(name, None).await
+        Self::with_options(name, None).await
     }
 
     /// An embedded server with a small oplog. `None` when running against a real MongoDB
     /// (whose oplog a test cannot shrink); the caller skips.
     pub async fn with_small_oplog(name: &str, capacity: usize) -> Option<TestEnv> {
-        if real_mongodb() {
-            eprintln!("skipped against MONGODB_URI: needs the test server's --oplog-capacity");
-            return None;
-        }
-        Some(Self::with_oplog(name, Some(capacity)).await)
+        let options = mongo_sim::ServerOptions {
+            oplog_capacity: capacity,
+            ..mongo_sim::ServerOptions::default()
+        };
+        Self::simulating(name, options, "the test server's --oplog-capacity").await
     }
 
-    async fn with_oplog(name: &str, capacity: Option<usize>) -> TestEnv {
+    /// An embedded server started with `options` (another release, a restricted user...).
+    /// `None` when running against a real MongoDB, after printing that the test needs
+    /// `what`; the caller skips.
+    pub async fn simulating(
+        name: &str,
+        options: mongo_sim::ServerOptions,
+        what: &str,
+    ) -> Option<TestEnv> {
+        if real_mongodb() {
+            eprintln!("skipped against MONGODB_URI: needs {what}");
+            return None;
+        }
+        Some(Self::with_options(name, Some(options)).await)
+    }
+
+    async fn with_options(name: &str, options: Option<mongo_sim::ServerOptions>) -> TestEnv {
         if std::env::var("RUST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
@@ -65,10 +80,7 @@ impl TestEnv {
         let (uri, server) = match std::env::var("MONGODB_URI") {
             Ok(uri) => (uri, None),
             Err(_) => {
-                let mut options = mongo_sim::ServerOptions::default();
-                if let Some(c) = capacity {
-                    options.oplog_capacity = c;
-                }
+                let options = options.unwrap_or_default();
                 let server = mongo_sim::MongoSim::start(options)
                     .await
                     .expect("start mongo-sim");
