@@ -74,9 +74,12 @@ enum Command {
         /// The projection to audit.
         #[arg(long)]
         projection: String,
-        /// Heal what is found through the sequence guard (safe while the daemon runs).
+        /// Heal what is found through the sequence guard (safe while the daemon runs): the
+        /// audit runs first, shows what it would repair and asks (--dry-run, --yes).
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        confirm: Confirmation,
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -155,6 +158,49 @@ struct ParkedTarget {
     aggregate: Option<String>,
 }
 
+/// For a command that changes data an operator cannot easily get back: `--dry-run` shows
+/// what it would do; otherwise it asks on a terminal, and needs `--yes` elsewhere.
+#[derive(clap::Args, Clone, Copy)]
+struct Confirmation {
+    /// Print what would be done, change nothing, exit 0.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do it without asking (required when standard input is not a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+impl Confirmation {
+    /// Called once the plan is printed: `Ok` to go ahead; otherwise the exit code (0 for a
+    /// dry run, 1 when the operator declines, 2 when nobody could be asked).
+    fn go_ahead(self, action: &str) -> Result<(), ExitCode> {
+        use std::io::{BufRead, IsTerminal, Write};
+        if self.dry_run {
+            println!("dry run: nothing changed");
+            return Err(ExitCode::SUCCESS);
+        }
+        if self.yes {
+            return Ok(());
+        }
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "not confirmed: {action} needs --yes when standard input is not a terminal (--dry-run shows the plan)"
+            );
+            return Err(ExitCode::from(2));
+        }
+        eprint!("{action}? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            Ok(())
+        } else {
+            eprintln!("not done");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct RebuildArgs {
     #[arg(long, env = "MONGO_PROJECTOR_CONFIG")]
@@ -178,6 +224,8 @@ struct RebuildArgs {
     /// Serve the rebuild's metrics on /metrics at this address while it runs.
     #[arg(long)]
     metrics_address: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    confirm: Confirmation,
 }
 
 #[derive(Subcommand)]
@@ -195,13 +243,19 @@ enum ParkedAction {
         #[command(flatten)]
         target: ParkedTarget,
     },
-    /// Give up on them: advance each aggregate's sequence past its entry without applying it.
+    /// Give up on them, for good: advance each aggregate's sequence past its entry without
+    /// applying it. Needs --aggregate, or --all for every entry of the projection.
     Skip {
         #[command(flatten)]
         target: ParkedTarget,
-        /// Only the entry with this sequence number.
-        #[arg(long)]
+        /// Only the entry with this sequence number (with --aggregate).
+        #[arg(long, requires = "aggregate")]
         sequence: Option<i64>,
+        /// Every parked and dead-lettered entry of the projection.
+        #[arg(long, conflicts_with = "aggregate")]
+        all: bool,
+        #[command(flatten)]
+        confirm: Confirmation,
     },
 }
 
@@ -336,6 +390,7 @@ fn main() -> ExitCode {
             config,
             projection,
             repair,
+            confirm,
             json,
             examples,
             settle,
@@ -347,10 +402,11 @@ fn main() -> ExitCode {
             };
             let options = mongo_projector::audit::AuditOptions {
                 examples,
-                repair,
+                repair: false,
                 settle,
             };
-            runtime().block_on(audit(config, uri, projection, options, json))
+            let repair = repair.then_some(confirm);
+            runtime().block_on(audit(config, uri, projection, options, json, repair))
         }
         #[cfg(feature = "embedded")]
         Command::Demo {
@@ -696,6 +752,19 @@ async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
         lanes: config.source.lanes,
         ..RebuildOptions::default()
     };
+    match rebuild::plan(&config, &client, &args.projection, &options).await {
+        Ok(plan) => println!("{plan}"),
+        Err(e) => {
+            eprintln!("rebuild of {}: {e}", args.projection);
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(code) = args
+        .confirm
+        .go_ahead(&format!("rebuild {} and swap it in", args.projection))
+    {
+        return code;
+    }
     let progress = std::sync::Arc::new(rebuild::RebuildProgress::default());
     let monitoring = tokio_util::sync::CancellationToken::new();
     let _stop_monitoring = monitoring.clone().drop_guard();
@@ -809,7 +878,19 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            ParkedAction::Skip { sequence, .. } => {
+            ParkedAction::Skip {
+                sequence,
+                all,
+                confirm,
+                ..
+            } => {
+                if aggregate.is_none() && !all {
+                    eprintln!(
+                        "parked skip gives events up for good: name the aggregate (--aggregate A), or pass --all for every entry of {}",
+                        target.projection
+                    );
+                    return Ok(ExitCode::from(2));
+                }
                 let mut entries = applier.parked.list(aggregate.as_ref(), i64::MAX).await?;
                 if let Some(seq) = sequence {
                     entries.retain(|e| {
@@ -821,6 +902,18 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
                         .and_then(bson::Bson::as_i64)
                         .unwrap_or(0)
                 });
+                if entries.is_empty() {
+                    println!("no entry to skip");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!("would skip, without applying them:");
+                for e in &entries {
+                    println!("  {}\t{}\t{}", e.state, e.reason, bson::Bson::Document(e.id.clone()));
+                }
+                let action = format!("skip these {} entr{} for good", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+                if let Err(code) = confirm.go_ahead(&action) {
+                    return Ok(code);
+                }
                 let mut failed = false;
                 for e in &entries {
                     match applier.skip_parked(e).await? {
@@ -846,12 +939,15 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
     })
 }
 
+/// The drift audit; with `repair`, the audit runs first, its findings are the plan, and the
+/// repair runs once confirmed.
 async fn audit(
     config: Config,
     uri: String,
     projection: String,
     options: mongo_projector::audit::AuditOptions,
     json: bool,
+    repair: Option<Confirmation>,
 ) -> ExitCode {
     let p = match find_projection(&config, &projection) {
         Ok(p) => p,
@@ -865,22 +961,55 @@ async fn audit(
         std::sync::Arc::new(p.clone()),
         &client.database(&p.database),
     );
-    match audit.run(options).await {
-        Ok(report) => {
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.to_table());
-            }
-            if report.unresolved() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
+    let show = |report: &mongo_projector::audit::AuditReport| {
+        if json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.to_table());
         }
+    };
+    let report = match audit.run(options.clone()).await {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("audit of {projection} failed: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    show(&report);
+    if let Some(confirm) = repair
+        && report.drifted() > 0
+    {
+        let action = format!(
+            "repair {} aggregate(s) of {projection} through the sequence guard",
+            report.drifted()
+        );
+        if let Err(code) = confirm.go_ahead(&action) {
+            return code;
+        }
+        let repaired = audit
+            .run(mongo_projector::audit::AuditOptions {
+                repair: true,
+                ..options
+            })
+            .await;
+        return match repaired {
+            Ok(report) => {
+                show(&report);
+                if report.unresolved() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("repair of {projection} failed: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if report.unresolved() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

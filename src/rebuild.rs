@@ -618,6 +618,97 @@ pub async fn run(
     rebuild.run(handover).await
 }
 
+/// What `rebuild` would do, read without changing anything (`--dry-run`, and the question
+/// asked before it starts).
+#[derive(Debug, Clone)]
+pub struct RebuildPlan {
+    pub projection: String,
+    /// `database.collection` of the read model that is replaced.
+    pub target: String,
+    /// `database.collection` of the shadow it is rebuilt into.
+    pub shadow: String,
+    /// Events in the event collection now (estimated), all folded again.
+    pub events: u64,
+    /// The workers whose checkpoints are handed over at the swap.
+    pub workers: Vec<String>,
+    /// The phase of an unfinished rebuild that would be resumed (`None`: a new one; with
+    /// `--restart`, the unfinished one is discarded first).
+    pub resumes: Option<Phase>,
+}
+
+impl std::fmt::Display for RebuildPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.resumes {
+            Some(phase) => writeln!(
+                f,
+                "resume the rebuild of {} (it stopped while {})",
+                self.projection,
+                phase.as_str()
+            )?,
+            None => writeln!(f, "rebuild {} from its events", self.projection)?,
+        }
+        writeln!(
+            f,
+            "  fold about {} events into {}, then follow the stream",
+            self.events, self.shadow
+        )?;
+        writeln!(
+            f,
+            "  swap it over {} (renameCollection with dropTarget; the old read model is dropped)",
+            self.target
+        )?;
+        write!(
+            f,
+            "  hand the position over to {} worker(s): {}",
+            self.workers.len(),
+            self.workers.join(", ")
+        )
+    }
+}
+
+/// What rebuilding `projection` would do, read from the stores.
+pub async fn plan(
+    config: &Config,
+    client: &Client,
+    projection: &str,
+    options: &RebuildOptions,
+) -> Result<RebuildPlan, RebuildError> {
+    let Some(p) = config.projection(projection) else {
+        return Err(RebuildError::Refused(format!(
+            "no projection {projection:?} in the configuration"
+        )));
+    };
+    let checkpoint_db = client.database(config.checkpoint_database());
+    let resumes = if options.restart {
+        None
+    } else {
+        StateStore::new(&checkpoint_db)
+            .load(projection)
+            .await?
+            .map(|s| s.phase)
+            .filter(|phase| *phase != Phase::Done)
+    };
+    let events = client
+        .database(&p.database)
+        .collection::<Document>(&p.events)
+        .estimated_document_count()
+        .await
+        .map_err(StoreError::from)?;
+    let workers = worker_names(
+        projection,
+        &checkpoint_db.collection(&config.checkpoints.collection),
+    )
+    .await?;
+    Ok(RebuildPlan {
+        projection: projection.to_string(),
+        target: format!("{}.{}", p.database, p.target),
+        shadow: format!("{}.{}", p.database, shadow_name(p)),
+        events,
+        workers,
+        resumes,
+    })
+}
+
 /// One rebuild in progress.
 struct Rebuild<'a> {
     config: &'a Config,

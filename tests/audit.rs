@@ -312,8 +312,31 @@ async fn the_command_exits_1_on_drift_0_once_repaired_and_2_on_error() {
     assert_eq!(v["drift"]["missing"], 1, "{v}");
     assert_eq!(v["examples"][1]["aggregate"], "b", "{v}");
 
+    // A repair is shown first: --dry-run stops there, and without a terminal to ask on,
+    // nothing is repaired without --yes.
+    for (name, flags, expected) in [
+        ("dry", &["--repair", "--dry-run"][..], 0),
+        ("unconfirmed", &["--repair"][..], 2),
+    ] {
+        let mut c = audit_command(&env, name, "accounts");
+        c.args(flags).stdin(std::process::Stdio::null());
+        let (code, stdout, stderr) = output(c).await;
+        assert_eq!(code, Some(expected), "{stdout}{stderr}");
+        assert!(
+            stdout.contains("missing"),
+            "the findings come first: {stdout}"
+        );
+        assert_eq!(
+            compare_with_fold(&env.db, "events", "accounts")
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "{name}: nothing repaired"
+        );
+    }
     let mut repair = audit_command(&env, "repair", "accounts");
-    repair.arg("--repair");
+    repair.args(["--repair", "--yes"]);
     let (code, stdout, stderr) = output(repair).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(

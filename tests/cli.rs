@@ -249,7 +249,7 @@ async fn rebuild_swaps_a_recomputed_read_model_in() {
         .unwrap();
     let rebuild = |offline: bool| {
         let mut c = binary();
-        c.args(["rebuild", "--projection", "accounts", "--config"])
+        c.args(["rebuild", "--projection", "accounts", "--yes", "--config"])
             .arg(&path)
             .env("MONGODB_URI", &env.uri)
             .env("RUST_LOG", "warn");
@@ -378,4 +378,97 @@ fn the_connection_string_may_come_from_a_file_and_is_never_printed() {
         String::from_utf8_lossy(&missing.stderr)
             .contains("MONGODB_URI_FILE /nonexistent/uri: cannot read")
     );
+}
+
+/// `parked skip` gives events up for good: it needs an aggregate (or `--all`), shows what it
+/// would skip, and skips only with `--yes` (standard input is no terminal here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_skip_needs_a_target_and_a_confirmation() {
+    let env = TestEnv::new("skip_cli").await;
+    let config = temp_file(&format!("skip-{}.toml", env.db.name()), &env.example_text());
+    // Two aggregates whose sequence 2 the server refused (dead-lettered); 1 is applied.
+    let parked = env.db.collection::<bson::Document>("accounts_parked");
+    for a in ["x", "y"] {
+        env.accounts()
+            .insert_one(doc! {"_id": a, "lastSequenceNumber": 1i64})
+            .await
+            .unwrap();
+        let e = event(a, 2, "Deposited", doc! {"amount": 1i64});
+        parked
+            .insert_one(doc! {
+                "_id": {"projection": "accounts", "aggregateId": a, "sequenceNumber": 2i64},
+                "projection": "accounts", "aggregateId": a, "sequenceNumber": 2i64,
+                "eventType": "Deposited", "event": e, "state": "dead", "reason": "rejected",
+                "detail": "", "attempts": 0i32, "firstParkedAt": bson::DateTime::now(),
+                "nextAttemptAt": bson::DateTime::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let skip = |args: &[&str]| {
+        let mut c = binary();
+        c.args(["parked", "skip", "--projection", "accounts", "--config"])
+            .arg(&config)
+            .args(args)
+            .env("MONGODB_URI", &env.uri)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null());
+        c.output().unwrap()
+    };
+    let remaining = || async { parked.count_documents(doc! {}).await.unwrap() };
+    let out = skip(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--aggregate"));
+    let out = skip(&["--aggregate", "x", "--dry-run"]);
+    let stdout = stdout_of_success(&out);
+    assert!(
+        stdout.contains("would skip") && stdout.contains("\"x\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("\"y\""), "{stdout}");
+    assert_eq!(remaining().await, 2, "a dry run skips nothing");
+    let out = skip(&["--aggregate", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert_eq!(remaining().await, 2, "not confirmed");
+    let out = skip(&["--aggregate", "x", "--yes"]);
+    stdout_of_success(&out);
+    assert_eq!(remaining().await, 1);
+    assert_eq!(
+        stored_sequence(&env, "x").await,
+        Some(2),
+        "x moved past its gap"
+    );
+    let out = skip(&["--all", "--yes"]);
+    stdout_of_success(&out);
+    assert_eq!(remaining().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_dry_run_shows_the_plan_and_changes_nothing() {
+    let env = TestEnv::new("rebuild_dry").await;
+    open_with_a_deposit(&env, "d").await;
+    let config = temp_file(&format!("dry-{}.toml", env.db.name()), &env.example_text());
+    let out = binary()
+        .args([
+            "rebuild",
+            "--projection",
+            "accounts",
+            "--dry-run",
+            "--config",
+        ])
+        .arg(&config)
+        .env("MONGODB_URI", &env.uri)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = stdout_of_success(&out);
+    assert!(
+        stdout.contains("rebuild accounts from its events"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("accounts_rebuild"), "{stdout}");
+    assert!(stdout.contains("dry run: nothing changed"), "{stdout}");
+    let names = env.db.list_collection_names().await.unwrap();
+    assert!(!names.iter().any(|n| n.contains("rebuild")), "{names:?}");
 }
