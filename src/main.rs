@@ -968,7 +968,7 @@ async fn audit(
             print!("{}", report.to_table());
         }
     };
-    let report = match audit.run(options.clone()).await {
+    let report = match audit.run(options).await {
         Ok(report) => report,
         Err(e) => {
             eprintln!("audit of {projection} failed: {e}");
