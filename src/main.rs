@@ -1,11 +1,11 @@
 //! The `mongo-projector` command: parse arguments, set up logging, hand over to the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
-use mongo_projector::daemon::Daemon;
 #[cfg(feature = "embedded")]
-use mongo_projector::demo::{DemoOptions, run_demo};
-use mongo_projector::doctor::Status;
+use mongo_projector::tools::demo::{DemoOptions, run_demo};
+use mongo_projector::tools::doctor::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -304,7 +304,7 @@ async fn connect(uri: &str) -> Result<mongodb::Client, ExitCode> {
 async fn signals_and_client(
     uri: &str,
 ) -> Result<(tokio_util::sync::CancellationToken, mongodb::Client), ExitCode> {
-    let shutdown = mongo_projector::shutdown::install().map_err(|e| {
+    let shutdown = mongo_projector::ops::shutdown::install().map_err(|e| {
         eprintln!("cannot install signal handlers: {e}");
         ExitCode::FAILURE
     })?;
@@ -324,7 +324,7 @@ fn find_projection<'a>(config: &'a Config, name: &str) -> Result<&'a ProjectionC
 }
 
 fn main() -> ExitCode {
-    mongo_projector::metrics::set_revision(env!("PROJECTOR_REVISION"));
+    mongo_projector::ops::metrics::set_revision(env!("PROJECTOR_REVISION"));
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
@@ -354,7 +354,7 @@ fn main() -> ExitCode {
                 Ok(found) => found,
                 Err(code) => return code,
             };
-            let options = mongo_projector::doctor::DoctorOptions { rebuild };
+            let options = mongo_projector::tools::doctor::DoctorOptions { rebuild };
             runtime().block_on(doctor(config, uri, options, json))
         }
         Command::Run { config } => {
@@ -400,7 +400,7 @@ fn main() -> ExitCode {
                 Ok(found) => found,
                 Err(code) => return code,
             };
-            let options = mongo_projector::audit::AuditOptions {
+            let options = mongo_projector::tools::audit::AuditOptions {
                 examples,
                 repair: false,
                 settle,
@@ -461,8 +461,8 @@ fn main() -> ExitCode {
         } => {
             // The embedded server logs every connection a stopped daemon leaves behind.
             init_logging(cli.log_format, "warn,mongo_sim=error");
-            let defaults = mongo_projector::bench::BenchOptions::default();
-            let options = mongo_projector::bench::BenchOptions {
+            let defaults = mongo_projector::tools::bench::BenchOptions::default();
+            let options = mongo_projector::tools::bench::BenchOptions {
                 accounts,
                 backlog,
                 naive_events,
@@ -477,7 +477,7 @@ fn main() -> ExitCode {
                 ..defaults
             };
             if scale_out {
-                return match runtime().block_on(mongo_projector::bench::scale_out(options)) {
+                return match runtime().block_on(mongo_projector::tools::bench::scale_out(options)) {
                     Ok(_) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("bench failed: {e}");
@@ -485,7 +485,7 @@ fn main() -> ExitCode {
                     }
                 };
             }
-            match runtime().block_on(mongo_projector::bench::run(options)) {
+            match runtime().block_on(mongo_projector::tools::bench::run(options)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bench failed: {e}");
@@ -573,13 +573,13 @@ async fn preflight(
     config: &Config,
     client: &mongodb::Client,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Option<mongo_projector::doctor::Preflight> {
+) -> Option<mongo_projector::tools::doctor::Preflight> {
     let mut backoff = mongo_projector::backoff::Backoff::new(
         config.source.reopen_backoff_initial,
         config.source.reopen_backoff_max,
     );
     let preflight = loop {
-        match mongo_projector::doctor::preflight(config, client).await {
+        match mongo_projector::tools::doctor::preflight(config, client).await {
             Ok(p) => break p,
             Err(e) => {
                 let pause = backoff.next_pause();
@@ -608,7 +608,7 @@ async fn preflight(
 async fn doctor(
     config: Config,
     uri: String,
-    options: mongo_projector::doctor::DoctorOptions,
+    options: mongo_projector::tools::doctor::DoctorOptions,
     json: bool,
 ) -> ExitCode {
     let client = match mongodb::options::ClientOptions::parse(&uri).await {
@@ -629,7 +629,7 @@ async fn doctor(
             return ExitCode::from(2);
         }
     };
-    let report = mongo_projector::doctor::run(&config, &client, &uri, &options).await;
+    let report = mongo_projector::tools::doctor::run(&config, &client, &uri, &options).await;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -739,7 +739,7 @@ async fn demo(options: DemoOptions, uri: Option<String>) -> ExitCode {
 }
 
 async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
-    use mongo_projector::rebuild::{self, RebuildError, RebuildOptions, RebuildOutcome};
+    use mongo_projector::tools::rebuild::{self, RebuildError, RebuildOptions, RebuildOutcome};
     let (shutdown, client) = match signals_and_client(&uri).await {
         Ok(both) => both,
         Err(code) => return code,
@@ -769,9 +769,9 @@ async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
     let monitoring = tokio_util::sync::CancellationToken::new();
     let _stop_monitoring = monitoring.clone().drop_guard();
     if let Some(address) = args.metrics_address {
-        let monitor = mongo_projector::metrics::Monitor::new(&config, &client, Vec::new());
+        let monitor = mongo_projector::ops::metrics::Monitor::new(&config, &client, Vec::new());
         monitor.watch_rebuild(&args.projection, progress.clone());
-        match mongo_projector::http::bind(address, monitor, monitoring.clone()).await {
+        match mongo_projector::ops::http::bind(address, monitor, monitoring.clone()).await {
             Ok((bound, serve)) => {
                 tokio::spawn(serve);
                 tracing::info!(address = %bound, "serving the rebuild's /metrics");
@@ -825,7 +825,7 @@ async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
 }
 
 async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
-    use mongo_projector::apply::Applier;
+    use mongo_projector::pipeline::apply::Applier;
     let target = match &action {
         ParkedAction::List { target, .. }
         | ParkedAction::Retry { target }
@@ -839,7 +839,7 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let stats = std::sync::Arc::new(mongo_projector::stats::ProjectionStats::default());
+    let stats = std::sync::Arc::new(mongo_projector::ops::stats::ProjectionStats::default());
     let applier = Applier::new(
         std::sync::Arc::new(projection.clone()),
         &client.database(&projection.database),
@@ -945,7 +945,7 @@ async fn audit(
     config: Config,
     uri: String,
     projection: String,
-    options: mongo_projector::audit::AuditOptions,
+    options: mongo_projector::tools::audit::AuditOptions,
     json: bool,
     repair: Option<Confirmation>,
 ) -> ExitCode {
@@ -957,11 +957,11 @@ async fn audit(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let audit = mongo_projector::audit::Audit::new(
+    let audit = mongo_projector::tools::audit::Audit::new(
         std::sync::Arc::new(p.clone()),
         &client.database(&p.database),
     );
-    let show = |report: &mongo_projector::audit::AuditReport| {
+    let show = |report: &mongo_projector::tools::audit::AuditReport| {
         if json {
             println!("{}", report.to_json());
         } else {
@@ -987,7 +987,7 @@ async fn audit(
             return code;
         }
         let repaired = audit
-            .run(mongo_projector::audit::AuditOptions {
+            .run(mongo_projector::tools::audit::AuditOptions {
                 repair: true,
                 ..options
             })

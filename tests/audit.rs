@@ -8,9 +8,9 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{TestEnv, event, eventually, stored_sequence};
 use futures_util::TryStreamExt;
-use mongo_projector::audit::{Audit, AuditOptions, AuditReport, DriftKind};
-use mongo_projector::daemon::Daemon;
-use mongo_projector::demo::{account_from_read_model, compare_with_fold, fold};
+use mongo_projector::cluster::daemon::Daemon;
+use mongo_projector::tools::audit::{Audit, AuditOptions, AuditReport, DriftKind};
+use mongo_projector::tools::demo::{account_from_read_model, compare_with_fold, fold};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -195,7 +195,7 @@ async fn the_audit_names_each_corruption_and_repair_restores_the_fold() {
         .unwrap();
     assert_eq!(
         (rolled.stored.clone(), rolled.events.map(|e| e.highest)),
-        (mongo_projector::audit::Stored::Sequence(2), Some(4))
+        (mongo_projector::tools::audit::Stored::Sequence(2), Some(4))
     );
     assert!(found.unresolved());
 

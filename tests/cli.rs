@@ -143,7 +143,7 @@ async fn sigterm_drains_checkpoints_and_exits_zero() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "graceful stop exits 0");
     let checkpoint =
-        mongo_projector::checkpoint::CheckpointStore::new(&env.db, "projector_checkpoints")
+        mongo_projector::store::checkpoint::CheckpointStore::new(&env.db, "projector_checkpoints")
             .load("accounts")
             .await
             .unwrap()

@@ -2,8 +2,8 @@
 //! documentation cannot drift from the code.
 
 use mongo_projector::config::Config;
-use mongo_projector::doctor::{SUPPORTED_NEWEST, SUPPORTED_OLDEST};
-use mongo_projector::metrics::CATALOGUE;
+use mongo_projector::ops::metrics::CATALOGUE;
+use mongo_projector::tools::doctor::{SUPPORTED_NEWEST, SUPPORTED_OLDEST};
 
 const README: &str = include_str!("../README.md");
 

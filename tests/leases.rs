@@ -12,11 +12,11 @@ use common::{
     TestEnv, event, eventually, fail_point, seen, stored_document, stored_sequence,
     wait_until_tailing,
 };
-use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
 use mongo_projector::config::Config;
 use mongo_projector::error::StoreError;
-use mongo_projector::lease::{LeaseStore, Renewal};
-use mongo_projector::metrics::Monitor;
+use mongo_projector::ops::metrics::Monitor;
+use mongo_projector::store::checkpoint::{Checkpoint, CheckpointStore};
+use mongo_projector::store::lease::{LeaseStore, Renewal};
 use mongodb::change_stream::event::ResumeToken;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

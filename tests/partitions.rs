@@ -21,13 +21,13 @@ use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use common::replica::{Replica, leased_config, start_instance, start_replica};
 use common::{TestEnv, event, eventually, recording_projection, seen, wait_until_tailing};
 use futures_util::TryStreamExt;
-use mongo_projector::audit::{Audit, AuditOptions};
-use mongo_projector::checkpoint::CheckpointStore;
+use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, StartFrom};
-use mongo_projector::daemon::Daemon;
-use mongo_projector::park::ParkedStore;
-use mongo_projector::partition::{Partition, workers};
-use mongo_projector::stats::StatsSnapshot;
+use mongo_projector::model::partition::{Partition, workers};
+use mongo_projector::ops::stats::StatsSnapshot;
+use mongo_projector::store::checkpoint::CheckpointStore;
+use mongo_projector::store::park::ParkedStore;
+use mongo_projector::tools::audit::{Audit, AuditOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -312,7 +312,7 @@ async fn three_replicas_under_leases_take_one_partition_each() {
     }
     let held = |stats: &[(
         String,
-        std::sync::Arc<mongo_projector::stats::ProjectionStats>,
+        std::sync::Arc<mongo_projector::ops::stats::ProjectionStats>,
     )]| {
         stats
             .iter()
@@ -615,7 +615,7 @@ async fn chaos_schedule(seed: u64) {
     for replica in running {
         replica.stop().await;
     }
-    let mismatches = mongo_projector::demo::compare_with_fold(&env.db, "events", "accounts")
+    let mismatches = mongo_projector::tools::demo::compare_with_fold(&env.db, "events", "accounts")
         .await
         .unwrap();
     assert!(mismatches.is_empty(), "seed {seed}: {mismatches:#?}");

@@ -24,7 +24,7 @@ use common::replica::{Replica, start_instance};
 use common::{TestEnv, event, eventually, fail_point, recording_projection, seen};
 use mongo_projector::config::{Config, ProjectionConfig};
 use mongo_projector::error::StopReason;
-use mongo_projector::metrics::Monitor;
+use mongo_projector::ops::metrics::Monitor;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 

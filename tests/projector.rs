@@ -11,9 +11,9 @@ use common::{
     TestEnv, documents, event, eventually, fail_point, recording_projection, seen, stored_document,
     stored_sequence, wait_until_tailing,
 };
-use mongo_projector::checkpoint::{Checkpoint, CheckpointStore};
-use mongo_projector::daemon::Daemon;
-use mongo_projector::demo::compare_with_fold;
+use mongo_projector::cluster::daemon::Daemon;
+use mongo_projector::store::checkpoint::{Checkpoint, CheckpointStore};
+use mongo_projector::tools::demo::compare_with_fold;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A daemon running in the background of a test.
 struct Running {
     shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<mongo_projector::stats::StatsSnapshot>,
+    handle: tokio::task::JoinHandle<mongo_projector::ops::stats::StatsSnapshot>,
 }
 
 fn start(env: &TestEnv, config: &mongo_projector::config::Config) -> Running {
@@ -37,7 +37,7 @@ fn start(env: &TestEnv, config: &mongo_projector::config::Config) -> Running {
 }
 
 impl Running {
-    async fn stop(self) -> mongo_projector::stats::StatsSnapshot {
+    async fn stop(self) -> mongo_projector::ops::stats::StatsSnapshot {
         self.shutdown.cancel();
         self.handle.await.expect("daemon task")
     }
@@ -245,7 +245,7 @@ async fn a_gap_never_filled_is_dead_lettered_and_an_operator_can_skip_it() {
 
     // The operator gives up on the missing event 2: 3 cannot be skipped before 2 exists in
     // the read model's sequence, so 2 is declared skipped by advancing past it by hand.
-    let applier = mongo_projector::apply::Applier::new(
+    let applier = mongo_projector::pipeline::apply::Applier::new(
         std::sync::Arc::new(config.projections[0].clone()),
         &env.db,
         std::sync::Arc::new(Default::default()),
@@ -476,7 +476,7 @@ async fn fail_points_on_get_more_update_and_checkpoint_are_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_workload_folds_exactly() {
     let env = TestEnv::new("demo").await;
-    let options = mongo_projector::demo::DemoOptions {
+    let options = mongo_projector::tools::demo::DemoOptions {
         accounts: 40,
         events: 800,
         writers: 3,
@@ -484,7 +484,7 @@ async fn the_demo_workload_folds_exactly() {
         seed: 11,
         database: Some(env.db.name().to_string()),
     };
-    let report = mongo_projector::demo::run_demo(&env.client, &options)
+    let report = mongo_projector::tools::demo::run_demo(&env.client, &options)
         .await
         .unwrap();
     assert!(report.passed(), "{:?}", report.mismatches);

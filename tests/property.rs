@@ -9,7 +9,7 @@
 mod common;
 
 use common::fold::{Histories, applier, histories, shared};
-use mongo_projector::event::decode_event;
+use mongo_projector::model::event::decode_event;
 use proptest::prelude::*;
 
 /// One generated scenario.

@@ -11,12 +11,12 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{TestEnv, documents, event, eventually};
 use futures_util::TryStreamExt;
-use mongo_projector::checkpoint::CheckpointStore;
+use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, Handler, StartFrom};
-use mongo_projector::daemon::Daemon;
-use mongo_projector::lease::{LeaseStore, Renewal};
-use mongo_projector::partition::{Start, StreamStart, choose_start, token_cluster_time};
-use mongo_projector::rebuild::{
+use mongo_projector::model::partition::{Start, StreamStart, choose_start, token_cluster_time};
+use mongo_projector::store::checkpoint::CheckpointStore;
+use mongo_projector::store::lease::{LeaseStore, Renewal};
+use mongo_projector::tools::rebuild::{
     self, Handover, Phase, RebuildError, RebuildOptions, RebuildOutcome, RebuildProgress,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -436,7 +436,7 @@ async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or
         panic!("not swapped: {outcome:?}");
     };
     assert_eq!(progress.phase(), Phase::Done);
-    let monitor = mongo_projector::metrics::Monitor::new(&config, &env.client, Vec::new());
+    let monitor = mongo_projector::ops::metrics::Monitor::new(&config, &env.client, Vec::new());
     monitor.watch_rebuild("accounts", progress.clone());
     let metrics = monitor.render();
     for line in [

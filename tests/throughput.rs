@@ -14,11 +14,11 @@ use common::fold::{Histories, applier, histories, shared};
 use common::{
     TestEnv, event, eventually, recording_projection, seen, stored_sequence, wait_until_tailing,
 };
-use mongo_projector::apply::{BatchItem, SequenceCache};
-use mongo_projector::checkpoint::CheckpointStore;
-use mongo_projector::daemon::Daemon;
-use mongo_projector::event::decode_event;
-use mongo_projector::lanes::lane_of;
+use mongo_projector::cluster::daemon::Daemon;
+use mongo_projector::model::event::decode_event;
+use mongo_projector::pipeline::apply::{BatchItem, SequenceCache};
+use mongo_projector::pipeline::lanes::lane_of;
+use mongo_projector::store::checkpoint::CheckpointStore;
 use proptest::prelude::*;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

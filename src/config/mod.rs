@@ -28,7 +28,7 @@ pub struct Config {
 }
 
 /// Leases that let several replicas run side by side: each worker is active in one instance
-/// at a time, and checkpoint writes are fenced by the lease epoch (see [`crate::lease`]).
+/// at a time, and checkpoint writes are fenced by the lease epoch (see [`crate::store::lease`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseConfig {
     /// Off: a single instance, checkpoints unfenced.
@@ -230,8 +230,8 @@ pub struct ProjectionConfig {
     pub parking: ParkingConfig,
     /// Workers the projection is split into by a hash of the aggregate id (1 to 64).
     pub partitions: u32,
-    /// Which of them this is, once expanded by [`crate::partition::workers`]; never from TOML.
-    pub partition: Option<crate::partition::Partition>,
+    /// Which of them this is, once expanded by [`crate::model::partition::workers`]; never from TOML.
+    pub partition: Option<crate::model::partition::Partition>,
 }
 
 /// Every problem found in a configuration file, each with its path.
@@ -859,9 +859,9 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
     }
 }
 
-/// `projections[].partitions`: 1 to [`crate::partition::MAX_PARTITIONS`], default 1.
+/// `projections[].partitions`: 1 to [`crate::model::partition::MAX_PARTITIONS`], default 1.
 fn read_partitions(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> u32 {
-    let max = crate::partition::MAX_PARTITIONS;
+    let max = crate::model::partition::MAX_PARTITIONS;
     let k = r.positive_integer("partitions", 1, errors);
     if k > u64::from(max) {
         errors.push(format!("{path}.partitions: at most {max}, found {k}"));

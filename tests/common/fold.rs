@@ -3,7 +3,7 @@
 //! applier, and the final check that the read model equals the in-order fold.
 
 use bson::{Bson, Document, doc};
-use mongo_projector::apply::Applier;
+use mongo_projector::pipeline::apply::Applier;
 use proptest::prelude::*;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -8,9 +8,9 @@ pub mod replica;
 
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
-use mongo_projector::checkpoint::CheckpointStore;
+use mongo_projector::cluster::daemon::{Daemon, DaemonReport};
 use mongo_projector::config::{Config, Handler, ProjectionConfig};
-use mongo_projector::daemon::{Daemon, DaemonReport};
+use mongo_projector::store::checkpoint::CheckpointStore;
 use mongodb::{Client, Collection, Database};
 use std::future::Future;
 use std::net::SocketAddr;

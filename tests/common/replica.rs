@@ -3,9 +3,9 @@
 //! killed.
 
 use super::{TestEnv, eventually};
+use mongo_projector::cluster::daemon::{Daemon, DaemonReport};
 use mongo_projector::config::{Config, ProjectionConfig};
-use mongo_projector::daemon::{Daemon, DaemonReport};
-use mongo_projector::stats::ProjectionStats;
+use mongo_projector::ops::stats::ProjectionStats;
 use mongodb::options::ClientOptions;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

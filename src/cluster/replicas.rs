@@ -1,5 +1,5 @@
 //! Running as one of several replicas: each worker waits in standby until its lease
-//! ([`crate::lease`]) is free, then runs under a child stop token while a renewal task keeps
+//! ([`crate::store::lease`]) is free, then runs under a child stop token while a renewal task keeps
 //! the lease; a lost lease, a renewal that fails for a whole ttl, a handover request or a
 //! fair-share yield stops the run gracefully (its final checkpoint fenced by the epoch) and
 //! the worker goes back to standby. Daemon shutdown stops the run and releases the lease so
@@ -9,12 +9,12 @@
 //! `ceil(workers / live instances)` leases and gives up the extra ones when more instances
 //! appear.
 
-use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, INSTANCES_COLLECTION, LeaseConfig};
 use crate::error::{Failures, StoreError};
-use crate::lease::{InstanceStore, Lease, LeaseStore, Renewal};
-use crate::source::{ProjectionStopped, ProjectionWorker};
-use crate::stats::ProjectionStats;
+use crate::ops::stats::ProjectionStats;
+use crate::pipeline::worker::{ProjectionStopped, ProjectionWorker};
+use crate::store::checkpoint::CheckpointStore;
+use crate::store::lease::{InstanceStore, Lease, LeaseStore, Renewal};
 use mongodb::Client;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

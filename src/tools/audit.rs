@@ -18,12 +18,12 @@
 //! Repair goes through the live path ([`Applier::handle`], the sequence guard), so it is safe
 //! while the daemon runs: whatever the daemon applied first comes back as a duplicate.
 
-use crate::apply::{Applier, Disposition};
 use crate::config::{Config, ProjectionConfig};
 use crate::error::StoreError;
-use crate::event::decode_event;
-use crate::projection::SEQUENCE_FIELD;
-use crate::stats::{ProjectionStats, unix_millis};
+use crate::model::event::decode_event;
+use crate::model::projection::SEQUENCE_FIELD;
+use crate::ops::stats::{ProjectionStats, unix_millis};
+use crate::pipeline::apply::{Applier, Disposition};
 use bson::{Bson, Document, doc};
 use bson_order::compare;
 use futures_util::TryStreamExt;
@@ -391,8 +391,8 @@ const AGGREGATE_ID_TYPES: [&str; 5] = ["string", "objectId", "int", "long", "bin
 impl Audit {
     pub fn new(config: Arc<ProjectionConfig>, db: &Database) -> Self {
         Self {
-            events: crate::majority_collection(db, &config.events),
-            read_model: crate::majority_collection(db, &config.target),
+            events: crate::store::majority_collection(db, &config.events),
+            read_model: crate::store::majority_collection(db, &config.target),
             db: db.clone(),
             config,
         }
@@ -417,7 +417,7 @@ impl Audit {
             ),
         };
         // A partition worker audits its own share of the aggregates.
-        crate::partition::restrict(&mut valid, self.config.partition, &f.aggregate_id);
+        crate::model::partition::restrict(&mut valid, self.config.partition, &f.aggregate_id);
         pipeline.push(doc! {"$match": valid});
         let seq = format!("${}", f.sequence_number);
         pipeline.push(doc! {"$group": {
@@ -479,7 +479,7 @@ impl Audit {
             .batch_size(1000)
             .await?;
         let mut mine = doc! {};
-        crate::partition::restrict(&mut mine, self.config.partition, "_id");
+        crate::model::partition::restrict(&mut mine, self.config.partition, "_id");
         let mut models = self
             .read_model
             .find(mine)

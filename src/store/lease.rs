@@ -4,7 +4,7 @@
 //! handoverUntil?}`, changed only by conditional single-document updates. Expiry is judged by
 //! the server's clock (`$$NOW`), never by an instance's: the clocks of replicas differ. The
 //! epoch grows whenever the lease changes hands (or is taken again after expiring), and fences
-//! checkpoint writes ([`crate::checkpoint::CheckpointStore::save`]): a former holder that was
+//! checkpoint writes ([`crate::store::checkpoint::CheckpointStore::save`]): a former holder that was
 //! paused past its lease can still reach the server, but never move the checkpoint.
 //!
 //! Beside the leases, every instance announces itself with a heartbeat document
@@ -76,7 +76,7 @@ impl LeaseStore {
     /// by a primary that then rolls back would let two holders believe they hold it.
     pub fn new(db: &Database, collection: &str) -> Self {
         Self {
-            coll: crate::majority_collection(db, collection),
+            coll: crate::store::majority_collection(db, collection),
         }
     }
 
@@ -278,7 +278,7 @@ pub struct InstanceStore {
 impl InstanceStore {
     pub fn new(db: &Database, collection: &str) -> Self {
         Self {
-            coll: crate::majority_collection(db, collection),
+            coll: crate::store::majority_collection(db, collection),
         }
     }
 

@@ -23,7 +23,7 @@
 //! and 3 daemon instances inside this process sharing a projection split into 3 partitions.
 
 use crate::config::default_lanes;
-use crate::demo::EXAMPLE_CONFIG;
+use crate::tools::demo::EXAMPLE_CONFIG;
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::WriteConcern;
@@ -920,7 +920,7 @@ fn process_cpu() -> Duration {
 /// `mongo-projector bench --scale-out`: the example projection with 3 partitions; the same
 /// backlog (`backlog` events over `accounts`) drained by 1 instance running the 3 workers, by 2
 /// running 2 + 1, and by 3 running one each, after a baseline of the unpartitioned projection
-/// in 1 instance. The instances are [`crate::daemon::Daemon`]s in this process, each with its
+/// in 1 instance. The instances are [`crate::cluster::daemon::Daemon`]s in this process, each with its
 /// own client (connection pool); partition `i` goes to instance `i mod n`. Each run starts from
 /// stored checkpoints on a fresh database (and a fresh embedded server) and ends when every
 /// event is handled. CPU time is the whole process's: with the embedded server that includes
@@ -1006,7 +1006,7 @@ async fn scale_out_run(
     partitions: u32,
     instances: usize,
 ) -> BenchResult<ScaleOutRow> {
-    use crate::daemon::Daemon;
+    use crate::cluster::daemon::Daemon;
     use tokio_util::sync::CancellationToken;
     let name = format!("bench_scale_out_{partitions}_{instances}");
     let text = EXAMPLE_CONFIG
@@ -1047,7 +1047,7 @@ async fn scale_out_run(
     let stop = |shutdown: CancellationToken,
                 running: Vec<(
         Arc<Daemon>,
-        tokio::task::JoinHandle<crate::daemon::DaemonReport>,
+        tokio::task::JoinHandle<crate::cluster::daemon::DaemonReport>,
     )>| async move {
         shutdown.cancel();
         for (_, handle) in running {

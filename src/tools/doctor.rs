@@ -24,12 +24,12 @@
 //! (version comparison, which features a configuration needs, privilege matching, checkpoint
 //! age) are small pure functions; the I/O stays in the functions that call them.
 
-use crate::apply::{Outcome, ReadModel};
-use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, Handler, ProjectionConfig, redact_uri};
-use crate::event::Event;
-use crate::partition::Partition;
-use crate::projection::{Change, guarded_statement};
+use crate::model::event::Event;
+use crate::model::partition::Partition;
+use crate::model::projection::{Change, guarded_statement};
+use crate::pipeline::apply::{Outcome, ReadModel};
+use crate::store::checkpoint::CheckpointStore;
 use bson::oid::ObjectId;
 use bson::{Bson, Document, Timestamp, doc};
 use futures_util::TryStreamExt;
@@ -582,7 +582,7 @@ async fn rebuild_in_progress(config: &Config, client: &Client) -> bool {
     let names: Vec<&str> = config.projections.iter().map(|p| p.name.as_str()).collect();
     let states: Collection<Document> = client
         .database(config.checkpoint_database())
-        .collection(crate::rebuild::STATE_COLLECTION);
+        .collection(crate::tools::rebuild::STATE_COLLECTION);
     matches!(
         states.find_one(doc! {"_id": {"$in": names}}).await,
         Ok(Some(_))
@@ -973,7 +973,7 @@ pub(crate) fn required_privileges(config: &Config, rebuild: bool) -> Vec<Need> {
             );
             add(
                 db,
-                &crate::rebuild::shadow_name(p),
+                &crate::tools::rebuild::shadow_name(p),
                 &[
                     "find",
                     "insert",
@@ -986,7 +986,7 @@ pub(crate) fn required_privileges(config: &Config, rebuild: bool) -> Vec<Need> {
             );
             add(
                 db,
-                &crate::rebuild::shadow_parked_name(p),
+                &crate::tools::rebuild::shadow_parked_name(p),
                 &["find", "insert", "update", "remove", "dropCollection"],
                 format!("rebuild of {}", p.name),
             );
@@ -1011,7 +1011,7 @@ pub(crate) fn required_privileges(config: &Config, rebuild: bool) -> Vec<Need> {
     if rebuild {
         add(
             cdb,
-            crate::rebuild::STATE_COLLECTION,
+            crate::tools::rebuild::STATE_COLLECTION,
             &["find", "insert", "update", "remove"],
             "rebuild state".into(),
         );
@@ -1415,7 +1415,7 @@ mod tests {
 
     #[test]
     fn features_follow_the_configuration() {
-        let example = Config::parse(include_str!("../config/example.toml")).unwrap();
+        let example = Config::parse(include_str!("../../config/example.toml")).unwrap();
         assert_eq!(
             features(&example.projections[0]),
             BTreeSet::from([Feature::UpdatePipeline])
@@ -1455,7 +1455,7 @@ mod tests {
 
     #[test]
     fn the_example_needs_these_privileges() {
-        let config = Config::parse(include_str!("../config/example.toml")).unwrap();
+        let config = Config::parse(include_str!("../../config/example.toml")).unwrap();
         let needs = required_privileges(&config, false);
         let find = |coll: &str| {
             needs

@@ -9,10 +9,10 @@
 
 use crate::config::{ProjectionConfig, UnhandledPolicy};
 use crate::error::StoreError;
-use crate::event::{Event, Malformed, decode_event};
-use crate::park::{ParkReason, ParkedEvent, ParkedStore};
-use crate::projection::{Change, SEQUENCE_FIELD, guarded_statement};
-use crate::stats::ProjectionStats;
+use crate::model::event::{Event, Malformed, decode_event};
+use crate::model::projection::{Change, SEQUENCE_FIELD, guarded_statement};
+use crate::ops::stats::ProjectionStats;
+use crate::store::park::{ParkReason, ParkedEvent, ParkedStore};
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::{Collection, Database};
@@ -320,7 +320,7 @@ impl ParkedWatch {
 
 impl Applier {
     pub fn new(config: Arc<ProjectionConfig>, db: &Database, stats: Arc<ProjectionStats>) -> Self {
-        let events = crate::majority_collection(db, &config.events);
+        let events = crate::store::majority_collection(db, &config.events);
         Self {
             read_model: ReadModel::new(db.clone(), config.target.clone()),
             parked: ParkedStore::for_worker(db, &config),

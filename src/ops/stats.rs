@@ -42,7 +42,7 @@ pub struct ProjectionStats {
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
     /// The last background drift audit's findings.
-    pub audit: crate::audit::AuditFigures,
+    pub audit: crate::tools::audit::AuditFigures,
     last_error: Mutex<Option<String>>,
     /// Events handled or in flight beyond the stored checkpoint (the crash window).
     pub beyond_checkpoint: AtomicU64,
@@ -53,7 +53,7 @@ pub struct ProjectionStats {
     stopped: Mutex<Option<crate::error::StopReason>>,
     /// Checkpoint writes refused because a newer lease holder claimed the checkpoint.
     pub checkpoint_fenced: AtomicU64,
-    /// Lease state of this worker (see [`crate::lease`]).
+    /// Lease state of this worker (see [`crate::store::lease`]).
     pub lease: LeaseStats,
 }
 

@@ -21,16 +21,16 @@
 //!    replace the projection's; the workers are given back.
 //! 4. **done**.
 
-use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
 use crate::backoff::Backoff;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{Config, ProjectionConfig};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
-use crate::event::{Event, decode_change, decode_event};
-use crate::lanes::lane_of;
-use crate::lease::{Lease, LeaseStore, Renewal};
-use crate::source::prefix_filter;
-use crate::stats::{ProjectionStats, unix_millis};
+use crate::model::event::{Event, decode_change, decode_event};
+use crate::ops::stats::{ProjectionStats, unix_millis};
+use crate::pipeline::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
+use crate::pipeline::lanes::lane_of;
+use crate::pipeline::worker::prefix_filter;
+use crate::store::checkpoint::{Checkpoint, CheckpointStore};
+use crate::store::lease::{Lease, LeaseStore, Renewal};
 use bson::{Bson, DateTime, Document, Timestamp, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
@@ -256,7 +256,7 @@ struct StateStore {
 impl StateStore {
     fn new(db: &Database) -> Self {
         Self {
-            coll: crate::majority_collection(db, STATE_COLLECTION),
+            coll: crate::store::majority_collection(db, STATE_COLLECTION),
         }
     }
 
@@ -1290,7 +1290,7 @@ impl<'a> Rebuild<'a> {
         let live = self.db.collection::<Document>(&self.projection.target);
         let mut cursor = live
             .find(doc! {})
-            .projection(doc! {crate::projection::SEQUENCE_FIELD: 1})
+            .projection(doc! {crate::model::projection::SEQUENCE_FIELD: 1})
             .batch_size(1000)
             .await
             .map_err(StoreError::from)?;
@@ -1304,7 +1304,7 @@ impl<'a> Rebuild<'a> {
                 && let Some(id) = d.get("_id")
             {
                 let seq = d
-                    .get(crate::projection::SEQUENCE_FIELD)
+                    .get(crate::model::projection::SEQUENCE_FIELD)
                     .and_then(Bson::as_i64)
                     .unwrap_or(0);
                 page.push((id.clone(), seq));
@@ -1389,7 +1389,7 @@ impl<'a> Rebuild<'a> {
     /// Sets every worker's checkpoint to the shadow's position, keeping its running count and
     /// origin. The token is the rebuild's stream's, not the worker's: marked as such, a worker
     /// starts at its cluster time instead of resuming after it
-    /// ([`crate::partition::Vouched::ForeignToken`]).
+    /// ([`crate::model::partition::Vouched::ForeignToken`]).
     async fn hand_over_checkpoints(
         &self,
         state: &RebuildState,
@@ -1399,7 +1399,7 @@ impl<'a> Rebuild<'a> {
             let previous = self.checkpoints.load(worker).await?;
             let checkpoint = Checkpoint {
                 token: state.token.clone(),
-                cluster_time: crate::partition::token_cluster_time(&state.token),
+                cluster_time: crate::model::partition::token_cluster_time(&state.token),
                 events_handled: previous.as_ref().map_or(0, |c| c.events_handled),
                 updated_at: DateTime::now(),
                 token_from: Some(format!("{} rebuild", self.name())),
@@ -1486,7 +1486,7 @@ impl ShadowWriter {
         Self {
             applier,
             caches: (0..lanes.max(1))
-                .map(|_| SequenceCache::new(crate::lanes::CACHE_PER_LANE))
+                .map(|_| SequenceCache::new(crate::pipeline::lanes::CACHE_PER_LANE))
                 .collect(),
         }
     }
@@ -1546,7 +1546,7 @@ mod tests {
 
     #[test]
     fn the_fingerprint_follows_the_handlers() {
-        let config = Config::parse(include_str!("../config/example.toml")).unwrap();
+        let config = Config::parse(include_str!("../../config/example.toml")).unwrap();
         let p = config.projections[0].clone();
         let mut changed = p.clone();
         changed.handlers.remove("Deposited");

@@ -12,7 +12,7 @@
 //! statement is self-contained and many can share one `update` command.
 
 use crate::config::{Handler, placeholder};
-use crate::event::Event;
+use crate::model::event::Event;
 use bson::{Bson, Document, doc};
 
 /// The field of every read-model document that records the last applied sequence number.

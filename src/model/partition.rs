@@ -10,8 +10,8 @@
 //! its own checkpoint and metrics; parked events stay under the projection's name, shared by
 //! every K.
 
-use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ProjectionConfig, StartFrom};
+use crate::store::checkpoint::Checkpoint;
 use bson::{Bson, Document, Timestamp, doc};
 use mongodb::change_stream::event::ResumeToken;
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! on quiet streams so that an idle projection's token never ages out of the oplog.
 //!
 //! When several replicas run, writes are fenced by the writer's lease epoch
-//! ([`crate::lease`]): the document keeps the highest epoch that claimed it, and a write with
+//! ([`crate::store::lease`]): the document keeps the highest epoch that claimed it, and a write with
 //! an older epoch is refused ([`StoreError::Fenced`]), so a paused former holder can never move
 //! the position back. Checkpoints are keyed by the worker's name.
 
@@ -30,7 +30,7 @@ pub struct Checkpoint {
     /// For `start = "now"`: the cluster time from which this worker's share is covered (the
     /// moment its first start opened the stream, or the position it first inherited). A
     /// sibling that starts later from "now" starts there instead, so that "now" means one
-    /// moment for the whole projection ([`crate::partition::choose_start`]).
+    /// moment for the whole projection ([`crate::model::partition::choose_start`]).
     pub origin: Option<Timestamp>,
 }
 
@@ -62,7 +62,7 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     pub fn new(db: &Database, collection: &str) -> Self {
         Self {
-            coll: crate::majority_collection(db, collection),
+            coll: crate::store::majority_collection(db, collection),
         }
     }
 
@@ -183,7 +183,7 @@ impl CheckpointStore {
     /// Every checkpoint whose name is `projection` or starts with `projection/` (its partition
     /// workers under any partition count), with its name. A checkpoint that cannot be read is
     /// left out with a warning: it vouches for nothing, which can only make a worker start
-    /// earlier ([`crate::partition::choose_start`]), never later.
+    /// earlier ([`crate::model::partition::choose_start`]), never later.
     pub async fn load_family(
         &self,
         projection: &str,

@@ -6,8 +6,8 @@
 use crate::config::ParkingConfig;
 use crate::config::ProjectionConfig;
 use crate::error::StoreError;
-use crate::event::{Event, Malformed};
-use crate::partition::{Partition, restrict};
+use crate::model::event::{Event, Malformed};
+use crate::model::partition::{Partition, restrict};
 use bson::{Bson, DateTime, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::WriteConcern;

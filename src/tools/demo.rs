@@ -7,10 +7,10 @@
 //! it mid-way, and finally checks every account against an independent in-order fold of its
 //! events.
 
+use crate::cluster::daemon::Daemon;
 use crate::config::Config;
-use crate::daemon::Daemon;
-use crate::projection::SEQUENCE_FIELD;
-use crate::stats::StatsSnapshot;
+use crate::model::projection::SEQUENCE_FIELD;
+use crate::ops::stats::StatsSnapshot;
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The example configuration, embedded so the demo needs no files.
-pub const EXAMPLE_CONFIG: &str = include_str!("../config/example.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config/example.toml");
 
 /// Size of the generated workload.
 #[derive(Debug, Clone)]
@@ -349,7 +349,7 @@ pub async fn run_demo(
         .await? as usize;
     let dead_lettered_entries = db
         .collection::<Document>(&projection.parking.collection)
-        .count_documents(doc! {"state": crate::park::DEAD})
+        .count_documents(doc! {"state": crate::store::park::DEAD})
         .await?;
     Ok(DemoReport {
         events_written: total_written,

@@ -8,9 +8,9 @@
 
 use crate::config::{Config, HttpConfig};
 use crate::error::StopReason;
-use crate::park::ParkedStore;
-use crate::rebuild::{Phase, RebuildProgress};
-use crate::stats::{ProjectionStats, unix_millis};
+use crate::ops::stats::{ProjectionStats, unix_millis};
+use crate::store::park::ParkedStore;
+use crate::tools::rebuild::{Phase, RebuildProgress};
 use bson::{Bson, Document, doc};
 use mongodb::Client;
 use prometheus::core::{Collector, Desc};
@@ -233,7 +233,7 @@ impl Collector for ProjectorCollector {
                         }
                     }
                     n if n == AUDIT_DRIFT.name => {
-                        for kind in crate::audit::DriftKind::ALL {
+                        for kind in crate::tools::audit::DriftKind::ALL {
                             if let Some(count) = p.stats.audit.drift(kind) {
                                 metrics.push(sample(
                                     vec![
@@ -358,7 +358,7 @@ impl Monitor {
         let projections = stats
             .into_iter()
             .filter_map(|(name, stats)| {
-                let p = crate::partition::find_worker(config, &name)?;
+                let p = crate::model::partition::find_worker(config, &name)?;
                 Some(Watched {
                     parked_store: ParkedStore::for_worker(&client.database(&p.database), &p),
                     name,

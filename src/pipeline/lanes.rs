@@ -5,15 +5,15 @@
 //! different aggregates are written in parallel. A lane writes each batch with
 //! [`Applier::handle_batch`], retries known-transient errors in place (the stream does not move past
 //! an event until it is applied, skipped or parked), and reports the batch's tickets back so
-//! that the [`crate::watermark::Watermark`] can move. Every channel is bounded: a slow server
+//! that the [`crate::pipeline::watermark::Watermark`] can move. Every channel is bounded: a slow server
 //! fills the lanes' queues and then slows the reader down instead of growing memory.
 
-use crate::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
 use crate::backoff::Backoff;
 use crate::error::{ErrorAction, StoreError};
-use crate::event::Event;
-use crate::park::ParkedEvent;
-use crate::watermark::Ticket;
+use crate::model::event::Event;
+use crate::pipeline::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
+use crate::pipeline::watermark::Ticket;
+use crate::store::park::ParkedEvent;
 use bson::Bson;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -3,14 +3,14 @@
 //! collection dropped, say) is reported while the others go on.
 //!
 //! With `[leases] enabled` (the default), each worker runs only while this instance holds its
-//! lease ([`crate::replicas`]), so that several replicas can run side by side.
+//! lease ([`crate::cluster::replicas`]), so that several replicas can run side by side.
 
-use crate::checkpoint::CheckpointStore;
+use crate::cluster::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
 use crate::config::{Config, ProjectionConfig};
 use crate::error::StopReason;
-use crate::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
-use crate::source::{ProjectionStopped, ProjectionWorker};
-use crate::stats::{ProjectionStats, StatsSnapshot};
+use crate::ops::stats::{ProjectionStats, StatsSnapshot};
+use crate::pipeline::worker::{ProjectionStopped, ProjectionWorker};
+use crate::store::checkpoint::CheckpointStore;
 use mongodb::Client;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
     /// Projections refused before the start ([`Daemon::refuse`]), with the reason.
     refused: Vec<(String, String)>,
-    audit: Option<crate::audit::BackgroundAudit>,
+    audit: Option<crate::tools::audit::BackgroundAudit>,
     /// This instance among the replicas; `None` with leases disabled.
     instance: Option<Arc<Instance>>,
     shutdown: CancellationToken,
@@ -45,7 +45,7 @@ impl Daemon {
     }
 
     /// A daemon running only the workers `select` accepts, among every projection's workers
-    /// (one per partition: [`crate::partition::workers`]): a fixed split between instances,
+    /// (one per partition: [`crate::model::partition::workers`]): a fixed split between instances,
     /// for tests and benchmarks, meant with leases off (leases share the workers out at run
     /// time, and an instance's fair share counts only the workers it was given).
     pub fn with_workers(
@@ -61,7 +61,7 @@ impl Daemon {
         let workers: Vec<Arc<ProjectionWorker>> = config
             .projections
             .iter()
-            .flat_map(crate::partition::workers)
+            .flat_map(crate::model::partition::workers)
             .filter(|w| select(w))
             .map(|p| {
                 let db = client.database(&p.database);
@@ -75,7 +75,7 @@ impl Daemon {
                 ))
             })
             .collect();
-        let audit = crate::audit::BackgroundAudit::new(
+        let audit = crate::tools::audit::BackgroundAudit::new(
             config,
             client,
             shutdown,
@@ -151,7 +151,10 @@ impl Daemon {
     /// Dropping this future (a crash of the task running it) aborts every worker at once,
     /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
-        let _audit = self.audit.clone().map(crate::audit::BackgroundAudit::spawn);
+        let _audit = self
+            .audit
+            .clone()
+            .map(crate::tools::audit::BackgroundAudit::spawn);
         let mut heartbeat = None;
         let heartbeat_stop = self.shutdown.child_token();
         if let Some(instance) = &self.instance {
@@ -221,10 +224,10 @@ impl Daemon {
         config: &Config,
         client: &Client,
         shutdown: &CancellationToken,
-    ) -> std::io::Result<(Arc<crate::metrics::Monitor>, std::net::SocketAddr)> {
-        let monitor = crate::metrics::Monitor::new(config, client, self.stats());
+    ) -> std::io::Result<(Arc<crate::ops::metrics::Monitor>, std::net::SocketAddr)> {
+        let monitor = crate::ops::metrics::Monitor::new(config, client, self.stats());
         let (address, serve) =
-            crate::http::bind(config.http.address, monitor.clone(), shutdown.clone()).await?;
+            crate::ops::http::bind(config.http.address, monitor.clone(), shutdown.clone()).await?;
         tokio::spawn(serve);
         tokio::spawn(monitor.clone().poll(client.clone(), shutdown.clone()));
         tracing::info!(%address, "serving /metrics, /healthz, /readyz and /status");

@@ -3,17 +3,17 @@
 //! [`Applier`], checkpointing, re-opening with backoff after errors, and recovering without
 //! loss when the stored token has fallen off the oplog.
 
-use crate::apply::Applier;
 use crate::backoff::Backoff;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
-use crate::event::{Event, decode_change, decode_event};
-use crate::lanes::{LaneReport, LaneWork, Lanes, lane_of};
-use crate::park::ParkedEvent;
-use crate::partition::{self, Start, StreamStart};
-use crate::stats::ProjectionStats;
-use crate::watermark::{Ticket, Watermark};
+use crate::model::event::{Event, decode_change, decode_event};
+use crate::model::partition::{self, Start, StreamStart};
+use crate::ops::stats::ProjectionStats;
+use crate::pipeline::apply::Applier;
+use crate::pipeline::lanes::{LaneReport, LaneWork, Lanes, lane_of};
+use crate::pipeline::watermark::{Ticket, Watermark};
+use crate::store::checkpoint::{Checkpoint, CheckpointStore};
+use crate::store::park::ParkedEvent;
 use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
@@ -783,7 +783,7 @@ impl ProjectionWorker {
     /// Dead-letters a malformed event, retrying transient errors in place.
     async fn dead_letter_with_retry(
         &self,
-        malformed: &crate::event::Malformed,
+        malformed: &crate::model::event::Malformed,
         token: Option<&Bson>,
     ) -> Result<(), StoreError> {
         let mut backoff = Backoff::new(

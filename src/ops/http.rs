@@ -2,7 +2,7 @@
 //! `/startupz` (initialized once) and `/status` (JSON), all answered from the [`Monitor`]
 //! without touching MongoDB.
 
-use crate::metrics::Monitor;
+use crate::ops::metrics::Monitor;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
