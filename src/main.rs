@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
+use mongo_projector::model::partition::Worker;
 #[cfg(feature = "embedded")]
 use mongo_projector::tools::demo::{DemoOptions, run_demo};
 use mongo_projector::tools::doctor::Status;
@@ -841,7 +842,7 @@ async fn parked(config: Config, uri: String, action: ParkedAction) -> ExitCode {
     };
     let stats = std::sync::Arc::new(mongo_projector::ops::stats::ProjectionStats::default());
     let applier = Applier::new(
-        std::sync::Arc::new(projection.clone()),
+        &Worker::whole(std::sync::Arc::new(projection.clone())),
         &client.database(&projection.database),
         stats,
     );
@@ -958,7 +959,7 @@ async fn audit(
         Err(code) => return code,
     };
     let audit = mongo_projector::tools::audit::Audit::new(
-        std::sync::Arc::new(p.clone()),
+        Worker::whole(std::sync::Arc::new(p.clone())),
         &client.database(&p.database),
     );
     let show = |report: &mongo_projector::tools::audit::AuditReport| {

@@ -70,14 +70,17 @@ async fn audit(
     config: &mongo_projector::config::Config,
     repair: bool,
 ) -> AuditReport {
-    Audit::new(Arc::new(config.projections[0].clone()), &env.db)
-        .run(AuditOptions {
-            examples: 100,
-            repair,
-            settle: Duration::ZERO,
-        })
-        .await
-        .expect("audit")
+    Audit::new(
+        mongo_projector::model::partition::Worker::whole(Arc::new(config.projections[0].clone())),
+        &env.db,
+    )
+    .run(AuditOptions {
+        examples: 100,
+        repair,
+        settle: Duration::ZERO,
+    })
+    .await
+    .expect("audit")
 }
 
 fn kinds(report: &AuditReport) -> BTreeSet<(String, String)> {

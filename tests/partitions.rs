@@ -183,9 +183,9 @@ async fn three_instances_apply_their_own_partitions_exactly_once() {
     }
     assert!(checkpoints.load("accounts").await.unwrap().is_none());
     // Each worker's drift audit checks its own share, and finds nothing.
-    for worker in workers(&config.projections[0]) {
+    for worker in workers(&std::sync::Arc::new(config.projections[0].clone())) {
         let index = worker.partition.unwrap().index;
-        let report = Audit::new(std::sync::Arc::new(worker), &env.db)
+        let report = Audit::new(worker, &env.db)
             .run(AuditOptions {
                 examples: 5,
                 repair: false,
@@ -219,7 +219,7 @@ async fn a_parked_sweep_sees_only_its_partition() {
         .collect();
     env.parked().insert_many(entries).await.unwrap();
     let mut swept = BTreeSet::new();
-    for worker in workers(&config.projections[0]) {
+    for worker in workers(&std::sync::Arc::new(config.projections[0].clone())) {
         let p = worker.partition.unwrap();
         let store = ParkedStore::for_worker(&env.db, &worker);
         let due = store.due(64).await.unwrap();

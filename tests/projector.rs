@@ -246,7 +246,9 @@ async fn a_gap_never_filled_is_dead_lettered_and_an_operator_can_skip_it() {
     // The operator gives up on the missing event 2: 3 cannot be skipped before 2 exists in
     // the read model's sequence, so 2 is declared skipped by advancing past it by hand.
     let applier = mongo_projector::pipeline::apply::Applier::new(
-        std::sync::Arc::new(config.projections[0].clone()),
+        &mongo_projector::model::partition::Worker::whole(std::sync::Arc::new(
+            config.projections[0].clone(),
+        )),
         &env.db,
         std::sync::Arc::new(Default::default()),
     );

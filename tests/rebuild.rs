@@ -13,7 +13,7 @@ use common::{TestEnv, documents, event, eventually};
 use futures_util::TryStreamExt;
 use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, Handler, StartFrom};
-use mongo_projector::model::partition::{Start, StreamStart, choose_start, token_cluster_time};
+use mongo_projector::pipeline::start::{Start, StreamStart, choose_start, token_cluster_time};
 use mongo_projector::store::checkpoint::CheckpointStore;
 use mongo_projector::store::lease::{LeaseStore, Renewal};
 use mongo_projector::tools::rebuild::{

@@ -6,8 +6,9 @@
 //! lease ([`crate::cluster::replicas`]), so that several replicas can run side by side.
 
 use crate::cluster::replicas::{FIRST_HEARTBEAT_WAIT, Instance, run_leased};
-use crate::config::{Config, ProjectionConfig};
+use crate::config::Config;
 use crate::error::StopReason;
+use crate::model::partition::Worker;
 use crate::ops::stats::{ProjectionStats, StatsSnapshot};
 use crate::pipeline::worker::{ProjectionStopped, ProjectionWorker};
 use crate::store::checkpoint::CheckpointStore;
@@ -52,21 +53,19 @@ impl Daemon {
         config: &Config,
         client: &Client,
         shutdown: &CancellationToken,
-        select: impl Fn(&ProjectionConfig) -> bool,
+        select: impl Fn(&Worker) -> bool,
     ) -> Self {
         let checkpoints = CheckpointStore::new(
             &client.database(config.checkpoint_database()),
             &config.checkpoints.collection,
         );
-        let workers: Vec<Arc<ProjectionWorker>> = config
-            .projections
-            .iter()
-            .flat_map(crate::model::partition::workers)
+        let workers: Vec<Arc<ProjectionWorker>> = crate::model::partition::all_workers(config)
+            .into_iter()
             .filter(|w| select(w))
-            .map(|p| {
-                let db = client.database(&p.database);
+            .map(|w| {
+                let db = client.database(&w.projection.database);
                 Arc::new(ProjectionWorker::new(
-                    Arc::new(p),
+                    w,
                     config.source.clone(),
                     config.checkpoints.clone(),
                     db,
@@ -79,7 +78,7 @@ impl Daemon {
             config,
             client,
             shutdown,
-            workers.iter().map(|w| (w.config.clone(), w.stats.clone())),
+            workers.iter().map(|w| (w.worker.clone(), w.stats.clone())),
         );
         let instance = config
             .leases
@@ -110,7 +109,7 @@ impl Daemon {
     pub fn stats(&self) -> Vec<(String, Arc<ProjectionStats>)> {
         self.workers
             .iter()
-            .map(|w| (w.config.name.clone(), w.stats.clone()))
+            .map(|w| (w.worker.name.clone(), w.stats.clone()))
             .collect()
     }
 
@@ -126,11 +125,7 @@ impl Daemon {
     /// failed checks). They report as stopped for that reason in `/status`, the metrics and
     /// the run's report, and the other projections run.
     pub fn refuse(&mut self, projection: &str, message: &str) {
-        for w in self
-            .workers
-            .iter()
-            .filter(|w| w.config.projection_name() == projection)
-        {
+        for w in self.workers.iter().filter(|w| w.config.name == projection) {
             w.stats.set_stopped(StopReason::Unsupported);
             w.stats
                 .set_last_error(format!("projection stopped: {message}"));
@@ -142,7 +137,7 @@ impl Daemon {
     fn is_refused(&self, w: &ProjectionWorker) -> Option<&str> {
         self.refused
             .iter()
-            .find(|(p, _)| p == w.config.projection_name())
+            .find(|(p, _)| *p == w.config.name)
             .map(|(_, m)| m.as_str())
     }
 
@@ -169,7 +164,7 @@ impl Daemon {
         let mut handles = Vec::new();
         let mut results = Vec::new();
         for w in &self.workers {
-            let name = w.config.name.clone();
+            let name = w.worker.name.clone();
             if let Some(message) = self.is_refused(w) {
                 results.push((
                     name.clone(),

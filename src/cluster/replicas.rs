@@ -168,7 +168,7 @@ pub async fn run_leased(
     worker: Arc<ProjectionWorker>,
     instance: Arc<Instance>,
 ) -> Result<(), ProjectionStopped> {
-    let name = worker.config.name.clone();
+    let name = worker.worker.name.clone();
     let stop = worker.shutdown.clone();
     let lease_stats = &worker.stats.lease;
     lease_stats.enable(&instance.holder);

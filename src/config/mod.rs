@@ -228,10 +228,9 @@ pub struct ProjectionConfig {
     pub unhandled: UnhandledPolicy,
     pub handlers: BTreeMap<String, Handler>,
     pub parking: ParkingConfig,
-    /// Workers the projection is split into by a hash of the aggregate id (1 to 64).
+    /// Workers the projection is split into by a hash of the aggregate id (1 to
+    /// [`MAX_PARTITIONS`]; see [`crate::model::partition`]).
     pub partitions: u32,
-    /// Which of them this is, once expanded by [`crate::model::partition::workers`]; never from TOML.
-    pub partition: Option<crate::model::partition::Partition>,
 }
 
 /// Every problem found in a configuration file, each with its path.
@@ -855,13 +854,16 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         handlers,
         parking,
         partitions,
-        partition: None,
     }
 }
 
-/// `projections[].partitions`: 1 to [`crate::model::partition::MAX_PARTITIONS`], default 1.
+/// Most partitions a projection may be split into: each is one more change stream on the
+/// server.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// `projections[].partitions`: 1 to [`MAX_PARTITIONS`], default 1.
 fn read_partitions(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> u32 {
-    let max = crate::model::partition::MAX_PARTITIONS;
+    let max = MAX_PARTITIONS;
     let k = r.positive_integer("partitions", 1, errors);
     if k > u64::from(max) {
         errors.push(format!("{path}.partitions: at most {max}, found {k}"));

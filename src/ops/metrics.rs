@@ -360,7 +360,10 @@ impl Monitor {
             .filter_map(|(name, stats)| {
                 let p = crate::model::partition::find_worker(config, &name)?;
                 Some(Watched {
-                    parked_store: ParkedStore::for_worker(&client.database(&p.database), &p),
+                    parked_store: ParkedStore::for_worker(
+                        &client.database(&p.projection.database),
+                        &p,
+                    ),
                     name,
                     stats,
                     polled: PolledGauges::default(),

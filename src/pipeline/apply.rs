@@ -10,6 +10,7 @@
 use crate::config::{ProjectionConfig, UnhandledPolicy};
 use crate::error::StoreError;
 use crate::model::event::{Event, Malformed, decode_event};
+use crate::model::partition::Worker;
 use crate::model::projection::{Change, SEQUENCE_FIELD, guarded_statement};
 use crate::ops::stats::ProjectionStats;
 use crate::store::park::{ParkReason, ParkedEvent, ParkedStore};
@@ -286,7 +287,10 @@ impl BatchItem {
 /// holds its own copy of the same handles.
 #[derive(Clone)]
 pub struct Applier {
+    /// The projection's settings (shared by its workers).
     pub config: Arc<ProjectionConfig>,
+    /// The worker's name, for logs.
+    pub worker: String,
     pub read_model: ReadModel,
     pub events: Collection<Document>,
     pub parked: ParkedStore,
@@ -319,11 +323,13 @@ impl ParkedWatch {
 }
 
 impl Applier {
-    pub fn new(config: Arc<ProjectionConfig>, db: &Database, stats: Arc<ProjectionStats>) -> Self {
+    pub fn new(worker: &Worker, db: &Database, stats: Arc<ProjectionStats>) -> Self {
+        let config = worker.projection.clone();
         let events = crate::store::majority_collection(db, &config.events);
         Self {
             read_model: ReadModel::new(db.clone(), config.target.clone()),
-            parked: ParkedStore::for_worker(db, &config),
+            parked: ParkedStore::for_worker(db, worker),
+            worker: worker.name.clone(),
             events,
             config,
             stats,
@@ -547,7 +553,7 @@ impl Applier {
         self.parked.dead_letter_malformed(malformed, token).await?;
         ProjectionStats::add(&self.stats.malformed, 1);
         ProjectionStats::add(&self.stats.dead_lettered, 1);
-        tracing::warn!(projection = %self.config.name, reason = %malformed.reason, "malformed event dead-lettered");
+        tracing::warn!(projection = %self.worker, reason = %malformed.reason, "malformed event dead-lettered");
         Ok(())
     }
 
@@ -661,7 +667,7 @@ impl Applier {
                 Ok(Disposition::Applied | Disposition::Skipped | Disposition::Duplicate) => {
                     ProjectionStats::add(&self.stats.healed, 1);
                     tracing::debug!(
-                        projection = %self.config.name,
+                        projection = %self.worker,
                         aggregate = %missing.aggregate_id,
                         sequence = missing.sequence,
                         "missing predecessor read back from the event collection"
@@ -715,7 +721,7 @@ impl Applier {
         if first_time {
             ProjectionStats::add(&self.stats.parked, 1);
             tracing::info!(
-                projection = %self.config.name,
+                projection = %self.worker,
                 aggregate = %event.aggregate_id,
                 sequence = event.sequence,
                 reason = reason.as_str(),
@@ -735,7 +741,7 @@ impl Applier {
         self.parked.dead_letter(event, reason, &detail).await?;
         ProjectionStats::add(&self.stats.dead_lettered, 1);
         tracing::warn!(
-            projection = %self.config.name,
+            projection = %self.worker,
             aggregate = %event.aggregate_id,
             sequence = event.sequence,
             reason = reason.as_str(),
@@ -766,7 +772,7 @@ impl Applier {
             Outcome::Applied | Outcome::Duplicate { .. } => {
                 self.parked.remove_entry(&parked.id).await?;
                 tracing::warn!(
-                    projection = %self.config.name,
+                    projection = %self.worker,
                     aggregate = %event.aggregate_id,
                     sequence = event.sequence,
                     "parked event skipped by an operator"
@@ -830,7 +836,7 @@ impl Applier {
                 if self.parked.reschedule(parked, &self.config.parking).await? {
                     ProjectionStats::add(&self.stats.dead_lettered, 1);
                     tracing::warn!(
-                        projection = %self.config.name,
+                        projection = %self.worker,
                         aggregate = %event.aggregate_id,
                         sequence = event.sequence,
                         attempts = parked.attempts + 1,

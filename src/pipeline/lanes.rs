@@ -139,7 +139,7 @@ async fn run_lane(
                             Ok(_) => break,
                             Err(e) if e.action() == ErrorAction::Retry => {
                                 // The next sweep tries again; no need to hold the lane up.
-                                tracing::warn!(projection = %applier.config.name, error = %e, "retrying a parked event failed");
+                                tracing::warn!(projection = %applier.worker, error = %e, "retrying a parked event failed");
                                 if backoff.ceiling() >= retry_max || !backoff.wait(&shutdown).await
                                 {
                                     break;
@@ -166,7 +166,7 @@ async fn run_lane(
                 Err(e) if e.action() == ErrorAction::Retry => {
                     let pause = backoff.next_pause();
                     tracing::warn!(
-                        projection = %applier.config.name,
+                        projection = %applier.worker,
                         error = %e,
                         unfinished = items.iter().filter(|i| i.done.is_none()).count(),
                         retry_in = ?pause,

@@ -3,5 +3,6 @@
 
 pub mod apply;
 pub mod lanes;
+pub mod start;
 pub mod watermark;
 pub mod worker;

@@ -7,10 +7,11 @@ use crate::backoff::Backoff;
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
 use crate::model::event::{Event, decode_change, decode_event};
-use crate::model::partition::{self, Start, StreamStart};
+use crate::model::partition::Worker;
 use crate::ops::stats::ProjectionStats;
 use crate::pipeline::apply::Applier;
 use crate::pipeline::lanes::{LaneReport, LaneWork, Lanes, lane_of};
+use crate::pipeline::start::{self, Start, StreamStart};
 use crate::pipeline::watermark::{Ticket, Watermark};
 use crate::store::checkpoint::{Checkpoint, CheckpointStore};
 use crate::store::park::ParkedEvent;
@@ -36,6 +37,9 @@ pub struct ProjectionStopped {
 
 /// Everything one projection's worker needs.
 pub struct ProjectionWorker {
+    /// Which worker this is: its name and share of the projection.
+    pub worker: Worker,
+    /// The projection's settings (`worker.projection`).
     pub config: Arc<ProjectionConfig>,
     pub source: SourceConfig,
     pub checkpointing: CheckpointConfig,
@@ -71,7 +75,7 @@ struct Position {
 
 impl ProjectionWorker {
     pub fn new(
-        config: Arc<ProjectionConfig>,
+        worker: Worker,
         source: SourceConfig,
         checkpointing: CheckpointConfig,
         db: Database,
@@ -79,9 +83,10 @@ impl ProjectionWorker {
         shutdown: CancellationToken,
     ) -> Self {
         let stats = Arc::new(ProjectionStats::default());
-        let applier = Applier::new(config.clone(), &db, stats.clone());
+        let applier = Applier::new(&worker, &db, stats.clone());
         Self {
-            config,
+            config: worker.projection.clone(),
+            worker,
             failures: std::sync::Mutex::new(Failures::new(&source)),
             source,
             checkpointing,
@@ -99,11 +104,12 @@ impl ProjectionWorker {
     /// counters, its own stop token, and checkpoint writes fenced by `epoch`.
     pub fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
         ProjectionWorker {
+            worker: self.worker.clone(),
             config: self.config.clone(),
             source: self.source.clone(),
             checkpointing: self.checkpointing.clone(),
             db: self.db.clone(),
-            applier: Applier::new(self.config.clone(), &self.db, self.stats.clone()),
+            applier: Applier::new(&self.worker, &self.db, self.stats.clone()),
             checkpoints: self.checkpoints.clone(),
             stats: self.stats.clone(),
             shutdown,
@@ -135,7 +141,7 @@ impl ProjectionWorker {
             self.stats
                 .set_last_error(format!("projection stopped: {message}"));
             tracing::error!(
-                projection = %self.config.name,
+                projection = %self.worker.name,
                 reason = reason.label(),
                 error = %message,
                 fix = reason.fix(),
@@ -143,7 +149,7 @@ impl ProjectionWorker {
             );
         }
         ProjectionStopped {
-            projection: self.config.name.clone(),
+            projection: self.worker.name.clone(),
             reason,
             message,
         }
@@ -191,7 +197,7 @@ impl ProjectionWorker {
 
     /// Runs until shutdown (Ok) or until the projection cannot go on (Err).
     pub async fn run(&self) -> Result<(), ProjectionStopped> {
-        let name = self.config.name.clone();
+        let name = self.worker.name.clone();
         self.ensure_event_index().await;
         let mut position = Position {
             token: None,
@@ -273,10 +279,7 @@ impl ProjectionWorker {
                 // there, and so that a sibling started later begins there too.
                 position.token = stream.resume_token();
                 if position.origin.is_none() && self.config.start == StartFrom::Now {
-                    position.origin = position
-                        .token
-                        .as_ref()
-                        .and_then(partition::token_cluster_time);
+                    position.origin = position.token.as_ref().and_then(start::token_cluster_time);
                 }
                 if let Err(e) = self.save(&mut position).await {
                     return Err(self.stop_for(&e));
@@ -315,27 +318,24 @@ impl ProjectionWorker {
         }
     }
 
-    /// Where this worker starts ([`partition::choose_start`]), from its own checkpoint and
+    /// Where this worker starts ([`start::choose_start`]), from its own checkpoint and
     /// those of the rest of its projection. Read errors are retried with backoff until
     /// shutdown (`None`): starting without knowing the checkpoints could skip events. An
     /// unreadable own checkpoint stops the worker.
     async fn choose_start(&self) -> Result<Option<(Start, Option<Checkpoint>)>, ProjectionStopped> {
-        let name = &self.config.name;
+        let name = &self.worker.name;
         loop {
             let read = async {
                 // The own checkpoint is read on its own first: unreadable, it is an error of
                 // this worker, where the family merely leaves an unreadable one out.
                 let own = self.checkpoints.load(name).await?;
-                let family = self
-                    .checkpoints
-                    .load_family(self.config.projection_name())
-                    .await?;
+                let family = self.checkpoints.load_family(&self.config.name).await?;
                 Ok::<_, StoreError>((own, family))
             };
             match read.await {
                 Ok((own, family)) => {
                     self.progressed();
-                    let start = partition::choose_start(name, &family, self.config.start);
+                    let start = start::choose_start(name, &family, self.config.start);
                     return Ok(Some((start, own)));
                 }
                 Err(e) => {
@@ -355,7 +355,7 @@ impl ProjectionWorker {
     fn history_lost(&self, e: &StoreError) {
         ProjectionStats::add(&self.stats.history_lost_recoveries, 1);
         tracing::warn!(
-            projection = %self.config.name,
+            projection = %self.worker.name,
             error = %e,
             "resume point is no longer in the oplog: catching up from the event collection"
         );
@@ -372,7 +372,7 @@ impl ProjectionWorker {
         self.stats.set_last_error(e.to_string());
         let pause = self.next_pause();
         tracing::warn!(
-            projection = %self.config.name,
+            projection = %self.worker.name,
             reason = %e.reason(),
             error = %e,
             retry_in = ?pause,
@@ -394,7 +394,7 @@ impl ProjectionWorker {
             }
         };
         let aggregate_id = format!("fullDocument.{}", self.config.fields.aggregate_id);
-        partition::restrict(&mut inserts, self.config.partition, &aggregate_id);
+        self.worker.restrict(&mut inserts, &aggregate_id);
         vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}]
     }
 
@@ -823,7 +823,7 @@ impl ProjectionWorker {
                 let pause = self.next_pause();
                 position.save_retry_at = Some(Instant::now() + pause);
                 self.stats.set_last_error(format!("checkpoint write: {e}"));
-                tracing::warn!(projection = %self.config.name, error = %e, retry_in = ?pause, "checkpoint write failed; will retry");
+                tracing::warn!(projection = %self.worker.name, error = %e, retry_in = ?pause, "checkpoint write failed; will retry");
                 Ok(())
             }
         }
@@ -846,18 +846,18 @@ impl ProjectionWorker {
             cluster_time: position.cluster_time,
             events_handled: position.events_handled,
             updated_at: DateTime::now(),
-            token_from: Some(self.config.name.clone()),
+            token_from: Some(self.worker.name.clone()),
             origin: position.origin,
         };
         let written = match self.fence {
             Some(epoch) => {
                 self.checkpoints
-                    .save(&self.config.name, &checkpoint, epoch)
+                    .save(&self.worker.name, &checkpoint, epoch)
                     .await
             }
             None => {
                 self.checkpoints
-                    .save_unfenced(&self.config.name, &checkpoint)
+                    .save_unfenced(&self.worker.name, &checkpoint)
                     .await
             }
         };
@@ -876,7 +876,7 @@ impl ProjectionWorker {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 ProjectionStats::add(&self.stats.checkpoint_fenced, 1);
                 tracing::warn!(
-                    projection = %self.config.name,
+                    projection = %self.worker.name,
                     epoch = ?self.fence,
                     error = %e,
                     "checkpoint write refused: a newer lease holder took over; stopping this run"
@@ -902,17 +902,17 @@ impl ProjectionWorker {
             match self.write_checkpoint(position).await {
                 Ok(()) => return,
                 Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => {
-                    tracing::error!(projection = %self.config.name, error = %e, "final checkpoint refused");
+                    tracing::error!(projection = %self.worker.name, error = %e, "final checkpoint refused");
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(projection = %self.config.name, error = %e, "final checkpoint failed; retrying");
+                    tracing::warn!(projection = %self.worker.name, error = %e, "final checkpoint failed; retrying");
                     tokio::time::sleep(backoff.next_pause()).await;
                 }
             }
         }
         tracing::error!(
-            projection = %self.config.name,
+            projection = %self.worker.name,
             "final checkpoint could not be written; a restart redelivers events since the last one (absorbed by the guard)"
         );
     }
@@ -929,7 +929,7 @@ impl ProjectionWorker {
         self.stats.record_scan_started();
         let f = &self.config.fields;
         let mut filter = self.config.filter.clone().unwrap_or_default();
-        partition::restrict(&mut filter, self.config.partition, &f.aggregate_id);
+        self.worker.restrict(&mut filter, &f.aggregate_id);
         let mut cursor = self
             .events()
             .find(filter)
@@ -984,7 +984,7 @@ impl ProjectionWorker {
         if done < sent {
             return Ok(None); // shut down while a lane was still retrying: nothing is saved
         }
-        tracing::info!(projection = %self.config.name, scanned, "caught up from the event collection");
+        tracing::info!(projection = %self.worker.name, scanned, "caught up from the event collection");
         // Events written during the scan come from the stream, which reports them anew.
         self.stats.record_oldest_pending(None);
         position.token = started_at;
@@ -1019,15 +1019,15 @@ impl ProjectionWorker {
                 .build();
             match self.events().create_index(model).await {
                 Ok(_) => {
-                    tracing::info!(projection = %self.config.name, "created the unique index on the event collection")
+                    tracing::info!(projection = %self.worker.name, "created the unique index on the event collection")
                 }
                 Err(e) => {
-                    tracing::warn!(projection = %self.config.name, error = %e, "cannot create the unique event index")
+                    tracing::warn!(projection = %self.worker.name, error = %e, "cannot create the unique event index")
                 }
             }
         } else {
             tracing::warn!(
-                projection = %self.config.name,
+                projection = %self.worker.name,
                 "the event collection has no unique index on {{{}: 1, {}: 1}}: ordering and gap-healing rely on it",
                 f.aggregate_id,
                 f.sequence_number

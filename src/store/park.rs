@@ -4,10 +4,9 @@
 //! dead-lettered ones wait for an operator (`mongo-projector parked retry|skip`).
 
 use crate::config::ParkingConfig;
-use crate::config::ProjectionConfig;
 use crate::error::StoreError;
 use crate::model::event::{Event, Malformed};
-use crate::model::partition::{Partition, restrict};
+use crate::model::partition::{Partition, Worker};
 use bson::{Bson, DateTime, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::options::WriteConcern;
@@ -114,15 +113,21 @@ impl ParkedStore {
 
     /// The store as one worker sees it: the projection's entries, restricted to the worker's
     /// partition (by the entry's `aggregateId`) when it is one.
-    pub fn for_worker(db: &Database, worker: &ProjectionConfig) -> Self {
-        let mut store = Self::new(db, &worker.parking.collection, worker.projection_name());
+    pub fn for_worker(db: &Database, worker: &Worker) -> Self {
+        let mut store = Self::new(
+            db,
+            &worker.projection.parking.collection,
+            &worker.projection.name,
+        );
         store.partition = worker.partition;
         store
     }
 
     /// `filter` restricted to this store's partition.
     fn mine(&self, mut filter: Document) -> Document {
-        restrict(&mut filter, self.partition, "aggregateId");
+        if let Some(p) = self.partition {
+            filter.insert("$expr", p.expr("aggregateId"));
+        }
         filter
     }
 

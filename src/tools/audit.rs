@@ -21,6 +21,7 @@
 use crate::config::{Config, ProjectionConfig};
 use crate::error::StoreError;
 use crate::model::event::decode_event;
+use crate::model::partition::Worker;
 use crate::model::projection::SEQUENCE_FIELD;
 use crate::ops::stats::{ProjectionStats, unix_millis};
 use crate::pipeline::apply::{Applier, Disposition};
@@ -379,6 +380,8 @@ impl Default for AuditOptions {
 /// The audit of one projection.
 #[derive(Clone)]
 pub struct Audit {
+    /// The worker whose share is audited (the whole projection, or one partition of it).
+    worker: Worker,
     config: Arc<ProjectionConfig>,
     db: Database,
     events: Collection<Document>,
@@ -389,12 +392,14 @@ pub struct Audit {
 const AGGREGATE_ID_TYPES: [&str; 5] = ["string", "objectId", "int", "long", "binData"];
 
 impl Audit {
-    pub fn new(config: Arc<ProjectionConfig>, db: &Database) -> Self {
+    pub fn new(worker: Worker, db: &Database) -> Self {
+        let config = worker.projection.clone();
         Self {
             events: crate::store::majority_collection(db, &config.events),
             read_model: crate::store::majority_collection(db, &config.target),
             db: db.clone(),
             config,
+            worker,
         }
     }
 
@@ -417,7 +422,7 @@ impl Audit {
             ),
         };
         // A partition worker audits its own share of the aggregates.
-        crate::model::partition::restrict(&mut valid, self.config.partition, &f.aggregate_id);
+        self.worker.restrict(&mut valid, &f.aggregate_id);
         pipeline.push(doc! {"$match": valid});
         let seq = format!("${}", f.sequence_number);
         pipeline.push(doc! {"$group": {
@@ -460,17 +465,13 @@ impl Audit {
     /// every drift found except gaps.
     pub async fn run(&self, options: AuditOptions) -> Result<AuditReport, StoreError> {
         let mut report = AuditReport {
-            projection: self.config.name.clone(),
+            projection: self.worker.name.clone(),
             repair: options.repair.then(RepairSummary::default),
             ..AuditReport::default()
         };
-        let applier = options.repair.then(|| {
-            Applier::new(
-                self.config.clone(),
-                &self.db,
-                Arc::new(ProjectionStats::default()),
-            )
-        });
+        let applier = options
+            .repair
+            .then(|| Applier::new(&self.worker, &self.db, Arc::new(ProjectionStats::default())));
         // Events first: whatever the read model shows afterwards can only be newer.
         let mut events = self
             .events
@@ -479,7 +480,7 @@ impl Audit {
             .batch_size(1000)
             .await?;
         let mut mine = doc! {};
-        crate::model::partition::restrict(&mut mine, self.config.partition, "_id");
+        self.worker.restrict(&mut mine, "_id");
         let mut models = self
             .read_model
             .find(mine)
@@ -643,7 +644,7 @@ impl Audit {
             Stored::NoDocument => return Ok(false),
         };
         tracing::warn!(
-            projection = %self.config.name,
+            projection = %self.worker.name,
             aggregate = %drift.aggregate,
             stored = %drift.stored.describe(),
             highest = drift.events.map(|e| e.highest),
@@ -812,12 +813,15 @@ impl BackgroundAudit {
         config: &Config,
         client: &Client,
         shutdown: &CancellationToken,
-        projections: impl IntoIterator<Item = (Arc<ProjectionConfig>, Arc<ProjectionStats>)>,
+        workers: impl IntoIterator<Item = (Worker, Arc<ProjectionStats>)>,
     ) -> Option<Self> {
         let every = config.audit.every?;
-        let audits = projections
+        let audits = workers
             .into_iter()
-            .map(|(p, stats)| (Audit::new(p.clone(), &client.database(&p.database)), stats))
+            .map(|(w, stats)| {
+                let db = client.database(&w.projection.database);
+                (Audit::new(w, &db), stats)
+            })
             .collect();
         Some(Self {
             every,
@@ -839,7 +843,7 @@ impl BackgroundAudit {
                 _ = self.shutdown.cancelled() => return,
             }
             for (audit, stats) in &self.audits {
-                let name = &audit.config.name;
+                let name = &audit.worker.name;
                 let result = tokio::select! {
                     r = audit.run(AuditOptions { examples: 5, repair: false, settle: self.settle }) => r,
                     _ = self.shutdown.cancelled() => return,

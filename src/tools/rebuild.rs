@@ -25,6 +25,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, ProjectionConfig};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
 use crate::model::event::{Event, decode_change, decode_event};
+use crate::model::partition::Worker;
 use crate::ops::stats::{ProjectionStats, unix_millis};
 use crate::pipeline::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
 use crate::pipeline::lanes::lane_of;
@@ -751,7 +752,11 @@ impl<'a> Rebuild<'a> {
         shadow.target = shadow_name(projection);
         shadow.parking.collection = shadow_parked_name(projection);
         Self {
-            applier: Applier::new(Arc::new(shadow), &db, progress.stats.clone()),
+            applier: Applier::new(
+                &Worker::whole(Arc::new(shadow)),
+                &db,
+                progress.stats.clone(),
+            ),
             states: StateStore::new(&checkpoint_db),
             checkpoints: CheckpointStore::new(&checkpoint_db, &config.checkpoints.collection),
             checkpoint_names: checkpoint_db.collection(&config.checkpoints.collection),
@@ -1399,7 +1404,7 @@ impl<'a> Rebuild<'a> {
             let previous = self.checkpoints.load(worker).await?;
             let checkpoint = Checkpoint {
                 token: state.token.clone(),
-                cluster_time: crate::model::partition::token_cluster_time(&state.token),
+                cluster_time: crate::pipeline::start::token_cluster_time(&state.token),
                 events_handled: previous.as_ref().map_or(0, |c| c.events_handled),
                 updated_at: DateTime::now(),
                 token_from: Some(format!("{} rebuild", self.name())),
@@ -1518,7 +1523,7 @@ impl ShadowWriter {
                     match applier.handle_batch(items, cache).await {
                         Ok(()) => return Ok(true),
                         Err(e) if e.action() == ErrorAction::Retry => {
-                            tracing::warn!(projection = %applier.config.name, error = %e, "rebuild: writing to the shadow failed; retrying");
+                            tracing::warn!(projection = %applier.worker, error = %e, "rebuild: writing to the shadow failed; retrying");
                             if !backoff.wait(shutdown).await {
                                 return Ok(false);
                             }

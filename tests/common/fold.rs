@@ -143,5 +143,9 @@ pub fn applier(env: &super::TestEnv, db: &mongodb::Database) -> Applier {
     p.parking.retry_initial = Duration::from_millis(1);
     p.parking.retry_max = Duration::from_millis(1);
     p.parking.max_attempts = 1_000;
-    Applier::new(Arc::new(p), db, Arc::new(Default::default()))
+    Applier::new(
+        &mongo_projector::model::partition::Worker::whole(Arc::new(p)),
+        db,
+        Arc::new(Default::default()),
+    )
 }

@@ -4,7 +4,8 @@
 
 use super::{TestEnv, eventually};
 use mongo_projector::cluster::daemon::{Daemon, DaemonReport};
-use mongo_projector::config::{Config, ProjectionConfig};
+use mongo_projector::config::Config;
+use mongo_projector::model::partition::Worker;
 use mongo_projector::ops::stats::ProjectionStats;
 use mongodb::options::ClientOptions;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub async fn start_instance(
     env: &TestEnv,
     config: &Config,
     holder: &str,
-    select: impl Fn(&ProjectionConfig) -> bool,
+    select: impl Fn(&Worker) -> bool,
 ) -> Replica {
     let mut options = ClientOptions::parse(&env.uri).await.unwrap();
     options.app_name = Some(holder.to_string());
