@@ -6,6 +6,7 @@
 //! replicas in [`cluster`], what operators see in [`ops`], and the tools built on all of it
 //! (audit, rebuild, doctor, demo, bench) in [`tools`]. See `ARCHITECTURE.md`.
 
+pub mod app;
 pub mod backoff;
 pub mod cluster;
 pub mod config;

@@ -1,12 +1,10 @@
 //! The `mongo-projector` command: parse arguments, set up logging, hand over to the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::config::{Config, ProjectionConfig, redact_uri};
 use mongo_projector::model::partition::Worker;
 #[cfg(feature = "embedded")]
 use mongo_projector::tools::demo::{DemoOptions, run_demo};
-use mongo_projector::tools::doctor::Status;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -518,41 +516,37 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn run_daemon(config: Config, uri: String) -> ExitCode {
+    use mongo_projector::app::{App, ServerChecked};
     let (shutdown, client) = match signals_and_client(&uri).await {
         Ok(both) => both,
         Err(code) => return code,
     };
     tracing::info!(uri = %redact_uri(&uri), projections = config.projections.len(), "starting");
-    let mut daemon = Daemon::new(&config, &client, &shutdown);
-    // The endpoint outlives the drain so probes keep answering while the daemon stops; it
-    // serves from the start, so that probes answer while the server is checked.
+    // The endpoint outlives the drain, so that probes keep answering while the daemon stops.
     let monitoring = tokio_util::sync::CancellationToken::new();
-    if config.http.enabled
-        && let Err(e) = daemon.start_monitoring(&config, &client, &monitoring).await
-    {
-        eprintln!("cannot serve metrics on {}: {e}", config.http.address);
-        return ExitCode::from(2);
-    }
-    let Some(preflight) = preflight(&config, &client, &shutdown).await else {
-        return ExitCode::SUCCESS;
-    };
-    let blocked = preflight.blocked(&config);
-    if blocked.len() == config.projections.len() {
-        eprintln!(
-            "no projection can run on this server (mongo-projector doctor --config FILE checks everything):"
-        );
-        for check in preflight.checks.iter().filter(|c| c.status == Status::Fail) {
-            eprintln!("  {}", check.to_line());
+    let _stop_monitoring = monitoring.clone().drop_guard();
+    let mut app = match App::start(&config, &client, &shutdown, &monitoring).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("cannot serve metrics on {}: {e}", config.http.address);
+            return ExitCode::from(2);
         }
-        return ExitCode::FAILURE;
+    };
+    match app.check_server(&config, &client, &shutdown).await {
+        ServerChecked::Ready => {}
+        ServerChecked::ShutDown => return ExitCode::SUCCESS,
+        ServerChecked::NothingCanRun(failed) => {
+            eprintln!(
+                "no projection can run on this server (mongo-projector doctor --config FILE checks everything):"
+            );
+            for line in failed {
+                eprintln!("  {line}");
+            }
+            return ExitCode::FAILURE;
+        }
     }
-    for b in &blocked {
-        let failed: Vec<String> = b.checks.iter().map(|c| c.to_line()).collect();
-        daemon.refuse(&b.projection, &failed.join("; "));
-    }
-    let _stop_monitoring = monitoring.drop_guard();
     let deadline = config.shutdown.deadline;
-    let run = daemon.run();
+    let run = app.run();
     tokio::pin!(run);
     let report = tokio::select! {
         report = &mut run => report,
@@ -566,44 +560,6 @@ async fn run_daemon(config: Config, uri: String) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// The server's checks at start-up, logged as doctor prints them; tried again (with the
-/// configured backoff) while the server does not answer. `None`: shut down meanwhile.
-async fn preflight(
-    config: &Config,
-    client: &mongodb::Client,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Option<mongo_projector::tools::doctor::Preflight> {
-    let mut backoff = mongo_projector::backoff::Backoff::new(
-        config.source.reopen_backoff_initial,
-        config.source.reopen_backoff_max,
-    );
-    let preflight = loop {
-        match mongo_projector::tools::doctor::preflight(config, client).await {
-            Ok(p) => break p,
-            Err(e) => {
-                let pause = backoff.next_pause();
-                tracing::warn!(error = %e, retry_in = ?pause, "cannot check the server yet");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    };
-    for check in &preflight.checks {
-        match check.status {
-            Status::Ok => tracing::info!("{}", check.to_line()),
-            Status::Warn => tracing::warn!("{}", check.to_line()),
-            Status::Fail => tracing::error!("{}", check.to_line()),
-        }
-    }
-    for b in preflight.blocked(config) {
-        let names: Vec<&str> = b.checks.iter().map(|c| c.name.as_str()).collect();
-        tracing::error!(projection = %b.projection, failed = %names.join(", "), "projection not started: the server lacks what it needs");
-    }
-    Some(preflight)
 }
 
 async fn doctor(
@@ -771,7 +727,7 @@ async fn rebuild(config: Config, uri: String, args: RebuildArgs) -> ExitCode {
     let _stop_monitoring = monitoring.clone().drop_guard();
     if let Some(address) = args.metrics_address {
         let monitor = mongo_projector::ops::metrics::Monitor::new(&config, &client, Vec::new());
-        monitor.watch_rebuild(&args.projection, progress.clone());
+        monitor.watch_rebuild(&args.projection, progress.figures());
         match mongo_projector::ops::http::bind(address, monitor, monitoring.clone()).await {
             Ok((bound, serve)) => {
                 tokio::spawn(serve);

@@ -437,7 +437,7 @@ async fn a_rebuild_swaps_in_the_new_handlers_and_readers_never_see_it_partial_or
     };
     assert_eq!(progress.phase(), Phase::Done);
     let monitor = mongo_projector::ops::metrics::Monitor::new(&config, &env.client, Vec::new());
-    monitor.watch_rebuild("accounts", progress.clone());
+    monitor.watch_rebuild("accounts", progress.figures());
     let metrics = monitor.render();
     for line in [
         "mongo_projector_rebuild_phase{projection=\"accounts\",phase=\"done\"} 1",

@@ -22,7 +22,6 @@ pub struct Daemon {
     workers: Vec<Arc<ProjectionWorker>>,
     /// Projections refused before the start ([`Daemon::refuse`]), with the reason.
     refused: Vec<(String, String)>,
-    audit: Option<crate::tools::audit::BackgroundAudit>,
     /// This instance among the replicas; `None` with leases disabled.
     instance: Option<Arc<Instance>>,
     shutdown: CancellationToken,
@@ -74,12 +73,6 @@ impl Daemon {
                 ))
             })
             .collect();
-        let audit = crate::tools::audit::BackgroundAudit::new(
-            config,
-            client,
-            shutdown,
-            workers.iter().map(|w| (w.worker.clone(), w.stats.clone())),
-        );
         let instance = config
             .leases
             .enabled
@@ -93,7 +86,6 @@ impl Daemon {
         Self {
             workers,
             refused: Vec::new(),
-            audit,
             instance,
             shutdown: shutdown.clone(),
         }
@@ -103,6 +95,15 @@ impl Daemon {
     /// leases disabled.
     pub fn instance(&self) -> Option<&Arc<Instance>> {
         self.instance.as_ref()
+    }
+
+    /// Every worker with its counters, for the tools that run beside the daemon (the
+    /// background audit).
+    pub fn workers(&self) -> Vec<(Worker, Arc<ProjectionStats>)> {
+        self.workers
+            .iter()
+            .map(|w| (w.worker.clone(), w.stats.clone()))
+            .collect()
     }
 
     /// Counters per projection, for reporting while running.
@@ -146,10 +147,6 @@ impl Daemon {
     /// Dropping this future (a crash of the task running it) aborts every worker at once,
     /// without final checkpoints or lease releases.
     pub async fn run(&self) -> DaemonReport {
-        let _audit = self
-            .audit
-            .clone()
-            .map(crate::tools::audit::BackgroundAudit::spawn);
         let mut heartbeat = None;
         let heartbeat_stop = self.shutdown.child_token();
         if let Some(instance) = &self.instance {
@@ -208,24 +205,5 @@ impl Daemon {
             let _ = heartbeat.await;
         }
         DaemonReport { results }
-    }
-}
-
-impl Daemon {
-    /// Starts the HTTP endpoint and its background poll for this daemon's projections; both
-    /// stop with `shutdown`. Returns the monitor and the bound address.
-    pub async fn start_monitoring(
-        &self,
-        config: &Config,
-        client: &Client,
-        shutdown: &CancellationToken,
-    ) -> std::io::Result<(Arc<crate::ops::metrics::Monitor>, std::net::SocketAddr)> {
-        let monitor = crate::ops::metrics::Monitor::new(config, client, self.stats());
-        let (address, serve) =
-            crate::ops::http::bind(config.http.address, monitor.clone(), shutdown.clone()).await?;
-        tokio::spawn(serve);
-        tokio::spawn(monitor.clone().poll(client.clone(), shutdown.clone()));
-        tracing::info!(%address, "serving /metrics, /healthz, /readyz and /status");
-        Ok((monitor, address))
     }
 }

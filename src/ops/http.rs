@@ -78,3 +78,19 @@ pub async fn bind(
     };
     Ok((local, serve))
 }
+
+/// Serves the endpoint for workers with these counters, and polls the server for the figures
+/// that need a query; both stop with `shutdown`. Returns the monitor and the bound address.
+pub async fn serve(
+    config: &crate::config::Config,
+    client: &mongodb::Client,
+    workers: Vec<(String, Arc<crate::ops::stats::ProjectionStats>)>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<(Arc<Monitor>, std::net::SocketAddr)> {
+    let monitor = Monitor::new(config, client, workers);
+    let (address, serving) = bind(config.http.address, monitor.clone(), shutdown.clone()).await?;
+    tokio::spawn(serving);
+    tokio::spawn(monitor.clone().poll(client.clone(), shutdown.clone()));
+    tracing::info!(%address, "serving /metrics, /healthz, /readyz, /startupz and /status");
+    Ok((monitor, address))
+}

@@ -8,9 +8,9 @@
 
 use crate::config::{Config, HttpConfig};
 use crate::error::StopReason;
+use crate::ops::stats::RebuildFigures;
 use crate::ops::stats::{ProjectionStats, unix_millis};
 use crate::store::park::ParkedStore;
-use crate::tools::rebuild::{Phase, RebuildProgress};
 use bson::{Bson, Document, doc};
 use mongodb::Client;
 use prometheus::core::{Collector, Desc};
@@ -125,7 +125,7 @@ pub struct Monitor {
     pub projections: Vec<Watched>,
     pub server: ServerGauges,
     /// Live rebuilds reported by this process (`mongo-projector rebuild --metrics-address`).
-    rebuilds: std::sync::Mutex<Vec<(String, Arc<RebuildProgress>)>>,
+    rebuilds: std::sync::Mutex<Vec<(String, Arc<RebuildFigures>)>>,
     registry: Registry,
     started: Instant,
 }
@@ -233,17 +233,12 @@ impl Collector for ProjectorCollector {
                         }
                     }
                     n if n == AUDIT_DRIFT.name => {
-                        for kind in crate::tools::audit::DriftKind::ALL {
-                            if let Some(count) = p.stats.audit.drift(kind) {
-                                metrics.push(sample(
-                                    vec![
-                                        label("projection", &p.name),
-                                        label("kind", kind.as_str()),
-                                    ],
-                                    Kind::Gauge,
-                                    count as f64,
-                                ));
-                            }
+                        for (kind, count) in p.stats.audit.drift() {
+                            metrics.push(sample(
+                                vec![label("projection", &p.name), label("kind", kind)],
+                                Kind::Gauge,
+                                count as f64,
+                            ));
                         }
                     }
                     n if n == APPLY_DURATION.name => {
@@ -487,7 +482,7 @@ impl Monitor {
     }
 
     /// Reports a live rebuild's progress under the rebuild metrics.
-    pub fn watch_rebuild(&self, projection: &str, progress: Arc<RebuildProgress>) {
+    pub fn watch_rebuild(&self, projection: &str, progress: Arc<RebuildFigures>) {
         if let Ok(mut rebuilds) = self.rebuilds.lock() {
             rebuilds.push((projection.to_string(), progress));
         }
@@ -502,11 +497,11 @@ impl Monitor {
             let labels = || vec![label("projection", name)];
             match def.name {
                 n if n == REBUILD_PHASE.name => {
-                    for phase in Phase::ALL {
+                    for (i, phase) in r.phases().iter().enumerate() {
                         out.push(sample(
-                            vec![label("projection", name), label("phase", phase.as_str())],
+                            vec![label("projection", name), label("phase", phase)],
                             Kind::Gauge,
-                            f64::from(u8::from(r.phase() == phase)),
+                            f64::from(u8::from(r.phase_index() == i)),
                         ));
                     }
                 }

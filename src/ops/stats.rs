@@ -42,7 +42,7 @@ pub struct ProjectionStats {
     /// Duration of guarded writes (one event, or one batch).
     pub apply_seconds: DurationHistogram,
     /// The last background drift audit's findings.
-    pub audit: crate::tools::audit::AuditFigures,
+    pub audit: AuditFigures,
     last_error: Mutex<Option<String>>,
     /// Events handled or in flight beyond the stored checkpoint (the crash window).
     pub beyond_checkpoint: AtomicU64,
@@ -372,5 +372,94 @@ mod tests {
         // Done: the stream's events take over.
         s.record_oldest_pending(None);
         assert_eq!(s.lag_seconds(started * 1000), 0.0);
+    }
+}
+
+/// The figures of a worker's last background drift audit, read by the metrics at scrape time.
+/// The audit reports them under its own kind names, so these figures know nothing of it.
+#[derive(Debug, Default)]
+pub struct AuditFigures {
+    /// Completed runs.
+    pub runs: AtomicU64,
+    /// Unix milliseconds when the last run completed; 0 before the first.
+    pub last_run_ms: AtomicU64,
+    /// Aggregates found by the last run, by kind.
+    drift: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl AuditFigures {
+    /// A completed run found `drift` (aggregates by kind).
+    pub fn record(&self, drift: Vec<(&'static str, u64)>) {
+        *self.drift.lock().unwrap_or_else(|p| p.into_inner()) = drift;
+        self.last_run_ms.store(unix_millis(), Ordering::Relaxed);
+        self.runs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Aggregates by kind found by the last run; empty before the first run.
+    pub fn drift(&self) -> Vec<(&'static str, u64)> {
+        self.drift.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A live rebuild's progress, for its logs and the rebuild metrics: the phase it is in among
+/// its phases (named by the rebuild), the counters of its writes into the shadow, and the
+/// newest event it read from the stream.
+#[derive(Debug)]
+pub struct RebuildFigures {
+    phases: &'static [&'static str],
+    phase: AtomicU64,
+    /// Counters of the guarded writes into the shadow.
+    pub stats: std::sync::Arc<ProjectionStats>,
+    /// Events read by the scan in this run.
+    pub scanned: AtomicU64,
+    /// Events read from the stream in this run.
+    pub streamed: AtomicU64,
+    /// Cluster time (seconds) of the newest event read from the stream.
+    pub last_event_cluster_secs: AtomicU64,
+}
+
+impl RebuildFigures {
+    /// Figures of a rebuild whose phases are `phases`, in order, the last one meaning done.
+    pub fn new(phases: &'static [&'static str]) -> Self {
+        Self {
+            phases,
+            phase: AtomicU64::new(0),
+            stats: Default::default(),
+            scanned: AtomicU64::new(0),
+            streamed: AtomicU64::new(0),
+            last_event_cluster_secs: AtomicU64::new(0),
+        }
+    }
+
+    /// Every phase, in order.
+    pub fn phases(&self) -> &'static [&'static str] {
+        self.phases
+    }
+
+    /// The position of the current phase in [`RebuildFigures::phases`].
+    pub fn phase_index(&self) -> usize {
+        (self.phase.load(Ordering::Relaxed) as usize).min(self.phases.len().saturating_sub(1))
+    }
+
+    pub fn set_phase_index(&self, index: usize) {
+        self.phase.store(index as u64, Ordering::Relaxed);
+    }
+
+    /// Events applied (or only sequence-advanced) to the shadow in this run.
+    pub fn applied(&self) -> u64 {
+        let s = self.stats.snapshot();
+        s.applied + s.skipped
+    }
+
+    /// Now minus the cluster time of the newest event read from the stream; 0 before any and
+    /// once done.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.phase_index() + 1 >= self.phases.len() {
+            return 0.0;
+        }
+        match self.last_event_cluster_secs.load(Ordering::Relaxed) {
+            0 => 0.0,
+            t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
+        }
     }
 }

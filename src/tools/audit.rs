@@ -23,7 +23,7 @@ use crate::error::StoreError;
 use crate::model::event::decode_event;
 use crate::model::partition::Worker;
 use crate::model::projection::SEQUENCE_FIELD;
-use crate::ops::stats::{ProjectionStats, unix_millis};
+use crate::ops::stats::ProjectionStats;
 use crate::pipeline::apply::{Applier, Disposition};
 use bson::{Bson, Document, doc};
 use bson_order::compare;
@@ -31,7 +31,6 @@ use futures_util::TryStreamExt;
 use mongodb::{Client, Collection, Database};
 use std::cmp::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -769,34 +768,6 @@ impl Ordered {
     }
 }
 
-/// The figures of a projection's last background audit, read by the metrics at scrape time.
-#[derive(Debug, Default)]
-pub struct AuditFigures {
-    /// Completed runs.
-    pub runs: AtomicU64,
-    /// Unix milliseconds when the last run completed; 0 before the first.
-    pub last_run_ms: AtomicU64,
-    /// Aggregates of each kind found by the last run, indexed like [`DriftKind::ALL`].
-    pub drift: [AtomicU64; 4],
-}
-
-impl AuditFigures {
-    fn record(&self, report: &AuditReport) {
-        for kind in DriftKind::ALL {
-            self.drift[kind.index()].store(report.count(kind), AtomicOrdering::Relaxed);
-        }
-        self.last_run_ms
-            .store(unix_millis(), AtomicOrdering::Relaxed);
-        self.runs.fetch_add(1, AtomicOrdering::Relaxed);
-    }
-
-    /// Aggregates of `kind` found by the last run; `None` before the first run.
-    pub fn drift(&self, kind: DriftKind) -> Option<u64> {
-        (self.runs.load(AtomicOrdering::Relaxed) > 0)
-            .then(|| self.drift[kind.index()].load(AtomicOrdering::Relaxed))
-    }
-}
-
 /// The periodic audit inside the daemon (`[audit] every`): every projection in turn, without
 /// repair, its figures exported as metrics and drift logged as a warning.
 #[derive(Clone)]
@@ -850,7 +821,12 @@ impl BackgroundAudit {
                 };
                 match result {
                     Ok(report) => {
-                        stats.audit.record(&report);
+                        stats.audit.record(
+                            DriftKind::ALL
+                                .iter()
+                                .map(|k| (k.as_str(), report.count(*k)))
+                                .collect(),
+                        );
                         if report.drifted() > 0 {
                             let first: Vec<String> = report
                                 .examples

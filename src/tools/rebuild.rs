@@ -26,7 +26,7 @@ use crate::config::{Config, ProjectionConfig};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
 use crate::model::event::{Event, decode_change, decode_event};
 use crate::model::partition::Worker;
-use crate::ops::stats::{ProjectionStats, unix_millis};
+use crate::ops::stats::{RebuildFigures, unix_millis};
 use crate::pipeline::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
 use crate::pipeline::lanes::lane_of;
 use crate::pipeline::worker::prefix_filter;
@@ -39,7 +39,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::ChangeStreamOptions;
 use mongodb::{Client, Collection, Database};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -65,12 +65,7 @@ impl Phase {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Building => "building",
-            Phase::CatchingUp => "catching_up",
-            Phase::Swapping => "swapping",
-            Phase::Done => "done",
-        }
+        PHASE_NAMES[self as usize]
     }
 
     fn parse(s: &str) -> Option<Phase> {
@@ -141,46 +136,45 @@ pub struct RebuildSummary {
     pub parked: u64,
 }
 
-/// Live progress of a rebuild, for logs and the metrics catalogue.
-#[derive(Debug, Default)]
+/// Live progress of a rebuild, for logs and the metrics: the figures the metrics read
+/// ([`RebuildFigures`]), with this rebuild's phases.
+#[derive(Debug)]
 pub struct RebuildProgress {
-    phase: AtomicU8,
-    /// Counters of the guarded writes into the shadow.
-    pub stats: Arc<ProjectionStats>,
-    /// Events read by the scan in this run.
-    pub scanned: AtomicU64,
-    /// Events read from the stream in this run.
-    pub streamed: AtomicU64,
-    /// Cluster time (seconds) of the newest event read from the stream.
-    pub last_event_cluster_secs: AtomicU64,
+    figures: Arc<RebuildFigures>,
+}
+
+/// The phases' names, in order (the values of the `phase` metric label).
+const PHASE_NAMES: [&str; 4] = ["building", "catching_up", "swapping", "done"];
+
+impl Default for RebuildProgress {
+    fn default() -> Self {
+        Self {
+            figures: Arc::new(RebuildFigures::new(&PHASE_NAMES)),
+        }
+    }
+}
+
+impl std::ops::Deref for RebuildProgress {
+    type Target = RebuildFigures;
+
+    fn deref(&self) -> &RebuildFigures {
+        &self.figures
+    }
 }
 
 impl RebuildProgress {
     pub fn phase(&self) -> Phase {
-        Phase::ALL[(self.phase.load(Ordering::Relaxed) as usize).min(Phase::ALL.len() - 1)]
+        Phase::ALL[self.figures.phase_index().min(Phase::ALL.len() - 1)]
     }
 
     fn set_phase(&self, phase: Phase) {
         let i = Phase::ALL.iter().position(|p| *p == phase).unwrap_or(0);
-        self.phase.store(i as u8, Ordering::Relaxed);
+        self.figures.set_phase_index(i);
     }
 
-    /// Events applied (or only sequence-advanced) to the shadow in this run.
-    pub fn applied(&self) -> u64 {
-        let s = self.stats.snapshot();
-        s.applied + s.skipped
-    }
-
-    /// Now minus the cluster time of the newest event read from the stream; 0 before any and
-    /// once done.
-    pub fn lag_seconds(&self) -> f64 {
-        if self.phase() == Phase::Done {
-            return 0.0;
-        }
-        match self.last_event_cluster_secs.load(Ordering::Relaxed) {
-            0 => 0.0,
-            t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
-        }
+    /// The figures the metrics report.
+    pub fn figures(&self) -> Arc<RebuildFigures> {
+        self.figures.clone()
     }
 }
 

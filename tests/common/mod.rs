@@ -8,7 +8,8 @@ pub mod replica;
 
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
-use mongo_projector::cluster::daemon::{Daemon, DaemonReport};
+use mongo_projector::app::App;
+use mongo_projector::cluster::daemon::DaemonReport;
 use mongo_projector::config::{Config, Handler, ProjectionConfig};
 use mongo_projector::store::checkpoint::CheckpointStore;
 use mongodb::{Client, Collection, Database};
@@ -265,15 +266,15 @@ pub struct Monitored {
     handle: tokio::task::JoinHandle<DaemonReport>,
 }
 
+/// The daemon as `run` starts it ([`App`]), without the server's checks at start-up.
 pub async fn start_monitored(env: &TestEnv, config: &Config) -> Monitored {
     let shutdown = CancellationToken::new();
     let monitoring = CancellationToken::new();
-    let daemon = Daemon::new(config, &env.client, &shutdown);
-    let (_, address) = daemon
-        .start_monitoring(config, &env.client, &monitoring)
+    let app = App::start(config, &env.client, &shutdown, &monitoring)
         .await
         .unwrap();
-    let handle = tokio::spawn(async move { daemon.run().await });
+    let (_, address) = app.endpoint.clone().expect("http enabled");
+    let handle = tokio::spawn(async move { app.run().await });
     Monitored {
         address,
         shutdown,
