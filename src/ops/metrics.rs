@@ -510,11 +510,9 @@ impl Monitor {
                     def.kind,
                     r.scanned.load(Ordering::Relaxed) as f64,
                 )),
-                n if n == REBUILD_EVENTS_STREAMED.name => out.push(sample(
-                    labels(),
-                    def.kind,
-                    r.streamed.load(Ordering::Relaxed) as f64,
-                )),
+                n if n == REBUILD_EVENTS_STREAMED.name => {
+                    out.push(sample(labels(), def.kind, r.streamed() as f64))
+                }
                 n if n == REBUILD_EVENTS_APPLIED.name => {
                     out.push(sample(labels(), def.kind, r.applied() as f64))
                 }

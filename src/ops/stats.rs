@@ -412,10 +412,6 @@ pub struct RebuildFigures {
     pub stats: std::sync::Arc<ProjectionStats>,
     /// Events read by the scan in this run.
     pub scanned: AtomicU64,
-    /// Events read from the stream in this run.
-    pub streamed: AtomicU64,
-    /// Cluster time (seconds) of the newest event read from the stream.
-    pub last_event_cluster_secs: AtomicU64,
 }
 
 impl RebuildFigures {
@@ -426,8 +422,6 @@ impl RebuildFigures {
             phase: AtomicU64::new(0),
             stats: Default::default(),
             scanned: AtomicU64::new(0),
-            streamed: AtomicU64::new(0),
-            last_event_cluster_secs: AtomicU64::new(0),
         }
     }
 
@@ -445,19 +439,24 @@ impl RebuildFigures {
         self.phase.store(index as u64, Ordering::Relaxed);
     }
 
+    /// Events read from the stream in this run.
+    pub fn streamed(&self) -> u64 {
+        self.stats.received.load(Ordering::Relaxed)
+    }
+
     /// Events applied (or only sequence-advanced) to the shadow in this run.
     pub fn applied(&self) -> u64 {
         let s = self.stats.snapshot();
         s.applied + s.skipped
     }
 
-    /// Now minus the cluster time of the newest event read from the stream; 0 before any and
-    /// once done.
+    /// Now minus the cluster time of the newest event applied from the stream; 0 before any
+    /// and once done.
     pub fn lag_seconds(&self) -> f64 {
         if self.phase_index() + 1 >= self.phases.len() {
             return 0.0;
         }
-        match self.last_event_cluster_secs.load(Ordering::Relaxed) {
+        match self.stats.last_event_cluster_secs.load(Ordering::Relaxed) {
             0 => 0.0,
             t => (unix_millis() as f64 / 1000.0 - t as f64).max(0.0),
         }

@@ -557,6 +557,26 @@ impl Applier {
         Ok(())
     }
 
+    /// [`Applier::dead_letter_malformed`], retrying known-transient errors in place after the
+    /// pauses of `backoff`; `shutdown` ends the retries.
+    pub async fn dead_letter_with_retry(
+        &self,
+        malformed: &Malformed,
+        token: Option<&Bson>,
+        mut backoff: crate::backoff::Backoff,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), StoreError> {
+        loop {
+            match self.dead_letter_malformed(malformed, token).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.action() == crate::error::ErrorAction::Retry
+                        && backoff.wait(shutdown).await => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// One guarded attempt, without healing or parking: `Err(stored)` on a gap.
     async fn apply_once(&self, event: &Event) -> Result<Result<Disposition, i64>, StoreError> {
         let Some(change) = self.change_for(event) else {

@@ -1,29 +1,31 @@
-//! Tailing one projection's event collection: opening the change stream from the stored
-//! checkpoint (or from now, or from the start of the collection), handing each event to the
-//! [`Applier`], checkpointing, re-opening with backoff after errors, and recovering without
-//! loss when the stored token has fallen off the oplog.
+//! A projection's worker: the pipeline's stages composed for one worker. It starts where
+//! [`start`] says (its checkpoint, a position its projection's other checkpoints vouch for,
+//! or as configured), follows the change stream ([`Tail`]), re-opens it after errors as the
+//! error policy says, and recovers without loss when its position has left the oplog: it
+//! folds its share of the event collection ([`Scan`]) under a stream opened first.
 
 use crate::backoff::Backoff;
 use crate::config::{CheckpointConfig, ProjectionConfig, SourceConfig, StartFrom};
 use crate::error::{ErrorAction, Failures, StopReason, StoreError};
-use crate::model::event::{Event, decode_change, decode_event};
 use crate::model::partition::Worker;
 use crate::ops::stats::ProjectionStats;
 use crate::pipeline::apply::Applier;
-use crate::pipeline::lanes::{LaneReport, LaneWork, Lanes, lane_of};
+use crate::pipeline::checkpointer::{Checkpointer, Position, WorkerCheckpoint};
+use crate::pipeline::dispatcher::Dispatcher;
+use crate::pipeline::lanes::Lanes;
+use crate::pipeline::scan::Scan;
 use crate::pipeline::start::{self, Start, StreamStart};
-use crate::pipeline::watermark::{Ticket, Watermark};
+use crate::pipeline::stream::{EventStream, Reader, StreamFrom};
+use crate::pipeline::tail::{Tail, Until};
 use crate::store::checkpoint::{Checkpoint, CheckpointStore};
-use crate::store::park::ParkedEvent;
-use bson::{Bson, DateTime, Document, RawDocumentBuf, Timestamp, doc};
+use bson::{Document, RawDocumentBuf, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::{ChangeStreamOptions, IndexOptions};
+use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Why a projection stopped for good.
@@ -52,25 +54,18 @@ pub struct ProjectionWorker {
     pub fence: Option<i64>,
     /// Set when a checkpoint write was refused because a newer lease holder claimed the
     /// checkpoint: the run stops and never writes again.
-    fenced: std::sync::atomic::AtomicBool,
+    fenced: Arc<AtomicBool>,
     /// This run's failures in a row: the next pause, and the count of errors not known to be
     /// transient ([`crate::error`]).
     failures: std::sync::Mutex<Failures>,
 }
 
-/// Where the worker stands: the newest position below which everything is handled.
-struct Position {
-    token: Option<ResumeToken>,
-    cluster_time: Option<Timestamp>,
-    events_handled: i64,
-    saved_token: Option<ResumeToken>,
-    unsaved_events: u64,
-    last_save: Instant,
-    /// Where this worker's share is covered from, for `start = "now"`
-    /// ([`Checkpoint::origin`]).
-    origin: Option<Timestamp>,
-    /// After a failed checkpoint write: no new attempt before this.
-    save_retry_at: Option<Instant>,
+/// How the stream is opened next.
+#[derive(Debug, Clone)]
+enum Opening {
+    /// After folding the worker's share of the event collection.
+    Scan,
+    From(StreamFrom),
 }
 
 impl ProjectionWorker {
@@ -103,29 +98,352 @@ impl ProjectionWorker {
     /// A fresh worker for one period as lease holder: the same projection, stores and
     /// counters, its own stop token, and checkpoint writes fenced by `epoch`.
     pub fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
-        ProjectionWorker {
-            worker: self.worker.clone(),
-            config: self.config.clone(),
-            source: self.source.clone(),
-            checkpointing: self.checkpointing.clone(),
-            db: self.db.clone(),
-            applier: Applier::new(&self.worker, &self.db, self.stats.clone()),
-            checkpoints: self.checkpoints.clone(),
-            stats: self.stats.clone(),
+        let mut run = ProjectionWorker::new(
+            self.worker.clone(),
+            self.source.clone(),
+            self.checkpointing.clone(),
+            self.db.clone(),
+            self.checkpoints.clone(),
             shutdown,
-            fence: Some(epoch),
-            fenced: Default::default(),
-            failures: std::sync::Mutex::new(Failures::new(&self.source)),
-        }
+        );
+        run.stats = self.stats.clone();
+        run.applier = Applier::new(&self.worker, &self.db, self.stats.clone());
+        run.fence = Some(epoch);
+        run
     }
 
     /// True when this run stopped because a newer lease holder fenced its checkpoint.
     pub fn was_fenced(&self) -> bool {
-        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+        self.fenced.load(Ordering::Relaxed)
     }
 
-    fn events(&self) -> Collection<Document> {
-        self.db.collection(&self.config.events)
+    /// Runs until shutdown (Ok) or until the projection cannot go on (Err).
+    pub async fn run(&self) -> Result<(), ProjectionStopped> {
+        self.ensure_event_index().await;
+        let Some((position, stored, mut next)) = self.plan_start().await? else {
+            return Ok(()); // shut down before the checkpoints could be read
+        };
+        let store = WorkerCheckpoint {
+            store: self.checkpoints.clone(),
+            name: self.worker.name.clone(),
+            fence: self.fence,
+            fenced: self.fenced.clone(),
+        };
+        let mut checkpointer = Checkpointer::new(store, position, stored, &self.checkpointing);
+        let stream = EventStream::new(&self.worker, &self.db, self.source.max_await);
+        while !self.shutdown.is_cancelled() {
+            let handled = checkpointer.position.events_handled;
+            let ended = match self.open(&stream, &next, &mut checkpointer).await {
+                Ok(None) => break, // shut down during the fold
+                Ok(Some(opened)) => self.follow(opened, &mut checkpointer).await,
+                Err(e) => Err(e),
+            };
+            if let Some(token) = checkpointer.position.token.clone() {
+                // From now on the position is this stream's own.
+                next = Opening::From(StreamFrom::After(token));
+            }
+            let Err(e) = ended else { break };
+            if checkpointer.position.events_handled > handled {
+                self.progressed();
+            }
+            if e.action() == ErrorAction::HistoryLost {
+                self.history_lost(&e);
+                next = Opening::Scan;
+            } else if let Err(stopped) = self.restart_after(&e).await {
+                self.save_final(&mut checkpointer).await;
+                return Err(stopped);
+            }
+        }
+        self.save_final(&mut checkpointer).await;
+        if self.was_fenced() {
+            return Err(self.stopped(
+                StopReason::Fenced,
+                "a newer lease holder claimed the checkpoint; this run stopped",
+            ));
+        }
+        tracing::info!(projection = %self.worker.name, events_handled = checkpointer.position.events_handled, "projection stopped");
+        Ok(())
+    }
+
+    /// Opens the stream as `next` says; a first opening from "now" records where "now" was,
+    /// so that a restart continues there and a sibling started later begins there too.
+    /// `None` on shutdown during a fold.
+    async fn open(
+        &self,
+        stream: &EventStream,
+        next: &Opening,
+        checkpointer: &mut Checkpointer<WorkerCheckpoint>,
+    ) -> Result<Option<ChangeStream<RawDocumentBuf>>, StoreError> {
+        let opened = match next {
+            Opening::Scan => return self.fold(stream, checkpointer).await,
+            Opening::From(from) => stream.open(from.clone()).await?,
+        };
+        if checkpointer.position.token.is_none() {
+            let token = opened.resume_token();
+            let origin = &mut checkpointer.position.origin;
+            if origin.is_none() && self.config.start == StartFrom::Now {
+                *origin = token.as_ref().and_then(start::token_cluster_time);
+            }
+            checkpointer.position.token = token;
+            self.save_now(checkpointer).await?;
+        }
+        Ok(Some(opened))
+    }
+
+    /// Follows an open stream until shutdown (Ok) or an error.
+    async fn follow(
+        &self,
+        opened: ChangeStream<RawDocumentBuf>,
+        checkpointer: &mut Checkpointer<WorkerCheckpoint>,
+    ) -> Result<(), StoreError> {
+        let mut save_failed = |e: StoreError| self.checkpoint_failed(e);
+        let tail = Tail {
+            worker: &self.worker,
+            applier: &self.applier,
+            stats: &self.stats,
+            checkpointer,
+            save_failed: &mut save_failed,
+            shutdown: &self.shutdown,
+            tick_every: self
+                .config
+                .parking
+                .sweep_every
+                .min(self.checkpointing.every),
+            sweep_every: self.config.parking.sweep_every,
+            retry: self.backoff(),
+        };
+        let dispatcher = Dispatcher::new(self.spawn_lanes(), self.source.batch_size);
+        tail.run(Reader::spawn(opened), dispatcher, Until::Shutdown)
+            .await
+            .map(|_| ())
+    }
+
+    /// Folds every stored event of the worker's share through the guard, then returns a
+    /// stream opened before the fold began, so that nothing written meanwhile is missed. Used
+    /// on a first start from the beginning and when the position has left the oplog. Nothing
+    /// is checkpointed until the whole fold is applied. `None` on shutdown.
+    async fn fold(
+        &self,
+        stream: &EventStream,
+        checkpointer: &mut Checkpointer<WorkerCheckpoint>,
+    ) -> Result<Option<ChangeStream<RawDocumentBuf>>, StoreError> {
+        let opened = stream.open(StreamFrom::Now).await?;
+        let started_at = opened.resume_token();
+        self.stats.record_scan_started();
+        let mut cursor = Scan::new(&self.worker, &self.db).open().await?;
+        // The same lanes as the live stream: each lane's memory of stored sequences makes an
+        // already-applied prefix cost one probe per aggregate and round, no writes.
+        let mut dispatcher = Dispatcher::new(self.spawn_lanes(), self.source.batch_size);
+        loop {
+            let read = cursor
+                .feed(1000, &mut dispatcher, &self.applier, &self.shutdown)
+                .await?;
+            // A long fold is progress too: liveness must not fail while catching up.
+            self.stats.record_progress(false);
+            if read == 0 {
+                break;
+            }
+        }
+        dispatcher.hand_out_partial().await?;
+        let (watermark, failure) = dispatcher.finish().await;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if !cursor.exhausted || watermark.in_flight() > 0 {
+            return Ok(None); // shut down meanwhile: nothing is saved
+        }
+        tracing::info!(projection = %self.worker.name, scanned = cursor.scanned, "caught up from the event collection");
+        // Events written during the fold come from the stream, which reports them anew.
+        self.stats.record_oldest_pending(None);
+        if let Some(token) = started_at {
+            checkpointer.advance(cursor.scanned, Some((token, None)));
+        }
+        self.save_now(checkpointer).await?;
+        Ok(Some(opened))
+    }
+
+    /// This worker's apply lanes, retrying transient errors with its backoff.
+    fn spawn_lanes(&self) -> Lanes {
+        Lanes::spawn(
+            &self.applier,
+            self.source.lanes,
+            &self.shutdown,
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        )
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.source.reopen_backoff_initial,
+            self.source.reopen_backoff_max,
+        )
+    }
+
+    /// Where this worker starts ([`start::choose_start`]): the position, whether it is
+    /// already stored, and how the stream is opened first. `None` on shutdown.
+    async fn plan_start(&self) -> Result<Option<(Position, bool, Opening)>, ProjectionStopped> {
+        let name = &self.worker.name;
+        let Some((start, own)) = self.read_checkpoints().await? else {
+            return Ok(None);
+        };
+        let mut position = Position::default();
+        if let Some(mine) = &own {
+            position.events_handled = mine.events_handled;
+            position.origin = mine.origin;
+        }
+        let plan = match start {
+            Start::Resume(c) => {
+                tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
+                position.cluster_time = c.cluster_time;
+                position.token = Some(c.token.clone());
+                (position, true, Opening::From(StreamFrom::After(c.token)))
+            }
+            Start::Inherited(inherited) => {
+                tracing::info!(
+                    projection = %name,
+                    from = %inherited.from,
+                    reason = ?inherited.reason,
+                    at = ?inherited.at,
+                    "starting from a position other checkpoints vouch for (later events are redelivered; the sequence guard absorbs those already applied)"
+                );
+                let from = match inherited.at {
+                    StreamStart::At(at) => {
+                        position.origin = position.origin.or(Some(at));
+                        StreamFrom::At(at)
+                    }
+                    StreamStart::AfterToken(token) => StreamFrom::After(token),
+                };
+                (position, false, Opening::From(from))
+            }
+            Start::Configured => {
+                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint covers this worker's share: first start as configured");
+                let opening = match self.config.start {
+                    StartFrom::Beginning => Opening::Scan,
+                    StartFrom::Now => Opening::From(StreamFrom::Now),
+                };
+                (position, false, opening)
+            }
+        };
+        Ok(Some(plan))
+    }
+
+    /// The worker's own checkpoint and where it starts, from the rest of its projection's.
+    /// Read errors are retried with backoff until shutdown (`None`): starting without knowing
+    /// the checkpoints could skip events. An unreadable own checkpoint stops the worker.
+    async fn read_checkpoints(
+        &self,
+    ) -> Result<Option<(Start, Option<Checkpoint>)>, ProjectionStopped> {
+        let name = &self.worker.name;
+        loop {
+            let read = async {
+                // The own checkpoint is read on its own first: unreadable, it is an error of
+                // this worker, where the family merely leaves an unreadable one out.
+                let own = self.checkpoints.load(name).await?;
+                let family = self.checkpoints.load_family(&self.config.name).await?;
+                Ok::<_, StoreError>((own, family))
+            };
+            match read.await {
+                Ok((own, family)) => {
+                    self.progressed();
+                    let start = start::choose_start(name, &family, self.config.start);
+                    return Ok(Some((start, own)));
+                }
+                Err(e) => {
+                    if let Some(stopped) = self.failed(&e) {
+                        return Err(stopped);
+                    }
+                    let pause = self.next_pause();
+                    tracing::warn!(projection = %name, error = %e, retry_in = ?pause, "cannot read the checkpoints yet; will retry");
+                    if !self.sleep(pause).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the position now; a failure the policy does not let pass is an error.
+    async fn save_now(
+        &self,
+        checkpointer: &mut Checkpointer<WorkerCheckpoint>,
+    ) -> Result<(), StoreError> {
+        match checkpointer.write().await {
+            Ok(written) => {
+                if written {
+                    let time = checkpointer.position.cluster_time.map(|t| t.time);
+                    self.stats.record_checkpoint(time);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let pause = self.checkpoint_failed(e)?;
+                checkpointer.retry_in(pause);
+                Ok(())
+            }
+        }
+    }
+
+    /// The policy for a failed checkpoint write. A newer lease holder's claim stops this run
+    /// (and is no error); a stop is an error; anything else is counted, and tried again after
+    /// the worker's next pause (a checkpoint that lags behind only means more redelivery, never
+    /// loss) until errors not known to be transient have come too often in a row.
+    fn checkpoint_failed(&self, e: StoreError) -> Result<Duration, StoreError> {
+        match e.action() {
+            ErrorAction::Stop(StopReason::Fenced) => {
+                self.fenced.store(true, Ordering::Relaxed);
+                ProjectionStats::add(&self.stats.checkpoint_fenced, 1);
+                tracing::warn!(
+                    projection = %self.worker.name,
+                    epoch = ?self.fence,
+                    error = %e,
+                    "checkpoint write refused: a newer lease holder took over; stopping this run"
+                );
+                self.shutdown.cancel();
+                Ok(Duration::from_secs(3600))
+            }
+            ErrorAction::Stop(_) => Err(e),
+            _ => {
+                let exhausted = self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .count(&e);
+                if let Some(reason) = exhausted {
+                    return Err(StoreError::Stop(reason, format!("checkpoint write: {e}")));
+                }
+                let pause = self.next_pause();
+                self.stats.set_last_error(format!("checkpoint write: {e}"));
+                tracing::warn!(projection = %self.worker.name, error = %e, retry_in = ?pause, "checkpoint write failed; will retry");
+                Ok(pause)
+            }
+        }
+    }
+
+    /// The last checkpoint before stopping, retried with backoff: the shutdown deadline bounds
+    /// how long this may take, and an error that retrying cannot fix ends it at once.
+    async fn save_final(&self, checkpointer: &mut Checkpointer<WorkerCheckpoint>) {
+        if checkpointer.position.token.is_none() || self.was_fenced() {
+            return;
+        }
+        let mut backoff = self.backoff();
+        for _ in 0..8 {
+            match checkpointer.write().await {
+                Ok(_) => return,
+                Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => {
+                    tracing::error!(projection = %self.worker.name, error = %e, "final checkpoint refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %self.worker.name, error = %e, "final checkpoint failed; retrying");
+                    tokio::time::sleep(backoff.next_pause()).await;
+                }
+            }
+        }
+        tracing::error!(
+            projection = %self.worker.name,
+            "final checkpoint could not be written; a restart redelivers events since the last one (absorbed by the guard)"
+        );
     }
 
     /// The worker cannot go on: the reason is also `/status`'s last error and, unless a newer
@@ -195,163 +513,6 @@ impl ProjectionWorker {
         }
     }
 
-    /// Runs until shutdown (Ok) or until the projection cannot go on (Err).
-    pub async fn run(&self) -> Result<(), ProjectionStopped> {
-        let name = self.worker.name.clone();
-        self.ensure_event_index().await;
-        let mut position = Position {
-            token: None,
-            cluster_time: None,
-            events_handled: 0,
-            saved_token: None,
-            unsaved_events: 0,
-            last_save: Instant::now(),
-            origin: None,
-            save_retry_at: None,
-        };
-        let mut inherited_at: Option<Timestamp> = None;
-        let Some((start, own)) = self.choose_start().await? else {
-            return Ok(()); // shut down before the checkpoints could be read
-        };
-        match start {
-            Start::Resume(c) => {
-                tracing::info!(projection = %name, events_handled = c.events_handled, "resuming from checkpoint");
-                position.events_handled = c.events_handled;
-                position.cluster_time = c.cluster_time;
-                position.origin = c.origin;
-                position.saved_token = Some(c.token.clone());
-                position.token = Some(c.token);
-            }
-            Start::Inherited(inherited) => {
-                tracing::info!(
-                    projection = %name,
-                    from = %inherited.from,
-                    reason = ?inherited.reason,
-                    at = ?inherited.at,
-                    "starting from a position other checkpoints vouch for (later events are redelivered; the sequence guard absorbs those already applied)"
-                );
-                if let Some(mine) = own {
-                    position.events_handled = mine.events_handled;
-                    position.origin = mine.origin;
-                }
-                match inherited.at {
-                    StreamStart::At(at) => {
-                        inherited_at = Some(at);
-                        position.origin = position.origin.or(Some(at));
-                    }
-                    StreamStart::AfterToken(token) => position.token = Some(token),
-                }
-            }
-            Start::Configured => {
-                tracing::info!(projection = %name, start = ?self.config.start, "no checkpoint covers this worker's share: first start as configured")
-            }
-        }
-        let mut first_start = position.token.is_none()
-            && inherited_at.is_none()
-            && self.config.start == StartFrom::Beginning;
-        while !self.shutdown.is_cancelled() {
-            let opened = if first_start {
-                self.catch_up_from_collection(&mut position).await
-            } else if let Some(at) = inherited_at {
-                self.open_from(None, Some(at)).await.map(Some)
-            } else {
-                self.open(position.token.clone()).await.map(Some)
-            };
-            let stream = match opened {
-                Ok(Some(s)) => {
-                    inherited_at = None; // from now on the position is this stream's own
-                    s
-                }
-                Ok(None) => break, // shut down during catch-up
-                Err(e) if e.action() == ErrorAction::HistoryLost => {
-                    self.history_lost(&e);
-                    first_start = true;
-                    continue;
-                }
-                Err(e) => {
-                    self.restart_after(&e).await?;
-                    continue;
-                }
-            };
-            first_start = false;
-            if position.token.is_none() {
-                // First start from "now": remember where "now" was, so a restart continues
-                // there, and so that a sibling started later begins there too.
-                position.token = stream.resume_token();
-                if position.origin.is_none() && self.config.start == StartFrom::Now {
-                    position.origin = position.token.as_ref().and_then(start::token_cluster_time);
-                }
-                if let Err(e) = self.save(&mut position).await {
-                    return Err(self.stop_for(&e));
-                }
-            }
-            match self.tail(stream, &mut position).await {
-                Ok(()) => break,
-                Err(e) if e.action() == ErrorAction::HistoryLost => {
-                    self.history_lost(&e);
-                    first_start = true;
-                }
-                Err(e) => {
-                    if let Err(stopped) = self.restart_after(&e).await {
-                        self.save_final(&mut position).await;
-                        return Err(stopped);
-                    }
-                }
-            }
-        }
-        self.save_final(&mut position).await;
-        if self.was_fenced() {
-            return Err(self.stopped(
-                StopReason::Fenced,
-                "a newer lease holder claimed the checkpoint; this run stopped",
-            ));
-        }
-        tracing::info!(projection = %name, events_handled = position.events_handled, "projection stopped");
-        Ok(())
-    }
-
-    /// The stop an error calls for by itself (a stop, or a retry budget spent elsewhere).
-    fn stop_for(&self, e: &StoreError) -> ProjectionStopped {
-        match e.action() {
-            ErrorAction::Stop(reason) => self.stopped(reason, e.to_string()),
-            _ => self.stopped(StopReason::RetriesExhausted, e.to_string()),
-        }
-    }
-
-    /// Where this worker starts ([`start::choose_start`]), from its own checkpoint and
-    /// those of the rest of its projection. Read errors are retried with backoff until
-    /// shutdown (`None`): starting without knowing the checkpoints could skip events. An
-    /// unreadable own checkpoint stops the worker.
-    async fn choose_start(&self) -> Result<Option<(Start, Option<Checkpoint>)>, ProjectionStopped> {
-        let name = &self.worker.name;
-        loop {
-            let read = async {
-                // The own checkpoint is read on its own first: unreadable, it is an error of
-                // this worker, where the family merely leaves an unreadable one out.
-                let own = self.checkpoints.load(name).await?;
-                let family = self.checkpoints.load_family(&self.config.name).await?;
-                Ok::<_, StoreError>((own, family))
-            };
-            match read.await {
-                Ok((own, family)) => {
-                    self.progressed();
-                    let start = start::choose_start(name, &family, self.config.start);
-                    return Ok(Some((start, own)));
-                }
-                Err(e) => {
-                    if let Some(stopped) = self.failed(&e) {
-                        return Err(stopped);
-                    }
-                    let pause = self.next_pause();
-                    tracing::warn!(projection = %name, error = %e, retry_in = ?pause, "cannot read the checkpoints yet; will retry");
-                    if !self.sleep(pause).await {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-    }
-
     fn history_lost(&self, e: &StoreError) {
         ProjectionStats::add(&self.stats.history_lost_recoveries, 1);
         tracing::warn!(
@@ -382,617 +543,8 @@ impl ProjectionWorker {
         Ok(())
     }
 
-    /// The `$match` after `$changeStream`: inserts (with the projection's filter and the
-    /// worker's partition on the event document) and the invalidate that ends a stream.
-    fn stream_pipeline(&self) -> Vec<Document> {
-        let mut inserts = match &self.config.filter {
-            None => doc! {"operationType": "insert"},
-            Some(f) => {
-                let mut m = prefix_filter(f, "fullDocument.");
-                m.insert("operationType", "insert");
-                m
-            }
-        };
-        let aggregate_id = format!("fullDocument.{}", self.config.fields.aggregate_id);
-        self.worker.restrict(&mut inserts, &aggregate_id);
-        vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}]
-    }
-
-    async fn open(
-        &self,
-        token: Option<ResumeToken>,
-    ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
-        self.open_from(token, None).await
-    }
-
-    /// Opens the stream after `token`, or at the cluster time `start_at`, or from now.
-    async fn open_from(
-        &self,
-        token: Option<ResumeToken>,
-        start_at: Option<Timestamp>,
-    ) -> Result<ChangeStream<RawDocumentBuf>, StoreError> {
-        // Bounded batches: a backlog is fetched a slice at a time, never in one reply.
-        let options = ChangeStreamOptions::builder()
-            .resume_after(token)
-            .start_at_operation_time(start_at)
-            .max_await_time(Some(self.source.max_await))
-            .batch_size(Some(STREAM_BATCH))
-            .build();
-        let stream = self
-            .events()
-            .watch()
-            .pipeline(self.stream_pipeline())
-            .with_options(options)
-            .await?
-            .with_type::<RawDocumentBuf>();
-        Ok(stream)
-    }
-
-    /// This worker's apply lanes, retrying transient errors with the stream's backoff.
-    fn spawn_lanes(&self) -> Lanes {
-        Lanes::spawn(
-            &self.applier,
-            self.source.lanes,
-            &self.shutdown,
-            self.source.reopen_backoff_initial,
-            self.source.reopen_backoff_max,
-        )
-    }
-
-    /// Reads change events until shutdown (Ok) or an error, applying them through the lanes.
-    ///
-    /// Three stages run at once: a reader task pulls the change stream into a bounded prefetch
-    /// queue (so the next batch is read while this one is written), this dispatcher gives each
-    /// event a ticket and routes it to its aggregate's lane, and the lanes write batches and
-    /// report tickets back. The position only moves to the watermark of reported tickets. No
-    /// more than `checkpoints.every_events` tickets lie beyond the stored checkpoint (saved
-    /// every half of that), which bounds what a crash redelivers. On the way out the lanes
-    /// finish what they were given, so a graceful stop leaves a checkpoint after everything
-    /// that was applied.
-    async fn tail(
-        &self,
-        stream: ChangeStream<RawDocumentBuf>,
-        position: &mut Position,
-    ) -> Result<(), StoreError> {
-        let (read_tx, mut reads) = mpsc::channel(PREFETCH);
-        // Aborted when this future is dropped (a crash of the worker task), not only on return.
-        let reader =
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_stream(stream, read_tx)));
-        let mut lanes = self.spawn_lanes();
-        let mut watermark: Watermark<(ResumeToken, Option<Timestamp>)> = Watermark::new();
-        let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
-        let batch_size = self.source.batch_size.max(1);
-        let tick_every = self
-            .config
-            .parking
-            .sweep_every
-            .min(self.checkpointing.every)
-            .max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval(tick_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sweep = Instant::now();
-        let result: Result<(), StoreError> = 'run: loop {
-            if self.shutdown.is_cancelled() {
-                break Ok(());
-            }
-            while let Ok(report) = lanes.reports.try_recv() {
-                if let Err(e) = self.on_report(report, &mut watermark, position).await {
-                    break 'run Err(e);
-                }
-            }
-            // The crash bound: at most `every_events` events between the stored checkpoint
-            // and the newest one handed out, so a kill -9 redelivers no more than that. When
-            // the window is full, reading waits for the lanes and the next checkpoint.
-            let beyond = position.unsaved_events + watermark.in_flight() as u64;
-            self.stats
-                .beyond_checkpoint
-                .store(beyond, std::sync::atomic::Ordering::Relaxed);
-            let full = beyond >= self.checkpointing.every_events;
-            let read = if full {
-                Err(mpsc::error::TryRecvError::Empty)
-            } else {
-                reads.try_recv()
-            };
-            let read = match read {
-                Ok(read) => read,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    break Err(StoreError::Reply("change stream reader ended".into()));
-                }
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Nothing more is ready: hand out partial batches now rather than wait
-                    // for the next getMore, which may take `max_await` on a quiet stream.
-                    for (lane, waiting) in pending.iter_mut().enumerate() {
-                        if !waiting.is_empty() {
-                            let batch = std::mem::take(waiting);
-                            if let Err(e) = self
-                                .dispatch(&mut lanes, lane, batch, &mut watermark, position)
-                                .await
-                            {
-                                break 'run Err(e);
-                            }
-                        }
-                    }
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => break Ok(()),
-                        report = lanes.reports.recv() => {
-                            let Some(report) = report else {
-                                break Err(StoreError::Reply("apply lanes stopped".into()));
-                            };
-                            if let Err(e) = self.on_report(report, &mut watermark, position).await {
-                                break Err(e);
-                            }
-                            continue;
-                        }
-                        _ = tick.tick() => {
-                            if let Err(e) = self.housekeeping(&lanes, &mut last_sweep, position, full).await {
-                                break Err(e);
-                            }
-                            continue;
-                        }
-                        read = reads.recv(), if !full => match read {
-                            Some(read) => read,
-                            None => break Err(StoreError::Reply("change stream reader ended".into())),
-                        },
-                    }
-                }
-            };
-            match read {
-                Read::Failed(e) => break Err(e),
-                Read::Quiet(token) => {
-                    self.stats.record_progress(watermark.in_flight() == 0);
-                    // A quiet stream: the post-batch resume token still moves; persist it so
-                    // that an idle projection's position never ages out of the oplog. Only
-                    // with nothing in flight: the token is past every event read so far.
-                    if watermark.in_flight() == 0 && token.is_some() && token != position.token {
-                        position.token = token;
-                    }
-                    if position.token != position.saved_token
-                        && position.last_save.elapsed() >= self.checkpointing.every
-                        && let Err(e) = self.save(position).await
-                    {
-                        break Err(e);
-                    }
-                }
-                Read::Event(raw) => {
-                    if raw.get_str("operationType").ok() == Some("invalidate") {
-                        break Err(StoreError::Stop(
-                            StopReason::Namespace,
-                            format!(
-                                "the event collection {}.{} was dropped or renamed (change stream invalidated)",
-                                self.config.database, self.config.events
-                            ),
-                        ));
-                    }
-                    ProjectionStats::add(&self.stats.received, 1);
-                    self.stats.record_progress(false);
-                    let change = match decode_change(&raw, &self.config.fields) {
-                        Ok(c) => c,
-                        Err(e) => break Err(StoreError::Reply(e)),
-                    };
-                    let ticket = watermark.issue((change.token.clone(), change.cluster_time));
-                    if watermark.in_flight() == 1 {
-                        self.stats
-                            .record_oldest_pending(change.cluster_time.map(|t| t.time));
-                    }
-                    match change.event {
-                        Ok(event) => {
-                            let lane = lane_of(&event.aggregate_id, pending.len());
-                            pending[lane].push((ticket, event));
-                            if pending[lane].len() >= batch_size {
-                                let batch = std::mem::take(&mut pending[lane]);
-                                if let Err(e) = self
-                                    .dispatch(&mut lanes, lane, batch, &mut watermark, position)
-                                    .await
-                                {
-                                    break Err(e);
-                                }
-                            }
-                        }
-                        Err(malformed) => {
-                            let token = bson::to_bson(&change.token).ok();
-                            if let Err(e) = self
-                                .dead_letter_with_retry(&malformed, token.as_ref())
-                                .await
-                            {
-                                break Err(e);
-                            }
-                            watermark.ack(ticket);
-                            if let Err(e) = self.advance(&mut watermark, position).await {
-                                break Err(e);
-                            }
-                        }
-                    }
-                }
-            }
-            if last_sweep.elapsed() >= self.config.parking.sweep_every
-                && let Err(e) = self
-                    .housekeeping(&lanes, &mut last_sweep, position, full)
-                    .await
-            {
-                break Err(e);
-            }
-        };
-        reader.abort();
-        // Whatever was handed to the lanes is finished (or abandoned on shutdown while being
-        // retried); events still waiting in `pending` were never written and stay above the
-        // watermark, so they are read again after a restart.
-        let mut failure = None;
-        for report in lanes.finish().await {
-            match report {
-                LaneReport::Done(tickets) => {
-                    for t in tickets {
-                        watermark.ack(t);
-                    }
-                }
-                LaneReport::Failed(e) => failure = Some(e),
-            }
-        }
-        let advanced = self.advance(&mut watermark, position).await;
-        // Whatever was not handled is read again by the next stream, which reports it anew.
-        self.stats.record_oldest_pending(None);
-        match (result, failure, advanced) {
-            (Err(e), _, _) => Err(e),
-            (Ok(()), Some(e), _) if !self.shutdown.is_cancelled() => Err(e),
-            (Ok(()), _, Err(e)) => Err(e),
-            (Ok(()), _, Ok(())) => Ok(()),
-        }
-    }
-
-    /// Hands a batch to a lane, taking the lanes' reports while that lane's queue is full.
-    async fn dispatch(
-        &self,
-        lanes: &mut Lanes,
-        lane: usize,
-        batch: Vec<(Ticket, Event)>,
-        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
-        position: &mut Position,
-    ) -> Result<(), StoreError> {
-        loop {
-            tokio::select! {
-                permit = lanes.senders[lane].reserve() => {
-                    return match permit {
-                        Ok(permit) => {
-                            permit.send(LaneWork::Batch(batch));
-                            Ok(())
-                        }
-                        Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
-                    };
-                }
-                report = lanes.reports.recv() => match report {
-                    Some(report) => self.on_report(report, watermark, position).await?,
-                    None => return Err(StoreError::Reply("apply lanes stopped".into())),
-                },
-            }
-        }
-    }
-
-    /// Hands a batch to a lane during a catch-up, where reports only matter for failures.
-    /// Returns how many batches were reported done meanwhile.
-    async fn hand_over(
-        lanes: &mut Lanes,
-        lane: usize,
-        batch: Vec<(Ticket, Event)>,
-    ) -> Result<usize, StoreError> {
-        let mut done = 0;
-        loop {
-            tokio::select! {
-                permit = lanes.senders[lane].reserve() => {
-                    return match permit {
-                        Ok(permit) => {
-                            permit.send(LaneWork::Batch(batch));
-                            Ok(done)
-                        }
-                        Err(_) => Err(StoreError::Reply("an apply lane stopped".into())),
-                    };
-                }
-                report = lanes.reports.recv() => match report {
-                    Some(LaneReport::Failed(e)) => return Err(e),
-                    Some(LaneReport::Done(_)) => done += 1,
-                    None => return Err(StoreError::Reply("apply lanes stopped".into())),
-                },
-            }
-        }
-    }
-
-    /// Takes a lane's report: its tickets move the watermark, a failure ends this stream.
-    async fn on_report(
-        &self,
-        report: LaneReport,
-        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
-        position: &mut Position,
-    ) -> Result<(), StoreError> {
-        match report {
-            LaneReport::Done(tickets) => {
-                for t in tickets {
-                    watermark.ack(t);
-                }
-                self.advance(watermark, position).await
-            }
-            LaneReport::Failed(e) => Err(e),
-        }
-    }
-
-    /// Moves the position to the watermark and checkpoints every N events or T time.
-    async fn advance(
-        &self,
-        watermark: &mut Watermark<(ResumeToken, Option<Timestamp>)>,
-        position: &mut Position,
-    ) -> Result<(), StoreError> {
-        let finalized = watermark.take_finalized();
-        if finalized == 0 {
-            return Ok(());
-        }
-        self.progressed();
-        self.stats.record_oldest_pending(
-            watermark
-                .oldest_pending()
-                .and_then(|(_, cluster_time)| cluster_time.map(|t| t.time)),
-        );
-        if let Some((token, cluster_time)) = watermark.safe() {
-            position.token = Some(token.clone());
-            position.cluster_time = cluster_time.or(position.cluster_time);
-            self.stats.record_event_time(cluster_time.map(|t| t.time));
-        }
-        position.events_handled += finalized as i64;
-        position.unsaved_events += finalized;
-        // Half the interval: the other half stays open for events in flight, so the lanes
-        // keep writing while the checkpoint is saved (see the window in `tail`).
-        if position.unsaved_events >= self.checkpointing.every_events.div_ceil(2)
-            || position.last_save.elapsed() >= self.checkpointing.every
-        {
-            self.save(position).await?;
-        }
-        Ok(())
-    }
-
-    /// Periodic work of the dispatcher: retry due parked events, and persist progress that
-    /// has waited `checkpoints.every`, or at once while the crash window is `full` (a failed
-    /// checkpoint write would otherwise hold reading back until `every`).
-    async fn housekeeping(
-        &self,
-        lanes: &Lanes,
-        last_sweep: &mut Instant,
-        position: &mut Position,
-        full: bool,
-    ) -> Result<(), StoreError> {
-        if position.unsaved_events > 0
-            && (full || position.last_save.elapsed() >= self.checkpointing.every)
-        {
-            self.save(position).await?;
-        }
-        if last_sweep.elapsed() >= self.config.parking.sweep_every {
-            *last_sweep = Instant::now();
-            let mut per_lane: Vec<Vec<ParkedEvent>> = vec![Vec::new(); lanes.count()];
-            for parked in self.applier.due_parked().await? {
-                let lane = match parked.event.get(&self.config.fields.aggregate_id) {
-                    Some(id) => lane_of(id, per_lane.len()),
-                    None => 0,
-                };
-                per_lane[lane].push(parked);
-            }
-            for (lane, entries) in per_lane.into_iter().enumerate() {
-                // A lane with a full queue is busy: its due entries wait for the next sweep.
-                if !entries.is_empty() {
-                    let _ = lanes.senders[lane].try_send(LaneWork::Parked(entries));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Dead-letters a malformed event, retrying transient errors in place.
-    async fn dead_letter_with_retry(
-        &self,
-        malformed: &crate::model::event::Malformed,
-        token: Option<&Bson>,
-    ) -> Result<(), StoreError> {
-        let mut backoff = Backoff::new(
-            self.source.reopen_backoff_initial,
-            self.source.reopen_backoff_max,
-        );
-        loop {
-            match self.applier.dead_letter_malformed(malformed, token).await {
-                Ok(()) => return Ok(()),
-                Err(e)
-                    if e.action() == ErrorAction::Retry && backoff.wait(&self.shutdown).await => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Persists the position if it moved. A failed write is retried at a later save, after
-    /// the next pause of the worker's backoff (a checkpoint that lags behind only means more
-    /// redelivery, never loss); `Err` when the failure calls for the worker to stop (a stop,
-    /// or too many errors not known to be transient in a row).
-    async fn save(&self, position: &mut Position) -> Result<(), StoreError> {
-        if position.save_retry_at.is_some_and(|at| Instant::now() < at) {
-            return Ok(());
-        }
-        match self.write_checkpoint(position).await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => Err(e),
-            Err(e) => {
-                let exhausted = self
-                    .failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .count(&e);
-                if let Some(reason) = exhausted {
-                    return Err(StoreError::Stop(reason, format!("checkpoint write: {e}")));
-                }
-                let pause = self.next_pause();
-                position.save_retry_at = Some(Instant::now() + pause);
-                self.stats.set_last_error(format!("checkpoint write: {e}"));
-                tracing::warn!(projection = %self.worker.name, error = %e, retry_in = ?pause, "checkpoint write failed; will retry");
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes the position if it moved (fenced by the lease epoch when there is one). A write
-    /// refused because a newer holder claimed the checkpoint stops this run, and is no error.
-    async fn write_checkpoint(&self, position: &mut Position) -> Result<(), StoreError> {
-        let Some(token) = position.token.clone() else {
-            return Ok(());
-        };
-        if self.was_fenced() {
-            return Ok(());
-        }
-        if position.saved_token.as_ref() == Some(&token) && position.unsaved_events == 0 {
-            return Ok(());
-        }
-        let checkpoint = Checkpoint {
-            token: token.clone(),
-            cluster_time: position.cluster_time,
-            events_handled: position.events_handled,
-            updated_at: DateTime::now(),
-            token_from: Some(self.worker.name.clone()),
-            origin: position.origin,
-        };
-        let written = match self.fence {
-            Some(epoch) => {
-                self.checkpoints
-                    .save(&self.worker.name, &checkpoint, epoch)
-                    .await
-            }
-            None => {
-                self.checkpoints
-                    .save_unfenced(&self.worker.name, &checkpoint)
-                    .await
-            }
-        };
-        match written {
-            Ok(()) => {
-                self.stats
-                    .record_checkpoint(position.cluster_time.map(|t| t.time));
-                position.saved_token = Some(token);
-                position.unsaved_events = 0;
-                position.last_save = Instant::now();
-                position.save_retry_at = None;
-                Ok(())
-            }
-            Err(e @ StoreError::Fenced(_)) => {
-                self.fenced
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                ProjectionStats::add(&self.stats.checkpoint_fenced, 1);
-                tracing::warn!(
-                    projection = %self.worker.name,
-                    epoch = ?self.fence,
-                    error = %e,
-                    "checkpoint write refused: a newer lease holder took over; stopping this run"
-                );
-                self.shutdown.cancel();
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The last checkpoint before stopping, retried with backoff: the shutdown deadline bounds
-    /// how long this may take, and an error that retrying cannot fix ends it at once.
-    async fn save_final(&self, position: &mut Position) {
-        if position.token.is_none() {
-            return;
-        }
-        let mut backoff = Backoff::new(
-            self.source.reopen_backoff_initial,
-            self.source.reopen_backoff_max,
-        );
-        for _ in 0..8 {
-            match self.write_checkpoint(position).await {
-                Ok(()) => return,
-                Err(e) if matches!(e.action(), ErrorAction::Stop(_)) => {
-                    tracing::error!(projection = %self.worker.name, error = %e, "final checkpoint refused");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(projection = %self.worker.name, error = %e, "final checkpoint failed; retrying");
-                    tokio::time::sleep(backoff.next_pause()).await;
-                }
-            }
-        }
-        tracing::error!(
-            projection = %self.worker.name,
-            "final checkpoint could not be written; a restart redelivers events since the last one (absorbed by the guard)"
-        );
-    }
-
-    /// Folds every stored event through the guard, then returns a stream opened before the
-    /// scan began, so nothing written meanwhile is missed. Used on a first start from the
-    /// beginning and when the stored token is no longer in the oplog. `None` on shutdown.
-    async fn catch_up_from_collection(
-        &self,
-        position: &mut Position,
-    ) -> Result<Option<ChangeStream<RawDocumentBuf>>, StoreError> {
-        let stream = self.open(None).await?;
-        let started_at = stream.resume_token();
-        self.stats.record_scan_started();
-        let f = &self.config.fields;
-        let mut filter = self.config.filter.clone().unwrap_or_default();
-        self.worker.restrict(&mut filter, &f.aggregate_id);
-        let mut cursor = self
-            .events()
-            .find(filter)
-            .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
-            .batch_size(1000)
-            .await?;
-        // The same lanes as the live stream: each lane's memory of stored sequences makes an
-        // already-applied prefix cost one probe per aggregate and round, no writes. Nothing
-        // is checkpointed until the whole scan is applied, so the position is not involved.
-        let mut lanes = self.spawn_lanes();
-        let mut pending: Vec<Vec<(Ticket, Event)>> = vec![Vec::new(); lanes.count()];
-        let batch_size = self.source.batch_size.max(1);
-        let mut scanned = 0u64;
-        // Batches handed over and batches reported done: equal at the end means complete.
-        let (mut sent, mut done) = (0usize, 0usize);
-        while let Some(doc) = cursor.try_next().await? {
-            if self.shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            scanned += 1;
-            if scanned.is_multiple_of(1000) {
-                // A long scan is progress too: liveness must not fail while catching up.
-                self.stats.record_progress(false);
-            }
-            let event = match decode_event(&doc, f) {
-                Ok(e) => e,
-                Err(malformed) => {
-                    self.applier.dead_letter_malformed(&malformed, None).await?;
-                    continue;
-                }
-            };
-            let lane = lane_of(&event.aggregate_id, pending.len());
-            pending[lane].push((scanned, event));
-            if pending[lane].len() >= batch_size {
-                let batch = std::mem::take(&mut pending[lane]);
-                done += Self::hand_over(&mut lanes, lane, batch).await?;
-                sent += 1;
-            }
-        }
-        for (lane, batch) in pending.into_iter().enumerate() {
-            if !batch.is_empty() {
-                done += Self::hand_over(&mut lanes, lane, batch).await?;
-                sent += 1;
-            }
-        }
-        for report in lanes.finish().await {
-            match report {
-                LaneReport::Failed(e) => return Err(e),
-                LaneReport::Done(_) => done += 1,
-            }
-        }
-        if done < sent {
-            return Ok(None); // shut down while a lane was still retrying: nothing is saved
-        }
-        tracing::info!(projection = %self.worker.name, scanned, "caught up from the event collection");
-        // Events written during the scan come from the stream, which reports them anew.
-        self.stats.record_oldest_pending(None);
-        position.token = started_at;
-        position.events_handled += scanned as i64;
-        position.unsaved_events += scanned.max(1);
-        self.progressed();
-        self.save(position).await?;
-        Ok(Some(stream))
+    fn events(&self) -> Collection<Document> {
+        self.db.collection(&self.config.events)
     }
 
     /// Checks for the unique `{aggregateId: 1, sequenceNumber: 1}` index that ordering and
@@ -1012,99 +564,26 @@ impl ProjectionWorker {
         if present {
             return;
         }
-        if self.config.create_index {
-            let model = IndexModel::builder()
-                .keys(wanted)
-                .options(IndexOptions::builder().unique(true).build())
-                .build();
-            match self.events().create_index(model).await {
-                Ok(_) => {
-                    tracing::info!(projection = %self.worker.name, "created the unique index on the event collection")
-                }
-                Err(e) => {
-                    tracing::warn!(projection = %self.worker.name, error = %e, "cannot create the unique event index")
-                }
-            }
-        } else {
+        if !self.config.create_index {
             tracing::warn!(
                 projection = %self.worker.name,
                 "the event collection has no unique index on {{{}: 1, {}: 1}}: ordering and gap-healing rely on it",
                 f.aggregate_id,
                 f.sequence_number
             );
-        }
-    }
-}
-
-/// Change events read ahead of the dispatcher: while the lanes write one batch, the next is
-/// already being read. Bounded, so a slow server slows the reader.
-const PREFETCH: usize = 4096;
-
-/// Change events asked for per `getMore`: half the prefetch queue, so one reply fits while
-/// the previous one is still being dispatched.
-const STREAM_BATCH: u32 = 2048;
-
-/// What the reader task passes on.
-enum Read {
-    Event(RawDocumentBuf),
-    /// An empty batch: the stream is caught up; its post-batch resume token.
-    Quiet(Option<ResumeToken>),
-    Failed(StoreError),
-}
-
-/// Pulls the change stream into the prefetch queue until the queue is dropped or the stream
-/// fails (the failure is passed on, then the task ends).
-async fn read_stream(mut stream: ChangeStream<RawDocumentBuf>, out: mpsc::Sender<Read>) {
-    loop {
-        let read = match stream.next_if_any().await {
-            Ok(Some(raw)) => Read::Event(raw),
-            Ok(None) if !stream.is_alive() => Read::Failed(StoreError::Reply(
-                "change stream closed by the server".into(),
-            )),
-            Ok(None) => Read::Quiet(stream.resume_token()),
-            Err(e) => Read::Failed(e.into()),
-        };
-        let last = matches!(read, Read::Failed(_));
-        if out.send(read).await.is_err() || last {
             return;
         }
-    }
-}
-
-/// Prefixes every field condition of a filter (`{a: 1}` -> `{"fullDocument.a": 1}`),
-/// descending into `$and`/`$or`/`$nor`.
-pub fn prefix_filter(filter: &Document, prefix: &str) -> Document {
-    let mut out = Document::new();
-    for (k, v) in filter {
-        match (k.as_str(), v) {
-            ("$and" | "$or" | "$nor", Bson::Array(items)) => {
-                let items: Vec<Bson> = items
-                    .iter()
-                    .map(|i| match i {
-                        Bson::Document(d) => Bson::Document(prefix_filter(d, prefix)),
-                        other => other.clone(),
-                    })
-                    .collect();
-                out.insert(k.clone(), items);
+        let model = IndexModel::builder()
+            .keys(wanted)
+            .options(IndexOptions::builder().unique(true).build())
+            .build();
+        match self.events().create_index(model).await {
+            Ok(_) => {
+                tracing::info!(projection = %self.worker.name, "created the unique index on the event collection")
             }
-            _ => {
-                out.insert(format!("{prefix}{k}"), v.clone());
+            Err(e) => {
+                tracing::warn!(projection = %self.worker.name, error = %e, "cannot create the unique event index")
             }
         }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_are_prefixed_for_the_change_stream() {
-        let f = doc! {"tenant": "t1", "$or": [{"kind": "a"}, {"kind": "b"}]};
-        assert_eq!(
-            prefix_filter(&f, "fullDocument."),
-            doc! {"fullDocument.tenant": "t1", "$or": [{"fullDocument.kind": "a"}, {"fullDocument.kind": "b"}]}
-        );
     }
 }

@@ -23,20 +23,22 @@
 
 use crate::backoff::Backoff;
 use crate::config::{Config, ProjectionConfig};
-use crate::error::{ErrorAction, Failures, StopReason, StoreError};
-use crate::model::event::{Event, decode_change, decode_event};
+use crate::error::{ErrorAction, Failures, StoreError};
 use crate::model::partition::Worker;
-use crate::ops::stats::{RebuildFigures, unix_millis};
-use crate::pipeline::apply::{AggregateKey, Applier, BatchItem, SequenceCache};
-use crate::pipeline::lanes::lane_of;
-use crate::pipeline::worker::prefix_filter;
+use crate::ops::stats::RebuildFigures;
+use crate::pipeline::apply::{AggregateKey, Applier};
+use crate::pipeline::checkpointer::{Checkpointer, Position, PositionStore};
+use crate::pipeline::dispatcher::Dispatcher;
+use crate::pipeline::lanes::Lanes;
+use crate::pipeline::scan::Scan;
+use crate::pipeline::stream::{EventStream, Reader, StreamFrom};
+use crate::pipeline::tail::{Ended, Tail, Until};
 use crate::store::checkpoint::{Checkpoint, CheckpointStore};
 use crate::store::lease::{Lease, LeaseStore, Renewal};
-use bson::{Bson, DateTime, Document, Timestamp, doc};
+use bson::{Bson, DateTime, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::ChangeStreamOptions;
 use mongodb::{Client, Collection, Database};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -337,6 +339,25 @@ impl StateStore {
     async fn delete(&self, projection: &str) -> Result<(), StoreError> {
         self.coll.delete_one(doc! {"_id": projection}).await?;
         Ok(())
+    }
+}
+
+/// The rebuild's stream position, kept in its state document.
+struct RebuildPosition {
+    states: StateStore,
+    projection: ProjectionConfig,
+    state: RebuildState,
+    /// Events streamed by earlier runs of this rebuild.
+    streamed_before: i64,
+    /// The shadow's counters: events received from the stream in this run.
+    stats: Arc<crate::ops::stats::ProjectionStats>,
+}
+
+impl PositionStore for RebuildPosition {
+    async fn write(&mut self, _position: &Position, token: &ResumeToken) -> Result<(), StoreError> {
+        self.state.token = token.clone();
+        self.state.streamed = self.streamed_before + self.stats.snapshot().received as i64;
+        self.states.save(&self.projection, &self.state, None).await
     }
 }
 
@@ -714,21 +735,13 @@ struct Rebuild<'a> {
     checkpoints: CheckpointStore,
     /// The checkpoint collection, read for the projection's worker names.
     checkpoint_names: Collection<Document>,
-    /// The guarded applier with the shadow as target and the shadow parked collection.
+    /// The projection with the shadow as its target and the shadow parked collection.
+    shadow: Worker,
+    /// The guarded applier writing the shadow.
     applier: Applier,
     progress: &'a Arc<RebuildProgress>,
     shutdown: &'a CancellationToken,
     client: &'a Client,
-}
-
-/// How far to follow the stream.
-#[derive(Debug, Clone, Copy)]
-enum Until {
-    /// Until the newest applied event is younger than the lag, or the stream is quiet.
-    Lag(Duration),
-    /// Until the stream is past this cluster time: an event after it, or an empty batch
-    /// from a `getMore` sent after it was reached.
-    Past(Timestamp, Instant),
 }
 
 impl<'a> Rebuild<'a> {
@@ -745,12 +758,10 @@ impl<'a> Rebuild<'a> {
         let mut shadow = projection.clone();
         shadow.target = shadow_name(projection);
         shadow.parking.collection = shadow_parked_name(projection);
+        let shadow = Worker::whole(Arc::new(shadow));
         Self {
-            applier: Applier::new(
-                &Worker::whole(Arc::new(shadow)),
-                &db,
-                progress.stats.clone(),
-            ),
+            applier: Applier::new(&shadow, &db, progress.stats.clone()),
+            shadow,
             states: StateStore::new(&checkpoint_db),
             checkpoints: CheckpointStore::new(&checkpoint_db, &config.checkpoints.collection),
             checkpoint_names: checkpoint_db.collection(&config.checkpoints.collection),
@@ -894,7 +905,7 @@ impl<'a> Rebuild<'a> {
             .create_collection(shadow_name(self.projection))
             .await
             .map_err(StoreError::from)?;
-        let stream = self.open(None).await?;
+        let stream = self.stream().open(StreamFrom::Now).await?;
         let Some(token) = stream.resume_token() else {
             return Err(RebuildError::Store(StoreError::Reply(
                 "a new change stream has no resume token".into(),
@@ -919,7 +930,7 @@ impl<'a> Rebuild<'a> {
     /// When the shadow's position has fallen off the oplog: a new position, taken before a new
     /// scan from the start. The shadow keeps what it has; the guard absorbs it as duplicates.
     async fn scan_again(&self, state: &mut RebuildState) -> Result<(), RebuildError> {
-        let stream = self.open(None).await?;
+        let stream = self.stream().open(StreamFrom::Now).await?;
         let Some(token) = stream.resume_token() else {
             return Err(StoreError::Reply("a new change stream has no resume token".into()).into());
         };
@@ -931,238 +942,143 @@ impl<'a> Rebuild<'a> {
         Ok(())
     }
 
-    /// The event collection's change stream with the projection's filter.
-    async fn open(
-        &self,
-        token: Option<ResumeToken>,
-    ) -> Result<ChangeStream<bson::RawDocumentBuf>, StoreError> {
-        let inserts = match &self.projection.filter {
-            None => doc! {"operationType": "insert"},
-            Some(f) => {
-                let mut m = prefix_filter(f, "fullDocument.");
-                m.insert("operationType", "insert");
-                m
-            }
-        };
-        let pipeline = vec![doc! {"$match": {"$or": [inserts, {"operationType": "invalidate"}]}}];
-        let options = ChangeStreamOptions::builder()
-            .resume_after(token)
-            .max_await_time(Some(self.config.source.max_await))
-            .batch_size(Some(self.options.chunk.clamp(1, 10_000) as u32))
-            .build();
-        Ok(self
-            .db
-            .collection::<Document>(&self.projection.events)
-            .watch()
-            .pipeline(pipeline)
-            .with_options(options)
-            .await?
-            .with_type::<bson::RawDocumentBuf>())
+    /// The event collection's change stream, with the projection's filter.
+    fn stream(&self) -> EventStream {
+        EventStream::new(&self.shadow, &self.db, self.config.source.max_await)
     }
 
-    /// Scans the event collection into the shadow from the saved progress. False when
-    /// interrupted (the progress of every finished chunk is saved).
+    /// The shadow's lanes.
+    fn dispatcher<P: Clone>(&self) -> Dispatcher<P> {
+        let lanes = Lanes::spawn(
+            &self.applier,
+            self.options.lanes,
+            self.shutdown,
+            self.config.source.reopen_backoff_initial,
+            self.config.source.reopen_backoff_max,
+        );
+        Dispatcher::new(lanes, self.config.source.batch_size)
+    }
+
+    /// Folds the event collection into the shadow from the saved progress: the same scan as a
+    /// worker's first start. After every chunk the state records the aggregate up to which
+    /// everything is applied, where a resumed rebuild scans from. False when interrupted.
     async fn scan(&self, state: &mut RebuildState) -> Result<bool, RebuildError> {
-        let f = &self.projection.fields;
-        let mut filter = self.projection.filter.clone().unwrap_or_default();
-        if let Some(from) = &state.scan_from {
-            filter = doc! {"$and": [filter, resume_filter(&f.aggregate_id, from)]};
-        }
-        let mut cursor = self
-            .db
-            .collection::<Document>(&self.projection.events)
-            .find(filter)
-            .sort(doc! {&f.aggregate_id: 1, &f.sequence_number: 1})
-            .batch_size(self.options.chunk.clamp(1, 10_000) as u32)
-            .await
-            .map_err(StoreError::from)?;
-        let mut writer = ShadowWriter::new(self.applier.clone(), self.options.lanes);
-        let mut chunk: Vec<Event> = Vec::with_capacity(self.options.chunk);
+        let mut cursor = Scan::new(&self.shadow, &self.db)
+            .from_aggregate(state.scan_from.as_ref())
+            .open()
+            .await?;
+        let mut dispatcher = self.dispatcher::<Bson>();
+        let scanned_before = state.scanned;
         let mut last_log = Instant::now();
         loop {
-            let next = cursor.try_next().await.map_err(StoreError::from)?;
-            if self.shutdown.is_cancelled() {
-                return Ok(false);
+            let chunk = self.options.chunk.max(1) as u64;
+            let read = cursor
+                .feed(chunk, &mut dispatcher, &self.applier, self.shutdown)
+                .await?;
+            self.progress.scanned.fetch_add(read, Ordering::Relaxed);
+            state.scanned = scanned_before + cursor.scanned as i64;
+            // Everything scanned before the watermark's aggregate is in the shadow; that
+            // aggregate is read again on resume (the guard absorbs its applied events).
+            if let Some(safe) = dispatcher.watermark().safe() {
+                state.scan_from = Some(safe.clone());
             }
-            let end = next.is_none();
-            if let Some(d) = next {
-                state.scanned += 1;
-                self.progress.scanned.fetch_add(1, Ordering::Relaxed);
-                match decode_event(&d, f) {
-                    Ok(e) => chunk.push(e),
-                    Err(malformed) => {
-                        self.applier.dead_letter_malformed(&malformed, None).await?;
-                    }
-                }
+            self.states.save(self.projection, state, None).await?;
+            if read == 0 {
+                break;
             }
-            if chunk.len() >= self.options.chunk.max(1) || (end && !chunk.is_empty()) {
-                let last = chunk.last().map(|e| e.aggregate_id.clone());
-                if !writer
-                    .write(std::mem::take(&mut chunk), self.config, self.shutdown)
-                    .await?
-                {
-                    return Ok(false);
-                }
-                // The chunk's last aggregate may continue in the next chunk: the scan resumes
-                // at it (its applied events are absorbed by the guard as duplicates).
-                state.scan_from = last;
-                self.states.save(self.projection, state, None).await?;
-                if last_log.elapsed() >= PROGRESS_LOG_EVERY {
-                    last_log = Instant::now();
-                    tracing::info!(projection = %self.name(), scanned = state.scanned, applied = self.progress.applied(), "rebuild: scanning");
-                }
-            }
-            if end {
-                return Ok(true);
+            if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+                last_log = Instant::now();
+                tracing::info!(projection = %self.name(), scanned = state.scanned, applied = self.progress.applied(), "rebuild: scanning");
             }
         }
-    }
-
-    /// Follows the stream from the saved position into the shadow until `until`, saving the
-    /// position as it goes. False when interrupted.
-    async fn follow(&self, state: &mut RebuildState, until: Until) -> Result<bool, RebuildError> {
-        let mut writer = ShadowWriter::new(self.applier.clone(), self.options.lanes);
-        let mut failures = Failures::new(&self.config.source);
-        let mut last_log = Instant::now();
-        // Empty batches from `getMore`s sent after the moment of `Until::Past`.
-        let mut quiet_after = 0;
-        'reopen: loop {
-            let mut stream = match self.open(Some(state.token.clone())).await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.on_stream_error(e, &mut failures).await?;
-                    continue 'reopen;
-                }
-            };
-            let mut batch: Vec<Event> = Vec::new();
-            let mut newest: Option<Timestamp> = None;
-            let mut last_flush = Instant::now();
-            loop {
-                if self.shutdown.is_cancelled() {
-                    self.flush(&mut writer, &mut batch, &stream, state).await?;
-                    return Ok(false);
-                }
-                let asked_at = Instant::now();
-                match stream.next_if_any().await {
-                    Ok(Some(raw)) => {
-                        failures.progress();
-                        if raw.get_str("operationType").ok() == Some("invalidate") {
-                            return Err(StoreError::Stop(StopReason::Namespace, format!(
-                                "the event collection {}.{} was dropped or renamed during the rebuild",
-                                self.projection.database, self.projection.events
-                            ))
-                            .into());
-                        }
-                        let change = decode_change(&raw, &self.projection.fields)
-                            .map_err(StoreError::Reply)?;
-                        state.streamed += 1;
-                        self.progress.streamed.fetch_add(1, Ordering::Relaxed);
-                        newest = change.cluster_time.or(newest);
-                        if let Some(t) = newest {
-                            self.progress
-                                .last_event_cluster_secs
-                                .store(t.time as u64, Ordering::Relaxed);
-                        }
-                        match change.event {
-                            Ok(event) => batch.push(event),
-                            Err(malformed) => {
-                                let token = bson::to_bson(&change.token).ok();
-                                self.applier
-                                    .dead_letter_malformed(&malformed, token.as_ref())
-                                    .await?;
-                            }
-                        }
-                        let past =
-                            matches!(until, Until::Past(t, _) if newest.is_some_and(|n| n > t));
-                        // A busy stream seldom answers with an empty batch: write what was read
-                        // every chunk or FLUSH_EVERY, and look at the lag each time.
-                        if batch.len() >= self.options.chunk.max(1)
-                            || past
-                            || last_flush.elapsed() >= FLUSH_EVERY
-                        {
-                            if !self.flush(&mut writer, &mut batch, &stream, state).await? {
-                                return Ok(false);
-                            }
-                            last_flush = Instant::now();
-                            if past || self.lag_within(until, newest) {
-                                return Ok(true);
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        if !stream.is_alive() {
-                            return Err(StoreError::Reply(
-                                "change stream closed by the server".into(),
-                            )
-                            .into());
-                        }
-                        if !self.flush(&mut writer, &mut batch, &stream, state).await? {
-                            return Ok(false);
-                        }
-                        match until {
-                            // Quiet: everything written so far is in the shadow.
-                            Until::Lag(_) => return Ok(true),
-                            // Two empty batches, so that at least one `getMore` certainly
-                            // started after the moment (the driver may answer the first from
-                            // a reply it already had).
-                            Until::Past(_, moment) if asked_at >= moment => {
-                                quiet_after += 1;
-                                if quiet_after >= 2 {
-                                    return Ok(true);
-                                }
-                            }
-                            Until::Past(..) => {}
-                        }
-                    }
-                    Err(e) => {
-                        if !self.flush(&mut writer, &mut batch, &stream, state).await? {
-                            return Ok(false);
-                        }
-                        self.on_stream_error(e.into(), &mut failures).await?;
-                        continue 'reopen;
-                    }
-                }
-                if last_log.elapsed() >= PROGRESS_LOG_EVERY {
-                    last_log = Instant::now();
-                    tracing::info!(projection = %self.name(), streamed = state.streamed, lag_seconds = self.progress.lag_seconds(), "rebuild: following the stream");
-                }
-            }
-        }
-    }
-
-    /// True once the newest applied event is younger than the lag of `Until::Lag`.
-    fn lag_within(&self, until: Until, newest: Option<Timestamp>) -> bool {
-        match (until, newest) {
-            (Until::Lag(max), Some(t)) => {
-                (unix_millis() / 1000).saturating_sub(t.time as u64) <= max.as_secs()
-            }
-            _ => false,
-        }
-    }
-
-    /// Writes the events read so far into the shadow, then saves the stream's position (the
-    /// token of the last event returned, or the post-batch token after an empty batch).
-    async fn flush(
-        &self,
-        writer: &mut ShadowWriter,
-        batch: &mut Vec<Event>,
-        stream: &ChangeStream<bson::RawDocumentBuf>,
-        state: &mut RebuildState,
-    ) -> Result<bool, RebuildError> {
-        if !batch.is_empty()
-            && !writer
-                .write(std::mem::take(batch), self.config, self.shutdown)
-                .await?
-        {
-            return Ok(false);
-        }
-        if let Some(token) = stream.resume_token()
-            && token != state.token
-        {
-            state.token = token;
+        dispatcher.hand_out_partial().await?;
+        let (watermark, failure) = dispatcher.finish().await;
+        // Interrupted or not, the lanes finished what they had: resume from there.
+        if let Some(safe) = watermark.safe() {
+            state.scan_from = Some(safe.clone());
             self.states.save(self.projection, state, None).await?;
         }
-        Ok(true)
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        Ok(cursor.exhausted && watermark.in_flight() == 0)
+    }
+
+    /// Follows the stream from the saved position into the shadow until `until`, with the
+    /// same tail as a live worker; the position is saved in the rebuild's state. False when
+    /// interrupted.
+    async fn follow(&self, state: &mut RebuildState, until: Until) -> Result<bool, RebuildError> {
+        let mut failures = Failures::new(&self.config.source);
+        let position = Position {
+            token: Some(state.token.clone()),
+            ..Position::default()
+        };
+        let store = RebuildPosition {
+            states: self.states.clone(),
+            projection: self.projection.clone(),
+            state: state.clone(),
+            streamed_before: state.streamed,
+            stats: self.progress.stats.clone(),
+        };
+        let mut checkpointer = Checkpointer::new(store, position, true, &self.config.checkpoints);
+        let stream = self.stream();
+        let ended = loop {
+            let from = StreamFrom::After(
+                checkpointer
+                    .position
+                    .token
+                    .clone()
+                    .unwrap_or(state.token.clone()),
+            );
+            let result = match stream.open(from).await {
+                Ok(opened) => self.tail(opened, &mut checkpointer, until).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ended) => break ended,
+                Err(e) => {
+                    *state = checkpointer.store().state.clone();
+                    self.on_stream_error(e, &mut failures).await?;
+                }
+            }
+        };
+        *state = checkpointer.store().state.clone();
+        Ok(ended == Ended::Reached)
+    }
+
+    /// One following of an open stream into the shadow.
+    async fn tail(
+        &self,
+        opened: ChangeStream<bson::RawDocumentBuf>,
+        checkpointer: &mut Checkpointer<RebuildPosition>,
+        until: Until,
+    ) -> Result<Ended, StoreError> {
+        // A failed state write ends this following; the reopening counts it.
+        let mut save_failed = Err;
+        let tail = Tail {
+            worker: &self.shadow,
+            applier: &self.applier,
+            stats: &self.progress.stats,
+            checkpointer,
+            save_failed: &mut save_failed,
+            shutdown: self.shutdown,
+            tick_every: self.config.checkpoints.every,
+            sweep_every: self.shadow.projection.parking.sweep_every,
+            retry: Backoff::new(
+                self.config.source.reopen_backoff_initial,
+                self.config.source.reopen_backoff_max,
+            ),
+        };
+        let logging = async {
+            loop {
+                tokio::time::sleep(PROGRESS_LOG_EVERY).await;
+                tracing::info!(projection = %self.name(), streamed = self.progress.streamed(), lag_seconds = self.progress.lag_seconds(), "rebuild: following the stream");
+            }
+        };
+        tokio::select! {
+            ended = tail.run(Reader::spawn(opened), self.dispatcher(), until) => ended,
+            () = logging => unreachable!("the progress log never ends"),
+        }
     }
 
     /// A failed stream: waits and re-opens after transient errors, and after errors not known
@@ -1444,92 +1360,8 @@ impl<'a> Rebuild<'a> {
     }
 }
 
-/// Longest time events read from the stream wait before they are written to the shadow.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
-
 /// How often a long phase logs its progress.
 const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// The filter that resumes a scan at aggregate `from`. A range query only matches ids of
-/// `from`'s own type (manual: "Comparison/Sort Order", type bracketing), so ids of the types
-/// sorted after it are added explicitly; ids of unusual types resume from the start (the
-/// guard absorbs what is already applied).
-fn resume_filter(field: &str, from: &Bson) -> Document {
-    const AFTER_OBJECT_ID: [&str; 5] = ["bool", "date", "timestamp", "regex", "maxKey"];
-    let later: Vec<&str> = match from {
-        Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_) => {
-            let mut l = vec!["string", "symbol", "object", "array", "binData", "objectId"];
-            l.extend(AFTER_OBJECT_ID);
-            l
-        }
-        Bson::String(_) => {
-            let mut l = vec!["object", "array", "binData", "objectId"];
-            l.extend(AFTER_OBJECT_ID);
-            l
-        }
-        Bson::ObjectId(_) => AFTER_OBJECT_ID.to_vec(),
-        _ => return doc! {},
-    };
-    doc! {"$or": [{field: {"$gte": from.clone()}}, {field: {"$type": later}}]}
-}
-
-/// Writes events into the shadow: split by aggregate over parallel writers (one aggregate
-/// always to the same one, so its events stay in order), each a lane-style batch in rounds.
-struct ShadowWriter {
-    applier: Applier,
-    caches: Vec<SequenceCache>,
-}
-
-impl ShadowWriter {
-    fn new(applier: Applier, lanes: usize) -> Self {
-        Self {
-            applier,
-            caches: (0..lanes.max(1))
-                .map(|_| SequenceCache::new(crate::pipeline::lanes::CACHE_PER_LANE))
-                .collect(),
-        }
-    }
-
-    /// Takes every event to its final disposition, retrying transient errors in place. False
-    /// when interrupted while retrying.
-    async fn write(
-        &mut self,
-        events: Vec<Event>,
-        config: &Config,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let lanes = self.caches.len();
-        let mut groups: Vec<Vec<BatchItem>> = vec![Vec::new(); lanes];
-        for e in events {
-            groups[lane_of(&e.aggregate_id, lanes)].push(BatchItem::new(e));
-        }
-        let applier = &self.applier;
-        let writes = groups
-            .iter_mut()
-            .zip(self.caches.iter_mut())
-            .filter(|(items, _)| !items.is_empty())
-            .map(|(items, cache)| async move {
-                let mut backoff = Backoff::new(
-                    config.source.reopen_backoff_initial,
-                    config.source.reopen_backoff_max,
-                );
-                loop {
-                    match applier.handle_batch(items, cache).await {
-                        Ok(()) => return Ok(true),
-                        Err(e) if e.action() == ErrorAction::Retry => {
-                            tracing::warn!(projection = %applier.worker, error = %e, "rebuild: writing to the shadow failed; retrying");
-                            if !backoff.wait(shutdown).await {
-                                return Ok(false);
-                            }
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            });
-        let done = futures_util::future::try_join_all(writes).await?;
-        Ok(done.into_iter().all(|d| d))
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -1551,14 +1383,5 @@ mod tests {
         changed.handlers.remove("Deposited");
         assert_eq!(fingerprint(&p), fingerprint(&p.clone()));
         assert_ne!(fingerprint(&p), fingerprint(&changed));
-    }
-
-    #[test]
-    fn a_resumed_scan_also_covers_ids_of_later_types() {
-        assert_eq!(
-            resume_filter("a", &Bson::String("m".into())),
-            doc! {"$or": [{"a": {"$gte": "m"}}, {"a": {"$type": ["object", "array", "binData", "objectId", "bool", "date", "timestamp", "regex", "maxKey"]}}]}
-        );
-        assert_eq!(resume_filter("a", &Bson::Null), doc! {});
     }
 }
