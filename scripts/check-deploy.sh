@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment files offline, with the tools scripts/deploy-tools.sh installs in .venv:
-#   - hadolint on the Dockerfile (any finding fails), plus the facts the chart relies on;
+#   - hadolint on the Dockerfile (any finding fails), plus the facts the chart relies on: base
+#     images pinned by digest, only the production build (--no-default-features), a dependency
+#     layer that loads the workspace, the revision passed in; .dockerignore lets in every file a
+#     COPY takes and keeps build output, git history and virtualenvs out;
 #   - helm lint (strict) of helm/mongo-projector, with default values and with every feature on;
 #   - helm render of several value sets, every manifest validated strictly (unknown fields are
 #     errors) against the Kubernetes API schemas of the oldest supported and the newest release;
@@ -122,24 +125,163 @@ def hadolint():
     return v
 
 
+def dockerfile_instructions():
+    """The Dockerfile as (stage index, instruction, arguments): continuation lines joined, comments
+    and parser directives dropped; stage 0 is the first FROM."""
+    text = re.sub(r"\\\n", " ", "\n".join(
+        line for line in read("Dockerfile").splitlines() if not line.lstrip().startswith("#")))
+    out, stage = [], -1
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, args = line.strip().partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stage += 1
+        out.append((stage, instruction, " ".join(args.split())))
+    return out
+
+
 def dockerfile_facts():
     text = read("Dockerfile")
     need = {
         "a numeric non-root USER": r"(?m)^USER [1-9][0-9]*(:[0-9]+)?\s*$",
         "EXPOSE 9464": r"(?m)^EXPOSE 9464\s*$",
-        "cargo build --release --locked -p mongo-projector":
-            r"cargo build --release --locked -p mongo-projector",
         "the example config at /etc/mongo-projector/config.toml":
             r"(?m)^COPY .*config/example.toml /etc/mongo-projector/config.toml",
-        "a dependency layer with both workspace manifests":
-            r"(?s)COPY Cargo.toml Cargo.lock.*COPY mongo-sim/Cargo.toml",
         "the container command": re.escape(json.dumps(ARGS).replace('","', '", "')),
     }
     missing = [what for what, pattern in need.items() if not re.search(pattern, text)]
     assert not missing, "Dockerfile lacks: " + "; ".join(missing)
-    ignored = read(".dockerignore").split()
-    for entry in ("target/", ".git/", ".venv/"):
-        assert entry in ignored, f".dockerignore lacks {entry}"
+    steps = dockerfile_instructions()
+    problems = []
+
+    # Base images: name:tag@sha256:<digest>, so that a moved tag changes nothing that is built.
+    stages = []
+    for _, instruction, args in steps:
+        if instruction != "FROM":
+            continue
+        words = [w for w in args.split() if not w.startswith("--platform=")]
+        image = words[0]
+        if image not in stages:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image):
+                problems.append(f"base image {image} is not pinned as name:tag@sha256:<digest>")
+        stages.append(words[2] if len(words) > 2 and words[1].upper() == "AS" else image)
+
+    # Every cargo build is the production build: no embedded server, demo or bench.
+    builds = [(i, args) for i, (_, instruction, args) in enumerate(steps)
+              if instruction == "RUN" and "cargo build" in args]
+    want = "cargo build --release --locked -p mongo-projector --no-default-features"
+    for _, args in builds:
+        for command in re.findall(r"cargo build[^&;|]*", args):
+            if not command.strip().startswith(want) or "embedded" in command:
+                problems.append(f"'{command.strip()}' is not '{want}'")
+    if len(builds) < 2:
+        problems.append(f"{len(builds)} cargo build steps: want a dependency layer and the real build")
+    else:
+        # The dependency layer: every workspace member's manifest copied before it, and a stand-in
+        # for each target the member declares or Cargo finds, or the workspace does not load.
+        first, last = builds[0][0], builds[-1][0]
+        copied = " ".join(a for _, ins, a in steps[:first] if ins == "COPY")
+        stand_ins = builds[0][1]
+        members = tomllib.loads(read("Cargo.toml"))["workspace"]["members"]
+        for member in members:
+            base = "" if member == "." else member.rstrip("/") + "/"
+            manifest = base + "Cargo.toml"
+            if not re.search(r"(^|\s)" + re.escape(manifest) + r"(\s|$)", copied):
+                problems.append(f"the dependency layer does not copy {manifest}")
+            declared = tomllib.loads(read(manifest))
+            targets = [t for t in ("src/lib.rs", "src/main.rs")
+                       if os.path.exists(os.path.join(ROOT, base, t))]
+            targets += [b["path"] for b in declared.get("bin", []) if "path" in b]
+            targets += [b.get("path", f"benches/{b['name']}.rs") for b in declared.get("bench", [])]
+            for target in sorted(set(targets)):
+                if not re.search(r"(?<![\w/.-])" + re.escape(base + target) + r"(?![\w/.-])", stand_ins):
+                    problems.append(f"the dependency layer has no stand-in for {base + target}")
+        # The real build: the build script is there, and the revision reaches it.
+        before = steps[first + 1:last]
+        if os.path.exists(os.path.join(ROOT, "build.rs")) and not any(
+                ins == "COPY" and re.search(r"(^|\s)build.rs\s", a) for _, ins, a in before):
+            problems.append("build.rs is not copied before the build")
+        builder = steps[last][0]
+        if not any(s == builder and ins == "ARG" and re.fullmatch(r"REVISION(=.*)?", a)
+                   for s, ins, a in steps[:last]):
+            problems.append("no ARG REVISION in the builder stage")
+        revision = re.compile(r'PROJECTOR_BUILD_REVISION="?\$\{?REVISION\}?"?')
+        if not (revision.search(steps[last][2]) or any(
+                s == builder and ins == "ENV" and revision.search(a) for s, ins, a in before)):
+            problems.append("the build does not get REVISION as PROJECTOR_BUILD_REVISION")
+    # At run time MONGO_PROJECTOR_* variables are configuration overrides (an unknown one is an
+    # error), and the revision is compiled in: neither belongs in the image's environment.
+    final = steps[-1][0]
+    for stage, instruction, args in steps:
+        if instruction == "ENV" and ("MONGO_PROJECTOR_" in args
+                                     or (stage == final and "PROJECTOR_BUILD_REVISION" in args)):
+            problems.append(f"ENV {args} (stage {stage})")
+    assert not problems, "Dockerfile: " + "; ".join(problems)
+    return f"{len(stages)} base images pinned by digest, {len(builds)} builds without the embedded server"
+
+
+def dockerignore_patterns():
+    """.dockerignore as (negated, regex) pairs, with Docker's rules for the syntax the file uses:
+    patterns are relative to the context root, `*` and `?` stay within one path segment, `**`
+    spans any number, and a pattern that matches a directory matches everything below it."""
+    out = []
+    for line in read(".dockerignore").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        assert "[" not in pattern and "\\" not in pattern, f"unsupported .dockerignore pattern {line}"
+        rx = re.sub(r"\\\*\\\*/|\\\*\\\*|\\\*|\\\?",
+                    lambda m: {"\\*\\*/": "(?:.*/)?", "\\*\\*": ".*", "\\*": "[^/]*", "\\?": "[^/]"}[m.group()],
+                    re.escape(pattern))
+        out.append((negated, re.compile(rx)))
+    return out
+
+
+def in_build_context(path, patterns):
+    """Whether `path` reaches the builder: the last pattern that matches it or a parent decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for negated, rx in patterns:
+        if any(rx.fullmatch(p) for p in prefixes):
+            excluded = not negated
+    return not excluded
+
+
+def build_context():
+    """Every file a COPY takes from the build context is in it; build output, git history and
+    virtualenvs are not."""
+    patterns = dockerignore_patterns()
+    problems, files = [], 0
+    for _, instruction, args in dockerfile_instructions():
+        if instruction not in ("COPY", "ADD"):
+            continue
+        words = args.split()
+        if any(w.startswith("--from=") for w in words):
+            continue
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        for source in sources:
+            full = os.path.join(ROOT, source)
+            if not os.path.exists(full):
+                problems.append(f"COPY source {source} does not exist")
+                continue
+            paths = [source] if os.path.isfile(full) else [
+                os.path.relpath(os.path.join(d, f), ROOT)
+                for d, _, names in os.walk(full) for f in names]
+            for path in paths:
+                files += 1
+                if not in_build_context(path, patterns):
+                    problems.append(f"{path} (COPY {source}) is left out by .dockerignore")
+    for local in ("target/release/mongo-projector", ".git/HEAD", ".venv/bin/python",
+                  "mongo-sim/target/debug/mongo-sim"):
+        if in_build_context(local, patterns):
+            problems.append(f"{local} is in the build context")
+    assert not problems, "\n".join(problems[:20])
+    return f"{files} copied files in the context; target/, .git/, .venv/ out"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +656,7 @@ print(f"check-deploy: helm SDK {helm.helm_sdk_version()} (helm-python-sdk {helm.
       f"kubernetes-validate {kv.__version__} (schemas up to {kv.latest_version()})", flush=True)
 check("hadolint Dockerfile", hadolint)
 check("Dockerfile facts", dockerfile_facts)
+check("Docker build context (.dockerignore)", build_context)
 lint(None, "default values")
 lint(all_features, "every feature on")
 scenario("default values", {}, "mongo-projector", "default", optional=())
