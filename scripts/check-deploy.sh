@@ -9,9 +9,11 @@
 #     errors) against the Kubernetes API schemas of the oldest supported and the newest release;
 #     ServiceMonitor and PrometheusRule against the schemas in helm/mongo-projector/ci/crd-schemas;
 #   - what the manifests must say: RollingUpdate with leases (Recreate and at most one replica
-#     without), probes, security context, the
-#     grace period longer than the drain deadline, MONGODB_URI from the Secret, the TOML config
-#     equal to the values it was rendered from (and the default equal to config/example.toml);
+#     without), probes, security context, replicas spread over nodes by an anti-affinity on the
+#     selector labels, a `helm test` pod that checks /readyz on the Service's port under the same
+#     security context, the grace period longer than the drain deadline, MONGODB_URI from the
+#     Secret, the TOML config equal to the values it was rendered from (and the default equal to
+#     config/example.toml);
 #   - values.schema.json accepts the shipped values and rejects each case of ci/rejected.yaml;
 #   - the chart README documents every value and its sidecar example validates;
 #   - docker-compose.yml runs a replica set and the image the way the README says.
@@ -394,6 +396,90 @@ def deployment_facts(docs, values):
     return f"grace {grace}s > deadline {deadline:g}s"
 
 
+def pod_labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def anti_affinity_facts(docs, values):
+    """The pod's affinity is .Values.affinity plus the chart's spread rule, which selects exactly
+    the Deployment's pods (its selector labels) over podAntiAffinity.topologyKey."""
+    dep = one(docs, "Deployment")
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert pod_labels_match(selector, dep["spec"]["template"]["metadata"]["labels"]), "selector"
+    got = dep["spec"]["template"]["spec"].get("affinity", {})
+    own = values.get("affinity") or {}
+    for key, rule in own.items():
+        assert got.get(key) == rule, f"affinity.{key} {got.get(key)}, want the values' {rule}"
+    if "podAntiAffinity" in own:
+        return "the values' own podAntiAffinity"
+    spread = values["podAntiAffinity"]
+    anti = got.get("podAntiAffinity")
+    if spread["mode"] == "none":
+        assert anti is None, f"podAntiAffinity {anti} with mode none"
+        return "none"
+    assert anti, "no podAntiAffinity"
+    if spread["mode"] == "preferred":
+        assert list(anti) == ["preferredDuringSchedulingIgnoredDuringExecution"], anti
+        (weighted,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert weighted["weight"] == spread["weight"], f"weight {weighted['weight']}"
+        term = weighted["podAffinityTerm"]
+    else:
+        assert list(anti) == ["requiredDuringSchedulingIgnoredDuringExecution"], anti
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == spread["topologyKey"], f"topologyKey {term['topologyKey']}"
+    assert term["labelSelector"] == {"matchLabels": selector}, (
+        f"labelSelector {term['labelSelector']}, want the Deployment's selector {selector}")
+    return f"{spread['mode']} over {spread['topologyKey']}"
+
+
+def default_spreads_over_nodes():
+    docs, _ = render({}, "mongo-projector", "default")
+    dep = one(docs, "Deployment")
+    anti = dep["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    terms = anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    assert any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+               and t["podAffinityTerm"]["labelSelector"] == {"matchLabels": dep["spec"]["selector"]["matchLabels"]}
+               for t in terms), f"default podAntiAffinity {anti}"
+    return "preferred, kubernetes.io/hostname, the selector labels"
+
+
+def helm_test_facts(docs, values):
+    """`helm test`: one hook Pod that asks the Service's port for /readyz, under the same
+    restrictive security context as the daemon, and which is not one of the daemon's pods."""
+    pods = [d for _, d in docs if d["kind"] == "Pod"]
+    if not values["test"]["enabled"]:
+        assert not pods, f"test.enabled is false, rendered {[p['metadata']['name'] for p in pods]}"
+        return "off"
+    assert len(pods) == 1, f"{len(pods)} test pods"
+    pod = pods[0]
+    assert pod["metadata"].get("annotations", {}).get("helm.sh/hook") == "test", "no helm.sh/hook: test"
+    spec = pod["spec"]
+    assert spec.get("restartPolicy") == "Never", f"restartPolicy {spec.get('restartPolicy')}"
+    assert spec.get("automountServiceAccountToken") is False, "the test pod mounts a token"
+    psc = spec.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True, "test pod securityContext.runAsNonRoot"
+    (c,) = spec["containers"]
+    sc = c.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    for k, v in want.items():
+        assert sc.get(k) == v, f"test container securityContext.{k} is {sc.get(k)!r}, want {v!r}"
+    assert re.search(r"@sha256:[0-9a-f]{64}$", c["image"]), f"test image {c['image']} not pinned by digest"
+    svc = one(docs, "Service")
+    url = (f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:"
+           f"{svc['spec']['ports'][0]['port']}/readyz")
+    argv = c.get("command", []) + c.get("args", [])
+    urls = [a for a in argv if re.match(r"https?://", a)]
+    assert urls == [url], f"test pod asks {urls}, want [{url}]"
+    assert "wget" in " ".join(argv), "the test pod does not run wget"
+    for kind in ("Service", "Deployment"):
+        doc = one(docs, kind)
+        sel = doc["spec"]["selector"]
+        sel = sel.get("matchLabels", sel)
+        assert not pod_labels_match(sel, pod["metadata"]["labels"]), f"the {kind}'s selector matches the test pod"
+    return url
+
+
 def config_facts(docs, values):
     text = one(docs, "ConfigMap")["data"]["config.toml"]
     parsed = tomllib.loads(text)
@@ -535,6 +621,8 @@ def scenario(label, overrides, release, namespace, optional):
         check(f"  validate {path} {doc['kind']}/{doc['metadata']['name']}",
               lambda doc=doc: validate_manifest(doc))
     check("  deployment facts", lambda: deployment_facts(docs, values))
+    check("  pod anti-affinity", lambda: anti_affinity_facts(docs, values))
+    check("  helm test pod", lambda: helm_test_facts(docs, values))
     toml_holder = {}
 
     def cfg():
@@ -596,7 +684,7 @@ def schema_rejects():
 def flatten(v, prefix=""):
     """Documented value paths: leaves, with config.* only to its second level."""
     if isinstance(v, dict) and v and not (prefix.startswith("config.") and prefix.count(".") >= 2) \
-            and prefix not in ("resources", "podSecurityContext", "securityContext") \
+            and prefix not in ("resources", "test.resources", "podSecurityContext", "securityContext") \
             and not prefix.startswith("prometheusRule.alerts."):
         for k, x in v.items():
             yield from flatten(x, f"{prefix}{'.' if prefix else ''}{k}")
@@ -661,21 +749,29 @@ lint(None, "default values")
 lint(all_features, "every feature on")
 scenario("default values", {}, "mongo-projector", "default", optional=())
 scenario("every feature on", all_features, "orders", "orders", optional=OPTIONAL)
-scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address", {
+scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address, no spread, no test", {
     "replicaCount": 0,
+    "podAntiAffinity": {"mode": "none"},
+    "test": {"enabled": False},
     "serviceAccount": {"create": False, "name": "projectors"},
     "probes": {"startup": {"enabled": False}, "liveness": {"enabled": False},
                "readiness": {"enabled": False}},
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": None},
     "config": {"shutdown": {"deadline": "45s"}, "http": {"address": "[::]:8080"}},
 }, "paused", "ops", optional=("PodDisruptionBudget",))
-scenario("three replicas with leases, PDB", {
+scenario("three replicas with leases, PDB, required spread over zones, Service port 80", {
     "replicaCount": 3,
     "podDisruptionBudget": {"enabled": True},
+    "podAntiAffinity": {"mode": "required", "topologyKey": "topology.kubernetes.io/zone"},
+    "service": {"port": 80},
 }, "replicas", "ops", optional=("PodDisruptionBudget",))
-scenario("leases disabled: one replica, Recreate", {
+scenario("leases disabled: one replica, Recreate, the values' own podAntiAffinity", {
     "config": {"leases": {"enabled": False}},
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"app": "mongodb"}}}}]}},
 }, "single", "ops", optional=())
+check("replicas spread over nodes by default", default_spreads_over_nodes)
 check("default config is config/example.toml", default_config_is_example)
 check("replicaCount > 1 without leases is refused", replicas_need_leases)
 check("http.enabled=false needs the probes off", http_off_needs_probes_off)
