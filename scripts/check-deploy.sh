@@ -16,7 +16,9 @@
 #     config/example.toml);
 #   - values.schema.json accepts the shipped values and rejects each case of ci/rejected.yaml;
 #   - the chart README documents every value and its sidecar example validates;
-#   - docker-compose.yml runs a replica set and the image the way the README says.
+#   - docker-compose.yml runs a replica set and the image the way the README says;
+#   - .github/workflows/release.yml publishes the image the chart deploys by default, for both
+#     platforms, with the chart packaged at the release's version and permissions kept narrow.
 # With PROJECTOR_CHECK_BIN set to a mongo-projector binary, each rendered config.toml is also
 # checked with `mongo-projector check-config`.
 # Prints one line per check and exits non-zero if any fails.
@@ -739,6 +741,54 @@ def compose_facts():
     return "MongoDB " + mongo["image"].split(":", 1)[1] + " replica set rs0"
 
 
+def release_publishes_the_default_image():
+    """The chart's default image is what .github/workflows/release.yml publishes: the repository's
+    GHCR image, tagged with the version the chart is packaged at (its appVersion)."""
+    workspace = tomllib.loads(read("Cargo.toml"))
+    url = workspace["workspace"]["package"]["repository"]
+    m = re.fullmatch(r"https://github.com/([^/]+/[^/]+?)/?", url)
+    assert m, f"Cargo.toml repository {url} is not a GitHub repository"
+    image = "ghcr.io/" + m.group(1).lower()
+    assert defaults["image"]["repository"] == image, (
+        f"values.yaml image.repository {defaults['image']['repository']}, the release publishes {image}")
+    assert defaults["image"]["tag"] == "" and defaults["image"]["digest"] == "", "default image pinned past appVersion"
+    # The source tree's chart states the version it would be released at, as release.yml packages it.
+    version = workspace["package"]["version"]
+    meta = load_yaml("helm", "mongo-projector", "Chart.yaml")
+    for key in ("version", "appVersion"):
+        assert meta[key] == version, f"Chart.yaml {key} {meta[key]}, Cargo.toml version {version}"
+
+    workflow = load_yaml(".github", "workflows", "release.yml")
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert trigger == {"push": {"tags": ["v*"]}}, f"release.yml runs on {trigger}"
+    assert workflow.get("permissions") == {}, "release.yml grants permissions to every job"
+    jobs = workflow["jobs"]
+    scripts = {name: "\n".join(str(step.get("run", "")) for step in job["steps"]) for name, job in jobs.items()}
+    steps = {name: job["steps"] for name, job in jobs.items()}
+    writers = sorted(n for n, job in jobs.items() if job.get("permissions", {}).get("contents") == "write")
+    releasers = sorted(n for n, text in scripts.items() if "gh release create" in text)
+    assert releasers and writers == releasers, f"contents: write in {writers}, the release is made in {releasers}"
+    run = "\n".join(scripts.values())
+    assert 'image=ghcr.io/${REPOSITORY,,}' in run and any(
+        s.get("env", {}).get("REPOSITORY") == "${{ github.repository }}" for st in steps.values() for s in st), (
+        "release.yml does not publish to ghcr.io/<repository>")
+    assert re.search(r'helm package helm/mongo-projector --version "\$VERSION" --app-version "\$VERSION"', run), (
+        "release.yml does not package the chart at the release's version")
+    builds = [s["with"] for st in steps.values() for s in st
+              if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    assert builds, "release.yml builds no image"
+    platforms = {p for job in jobs.values()
+                 for p in [i.get("platform") for i in job.get("strategy", {}).get("matrix", {}).get("include", [])]}
+    assert {"linux/amd64", "linux/arm64"} <= platforms, f"release.yml builds for {sorted(p for p in platforms if p)}"
+    for b in builds:
+        assert "VERSION=" in b.get("build-args", "") and "REVISION=" in b.get("build-args", ""), \
+            "the image build lacks the VERSION and REVISION build arguments"
+    pins = [s["uses"] for st in steps.values() for s in st if "uses" in s]
+    loose = [u for u in pins if not re.fullmatch(r"[^@]+@[0-9a-f]{40}", u)]
+    assert not loose, f"actions not pinned by commit: {loose}"
+    return f"{image}:{version}, linux/amd64 and linux/arm64"
+
+
 # ---------------------------------------------------------------------------------------------
 print(f"check-deploy: helm SDK {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), "
       f"kubernetes-validate {kv.__version__} (schemas up to {kv.latest_version()})", flush=True)
@@ -782,6 +832,7 @@ check("values.schema.json rejects bad values", schema_rejects)
 check("chart README documents every value", readme_documents_values)
 check("chart README sidecar example", sidecar_example)
 check("docker-compose.yml", compose_facts)
+check("release.yml publishes the chart's default image", release_publishes_the_default_image)
 
 total = passed + len(failed)
 if failed:
