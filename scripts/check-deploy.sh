@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Checks the deployment files offline, with the tools scripts/deploy-tools.sh installs in .venv:
-#   - hadolint on the Dockerfile (any finding fails), plus the facts the chart relies on;
+#   - hadolint on the Dockerfile (any finding fails), plus the facts the chart relies on: base
+#     images pinned by digest, only the production build (--no-default-features), a dependency
+#     layer that loads the workspace, the revision passed in; .dockerignore lets in every file a
+#     COPY takes and keeps build output, git history and virtualenvs out;
 #   - helm lint (strict) of helm/mongo-projector, with default values and with every feature on;
 #   - helm render of several value sets, every manifest validated strictly (unknown fields are
 #     errors) against the Kubernetes API schemas of the oldest supported and the newest release;
 #     ServiceMonitor and PrometheusRule against the schemas in helm/mongo-projector/ci/crd-schemas;
 #   - what the manifests must say: RollingUpdate with leases (Recreate and at most one replica
-#     without), probes, security context, the
-#     grace period longer than the drain deadline, MONGODB_URI from the Secret, the TOML config
-#     equal to the values it was rendered from (and the default equal to config/example.toml);
+#     without), probes, security context, replicas spread over nodes by an anti-affinity on the
+#     selector labels, a `helm test` pod that checks /readyz on the Service's port under the same
+#     security context, the grace period longer than the drain deadline, MONGODB_URI from the
+#     Secret, the TOML config equal to the values it was rendered from (and the default equal to
+#     config/example.toml);
 #   - values.schema.json accepts the shipped values and rejects each case of ci/rejected.yaml;
 #   - the chart README documents every value and its sidecar example validates;
-#   - docker-compose.yml runs a replica set and the image the way the README says.
+#   - docker-compose.yml runs a replica set and the image the way the README says;
+#   - .github/workflows/release.yml publishes the image the chart deploys by default, for both
+#     platforms, with the chart packaged at the release's version and permissions kept narrow.
 # With PROJECTOR_CHECK_BIN set to a mongo-projector binary, each rendered config.toml is also
 # checked with `mongo-projector check-config`.
 # Prints one line per check and exits non-zero if any fails.
@@ -122,24 +129,163 @@ def hadolint():
     return v
 
 
+def dockerfile_instructions():
+    """The Dockerfile as (stage index, instruction, arguments): continuation lines joined, comments
+    and parser directives dropped; stage 0 is the first FROM."""
+    text = re.sub(r"\\\n", " ", "\n".join(
+        line for line in read("Dockerfile").splitlines() if not line.lstrip().startswith("#")))
+    out, stage = [], -1
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        instruction, _, args = line.strip().partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stage += 1
+        out.append((stage, instruction, " ".join(args.split())))
+    return out
+
+
 def dockerfile_facts():
     text = read("Dockerfile")
     need = {
         "a numeric non-root USER": r"(?m)^USER [1-9][0-9]*(:[0-9]+)?\s*$",
         "EXPOSE 9464": r"(?m)^EXPOSE 9464\s*$",
-        "cargo build --release --locked -p mongo-projector":
-            r"cargo build --release --locked -p mongo-projector",
         "the example config at /etc/mongo-projector/config.toml":
             r"(?m)^COPY .*config/example.toml /etc/mongo-projector/config.toml",
-        "a dependency layer with both workspace manifests":
-            r"(?s)COPY Cargo.toml Cargo.lock.*COPY mongo-sim/Cargo.toml",
         "the container command": re.escape(json.dumps(ARGS).replace('","', '", "')),
     }
     missing = [what for what, pattern in need.items() if not re.search(pattern, text)]
     assert not missing, "Dockerfile lacks: " + "; ".join(missing)
-    ignored = read(".dockerignore").split()
-    for entry in ("target/", ".git/", ".venv/"):
-        assert entry in ignored, f".dockerignore lacks {entry}"
+    steps = dockerfile_instructions()
+    problems = []
+
+    # Base images: name:tag@sha256:<digest>, so that a moved tag changes nothing that is built.
+    stages = []
+    for _, instruction, args in steps:
+        if instruction != "FROM":
+            continue
+        words = [w for w in args.split() if not w.startswith("--platform=")]
+        image = words[0]
+        if image not in stages:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}", image):
+                problems.append(f"base image {image} is not pinned as name:tag@sha256:<digest>")
+        stages.append(words[2] if len(words) > 2 and words[1].upper() == "AS" else image)
+
+    # Every cargo build is the production build: no embedded server, demo or bench.
+    builds = [(i, args) for i, (_, instruction, args) in enumerate(steps)
+              if instruction == "RUN" and "cargo build" in args]
+    want = "cargo build --release --locked -p mongo-projector --no-default-features"
+    for _, args in builds:
+        for command in re.findall(r"cargo build[^&;|]*", args):
+            if not command.strip().startswith(want) or "embedded" in command:
+                problems.append(f"'{command.strip()}' is not '{want}'")
+    if len(builds) < 2:
+        problems.append(f"{len(builds)} cargo build steps: want a dependency layer and the real build")
+    else:
+        # The dependency layer: every workspace member's manifest copied before it, and a stand-in
+        # for each target the member declares or Cargo finds, or the workspace does not load.
+        first, last = builds[0][0], builds[-1][0]
+        copied = " ".join(a for _, ins, a in steps[:first] if ins == "COPY")
+        stand_ins = builds[0][1]
+        members = tomllib.loads(read("Cargo.toml"))["workspace"]["members"]
+        for member in members:
+            base = "" if member == "." else member.rstrip("/") + "/"
+            manifest = base + "Cargo.toml"
+            if not re.search(r"(^|\s)" + re.escape(manifest) + r"(\s|$)", copied):
+                problems.append(f"the dependency layer does not copy {manifest}")
+            declared = tomllib.loads(read(manifest))
+            targets = [t for t in ("src/lib.rs", "src/main.rs")
+                       if os.path.exists(os.path.join(ROOT, base, t))]
+            targets += [b["path"] for b in declared.get("bin", []) if "path" in b]
+            targets += [b.get("path", f"benches/{b['name']}.rs") for b in declared.get("bench", [])]
+            for target in sorted(set(targets)):
+                if not re.search(r"(?<![\w/.-])" + re.escape(base + target) + r"(?![\w/.-])", stand_ins):
+                    problems.append(f"the dependency layer has no stand-in for {base + target}")
+        # The real build: the build script is there, and the revision reaches it.
+        before = steps[first + 1:last]
+        if os.path.exists(os.path.join(ROOT, "build.rs")) and not any(
+                ins == "COPY" and re.search(r"(^|\s)build.rs\s", a) for _, ins, a in before):
+            problems.append("build.rs is not copied before the build")
+        builder = steps[last][0]
+        if not any(s == builder and ins == "ARG" and re.fullmatch(r"REVISION(=.*)?", a)
+                   for s, ins, a in steps[:last]):
+            problems.append("no ARG REVISION in the builder stage")
+        revision = re.compile(r'PROJECTOR_BUILD_REVISION="?\$\{?REVISION\}?"?')
+        if not (revision.search(steps[last][2]) or any(
+                s == builder and ins == "ENV" and revision.search(a) for s, ins, a in before)):
+            problems.append("the build does not get REVISION as PROJECTOR_BUILD_REVISION")
+    # At run time MONGO_PROJECTOR_* variables are configuration overrides (an unknown one is an
+    # error), and the revision is compiled in: neither belongs in the image's environment.
+    final = steps[-1][0]
+    for stage, instruction, args in steps:
+        if instruction == "ENV" and ("MONGO_PROJECTOR_" in args
+                                     or (stage == final and "PROJECTOR_BUILD_REVISION" in args)):
+            problems.append(f"ENV {args} (stage {stage})")
+    assert not problems, "Dockerfile: " + "; ".join(problems)
+    return f"{len(stages)} base images pinned by digest, {len(builds)} builds without the embedded server"
+
+
+def dockerignore_patterns():
+    """.dockerignore as (negated, regex) pairs, with Docker's rules for the syntax the file uses:
+    patterns are relative to the context root, `*` and `?` stay within one path segment, `**`
+    spans any number, and a pattern that matches a directory matches everything below it."""
+    out = []
+    for line in read(".dockerignore").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip()).lstrip("/")
+        assert "[" not in pattern and "\\" not in pattern, f"unsupported .dockerignore pattern {line}"
+        rx = re.sub(r"\\\*\\\*/|\\\*\\\*|\\\*|\\\?",
+                    lambda m: {"\\*\\*/": "(?:.*/)?", "\\*\\*": ".*", "\\*": "[^/]*", "\\?": "[^/]"}[m.group()],
+                    re.escape(pattern))
+        out.append((negated, re.compile(rx)))
+    return out
+
+
+def in_build_context(path, patterns):
+    """Whether `path` reaches the builder: the last pattern that matches it or a parent decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for negated, rx in patterns:
+        if any(rx.fullmatch(p) for p in prefixes):
+            excluded = not negated
+    return not excluded
+
+
+def build_context():
+    """Every file a COPY takes from the build context is in it; build output, git history and
+    virtualenvs are not."""
+    patterns = dockerignore_patterns()
+    problems, files = [], 0
+    for _, instruction, args in dockerfile_instructions():
+        if instruction not in ("COPY", "ADD"):
+            continue
+        words = args.split()
+        if any(w.startswith("--from=") for w in words):
+            continue
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        for source in sources:
+            full = os.path.join(ROOT, source)
+            if not os.path.exists(full):
+                problems.append(f"COPY source {source} does not exist")
+                continue
+            paths = [source] if os.path.isfile(full) else [
+                os.path.relpath(os.path.join(d, f), ROOT)
+                for d, _, names in os.walk(full) for f in names]
+            for path in paths:
+                files += 1
+                if not in_build_context(path, patterns):
+                    problems.append(f"{path} (COPY {source}) is left out by .dockerignore")
+    for local in ("target/release/mongo-projector", ".git/HEAD", ".venv/bin/python",
+                  "mongo-sim/target/debug/mongo-sim"):
+        if in_build_context(local, patterns):
+            problems.append(f"{local} is in the build context")
+    assert not problems, "\n".join(problems[:20])
+    return f"{files} copied files in the context; target/, .git/, .venv/ out"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +396,90 @@ def deployment_facts(docs, values):
     svc = one(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "http", "Service does not target port http"
     return f"grace {grace}s > deadline {deadline:g}s"
+
+
+def pod_labels_match(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def anti_affinity_facts(docs, values):
+    """The pod's affinity is .Values.affinity plus the chart's spread rule, which selects exactly
+    the Deployment's pods (its selector labels) over podAntiAffinity.topologyKey."""
+    dep = one(docs, "Deployment")
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert pod_labels_match(selector, dep["spec"]["template"]["metadata"]["labels"]), "selector"
+    got = dep["spec"]["template"]["spec"].get("affinity", {})
+    own = values.get("affinity") or {}
+    for key, rule in own.items():
+        assert got.get(key) == rule, f"affinity.{key} {got.get(key)}, want the values' {rule}"
+    if "podAntiAffinity" in own:
+        return "the values' own podAntiAffinity"
+    spread = values["podAntiAffinity"]
+    anti = got.get("podAntiAffinity")
+    if spread["mode"] == "none":
+        assert anti is None, f"podAntiAffinity {anti} with mode none"
+        return "none"
+    assert anti, "no podAntiAffinity"
+    if spread["mode"] == "preferred":
+        assert list(anti) == ["preferredDuringSchedulingIgnoredDuringExecution"], anti
+        (weighted,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert weighted["weight"] == spread["weight"], f"weight {weighted['weight']}"
+        term = weighted["podAffinityTerm"]
+    else:
+        assert list(anti) == ["requiredDuringSchedulingIgnoredDuringExecution"], anti
+        (term,) = anti["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == spread["topologyKey"], f"topologyKey {term['topologyKey']}"
+    assert term["labelSelector"] == {"matchLabels": selector}, (
+        f"labelSelector {term['labelSelector']}, want the Deployment's selector {selector}")
+    return f"{spread['mode']} over {spread['topologyKey']}"
+
+
+def default_spreads_over_nodes():
+    docs, _ = render({}, "mongo-projector", "default")
+    dep = one(docs, "Deployment")
+    anti = dep["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    terms = anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    assert any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+               and t["podAffinityTerm"]["labelSelector"] == {"matchLabels": dep["spec"]["selector"]["matchLabels"]}
+               for t in terms), f"default podAntiAffinity {anti}"
+    return "preferred, kubernetes.io/hostname, the selector labels"
+
+
+def helm_test_facts(docs, values):
+    """`helm test`: one hook Pod that asks the Service's port for /readyz, under the same
+    restrictive security context as the daemon, and which is not one of the daemon's pods."""
+    pods = [d for _, d in docs if d["kind"] == "Pod"]
+    if not values["test"]["enabled"]:
+        assert not pods, f"test.enabled is false, rendered {[p['metadata']['name'] for p in pods]}"
+        return "off"
+    assert len(pods) == 1, f"{len(pods)} test pods"
+    pod = pods[0]
+    assert pod["metadata"].get("annotations", {}).get("helm.sh/hook") == "test", "no helm.sh/hook: test"
+    spec = pod["spec"]
+    assert spec.get("restartPolicy") == "Never", f"restartPolicy {spec.get('restartPolicy')}"
+    assert spec.get("automountServiceAccountToken") is False, "the test pod mounts a token"
+    psc = spec.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True, "test pod securityContext.runAsNonRoot"
+    (c,) = spec["containers"]
+    sc = c.get("securityContext", {})
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    for k, v in want.items():
+        assert sc.get(k) == v, f"test container securityContext.{k} is {sc.get(k)!r}, want {v!r}"
+    assert re.search(r"@sha256:[0-9a-f]{64}$", c["image"]), f"test image {c['image']} not pinned by digest"
+    svc = one(docs, "Service")
+    url = (f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:"
+           f"{svc['spec']['ports'][0]['port']}/readyz")
+    argv = c.get("command", []) + c.get("args", [])
+    urls = [a for a in argv if re.match(r"https?://", a)]
+    assert urls == [url], f"test pod asks {urls}, want [{url}]"
+    assert "wget" in " ".join(argv), "the test pod does not run wget"
+    for kind in ("Service", "Deployment"):
+        doc = one(docs, kind)
+        sel = doc["spec"]["selector"]
+        sel = sel.get("matchLabels", sel)
+        assert not pod_labels_match(sel, pod["metadata"]["labels"]), f"the {kind}'s selector matches the test pod"
+    return url
 
 
 def config_facts(docs, values):
@@ -393,6 +623,8 @@ def scenario(label, overrides, release, namespace, optional):
         check(f"  validate {path} {doc['kind']}/{doc['metadata']['name']}",
               lambda doc=doc: validate_manifest(doc))
     check("  deployment facts", lambda: deployment_facts(docs, values))
+    check("  pod anti-affinity", lambda: anti_affinity_facts(docs, values))
+    check("  helm test pod", lambda: helm_test_facts(docs, values))
     toml_holder = {}
 
     def cfg():
@@ -454,7 +686,7 @@ def schema_rejects():
 def flatten(v, prefix=""):
     """Documented value paths: leaves, with config.* only to its second level."""
     if isinstance(v, dict) and v and not (prefix.startswith("config.") and prefix.count(".") >= 2) \
-            and prefix not in ("resources", "podSecurityContext", "securityContext") \
+            and prefix not in ("resources", "test.resources", "podSecurityContext", "securityContext") \
             and not prefix.startswith("prometheusRule.alerts."):
         for k, x in v.items():
             yield from flatten(x, f"{prefix}{'.' if prefix else ''}{k}")
@@ -509,30 +741,87 @@ def compose_facts():
     return "MongoDB " + mongo["image"].split(":", 1)[1] + " replica set rs0"
 
 
+def release_publishes_the_default_image():
+    """The chart's default image is what .github/workflows/release.yml publishes: the repository's
+    GHCR image, tagged with the version the chart is packaged at (its appVersion)."""
+    workspace = tomllib.loads(read("Cargo.toml"))
+    url = workspace["workspace"]["package"]["repository"]
+    m = re.fullmatch(r"https://github.com/([^/]+/[^/]+?)/?", url)
+    assert m, f"Cargo.toml repository {url} is not a GitHub repository"
+    image = "ghcr.io/" + m.group(1).lower()
+    assert defaults["image"]["repository"] == image, (
+        f"values.yaml image.repository {defaults['image']['repository']}, the release publishes {image}")
+    assert defaults["image"]["tag"] == "" and defaults["image"]["digest"] == "", "default image pinned past appVersion"
+    # The source tree's chart states the version it would be released at, as release.yml packages it.
+    version = workspace["package"]["version"]
+    meta = load_yaml("helm", "mongo-projector", "Chart.yaml")
+    for key in ("version", "appVersion"):
+        assert meta[key] == version, f"Chart.yaml {key} {meta[key]}, Cargo.toml version {version}"
+
+    workflow = load_yaml(".github", "workflows", "release.yml")
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert trigger == {"push": {"tags": ["v*"]}}, f"release.yml runs on {trigger}"
+    assert workflow.get("permissions") == {}, "release.yml grants permissions to every job"
+    jobs = workflow["jobs"]
+    scripts = {name: "\n".join(str(step.get("run", "")) for step in job["steps"]) for name, job in jobs.items()}
+    steps = {name: job["steps"] for name, job in jobs.items()}
+    writers = sorted(n for n, job in jobs.items() if job.get("permissions", {}).get("contents") == "write")
+    releasers = sorted(n for n, text in scripts.items() if "gh release create" in text)
+    assert releasers and writers == releasers, f"contents: write in {writers}, the release is made in {releasers}"
+    run = "\n".join(scripts.values())
+    assert 'image=ghcr.io/${REPOSITORY,,}' in run and any(
+        s.get("env", {}).get("REPOSITORY") == "${{ github.repository }}" for st in steps.values() for s in st), (
+        "release.yml does not publish to ghcr.io/<repository>")
+    assert re.search(r'helm package helm/mongo-projector --version "\$VERSION" --app-version "\$VERSION"', run), (
+        "release.yml does not package the chart at the release's version")
+    builds = [s["with"] for st in steps.values() for s in st
+              if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    assert builds, "release.yml builds no image"
+    platforms = {p for job in jobs.values()
+                 for p in [i.get("platform") for i in job.get("strategy", {}).get("matrix", {}).get("include", [])]}
+    assert {"linux/amd64", "linux/arm64"} <= platforms, f"release.yml builds for {sorted(p for p in platforms if p)}"
+    for b in builds:
+        assert "VERSION=" in b.get("build-args", "") and "REVISION=" in b.get("build-args", ""), \
+            "the image build lacks the VERSION and REVISION build arguments"
+    pins = [s["uses"] for st in steps.values() for s in st if "uses" in s]
+    loose = [u for u in pins if not re.fullmatch(r"[^@]+@[0-9a-f]{40}", u)]
+    assert not loose, f"actions not pinned by commit: {loose}"
+    return f"{image}:{version}, linux/amd64 and linux/arm64"
+
+
 # ---------------------------------------------------------------------------------------------
 print(f"check-deploy: helm SDK {helm.helm_sdk_version()} (helm-python-sdk {helm.__version__}), "
       f"kubernetes-validate {kv.__version__} (schemas up to {kv.latest_version()})", flush=True)
 check("hadolint Dockerfile", hadolint)
 check("Dockerfile facts", dockerfile_facts)
+check("Docker build context (.dockerignore)", build_context)
 lint(None, "default values")
 lint(all_features, "every feature on")
 scenario("default values", {}, "mongo-projector", "default", optional=())
 scenario("every feature on", all_features, "orders", "orders", optional=OPTIONAL)
-scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address", {
+scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address, no spread, no test", {
     "replicaCount": 0,
+    "podAntiAffinity": {"mode": "none"},
+    "test": {"enabled": False},
     "serviceAccount": {"create": False, "name": "projectors"},
     "probes": {"startup": {"enabled": False}, "liveness": {"enabled": False},
                "readiness": {"enabled": False}},
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": None},
     "config": {"shutdown": {"deadline": "45s"}, "http": {"address": "[::]:8080"}},
 }, "paused", "ops", optional=("PodDisruptionBudget",))
-scenario("three replicas with leases, PDB", {
+scenario("three replicas with leases, PDB, required spread over zones, Service port 80", {
     "replicaCount": 3,
     "podDisruptionBudget": {"enabled": True},
+    "podAntiAffinity": {"mode": "required", "topologyKey": "topology.kubernetes.io/zone"},
+    "service": {"port": 80},
 }, "replicas", "ops", optional=("PodDisruptionBudget",))
-scenario("leases disabled: one replica, Recreate", {
+scenario("leases disabled: one replica, Recreate, the values' own podAntiAffinity", {
     "config": {"leases": {"enabled": False}},
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 10, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": {"app": "mongodb"}}}}]}},
 }, "single", "ops", optional=())
+check("replicas spread over nodes by default", default_spreads_over_nodes)
 check("default config is config/example.toml", default_config_is_example)
 check("replicaCount > 1 without leases is refused", replicas_need_leases)
 check("http.enabled=false needs the probes off", http_off_needs_probes_off)
@@ -543,6 +832,7 @@ check("values.schema.json rejects bad values", schema_rejects)
 check("chart README documents every value", readme_documents_values)
 check("chart README sidecar example", sidecar_example)
 check("docker-compose.yml", compose_facts)
+check("release.yml publishes the chart's default image", release_publishes_the_default_image)
 
 total = passed + len(failed)
 if failed:

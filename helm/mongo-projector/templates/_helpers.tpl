@@ -173,3 +173,37 @@ TOML basic strings; keys are quoted unless they are bare keys; null values are l
 # The connection string is not here: it comes from the MONGODB_URI environment variable.
 {{- include "mongo-projector.tomlTable" (dict "prefix" "" "table" .Values.config "depth" 0) }}
 {{ end }}
+
+{{/*
+The pod's affinity: .Values.affinity, plus the chart's podAntiAffinity (podAntiAffinity.mode)
+unless .Values.affinity brings its own. The rule selects this release's pods by the same labels
+as the Deployment's selector, so it spreads exactly the pods the Deployment owns.
+*/}}
+{{- define "mongo-projector.affinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- $spread := .Values.podAntiAffinity }}
+{{- if and (ne $spread.mode "none") (not (hasKey $affinity "podAntiAffinity")) }}
+{{- $term := dict "topologyKey" $spread.topologyKey "labelSelector" (dict "matchLabels" (include "mongo-projector.selectorLabels" . | fromYaml)) }}
+{{- if eq $spread.mode "required" }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "requiredDuringSchedulingIgnoredDuringExecution" (list $term)) }}
+{{- else if eq $spread.mode "preferred" }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" (int $spread.weight) "podAffinityTerm" $term))) }}
+{{- else }}
+{{- fail (printf "podAntiAffinity.mode %q: write preferred, required or none" $spread.mode) }}
+{{- end }}
+{{- end }}
+{{- with $affinity }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The helm test image: repository, then :tag and @digest when given.
+*/}}
+{{- define "mongo-projector.testImage" -}}
+{{- $image := .Values.test.image }}
+{{- $ref := $image.repository }}
+{{- with $image.tag }}{{ $ref = printf "%s:%s" $ref . }}{{ end }}
+{{- with $image.digest }}{{ $ref = printf "%s@%s" $ref . }}{{ end }}
+{{- $ref }}
+{{- end }}
