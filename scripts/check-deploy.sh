@@ -373,10 +373,21 @@ def deployment_facts(docs, values):
     for k, v in want.items():
         assert sc.get(k) == v, f"container securityContext.{k} is {sc.get(k)!r}, want {v!r}"
     env = {e["name"]: e for e in c["env"]}
-    uri = env["MONGODB_URI"]
     secret = values["mongodb"]["existingSecret"] or f"{dep['metadata']['name']}-mongodb"
-    assert "value" not in uri and uri["valueFrom"]["secretKeyRef"] == {
-        "name": secret, "key": values["mongodb"]["secretKey"]}, f"MONGODB_URI {uri}"
+    if values["mongodb"].get("uriFrom", "env") == "file":
+        # The Secret mounted read-only, named by MONGODB_URI_FILE; no URI in the environment.
+        assert "MONGODB_URI" not in env, "MONGODB_URI set although uriFrom is file"
+        path = env["MONGODB_URI_FILE"]["value"]
+        (vol,) = [v for v in pod["volumes"] if "secret" in v]
+        assert vol["secret"]["secretName"] == secret, vol
+        assert vol["secret"]["items"] == [{"key": values["mongodb"]["secretKey"], "path": "uri"}], vol
+        (mount,) = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
+        assert mount.get("readOnly") is True and path == mount["mountPath"] + "/uri", (mount, path)
+    else:
+        uri = env["MONGODB_URI"]
+        assert "value" not in uri and uri["valueFrom"]["secretKeyRef"] == {
+            "name": secret, "key": values["mongodb"]["secretKey"]}, f"MONGODB_URI {uri}"
+        assert "MONGODB_URI_FILE" not in env
     port = int(values["config"]["http"]["address"].rsplit(":", 1)[1])
     assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}], c["ports"]
     probes = values["probes"]
@@ -809,8 +820,9 @@ scenario("paused, no probes, existing account, minAvailable PDB, IPv6 address, n
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": None},
     "config": {"shutdown": {"deadline": "45s"}, "http": {"address": "[::]:8080"}},
 }, "paused", "ops", optional=("PodDisruptionBudget",))
-scenario("three replicas with leases, PDB, required spread over zones, Service port 80", {
+scenario("three replicas with leases, PDB, required spread over zones, Service port 80, URI from a file", {
     "replicaCount": 3,
+    "mongodb": {"uriFrom": "file", "existingSecret": "atlas", "secretKey": "connection"},
     "podDisruptionBudget": {"enabled": True},
     "podAntiAffinity": {"mode": "required", "topologyKey": "topology.kubernetes.io/zone"},
     "service": {"port": 80},
