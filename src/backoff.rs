@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The pauses of one retry loop.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     /// Failed attempts since the last success.
@@ -29,18 +29,13 @@ impl Backoff {
     }
 
     /// The longest the next pause may be: `min(max, initial * 2^attempts)`.
-    pub fn ceiling(&self) -> Duration {
+    pub(crate) fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempts.min(31)).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 
-    /// Failed attempts since the last [`Backoff::reset`].
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-
     /// The next pause, drawn uniformly from zero to the ceiling; counts one more attempt.
-    pub fn next_pause(&mut self) -> Duration {
+    pub(crate) fn next_pause(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempts = self.attempts.saturating_add(1);
         rand::rng().random_range(Duration::ZERO..=ceiling)
@@ -80,7 +75,7 @@ mod tests {
             assert!(pause <= ceiling, "{pause:?} > {ceiling:?}");
         }
         assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(b.attempts(), 6);
+        assert_eq!(b.attempts, 6);
         b.reset();
         assert_eq!(b.ceiling(), ms(100));
     }

@@ -49,7 +49,7 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    pub const ALL: [StopReason; 6] = [
+    pub(crate) const ALL: [StopReason; 6] = [
         StopReason::Unauthorized,
         StopReason::Namespace,
         StopReason::Unsupported,
@@ -118,7 +118,7 @@ pub enum StoreError {
 
 impl StoreError {
     /// Stored state that cannot be read, or a fault of the daemon.
-    pub fn internal(message: impl Into<String>) -> StoreError {
+    pub(crate) fn internal(message: impl Into<String>) -> StoreError {
         StoreError::Stop(StopReason::Internal, message.into())
     }
 
@@ -272,7 +272,7 @@ fn decide(code: Option<i32>, retryable_label: bool, by_kind: Option<ErrorAction>
 /// or a stop): the statement is not the event's fault, so it must not be dead-lettered.
 /// `None` for the others (a handler that does not fit the document, a type mismatch...),
 /// which are the event's own.
-pub fn server_write_error(code: i32, message: &str) -> Option<StoreError> {
+pub(crate) fn server_write_error(code: i32, message: &str) -> Option<StoreError> {
     matches!(
         code_action(code),
         Some(ErrorAction::Retry | ErrorAction::Stop(_))
@@ -284,10 +284,10 @@ pub fn server_write_error(code: i32, message: &str) -> Option<StoreError> {
 }
 
 /// mongod's DuplicateKey: an upsert whose filter did not match a document that exists.
-pub const DUPLICATE_KEY: i32 = 11000;
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
 
 /// The server's error code, for command errors.
-pub fn server_code(e: &MongoError) -> Option<i32> {
+pub(crate) fn server_code(e: &MongoError) -> Option<i32> {
     match &*e.kind {
         ErrorKind::Command(c) => Some(c.code),
         ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
@@ -300,8 +300,8 @@ pub fn server_code(e: &MongoError) -> Option<i32> {
 /// spell of twice the longest pause without any failure (sporadic errors hours apart are not
 /// "in a row", even on a stream too idle to show progress).
 #[derive(Debug)]
-pub struct Failures {
-    pub backoff: crate::backoff::Backoff,
+pub(crate) struct Failures {
+    pub(crate) backoff: crate::backoff::Backoff,
     unknown_in_a_row: u32,
     unknown_limit: u32,
     last_failure: Option<tokio::time::Instant>,
@@ -351,7 +351,7 @@ impl Failures {
     }
 
     /// Errors not known to be transient in a row so far.
-    pub fn unknown_in_a_row(&self) -> u32 {
+    pub(crate) fn unknown_in_a_row(&self) -> u32 {
         self.unknown_in_a_row
     }
 }

@@ -125,7 +125,7 @@ impl Daemon {
     /// Does not start `projection`'s workers: the server lacks what they need (`message`, the
     /// failed checks). They report as stopped for that reason in `/status`, the metrics and
     /// the run's report, and the other projections run.
-    pub fn refuse(&mut self, projection: &str, message: &str) {
+    pub(crate) fn refuse(&mut self, projection: &str, message: &str) {
         for w in self.workers.iter().filter(|w| w.config.name == projection) {
             w.stats.set_stopped(StopReason::Unsupported);
             w.stats

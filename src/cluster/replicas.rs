@@ -66,12 +66,12 @@ impl FairShare {
     }
 
     /// Records the number of live instances; returns the previous one.
-    pub fn set_live(&self, live: usize) -> usize {
+    pub(crate) fn set_live(&self, live: usize) -> usize {
         self.live.swap(live.max(1), Ordering::Relaxed)
     }
 
     /// Takes a place for one more lease, if within the limit.
-    pub fn reserve(&self) -> bool {
+    pub(crate) fn reserve(&self) -> bool {
         self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
                 (h < self.limit()).then_some(h + 1)
@@ -80,7 +80,7 @@ impl FairShare {
     }
 
     /// Gives a place back (the lease was not acquired, or is no longer held).
-    pub fn unreserve(&self) {
+    pub(crate) fn unreserve(&self) {
         let _ = self
             .held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| h.checked_sub(1));
@@ -88,7 +88,7 @@ impl FairShare {
 
     /// Gives up a place when over the limit: true for exactly as many callers as there are
     /// places too many, each of which then releases its lease.
-    pub fn yield_one(&self) -> bool {
+    pub(crate) fn yield_one(&self) -> bool {
         self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
                 (h > self.limit()).then(|| h - 1)
@@ -147,7 +147,7 @@ impl Instance {
     }
 
     /// Renews the heartbeat every `renew_every` until `shutdown`, then removes it.
-    pub async fn announce(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn announce(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.renew_every) => {}
@@ -164,7 +164,7 @@ impl Instance {
 /// Runs `worker` under its lease until the worker's stop token is cancelled (Ok) or the
 /// projection cannot go on (Err). `worker` is a template: each active period runs a fresh
 /// copy ([`ProjectionWorker::for_run`]) sharing its counters.
-pub async fn run_leased(
+pub(crate) async fn run_leased(
     worker: Arc<ProjectionWorker>,
     instance: Arc<Instance>,
 ) -> Result<(), ProjectionStopped> {
@@ -385,7 +385,7 @@ async fn keep_renewed(
 
 /// How long to wait for the first heartbeat before workers start: a short bound, so that an
 /// unreachable server delays nothing more than it would anyway.
-pub const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -8,10 +8,10 @@
 //! not ignored: a typo would otherwise leave the file's value in force silently.
 
 /// The prefix of every override.
-pub const PREFIX: &str = "MONGO_PROJECTOR_";
+pub(crate) const PREFIX: &str = "MONGO_PROJECTOR_";
 
 /// Variables with the prefix that are not settings: `--config`'s.
-pub const RESERVED: &[&str] = &["MONGO_PROJECTOR_CONFIG"];
+pub(crate) const RESERVED: &[&str] = &["MONGO_PROJECTOR_CONFIG"];
 
 /// How a variable's text becomes a TOML value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub enum Kind {
 }
 
 /// Every overridable setting, by section.
-pub const SETTINGS: &[(&str, &[(&str, Kind)])] = &[
+pub(crate) const SETTINGS: &[(&str, &[(&str, Kind)])] = &[
     (
         "http",
         &[
@@ -142,7 +142,7 @@ pub fn apply(
 }
 
 /// Problems the reader found in overridden settings name the variable as well as the path.
-pub fn name_variables(errors: &mut [String], applied: &[Override]) {
+pub(crate) fn name_variables(errors: &mut [String], applied: &[Override]) {
     for e in errors.iter_mut() {
         if let Some(o) = applied
             .iter()

@@ -47,13 +47,13 @@ pub struct LeaseConfig {
 }
 
 /// Heartbeats of running instances, beside the leases in the checkpoint database.
-pub const INSTANCES_COLLECTION: &str = "projector_instances";
+pub(crate) const INSTANCES_COLLECTION: &str = "projector_instances";
 
 impl LeaseConfig {
     /// The configured holder, or `$HOSTNAME-<pid>-<random>`: unique even when a pod's
     /// process restarts under the same name, so a restarted instance never inherits the lease
     /// (and epoch) of the process it replaces.
-    pub fn holder_id(&self) -> String {
+    pub(crate) fn holder_id(&self) -> String {
         if let Some(h) = &self.holder {
             return h.clone();
         }
@@ -139,7 +139,7 @@ pub struct AuditConfig {
 /// Lanes when the configuration does not say: two per core, at least 4, at most 16. A lane
 /// spends most of its time waiting for a round trip, so more lanes than cores keep the
 /// server busy (measured in BENCHMARKS.md: 4 lanes drained twice as fast as 2 on 2 cores).
-pub fn default_lanes() -> usize {
+pub(crate) fn default_lanes() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get() * 2)
         .unwrap_or(4)
@@ -157,7 +157,7 @@ pub enum StartFrom {
 
 /// What to do with an event type that has no handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnhandledPolicy {
+pub(crate) enum UnhandledPolicy {
     /// Advance the read model's sequence without changing anything else.
     Skip,
     /// Park the event for an operator to look at.
@@ -167,8 +167,8 @@ pub enum UnhandledPolicy {
 /// Names of the event document's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventFields {
-    pub aggregate_id: String,
-    pub sequence_number: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) sequence_number: String,
     pub event_type: String,
     pub data: String,
     pub timestamp: String,
@@ -205,7 +205,7 @@ pub struct ParkingConfig {
     pub retry_max: Duration,
     /// After this many attempts, or this long parked, an event is dead-lettered.
     pub max_attempts: u32,
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
     /// How often due parked events are retried.
     pub sweep_every: Duration,
 }
@@ -224,8 +224,8 @@ pub struct ProjectionConfig {
     pub fields: EventFields,
     pub start: StartFrom,
     /// Create the unique `{aggregateId: 1, sequenceNumber: 1}` index when missing.
-    pub create_index: bool,
-    pub unhandled: UnhandledPolicy,
+    pub(crate) create_index: bool,
+    pub(crate) unhandled: UnhandledPolicy,
     pub handlers: BTreeMap<String, Handler>,
     pub parking: ParkingConfig,
     /// Workers the projection is split into by a hash of the aggregate id (1 to
@@ -269,7 +269,7 @@ impl Config {
 
     /// Parses configuration text, applies the `MONGO_PROJECTOR_*` overrides among `vars`, and
     /// validates the result as a whole: every problem, of the file or of a variable, at once.
-    pub fn parse_with_env(
+    pub(crate) fn parse_with_env(
         text: &str,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
@@ -293,7 +293,7 @@ impl Config {
     }
 
     /// The database holding checkpoints.
-    pub fn checkpoint_database(&self) -> &str {
+    pub(crate) fn checkpoint_database(&self) -> &str {
         self.checkpoints
             .database
             .as_deref()
@@ -859,7 +859,7 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
 
 /// Most partitions a projection may be split into: each is one more change stream on the
 /// server.
-pub const MAX_PARTITIONS: u32 = 64;
+pub(crate) const MAX_PARTITIONS: u32 = 64;
 
 /// `projections[].partitions`: 1 to [`MAX_PARTITIONS`], default 1.
 fn read_partitions(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> u32 {
@@ -995,7 +995,7 @@ fn check_placeholders(v: &Bson, path: &str, errors: &mut Vec<String>) {
 }
 
 /// The path inside `"${path}"`, when `s` is exactly one placeholder.
-pub fn placeholder(s: &str) -> Option<&str> {
+pub(crate) fn placeholder(s: &str) -> Option<&str> {
     let inner = s.strip_prefix("${")?.strip_suffix('}')?;
     let valid = !inner.is_empty()
         && inner
@@ -1028,7 +1028,7 @@ fn validate_filter(d: &Document, path: &str, errors: &mut Vec<String>) {
 
 /// TOML values as BSON: integers become Int64, datetimes become BSON dates where they are
 /// complete, tables keep their key order.
-pub fn toml_to_bson(v: &toml::Value) -> Bson {
+pub(crate) fn toml_to_bson(v: &toml::Value) -> Bson {
     match v {
         toml::Value::String(s) => Bson::String(s.clone()),
         toml::Value::Integer(i) => Bson::Int64(*i),

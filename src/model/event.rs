@@ -13,7 +13,7 @@ use mongodb::change_stream::event::ResumeToken;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     /// The aggregate this event belongs to; also the read-model document's `_id`.
-    pub aggregate_id: Bson,
+    pub(crate) aggregate_id: Bson,
     /// Position of the event in its aggregate's history, from 1.
     pub sequence: i64,
     pub event_type: String,
@@ -37,7 +37,7 @@ impl std::fmt::Display for Malformed {
 
 /// A change event from the stream: its position, and the event it carries (or why not).
 #[derive(Debug, Clone)]
-pub struct ChangeEvent {
+pub(crate) struct ChangeEvent {
     /// The change event's `_id`: the resume token of this position.
     pub token: ResumeToken,
     pub cluster_time: Option<Timestamp>,
@@ -46,7 +46,10 @@ pub struct ChangeEvent {
 
 /// Decodes one raw change event. `Err` only when not even the resume token can be read
 /// (then the position itself is unknown and the stream must be re-opened).
-pub fn decode_change(raw: &RawDocumentBuf, fields: &EventFields) -> Result<ChangeEvent, String> {
+pub(crate) fn decode_change(
+    raw: &RawDocumentBuf,
+    fields: &EventFields,
+) -> Result<ChangeEvent, String> {
     let doc = Document::try_from(raw.as_ref())
         .map_err(|e| format!("change event is not valid BSON: {e}"))?;
     let token = match doc.get("_id") {

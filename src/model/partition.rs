@@ -25,13 +25,13 @@ pub struct Partition {
 impl Partition {
     /// The worker's name: `"{projection}/p{index}of{count}"`. Projection names cannot contain
     /// `/`, so the projection is everything before it.
-    pub fn worker_name(&self, projection: &str) -> String {
+    pub(crate) fn worker_name(&self, projection: &str) -> String {
         format!("{projection}/p{}of{}", self.index, self.count)
     }
 
     /// The aggregation expression that is true when the value at `field` (a dotted path) hashes
     /// into this partition.
-    pub fn expr(&self, field: &str) -> Bson {
+    pub(crate) fn expr(&self, field: &str) -> Bson {
         let (i, k) = (i64::from(self.index), i64::from(self.count));
         let remainder = doc! {"$mod": [{"$toHashedIndexKey": format!("${field}")}, k]};
         Bson::Document(doc! {"$in": [remainder, [i, i - k]]})
@@ -73,7 +73,7 @@ impl Worker {
     /// Adds the worker's share to a query filter on `field` (a no-op for the whole
     /// projection). Projection filters hold only field conditions and `$and`/`$or`/`$nor`
     /// (`config::validate_filter`), so the top-level `$expr` is free.
-    pub fn restrict(&self, filter: &mut Document, field: &str) {
+    pub(crate) fn restrict(&self, filter: &mut Document, field: &str) {
         if let Some(p) = self.partition {
             filter.insert("$expr", p.expr(field));
         }
@@ -100,7 +100,7 @@ pub fn workers(projection: &Arc<ProjectionConfig>) -> Vec<Worker> {
 }
 
 /// Every worker of every projection of `config`.
-pub fn all_workers(config: &Config) -> Vec<Worker> {
+pub(crate) fn all_workers(config: &Config) -> Vec<Worker> {
     config
         .projections
         .iter()
@@ -109,19 +109,19 @@ pub fn all_workers(config: &Config) -> Vec<Worker> {
 }
 
 /// The worker called `name`, among every projection's workers.
-pub fn find_worker(config: &Config, name: &str) -> Option<Worker> {
+pub(crate) fn find_worker(config: &Config, name: &str) -> Option<Worker> {
     let projection = Arc::new(config.projection(projection_of(name))?.clone());
     workers(&projection).into_iter().find(|w| w.name == name)
 }
 
 /// The projection a worker name belongs to (the name itself for an unpartitioned worker).
-pub fn projection_of(worker_name: &str) -> &str {
+pub(crate) fn projection_of(worker_name: &str) -> &str {
     worker_name.split('/').next().unwrap_or(worker_name)
 }
 
 /// The partition count encoded in a worker name of `projection`: 1 for the projection's own
 /// name, K for `"{projection}/p{i}of{K}"`, with the index; `None` for any other name.
-pub fn parse_worker_name(projection: &str, name: &str) -> Option<Partition> {
+pub(crate) fn parse_worker_name(projection: &str, name: &str) -> Option<Partition> {
     if name == projection {
         return Some(Partition { index: 0, count: 1 });
     }

@@ -16,11 +16,11 @@ use crate::model::event::Event;
 use bson::{Bson, Document, doc};
 
 /// The field of every read-model document that records the last applied sequence number.
-pub const SEQUENCE_FIELD: &str = "lastSequenceNumber";
+pub(crate) const SEQUENCE_FIELD: &str = "lastSequenceNumber";
 
 /// Why a handler could not be rendered for an event: the event lacks data the handler needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderError(pub String);
+pub(crate) struct RenderError(pub String);
 
 impl std::fmt::Display for RenderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,7 +30,7 @@ impl std::fmt::Display for RenderError {
 
 /// What an event does to its read-model document.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Run the handler's update.
     Handler(Handler),
     /// Only advance the sequence (an event type this projection skips).
@@ -38,7 +38,7 @@ pub enum Change {
 }
 
 /// One statement of an `update` command (`{q, u, upsert}`) applying `event` under the guard.
-pub fn guarded_statement(event: &Event, change: &Change) -> Result<Document, RenderError> {
+pub(crate) fn guarded_statement(event: &Event, change: &Change) -> Result<Document, RenderError> {
     let seq = event.sequence;
     let filter = if seq == 1 {
         doc! {"_id": event.aggregate_id.clone(), SEQUENCE_FIELD: {"$exists": false}}
@@ -125,7 +125,7 @@ fn inline_event(v: &Bson, event: &Document) -> Bson {
 }
 
 /// The value at a dotted path of a document (no array traversal).
-pub fn lookup<'a>(doc: &'a Document, path: &str) -> Option<&'a Bson> {
+pub(crate) fn lookup<'a>(doc: &'a Document, path: &str) -> Option<&'a Bson> {
     let mut parts = path.split('.');
     let mut cur = doc.get(parts.next()?)?;
     for part in parts {

@@ -91,19 +91,19 @@ fn is_rebuild_metric(def: &MetricDef) -> bool {
 
 /// Figures that need a query, refreshed by [`Monitor::poll`].
 #[derive(Debug, Default)]
-pub struct PolledGauges {
+pub(crate) struct PolledGauges {
     pub parked: AtomicI64,
     pub dead: AtomicI64,
     /// Unix ms of the oldest parked entry's first parking; 0 when none.
-    pub oldest_parked_ms: AtomicU64,
+    pub(crate) oldest_parked_ms: AtomicU64,
 }
 
 /// One projection as the monitor sees it.
 pub struct Watched {
     pub name: String,
     pub stats: Arc<ProjectionStats>,
-    pub parked_store: ParkedStore,
-    pub polled: PolledGauges,
+    pub(crate) parked_store: ParkedStore,
+    pub(crate) polled: PolledGauges,
 }
 
 /// Server-wide figures.
@@ -112,11 +112,11 @@ pub struct ServerGauges {
     pub connected: AtomicBool,
     /// Unix ms at which the server last became reachable (its first answer, or its first after
     /// an outage): liveness counts a stream's silence from then at the earliest.
-    pub reachable_since_ms: AtomicU64,
+    pub(crate) reachable_since_ms: AtomicU64,
     /// Set once the daemon was initialized: connected, and every worker begun or in standby.
-    pub initialized: AtomicBool,
+    pub(crate) initialized: AtomicBool,
     /// Seconds of the oldest oplog entry's `ts`; 0 when unknown (not readable there).
-    pub oplog_oldest_secs: AtomicU64,
+    pub(crate) oplog_oldest_secs: AtomicU64,
 }
 
 /// Everything the HTTP endpoints report.
@@ -290,7 +290,7 @@ fn is_process_metric(def: &MetricDef) -> bool {
 }
 
 /// This binary's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The source revision the running binary was built from, as the binary sets it at start-up
 /// ([`set_revision`]); "unknown" otherwise (tests, benchmarks).
@@ -524,12 +524,12 @@ impl Monitor {
     }
 
     /// See [`ProjectionStats::lag_seconds`].
-    pub fn lag_seconds(&self, p: &Watched) -> f64 {
+    pub(crate) fn lag_seconds(&self, p: &Watched) -> f64 {
         p.stats.lag_seconds(unix_millis())
     }
 
     /// Since the stream last answered; since start before its first answer.
-    pub fn seconds_since_progress(&self, p: &Watched) -> f64 {
+    pub(crate) fn seconds_since_progress(&self, p: &Watched) -> f64 {
         match p.stats.last_progress_ms.load(Ordering::Relaxed) {
             0 => self.started.elapsed().as_secs_f64(),
             ms => since_secs(ms),
@@ -621,7 +621,7 @@ impl Monitor {
     /// Startup: the daemon has initialized once: MongoDB answered, and every worker has begun
     /// (its stream answered, or its first scan started), is in standby, or stopped with its
     /// reason. Sticky: once initialized, liveness and readiness take over.
-    pub fn startup(&self) -> (bool, Vec<String>) {
+    pub(crate) fn startup(&self) -> (bool, Vec<String>) {
         if self.server.initialized.load(Ordering::Relaxed) {
             return (true, Vec::new());
         }
@@ -737,7 +737,7 @@ impl Monitor {
     }
 
     /// Polls every `poll_every` until `shutdown`.
-    pub async fn poll(
+    pub(crate) async fn poll(
         self: Arc<Self>,
         client: Client,
         shutdown: tokio_util::sync::CancellationToken,

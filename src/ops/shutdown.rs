@@ -7,7 +7,7 @@ use signal_hook::iterator::Signals;
 use tokio_util::sync::CancellationToken;
 
 /// Exit code after a second signal (128 + SIGINT, as shells report an interrupted program).
-pub const FORCED_EXIT_CODE: i32 = 130;
+pub(crate) const FORCED_EXIT_CODE: i32 = 130;
 
 /// Installs the handlers; returns the token the first signal cancels.
 pub fn install() -> std::io::Result<CancellationToken> {

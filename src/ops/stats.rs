@@ -28,24 +28,24 @@ pub struct ProjectionStats {
     restarts_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Unix milliseconds when the stream last answered (an event or an empty batch): the
     /// liveness signal. 0 before the first answer.
-    pub last_progress_ms: AtomicU64,
+    pub(crate) last_progress_ms: AtomicU64,
     /// Cluster time (seconds) of the newest handled event: the lag signal.
-    pub last_event_cluster_secs: AtomicU64,
+    pub(crate) last_event_cluster_secs: AtomicU64,
     /// True once the stream has answered with an empty batch after the last event.
-    pub caught_up: AtomicBool,
+    pub(crate) caught_up: AtomicBool,
     /// Cluster time (seconds) of the oldest event read but not yet handled; 0 when none.
-    pub oldest_pending_cluster_secs: AtomicU64,
+    pub(crate) oldest_pending_cluster_secs: AtomicU64,
     /// Unix milliseconds of the last successful checkpoint write.
-    pub last_checkpoint_ms: AtomicU64,
+    pub(crate) last_checkpoint_ms: AtomicU64,
     /// Cluster time (seconds) of the newest event covered by the stored checkpoint.
-    pub checkpoint_cluster_secs: AtomicU64,
+    pub(crate) checkpoint_cluster_secs: AtomicU64,
     /// Duration of guarded writes (one event, or one batch).
-    pub apply_seconds: DurationHistogram,
+    pub(crate) apply_seconds: DurationHistogram,
     /// The last background drift audit's findings.
     pub audit: AuditFigures,
     last_error: Mutex<Option<String>>,
     /// Events handled or in flight beyond the stored checkpoint (the crash window).
-    pub beyond_checkpoint: AtomicU64,
+    pub(crate) beyond_checkpoint: AtomicU64,
     /// Set once the worker has begun its work: its stream answered, or its scan of the event
     /// collection started (the startup probe waits for it).
     pub started: AtomicBool,
@@ -85,7 +85,7 @@ pub struct LeaseView {
 }
 
 impl LeaseStats {
-    pub fn set_view(&self, holder: Option<String>, epoch: i64) {
+    pub(crate) fn set_view(&self, holder: Option<String>, epoch: i64) {
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = LeaseView { holder, epoch };
     }
 
@@ -94,7 +94,7 @@ impl LeaseStats {
     }
 
     /// Marks the worker as run under a lease, by the instance `holder`.
-    pub fn enable(&self, holder: &str) {
+    pub(crate) fn enable(&self, holder: &str) {
         self.enabled.store(true, Ordering::Relaxed);
         *self.instance.lock().unwrap_or_else(|e| e.into_inner()) = holder.to_string();
     }
@@ -108,20 +108,20 @@ impl LeaseStats {
 }
 
 /// Upper bounds (seconds) of the apply-duration histogram's buckets.
-pub const APPLY_BUCKETS: [f64; 12] = [
+pub(crate) const APPLY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
 /// A fixed-bucket histogram of durations, lock-free to observe.
 #[derive(Debug, Default)]
-pub struct DurationHistogram {
+pub(crate) struct DurationHistogram {
     /// Cumulative counts are computed when read; each slot counts observations in its bucket.
     slots: [AtomicU64; APPLY_BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
 impl DurationHistogram {
-    pub fn observe(&self, d: Duration) {
+    pub(crate) fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
         let i = APPLY_BUCKETS
             .iter()
@@ -152,7 +152,7 @@ impl DurationHistogram {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -177,12 +177,12 @@ pub struct StatsSnapshot {
 }
 
 impl ProjectionStats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one stream restart for `reason`.
-    pub fn count_restart(&self, reason: &str) {
+    pub(crate) fn count_restart(&self, reason: &str) {
         Self::add(&self.stream_restarts, 1);
         let mut by_reason = self
             .restarts_by_reason
@@ -192,7 +192,7 @@ impl ProjectionStats {
     }
 
     /// The stream answered (with events or an empty batch).
-    pub fn record_progress(&self, caught_up: bool) {
+    pub(crate) fn record_progress(&self, caught_up: bool) {
         self.started.store(true, Ordering::Relaxed);
         self.last_progress_ms
             .store(unix_millis(), Ordering::Relaxed);
@@ -200,7 +200,7 @@ impl ProjectionStats {
     }
 
     /// An event was handled; `cluster_secs` is its cluster time when known.
-    pub fn record_event_time(&self, cluster_secs: Option<u32>) {
+    pub(crate) fn record_event_time(&self, cluster_secs: Option<u32>) {
         if let Some(t) = cluster_secs {
             self.last_event_cluster_secs
                 .fetch_max(t as u64, Ordering::Relaxed);
@@ -212,7 +212,7 @@ impl ProjectionStats {
     /// cluster time); with nothing in flight (between batches of a backlog), the newest applied
     /// event is the best known position. While the event collection is scanned, the scan's
     /// start stands for the oldest event in flight. 0 when neither is known.
-    pub fn lag_seconds(&self, now_ms: u64) -> f64 {
+    pub(crate) fn lag_seconds(&self, now_ms: u64) -> f64 {
         if self.caught_up.load(Ordering::Relaxed) {
             return 0.0;
         }
@@ -229,7 +229,7 @@ impl ProjectionStats {
     /// A scan of the event collection began (a first start from the beginning, or recovery
     /// from a lost history): the read model lacks events written up to now until it ends, so
     /// the lag counts from here. A scan retried after an error keeps the first start.
-    pub fn record_scan_started(&self) {
+    pub(crate) fn record_scan_started(&self) {
         self.started.store(true, Ordering::Relaxed);
         let _ = self.oldest_pending_cluster_secs.compare_exchange(
             0,
@@ -241,12 +241,12 @@ impl ProjectionStats {
     }
 
     /// The oldest event not yet handled changed (`None`: nothing is in flight).
-    pub fn record_oldest_pending(&self, cluster_secs: Option<u32>) {
+    pub(crate) fn record_oldest_pending(&self, cluster_secs: Option<u32>) {
         self.oldest_pending_cluster_secs
             .store(cluster_secs.map_or(0, u64::from), Ordering::Relaxed);
     }
 
-    pub fn record_checkpoint(&self, cluster_secs: Option<u32>) {
+    pub(crate) fn record_checkpoint(&self, cluster_secs: Option<u32>) {
         Self::add(&self.checkpoints, 1);
         self.last_checkpoint_ms
             .store(unix_millis(), Ordering::Relaxed);
@@ -257,7 +257,7 @@ impl ProjectionStats {
     }
 
     /// Remembers the newest error, for the status endpoint.
-    pub fn set_last_error(&self, e: impl Into<String>) {
+    pub(crate) fn set_last_error(&self, e: impl Into<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
     }
 
@@ -269,7 +269,7 @@ impl ProjectionStats {
     }
 
     /// Records that the worker stopped for good, and why.
-    pub fn set_stopped(&self, reason: crate::error::StopReason) {
+    pub(crate) fn set_stopped(&self, reason: crate::error::StopReason) {
         *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 

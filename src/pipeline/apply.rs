@@ -141,7 +141,7 @@ impl ReadModel {
 
     /// The `lastSequenceNumber` of many aggregates in one query (absent: no document, or none
     /// recorded). One round trip for a whole round of a batch.
-    pub async fn stored_sequences(
+    pub(crate) async fn stored_sequences(
         &self,
         aggregate_ids: &[Bson],
     ) -> Result<HashMap<AggregateKey, i64>, StoreError> {
@@ -183,7 +183,7 @@ fn reply_count(reply: &Document, field: &str) -> Result<i64, StoreError> {
 /// An aggregate id as a hashable key: the read-model `_id` compares numbers by value, so
 /// 32- and 64-bit integers map to one key; other ids are keyed by their BSON bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum AggregateKey {
+pub(crate) enum AggregateKey {
     Str(String),
     Int(i64),
     Bytes(Vec<u8>),
@@ -204,7 +204,7 @@ impl AggregateKey {
 
     /// A hash that is the same in every process and on every run (FNV-1a), so that routing
     /// by aggregate never depends on a random seed.
-    pub fn stable_hash(&self) -> u64 {
+    pub(crate) fn stable_hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
             for b in bytes {
@@ -226,7 +226,7 @@ impl AggregateKey {
 /// certain duplicate; anything else is checked by the guarded write itself. Bounded: when full
 /// it is cleared, which costs one probe per aggregate on its next round.
 #[derive(Debug)]
-pub struct SequenceCache {
+pub(crate) struct SequenceCache {
     known: HashMap<AggregateKey, i64>,
     capacity: usize,
 }
@@ -255,22 +255,12 @@ impl SequenceCache {
     fn forget(&mut self, key: &AggregateKey) {
         self.known.remove(key);
     }
-
-    /// Aggregates remembered now (at most the capacity).
-    pub fn len(&self) -> usize {
-        self.known.len()
-    }
-
-    /// True when nothing is remembered (a fresh lane, or just cleared).
-    pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
-    }
 }
 
 /// One event of a batch and, once reached, its final disposition. A batch interrupted by a
 /// transient error is retried with the finished items left alone.
 #[derive(Debug, Clone)]
-pub struct BatchItem {
+pub(crate) struct BatchItem {
     pub event: Event,
     pub done: Option<Disposition>,
 }
@@ -367,7 +357,7 @@ impl Applier {
     /// aggregate's consecutive events go in successive rounds and are never reordered, while
     /// a round writes many aggregates with one `update` command. `Err` only for transient
     /// store errors; the caller retries the same items, and finished ones are left alone.
-    pub async fn handle_batch(
+    pub(crate) async fn handle_batch(
         &self,
         items: &mut [BatchItem],
         cache: &mut SequenceCache,
@@ -545,7 +535,7 @@ impl Applier {
     }
 
     /// Records a malformed event as dead-lettered.
-    pub async fn dead_letter_malformed(
+    pub(crate) async fn dead_letter_malformed(
         &self,
         malformed: &Malformed,
         token: Option<&Bson>,
@@ -559,7 +549,7 @@ impl Applier {
 
     /// [`Applier::dead_letter_malformed`], retrying known-transient errors in place after the
     /// pauses of `backoff`; `shutdown` ends the retries.
-    pub async fn dead_letter_with_retry(
+    pub(crate) async fn dead_letter_with_retry(
         &self,
         malformed: &Malformed,
         token: Option<&Bson>,
@@ -808,18 +798,6 @@ impl Applier {
             ))),
             Outcome::Rejected(reason) => Ok(Err(reason)),
         }
-    }
-
-    /// Retries parked events whose next attempt is due; dead-letters those past their limits.
-    /// Returns how many were resolved (applied or found already applied).
-    pub async fn sweep_parked(&self) -> Result<u64, StoreError> {
-        let mut resolved = 0;
-        for parked in self.due_parked().await? {
-            if self.retry_parked(&parked).await? {
-                resolved += 1;
-            }
-        }
-        Ok(resolved)
     }
 
     /// Parked events whose next attempt is due (at most 64). Also notes when nothing at all is

@@ -28,11 +28,11 @@ pub struct Position {
     pub events_handled: i64,
     /// For `start = "now"`: where the worker's share is covered from
     /// ([`Checkpoint::origin`]).
-    pub origin: Option<Timestamp>,
+    pub(crate) origin: Option<Timestamp>,
 }
 
 /// Where a position is persisted.
-pub trait PositionStore {
+pub(crate) trait PositionStore {
     /// Writes `position`, whose token is `token`.
     fn write(
         &mut self,
@@ -43,12 +43,12 @@ pub trait PositionStore {
 
 /// A worker's checkpoint document: fenced by the lease epoch when there is one, and marked as
 /// issued by the worker's own stream.
-pub struct WorkerCheckpoint {
+pub(crate) struct WorkerCheckpoint {
     pub store: CheckpointStore,
     /// The worker's name (the document's `_id`).
     pub name: String,
     /// The lease epoch of this run; `None` without leases.
-    pub fence: Option<i64>,
+    pub(crate) fence: Option<i64>,
     /// Set once a newer holder refused a write of this run: nothing is written any more.
     pub fenced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -74,7 +74,7 @@ impl PositionStore for WorkerCheckpoint {
 }
 
 /// The position of one pipeline, and when it is due to be persisted.
-pub struct Checkpointer<S> {
+pub(crate) struct Checkpointer<S> {
     store: S,
     pub position: Position,
     saved_token: Option<ResumeToken>,
@@ -120,7 +120,7 @@ impl<S: PositionStore> Checkpointer<S> {
     }
 
     /// The crash window is full: reading waits for the lanes and the next write.
-    pub fn window_full(&self, in_flight: usize) -> bool {
+    pub(crate) fn window_full(&self, in_flight: usize) -> bool {
         self.beyond(in_flight) >= self.every_events
     }
 
@@ -140,19 +140,19 @@ impl<S: PositionStore> Checkpointer<S> {
 
     /// A quiet stream's post-batch token: past every event read so far when nothing is in
     /// flight, so the position moves there.
-    pub fn quiet(&mut self, token: Option<ResumeToken>, nothing_in_flight: bool) {
+    pub(crate) fn quiet(&mut self, token: Option<ResumeToken>, nothing_in_flight: bool) {
         if nothing_in_flight && token.is_some() && token != self.position.token {
             self.position.token = token;
         }
     }
 
     /// Whether a failed write waits for its retry time.
-    pub fn waiting_to_retry(&self) -> bool {
+    pub(crate) fn waiting_to_retry(&self) -> bool {
         self.retry_at.is_some_and(|at| Instant::now() < at)
     }
 
     /// After a failed write: the next attempt in `pause` at the earliest.
-    pub fn retry_in(&mut self, pause: Duration) {
+    pub(crate) fn retry_in(&mut self, pause: Duration) {
         self.retry_at = Some(Instant::now() + pause);
     }
 

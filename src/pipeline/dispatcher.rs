@@ -39,7 +39,7 @@ impl<P: Clone> Dispatcher<P> {
     }
 
     /// An event handled without a lane.
-    pub fn ack(&mut self, ticket: Ticket) {
+    pub(crate) fn ack(&mut self, ticket: Ticket) {
         self.watermark.ack(ticket);
     }
 
@@ -53,7 +53,7 @@ impl<P: Clone> Dispatcher<P> {
         self.watermark.in_flight()
     }
 
-    pub fn lane_count(&self) -> usize {
+    pub(crate) fn lane_count(&self) -> usize {
         self.lanes.count()
     }
 
@@ -108,7 +108,7 @@ impl<P: Clone> Dispatcher<P> {
     }
 
     /// Takes every report that is ready.
-    pub fn take_ready_reports(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn take_ready_reports(&mut self) -> Result<(), StoreError> {
         while let Ok(report) = self.lanes.reports.try_recv() {
             self.take(report)?;
         }
@@ -116,7 +116,7 @@ impl<P: Clone> Dispatcher<P> {
     }
 
     /// Waits for the next report and takes it.
-    pub async fn take_next_report(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn take_next_report(&mut self) -> Result<(), StoreError> {
         match self.lanes.reports.recv().await {
             Some(report) => self.take(report),
             None => Err(StoreError::Reply("apply lanes stopped".into())),
@@ -129,7 +129,7 @@ impl<P: Clone> Dispatcher<P> {
 
     /// Offers due parked events of its aggregates to a lane, between its batches; a lane whose
     /// queue is full is busy, and its entries wait for the next offer.
-    pub fn offer_parked(&self, lane: usize, entries: Vec<ParkedEvent>) {
+    pub(crate) fn offer_parked(&self, lane: usize, entries: Vec<ParkedEvent>) {
         let _ = self.lanes.senders[lane].try_send(LaneWork::Parked(entries));
     }
 

@@ -21,14 +21,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Batches a lane may have queued besides the one it is writing.
-pub const LANE_QUEUE: usize = 2;
+pub(crate) const LANE_QUEUE: usize = 2;
 
 /// Aggregates whose stored sequence one lane remembers (see [`SequenceCache`]).
-pub const CACHE_PER_LANE: usize = 50_000;
+pub(crate) const CACHE_PER_LANE: usize = 50_000;
 
 /// What a lane is given to do.
 #[derive(Debug)]
-pub enum LaneWork {
+pub(crate) enum LaneWork {
     /// Events of the stream, in stream order, with their tickets.
     Batch(Vec<(Ticket, Event)>),
     /// Due parked events of this lane's aggregates: retried here rather than beside the lane,
@@ -46,14 +46,14 @@ pub enum LaneReport {
 }
 
 /// The lane for an aggregate among `lanes`.
-pub fn lane_of(aggregate_id: &Bson, lanes: usize) -> usize {
+pub(crate) fn lane_of(aggregate_id: &Bson, lanes: usize) -> usize {
     (AggregateKey::of(aggregate_id).stable_hash() % lanes.max(1) as u64) as usize
 }
 
 /// Running lanes: their queues, the reports channel and the tasks.
 pub struct Lanes {
     /// One bounded queue per lane (see [`LANE_QUEUE`]).
-    pub senders: Vec<mpsc::Sender<LaneWork>>,
+    pub(crate) senders: Vec<mpsc::Sender<LaneWork>>,
     pub reports: mpsc::Receiver<LaneReport>,
     tasks: Vec<JoinHandle<()>>,
 }

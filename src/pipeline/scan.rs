@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 const SCAN_BATCH: u32 = 1000;
 
 /// A worker's share of the event collection, in fold order.
-pub struct Scan {
+pub(crate) struct Scan {
     events: Collection<Document>,
     filter: Document,
     sort: Document,
@@ -26,12 +26,12 @@ pub struct Scan {
 }
 
 /// An open scan.
-pub struct ScanCursor {
+pub(crate) struct ScanCursor {
     cursor: Cursor<Document>,
     /// Documents read so far.
     pub scanned: u64,
     /// Set once every document was read.
-    pub exhausted: bool,
+    pub(crate) exhausted: bool,
 }
 
 impl Scan {
@@ -51,7 +51,7 @@ impl Scan {
 
     /// Only the aggregates from `aggregate` on (in BSON order): a resumed scan. The aggregate
     /// itself is read again whole; the sequence guard absorbs what was already applied.
-    pub fn from_aggregate(mut self, aggregate: Option<&Bson>) -> Self {
+    pub(crate) fn resuming_at(mut self, aggregate: Option<&Bson>) -> Self {
         if let Some(from) = aggregate {
             let resume = resume_filter(&self.aggregate_field, from);
             self.filter = doc! {"$and": [self.filter, resume]};
@@ -77,7 +77,7 @@ impl Scan {
 impl ScanCursor {
     /// Reads up to `limit` documents into the dispatcher (a malformed one is dead-lettered);
     /// the number read, 0 at the end or on shutdown.
-    pub async fn feed(
+    pub(crate) async fn feed(
         &mut self,
         limit: u64,
         dispatcher: &mut Dispatcher<Bson>,

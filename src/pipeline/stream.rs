@@ -15,15 +15,15 @@ use tokio_util::task::AbortOnDropHandle;
 
 /// Change events read ahead of the dispatcher: while the lanes write one batch, the next is
 /// already being read. Bounded, so a slow server slows the reader.
-pub const PREFETCH: usize = 4096;
+pub(crate) const PREFETCH: usize = 4096;
 
 /// Change events asked for per `getMore`: half the prefetch queue, so one reply fits while the
 /// previous one is still being dispatched.
-pub const STREAM_BATCH: u32 = 2048;
+pub(crate) const STREAM_BATCH: u32 = 2048;
 
 /// Where a stream starts.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StreamFrom {
+pub(crate) enum StreamFrom {
     /// Only events written from now on.
     Now,
     /// After this token, which the same stream (the same `$match`) issued.
@@ -34,7 +34,7 @@ pub enum StreamFrom {
 
 /// How one worker's change stream is opened.
 #[derive(Clone)]
-pub struct EventStream {
+pub(crate) struct EventStream {
     events: Collection<Document>,
     pipeline: Vec<Document>,
     max_await: Duration,
@@ -114,7 +114,7 @@ impl Reader {
     }
 
     /// The next read if one is ready.
-    pub fn try_read(&mut self) -> Option<Read> {
+    pub(crate) fn try_read(&mut self) -> Option<Read> {
         match self.reads.try_recv() {
             Ok(read) => Some(read),
             Err(mpsc::error::TryRecvError::Empty) => None,
@@ -156,13 +156,13 @@ async fn read_stream(mut stream: ChangeStream<RawDocumentBuf>, out: mpsc::Sender
 }
 
 /// True for the `invalidate` event that ends a stream (the collection dropped or renamed).
-pub fn is_invalidate(raw: &RawDocumentBuf) -> bool {
+pub(crate) fn is_invalidate(raw: &RawDocumentBuf) -> bool {
     raw.get_str("operationType").ok() == Some("invalidate")
 }
 
 /// Prefixes every field condition of a filter (`{a: 1}` -> `{"fullDocument.a": 1}`),
 /// descending into `$and`/`$or`/`$nor`.
-pub fn prefix_filter(filter: &Document, prefix: &str) -> Document {
+pub(crate) fn prefix_filter(filter: &Document, prefix: &str) -> Document {
     let mut out = Document::new();
     for (k, v) in filter {
         match (k.as_str(), v) {

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// A ticket's position in the stream: the event's token and cluster time.
-pub type Mark = (ResumeToken, Option<Timestamp>);
+pub(crate) type Mark = (ResumeToken, Option<Timestamp>);
 
 /// How long to follow.
 #[derive(Debug, Clone, Copy)]
-pub enum Until {
+pub(crate) enum Until {
     /// Until shutdown or an error: the live worker.
     Shutdown,
     /// Until the newest event read is younger than this, or the stream is quiet.
@@ -38,26 +38,26 @@ pub enum Until {
 
 /// Why following ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub(crate) enum Ended {
     Shutdown,
     /// The [`Until`] was reached; everything read is handled and the position written.
     Reached,
 }
 
 /// What a path decides about a failed checkpoint write: try again after a pause, or stop.
-pub type SaveFailed<'a> = dyn FnMut(StoreError) -> Result<Duration, StoreError> + Send + 'a;
+pub(crate) type SaveFailed<'a> = dyn FnMut(StoreError) -> Result<Duration, StoreError> + Send + 'a;
 
 /// One following of a stream.
-pub struct Tail<'a, S> {
+pub(crate) struct Tail<'a, S> {
     pub worker: &'a Worker,
     pub applier: &'a Applier,
     pub stats: &'a ProjectionStats,
-    pub checkpointer: &'a mut Checkpointer<S>,
-    pub save_failed: &'a mut SaveFailed<'a>,
+    pub(crate) checkpointer: &'a mut Checkpointer<S>,
+    pub(crate) save_failed: &'a mut SaveFailed<'a>,
     pub shutdown: &'a CancellationToken,
     /// How often the loop looks after the position and parked events when nothing else wakes
     /// it.
-    pub tick_every: Duration,
+    pub(crate) tick_every: Duration,
     /// How often due parked events are retried in their lanes.
     pub sweep_every: Duration,
     /// The pauses between attempts to dead-letter a malformed event.

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 /// A ticket: the stream-order number of one change event.
-pub type Ticket = u64;
+pub(crate) type Ticket = u64;
 
 /// Tickets in flight and the newest fully acknowledged position. `P` is the position type
 /// (a resume token with its cluster time in the daemon, anything in tests).
@@ -53,7 +53,7 @@ impl<P: Clone> Watermark<P> {
     /// Marks a ticket acknowledged (applied, skipped, duplicate or parked) and advances the
     /// watermark over every acknowledged ticket at the front. Unknown or repeated tickets are
     /// ignored: an acknowledgement can only ever make the watermark move forward.
-    pub fn ack(&mut self, ticket: Ticket) {
+    pub(crate) fn ack(&mut self, ticket: Ticket) {
         if ticket < self.front {
             return;
         }
@@ -75,7 +75,7 @@ impl<P: Clone> Watermark<P> {
     }
 
     /// How many tickets became final since the last call (for "checkpoint every N events").
-    pub fn take_finalized(&mut self) -> u64 {
+    pub(crate) fn take_finalized(&mut self) -> u64 {
         std::mem::take(&mut self.finalized)
     }
 
@@ -85,12 +85,13 @@ impl<P: Clone> Watermark<P> {
     }
 
     /// The position of the oldest ticket not yet below the watermark.
-    pub fn oldest_pending(&self) -> Option<&P> {
+    pub(crate) fn oldest_pending(&self) -> Option<&P> {
         self.pending.front().map(|(p, _)| p)
     }
 
     /// The first ticket not yet below the watermark (the next to be issued when idle).
-    pub fn first_unfinalized(&self) -> Ticket {
+    #[cfg(test)]
+    fn first_unfinalized(&self) -> Ticket {
         self.front
     }
 }

@@ -38,20 +38,20 @@ pub struct ProjectionStopped {
 }
 
 /// Everything one projection's worker needs.
-pub struct ProjectionWorker {
+pub(crate) struct ProjectionWorker {
     /// Which worker this is: its name and share of the projection.
     pub worker: Worker,
     /// The projection's settings (`worker.projection`).
     pub config: Arc<ProjectionConfig>,
     pub source: SourceConfig,
-    pub checkpointing: CheckpointConfig,
+    pub(crate) checkpointing: CheckpointConfig,
     pub db: Database,
     pub applier: Applier,
     pub checkpoints: CheckpointStore,
     pub stats: Arc<ProjectionStats>,
     pub shutdown: CancellationToken,
     /// The lease epoch that fences this run's checkpoint writes; `None` without leases.
-    pub fence: Option<i64>,
+    pub(crate) fence: Option<i64>,
     /// Set when a checkpoint write was refused because a newer lease holder claimed the
     /// checkpoint: the run stops and never writes again.
     fenced: Arc<AtomicBool>,
@@ -97,7 +97,7 @@ impl ProjectionWorker {
 
     /// A fresh worker for one period as lease holder: the same projection, stores and
     /// counters, its own stop token, and checkpoint writes fenced by `epoch`.
-    pub fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
+    pub(crate) fn for_run(&self, shutdown: CancellationToken, epoch: i64) -> ProjectionWorker {
         let mut run = ProjectionWorker::new(
             self.worker.clone(),
             self.source.clone(),
@@ -113,7 +113,7 @@ impl ProjectionWorker {
     }
 
     /// True when this run stopped because a newer lease holder fenced its checkpoint.
-    pub fn was_fenced(&self) -> bool {
+    pub(crate) fn was_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
     }
 

@@ -20,7 +20,7 @@ pub struct Checkpoint {
     pub cluster_time: Option<Timestamp>,
     /// Events handled (applied, skipped, duplicate, parked) since the projection first started.
     pub events_handled: i64,
-    pub updated_at: DateTime,
+    pub(crate) updated_at: DateTime,
     /// The change stream that issued `token`: the worker's own name, or another stream's
     /// (the live rebuild hands its own token to every worker). Only a worker's own stream's
     /// token is resumed after: mongod refuses to resume after an event that the resuming
@@ -31,7 +31,7 @@ pub struct Checkpoint {
     /// moment its first start opened the stream, or the position it first inherited). A
     /// sibling that starts later from "now" starts there instead, so that "now" means one
     /// moment for the whole projection ([`crate::model::partition::choose_start`]).
-    pub origin: Option<Timestamp>,
+    pub(crate) origin: Option<Timestamp>,
 }
 
 impl Checkpoint {
@@ -48,7 +48,7 @@ impl Checkpoint {
     }
 
     /// True when `token` came from `worker`'s own change stream.
-    pub fn token_is_from(&self, worker: &str) -> bool {
+    pub(crate) fn token_is_from(&self, worker: &str) -> bool {
         self.token_from.as_deref().is_none_or(|from| from == worker)
     }
 }

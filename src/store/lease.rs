@@ -33,11 +33,11 @@ pub struct LeaseState {
     /// `None` once released.
     pub holder: Option<String>,
     pub epoch: i64,
-    pub expires_at: Option<DateTime>,
-    pub renewed_at: Option<DateTime>,
+    pub(crate) expires_at: Option<DateTime>,
+    pub(crate) renewed_at: Option<DateTime>,
     /// A pending request to hand the lease to this instance.
     pub handover_to: Option<String>,
-    pub handover_until: Option<DateTime>,
+    pub(crate) handover_until: Option<DateTime>,
 }
 
 /// What a renewal found.
@@ -176,7 +176,7 @@ impl LeaseStore {
     /// carries a newer epoch than the lease, which happens only when the lease documents were
     /// lost (collection dropped or renamed) while the checkpoints were kept. `None` when the
     /// lease is no longer ours.
-    pub async fn raise_epoch(
+    pub(crate) async fn raise_epoch(
         &self,
         lease: &Lease,
         above: i64,
@@ -271,7 +271,7 @@ fn epoch_of(d: &Document) -> i64 {
 /// Heartbeats of running instances, `{_id: holder, expiresAt, renewedAt}`: how many instances
 /// share the leases.
 #[derive(Clone)]
-pub struct InstanceStore {
+pub(crate) struct InstanceStore {
     coll: Collection<Document>,
 }
 
@@ -300,7 +300,7 @@ impl InstanceStore {
     }
 
     /// Removes `holder`'s heartbeat (graceful stop), so others count it gone at once.
-    pub async fn leave(&self, holder: &str) -> Result<(), StoreError> {
+    pub(crate) async fn leave(&self, holder: &str) -> Result<(), StoreError> {
         self.coll.delete_one(doc! {"_id": holder}).await?;
         Ok(())
     }

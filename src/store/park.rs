@@ -38,8 +38,8 @@ impl ParkReason {
 }
 
 /// State of a parked entry.
-pub const PARKED: &str = "parked";
-pub const DEAD: &str = "dead";
+pub(crate) const PARKED: &str = "parked";
+pub(crate) const DEAD: &str = "dead";
 
 /// One parked entry as read back.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ pub struct ParkedEvent {
     pub state: String,
     pub attempts: u32,
     pub first_parked_at: DateTime,
-    pub next_attempt_at: Option<DateTime>,
+    pub(crate) next_attempt_at: Option<DateTime>,
 }
 
 impl ParkedEvent {
@@ -94,7 +94,7 @@ fn later(base: DateTime, by: Duration) -> DateTime {
 }
 
 /// Backoff before attempt `attempts + 1`: doubling from `initial`, capped at `max`.
-pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
+pub(crate) fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
     let factor = 1u32.checked_shl(attempts.min(30)).unwrap_or(u32::MAX);
     initial.saturating_mul(factor).min(max)
 }
@@ -132,7 +132,7 @@ impl ParkedStore {
     }
 
     /// True when some entry of this store's share is parked (not dead).
-    pub async fn any_parked(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn any_parked(&self) -> Result<bool, StoreError> {
         Ok(self
             .coll
             .find_one(self.mine(doc! {"projection": &self.projection, "state": PARKED}))
@@ -189,7 +189,7 @@ impl ParkedStore {
     }
 
     /// Marks `event` dead-lettered (creating the entry if needed).
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         event: &Event,
         reason: ParkReason,
@@ -215,7 +215,7 @@ impl ParkedStore {
 
     /// Dead-letters an event that cannot even be decoded. `token` (the change event's resume
     /// token) keys it, so a redelivery does not create a second entry.
-    pub async fn dead_letter_malformed(
+    pub(crate) async fn dead_letter_malformed(
         &self,
         malformed: &Malformed,
         token: Option<&Bson>,
@@ -248,7 +248,7 @@ impl ParkedStore {
     }
 
     /// The parked (not dead) event with this position, as its event document.
-    pub async fn find_waiting(
+    pub(crate) async fn find_waiting(
         &self,
         aggregate_id: &Bson,
         sequence: i64,
@@ -269,7 +269,7 @@ impl ParkedStore {
     }
 
     /// Removes one entry by its `_id`.
-    pub async fn remove_entry(&self, id: &Document) -> Result<bool, StoreError> {
+    pub(crate) async fn remove_entry(&self, id: &Document) -> Result<bool, StoreError> {
         let r = self.coll.delete_one(doc! {"_id": id.clone()}).await?;
         Ok(r.deleted_count > 0)
     }
@@ -288,7 +288,7 @@ impl ParkedStore {
 
     /// Counts one more failed attempt; dead-letters the entry past its limits. True when it
     /// was dead-lettered now.
-    pub async fn reschedule(
+    pub(crate) async fn reschedule(
         &self,
         parked: &ParkedEvent,
         cfg: &ParkingConfig,
@@ -360,7 +360,7 @@ impl ParkedStore {
     }
 
     /// When the oldest entry (parked or dead) of this store's share was first parked.
-    pub async fn oldest_first_parked(&self) -> Result<Option<DateTime>, StoreError> {
+    pub(crate) async fn oldest_first_parked(&self) -> Result<Option<DateTime>, StoreError> {
         let oldest = self
             .coll
             .find_one(self.mine(doc! {"projection": &self.projection}))

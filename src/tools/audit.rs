@@ -51,7 +51,7 @@ pub enum DriftKind {
 
 impl DriftKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [DriftKind; 4] = [
+    pub(crate) const ALL: [DriftKind; 4] = [
         DriftKind::Behind,
         DriftKind::Ahead,
         DriftKind::Missing,
@@ -118,13 +118,13 @@ impl Stored {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventsSummary {
     pub highest: i64,
-    pub lowest: i64,
+    pub(crate) lowest: i64,
     pub count: i64,
 }
 
 impl EventsSummary {
     /// True when the events are exactly 1..=highest (the unique index rules out repeats).
-    pub fn contiguous(&self) -> bool {
+    pub(crate) fn contiguous(&self) -> bool {
         self.lowest == 1 && self.count == self.highest
     }
 
@@ -143,7 +143,7 @@ impl EventsSummary {
 }
 
 /// How an aggregate differs, given both sides (`None` for a side that has nothing for it).
-pub fn classify(stored: &Stored, events: Option<&EventsSummary>) -> Option<DriftKind> {
+pub(crate) fn classify(stored: &Stored, events: Option<&EventsSummary>) -> Option<DriftKind> {
     match (stored, events) {
         (_, Some(e)) if !e.contiguous() => Some(DriftKind::Gap),
         (Stored::NoDocument, None) => None,
@@ -348,7 +348,7 @@ impl AuditReport {
 
 /// How long the background audit lets a candidate settle when `http.readiness_max_lag` is
 /// off: a lag the daemon may have without drift.
-pub const DEFAULT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const DEFAULT_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What one audit does besides comparing.
 #[derive(Debug, Clone, Copy)]
@@ -771,7 +771,7 @@ impl Ordered {
 /// The periodic audit inside the daemon (`[audit] every`): every projection in turn, without
 /// repair, its figures exported as metrics and drift logged as a warning.
 #[derive(Clone)]
-pub struct BackgroundAudit {
+pub(crate) struct BackgroundAudit {
     every: Duration,
     settle: Duration,
     audits: Vec<(Audit, Arc<ProjectionStats>)>,

@@ -84,16 +84,16 @@ impl Default for BenchOptions {
 #[derive(Debug, Clone, Default)]
 pub struct BenchReport {
     pub server: String,
-    pub u_rate: f64,
-    pub naive_rate: f64,
-    pub backlog_rate: f64,
+    pub(crate) u_rate: f64,
+    pub(crate) naive_rate: f64,
+    pub(crate) backlog_rate: f64,
     pub restart: Duration,
     pub steady_rate: f64,
-    pub steady_events: u64,
-    pub lag_p50: Duration,
-    pub lag_p99: Duration,
-    pub lag_max: Duration,
-    pub catch_up_rate: f64,
+    pub(crate) steady_events: u64,
+    pub(crate) lag_p50: Duration,
+    pub(crate) lag_p99: Duration,
+    pub(crate) lag_max: Duration,
+    pub(crate) catch_up_rate: f64,
     /// kill -9 in the middle of a drain; `None` when not run.
     pub crash: Option<CrashReport>,
     pub memory: Vec<(u64, u64, f64)>,
@@ -898,7 +898,7 @@ pub struct ScaleOutRow {
     pub events: u64,
     pub rate: f64,
     /// Process CPU time (user + system) per event.
-    pub cpu_per_event: Duration,
+    pub(crate) cpu_per_event: Duration,
 }
 
 /// Partitions of the projection in the scale-out section.

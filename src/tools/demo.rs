@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The example configuration, embedded so the demo needs no files.
-pub const EXAMPLE_CONFIG: &str = include_str!("../../config/example.toml");
+pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../../config/example.toml");
 
 /// Size of the generated workload.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub struct Account {
     pub currency: Option<String>,
     pub balance: i64,
     pub status: Option<String>,
-    pub last_sequence: i64,
+    pub(crate) last_sequence: i64,
 }
 
 /// The reference fold of the example domain, written independently of the handlers.

@@ -120,7 +120,7 @@ impl Check {
     }
 
     /// `fail  server version: ...; fix: ...`: how doctor prints the check and `run` logs it.
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         let mut line = format!("{:<5} {}: {}", self.status.as_str(), self.name, self.reason);
         if let Some(fix) = &self.fix {
             line.push_str("; fix: ");
@@ -178,7 +178,7 @@ impl Report {
 
 /// A projection `run` does not start, and the failed checks that say why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockedProjection {
+pub(crate) struct BlockedProjection {
     pub projection: String,
     pub checks: Vec<Check>,
 }
@@ -186,7 +186,7 @@ pub struct BlockedProjection {
 /// The start-up subset of the checks: the server, its version and the features each
 /// projection needs, all read-only.
 #[derive(Debug, Clone, Default)]
-pub struct Preflight {
+pub(crate) struct Preflight {
     pub checks: Vec<Check>,
 }
 
@@ -219,7 +219,7 @@ impl Preflight {
 /// Why the preflight could not judge the server at all: it did not answer.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach MongoDB: {0}")]
-pub struct Unreachable(String);
+pub(crate) struct Unreachable(String);
 
 /// A MongoDB release as `buildInfo.version` spells it (`"7.0.14"`, `"8.0.0-rc3"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -457,7 +457,7 @@ fn judged(name: String, result: Probe<String>, fix: &str) -> Check {
 
 /// The server, its version and each projection's features: what `run` checks at start-up.
 /// `Err` when the server does not answer at all (`run` then tries again).
-pub async fn preflight(config: &Config, client: &Client) -> Result<Preflight, Unreachable> {
+pub(crate) async fn preflight(config: &Config, client: &Client) -> Result<Preflight, Unreachable> {
     let admin = client.database("admin");
     let hello = admin
         .run_command(doc! {"hello": 1})

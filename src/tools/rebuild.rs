@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The collection (in the checkpoint database) holding one state document per rebuild.
-pub const STATE_COLLECTION: &str = "projector_rebuilds";
+pub(crate) const STATE_COLLECTION: &str = "projector_rebuilds";
 
 /// Where a rebuild stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in order (the values of the `phase` metric label).
-    pub const ALL: [Phase; 4] = [
+    pub(crate) const ALL: [Phase; 4] = [
         Phase::Building,
         Phase::CatchingUp,
         Phase::Swapping,
@@ -185,7 +185,7 @@ impl RebuildProgress {
 /// partition workers (under any partition count) found as `_id`s in `coll` (the lease or the
 /// checkpoint collection). Read from the stores rather than the configuration, so that workers
 /// of a running daemon whose partition count differs from this configuration's are included.
-pub async fn worker_names(
+pub(crate) async fn worker_names(
     projection: &str,
     coll: &Collection<Document>,
 ) -> Result<Vec<String>, StoreError> {
@@ -208,12 +208,12 @@ pub async fn worker_names(
 }
 
 /// The shadow read-model collection of a projection.
-pub fn shadow_name(projection: &ProjectionConfig) -> String {
+pub(crate) fn shadow_name(projection: &ProjectionConfig) -> String {
     format!("{}_rebuild", projection.target)
 }
 
 /// The shadow parked collection of a projection.
-pub fn shadow_parked_name(projection: &ProjectionConfig) -> String {
+pub(crate) fn shadow_parked_name(projection: &ProjectionConfig) -> String {
     format!("{}_rebuild", projection.parking.collection)
 }
 
@@ -964,7 +964,7 @@ impl<'a> Rebuild<'a> {
     /// everything is applied, where a resumed rebuild scans from. False when interrupted.
     async fn scan(&self, state: &mut RebuildState) -> Result<bool, RebuildError> {
         let mut cursor = Scan::new(&self.shadow, &self.db)
-            .from_aggregate(state.scan_from.as_ref())
+            .resuming_at(state.scan_from.as_ref())
             .open()
             .await?;
         let mut dispatcher = self.dispatcher::<Bson>();

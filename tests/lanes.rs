@@ -1,8 +1,9 @@
 //! Parallel lanes and batched guarded writes keep every guarantee of the one-at-a-time path.
 //!
 //! - Property: any histories, any interleaving and duplication of deliveries, cut into batches
-//!   of any size and routed to several lanes that write concurrently, with restarts that
-//!   forget every lane's cache: the read model equals the in-order fold.
+//!   of any size and routed by the daemon's dispatcher to several lanes that write
+//!   concurrently, with restarts that forget every lane's cache: the read model equals the
+//!   in-order fold.
 //! - The daemon with many lanes and tiny batches: many aggregates interleaved, a crash between
 //!   checkpoints that leaves at most `every_events` applied events beyond the checkpoint, a
 //!   restart: every aggregate applied exactly once, in order.
@@ -16,8 +17,9 @@ use common::{
 };
 use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::model::event::decode_event;
-use mongo_projector::pipeline::apply::{BatchItem, SequenceCache};
-use mongo_projector::pipeline::lanes::lane_of;
+use mongo_projector::pipeline::apply::Applier;
+use mongo_projector::pipeline::dispatcher::Dispatcher;
+use mongo_projector::pipeline::lanes::Lanes;
 use mongo_projector::store::checkpoint::CheckpointStore;
 use proptest::prelude::*;
 use std::time::Duration;
@@ -55,42 +57,49 @@ async fn run(s: &Scenario, case: u64) -> Result<(), TestCaseError> {
     let db = env.client.database(&format!("{}_{case}", env.db.name()));
     let events = db.collection::<Document>("events");
     s.histories.store_up_front(&db).await;
+    let shutdown = CancellationToken::new();
+    // The daemon's own stages: lanes writing concurrently behind a dispatcher. A restart is a
+    // fresh applier and fresh lanes, whose caches remember nothing.
+    let stages = |current: &Applier| {
+        let lanes = Lanes::spawn(current, s.lanes, &shutdown, Duration::ZERO, Duration::ZERO);
+        Dispatcher::<()>::new(lanes, usize::MAX)
+    };
     let mut current = applier(env, &db);
-    let mut caches: Vec<SequenceCache> = (0..s.lanes).map(|_| SequenceCache::new(4)).collect();
+    let mut dispatcher = stages(&current);
     let mut inserted = std::collections::HashSet::new();
     let mut rest = &s.histories.deliveries[..];
     let mut batch_no = 0;
     let mut sizes = s.batch_sizes.iter().cycle();
     while !rest.is_empty() {
         if s.restarts.contains(&batch_no) {
+            let (watermark, failure) = dispatcher.finish().await;
+            prop_assert!(failure.is_none() && watermark.in_flight() == 0);
             current = applier(env, &db);
-            caches = (0..s.lanes).map(|_| SequenceCache::new(4)).collect();
+            dispatcher = stages(&current);
         }
         let size = (*sizes.next().unwrap()).min(rest.len());
         let (batch, tail) = rest.split_at(size);
         rest = tail;
         batch_no += 1;
-        let mut per_lane: Vec<Vec<BatchItem>> = vec![Vec::new(); s.lanes];
         for delivery in batch {
             let document = Histories::event(*delivery);
             if !s.histories.stored_up_front && inserted.insert(*delivery) {
                 events.insert_one(document.clone()).await.unwrap();
             }
             let e = decode_event(&document, &current.config.fields).unwrap();
-            per_lane[lane_of(&e.aggregate_id, s.lanes)].push(BatchItem::new(e));
+            let ticket = dispatcher.issue(());
+            dispatcher.route(ticket, e).await.unwrap();
         }
-        // The lanes write at the same time, as the daemon's do.
-        let writes = per_lane
-            .iter_mut()
-            .zip(caches.iter_mut())
-            .map(|(items, cache)| current.handle_batch(items, cache));
-        for r in futures_util::future::join_all(writes).await {
-            r.unwrap();
-        }
-        for items in &per_lane {
-            prop_assert!(items.iter().all(|i| i.done.is_some()));
-        }
+        // The batch ends here: each lane gets what it has, as when nothing more is ready.
+        dispatcher.hand_out_partial().await.unwrap();
     }
+    let (watermark, failure) = dispatcher.finish().await;
+    prop_assert!(failure.is_none(), "{failure:?}");
+    prop_assert_eq!(
+        watermark.in_flight(),
+        0,
+        "every event reached its disposition"
+    );
     s.histories.check_fold(&current, &db).await?;
     db.drop().await.unwrap();
     Ok(())
