@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
