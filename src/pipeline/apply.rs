@@ -257,6 +257,34 @@ impl SequenceCache {
     }
 }
 
+/// A round sorted out: the statements to write (with the item and its disposition once
+/// written), and the items that go the one-by-one way.
+#[derive(Default)]
+struct RoundPlan {
+    send: Vec<(usize, Disposition)>,
+    statements: Vec<Document>,
+    slow: Vec<usize>,
+}
+
+/// Which of `count` statements an `update` reply's `writeErrors` refused.
+fn refused_statements(reply: &Document, count: usize) -> Vec<bool> {
+    let mut refused = vec![false; count];
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        for e in errors {
+            if let Bson::Document(e) = e
+                && let Some(index) = e
+                    .get("index")
+                    .and_then(Bson::as_i64)
+                    .or_else(|| e.get_i32("index").ok().map(i64::from))
+                && let Some(flag) = refused.get_mut(index as usize)
+            {
+                *flag = true;
+            }
+        }
+    }
+    refused
+}
+
 /// One event of a batch and, once reached, its final disposition. A batch interrupted by a
 /// transient error is retried with the finished items left alone.
 #[derive(Debug, Clone)]
@@ -402,6 +430,46 @@ impl Applier {
         round: &[(AggregateKey, usize)],
         cache: &mut SequenceCache,
     ) -> Result<(), StoreError> {
+        self.probe_unknown(items, round, cache).await?;
+        let mut plan = self.plan_round(items, round, cache);
+        if !plan.send.is_empty() {
+            let statements = std::mem::take(&mut plan.statements);
+            let matched = self.write_round(items, &plan.send, statements).await?;
+            let maybe_parked = self.parked_watch.maybe_parked();
+            for ((i, kind), ok) in plan.send.iter().zip(matched) {
+                let key = AggregateKey::of(&items[*i].event.aggregate_id);
+                if !ok {
+                    cache.forget(&key);
+                    plan.slow.push(*i);
+                    continue;
+                }
+                cache.put(key, items[*i].event.sequence);
+                self.count_applied(*kind);
+                items[*i].done = Some(*kind);
+                if maybe_parked {
+                    self.release_successors(&items[*i].event).await?;
+                }
+            }
+        }
+        for i in plan.slow {
+            let event = &items[i].event;
+            // Whatever happens here may move the stored sequence in ways the cache cannot
+            // follow (healing, released successors): it is probed again next time.
+            cache.forget(&AggregateKey::of(&event.aggregate_id));
+            let disposition = self.handle(event).await?;
+            items[i].done = Some(disposition);
+        }
+        Ok(())
+    }
+
+    /// Reads, in one query, the stored sequence of every aggregate of the round the cache
+    /// does not know.
+    async fn probe_unknown(
+        &self,
+        items: &[BatchItem],
+        round: &[(AggregateKey, usize)],
+        cache: &mut SequenceCache,
+    ) -> Result<(), StoreError> {
         let unknown: Vec<Bson> = round
             .iter()
             .filter(|(k, _)| cache.get(k).is_none())
@@ -415,13 +483,22 @@ impl Applier {
                 cache.put(key, stored);
             }
         }
-        let mut send: Vec<(usize, Disposition)> = Vec::new();
-        let mut statements: Vec<Document> = Vec::new();
-        let mut slow: Vec<usize> = Vec::new();
+        Ok(())
+    }
+
+    /// Sorts a round's events by what the cache says of their aggregate: duplicates are
+    /// settled here, next-in-order events become statements, the rest go the slow way.
+    fn plan_round(
+        &self,
+        items: &mut [BatchItem],
+        round: &[(AggregateKey, usize)],
+        cache: &SequenceCache,
+    ) -> RoundPlan {
+        let mut plan = RoundPlan::default();
         for (key, i) in round {
             let event = &items[*i].event;
             let Some(change) = self.change_for(event) else {
-                slow.push(*i);
+                plan.slow.push(*i);
                 continue;
             };
             let stored = cache.get(key).unwrap_or(0);
@@ -431,7 +508,7 @@ impl Applier {
                 continue;
             }
             if stored != event.sequence - 1 {
-                slow.push(*i);
+                plan.slow.push(*i);
                 continue;
             }
             let kind = if matches!(change, Change::AdvanceOnly) {
@@ -441,97 +518,67 @@ impl Applier {
             };
             match guarded_statement(event, &change) {
                 Ok(statement) => {
-                    send.push((*i, kind));
-                    statements.push(statement);
+                    plan.send.push((*i, kind));
+                    plan.statements.push(statement);
                 }
-                Err(_) => slow.push(*i),
+                Err(_) => plan.slow.push(*i),
             }
         }
-        if !send.is_empty() {
-            let started = std::time::Instant::now();
-            // Unordered: each statement is a different aggregate, and one refused statement
-            // must not keep the others from being applied.
-            let reply = self
-                .read_model
-                .db
-                .run_command(doc! {
-                    "update": &self.read_model.collection,
-                    "updates": statements,
-                    "ordered": false,
-                    "writeConcern": {"w": "majority"},
-                })
-                .await?;
-            self.stats.apply_seconds.observe(started.elapsed());
-            if let Ok(wce) = reply.get_document("writeConcernError") {
-                return Err(StoreError::WriteConcern(
-                    wce.get_str("errmsg").unwrap_or("unknown").to_string(),
-                ));
-            }
-            let mut refused = vec![false; send.len()];
-            if let Ok(errors) = reply.get_array("writeErrors") {
-                for e in errors {
-                    if let Bson::Document(e) = e
-                        && let Some(index) = e
-                            .get("index")
-                            .and_then(Bson::as_i64)
-                            .or_else(|| e.get_i32("index").ok().map(i64::from))
-                        && let Some(flag) = refused.get_mut(index as usize)
-                    {
-                        *flag = true;
-                    }
-                }
-            }
-            let written = refused.iter().filter(|r| !**r).count() as i64;
-            let n = reply_count(&reply, "n")?;
+        plan
+    }
+
+    /// Writes a round's statements with one `update` command; for each, whether it applied
+    /// its event.
+    async fn write_round(
+        &self,
+        items: &[BatchItem],
+        send: &[(usize, Disposition)],
+        statements: Vec<Document>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let started = std::time::Instant::now();
+        // Unordered: each statement is a different aggregate, and one refused statement must
+        // not keep the others from being applied.
+        let reply = self
+            .read_model
+            .db
+            .run_command(doc! {
+                "update": &self.read_model.collection,
+                "updates": statements,
+                "ordered": false,
+                "writeConcern": {"w": "majority"},
+            })
+            .await?;
+        self.stats.apply_seconds.observe(started.elapsed());
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            return Err(StoreError::WriteConcern(
+                wce.get_str("errmsg").unwrap_or("unknown").to_string(),
+            ));
+        }
+        let refused = refused_statements(&reply, send.len());
+        let written = refused.iter().filter(|r| !**r).count() as i64;
+        if reply_count(&reply, "n")? == written {
             // The fast path: every statement that was not refused matched its guard.
-            let matched: Vec<bool> = if n == written {
-                refused.iter().map(|r| !r).collect()
-            } else {
-                // Some did not match: only those are looked at. After the write, a stored
-                // sequence equal to the event's own means this statement applied it (the
-                // cache said the predecessor was stored, and only this lane writes this
-                // aggregate in order); anything else goes the one-by-one way.
-                let ids: Vec<Bson> = send
-                    .iter()
-                    .zip(&refused)
-                    .filter(|(_, r)| !**r)
-                    .map(|((i, _), _)| items[*i].event.aggregate_id.clone())
-                    .collect();
-                let now = self.read_model.stored_sequences(&ids).await?;
-                send.iter()
-                    .zip(&refused)
-                    .map(|((i, _), r)| {
-                        let e = &items[*i].event;
-                        !*r && now.get(&AggregateKey::of(&e.aggregate_id)) == Some(&e.sequence)
-                    })
-                    .collect()
-            };
-            let maybe_parked = self.parked_watch.maybe_parked();
-            for ((i, kind), ok) in send.iter().zip(matched) {
-                let key = AggregateKey::of(&items[*i].event.aggregate_id);
-                if !ok {
-                    cache.forget(&key);
-                    slow.push(*i);
-                    continue;
-                }
-                cache.put(key, items[*i].event.sequence);
-                self.count_applied(*kind);
-                items[*i].done = Some(*kind);
-                if maybe_parked {
-                    self.release_successors(&items[*i].event).await?;
-                }
-            }
+            return Ok(refused.iter().map(|r| !r).collect());
         }
-        for i in slow {
-            let event = &items[i].event;
-            let key = AggregateKey::of(&event.aggregate_id);
-            // Whatever happens here may move the stored sequence in ways the cache cannot
-            // follow (healing, released successors): it is probed again next time.
-            cache.forget(&key);
-            let disposition = self.handle(event).await?;
-            items[i].done = Some(disposition);
-        }
-        Ok(())
+        // Some did not match: only those are looked at. After the write, a stored sequence
+        // equal to the event's own means this statement applied it (the cache said the
+        // predecessor was stored, and only this lane writes this aggregate in order);
+        // anything else goes the one-by-one way.
+        let ids: Vec<Bson> = send
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| !**r)
+            .map(|((i, _), _)| items[*i].event.aggregate_id.clone())
+            .collect();
+        let now = self.read_model.stored_sequences(&ids).await?;
+        Ok(send
+            .iter()
+            .zip(&refused)
+            .map(|((i, _), r)| {
+                let e = &items[*i].event;
+                !*r && now.get(&AggregateKey::of(&e.aggregate_id)) == Some(&e.sequence)
+            })
+            .collect())
     }
 
     /// Records a malformed event as dead-lettered.
