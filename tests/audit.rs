@@ -6,7 +6,7 @@
 mod common;
 
 use bson::{Bson, Document, doc};
-use common::{TestEnv, event, eventually, stored_sequence};
+use common::{TestEnv, event, eventually, metric_sample, wait_for_sequence};
 use futures_util::TryStreamExt;
 use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::tools::audit::{Audit, AuditOptions, AuditReport, DriftKind};
@@ -136,10 +136,7 @@ async fn the_audit_names_each_corruption_and_repair_restores_the_fold() {
         ("rolled-back", 4),
         ("gap", 3),
     ] {
-        eventually(&format!("{id} at {seq}"), WAIT, || async {
-            stored_sequence(&env, id).await == Some(seq)
-        })
-        .await;
+        wait_for_sequence(&env, id, seq).await;
     }
     let clean = audit(&env, &config, false).await;
     assert_eq!(clean.checked, 9, "{clean:?}");
@@ -373,18 +370,6 @@ async fn get(address: SocketAddr, path: &str) -> String {
     common::http_get(address, path).await.1
 }
 
-/// The value of the sample of `name` whose labels include every one of `labels`.
-fn sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
-        labels
-            .iter()
-            .all(|want| set.split(',').any(|have| have == *want))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_audit_exports_drift_by_kind() {
     let env = TestEnv::new("audit_metrics").await;
@@ -411,7 +396,7 @@ async fn the_background_audit_exports_drift_by_kind() {
         || async {
             let scrape = get(address, "/metrics").await;
             let drift = |kind: &str| {
-                sample(
+                metric_sample(
                     &scrape,
                     "mongo_projector_audit_drift_aggregates",
                     &[projection, &format!("kind=\"{kind}\"")],
@@ -425,9 +410,9 @@ async fn the_background_audit_exports_drift_by_kind() {
     )
     .await;
     let scrape = get(address, "/metrics").await;
-    let runs = sample(&scrape, "mongo_projector_audit_runs_total", &[projection]).unwrap();
+    let runs = metric_sample(&scrape, "mongo_projector_audit_runs_total", &[projection]).unwrap();
     assert!(runs >= 1.0, "{scrape}");
-    let last = sample(
+    let last = metric_sample(
         &scrape,
         "mongo_projector_audit_last_run_timestamp_seconds",
         &[projection],
@@ -446,7 +431,7 @@ async fn the_background_audit_exports_drift_by_kind() {
         .unwrap();
     eventually("the audit reports no drift", WAIT, || async {
         let scrape = get(address, "/metrics").await;
-        sample(
+        metric_sample(
             &scrape,
             "mongo_projector_audit_drift_aggregates",
             &[projection, "kind=\"ahead\""],

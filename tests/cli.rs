@@ -3,22 +3,10 @@
 mod common;
 
 use bson::doc;
+use common::process::{binary, temp_file};
 use common::{TestEnv, event, eventually, stored_document, stored_sequence};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mongo-projector"))
-}
-
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mongo-projector-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 /// The standard output of a command that must have succeeded (its output shown if not).
 fn stdout_of_success(out: &std::process::Output) -> String {

@@ -6,24 +6,13 @@
 mod common;
 
 use bson::doc;
+use common::process::{binary, temp_file};
 use common::{TestEnv, event, eventually, stored_sequence};
 use mongo_sim::ServerOptions;
 use mongo_sim::profile::{Release, SimulatedUser};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mongo-projector"))
-}
-
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mongo-projector-doctor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 /// The example configuration on the test's database, serving its endpoint on a free port.
 fn config_file(env: &TestEnv, name: &str) -> PathBuf {

@@ -8,20 +8,16 @@ mod common;
 
 use bson::doc;
 use common::{
-    Monitored, TestEnv, event, eventually, fail_point, http_get as get, recording_projection,
-    start_monitored, stored_sequence, wait_until_tailing,
+    Monitored, TestEnv, event, eventually, fail_point, http_get as get, metric_sample,
+    recording_projection, start_monitored, stored_sequence, wait_until_tailing,
 };
 use mongo_projector::config::Config;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The value of one sample (`name{projection="accounts"}`) in a scrape.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
+/// The label of the example projection's series.
+const ACCOUNTS: &str = "projection=\"accounts\"";
 
 /// Appends the first event of an account.
 async fn open_account(env: &TestEnv, id: &str) {
@@ -67,10 +63,7 @@ async fn metrics_count_what_happened() {
     let served = serve(&env, config).await;
     eventually("the stream is open and caught up", WAIT, || async {
         let (_, scrape) = get(served.address, "/metrics").await;
-        sample(
-            &scrape,
-            "mongo_projector_caught_up{projection=\"accounts\"}",
-        ) == Some(1.0)
+        metric_sample(&scrape, "mongo_projector_caught_up", &[ACCOUNTS]) == Some(1.0)
     })
     .await;
     env.events()
@@ -85,32 +78,39 @@ async fn metrics_count_what_happened() {
         .insert_one(event("m", 3, "A", doc! {}))
         .await
         .unwrap(); // parked: 2 is missing
-    let series = |name: &str| format!("{name}{{projection=\"accounts\"}}");
     eventually("one parked event shows in the metrics", WAIT, || async {
         let (_, scrape) = get(served.address, "/metrics").await;
-        sample(&scrape, &series("mongo_projector_events_parked")) == Some(1.0)
+        metric_sample(&scrape, "mongo_projector_events_parked", &[ACCOUNTS]) == Some(1.0)
     })
     .await;
     let (code, scrape) = get(served.address, "/metrics").await;
     assert_eq!(code, 200);
     assert_eq!(
-        sample(&scrape, &series("mongo_projector_events_applied_total")),
+        metric_sample(&scrape, "mongo_projector_events_applied_total", &[ACCOUNTS]),
         Some(1.0),
         "{scrape}"
     );
     assert_eq!(
-        sample(&scrape, &series("mongo_projector_events_duplicate_total")),
+        metric_sample(
+            &scrape,
+            "mongo_projector_events_duplicate_total",
+            &[ACCOUNTS]
+        ),
         Some(1.0),
         "{scrape}"
     );
     assert_eq!(
-        sample(&scrape, &series("mongo_projector_events_received_total")),
+        metric_sample(
+            &scrape,
+            "mongo_projector_events_received_total",
+            &[ACCOUNTS]
+        ),
         Some(3.0)
     );
     assert!(scrape.contains("# TYPE mongo_projector_apply_duration_seconds histogram"));
     // The process-wide metrics carry no projection label.
     assert_eq!(
-        sample(&scrape, "mongo_projector_connected"),
+        metric_sample(&scrape, "mongo_projector_connected", &[]),
         Some(1.0),
         "{scrape}"
     );
@@ -122,11 +122,16 @@ async fn metrics_count_what_happened() {
         "{scrape}"
     );
     // The crash window: the parked event (handled) may still lie beyond the stored checkpoint.
-    let beyond = sample(&scrape, &series("mongo_projector_events_beyond_checkpoint"));
-    assert!(beyond.is_some_and(|n| n <= 3.0), "{scrape}");
-    let answered = sample(
+    let beyond = metric_sample(
         &scrape,
-        &series("mongo_projector_stream_answer_timestamp_seconds"),
+        "mongo_projector_events_beyond_checkpoint",
+        &[ACCOUNTS],
+    );
+    assert!(beyond.is_some_and(|n| n <= 3.0), "{scrape}");
+    let answered = metric_sample(
+        &scrape,
+        "mongo_projector_stream_answer_timestamp_seconds",
+        &[ACCOUNTS],
     );
     let now = bson::DateTime::now().timestamp_millis() as f64 / 1000.0;
     assert!(
@@ -144,8 +149,9 @@ async fn metrics_count_what_happened() {
         .unwrap();
     eventually("the parked event is released", WAIT, || async {
         let (_, scrape) = get(served.address, "/metrics").await;
-        sample(&scrape, &series("mongo_projector_events_parked")) == Some(0.0)
-            && sample(&scrape, &series("mongo_projector_events_applied_total")) == Some(3.0)
+        metric_sample(&scrape, "mongo_projector_events_parked", &[ACCOUNTS]) == Some(0.0)
+            && metric_sample(&scrape, "mongo_projector_events_applied_total", &[ACCOUNTS])
+                == Some(3.0)
     })
     .await;
     let (code, body) = get(served.address, "/status").await;

@@ -66,10 +66,7 @@ fn start(
 
 async fn all_at(env: &TestEnv, aggregates: &[String], seq: i64) {
     for a in aggregates {
-        eventually(&format!("{a} at {seq}"), WAIT, || async {
-            common::stored_sequence(env, a).await == Some(seq)
-        })
-        .await;
+        common::wait_for_sequence(env, a, seq).await;
     }
 }
 

@@ -9,7 +9,7 @@ mod common;
 use bson::{Bson, Document, doc};
 use common::{
     TestEnv, documents, event, eventually, fail_point, recording_projection, seen, stored_document,
-    stored_sequence, wait_until_tailing,
+    stored_sequence, wait_for_sequence, wait_until_tailing,
 };
 use mongo_projector::cluster::daemon::Daemon;
 use mongo_projector::store::checkpoint::{Checkpoint, CheckpointStore};
@@ -41,13 +41,6 @@ impl Running {
         self.shutdown.cancel();
         self.handle.await.expect("daemon task")
     }
-}
-
-async fn wait_for_sequence(env: &TestEnv, aggregate: &str, seq: i64) {
-    eventually(&format!("{aggregate} at sequence {seq}"), WAIT, || async {
-        stored_sequence(env, aggregate).await == Some(seq)
-    })
-    .await;
 }
 
 async fn parked_entries(env: &TestEnv, state: &str) -> Vec<Document> {

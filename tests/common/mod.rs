@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fold;
+pub mod process;
 pub mod replica;
 
 use bson::{Bson, Document, doc};
@@ -214,6 +215,36 @@ pub async fn stored_sequence(env: &TestEnv, aggregate: &str) -> Option<i64> {
     stored_document(env, aggregate)
         .await
         .and_then(|d| d.get("lastSequenceNumber").and_then(Bson::as_i64))
+}
+
+/// How long a helper here waits for the daemon before it fails the test: only a bound on a
+/// failure, never a measure of speed.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until the read model holds `aggregate` at sequence `seq`.
+pub async fn wait_for_sequence(env: &TestEnv, aggregate: &str, seq: i64) {
+    eventually(
+        &format!("{aggregate} at sequence {seq}"),
+        PATIENCE,
+        || async { stored_sequence(env, aggregate).await == Some(seq) },
+    )
+    .await;
+}
+
+/// The value of the sample of metric `name` in a Prometheus scrape whose labels include every
+/// one of `labels` (`projection="accounts"`); with no labels, the unlabelled sample.
+pub fn metric_sample(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|want| set.split(',').any(|have| have == *want))
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The sequences that [`recording_projection`] recorded for an aggregate, in the order applied.
