@@ -541,6 +541,46 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// The sub-table `key`, read by `read` with its unknown keys reported. An absent table
+    /// (or one of the wrong type, reported) reads as empty, so that every setting in it takes
+    /// its default and the rest of the file is still checked.
+    fn section<T>(
+        &mut self,
+        key: &'static str,
+        errors: &mut Vec<String>,
+        read: impl FnOnce(&mut TableReader<'_>, &mut Vec<String>) -> T,
+    ) -> T {
+        let empty = toml::Table::new();
+        let table = self.table(key, errors).unwrap_or(&empty);
+        let mut section = TableReader::new(table, self.at(key));
+        let value = read(&mut section, errors);
+        section.finish(errors);
+        value
+    }
+
+    /// One of a few words, each standing for a value; the first is the default.
+    fn choice<T: Copy>(
+        &mut self,
+        key: &'static str,
+        words: &[(&str, T)],
+        errors: &mut Vec<String>,
+    ) -> T {
+        let default = words[0].1;
+        let Some(word) = self.string(key, errors) else {
+            return default;
+        };
+        if let Some((_, value)) = words.iter().find(|(w, _)| *w == word) {
+            return *value;
+        }
+        let expected: Vec<String> = words.iter().map(|(w, _)| format!("{w:?}")).collect();
+        errors.push(format!(
+            "{}: expected {}, found {word:?}",
+            self.at(key),
+            expected.join(" or ")
+        ));
+        default
+    }
+
     /// Reports every key that no reader asked for.
     fn finish(self, errors: &mut Vec<String>) {
         for key in self.table.keys() {
@@ -560,91 +600,125 @@ impl<'a> TableReader<'a> {
 
 fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
     let mut r = TableReader::new(root, "");
-    let http = {
-        let empty = toml::Table::new();
-        let t = r.table("http", errors).unwrap_or(&empty);
-        let mut c = TableReader::new(t, "http");
-        let default_address: std::net::SocketAddr = ([0, 0, 0, 0], 9464).into();
-        let address = match c.string("address", errors) {
-            None => default_address,
-            Some(a) => a.parse().unwrap_or_else(|_| {
-                errors.push(format!(
-                    "http.address: {a:?} is not an address like \"0.0.0.0:9464\""
-                ));
-                default_address
-            }),
-        };
-        let cfg = HttpConfig {
-            enabled: c.boolean("enabled", true, errors),
-            address,
-            liveness_timeout: c.duration("liveness_timeout", Duration::from_secs(60), errors),
-            readiness_max_lag: c.optional_duration("readiness_max_lag", errors),
-            poll_every: c.duration("poll_every", Duration::from_secs(5), errors),
-        };
-        c.finish(errors);
-        cfg
-    };
-    let checkpoints = {
-        let empty = toml::Table::new();
-        let t = r.table("checkpoints", errors).unwrap_or(&empty);
-        let mut c = TableReader::new(t, "checkpoints");
-        let cfg = CheckpointConfig {
-            database: c.string("database", errors),
-            collection: c
-                .string("collection", errors)
-                .unwrap_or_else(|| "projector_checkpoints".into()),
-            every_events: c.positive_integer("every_events", DEFAULT_EVERY_EVENTS, errors),
-            every: c.duration("every", Duration::from_secs(1), errors),
-        };
-        c.finish(errors);
-        cfg
-    };
-    let shutdown = {
-        let empty = toml::Table::new();
-        let t = r.table("shutdown", errors).unwrap_or(&empty);
-        let mut c = TableReader::new(t, "shutdown");
-        let cfg = ShutdownConfig {
-            deadline: c.duration("deadline", Duration::from_secs(10), errors),
-        };
-        c.finish(errors);
-        cfg
-    };
-    let source = {
-        let empty = toml::Table::new();
-        let t = r.table("source", errors).unwrap_or(&empty);
-        let mut c = TableReader::new(t, "source");
-        let cfg = SourceConfig {
-            max_await: c.duration("max_await", Duration::from_millis(500), errors),
-            reopen_backoff_initial: c.duration(
-                "reopen_backoff_initial",
-                Duration::from_millis(100),
-                errors,
-            ),
-            reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
-            unknown_error_retries: c.positive_integer("unknown_error_retries", 10, errors) as u32,
-            lanes: c.positive_integer("lanes", default_lanes() as u64, errors) as usize,
-            batch_size: c.positive_integer("batch_size", 1000, errors) as usize,
-        };
-        if cfg.lanes > 256 {
-            errors.push(format!("source.lanes: at most 256, found {}", cfg.lanes));
-        }
-        if cfg.unknown_error_retries > 1000 {
+    let http = r.section("http", errors, read_http);
+    let checkpoints = r.section("checkpoints", errors, read_checkpoints);
+    let shutdown = r.section("shutdown", errors, |c, errors| ShutdownConfig {
+        deadline: c.duration("deadline", Duration::from_secs(10), errors),
+    });
+    let source = r.section("source", errors, read_source);
+    let audit = r.section("audit", errors, read_audit);
+    let leases = r.section("leases", errors, read_leases);
+    let projections = read_projections(&mut r, errors);
+    r.finish(errors);
+    check_unique_names(&projections, errors);
+    Config {
+        http,
+        checkpoints,
+        shutdown,
+        source,
+        audit,
+        leases,
+        projections,
+        overrides: Vec::new(),
+    }
+}
+
+/// `[http]`: the address is checked here because only a parsed one can be bound.
+fn read_http(c: &mut TableReader<'_>, errors: &mut Vec<String>) -> HttpConfig {
+    let default_address: std::net::SocketAddr = ([0, 0, 0, 0], 9464).into();
+    let address = match c.string("address", errors) {
+        None => default_address,
+        Some(a) => a.parse().unwrap_or_else(|_| {
             errors.push(format!(
-                "source.unknown_error_retries: at most 1000, found {}",
-                cfg.unknown_error_retries
+                "http.address: {a:?} is not an address like \"0.0.0.0:9464\""
             ));
-        }
-        if cfg.batch_size > 10_000 {
-            errors.push(format!(
-                "source.batch_size: at most 10000, found {}",
-                cfg.batch_size
-            ));
-        }
-        c.finish(errors);
-        cfg
+            default_address
+        }),
     };
-    let audit = read_audit(&mut r, errors);
-    let leases = read_leases(&mut r, errors);
+    HttpConfig {
+        enabled: c.boolean("enabled", true, errors),
+        address,
+        liveness_timeout: c.duration("liveness_timeout", Duration::from_secs(60), errors),
+        readiness_max_lag: c.optional_duration("readiness_max_lag", errors),
+        poll_every: c.duration("poll_every", Duration::from_secs(5), errors),
+    }
+}
+
+/// `[checkpoints]`: the database is left unset so that it can follow the first projection's.
+fn read_checkpoints(c: &mut TableReader<'_>, errors: &mut Vec<String>) -> CheckpointConfig {
+    CheckpointConfig {
+        database: c.string("database", errors),
+        collection: c
+            .string("collection", errors)
+            .unwrap_or_else(|| "projector_checkpoints".into()),
+        every_events: c.positive_integer("every_events", DEFAULT_EVERY_EVENTS, errors),
+        every: c.duration("every", Duration::from_secs(1), errors),
+    }
+}
+
+/// `[source]`, with upper bounds that keep one worker's lanes, retries and batches within
+/// what a server and an operator's patience can take.
+fn read_source(c: &mut TableReader<'_>, errors: &mut Vec<String>) -> SourceConfig {
+    let cfg = SourceConfig {
+        max_await: c.duration("max_await", Duration::from_millis(500), errors),
+        reopen_backoff_initial: c.duration(
+            "reopen_backoff_initial",
+            Duration::from_millis(100),
+            errors,
+        ),
+        reopen_backoff_max: c.duration("reopen_backoff_max", Duration::from_secs(30), errors),
+        unknown_error_retries: c.positive_integer("unknown_error_retries", 10, errors) as u32,
+        lanes: c.positive_integer("lanes", default_lanes() as u64, errors) as usize,
+        batch_size: c.positive_integer("batch_size", 1000, errors) as usize,
+    };
+    if cfg.lanes > 256 {
+        errors.push(format!("source.lanes: at most 256, found {}", cfg.lanes));
+    }
+    if cfg.unknown_error_retries > 1000 {
+        errors.push(format!(
+            "source.unknown_error_retries: at most 1000, found {}",
+            cfg.unknown_error_retries
+        ));
+    }
+    if cfg.batch_size > 10_000 {
+        errors.push(format!(
+            "source.batch_size: at most 10000, found {}",
+            cfg.batch_size
+        ));
+    }
+    cfg
+}
+
+/// `[audit]`: `every` is a duration where `"0s"` (like leaving it out) turns the audit off.
+fn read_audit(c: &mut TableReader<'_>, errors: &mut Vec<String>) -> AuditConfig {
+    AuditConfig {
+        every: c.optional_duration("every", errors),
+    }
+}
+
+/// `[leases]`: `renew_every` must leave room for one late renewal within `ttl`.
+fn read_leases(c: &mut TableReader<'_>, errors: &mut Vec<String>) -> LeaseConfig {
+    let cfg = LeaseConfig {
+        enabled: c.boolean("enabled", true, errors),
+        ttl: c.duration("ttl", Duration::from_secs(15), errors),
+        renew_every: c.duration("renew_every", Duration::from_secs(5), errors),
+        collection: c
+            .string("collection", errors)
+            .unwrap_or_else(|| "projector_leases".into()),
+        holder: c.string("holder", errors),
+    };
+    if cfg.renew_every * 2 >= cfg.ttl {
+        errors.push(format!(
+            "leases.renew_every: must be less than half of leases.ttl ({}), found {}",
+            humantime::format_duration(cfg.ttl),
+            humantime::format_duration(cfg.renew_every)
+        ));
+    }
+    cfg
+}
+
+/// `[[projections]]`: at least one, each read with its index in the path.
+fn read_projections(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> Vec<ProjectionConfig> {
     let mut projections = Vec::new();
     match r.get("projections") {
         None => {
@@ -670,7 +744,11 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
             other.type_str()
         )),
     }
-    r.finish(errors);
+    projections
+}
+
+/// A projection's name keys its checkpoint, leases and metrics, so no two may share one.
+fn check_unique_names(projections: &[ProjectionConfig], errors: &mut Vec<String>) {
     let mut names = std::collections::HashSet::new();
     for (i, p) in projections.iter().enumerate() {
         if !p.name.is_empty() && !names.insert(p.name.clone()) {
@@ -680,160 +758,35 @@ fn read_config(root: &toml::Table, errors: &mut Vec<String>) -> Config {
             ));
         }
     }
-    Config {
-        http,
-        checkpoints,
-        shutdown,
-        source,
-        audit,
-        leases,
-        projections,
-        overrides: Vec::new(),
-    }
 }
 
-/// `[audit]`: `every` is a duration where `"0s"` (like leaving it out) turns the audit off.
-fn read_audit(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> AuditConfig {
-    let empty = toml::Table::new();
-    let t = r.table("audit", errors).unwrap_or(&empty);
-    let mut c = TableReader::new(t, "audit");
-    let every = c.optional_duration("every", errors);
-    c.finish(errors);
-    AuditConfig { every }
-}
-
-/// `[leases]`: `renew_every` must leave room for one late renewal within `ttl`.
-fn read_leases(r: &mut TableReader<'_>, errors: &mut Vec<String>) -> LeaseConfig {
-    let empty = toml::Table::new();
-    let t = r.table("leases", errors).unwrap_or(&empty);
-    let mut c = TableReader::new(t, "leases");
-    let cfg = LeaseConfig {
-        enabled: c.boolean("enabled", true, errors),
-        ttl: c.duration("ttl", Duration::from_secs(15), errors),
-        renew_every: c.duration("renew_every", Duration::from_secs(5), errors),
-        collection: c
-            .string("collection", errors)
-            .unwrap_or_else(|| "projector_leases".into()),
-        holder: c.string("holder", errors),
-    };
-    if cfg.renew_every * 2 >= cfg.ttl {
-        errors.push(format!(
-            "leases.renew_every: must be less than half of leases.ttl ({}), found {}",
-            humantime::format_duration(cfg.ttl),
-            humantime::format_duration(cfg.renew_every)
-        ));
-    }
-    c.finish(errors);
-    cfg
-}
-
+/// One `[[projections]]` table; `path` (`projections[i]`) prefixes its problems.
 fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> ProjectionConfig {
     let mut r = TableReader::new(t, path);
-    let name = r.required_string("name", errors);
-    if !name.is_empty()
-        && !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        errors.push(format!(
-            "{path}.name: use only letters, digits, '_' and '-' (found {name:?})"
-        ));
-    }
+    let name = read_projection_name(&mut r, path, errors);
     let database = r.required_string("database", errors);
     let events = r.required_string("events", errors);
     let target = r.required_string("target", errors);
-    let filter = match r.get("filter") {
-        None => None,
-        Some(v) => match toml_to_bson(v) {
-            Bson::Document(d) => {
-                validate_filter(&d, &format!("{path}.filter"), errors);
-                Some(d)
-            }
-            _ => {
-                errors.push(format!(
-                    "{path}.filter: expected a table (a $match document)"
-                ));
-                None
-            }
-        },
-    };
-    let fields = match r.table("fields", errors) {
-        None => EventFields::default(),
-        Some(ft) => {
-            let mut f = TableReader::new(ft, format!("{path}.fields"));
-            let d = EventFields::default();
-            let fields = EventFields {
-                aggregate_id: f.string("aggregate_id", errors).unwrap_or(d.aggregate_id),
-                sequence_number: f
-                    .string("sequence_number", errors)
-                    .unwrap_or(d.sequence_number),
-                event_type: f.string("event_type", errors).unwrap_or(d.event_type),
-                data: f.string("data", errors).unwrap_or(d.data),
-                timestamp: f.string("timestamp", errors).unwrap_or(d.timestamp),
-            };
-            f.finish(errors);
-            fields
-        }
-    };
-    let start = match r.string("start", errors).as_deref() {
-        None | Some("now") => StartFrom::Now,
-        Some("beginning") => StartFrom::Beginning,
-        Some(other) => {
-            errors.push(format!(
-                "{path}.start: expected \"now\" or \"beginning\", found {other:?}"
-            ));
-            StartFrom::Now
-        }
-    };
+    let filter = read_filter(&mut r, path, errors);
+    let fields = r.section("fields", errors, read_event_fields);
+    let start = r.choice(
+        "start",
+        &[("now", StartFrom::Now), ("beginning", StartFrom::Beginning)],
+        errors,
+    );
     let create_index = r.boolean("create_index", true, errors);
-    let unhandled = match r.string("unhandled_events", errors).as_deref() {
-        None | Some("skip") => UnhandledPolicy::Skip,
-        Some("park") => UnhandledPolicy::Park,
-        Some(other) => {
-            errors.push(format!(
-                "{path}.unhandled_events: expected \"skip\" or \"park\", found {other:?}"
-            ));
-            UnhandledPolicy::Skip
-        }
-    };
-    let mut handlers = BTreeMap::new();
-    match r.table("handlers", errors) {
-        None => errors.push(format!(
-            "{path}.handlers: missing (at least one event type needs a handler)"
-        )),
-        Some(ht) => {
-            if ht.is_empty() {
-                errors.push(format!(
-                    "{path}.handlers: at least one event type needs a handler"
-                ));
-            }
-            for (event_type, value) in ht {
-                let hpath = format!("{path}.handlers.{event_type}");
-                if let Some(h) = read_handler(value, &hpath, errors) {
-                    handlers.insert(event_type.clone(), h);
-                }
-            }
-        }
-    }
-    let parking = {
-        let empty = toml::Table::new();
-        let pt = r.table("parking", errors).unwrap_or(&empty);
-        let mut p = TableReader::new(pt, format!("{path}.parking"));
-        let cfg = ParkingConfig {
-            collection: p
-                .string("collection", errors)
-                .unwrap_or_else(|| format!("{name}_parked")),
-            retry_initial: p.duration("retry_initial", Duration::from_millis(500), errors),
-            retry_max: p.duration("retry_max", Duration::from_secs(60), errors),
-            max_attempts: p
-                .positive_integer("max_attempts", 20, errors)
-                .min(u32::MAX as u64) as u32,
-            max_age: p.duration("max_age", Duration::from_secs(3600), errors),
-            sweep_every: p.duration("sweep_every", Duration::from_millis(250), errors),
-        };
-        p.finish(errors);
-        cfg
-    };
+    let unhandled = r.choice(
+        "unhandled_events",
+        &[
+            ("skip", UnhandledPolicy::Skip),
+            ("park", UnhandledPolicy::Park),
+        ],
+        errors,
+    );
+    let handlers = read_handlers(&mut r, path, errors);
+    let parking = r.section("parking", errors, |p, errors| {
+        read_parking(p, &name, errors)
+    });
     let partitions = read_partitions(&mut r, path, errors);
     r.finish(errors);
     if !events.is_empty() && events == target {
@@ -854,6 +807,96 @@ fn read_projection(t: &toml::Table, path: &str, errors: &mut Vec<String>) -> Pro
         handlers,
         parking,
         partitions,
+    }
+}
+
+/// `projections[].name`, limited to characters that are safe in collection names, metric
+/// labels and lease ids.
+fn read_projection_name(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> String {
+    let name = r.required_string("name", errors);
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        errors.push(format!(
+            "{path}.name: use only letters, digits, '_' and '-' (found {name:?})"
+        ));
+    }
+    name
+}
+
+/// `projections[].filter`: a `$match` document, checked for what a change stream accepts.
+fn read_filter(r: &mut TableReader<'_>, path: &str, errors: &mut Vec<String>) -> Option<Document> {
+    match toml_to_bson(r.get("filter")?) {
+        Bson::Document(d) => {
+            validate_filter(&d, &format!("{path}.filter"), errors);
+            Some(d)
+        }
+        _ => {
+            errors.push(format!(
+                "{path}.filter: expected a table (a $match document)"
+            ));
+            None
+        }
+    }
+}
+
+/// `projections[].fields`: each name the event document uses, defaulting to the example's.
+fn read_event_fields(f: &mut TableReader<'_>, errors: &mut Vec<String>) -> EventFields {
+    let d = EventFields::default();
+    EventFields {
+        aggregate_id: f.string("aggregate_id", errors).unwrap_or(d.aggregate_id),
+        sequence_number: f
+            .string("sequence_number", errors)
+            .unwrap_or(d.sequence_number),
+        event_type: f.string("event_type", errors).unwrap_or(d.event_type),
+        data: f.string("data", errors).unwrap_or(d.data),
+        timestamp: f.string("timestamp", errors).unwrap_or(d.timestamp),
+    }
+}
+
+/// `projections[].handlers`: a projection without one would only ever skip or park.
+fn read_handlers(
+    r: &mut TableReader<'_>,
+    path: &str,
+    errors: &mut Vec<String>,
+) -> BTreeMap<String, Handler> {
+    let mut handlers = BTreeMap::new();
+    match r.table("handlers", errors) {
+        None => errors.push(format!(
+            "{path}.handlers: missing (at least one event type needs a handler)"
+        )),
+        Some(ht) => {
+            if ht.is_empty() {
+                errors.push(format!(
+                    "{path}.handlers: at least one event type needs a handler"
+                ));
+            }
+            for (event_type, value) in ht {
+                let hpath = format!("{path}.handlers.{event_type}");
+                if let Some(h) = read_handler(value, &hpath, errors) {
+                    handlers.insert(event_type.clone(), h);
+                }
+            }
+        }
+    }
+    handlers
+}
+
+/// `projections[].parking`: the collection is named after the projection unless set.
+fn read_parking(p: &mut TableReader<'_>, name: &str, errors: &mut Vec<String>) -> ParkingConfig {
+    ParkingConfig {
+        collection: p
+            .string("collection", errors)
+            .unwrap_or_else(|| format!("{name}_parked")),
+        retry_initial: p.duration("retry_initial", Duration::from_millis(500), errors),
+        retry_max: p.duration("retry_max", Duration::from_secs(60), errors),
+        max_attempts: p
+            .positive_integer("max_attempts", 20, errors)
+            .min(u32::MAX as u64) as u32,
+        max_age: p.duration("max_age", Duration::from_secs(3600), errors),
+        sweep_every: p.duration("sweep_every", Duration::from_millis(250), errors),
     }
 }
 

@@ -22,6 +22,7 @@
 //! `--scale-out` runs a separate section instead ([`scale_out`]): one backlog drained by 1, 2
 //! and 3 daemon instances inside this process sharing a projection split into 3 partitions.
 
+use crate::cluster::daemon as cluster;
 use crate::config::default_lanes;
 use crate::tools::demo::EXAMPLE_CONFIG;
 use bson::{Bson, Document, doc};
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Sizes of one benchmark run.
 #[derive(Debug, Clone)]
@@ -693,32 +695,10 @@ async fn crash(
 
 /// Runs the whole benchmark, printing as it goes.
 pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
-    let _server;
-    let uri = match std::env::var("MONGODB_URI") {
-        Ok(uri) => {
-            println!("server: MONGODB_URI ({})", crate::config::redact_uri(&uri));
-            uri
-        }
-        Err(_) => {
-            let options = mongo_sim::ServerOptions {
-                // The memory run stops the daemon while a million events are written: its
-                // stored token must still be in the oplog afterwards.
-                oplog_capacity: (o.memory_large.max(o.backlog) as usize).saturating_mul(2)
-                    + 1_000_000,
-                ..mongo_sim::ServerOptions::default()
-            };
-            let sim = tokio::task::spawn_blocking(move || {
-                mongo_sim::MongoSim::start_on_own_runtime(options)
-            })
-            .await
-            .map_err(err("starting mongo-sim"))?
-            .map_err(err("starting mongo-sim"))?;
-            let uri = sim.uri().to_string();
-            println!("server: embedded mongo-sim on its own runtime at {uri}");
-            _server = sim;
-            uri
-        }
-    };
+    // The memory run stops the daemon while a million events are written: its stored token
+    // must still be in the oplog afterwards.
+    let oplog_capacity = (o.memory_large.max(o.backlog) as usize).saturating_mul(2) + 1_000_000;
+    let (uri, _server, _) = start_server(oplog_capacity).await?;
     println!(
         "daemon: {} (child process), lanes={}, batch_size={}, checkpoints.every_events={}; {} accounts",
         o.daemon.display(),
@@ -736,83 +716,14 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
         server: uri.clone(),
         ..BenchReport::default()
     };
-
-    report.u_rate = measure_u(&client, &o).await?;
-    println!(
-        "U (server ceiling, batched guarded updates): {:.0} updates/s",
-        report.u_rate
-    );
-    report.naive_rate = measure_naive(&client, &o).await?;
-    println!(
-        "naive (find + guarded updateOne per event):  {:.0} events/s",
-        report.naive_rate
-    );
-
+    measure_baselines(&client, &o, &mut report).await?;
     let _ = client.database("bench_projector").drop().await;
-    let mut setup = Setup::new(&client, "bench_projector", &o, &dir)?;
-    setup.with_checkpoint(&o, &uri).await?;
-    let mut handled = setup.events_handled().await?.unwrap_or(0);
-    let first = append(&setup.events(), &mut setup.workload, o.backlog).await?;
-    handled += o.backlog as i64;
-    let (daemon, rate, restart) = setup.drain(&o, &uri, &first, o.backlog, handled).await?;
-    report.backlog_rate = rate;
-    report.restart = restart;
-    println!(
-        "projector (backlog of {} events): {:.0} events/s; restart to first applied event {:.0} ms",
-        o.backlog,
-        rate,
-        restart.as_secs_f64() * 1e3
-    );
-
-    let steady_rate = if o.steady_rate > 0 {
-        o.steady_rate
-    } else {
-        ((rate / 2.0) as u64).max(100)
-    };
-    let (written, lags) = steady_state(&mut setup, steady_rate, o.steady_seconds).await?;
-    handled += written as i64;
-    report.steady_rate = steady_rate as f64;
-    report.steady_events = written;
-    report.lag_p50 = percentile(&lags, 0.50);
-    report.lag_p99 = percentile(&lags, 0.99);
-    report.lag_max = lags.last().copied().unwrap_or_default();
-    println!(
-        "steady state ({} events/s for {} s, {} events): lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        steady_rate,
-        o.steady_seconds,
-        lags.len(),
-        report.lag_p50.as_secs_f64() * 1e3,
-        report.lag_p99.as_secs_f64() * 1e3,
-        report.lag_max.as_secs_f64() * 1e3
-    );
-    setup
-        .wait_until("the steady-state events", Duration::from_secs(120), |h| {
-            h.unwrap_or(0) >= handled
-        })
+    let setup = Setup::new(&client, "bench_projector", &o, &dir)?;
+    ProjectorRun::start(setup, &o, &uri)
+        .await?
+        .measure(&mut report)
         .await?;
-    daemon.stop().await?;
-
-    let first = append(&setup.events(), &mut setup.workload, o.catch_up).await?;
-    handled += o.catch_up as i64;
-    let (daemon, rate, _) = setup.drain(&o, &uri, &first, o.catch_up, handled).await?;
-    report.catch_up_rate = rate;
-    daemon.stop().await?;
-    println!(
-        "catch-up (after a stop during which {} events accumulated): {:.0} events/s ({:.0}% of the backlog drain)",
-        o.catch_up,
-        rate,
-        100.0 * rate / report.backlog_rate
-    );
-    let c = crash(&mut setup, &o, &uri, handled).await?;
-    println!(
-        "kill -9 halfway through a drain of {} events: {} applied events redelivered after the restart (checkpoint interval {} events), all absorbed by the guard",
-        o.catch_up.max(2),
-        c.redelivered,
-        c.checkpoint_events
-    );
-    report.crash = Some(c);
     let _ = client.database("bench_projector").drop().await;
-
     for n in [o.memory_small, o.memory_large] {
         if n == 0 {
             continue;
@@ -829,6 +740,144 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
     let _ = std::fs::remove_dir_all(&dir);
     print_summary(&report);
     Ok(report)
+}
+
+/// U and naive, the two figures the projector is compared with.
+async fn measure_baselines(
+    client: &Client,
+    o: &BenchOptions,
+    report: &mut BenchReport,
+) -> BenchResult<()> {
+    report.u_rate = measure_u(client, o).await?;
+    println!(
+        "U (server ceiling, batched guarded updates): {:.0} updates/s",
+        report.u_rate
+    );
+    report.naive_rate = measure_naive(client, o).await?;
+    println!(
+        "naive (find + guarded updateOne per event):  {:.0} events/s",
+        report.naive_rate
+    );
+    Ok(())
+}
+
+/// The projector's own figures, measured one after the other on one database: backlog drain
+/// and restart, steady-state lag, catch-up, and a kill -9.
+struct ProjectorRun<'a> {
+    setup: Setup,
+    o: &'a BenchOptions,
+    uri: &'a str,
+    /// Events written so far, which the checkpoint covers once the daemon has caught up.
+    handled: i64,
+}
+
+impl<'a> ProjectorRun<'a> {
+    /// Stores a first checkpoint, so that every drain resumes from a stored position.
+    async fn start(setup: Setup, o: &'a BenchOptions, uri: &'a str) -> BenchResult<Self> {
+        setup.with_checkpoint(o, uri).await?;
+        let handled = setup.events_handled().await?.unwrap_or(0);
+        Ok(Self {
+            setup,
+            o,
+            uri,
+            handled,
+        })
+    }
+
+    /// Every figure in turn; the daemon that drained the backlog stays up for the steady state.
+    async fn measure(mut self, report: &mut BenchReport) -> BenchResult<()> {
+        let daemon = self.drain_backlog(report).await?;
+        self.steady_lag(report).await?;
+        daemon.stop().await?;
+        self.catch_up(report).await?;
+        self.kill_and_restart(report).await
+    }
+
+    /// Appends `n` events while no daemon runs, then starts one and waits until it has
+    /// drained them: the daemon (still running), the drain rate and the restart time.
+    async fn append_and_drain(&mut self, n: u64) -> BenchResult<(Daemon, f64, Duration)> {
+        let setup = &mut self.setup;
+        let first = append(&setup.events(), &mut setup.workload, n).await?;
+        self.handled += n as i64;
+        setup.drain(self.o, self.uri, &first, n, self.handled).await
+    }
+
+    /// Drains a backlog; returns the daemon still running, for the steady state.
+    async fn drain_backlog(&mut self, report: &mut BenchReport) -> BenchResult<Daemon> {
+        let o = self.o;
+        let (daemon, rate, restart) = self.append_and_drain(o.backlog).await?;
+        report.backlog_rate = rate;
+        report.restart = restart;
+        println!(
+            "projector (backlog of {} events): {:.0} events/s; restart to first applied event {:.0} ms",
+            o.backlog,
+            rate,
+            restart.as_secs_f64() * 1e3
+        );
+        Ok(daemon)
+    }
+
+    /// Writes at a fixed rate (by default half the backlog drain) while the daemon runs, and
+    /// waits until it has handled every event.
+    async fn steady_lag(&mut self, report: &mut BenchReport) -> BenchResult<()> {
+        let o = self.o;
+        let steady_rate = if o.steady_rate > 0 {
+            o.steady_rate
+        } else {
+            ((report.backlog_rate / 2.0) as u64).max(100)
+        };
+        let (written, lags) = steady_state(&mut self.setup, steady_rate, o.steady_seconds).await?;
+        self.handled += written as i64;
+        report.steady_rate = steady_rate as f64;
+        report.steady_events = written;
+        report.lag_p50 = percentile(&lags, 0.50);
+        report.lag_p99 = percentile(&lags, 0.99);
+        report.lag_max = lags.last().copied().unwrap_or_default();
+        println!(
+            "steady state ({} events/s for {} s, {} events): lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            steady_rate,
+            o.steady_seconds,
+            lags.len(),
+            report.lag_p50.as_secs_f64() * 1e3,
+            report.lag_p99.as_secs_f64() * 1e3,
+            report.lag_max.as_secs_f64() * 1e3
+        );
+        let handled = self.handled;
+        self.setup
+            .wait_until("the steady-state events", Duration::from_secs(120), |h| {
+                h.unwrap_or(0) >= handled
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Drains the events written while the daemon was stopped.
+    async fn catch_up(&mut self, report: &mut BenchReport) -> BenchResult<()> {
+        let o = self.o;
+        let (daemon, rate, _) = self.append_and_drain(o.catch_up).await?;
+        report.catch_up_rate = rate;
+        daemon.stop().await?;
+        println!(
+            "catch-up (after a stop during which {} events accumulated): {:.0} events/s ({:.0}% of the backlog drain)",
+            o.catch_up,
+            rate,
+            100.0 * rate / report.backlog_rate
+        );
+        Ok(())
+    }
+
+    /// kill -9 in the middle of a drain ([`crash`]).
+    async fn kill_and_restart(&mut self, report: &mut BenchReport) -> BenchResult<()> {
+        let c = crash(&mut self.setup, self.o, self.uri, self.handled).await?;
+        println!(
+            "kill -9 halfway through a drain of {} events: {} applied events redelivered after the restart (checkpoint interval {} events), all absorbed by the guard",
+            self.o.catch_up.max(2),
+            c.redelivered,
+            c.checkpoint_events
+        );
+        report.crash = Some(c);
+        Ok(())
+    }
 }
 
 fn print_summary(r: &BenchReport) {
@@ -1000,15 +1049,57 @@ async fn start_server(
     Ok((uri, Some(sim), true))
 }
 
+/// One row of the scale-out section: a first start that stores every worker's checkpoint,
+/// the backlog written while nothing runs, then the timed drain from those checkpoints.
 async fn scale_out_run(
     uri: &str,
     o: &BenchOptions,
     partitions: u32,
     instances: usize,
 ) -> BenchResult<ScaleOutRow> {
-    use crate::cluster::daemon::Daemon;
-    use tokio_util::sync::CancellationToken;
     let name = format!("bench_scale_out_{partitions}_{instances}");
+    let config = scale_out_config(&name, o, partitions)?;
+    let setup_client = Client::with_uri_str(uri).await.map_err(err("connecting"))?;
+    let db = setup_client.database(&name);
+    let _ = db.drop().await;
+    let cluster = ScaleOutCluster::connect(uri, config, instances).await?;
+    let shutdown = CancellationToken::new();
+    let running = cluster.start(&shutdown);
+    wait_for_checkpoints(&db, partitions).await?;
+    stop_instances(shutdown, running).await?;
+    let mut workload = Workload::new(o.accounts, 7919);
+    append(&db.collection("events"), &mut workload, o.backlog).await?;
+
+    let shutdown = CancellationToken::new();
+    let (started, cpu_before) = (Instant::now(), process_cpu());
+    let running = cluster.start(&shutdown);
+    wait_for_drain(&running, o.backlog, started + Duration::from_secs(600)).await?;
+    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
+    let split = running
+        .iter()
+        .map(|i| i.daemon.stats().len().to_string())
+        .collect::<Vec<_>>()
+        .join("+");
+    stop_instances(shutdown, running).await?;
+    let _ = db.drop().await;
+    Ok(ScaleOutRow {
+        partitions,
+        instances,
+        split,
+        events: o.backlog,
+        rate: o.backlog as f64 / elapsed.as_secs_f64().max(1e-9),
+        cpu_per_event: cpu / o.backlog.max(1) as u32,
+    })
+}
+
+/// The example configuration on database `name`, split into `partitions`, with leases off:
+/// the instances split the workers between them here, and leases would share them out again
+/// (each instance's fair share counts only the workers it was given).
+fn scale_out_config(
+    name: &str,
+    o: &BenchOptions,
+    partitions: u32,
+) -> BenchResult<crate::config::Config> {
     let text = EXAMPLE_CONFIG
         .replace("database = \"bank\"", &format!("database = \"{name}\""))
         .replace("start = \"beginning\"", "start = \"now\"")
@@ -1020,49 +1111,74 @@ async fn scale_out_run(
             ),
         );
     let mut config = crate::config::Config::parse(&text).map_err(err("scale-out configuration"))?;
-    // The instances split the workers between them here; leases would share them out again
-    // (each instance's fair share counts only the workers it was given).
     config.leases.enabled = false;
-    let setup_client = Client::with_uri_str(uri).await.map_err(err("connecting"))?;
-    let db = setup_client.database(&name);
-    let _ = db.drop().await;
-    let mut clients = Vec::new();
-    for _ in 0..instances {
-        clients.push(Client::with_uri_str(uri).await.map_err(err("connecting"))?);
+    Ok(config)
+}
+
+/// The daemon instances of one scale-out row, each with its own client (connection pool).
+struct ScaleOutCluster {
+    config: crate::config::Config,
+    clients: Vec<Client>,
+}
+
+/// One instance started in this process, and the task running it.
+struct RunningInstance {
+    daemon: Arc<cluster::Daemon>,
+    task: tokio::task::JoinHandle<cluster::DaemonReport>,
+}
+
+impl ScaleOutCluster {
+    async fn connect(
+        uri: &str,
+        config: crate::config::Config,
+        instances: usize,
+    ) -> BenchResult<Self> {
+        let mut clients = Vec::new();
+        for _ in 0..instances {
+            clients.push(Client::with_uri_str(uri).await.map_err(err("connecting"))?);
+        }
+        Ok(Self { config, clients })
     }
-    let start = |shutdown: &CancellationToken| {
-        clients
+
+    /// Starts every instance; partition `i` runs in instance `i mod n`.
+    fn start(&self, shutdown: &CancellationToken) -> Vec<RunningInstance> {
+        let instances = self.clients.len();
+        self.clients
             .iter()
             .enumerate()
             .map(|(n, client)| {
-                let daemon = Arc::new(Daemon::with_workers(&config, client, shutdown, |w| {
-                    w.partition.map_or(0, |p| p.index as usize) % instances == n
-                }));
+                let daemon = Arc::new(cluster::Daemon::with_workers(
+                    &self.config,
+                    client,
+                    shutdown,
+                    |w| w.partition.map_or(0, |p| p.index as usize) % instances == n,
+                ));
                 let running = daemon.clone();
-                let handle = tokio::spawn(async move { running.run().await });
-                (daemon, handle)
+                let task = tokio::spawn(async move { running.run().await });
+                RunningInstance { daemon, task }
             })
-            .collect::<Vec<_>>()
-    };
-    let stop = |shutdown: CancellationToken,
-                running: Vec<(
-        Arc<Daemon>,
-        tokio::task::JoinHandle<crate::cluster::daemon::DaemonReport>,
-    )>| async move {
-        shutdown.cancel();
-        for (_, handle) in running {
-            let report = handle.await.map_err(err("a daemon instance"))?;
-            if !report.all_ok() {
-                return Err(format!("a daemon instance failed: {:?}", report.results));
-            }
+            .collect()
+    }
+}
+
+/// Stops every instance and waits for each to report a clean stop.
+async fn stop_instances(
+    shutdown: CancellationToken,
+    running: Vec<RunningInstance>,
+) -> BenchResult<()> {
+    shutdown.cancel();
+    for instance in running {
+        let report = instance.task.await.map_err(err("a daemon instance"))?;
+        if !report.all_ok() {
+            return Err(format!("a daemon instance failed: {:?}", report.results));
         }
-        Ok::<(), String>(())
-    };
-    // A first start on the empty collection stores every worker's checkpoint; the backlog is
-    // then written while nothing runs, and drained from those checkpoints.
+    }
+    Ok(())
+}
+
+/// Waits until each of the `partitions` workers has stored its first checkpoint.
+async fn wait_for_checkpoints(db: &Database, partitions: u32) -> BenchResult<()> {
     let checkpoints = db.collection::<Document>("projector_checkpoints");
-    let shutdown = CancellationToken::new();
-    let running = start(&shutdown);
     let deadline = Instant::now() + Duration::from_secs(60);
     while checkpoints
         .count_documents(doc! {})
@@ -1075,47 +1191,29 @@ async fn scale_out_run(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    stop(shutdown, running).await?;
-    let mut workload = Workload::new(o.accounts, 7919);
-    append(&db.collection("events"), &mut workload, o.backlog).await?;
+    Ok(())
+}
 
-    let shutdown = CancellationToken::new();
-    let (started, cpu_before) = (Instant::now(), process_cpu());
-    let running = start(&shutdown);
-    let deadline = started + Duration::from_secs(600);
+/// Waits until the instances together have handled `backlog` events, by their counters.
+async fn wait_for_drain(
+    running: &[RunningInstance],
+    backlog: u64,
+    deadline: Instant,
+) -> BenchResult<()> {
     loop {
         let handled: u64 = running
             .iter()
-            .map(|(d, _)| {
-                let t = d.total();
+            .map(|i| {
+                let t = i.daemon.total();
                 t.applied + t.skipped + t.duplicates + t.parked + t.dead_lettered
             })
             .sum();
-        if handled >= o.backlog {
-            break;
+        if handled >= backlog {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "timed out draining: {handled} of {} events",
-                o.backlog
-            ));
+            return Err(format!("timed out draining: {handled} of {backlog} events"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
-    let split = running
-        .iter()
-        .map(|(d, _)| d.stats().len().to_string())
-        .collect::<Vec<_>>()
-        .join("+");
-    stop(shutdown, running).await?;
-    let _ = db.drop().await;
-    Ok(ScaleOutRow {
-        partitions,
-        instances,
-        split,
-        events: o.backlog,
-        rate: o.backlog as f64 / elapsed.as_secs_f64().max(1e-9),
-        cpu_per_event: cpu / o.backlog.max(1) as u32,
-    })
 }

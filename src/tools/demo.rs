@@ -7,8 +7,8 @@
 //! it mid-way, and finally checks every account against an independent in-order fold of its
 //! events.
 
-use crate::cluster::daemon::Daemon;
-use crate::config::Config;
+use crate::cluster::daemon::{Daemon, DaemonReport};
+use crate::config::{Config, ProjectionConfig};
 use crate::model::projection::SEQUENCE_FIELD;
 use crate::ops::stats::StatsSnapshot;
 use bson::{Bson, Document, doc};
@@ -19,9 +19,11 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The example configuration, embedded so the demo needs no files.
@@ -223,122 +225,26 @@ pub async fn run_demo(
     options: &DemoOptions,
 ) -> Result<DemoReport, Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
-    let mut config = Config::parse(EXAMPLE_CONFIG)?;
-    if let Some(db) = &options.database {
-        for p in &mut config.projections {
-            p.database = db.clone();
-        }
-        config.checkpoints.database = Some(db.clone());
-    }
+    let config = demo_config(options)?;
     let projection = config
         .projection("accounts")
         .ok_or("example config lacks the accounts projection")?
         .clone();
     let db = client.database(&projection.database);
     let events: Collection<Document> = db.collection(&projection.events);
-    events
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! {"aggregateId": 1, "sequenceNumber": 1})
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await?;
-
-    let written = Arc::new(AtomicU64::new(0));
-    let halfway = Arc::new(tokio::sync::Notify::new());
-    let mut writers = Vec::new();
-    let ooo = options.out_of_order_accounts.min(options.accounts / 2);
-    for w in 0..options.writers.max(1) {
-        let events = events.clone();
-        let written = written.clone();
-        let halfway = halfway.clone();
-        let options = options.clone();
-        writers.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(options.seed.wrapping_add(w as u64));
-            let half = options.events / 2;
-            while written.load(Ordering::Relaxed) < options.events {
-                let i = rng.random_range(0..options.accounts);
-                let account = account_id(i);
-                let n = if i < ooo && w == 0 {
-                    append_pair_out_of_order(&events, &account, &mut rng).await?
-                } else if i < ooo {
-                    continue; // out-of-order accounts belong to writer 0 alone
-                } else {
-                    u64::from(append_next(&events, &account, &mut rng).await?)
-                };
-                let before = written.fetch_add(n, Ordering::Relaxed);
-                if before < half && before + n >= half {
-                    halfway.notify_one();
-                }
-            }
-            Ok::<(), mongodb::error::Error>(())
-        }));
-    }
+    create_event_index(&events).await?;
+    let workload = Workload::new(events.clone(), options);
+    let writers = workload.spawn_writers();
     // One event the daemon must dead-letter rather than skip: it has no sequence number.
     events
         .insert_one(
             doc! {"aggregateId": "broken-1", "eventType": "Deposited", "data": {"amount": 1}},
         )
         .await?;
-
-    // First run, stopped mid-way through the workload.
-    let first_shutdown = CancellationToken::new();
-    let daemon = Daemon::new(&config, client, &first_shutdown);
-    let first = {
-        let run = daemon.run();
-        tokio::pin!(run);
-        tokio::select! {
-            report = &mut run => report,
-            _ = halfway.notified() => {
-                first_shutdown.cancel();
-                run.await
-            }
-        }
-    };
-    if !first.all_ok() {
-        return Err(format!("first run failed: {:?}", first.results).into());
-    }
-    let first_stats = daemon.total();
-
-    // Second run, from the checkpoint the first one left, until everything is projected.
-    let second_shutdown = CancellationToken::new();
-    let daemon = Daemon::new(&config, client, &second_shutdown);
-    let second = daemon.run();
-    tokio::pin!(second);
-    for w in writers {
-        w.await??;
-    }
-    let total_written = written.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut caught_up = false;
-    while Instant::now() < deadline {
-        tokio::select! {
-            report = &mut second => return Err(format!("daemon stopped early: {:?}", report.results).into()),
-            done = projected_everything(&db, &projection.events, &projection.target) => {
-                if done? {
-                    caught_up = true;
-                    break;
-                }
-            }
-        }
-        tokio::select! {
-            report = &mut second => return Err(format!("daemon stopped early: {:?}", report.results).into()),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
-    }
-    second_shutdown.cancel();
-    let report = second.await;
-    if !report.all_ok() {
-        return Err(format!("second run failed: {:?}", report.results).into());
-    }
-    let second_stats = daemon.total();
-
-    let mismatches = if caught_up {
+    let first_run = run_until_halfway(&config, client, &workload.halfway).await?;
+    let second = run_until_projected(&config, client, writers, &db, &projection).await?;
+    let events_written = workload.written.load(Ordering::Relaxed);
+    let mismatches = if second.caught_up {
         compare_with_fold(&db, &projection.events, &projection.target).await?
     } else {
         vec!["the daemon did not catch up within 120 s".to_string()]
@@ -352,14 +258,188 @@ pub async fn run_demo(
         .count_documents(doc! {"state": crate::store::park::DEAD})
         .await?;
     Ok(DemoReport {
-        events_written: total_written,
+        events_written,
         accounts_checked,
         mismatches,
-        first_run: first_stats,
-        second_run: second_stats,
+        first_run,
+        second_run: second.stats,
         dead_lettered_entries,
         elapsed: started.elapsed(),
     })
+}
+
+/// Why the demo failed: the server, the example configuration, or a daemon run.
+type DemoError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The example configuration, moved to `options.database` when the caller names one.
+fn demo_config(options: &DemoOptions) -> Result<Config, DemoError> {
+    let mut config = Config::parse(EXAMPLE_CONFIG)?;
+    if let Some(db) = &options.database {
+        for p in &mut config.projections {
+            p.database = db.clone();
+        }
+        config.checkpoints.database = Some(db.clone());
+    }
+    Ok(config)
+}
+
+/// The unique `{aggregateId, sequenceNumber}` index that makes concurrent writers retry
+/// instead of writing one sequence number twice.
+async fn create_event_index(events: &Collection<Document>) -> mongodb::error::Result<()> {
+    events
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! {"aggregateId": 1, "sequenceNumber": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The generated workload, shared by its concurrent writers.
+#[derive(Clone)]
+struct Workload {
+    events: Collection<Document>,
+    options: DemoOptions,
+    /// Accounts (the lowest ids) whose events writer 0 alone appends, in pairs out of order.
+    out_of_order: u32,
+    /// Events written so far by every writer.
+    written: Arc<AtomicU64>,
+    /// Notified once half the workload is written: the first run stops there.
+    halfway: Arc<tokio::sync::Notify>,
+}
+
+impl Workload {
+    fn new(events: Collection<Document>, options: &DemoOptions) -> Self {
+        Self {
+            events,
+            options: options.clone(),
+            out_of_order: options.out_of_order_accounts.min(options.accounts / 2),
+            written: Arc::new(AtomicU64::new(0)),
+            halfway: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// One task per writer (at least one), each with its own seed.
+    fn spawn_writers(&self) -> Vec<JoinHandle<mongodb::error::Result<()>>> {
+        (0..self.options.writers.max(1))
+            .map(|w| tokio::spawn(self.clone().write(w)))
+            .collect()
+    }
+
+    /// Writer `w`'s loop: appends to random accounts until the workload is written.
+    async fn write(self, w: u32) -> mongodb::error::Result<()> {
+        let options = &self.options;
+        let mut rng = StdRng::seed_from_u64(options.seed.wrapping_add(w as u64));
+        let half = options.events / 2;
+        while self.written.load(Ordering::Relaxed) < options.events {
+            let i = rng.random_range(0..options.accounts);
+            let account = account_id(i);
+            let n = if i < self.out_of_order && w == 0 {
+                append_pair_out_of_order(&self.events, &account, &mut rng).await?
+            } else if i < self.out_of_order {
+                continue; // out-of-order accounts belong to writer 0 alone
+            } else {
+                u64::from(append_next(&self.events, &account, &mut rng).await?)
+            };
+            let before = self.written.fetch_add(n, Ordering::Relaxed);
+            if before < half && before + n >= half {
+                self.halfway.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// First run, stopped mid-way through the workload. Returns its counters.
+async fn run_until_halfway(
+    config: &Config,
+    client: &Client,
+    halfway: &tokio::sync::Notify,
+) -> Result<StatsSnapshot, DemoError> {
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(config, client, &shutdown);
+    let report = {
+        let run = daemon.run();
+        tokio::pin!(run);
+        tokio::select! {
+            report = &mut run => report,
+            _ = halfway.notified() => {
+                shutdown.cancel();
+                run.await
+            }
+        }
+    };
+    if !report.all_ok() {
+        return Err(format!("first run failed: {:?}", report.results).into());
+    }
+    Ok(daemon.total())
+}
+
+/// How the second run ended.
+struct SecondRun {
+    /// Every aggregate's read model reached its newest event before the deadline.
+    caught_up: bool,
+    stats: StatsSnapshot,
+}
+
+/// Second run, from the checkpoint the first one left, until everything is projected: it
+/// starts once the writers are done, and stops when every read model is at its newest event
+/// (or after 120 s).
+async fn run_until_projected(
+    config: &Config,
+    client: &Client,
+    writers: Vec<JoinHandle<mongodb::error::Result<()>>>,
+    db: &mongodb::Database,
+    projection: &ProjectionConfig,
+) -> Result<SecondRun, DemoError> {
+    let shutdown = CancellationToken::new();
+    let daemon = Daemon::new(config, client, &shutdown);
+    let run = daemon.run();
+    tokio::pin!(run);
+    for w in writers {
+        w.await??;
+    }
+    let caught_up = wait_until_projected(run.as_mut(), db, projection).await?;
+    shutdown.cancel();
+    let report = run.await;
+    if !report.all_ok() {
+        return Err(format!("second run failed: {:?}", report.results).into());
+    }
+    Ok(SecondRun {
+        caught_up,
+        stats: daemon.total(),
+    })
+}
+
+/// Polls until every read model is projected (true) or 120 s have passed (false); a daemon
+/// that stops meanwhile is an error.
+async fn wait_until_projected(
+    mut run: Pin<&mut impl Future<Output = DaemonReport>>,
+    db: &mongodb::Database,
+    projection: &ProjectionConfig,
+) -> Result<bool, DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        tokio::select! {
+            report = &mut run => return Err(format!("daemon stopped early: {:?}", report.results).into()),
+            done = projected_everything(db, &projection.events, &projection.target) => {
+                if done? {
+                    return Ok(true);
+                }
+            }
+        }
+        tokio::select! {
+            report = &mut run => return Err(format!("daemon stopped early: {:?}", report.results).into()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    Ok(false)
 }
 
 /// True when every aggregate's read model is at its newest stored sequence.

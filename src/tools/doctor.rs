@@ -620,102 +620,159 @@ async fn scratch_checks(
     projections: &[ProjectionConfig],
     rebuild: bool,
 ) -> Vec<Check> {
-    let db = client.database(db_name);
-    let scratch = format!("mongo_projector_doctor_{}", ObjectId::new().to_hex());
-    let shadow = format!("{scratch}_shadow");
-    let label = |what: &str| format!("{db_name}: {what}");
-    let coll = scratch_collection(&db, &scratch);
-    let mut checks = Vec::new();
-
-    let write = bounded(async {
-        coll.insert_one(doc! {"_id": "majority"}).await?;
-        Ok(format!(
-            "a write to {db_name}.{scratch} was acknowledged by a majority"
-        ))
-    })
-    .await;
-    checks.push(judged(
-        label("majority write concern"),
-        write,
-        "a majority of the replica set's data-bearing members must be up (an arbiter does not count): see rs.status()",
-    ));
-
-    checks.push(judged(
-        label("guarded upsert"),
-        bounded(guarded_upsert(&db, &scratch)).await,
-        "the sequence guard needs mongod's update semantics (an upsert, a duplicate key on _id): use MongoDB 6.0 to 8.0",
-    ));
-
-    let mut pipeline_users: Vec<String> = projections
-        .iter()
-        .filter(|p| features(p).contains(&Feature::UpdatePipeline))
-        .map(|p| format!("handlers of {}", p.name))
-        .collect();
-    if config.leases.enabled && db_name == config.checkpoint_database() {
-        pipeline_users.push("leases".to_string());
+    let scratch = Scratch::new(client, db_name);
+    let mut checks = vec![
+        scratch.majority_write_check().await,
+        scratch.guarded_upsert_check().await,
+    ];
+    checks.extend(scratch.pipeline_check(config, projections).await);
+    checks.extend(scratch.partition_check(projections).await);
+    checks.push(scratch.change_stream_check().await);
+    if rebuild {
+        checks.push(scratch.rename_check(client).await);
     }
-    if !pipeline_users.is_empty() {
+    checks.extend(scratch.drop_collections().await);
+    checks
+}
+
+/// The scratch collections of one database's feature checks, named uniquely so that two
+/// doctors never share one: `name` for the probes, `shadow` as the rename probe's target.
+struct Scratch<'a> {
+    db: Database,
+    db_name: &'a str,
+    name: String,
+    shadow: String,
+}
+
+impl<'a> Scratch<'a> {
+    fn new(client: &Client, db_name: &'a str) -> Self {
+        let name = format!("mongo_projector_doctor_{}", ObjectId::new().to_hex());
+        Self {
+            db: client.database(db_name),
+            db_name,
+            shadow: format!("{name}_shadow"),
+            name,
+        }
+    }
+
+    /// A check's name, prefixed with the database.
+    fn label(&self, what: &str) -> String {
+        format!("{}: {what}", self.db_name)
+    }
+
+    async fn majority_write_check(&self) -> Check {
+        let coll = scratch_collection(&self.db, &self.name);
+        let write = bounded(async {
+            coll.insert_one(doc! {"_id": "majority"}).await?;
+            Ok(format!(
+                "a write to {}.{} was acknowledged by a majority",
+                self.db_name, self.name
+            ))
+        })
+        .await;
+        judged(
+            self.label("majority write concern"),
+            write,
+            "a majority of the replica set's data-bearing members must be up (an arbiter does not count): see rs.status()",
+        )
+    }
+
+    async fn guarded_upsert_check(&self) -> Check {
+        judged(
+            self.label("guarded upsert"),
+            bounded(guarded_upsert(&self.db, &self.name)).await,
+            "the sequence guard needs mongod's update semantics (an upsert, a duplicate key on _id): use MongoDB 6.0 to 8.0",
+        )
+    }
+
+    /// Only when a handler or the leases (in the checkpoint database) write a pipeline.
+    async fn pipeline_check(
+        &self,
+        config: &Config,
+        projections: &[ProjectionConfig],
+    ) -> Option<Check> {
+        let mut pipeline_users: Vec<String> = projections
+            .iter()
+            .filter(|p| features(p).contains(&Feature::UpdatePipeline))
+            .map(|p| format!("handlers of {}", p.name))
+            .collect();
+        if config.leases.enabled && self.db_name == config.checkpoint_database() {
+            pipeline_users.push("leases".to_string());
+        }
+        if pipeline_users.is_empty() {
+            return None;
+        }
         let used_by = pipeline_users.join(", ");
-        let result = bounded(pipeline_update(&db, &scratch))
+        let result = bounded(pipeline_update(&self.db, &self.name))
             .await
             .map(|()| format!("evaluated (used by {used_by})"));
-        checks.push(judged(
-            label("update pipeline with $$NOW"),
+        Some(judged(
+            self.label("update pipeline with $$NOW"),
             result,
             "update pipelines and $$NOW need MongoDB 4.2 or later: use MongoDB 6.0 to 8.0",
-        ));
+        ))
     }
 
-    if let Some(count) = projections.iter().map(|p| p.partitions).max()
-        && count > 1
-    {
-        checks.push(judged(
-            label("partition filter"),
-            bounded(partition_split(&db, &scratch, count)).await,
+    /// Only when a projection is partitioned, split as finely as the finest one.
+    async fn partition_check(&self, projections: &[ProjectionConfig]) -> Option<Check> {
+        let count = projections.iter().map(|p| p.partitions).max()?;
+        if count <= 1 {
+            return None;
+        }
+        Some(judged(
+            self.label("partition filter"),
+            bounded(partition_split(&self.db, &self.name, count)).await,
             "run the projections unpartitioned (partitions = 1), or use MongoDB 6.0 to 8.0",
-        ));
+        ))
     }
 
-    let stream = bounded(change_stream(&db, &scratch)).await;
-    let stream_fix = match &stream {
-        Err(e) if e.code == Some(40573) => {
-            "change streams need a replica set or a sharded cluster: see the topology check"
-        }
-        _ => {
-            "change streams need a replica set or a sharded cluster running MongoDB 6.0 to 8.0, with healthy replication (rs.status())"
-        }
-    };
-    checks.push(judged(label("change stream"), stream, stream_fix));
+    async fn change_stream_check(&self) -> Check {
+        let stream = bounded(change_stream(&self.db, &self.name)).await;
+        let stream_fix = match &stream {
+            Err(e) if e.code == Some(40573) => {
+                "change streams need a replica set or a sharded cluster: see the topology check"
+            }
+            _ => {
+                "change streams need a replica set or a sharded cluster running MongoDB 6.0 to 8.0, with healthy replication (rs.status())"
+            }
+        };
+        judged(self.label("change stream"), stream, stream_fix)
+    }
 
-    if rebuild {
-        let result = bounded(rename(client, &db, &scratch, &shadow)).await;
-        checks.push(judged(
-            label("renameCollection"),
+    async fn rename_check(&self, client: &Client) -> Check {
+        let result = bounded(rename(client, &self.db, &self.name, &self.shadow)).await;
+        let db_name = self.db_name;
+        judged(
+            self.label("renameCollection"),
             result,
             &format!(
                 "grant renameCollectionSameDB on database {db_name} and dropCollection on its read models (the built-in role readWrite on {db_name} has both)"
             ),
-        ));
+        )
     }
 
-    let mut left = Vec::new();
-    for name in [&scratch, &shadow] {
-        if let Err(e) = db.collection::<Document>(name).drop().await {
-            left.push(format!("{name} ({e})"));
+    /// Drops both scratch collections; a warning names those left behind.
+    async fn drop_collections(self) -> Option<Check> {
+        let mut left = Vec::new();
+        for name in [&self.name, &self.shadow] {
+            if let Err(e) = self.db.collection::<Document>(name).drop().await {
+                left.push(format!("{name} ({e})"));
+            }
         }
-    }
-    if !left.is_empty() {
-        checks.push(
+        if left.is_empty() {
+            return None;
+        }
+        Some(
             Check::warn(
-                label("scratch collections"),
+                self.label("scratch collections"),
                 format!("could not drop {}", left.join(", ")),
             )
             .with_fix(format!(
-                "drop them by hand: db.getSiblingDB(\"{db_name}\").getCollection(NAME).drop()"
+                "drop them by hand: db.getSiblingDB(\"{}\").getCollection(NAME).drop()",
+                self.db_name
             )),
-        );
+        )
     }
-    checks
 }
 
 /// An event of the probe aggregate.
