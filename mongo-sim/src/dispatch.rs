@@ -93,6 +93,7 @@ fn is_known(name: &str) -> bool {
         || READ_COMMANDS.contains(&name)
         || OTHER_COMMANDS.contains(&name)
         || handshake::COMMANDS.contains(&name)
+        || crate::admin::COMMANDS.contains(&name)
 }
 
 /// mongod's database name rules (manual: "Naming Restrictions").
@@ -713,6 +714,7 @@ async fn route(
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
         "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
         "configureFailPoint" => failpoint::configure(s, ctx, cmd),
+        "getCmdLineOpts" | "getParameter" => crate::admin::run(s, ctx, name, cmd),
         other => handshake::run(s, conn, ctx, other, cmd).await,
     }
 }

@@ -9,6 +9,7 @@
 // Every handler returns mongod's full error shape; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod aggregate;
 pub mod bsontype;
 pub mod changestream;
