@@ -12,6 +12,8 @@
 pub mod admin;
 pub mod aggregate;
 pub mod bsontype;
+pub mod catalog;
+pub mod changeevent;
 pub mod changestream;
 pub mod commands;
 pub mod compare;
@@ -30,6 +32,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod update;
+pub mod updatedesc;
 pub mod wire;
 
 pub use server::MongoSim;

@@ -60,8 +60,13 @@ impl Data {
         let created = !db.collections.contains_key(&ns.coll);
         let coll = db.collections.entry(ns.coll.clone()).or_default();
         if created {
-            self.oplog
-                .record(OplogOp::Create { ns: ns.clone() }, Some(coll.ui()));
+            self.oplog.record(
+                OplogOp::Create {
+                    ns: ns.clone(),
+                    description: crate::catalog::create_description(&coll.options),
+                },
+                Some(coll.ui()),
+            );
         }
         (coll, created)
     }
@@ -86,7 +91,7 @@ impl Data {
         if self
             .databases
             .get(db)
-            .is_some_and(|d| d.collections.is_empty())
+            .is_some_and(|d| d.collections.is_empty() && d.views.is_empty())
         {
             self.databases.remove(db);
         }
@@ -104,16 +109,22 @@ impl Data {
         coll.documents.get(&rid).map(|d| Document::clone(d))
     }
 
+    /// The view at `ns`, when there is one.
+    pub fn view(&self, ns: &Namespace) -> Option<&crate::catalog::View> {
+        self.databases.get(&ns.db)?.views.get(&ns.coll)
+    }
+
     /// The collection's UUID, when it exists.
     pub fn collection_uuid(&self, ns: &crate::oplog::Namespace) -> Option<bson::Uuid> {
         self.collection(ns).map(|c| c.uuid)
     }
 }
 
-/// One database: its collections by name.
+/// One database: its collections and views by name.
 #[derive(Default)]
 pub struct Database {
     pub collections: BTreeMap<String, Collection>,
+    pub views: BTreeMap<String, crate::catalog::View>,
 }
 
 /// What `createIndexes` was asked for, as `listIndexes` reports it back.
@@ -125,6 +136,9 @@ pub struct IndexSpec {
     pub sparse: bool,
     /// Accepted and reported, but documents never expire.
     pub expire_after_seconds: Option<Bson>,
+    /// `partialFilterExpression`: only documents matching it are indexed (manual: "Partial
+    /// Indexes"), so a unique partial index constrains only those.
+    pub partial_filter: Option<Document>,
 }
 
 impl IndexSpec {
@@ -144,6 +158,9 @@ impl IndexSpec {
         if let Some(e) = &self.expire_after_seconds {
             d.insert("expireAfterSeconds", e.clone());
         }
+        if let Some(f) = &self.partial_filter {
+            d.insert("partialFilterExpression", f.clone());
+        }
         d
     }
 
@@ -152,6 +169,7 @@ impl IndexSpec {
         self.unique == other.unique
             && self.sparse == other.sparse
             && self.expire_after_seconds == other.expire_after_seconds
+            && self.partial_filter == other.partial_filter
     }
 }
 
@@ -177,6 +195,8 @@ pub struct Index {
     entries: BTreeSet<(Vec<u8>, u64)>,
     /// True once some document produced several keys (an array value).
     pub multikey: bool,
+    /// The parsed `partialFilterExpression`.
+    partial: Option<Matcher>,
 }
 
 static NULL_KEY: Bson = Bson::Null;
@@ -196,11 +216,17 @@ impl Index {
                 (k.clone(), parts, as_f64(v).is_some_and(|d| d < 0.0))
             })
             .collect();
+        // Validated by createIndexes before the spec gets here.
+        let partial = spec
+            .partial_filter
+            .as_ref()
+            .and_then(|f| Matcher::parse(f).ok());
         Index {
             spec,
             fields,
             entries: BTreeSet::new(),
             multikey: false,
+            partial,
         }
     }
 
@@ -213,6 +239,18 @@ impl Index {
     /// sparse index when every key field is missing. Two array fields in one compound key
     /// are refused (manual: "Multikey Indexes", compound multikey limitation).
     fn keys<'a>(&self, doc: &'a Document) -> Result<Vec<GeneratedKey<'a>>> {
+        if let Some(partial) = &self.partial {
+            let vars = Variables::new(
+                bson::DateTime::now(),
+                bson::Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+            );
+            if !partial.matches(doc, &vars)? {
+                return Ok(Vec::new());
+            }
+        }
         let mut per_field: Vec<Vec<&'a Bson>> = Vec::with_capacity(self.fields.len());
         let mut array_field: Option<&str> = None;
         let mut all_missing = true;
@@ -502,7 +540,8 @@ pub fn bson_size(d: &Document) -> usize {
         .sum::<usize>()
 }
 
-fn value_size(v: &Bson) -> usize {
+/// The BSON size of one value, without its type byte and field name.
+pub fn value_size(v: &Bson) -> usize {
     match v {
         Bson::Double(_) | Bson::Int64(_) | Bson::DateTime(_) | Bson::Timestamp(_) => 8,
         Bson::Int32(_) => 4,
@@ -539,8 +578,11 @@ fn decimal_len(mut i: usize) -> usize {
 }
 
 /// One collection.
+#[derive(Clone)]
 pub struct Collection {
     pub uuid: Uuid,
+    /// What `create` and `collMod` set: validation, pre- and post-images.
+    pub options: crate::catalog::CollectionOptions,
     /// Documents in natural order, by record id. A stored version is never modified in
     /// place (a write replaces it), so the oplog entry that recorded it shares it instead of
     /// holding a copy.
@@ -561,6 +603,7 @@ impl Collection {
     pub fn new() -> Collection {
         Collection {
             uuid: Uuid::new(),
+            options: crate::catalog::CollectionOptions::default(),
             documents: BTreeMap::new(),
             indexes: vec![Index::new(IndexSpec {
                 name: "_id_".to_string(),
@@ -568,6 +611,7 @@ impl Collection {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
             })],
             next_record_id: 1,
         }
@@ -675,7 +719,7 @@ impl Collection {
     /// Natural order either way.
     pub fn candidates(&self, matcher: &Matcher) -> Vec<u64> {
         for index in &self.indexes {
-            if index.spec.sparse {
+            if index.spec.sparse || index.partial.is_some() {
                 continue;
             }
             let field = &index.fields[0].0;
@@ -778,7 +822,8 @@ pub fn identical_documents(a: &Document, b: &Document) -> bool {
             .all(|((ka, va), (kb, vb))| ka == kb && identical_values(va, vb))
 }
 
-fn identical_values(a: &Bson, b: &Bson) -> bool {
+/// Byte-level sameness of two values (field order and numeric types matter).
+pub fn identical_values(a: &Bson, b: &Bson) -> bool {
     match (a, b) {
         (Bson::Document(x), Bson::Document(y)) => identical_documents(x, y),
         (Bson::Array(x), Bson::Array(y)) => {
@@ -861,6 +906,7 @@ mod tests {
             unique: true,
             sparse: false,
             expire_after_seconds: None,
+            partial_filter: None,
         }
     }
 
@@ -905,6 +951,7 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
             },
         )
         .unwrap();
@@ -924,6 +971,7 @@ mod tests {
                 unique: true,
                 sparse: true,
                 expire_after_seconds: None,
+                partial_filter: None,
             },
         )
         .unwrap();
@@ -942,6 +990,7 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
             },
         )
         .unwrap();
@@ -1007,6 +1056,7 @@ mod tests {
                     unique: true,
                     sparse: false,
                     expire_after_seconds: None,
+                    partial_filter: None,
                 },
             )
             .unwrap_err();

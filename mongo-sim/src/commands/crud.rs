@@ -411,9 +411,36 @@ fn prepare_insert(doc: Document) -> Result<Document> {
     Ok(prepared)
 }
 
-/// Stores a prepared document and records its insert.
-fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document) -> Result<u64> {
+/// Refuses a document the collection's validator rejects (manual: "Schema Validation");
+/// `old` is the version an update replaces.
+fn check_valid(
+    coll: &Collection,
+    new: &Document,
+    old: Option<&Document>,
+    bypass: bool,
+    cluster_time: bson::Timestamp,
+) -> Result<()> {
+    if coll.options.validator.is_none() {
+        return Ok(());
+    }
+    let vars = Variables::new(bson::DateTime::now(), cluster_time);
+    coll.options.validate(new, old, bypass, &vars)
+}
+
+/// Writes to a view fail as mongod's do (manual: "Views", read-only).
+pub fn check_not_view(data: &Data, ns: &Namespace) -> Result<()> {
+    match data.view(ns) {
+        Some(_) => Err(crate::catalog::not_supported_on_view(ns)),
+        None => Ok(()),
+    }
+}
+
+/// Stores a prepared document and records its insert; `bypass` skips document validation
+/// (`bypassDocumentValidation`).
+fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document, bypass: bool) -> Result<u64> {
+    let cluster_time = data.oplog.last_ts();
     let (coll, _) = data.ensure_collection(ns);
+    check_valid(coll, &doc, None, bypass, cluster_time)?;
     let (rid, stored) = coll.insert_document(ns, doc)?;
     let ui = coll.ui();
     data.oplog.record(
@@ -477,6 +504,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
     validate_write_namespace(&ns)?;
     let documents = statement_array(cmd, "insert", "documents")?;
     let ordered = opt_bool(cmd, "insert", "ordered")?.unwrap_or(true);
+    let bypass = opt_bool(cmd, "insert", "bypassDocumentValidation")?.unwrap_or(false);
     for (i, d) in documents.iter().enumerate() {
         if !matches!(d, Bson::Document(_)) {
             return Err(wrong_type("insert", &format!("documents.{i}"), d, "object"));
@@ -487,6 +515,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
         _ => Vec::new(),
     };
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let mut n = 0;
     let mut errors = Vec::new();
     let docs = docs.into_iter().filter_map(|d| match d {
@@ -494,7 +523,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
         _ => None,
     });
     for (i, d) in docs.enumerate() {
-        match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p)) {
+        match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p, bypass)) {
             Ok(_) => n += 1,
             Err(e) => {
                 errors.push(e.to_write_error(i));
@@ -629,7 +658,9 @@ fn update_record(
     rid: u64,
     spec: &UpdateSpec,
     ctx: &UpdateContext<'_>,
+    bypass: bool,
 ) -> Result<bool> {
+    let cluster_time = data.oplog.last_ts();
     let Some((coll, oplog)) = data.collection_and_oplog(ns) else {
         return Ok(false);
     };
@@ -665,15 +696,18 @@ fn update_record(
             format!("Resulting document after update is larger than {MAX_USER_DOCUMENT_SIZE}"),
         ));
     }
+    check_valid(coll, &after, Some(before), bypass, cluster_time)?;
     let key = doc! {"_id": old_id};
     let recorded = after.clone();
     let before = coll.replace_document(ns, rid, after)?;
     let ui = coll.ui();
+    let images = coll.options.pre_and_post_images;
     let op = if spec.is_replacement() {
         OplogOp::Replace {
             ns: ns.clone(),
             document_key: key,
             document: recorded,
+            pre_image: images.then_some(before),
         }
     } else {
         OplogOp::Update {
@@ -681,6 +715,8 @@ fn update_record(
             document_key: key,
             before: Arc::unwrap_or_clone(before),
             after: recorded,
+            pipeline: matches!(spec, UpdateSpec::Pipeline(_)),
+            images,
         }
     };
     oplog.record(op, Some(ui));
@@ -752,15 +788,27 @@ enum Upserted {
     },
 }
 
+/// What an upsert is evaluated with: the variables, `arrayFilters`, and whether document
+/// validation is bypassed.
+struct UpsertEnv<'a> {
+    vars: &'a Variables,
+    array_filters: &'a [Document],
+    bypass: bool,
+}
+
 fn upsert(
     data: &mut Data,
     ns: &Namespace,
     filter: &Document,
     matcher: &Matcher,
     spec: &UpdateSpec,
-    vars: &Variables,
-    array_filters: &[Document],
+    env: &UpsertEnv<'_>,
 ) -> Result<Upserted> {
+    let UpsertEnv {
+        vars,
+        array_filters,
+        bypass,
+    } = *env;
     let insert_ctx = UpdateContext {
         is_upsert_insert: true,
         vars,
@@ -786,7 +834,7 @@ fn upsert(
     let doc = prepare_insert(built)?;
     let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
     let copy = doc.clone();
-    match insert_prepared(data, ns, doc) {
+    match insert_prepared(data, ns, doc, bypass) {
         Ok(rid) => Ok(Upserted::Inserted { id, rid }),
         Err(e)
             if e.code == error::DUPLICATE_KEY.code && upsert_retry_allowed(filter, &copy, &e) =>
@@ -804,7 +852,7 @@ fn upsert(
                 array_filters,
                 query: Some(matcher),
             };
-            let modified = update_record(data, ns, rid, spec, &ctx)?;
+            let modified = update_record(data, ns, rid, spec, &ctx, bypass)?;
             Ok(Upserted::Updated { rid, modified })
         }
         Err(e) => Err(e),
@@ -823,6 +871,7 @@ fn run_update_statement(
     ns: &Namespace,
     stmt: &UpdateStatement,
     base_vars: &Variables,
+    bypass: bool,
 ) -> Result<UpdateOutcome> {
     let matcher = Matcher::parse(&stmt.q)?;
     let spec = UpdateSpec::parse(&stmt.u)?;
@@ -856,8 +905,11 @@ fn run_update_statement(
                 &stmt.q,
                 &matcher,
                 &spec,
-                vars,
-                &stmt.array_filters,
+                &UpsertEnv {
+                    vars,
+                    array_filters: &stmt.array_filters,
+                    bypass,
+                },
             )? {
                 Upserted::Inserted { id, .. } => {
                     outcome.n = 1;
@@ -879,7 +931,7 @@ fn run_update_statement(
     };
     for rid in rids {
         outcome.n += 1;
-        if update_record(data, ns, rid, &spec, &ctx)? {
+        if update_record(data, ns, rid, &spec, &ctx, bypass)? {
             outcome.modified += 1;
         }
     }
@@ -909,13 +961,15 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
         .map(parse_update_statement)
         .collect::<Result<Vec<_>>>()?;
     let ordered = opt_bool(cmd, "update", "ordered")?.unwrap_or(true);
+    let bypass = opt_bool(cmd, "update", "bypassDocumentValidation")?.unwrap_or(false);
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let vars = variables(&data, cmd, "update")?;
     let (mut n, mut modified) = (0, 0);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
-        match run_update_statement(&mut data, &ns, stmt, &vars) {
+        match run_update_statement(&mut data, &ns, stmt, &vars, bypass) {
             Ok(o) => {
                 n += o.n;
                 modified += o.modified;
@@ -990,10 +1044,12 @@ fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Arc<Docume
     let (coll, oplog) = data.collection_and_oplog(ns)?;
     let old = coll.delete_document(rid)?;
     let ui = coll.ui();
+    let pre_image = coll.options.pre_and_post_images.then(|| old.clone());
     oplog.record(
         OplogOp::Delete {
             ns: ns.clone(),
             document_key: document_key(&old),
+            pre_image,
         },
         Some(ui),
     );
@@ -1016,6 +1072,7 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
         .collect::<Result<Vec<_>>>()?;
     let ordered = opt_bool(cmd, "delete", "ordered")?.unwrap_or(true);
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let vars = variables(&data, cmd, "delete")?;
     let mut n = 0;
     let mut errors = Vec::new();
@@ -1260,7 +1317,9 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
     let order = Order::parse(sort, None)?;
     let projection = fields.map(Projection::parse).transpose()?;
 
+    let bypass = opt_bool(cmd, CMD, "bypassDocumentValidation")?.unwrap_or(false);
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let vars = variables(&data, cmd, CMD)?;
     check_hint(data.collection(&ns), hint)?;
     let target = {
@@ -1312,7 +1371,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
             } else {
                 stored(&data, rid)?
             };
-            update_record(&mut data, &ns, rid, &spec, &ctx_update)?;
+            update_record(&mut data, &ns, rid, &spec, &ctx_update, bypass)?;
             let value = if return_new {
                 stored(&data, rid)?
             } else {
@@ -1327,8 +1386,11 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
                 &query,
                 &matcher,
                 &spec,
-                &vars,
-                &array_filters,
+                &UpsertEnv {
+                    vars: &vars,
+                    array_filters: &array_filters,
+                    bypass,
+                },
             )? {
                 Upserted::Inserted { id, rid } => {
                     let value = if return_new {
@@ -1595,6 +1657,9 @@ mod tests {
                     OplogOp::Drop { .. } => "drop",
                     OplogOp::Rename { .. } => "rename",
                     OplogOp::DropDatabase { .. } => "dropDatabase",
+                    OplogOp::CreateIndexes { .. } => "createIndexes",
+                    OplogOp::DropIndexes { .. } => "dropIndexes",
+                    OplogOp::Modify { .. } => "modify",
                 }
                 .to_string()
             })
@@ -1612,6 +1677,7 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
             },
         )
         .unwrap();

@@ -1,4 +1,5 @@
 //! Command handlers, grouped by what they act on.
 
+pub mod collmod;
 pub mod crud;
 pub mod ddl;
