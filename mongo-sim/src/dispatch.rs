@@ -9,9 +9,10 @@
 use crate::error::{self, CommandError, Result};
 use crate::failpoint::{self, Triggered};
 use crate::handshake;
+use crate::retryable::RetryableWrite;
 use crate::state::{CommandContext, Shared};
 use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// What the connection learned about its client, kept across commands.
@@ -48,10 +49,6 @@ pub enum Outcome {
 /// What dispatch remembers between commands.
 #[derive(Default)]
 pub struct DispatchState {
-    /// The latest retryable write per session and its reply, so that a retry of the same
-    /// `txnNumber` is answered without executing again (retryable-writes spec; manual:
-    /// "Retryable Writes").
-    sessions: HashMap<Vec<u8>, (i64, Document)>,
     /// Open change-stream cursors: their failed getMores get `ResumableChangeStreamError`.
     change_stream_cursors: HashSet<i64>,
 }
@@ -227,19 +224,27 @@ async fn execute(
         )
         .to_reply());
     }
+    let lsid = match cmd.get("lsid") {
+        Some(Bson::Document(d)) => Some(d.clone()),
+        _ => None,
+    };
+    let txn_number = cmd.get("txnNumber").and_then(crate::bsontype::as_i64);
+    let retryable_write = match (&lsid, txn_number) {
+        (Some(lsid), Some(txn)) if RETRYABLE_COMMANDS.contains(&name.as_str()) => {
+            Some(RetryableWrite::of(cmd, lsid, txn))
+        }
+        _ => None,
+    };
+    let retryable = retryable_write.is_some();
     let ctx = CommandContext {
         db: db.clone(),
         connection_id: conn.id,
         app_name: conn.app_name.clone(),
-        lsid: match cmd.get("lsid") {
-            Some(Bson::Document(d)) => Some(d.clone()),
-            _ => None,
-        },
-        txn_number: cmd.get("txnNumber").and_then(crate::bsontype::as_i64),
+        lsid,
+        txn_number,
+        retryable: retryable_write,
+        ..Default::default()
     };
-    let retryable = RETRYABLE_COMMANDS.contains(&name.as_str())
-        && ctx.lsid.is_some()
-        && ctx.txn_number.is_some();
     // Subscribed before anything can wait, so a later step-down is never missed.
     let mut interrupts = shared.topology.lock().subscribe_interrupts();
     let interruptible = !matches!(
@@ -308,12 +313,18 @@ async fn execute(
         fp_wce = write_concern_error;
     }
 
+    if let Some(e) = max_time_always_times_out(shared, &name, cmd) {
+        return Ok(label(e, labelling).to_reply());
+    }
     // `biased`: a command that finishes without waiting is never interrupted.
     let result = tokio::select! {
         biased;
-        result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable) => result,
+        result = checks_then_run(shared, conn, &ctx, &name, cmd) => result,
         _ = interrupted(&mut interrupts), if interruptible => Err(interrupted_error()),
     };
+    if ctx.hang_up_requested() {
+        return Err(Hangup);
+    }
     if labelling.change_stream || name == "killCursors" {
         track_change_stream_cursors(shared, &name, cmd, result.as_ref().ok());
     }
@@ -345,6 +356,23 @@ async fn execute(
         }
     }
     Ok(reply)
+}
+
+/// mongod's `maxTimeAlwaysTimeOut` fail point: an operation with a time limit exceeds it at
+/// its first interrupt check.
+fn max_time_always_times_out(shared: &Shared, name: &str, cmd: &Document) -> Option<CommandError> {
+    let limited = cmd
+        .get("maxTimeMS")
+        .and_then(crate::bsontype::as_i64)
+        .is_some_and(|ms| ms > 0);
+    if !limited || name == "configureFailPoint" {
+        return None;
+    }
+    shared.failpoints.lock().fire("maxTimeAlwaysTimeOut")?;
+    Some(CommandError::new(
+        error::MAX_TIME_MS_EXPIRED,
+        "operation exceeded time limit",
+    ))
 }
 
 /// Resolves at the next step-down.
@@ -579,24 +607,12 @@ fn not_secondary_ok_read(cmd: &Document) -> bool {
     }
 }
 
-fn session_key(lsid: &Document) -> Vec<u8> {
-    let mut key = Vec::new();
-    match lsid.get("id") {
-        Some(Bson::Binary(b)) => key.extend_from_slice(&b.bytes),
-        _ => {
-            let _ = lsid.to_writer(&mut key);
-        }
-    }
-    key
-}
-
 async fn checks_then_run(
     shared: &Arc<Shared>,
     conn: &mut ConnectionState,
     ctx: &CommandContext,
     name: &str,
     cmd: &mut Document,
-    retryable: bool,
 ) -> Result<Ran> {
     check_generic_arguments(name, cmd)?;
     let writes = WRITE_COMMANDS.contains(&name);
@@ -615,61 +631,11 @@ async fn checks_then_run(
             ));
         }
     }
-    let session = match (retryable, &ctx.lsid, ctx.txn_number) {
-        (true, Some(lsid), Some(txn)) => {
-            let key = session_key(lsid);
-            let topology = shared.topology.lock();
-            match topology.dispatch.sessions.get(&key) {
-                Some((latest, _)) if *latest > txn => {
-                    return Err(CommandError::from_code(
-                        225,
-                        format!(
-                            "Retryable write with txnNumber {txn} is prohibited on session {} because a newer retryable write with txnNumber {latest} has already started on this session.",
-                            lsid_display(lsid)
-                        ),
-                    ));
-                }
-                Some((latest, reply)) if *latest == txn => {
-                    return Ok(Ran {
-                        reply: reply.clone(),
-                        writes,
-                    });
-                }
-                _ => {}
-            }
-            Some((key, txn))
-        }
-        _ => None,
-    };
+    if let Some(write) = &ctx.retryable {
+        shared.data.lock().transactions.begin(write)?;
+    }
     let reply = route(shared, conn, ctx, name, cmd).await?;
-    if let Some((key, txn)) = session
-        && reply_ok(&reply)
-    {
-        let mut topology = shared.topology.lock();
-        let sessions = &mut topology.dispatch.sessions;
-        let newer = matches!(sessions.get(&key), Some((latest, _)) if *latest > txn);
-        if !newer {
-            sessions.insert(key, (txn, reply.clone()));
-        }
-    }
     Ok(Ran { reply, writes })
-}
-
-fn lsid_display(lsid: &Document) -> String {
-    match lsid.get("id") {
-        Some(Bson::Binary(b)) if b.bytes.len() == 16 => {
-            let h = hex::encode(&b.bytes);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            )
-        }
-        _ => lsid.to_string(),
-    }
 }
 
 async fn route(
@@ -900,18 +866,25 @@ mod tests {
     async fn retryable_write_replays_and_rejects_old_txn_numbers() {
         let s = shared();
         let lsid = doc! {"id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![2; 16] }};
-        let remembered = doc! {"n": 1, "ok": 1.0};
-        s.topology
-            .lock()
-            .dispatch
-            .sessions
-            .insert(session_key(&lsid), (5, remembered));
         let cmd = |txn: i64| {
-            doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "a",
-            "lsid": lsid.clone(), "txnNumber": txn}
+            doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}],
+            "$db": "a", "lsid": lsid.clone(), "txnNumber": txn}
         };
-        let r = run(&s, cmd(5)).await;
-        assert_eq!(r.get_i32("n").unwrap(), 1);
+        let first = run(&s, cmd(5)).await;
+        assert_eq!(first.get_i32("n").unwrap(), 1);
+        assert!(first.contains_key("upserted"));
+        // The retry is answered from the first execution: same reply, nothing applied again.
+        let retry = run(&s, cmd(5)).await;
+        assert_eq!(retry.get_i32("n").unwrap(), 1);
+        assert_eq!(
+            retry.get_array("upserted").unwrap(),
+            first.get_array("upserted").unwrap()
+        );
+        let stored = s
+            .data
+            .lock()
+            .lookup_document(&crate::oplog::Namespace::new("a", "c"), &doc! {"_id": 1});
+        assert_eq!(stored.unwrap().get_i32("n").unwrap(), 1);
         let r = run(&s, cmd(4)).await;
         assert_eq!(r.get_i32("code").unwrap(), 225);
         assert_eq!(r.get_str("codeName").unwrap(), "TransactionTooOld");

@@ -66,6 +66,7 @@ codes! {
     COMMAND_NOT_SUPPORTED = 115, "CommandNotSupported";
     INVALID_PIPELINE_OPERATOR = 168, "InvalidPipelineOperator";
     PRIMARY_STEPPED_DOWN = 189, "PrimarySteppedDown";
+    TRANSACTION_TOO_OLD = 225, "TransactionTooOld";
     CURSOR_IN_USE = 236, "CursorInUse";
     CURSOR_KILLED = 237, "CursorKilled";
     CONVERSION_FAILURE = 241, "ConversionFailure";

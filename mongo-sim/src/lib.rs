@@ -28,6 +28,7 @@ pub mod hasher;
 pub mod oplog;
 pub mod path;
 pub mod query;
+pub mod retryable;
 pub mod server;
 pub mod state;
 pub mod storage;

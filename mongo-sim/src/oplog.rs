@@ -137,6 +137,12 @@ pub struct Oplog {
     live: BTreeMap<Namespace, Option<Binary>>,
 }
 
+/// Where the oplog ended: the entries written after it can be undone.
+pub struct Savepoint {
+    next_seq: u64,
+    live: BTreeMap<Namespace, Option<Binary>>,
+}
+
 /// A cluster time as an ordered pair (seconds, counter).
 pub fn ts_key(ts: Timestamp) -> (u32, u32) {
     (ts.time, ts.increment)
@@ -155,6 +161,29 @@ impl Oplog {
             truncated_through: None,
             live: BTreeMap::new(),
         }
+    }
+
+    /// Where the oplog ends now, for [`Oplog::rollback`].
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            next_seq: self.next_seq,
+            live: self.live.clone(),
+        }
+    }
+
+    /// Removes the entries written since `savepoint`, as if the writes that made them had
+    /// never committed. Only for writes nobody has read yet (the caller holds the data lock
+    /// throughout); cluster times handed out stay used.
+    pub fn rollback(&mut self, savepoint: Savepoint) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|e| e.seq >= savepoint.next_seq)
+        {
+            self.entries.pop_back();
+        }
+        self.next_seq = savepoint.next_seq;
+        self.live = savepoint.live;
     }
 
     /// Sequence number of the newest entry (0 when empty).

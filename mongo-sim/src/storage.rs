@@ -25,6 +25,8 @@ pub const MAX_USER_DOCUMENT_SIZE: usize = 16 * 1024 * 1024;
 pub struct Data {
     pub databases: BTreeMap<String, Database>,
     pub oplog: Oplog,
+    /// Retryable writes' applied statements, changed with the writes under the same lock.
+    pub transactions: crate::retryable::TransactionTable,
 }
 
 impl Data {
@@ -32,6 +34,7 @@ impl Data {
         Self {
             databases: BTreeMap::new(),
             oplog: Oplog::new(oplog_capacity),
+            transactions: crate::retryable::TransactionTable::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::expr::Variables;
 use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
 use crate::oplog::{Namespace, OplogOp};
 use crate::query::Matcher;
+use crate::retryable::{self, Statement, StatementKind, StatementResult};
 use crate::state::{CommandContext, Shared};
 use crate::storage::{
     Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
@@ -523,14 +524,28 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
         _ => None,
     });
     for (i, d) in docs.enumerate() {
-        match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p, bypass)) {
-            Ok(_) => n += 1,
-            Err(e) => {
+        let mut doc = Some(d);
+        let mut run = |data: &mut Data| {
+            let d = doc.take().unwrap_or_default();
+            prepare_insert(d).and_then(|p| insert_prepared(data, &ns, p, bypass))
+        };
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|_| StatementResult::Insert,
+            replay: &|r| (r == StatementResult::Insert).then_some(0),
+            wrote: &|_| true,
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(_) => n += 1,
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     Ok(write_reply(n, errors))
@@ -969,20 +984,45 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
-        match run_update_statement(&mut data, &ns, stmt, &vars, bypass) {
-            Ok(o) => {
+        let mut run = |data: &mut Data| run_update_statement(data, &ns, stmt, &vars, bypass);
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|o: &UpdateOutcome| StatementResult::Update {
+                n: o.n,
+                modified: o.modified,
+                upserted: o.upserted.clone(),
+            },
+            replay: &|r| match r {
+                StatementResult::Update {
+                    n,
+                    modified,
+                    upserted,
+                } => Some(UpdateOutcome {
+                    n,
+                    modified,
+                    upserted,
+                }),
+                _ => None,
+            },
+            wrote: &|o: &UpdateOutcome| o.modified > 0 || o.upserted.is_some(),
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(o) => {
                 n += o.n;
                 modified += o.modified;
                 if let Some(id) = o.upserted {
                     upserted.push(doc! {"index": i as i32, "_id": id});
                 }
             }
-            Err(e) => {
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     let mut reply = doc! {"n": count_bson(n)};
@@ -1056,6 +1096,27 @@ fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Arc<Docume
     Some(old)
 }
 
+/// Deletes what one statement selects; returns how many documents it deleted.
+fn run_delete_statement(
+    data: &mut Data,
+    ns: &Namespace,
+    stmt: &DeleteStatement,
+    vars: &Variables,
+) -> Result<usize> {
+    let matcher = Matcher::parse(&stmt.q)?;
+    let rids = match data.collection(ns) {
+        Some(c) => {
+            check_hint(Some(c), stmt.hint.as_ref())?;
+            c.matching(&matcher, vars, stmt.just_one)?
+        }
+        None => Vec::new(),
+    };
+    Ok(rids
+        .into_iter()
+        .filter(|rid| delete_record(data, ns, *rid).is_some())
+        .count())
+}
+
 /// `delete` (manual: "delete"): `{n, writeErrors?}`.
 pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
     let coll = collection_name(cmd, "delete")?;
@@ -1077,27 +1138,27 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     let mut n = 0;
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
-        let result = Matcher::parse(&stmt.q).and_then(|m| match data.collection(&ns) {
-            Some(c) => {
-                check_hint(Some(c), stmt.hint.as_ref())?;
-                c.matching(&m, &vars, stmt.just_one)
-            }
-            None => Ok(Vec::new()),
-        });
-        match result {
-            Ok(rids) => {
-                for rid in rids {
-                    if delete_record(&mut data, &ns, rid).is_some() {
-                        n += 1;
-                    }
-                }
-            }
-            Err(e) => {
+        let mut run = |data: &mut Data| run_delete_statement(data, &ns, stmt, &vars);
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|n: &usize| StatementResult::Delete { n: *n },
+            replay: &|r| match r {
+                StatementResult::Delete { n } => Some(n),
+                _ => None,
+            },
+            wrote: &|n: &usize| *n > 0,
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(deleted) => n += deleted,
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     Ok(write_reply(n, errors))
@@ -1317,15 +1378,64 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
     let order = Order::parse(sort, None)?;
     let projection = fields.map(Projection::parse).transpose()?;
 
-    let bypass = opt_bool(cmd, CMD, "bypassDocumentValidation")?.unwrap_or(false);
+    let request = FindAndModify {
+        ns,
+        query,
+        matcher,
+        order,
+        projection,
+        spec,
+        return_new,
+        upsert_requested,
+        array_filters,
+        bypass: opt_bool(cmd, CMD, "bypassDocumentValidation")?.unwrap_or(false),
+    };
     let mut data = shared.data.lock();
-    check_not_view(&data, &ns)?;
+    check_not_view(&data, &request.ns)?;
     let vars = variables(&data, cmd, CMD)?;
-    check_hint(data.collection(&ns), hint)?;
-    let target = {
-        let source = Source::open(&data, &ns);
-        let selected = source.select(&matcher, &vars)?;
-        match &order {
+    check_hint(data.collection(&request.ns), hint)?;
+    let mut run = |data: &mut Data| request.apply(data, &vars);
+    let kind = StatementKind {
+        run: &mut run,
+        record: &|reply: &Document| StatementResult::FindAndModify(reply.clone()),
+        replay: &|r| match r {
+            StatementResult::FindAndModify(reply) => Some(reply),
+            _ => None,
+        },
+        wrote: &|reply: &Document| {
+            reply
+                .get_document("lastErrorObject")
+                .is_ok_and(|l| l.get("n").and_then(as_i64) == Some(1))
+        },
+    };
+    let ns = request.ns.clone();
+    match retryable::run_statement(shared, ctx, &mut data, &ns, 0, kind) {
+        Statement::Done(reply) => Ok(reply),
+        Statement::Failed(e) => Err(e),
+    }
+}
+
+/// A parsed `findAndModify`.
+struct FindAndModify {
+    ns: Namespace,
+    query: Document,
+    matcher: Matcher,
+    order: Order,
+    projection: Option<Projection>,
+    /// `None` for `remove: true`.
+    spec: Option<UpdateSpec>,
+    return_new: bool,
+    upsert_requested: bool,
+    array_filters: Vec<Document>,
+    bypass: bool,
+}
+
+impl FindAndModify {
+    /// The record the command acts on: the first match in `sort` (or natural) order.
+    fn target(&self, data: &Data, vars: &Variables) -> Result<Option<u64>> {
+        let source = Source::open(data, &self.ns);
+        let selected = source.select(&self.matcher, vars)?;
+        Ok(match &self.order {
             Order::Natural { forward } => {
                 if *forward {
                     selected.first().map(|(rid, _)| *rid)
@@ -1337,84 +1447,79 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
                 .iter()
                 .min_by(|a, b| s.compare(a.1, b.1))
                 .map(|(rid, _)| *rid),
-        }
-    };
-    let project = |d: &Document| -> Result<Bson> {
-        Ok(Bson::Document(match &projection {
-            Some(p) => p.apply_matched(d, &vars, &matcher)?,
-            None => d.clone(),
-        }))
-    };
-    let Some(spec) = spec else {
-        let removed = target.and_then(|rid| delete_record(&mut data, &ns, rid));
-        return Ok(match removed {
-            Some(old) => doc! {"lastErrorObject": {"n": 1}, "value": project(&old)?},
-            None => doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null},
-        });
-    };
-    let ctx_update = UpdateContext {
-        is_upsert_insert: false,
-        vars: &vars,
-        array_filters: &array_filters,
-        query: Some(&matcher),
-    };
-    let stored = |data: &Data, rid: u64| -> Result<Bson> {
-        match data.collection(&ns).and_then(|c| c.documents.get(&rid)) {
-            Some(d) => project(d),
-            None => Ok(Bson::Null),
-        }
-    };
-    match target {
-        Some(rid) => {
-            let before = if return_new {
-                Bson::Null
-            } else {
-                stored(&data, rid)?
-            };
-            update_record(&mut data, &ns, rid, &spec, &ctx_update, bypass)?;
-            let value = if return_new {
-                stored(&data, rid)?
-            } else {
-                before
-            };
-            Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
-        }
-        None if upsert_requested => {
-            match upsert(
-                &mut data,
-                &ns,
-                &query,
-                &matcher,
-                &spec,
-                &UpsertEnv {
-                    vars: &vars,
-                    array_filters: &array_filters,
-                    bypass,
-                },
-            )? {
-                Upserted::Inserted { id, rid } => {
-                    let value = if return_new {
-                        stored(&data, rid)?
-                    } else {
-                        Bson::Null
-                    };
-                    Ok(doc! {
-                        "lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": id},
-                        "value": value,
-                    })
-                }
-                Upserted::Updated { rid, .. } => {
-                    let value = if return_new {
-                        stored(&data, rid)?
-                    } else {
-                        Bson::Null
-                    };
-                    Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
-                }
+        })
+    }
+
+    /// Runs the command on the data; the reply's `lastErrorObject` and `value`.
+    fn apply(&self, data: &mut Data, vars: &Variables) -> Result<Document> {
+        let ns = &self.ns;
+        let target = self.target(data, vars)?;
+        let project = |d: &Document| -> Result<Bson> {
+            Ok(Bson::Document(match &self.projection {
+                Some(p) => p.apply_matched(d, vars, &self.matcher)?,
+                None => d.clone(),
+            }))
+        };
+        let Some(spec) = &self.spec else {
+            let removed = target.and_then(|rid| delete_record(data, ns, rid));
+            return Ok(match removed {
+                Some(old) => doc! {"lastErrorObject": {"n": 1}, "value": project(&old)?},
+                None => doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null},
+            });
+        };
+        let stored = |data: &Data, rid: u64| -> Result<Bson> {
+            match data.collection(ns).and_then(|c| c.documents.get(&rid)) {
+                Some(d) => project(d),
+                None => Ok(Bson::Null),
             }
-        }
-        None => {
-            Ok(doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null})
+        };
+        let return_new = self.return_new;
+        match target {
+            Some(rid) => {
+                let before = if return_new {
+                    Bson::Null
+                } else {
+                    stored(data, rid)?
+                };
+                let ctx_update = UpdateContext {
+                    is_upsert_insert: false,
+                    vars,
+                    array_filters: &self.array_filters,
+                    query: Some(&self.matcher),
+                };
+                update_record(data, ns, rid, spec, &ctx_update, self.bypass)?;
+                let value = if return_new {
+                    stored(data, rid)?
+                } else {
+                    before
+                };
+                Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
+            }
+            None if self.upsert_requested => {
+                let env = UpsertEnv {
+                    vars,
+                    array_filters: &self.array_filters,
+                    bypass: self.bypass,
+                };
+                let (rid, last_error) =
+                    match upsert(data, ns, &self.query, &self.matcher, spec, &env)? {
+                        Upserted::Inserted { id, rid } => {
+                            (rid, doc! {"n": 1, "updatedExisting": false, "upserted": id})
+                        }
+                        Upserted::Updated { rid, .. } => {
+                            (rid, doc! {"n": 1, "updatedExisting": true})
+                        }
+                    };
+                let value = if return_new {
+                    stored(data, rid)?
+                } else {
+                    Bson::Null
+                };
+                Ok(doc! {"lastErrorObject": last_error, "value": value})
+            }
+            None => Ok(
+                doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null},
+            ),
         }
     }
 }
