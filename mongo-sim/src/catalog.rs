@@ -49,6 +49,55 @@ pub struct CollectionOptions {
     pub validation_action: ValidationAction,
     /// `changeStreamPreAndPostImages: {enabled: true}`: writes record their pre-image.
     pub pre_and_post_images: bool,
+    /// A capped collection's bounds (manual: "Capped Collections").
+    pub capped: Option<Capped>,
+}
+
+/// How large a capped collection may grow: the oldest documents go once it holds more bytes
+/// than `size` or more documents than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capped {
+    pub size: i64,
+    pub max: Option<i64>,
+}
+
+impl Capped {
+    /// `capped`, `size` and `max` of a `create` command (manual: "create"): a size is
+    /// required; up to 4096 it becomes 4096, above it is rounded up to a multiple of 256.
+    pub fn parse(cmd: &Document) -> Result<Option<Capped>> {
+        let capped = match cmd.get("capped") {
+            None => false,
+            Some(v) => crate::bsontype::as_bool(v)
+                .ok_or_else(|| wrong_type("create", "capped", v, "bool"))?,
+        };
+        if !capped {
+            return Ok(None);
+        }
+        let number = |field: &str| -> Result<Option<i64>> {
+            match cmd.get(field) {
+                None => Ok(None),
+                Some(v) => crate::bsontype::as_i64(v)
+                    .map(Some)
+                    .ok_or_else(|| wrong_type("create", field, v, "long")),
+            }
+        };
+        let Some(size) = number("size")? else {
+            return Err(CommandError::new(
+                crate::error::INVALID_OPTIONS,
+                "the 'size' field is required when 'capped' is true",
+            ));
+        };
+        if size < 0 {
+            return Err(CommandError::bad_value("size has to be >= 0"));
+        }
+        let size = if size <= 4096 {
+            4096
+        } else {
+            (size + 255) / 256 * 256
+        };
+        let max = number("max")?.filter(|m| *m > 0);
+        Ok(Some(Capped { size, max }))
+    }
 }
 
 impl CollectionOptions {
@@ -56,6 +105,13 @@ impl CollectionOptions {
     /// event reports them): a validator comes with its level and action.
     pub fn to_document(&self) -> Document {
         let mut d = Document::new();
+        if let Some(capped) = self.capped {
+            d.insert("capped", true);
+            d.insert("size", capped.size);
+            if let Some(max) = capped.max {
+                d.insert("max", max);
+            }
+        }
         if let Some(v) = &self.validator {
             d.insert("validator", v.clone());
             d.insert("validationLevel", level_name(self.validation_level));

@@ -69,6 +69,20 @@ const WRITE_COMMANDS: &[&str] = &[
     "dropIndexes",
 ];
 
+/// Whether the command writes: a write command, or an `aggregate` ending in `$out` or
+/// `$merge`, to which a write concern applies and which a secondary refuses (manual: "$out",
+/// "$merge").
+fn writes_data(name: &str, cmd: &Document) -> bool {
+    let writing_stage = |stage: &Bson| {
+        stage
+            .as_document()
+            .is_some_and(|s| s.contains_key("$out") || s.contains_key("$merge"))
+    };
+    WRITE_COMMANDS.contains(&name)
+        || (name == "aggregate"
+            && matches!(cmd.get("pipeline"), Some(Bson::Array(p)) if p.last().is_some_and(writing_stage)))
+}
+
 /// Commands that read user data; refused with NotPrimaryNoSecondaryOk while stepped down.
 const READ_COMMANDS: &[&str] = &[
     "find",
@@ -228,6 +242,9 @@ async fn execute(
         Some(Bson::Document(d)) => Some(d.clone()),
         _ => None,
     };
+    if let Some(lsid) = &lsid {
+        shared.sessions.lock().touch(lsid);
+    }
     let txn_number = cmd.get("txnNumber").and_then(crate::bsontype::as_i64);
     let retryable_write = match (&lsid, txn_number) {
         (Some(lsid), Some(txn)) if RETRYABLE_COMMANDS.contains(&name.as_str()) => {
@@ -615,7 +632,7 @@ async fn checks_then_run(
     cmd: &mut Document,
 ) -> Result<Ran> {
     check_generic_arguments(name, cmd)?;
-    let writes = WRITE_COMMANDS.contains(&name);
+    let writes = writes_data(name, cmd);
     if writes || READ_COMMANDS.contains(&name) {
         let primary = shared.topology.lock().is_primary();
         if !primary && writes {
@@ -672,7 +689,7 @@ async fn route(
             if change_stream {
                 crate::changestream::open(s, ctx, cmd, pipeline)
             } else {
-                crud::aggregate(s, ctx, cmd)
+                crate::commands::aggregation::aggregate(s, ctx, cmd)
             }
         }
         "getMore" => crate::cursor::get_more(shared, ctx, cmd).await,

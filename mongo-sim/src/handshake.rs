@@ -168,9 +168,7 @@ pub async fn run(
         "buildInfo" | "buildinfo" => Ok(build_info()),
         "hostInfo" => Ok(host_info(shared)),
         "serverStatus" => Ok(server_status(shared)),
-        // Sessions hold no server-side state besides retryable-write replies, which expire
-        // with the server.
-        "endSessions" | "killSessions" => Ok(Document::new()),
+        "endSessions" | "killSessions" => Ok(end_sessions(shared, name, cmd)),
         "connectionStatus" => Ok(doc! {
             "authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}
         }),
@@ -181,6 +179,23 @@ pub async fn run(
             format!("no such command: '{other}'"),
         )),
     }
+}
+
+/// `endSessions`/`killSessions` (manual: "endSessions"): the sessions leave the session cache;
+/// `killSessions` also forgets their retryable writes. Malformed entries are ignored, as
+/// mongod ignores unknown sessions.
+fn end_sessions(shared: &Shared, name: &str, cmd: &Document) -> Document {
+    let Ok(ids) = cmd.get_array(name) else {
+        return Document::new();
+    };
+    for lsid in ids.iter().filter_map(Bson::as_document) {
+        shared.sessions.lock().end(lsid);
+        if name == "killSessions" {
+            let key = crate::retryable::session_key(lsid);
+            shared.data.lock().transactions.forget(&key);
+        }
+    }
+    Document::new()
 }
 
 fn last_write(shared: &Shared, term: i64) -> Document {

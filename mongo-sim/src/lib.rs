@@ -30,6 +30,7 @@ pub mod path;
 pub mod query;
 pub mod retryable;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod storage;
 pub mod update;

@@ -45,6 +45,8 @@ pub struct Shared {
     pub cursors: Mutex<Cursors>,
     pub failpoints: Mutex<FailPoints>,
     pub topology: Mutex<Topology>,
+    /// Sessions commands used (`$listLocalSessions`).
+    pub sessions: Mutex<crate::sessions::SessionCache>,
     /// The oplog's newest sequence number; change-stream getMores wait on changes.
     oplog_head: watch::Sender<u64>,
     next_connection_id: AtomicI64,
@@ -61,6 +63,7 @@ impl Shared {
             cursors: Mutex::new(Cursors::default()),
             failpoints: Mutex::new(FailPoints::default()),
             topology: Mutex::new(Topology::new()),
+            sessions: Mutex::new(crate::sessions::SessionCache::default()),
             oplog_head: watch::channel(0).0,
             next_connection_id: AtomicI64::new(1),
             started: Instant::now(),

@@ -142,6 +142,8 @@ pub struct IndexSpec {
     /// `partialFilterExpression`: only documents matching it are indexed (manual: "Partial
     /// Indexes"), so a unique partial index constrains only those.
     pub partial_filter: Option<Document>,
+    /// `background`, ignored since mongod 4.2 but kept in the catalog and listed back.
+    pub background: Option<bool>,
 }
 
 impl IndexSpec {
@@ -163,6 +165,9 @@ impl IndexSpec {
         }
         if let Some(f) = &self.partial_filter {
             d.insert("partialFilterExpression", f.clone());
+        }
+        if let Some(b) = self.background {
+            d.insert("background", b);
         }
         d
     }
@@ -195,6 +200,9 @@ pub struct Index {
     pub spec: IndexSpec,
     /// Each key field: its path, the path's components, and whether it is descending.
     fields: Vec<(String, Vec<String>, bool)>,
+    /// Per key field: whether it is `"hashed"` (its key is the value's hash, manual: "Hashed
+    /// Indexes").
+    hashed: Vec<bool>,
     entries: BTreeSet<(Vec<u8>, u64)>,
     /// True once some document produced several keys (an array value).
     pub multikey: bool,
@@ -219,6 +227,11 @@ impl Index {
                 (k.clone(), parts, as_f64(v).is_some_and(|d| d < 0.0))
             })
             .collect();
+        let hashed = spec
+            .key
+            .values()
+            .map(|v| matches!(v, Bson::String(k) if k == "hashed"))
+            .collect();
         // Validated by createIndexes before the spec gets here.
         let partial = spec
             .partial_filter
@@ -227,6 +240,7 @@ impl Index {
         Index {
             spec,
             fields,
+            hashed,
             entries: BTreeSet::new(),
             multikey: false,
             partial,
@@ -263,6 +277,12 @@ impl Index {
             if let Some(v) = doc.get(&parts[0]) {
                 collect_values(v, &parts[1..], &mut values, &mut saw_array);
             }
+            if saw_array && self.hashed.get(per_field.len()).copied().unwrap_or(false) {
+                return Err(CommandError::from_code(
+                    16766,
+                    "Error: hashed indexes do not currently support array values",
+                ));
+            }
             if saw_array {
                 if let Some(earlier) = array_field {
                     return Err(CommandError::from_code(
@@ -283,8 +303,14 @@ impl Index {
             return Ok(Vec::new());
         }
         let mut keys: Vec<GeneratedKey<'a>> = vec![(Vec::new(), Vec::new())];
-        for ((_, _, descending), values) in self.fields.iter().zip(per_field) {
-            if values.len() == 1 {
+        for (i, ((_, _, descending), values)) in self.fields.iter().zip(per_field).enumerate() {
+            if self.hashed[i] {
+                let hash = Bson::Int64(crate::hasher::hash64(values[0])?);
+                for (bytes, tuple) in &mut keys {
+                    push_component(bytes, &hash, false);
+                    tuple.push(values[0]);
+                }
+            } else if values.len() == 1 {
                 for (bytes, tuple) in &mut keys {
                     push_component(bytes, values[0], *descending);
                     tuple.push(values[0]);
@@ -615,6 +641,7 @@ impl Collection {
                 sparse: false,
                 expire_after_seconds: None,
                 partial_filter: None,
+                background: None,
             })],
             next_record_id: 1,
         }
@@ -705,6 +732,25 @@ impl Collection {
         Ok(old)
     }
 
+    /// Drops the oldest documents of a capped collection while it holds more than its bounds
+    /// allow (manual: "Capped Collections": insertion order, oldest out first). The
+    /// evictions are not written to the oplog.
+    pub fn evict_over_cap(&mut self) {
+        let Some(capped) = self.options.capped else {
+            return;
+        };
+        let mut size = self.data_size() as i64;
+        let too_many = |n: usize| capped.max.is_some_and(|max| n as i64 > max);
+        while self.documents.len() > 1 && (size > capped.size || too_many(self.documents.len())) {
+            let Some(&oldest) = self.documents.keys().next() else {
+                break;
+            };
+            if let Some(old) = self.delete_document(oldest) {
+                size -= bson_size(&old) as i64;
+            }
+        }
+    }
+
     /// Removes the document at `rid`, returning it.
     pub fn delete_document(&mut self, rid: u64) -> Option<Arc<Document>> {
         let old = self.documents.remove(&rid)?;
@@ -722,7 +768,7 @@ impl Collection {
     /// Natural order either way.
     pub fn candidates(&self, matcher: &Matcher) -> Vec<u64> {
         for index in &self.indexes {
-            if index.spec.sparse || index.partial.is_some() {
+            if index.spec.sparse || index.partial.is_some() || index.hashed.iter().any(|h| *h) {
                 continue;
             }
             let field = &index.fields[0].0;
@@ -910,6 +956,7 @@ mod tests {
             sparse: false,
             expire_after_seconds: None,
             partial_filter: None,
+            background: None,
         }
     }
 
@@ -955,6 +1002,7 @@ mod tests {
                 sparse: false,
                 expire_after_seconds: None,
                 partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -975,6 +1023,7 @@ mod tests {
                 sparse: true,
                 expire_after_seconds: None,
                 partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -994,6 +1043,7 @@ mod tests {
                 sparse: false,
                 expire_after_seconds: None,
                 partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -1060,6 +1110,7 @@ mod tests {
                     sparse: false,
                     expire_after_seconds: None,
                     partial_filter: None,
+                    background: None,
                 },
             )
             .unwrap_err();

@@ -8,7 +8,7 @@
 
 use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
-use crate::compare::{compare, values_equal};
+use crate::compare::{as_f64, compare, values_equal};
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
@@ -171,7 +171,7 @@ pub fn check_collation(collation: Option<&Bson>) -> Result<()> {
 }
 
 /// `$$NOW`, `$$CLUSTER_TIME` and the command's `let` variables.
-fn variables(data: &Data, cmd: &Document, command: &str) -> Result<Variables> {
+pub(crate) fn variables(data: &Data, cmd: &Document, command: &str) -> Result<Variables> {
     let vars = Variables::new(bson::DateTime::now(), data.oplog.last_ts());
     match opt_document(cmd, command, "let")? {
         Some(l) => vars.with_let(l),
@@ -187,7 +187,84 @@ fn count_bson(n: usize) -> Bson {
 }
 
 /// Checks a `hint` against the collection's indexes (manual: "cursor.hint()").
-fn check_hint(coll: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
+/// `min`/`max` of `find` (manual: "cursor.min()", "cursor.max()"): the documents whose key in
+/// the hinted index lies at or above `min` and below `max`, in that index's order. Both bounds
+/// name the index's fields in its order.
+fn within_key_bounds<'a>(
+    selected: Vec<(u64, &'a Document)>,
+    coll: Option<&Collection>,
+    hint: Option<&Bson>,
+    min: Option<&Document>,
+    max: Option<&Document>,
+) -> Result<Vec<(u64, &'a Document)>> {
+    let Some(hint) = hint else {
+        return Err(CommandError::location(
+            51173,
+            "When using min()/max() a hint of which index to use must be provided",
+        ));
+    };
+    let index = coll.and_then(|c| match hint {
+        Bson::String(name) => c.index_by_name(name),
+        Bson::Document(key) => c.index_by_key(key),
+        _ => None,
+    });
+    let Some(index) = index else {
+        return Ok(Vec::new());
+    };
+    let pattern: Vec<(String, bool)> = index
+        .spec
+        .key
+        .iter()
+        .map(|(k, v)| (k.clone(), as_f64(v).is_some_and(|d| d < 0.0)))
+        .collect();
+    for bound in [min, max].into_iter().flatten() {
+        let same =
+            bound.len() == pattern.len() && bound.keys().zip(&pattern).all(|(k, (f, _))| k == f);
+        if !same {
+            return Err(CommandError::location(
+                51174,
+                "The index chosen is not valid for min()/max(): its key pattern does not match the bounds",
+            ));
+        }
+    }
+    let key_order = |d: &Document, bound: &Document| -> Ordering {
+        for ((field, descending), b) in pattern.iter().zip(bound.values()) {
+            let v = crate::path::get_path(d, field).unwrap_or(&Bson::Null);
+            let c = compare(v, b);
+            let c = if *descending { c.reverse() } else { c };
+            if c != Ordering::Equal {
+                return c;
+            }
+        }
+        Ordering::Equal
+    };
+    let mut kept: Vec<(u64, &Document)> = selected
+        .into_iter()
+        .filter(|(_, d)| {
+            min.is_none_or(|m| key_order(d, m) != Ordering::Less)
+                && max.is_none_or(|m| key_order(d, m) == Ordering::Less)
+        })
+        .collect();
+    let empty = Document::new();
+    let reference = min.or(max).unwrap_or(&empty);
+    kept.sort_by(|a, b| {
+        let (a, b) = (a.1, b.1);
+        pattern
+            .iter()
+            .zip(reference.keys())
+            .map(|((field, descending), _)| {
+                let x = crate::path::get_path(a, field).unwrap_or(&Bson::Null);
+                let y = crate::path::get_path(b, field).unwrap_or(&Bson::Null);
+                let c = compare(x, y);
+                if *descending { c.reverse() } else { c }
+            })
+            .find(|c| *c != Ordering::Equal)
+            .unwrap_or(Ordering::Equal)
+    });
+    Ok(kept)
+}
+
+pub(crate) fn check_hint(coll: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
     let (Some(coll), Some(hint)) = (coll, hint) else {
         return Ok(());
     };
@@ -266,11 +343,39 @@ impl Order {
 }
 
 /// Where a read takes its documents from.
-enum Source<'a> {
+pub(crate) enum Source<'a> {
     Collection(&'a Collection),
     /// `local.oplog.rs`, rendered from the oplog.
     Owned(Vec<Document>),
     Missing,
+}
+
+/// Views may be defined on views, up to this depth (mongod's `ViewGraph::kMaxViewDepth`).
+const MAX_VIEW_DEPTH: usize = 20;
+
+/// The documents of the view at `ns`: its pipeline run over its source.
+fn view_documents(data: &Data, ns: &Namespace, depth: usize) -> Result<Vec<Document>> {
+    let Some(view) = data.view(ns) else {
+        return Ok(data
+            .collection(ns)
+            .map(|c| c.documents.values().map(|d| Document::clone(d)).collect())
+            .unwrap_or_default());
+    };
+    if depth >= MAX_VIEW_DEPTH {
+        return Err(CommandError::new(
+            error::ErrorCode {
+                code: 288,
+                name: "ViewDepthLimitExceeded",
+            },
+            format!(
+                "View depth too deep or view cycle detected. Maximum depth is {MAX_VIEW_DEPTH}"
+            ),
+        ));
+    }
+    let source = Namespace::new(ns.db.clone(), view.view_on.clone());
+    let input = view_documents(data, &source, depth + 1)?;
+    let vars = Variables::new(bson::DateTime::now(), data.oplog.last_ts());
+    Pipeline::parse(&view.pipeline)?.run(input, &vars)
 }
 
 /// The first `want` oplog entries matching, in natural order (oldest first when `forward`),
@@ -302,17 +407,22 @@ fn oplog_in_natural_order(
 }
 
 impl<'a> Source<'a> {
-    fn open(data: &'a Data, ns: &Namespace) -> Source<'a> {
+    /// The documents of `ns`: a collection's, the oplog's, or those a view's pipeline makes
+    /// of its source (manual: "Views": a read of a view runs its pipeline first).
+    pub(crate) fn open(data: &'a Data, ns: &Namespace) -> Result<Source<'a>> {
         if is_oplog(ns) {
-            return Source::Owned(data.oplog.as_documents());
+            return Ok(Source::Owned(data.oplog.as_documents()));
         }
-        match data.collection(ns) {
+        if data.view(ns).is_some() {
+            return Ok(Source::Owned(view_documents(data, ns, 0)?));
+        }
+        Ok(match data.collection(ns) {
             Some(c) => Source::Collection(c),
             None => Source::Missing,
-        }
+        })
     }
 
-    fn collection(&self) -> Option<&Collection> {
+    pub(crate) fn collection(&self) -> Option<&Collection> {
         match self {
             Source::Collection(c) => Some(c),
             _ => None,
@@ -320,7 +430,11 @@ impl<'a> Source<'a> {
     }
 
     /// Matching documents with their record ids, in natural order.
-    fn select(&self, matcher: &Matcher, vars: &Variables) -> Result<Vec<(u64, &Document)>> {
+    pub(crate) fn select(
+        &self,
+        matcher: &Matcher,
+        vars: &Variables,
+    ) -> Result<Vec<(u64, &Document)>> {
         let mut out = Vec::new();
         match self {
             Source::Collection(c) => {
@@ -344,7 +458,7 @@ impl<'a> Source<'a> {
         Ok(out)
     }
 
-    fn all(&self) -> Vec<Document> {
+    pub(crate) fn all(&self) -> Vec<Document> {
         match self {
             Source::Collection(c) => c.documents.values().map(|d| Document::clone(d)).collect(),
             Source::Owned(docs) => docs.clone(),
@@ -359,7 +473,7 @@ impl<'a> Source<'a> {
 /// The document as stored: `_id` first, an ObjectId generated when missing (manual:
 /// "insert", "_id Field"). Takes the document by value so that the common case, `_id`
 /// already first as drivers send it, stores it without a copy.
-fn prepare_insert(doc: Document) -> Result<Document> {
+pub(crate) fn prepare_insert(doc: Document) -> Result<Document> {
     let prepared = match doc.get("_id") {
         Some(Bson::Array(_)) => {
             return Err(CommandError::bad_value("can't use an array for _id"));
@@ -414,7 +528,7 @@ fn prepare_insert(doc: Document) -> Result<Document> {
 
 /// Refuses a document the collection's validator rejects (manual: "Schema Validation");
 /// `old` is the version an update replaces.
-fn check_valid(
+pub(crate) fn check_valid(
     coll: &Collection,
     new: &Document,
     old: Option<&Document>,
@@ -438,11 +552,17 @@ pub fn check_not_view(data: &Data, ns: &Namespace) -> Result<()> {
 
 /// Stores a prepared document and records its insert; `bypass` skips document validation
 /// (`bypassDocumentValidation`).
-fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document, bypass: bool) -> Result<u64> {
+pub(crate) fn insert_prepared(
+    data: &mut Data,
+    ns: &Namespace,
+    doc: Document,
+    bypass: bool,
+) -> Result<u64> {
     let cluster_time = data.oplog.last_ts();
     let (coll, _) = data.ensure_collection(ns);
     check_valid(coll, &doc, None, bypass, cluster_time)?;
     let (rid, stored) = coll.insert_document(ns, doc)?;
+    coll.evict_over_cap();
     let ui = coll.ui();
     data.oplog.record(
         OplogOp::Insert {
@@ -667,7 +787,7 @@ fn replacement_document(old_id: &Bson, replacement: &Document) -> Result<Documen
 
 /// Applies `spec` to the document at `rid`, storing and recording it when it changed.
 /// Returns whether it changed (a no-op update writes nothing, manual: "update").
-fn update_record(
+pub(crate) fn update_record(
     data: &mut Data,
     ns: &Namespace,
     rid: u64,
@@ -1167,7 +1287,7 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
 // ---------------------------------------------------------------------------------------
 // find
 
-fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>> {
+pub(crate) fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>> {
     Ok(opt_count(cmd, command, field)?.map(|n| n as usize))
 }
 
@@ -1227,9 +1347,8 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     if opt_bool(cmd, CMD, "returnKey")?.unwrap_or(false) {
         return Err(CommandError::not_supported("returnKey is not supported"));
     }
-    if cmd.contains_key("min") || cmd.contains_key("max") {
-        return Err(CommandError::not_supported("min/max are not supported"));
-    }
+    let min = opt_document(cmd, CMD, "min")?;
+    let max = opt_document(cmd, CMD, "max")?;
     if await_data && !tailable {
         return Err(CommandError::failed_to_parse(
             "Cannot set 'awaitData' without also setting 'tailable'",
@@ -1243,9 +1362,12 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
 
     let data = shared.data.lock();
     if tailable {
-        if is_oplog(&ns) {
+        let capped = data
+            .collection(&ns)
+            .is_some_and(|c| c.options.capped.is_some());
+        if is_oplog(&ns) || capped {
             return Err(CommandError::not_supported(
-                "tailable cursors on the oplog are not supported",
+                "tailable cursors are not supported",
             ));
         }
         return Err(CommandError::bad_value(format!(
@@ -1265,14 +1387,17 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     // With the documents already read, nothing else is opened (`Missing` renders nothing).
     let source = match early {
         Some(_) => Source::Missing,
-        None => Source::open(&data, &ns),
+        None => Source::open(&data, &ns)?,
     };
     check_hint(source.collection(), hint)?;
     let mut selected = match &early {
         Some(docs) => docs.iter().map(|(rid, d)| (*rid, d)).collect(),
         None => source.select(&matcher, &vars)?,
     };
-    if early.is_none() {
+    if min.is_some() || max.is_some() {
+        selected = within_key_bounds(selected, source.collection(), hint, min, max)?;
+    }
+    if early.is_none() && (sort.is_some() || (min.is_none() && max.is_none())) {
         order.apply(&mut selected, |(_, d)| d);
     }
     let end = limit.map_or(selected.len(), |l| (skip + l).min(selected.len()));
@@ -1433,7 +1558,7 @@ struct FindAndModify {
 impl FindAndModify {
     /// The record the command acts on: the first match in `sort` (or natural) order.
     fn target(&self, data: &Data, vars: &Variables) -> Result<Option<u64>> {
-        let source = Source::open(data, &self.ns);
+        let source = Source::open(data, &self.ns)?;
         let selected = source.select(&self.matcher, vars)?;
         Ok(match &self.order {
             Order::Natural { forward } => {
@@ -1554,7 +1679,7 @@ pub fn count(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Do
     let matcher = Matcher::parse(&query)?;
     let data = shared.data.lock();
     let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
+    let source = Source::open(&data, &ns)?;
     check_hint(source.collection(), cmd.get("hint"))?;
     let total = source.select(&matcher, &vars)?.len();
     let mut n = total.saturating_sub(skip);
@@ -1615,7 +1740,7 @@ pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result
     let matcher = Matcher::parse(&query)?;
     let data = shared.data.lock();
     let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
+    let source = Source::open(&data, &ns)?;
     check_hint(source.collection(), cmd.get("hint"))?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut values: Vec<&Bson> = Vec::new();
@@ -1628,106 +1753,6 @@ pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result
     values.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
     let values: Vec<Bson> = values.into_iter().cloned().collect();
     Ok(doc! {"values": values})
-}
-
-// ---------------------------------------------------------------------------------------
-// aggregate
-
-/// `aggregate` on a collection (manual: "aggregate"): runs the pipeline and replies as `find`
-/// does. `$changeStream` pipelines go to the change-stream module.
-pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
-    const CMD: &str = "aggregate";
-    let pipeline = match cmd.get("pipeline") {
-        Some(Bson::Array(a)) => a,
-        Some(other) => return Err(wrong_type(CMD, "pipeline", other, "array")),
-        None => return Err(missing(CMD, "pipeline")),
-    };
-    if let Some(Bson::Document(first)) = pipeline.first()
-        && first.contains_key("$changeStream")
-    {
-        return crate::changestream::open(shared, ctx, cmd, pipeline);
-    }
-    check_known_fields(
-        cmd,
-        CMD,
-        &[
-            "pipeline",
-            "cursor",
-            "let",
-            "allowDiskUse",
-            "explain",
-            "hint",
-            "collation",
-            "bypassDocumentValidation",
-        ],
-    )?;
-    if opt_bool(cmd, CMD, "explain")?.unwrap_or(false) {
-        return Err(CommandError::not_supported("explain is not supported"));
-    }
-    let batch_size = match cmd.get("cursor") {
-        Some(Bson::Document(c)) => {
-            for key in c.keys() {
-                if key != "batchSize" {
-                    return Err(CommandError::new(
-                        error::UNKNOWN_FIELD,
-                        format!("BSON field 'aggregate.cursor.{key}' is an unknown field."),
-                    ));
-                }
-            }
-            opt_usize(c, "aggregate.cursor", "batchSize")?
-        }
-        Some(other) => return Err(wrong_type(CMD, "cursor", other, "object")),
-        None => {
-            return Err(CommandError::failed_to_parse(
-                "The 'cursor' option is required, except for aggregate with the explain argument",
-            ));
-        }
-    };
-    let coll = match cmd.iter().next() {
-        Some((_, Bson::String(s))) => s.as_str(),
-        Some((_, v)) if as_i64(v) == Some(1) => {
-            return Err(CommandError::not_supported(
-                "aggregate: 1 is only supported with $changeStream",
-            ));
-        }
-        _ => {
-            return Err(collection_name(cmd, CMD)
-                .err()
-                .unwrap_or_else(|| missing(CMD, CMD)));
-        }
-    };
-    let ns = Namespace::new(ctx.db.clone(), coll);
-    validate_namespace(&ns)?;
-    opt_bool(cmd, CMD, "allowDiskUse")?;
-    check_collation(cmd.get("collation"))?;
-    // A leading $match picks its documents through the indexes like a find filter does.
-    let (leading, rest) = match pipeline.first() {
-        Some(Bson::Document(stage)) if stage.len() == 1 => match stage.get("$match") {
-            Some(Bson::Document(filter)) => (Some(Matcher::parse(filter)?), &pipeline[1..]),
-            _ => (None, &pipeline[..]),
-        },
-        _ => (None, &pipeline[..]),
-    };
-    let parsed = Pipeline::parse(rest)?;
-    let data = shared.data.lock();
-    let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
-    check_hint(source.collection(), cmd.get("hint"))?;
-    let input = match &leading {
-        Some(m) => source
-            .select(m, &vars)?
-            .into_iter()
-            .map(|(_, d)| d.clone())
-            .collect(),
-        None => source.all(),
-    };
-    drop(source);
-    let results = parsed.run(input, &vars)?;
-    drop(data);
-    let cursor_ns = ns.to_string();
-    Ok(cursor_reply(
-        shared, ns, cursor_ns, results, batch_size, false,
-    ))
 }
 
 #[cfg(test)]
@@ -1783,6 +1808,7 @@ mod tests {
                 sparse: false,
                 expire_after_seconds: None,
                 partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -2508,7 +2534,8 @@ mod tests {
     }
 
     #[test]
-    fn aggregate_requires_cursor_and_rejects_database_level() {
+    fn aggregate_requires_cursor_and_a_collectionless_first_stage_at_database_level() {
+        use crate::commands::aggregation::aggregate;
         let s = shared();
         let err = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": []}).unwrap_err();
         assert_eq!(err.code, 9);
@@ -2519,10 +2546,10 @@ mod tests {
         let err = aggregate(
             &s,
             &ctx(),
-            &doc! {"aggregate": 1, "pipeline": [], "cursor": {}},
+            &doc! {"aggregate": 1, "pipeline": [{"$match": {}}], "cursor": {}},
         )
         .unwrap_err();
-        assert_eq!(err.code, 115);
+        assert_eq!(err.code, 73);
         let err = aggregate(
             &s,
             &ctx(),

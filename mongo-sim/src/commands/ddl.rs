@@ -54,8 +54,6 @@ fn filtered(
 pub fn create(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
     const CMD: &str = "create";
     const UNSUPPORTED: &[&str] = &[
-        "size",
-        "max",
         "autoIndexId",
         "idIndex",
         "storageEngine",
@@ -68,6 +66,8 @@ pub fn create(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     let coll = collection_name(cmd, CMD)?;
     let mut allowed = vec![
         "capped",
+        "size",
+        "max",
         "collation",
         "validator",
         "validationLevel",
@@ -80,11 +80,6 @@ pub fn create(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     check_known_fields(cmd, CMD, &allowed)?;
     let ns = Namespace::new(ctx.db.clone(), coll);
     validate_write_namespace(&ns)?;
-    if opt_bool(cmd, CMD, "capped")?.unwrap_or(false) {
-        return Err(CommandError::not_supported(
-            "capped collections are not supported",
-        ));
-    }
     if let Some(option) = UNSUPPORTED.iter().find(|o| cmd.contains_key(**o)) {
         return Err(CommandError::not_supported(format!(
             "the create option '{option}' is not supported"
@@ -98,6 +93,7 @@ pub fn create(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
     };
     let mut options = CollectionOptions::default();
     options.apply(cmd, CMD)?;
+    options.capped = crate::catalog::Capped::parse(cmd)?;
     let mut data = shared.data.lock();
     if data.collection(&ns).is_some() || data.view(&ns).is_some() {
         return Err(CommandError::new(
@@ -453,6 +449,30 @@ fn spec_error(spec: &Document, cause: &str) -> CommandError {
     ))
 }
 
+/// A hashed index has one hashed field and cannot be unique (manual: "Hashed Indexes").
+fn check_hashed(key: &Document, unique: bool) -> Result<()> {
+    let hashed = key
+        .values()
+        .filter(|v| matches!(v, Bson::String(k) if k == "hashed"))
+        .count();
+    if hashed > 1 {
+        return Err(CommandError::location(
+            31303,
+            format!(
+                "A maximum of one index field is allowed to be hashed but found {hashed} for 'key' {}",
+                shell_document(key)
+            ),
+        ));
+    }
+    if hashed == 1 && unique {
+        return Err(CommandError::location(
+            16764,
+            "Currently hashed indexes cannot guarantee uniqueness. Use a regular index.",
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one `createIndexes` element (manual: "createIndexes", index specification
 /// options); index kinds other than ascending/descending B-trees fail with 115.
 fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
@@ -489,6 +509,8 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
             "collation",
             "ns",
             "partialFilterExpression",
+            // Obsolete, accepted and dropped from the spec (mongod's index_key_validate).
+            "dropDups",
         ]
         .contains(&field.as_str());
         if UNSUPPORTED.contains(&field.as_str()) {
@@ -559,10 +581,10 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
             ));
         }
         match value {
+            Bson::String(kind) if kind == "hashed" => {}
             Bson::String(kind) => {
                 return Err(
-                    if ["text", "2dsphere", "2d", "hashed", "geoHaystack"].contains(&kind.as_str())
-                    {
+                    if ["text", "2dsphere", "2d", "geoHaystack"].contains(&kind.as_str()) {
                         CommandError::not_supported(format!("{kind} indexes are not supported"))
                     } else {
                         CommandError::new(
@@ -595,7 +617,8 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
     check_collation(spec.get("collation"))?;
     let unique = opt_bool(spec, "createIndexes.indexes", "unique")?.unwrap_or(false);
     let sparse = opt_bool(spec, "createIndexes.indexes", "sparse")?.unwrap_or(false);
-    opt_bool(spec, "createIndexes.indexes", "background")?;
+    let background = opt_bool(spec, "createIndexes.indexes", "background")?;
+    check_hashed(&key, unique)?;
     let expire_after_seconds = match spec.get("expireAfterSeconds") {
         None => None,
         Some(v) if as_f64(v).is_some_and(|d| d >= 0.0) => {
@@ -642,6 +665,7 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
         sparse,
         expire_after_seconds,
         partial_filter,
+        background,
     })
 }
 
@@ -925,7 +949,7 @@ mod tests {
             (48, "Collection db.c already exists.")
         );
         for opt in [
-            doc! {"create": "x", "capped": true, "size": 100},
+            doc! {"create": "x", "autoIndexId": false},
             doc! {"create": "x", "timeseries": {"timeField": "t"}},
             doc! {"create": "x", "clusteredIndex": {}},
         ] {
@@ -1133,7 +1157,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 9);
-        for kind in ["text", "2dsphere", "hashed"] {
+        for kind in ["text", "2dsphere", "2d"] {
             let err = create_indexes(
                 &s,
                 &ctx("db"),
@@ -1142,6 +1166,19 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.code, 115);
         }
+        // Hashed indexes exist, but not unique ones, and with one hashed field at most.
+        let hashed = |spec: Document| {
+            create_indexes(
+                &s,
+                &ctx("db"),
+                &doc! {"createIndexes": "c", "indexes": [spec]},
+            )
+        };
+        hashed(doc! {"key": {"h": "hashed"}, "name": "h_hashed"}).unwrap();
+        let err = hashed(doc! {"key": {"u": "hashed"}, "name": "u", "unique": true}).unwrap_err();
+        assert_eq!(err.code, 16764);
+        let err = hashed(doc! {"key": {"p": "hashed", "q": "hashed"}, "name": "pq"}).unwrap_err();
+        assert_eq!(err.code, 31303);
     }
 
     #[test]
