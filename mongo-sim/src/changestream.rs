@@ -658,7 +658,7 @@ fn parse_following_stages(stages: &[Bson]) -> Result<(Option<Pipeline>, bool)> {
             if !matches!(arg, Bson::Document(a) if a.is_empty()) {
                 return Err(CommandError::location(
                     7182800,
-                    "$changeStreamSplitLargeEvent must be specified as an empty object",
+                    "$changeStreamSplitLargeEvent spec should be an empty object",
                 ));
             }
             if i + 1 != stages.len() {
