@@ -10,11 +10,12 @@
 #![allow(clippy::result_large_err)]
 
 use crate::aggregate::Pipeline;
+use crate::changeevent::{BeforeChange, EventShape, FullDocument};
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, ErrorCode, Result};
 use crate::expr::Variables;
 use crate::fields;
-use crate::oplog::{Namespace, OplogEntry, OplogOp, ts_key};
+use crate::oplog::{Namespace, ts_key};
 use crate::state::{CommandContext, Shared};
 use crate::storage::Data;
 use bson::{Bson, Document, Timestamp, doc};
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 /// The first byte of every resume token this server issues.
 const TOKEN_VERSION: u8 = 1;
-/// Bytes in a decoded token: version, seconds, counter, stage, position, kind.
-const TOKEN_LEN: usize = 13;
+/// Bytes in a decoded token: version, seconds, counter, stage, position, fragment, kind.
+const TOKEN_LEN: usize = 15;
 /// mongod's default first batch size for `aggregate`.
 const DEFAULT_BATCH_SIZE: usize = 101;
 /// How long a `getMore` without `maxTimeMS` waits for events (mongod's awaitData default).
@@ -67,6 +68,9 @@ struct Point {
     stage: Stage,
     /// Index of the event among those one oplog entry yields.
     position: u16,
+    /// For one fragment of an event `$changeStreamSplitLargeEvent` split, its number (from 1);
+    /// 0 for a whole event.
+    fragment: u16,
 }
 
 impl Point {
@@ -76,6 +80,7 @@ impl Point {
             increment: ts.increment,
             stage: Stage::HighWater,
             position: 0,
+            fragment: 0,
         }
     }
 
@@ -85,6 +90,7 @@ impl Point {
             increment: ts.increment,
             stage: Stage::Before,
             position: 0,
+            fragment: 0,
         }
     }
 
@@ -94,7 +100,17 @@ impl Point {
             increment: ts.increment,
             stage: Stage::Event,
             position,
+            fragment: 0,
         }
+    }
+
+    fn with_fragment(self, fragment: u16) -> Point {
+        Point { fragment, ..self }
+    }
+
+    /// The same event, whichever fragment of it.
+    fn same_event(&self, other: &Point) -> bool {
+        self.with_fragment(0) == other.with_fragment(0)
     }
 
     fn ts(&self) -> Timestamp {
@@ -136,6 +152,7 @@ impl ResumeToken {
         bytes.extend_from_slice(&self.point.increment.to_be_bytes());
         bytes.push(self.point.stage as u8);
         bytes.extend_from_slice(&self.point.position.to_be_bytes());
+        bytes.extend_from_slice(&self.point.fragment.to_be_bytes());
         bytes.push(self.kind as u8);
         doc! {"_data": hex::encode_upper(bytes)}
     }
@@ -167,7 +184,7 @@ impl ResumeToken {
             2 => Stage::HighWater,
             _ => return Err(malformed()),
         };
-        let kind = match (bytes[12], stage) {
+        let kind = match (bytes[14], stage) {
             (0, Stage::Event) => TokenKind::Event,
             (1, Stage::Event) => TokenKind::Invalidate,
             (2, Stage::HighWater) => TokenKind::HighWaterMark,
@@ -179,6 +196,7 @@ impl ResumeToken {
                 increment: u32_at(5),
                 stage,
                 position: u16::from_be_bytes([bytes[10], bytes[11]]),
+                fragment: u16::from_be_bytes([bytes[12], bytes[13]]),
             },
             kind,
         })
@@ -187,14 +205,14 @@ impl ResumeToken {
 
 /// What a stream watches (manual: "Watch a Collection, Database, or Deployment").
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Scope {
+pub(crate) enum Scope {
     Collection(Namespace),
     Database(String),
     Cluster,
 }
 
 impl Scope {
-    fn covers(&self, ns: &Namespace) -> bool {
+    pub(crate) fn covers(&self, ns: &Namespace) -> bool {
         match self {
             Scope::Collection(watched) => watched == ns,
             Scope::Database(db) => &ns.db == db && !ns.coll.starts_with("system."),
@@ -212,46 +230,20 @@ impl Scope {
     }
 }
 
-fn is_internal_db(db: &str) -> bool {
+pub(crate) fn is_internal_db(db: &str) -> bool {
     matches!(db, "admin" | "config" | "local")
-}
-
-/// One event an oplog entry yields for a scope, before it gets its token.
-struct RawEvent {
-    operation_type: &'static str,
-    /// The fields after `operationType`, `clusterTime` and `wallTime`, in mongod's order.
-    body: Document,
-    invalidates: bool,
-}
-
-impl RawEvent {
-    fn new(operation_type: &'static str, body: Document) -> Self {
-        Self {
-            operation_type,
-            body,
-            invalidates: false,
-        }
-    }
-
-    fn invalidate() -> Self {
-        Self {
-            operation_type: "invalidate",
-            body: Document::new(),
-            invalidates: true,
-        }
-    }
-}
-
-fn ns_doc(ns: &Namespace) -> Document {
-    doc! {"db": ns.db.clone(), "coll": ns.coll.clone()}
 }
 
 /// An open change stream's position and options.
 pub struct ChangeStreamCursor {
     scope: Scope,
-    update_lookup: bool,
+    /// What its events look like (expanded events, pre- and post-images).
+    shape: EventShape,
     /// The stages after `$changeStream`, run on each event.
     pipeline: Option<Pipeline>,
+    /// `$changeStreamSplitLargeEvent` ends the pipeline: an event over 16 MiB is split into
+    /// fragments rather than failing the stream.
+    split_large: bool,
     /// Every event up to and including this point has been delivered (or filtered out).
     position: Point,
     /// Set once an `invalidate` event has been delivered.
@@ -324,7 +316,7 @@ impl ChangeStreamCursor {
             return Ok(());
         };
         if entry.ts == expected.ts()
-            && self.events_for(entry, data).len() > usize::from(expected.position)
+            && self.events_for(entry, data)?.len() > usize::from(expected.position)
         {
             self.resumed_event = None;
             return Ok(());
@@ -359,43 +351,43 @@ impl ChangeStreamCursor {
         // always goes in); the post-batch resume token is then the last returned event's.
         let mut bytes = 0usize;
         for entry in oplog.entries().range(start..) {
-            for (index, raw) in self.events_for(entry, data).into_iter().enumerate() {
+            for (index, raw) in self.events_for(entry, data)?.into_iter().enumerate() {
                 let point = Point::event(entry.ts, index as u16);
-                if point <= self.position {
+                let partly_delivered =
+                    point.same_event(&self.position) && self.position.fragment > 0;
+                if point <= self.position && !partly_delivered {
                     continue;
                 }
-                let before = self.position;
-                self.position = point;
-                let token = ResumeToken {
-                    point,
-                    kind: if raw.invalidates {
-                        TokenKind::Invalidate
-                    } else {
-                        TokenKind::Event
-                    },
-                }
-                .encode();
-                let mut event = doc! {
-                    "_id": token.clone(),
-                    "operationType": raw.operation_type,
-                    "clusterTime": entry.ts,
-                    "wallTime": entry.wall,
+                let invalidates = raw.invalidates;
+                let kind = if invalidates {
+                    TokenKind::Invalidate
+                } else {
+                    TokenKind::Event
                 };
-                event.extend(raw.body);
-                if let Some(event) = self.transform(event, &token, entry.ts)? {
+                let token = ResumeToken { point, kind }.encode();
+                let event = raw.into_event(&token, entry, self.shape.show_expanded);
+                let Some(event) = self.transform(event, &token, entry.ts)? else {
+                    self.position = point;
+                    continue;
+                };
+                for (at, event) in self.fit(event, point)? {
+                    if at <= self.position {
+                        continue;
+                    }
                     let size = crate::storage::bson_size(&event);
                     if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
-                        self.position = before;
                         return Ok(batch);
                     }
                     bytes += size;
                     batch.push(event);
+                    self.position = at;
+                    if batch.len() >= limit {
+                        self.closed = invalidates;
+                        return Ok(batch);
+                    }
                 }
-                if raw.invalidates {
+                if invalidates {
                     self.closed = true;
-                    return Ok(batch);
-                }
-                if batch.len() >= limit {
                     return Ok(batch);
                 }
             }
@@ -405,6 +397,45 @@ impl ChangeStreamCursor {
             self.position = newest;
         }
         Ok(batch)
+    }
+
+    /// The events `entry` yields for this stream, in order.
+    fn events_for(
+        &self,
+        entry: &crate::oplog::OplogEntry,
+        data: &Data,
+    ) -> Result<Vec<crate::changeevent::RawEvent>> {
+        crate::changeevent::events_for(&self.scope, &self.shape, entry, data)
+    }
+
+    /// An event that fits in a reply as it is, or its fragments when
+    /// `$changeStreamSplitLargeEvent` ends the pipeline; an event over 16 MiB otherwise fails
+    /// the stream with BSONObjectTooLarge, as mongod's does.
+    fn fit(&self, event: Document, point: Point) -> Result<Vec<(Point, Document)>> {
+        let size = crate::storage::bson_size(&event);
+        if size <= MAX_BATCH_BYTES {
+            return Ok(vec![(point, event)]);
+        }
+        if !self.split_large {
+            return Err(CommandError::new(
+                error::BSON_OBJECT_TOO_LARGE,
+                format!(
+                    "Executor error during getMore :: caused by :: BSONObj size: {size} \
+                     (0x{size:X}) is invalid. Size must be between 0 and 16793600(16MB)"
+                ),
+            ));
+        }
+        crate::changeevent::split(event, MAX_BATCH_BYTES, |fragment| {
+            let at = point.with_fragment(fragment);
+            (
+                at,
+                ResumeToken {
+                    point: at,
+                    kind: TokenKind::Event,
+                }
+                .encode(),
+            )
+        })
     }
 
     /// Runs the user's stages on one event; `None` when they filter it out.
@@ -430,136 +461,6 @@ impl ChangeStreamCursor {
             ),
         }
     }
-
-    /// The events `entry` yields for this stream, in order (manual: "Change Events").
-    fn events_for(&self, entry: &OplogEntry, data: &Data) -> Vec<RawEvent> {
-        match &entry.op {
-            OplogOp::Insert { ns, document } if self.scope.covers(ns) => {
-                let key = document
-                    .get("_id")
-                    .map(|id| doc! {"_id": id.clone()})
-                    .unwrap_or_default();
-                vec![RawEvent::new(
-                    "insert",
-                    doc! {"fullDocument": Document::clone(document), "ns": ns_doc(ns), "documentKey": key},
-                )]
-            }
-            OplogOp::Update {
-                ns,
-                document_key,
-                before,
-                after,
-            } if self.scope.covers(ns) => {
-                let mut body = Document::new();
-                if self.update_lookup {
-                    // `updateLookup` reads the document as it is now, not as the update left it.
-                    let current = data
-                        .lookup_document(ns, document_key)
-                        .map_or(Bson::Null, Bson::Document);
-                    body.insert("fullDocument", current);
-                }
-                body.insert("ns", ns_doc(ns));
-                body.insert("documentKey", document_key.clone());
-                body.insert("updateDescription", update_description(before, after));
-                vec![RawEvent::new("update", body)]
-            }
-            OplogOp::Replace {
-                ns,
-                document_key,
-                document,
-            } if self.scope.covers(ns) => vec![RawEvent::new(
-                "replace",
-                doc! {
-                    "fullDocument": document.clone(),
-                    "ns": ns_doc(ns),
-                    "documentKey": document_key.clone(),
-                },
-            )],
-            OplogOp::Delete { ns, document_key } if self.scope.covers(ns) => vec![RawEvent::new(
-                "delete",
-                doc! {"ns": ns_doc(ns), "documentKey": document_key.clone()},
-            )],
-            OplogOp::Drop { ns } if self.scope.covers(ns) => {
-                let mut events = vec![RawEvent::new("drop", doc! {"ns": ns_doc(ns)})];
-                if matches!(self.scope, Scope::Collection(_)) {
-                    events.push(RawEvent::invalidate());
-                }
-                events
-            }
-            // A rename concerns a stream when it moves a watched collection away or overwrites
-            // one; a collection stream is invalidated by either, when the rename ran in its
-            // database (mongod's change_stream_filter_helpers.cpp).
-            OplogOp::Rename { from, to } if self.scope.covers(from) || self.scope.covers(to) => {
-                let mut events = vec![RawEvent::new(
-                    "rename",
-                    doc! {"ns": ns_doc(from), "to": ns_doc(to)},
-                )];
-                if let Scope::Collection(watched) = &self.scope
-                    && watched.db == from.db
-                {
-                    events.push(RawEvent::invalidate());
-                }
-                events
-            }
-            OplogOp::DropDatabase { db } => match &self.scope {
-                Scope::Database(watched) if watched == db => vec![
-                    RawEvent::new("dropDatabase", doc! {"ns": {"db": db.clone()}}),
-                    RawEvent::invalidate(),
-                ],
-                Scope::Cluster if !is_internal_db(db) => {
-                    vec![RawEvent::new(
-                        "dropDatabase",
-                        doc! {"ns": {"db": db.clone()}},
-                    )]
-                }
-                // A collection stream was already invalidated by its collection's `drop`,
-                // which mongod writes before `dropDatabase`.
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// `updateDescription` of an update event: sub-documents present before and after are compared
-/// field by field (reported as dotted paths), anything else that changed is reported whole.
-fn update_description(before: &Document, after: &Document) -> Document {
-    let mut updated = Document::new();
-    let mut removed = Vec::new();
-    diff_documents("", before, after, &mut updated, &mut removed);
-    doc! {
-        "updatedFields": updated,
-        "removedFields": removed,
-        "truncatedArrays": [],
-    }
-}
-
-fn diff_documents(
-    prefix: &str,
-    before: &Document,
-    after: &Document,
-    updated: &mut Document,
-    removed: &mut Vec<Bson>,
-) {
-    for (field, new) in after {
-        let path = format!("{prefix}{field}");
-        match (before.get(field), new) {
-            (Some(Bson::Document(old)), Bson::Document(new)) => {
-                if old != new {
-                    diff_documents(&format!("{path}."), old, new, updated, removed);
-                }
-            }
-            (Some(old), new) if old == new => {}
-            _ => {
-                updated.insert(path, new.clone());
-            }
-        }
-    }
-    for field in before.keys() {
-        if !after.contains_key(field) {
-            removed.push(Bson::String(format!("{prefix}{field}")));
-        }
-    }
 }
 
 /// Where a new stream starts.
@@ -573,70 +474,74 @@ enum StartAt {
 /// The parsed `$changeStream` stage.
 struct Options {
     start: StartAt,
-    update_lookup: bool,
+    shape: EventShape,
     all_changes_for_cluster: bool,
 }
 
 const STAGE: &str = "$changeStream";
 
+fn string_option<'a>(field: &str, value: &'a Bson) -> Result<&'a str> {
+    match value {
+        Bson::String(s) => Ok(s),
+        _ => Err(fields::wrong_type(STAGE, field, value, "string")),
+    }
+}
+
+/// `fullDocument` (manual: "Change Streams", "Lookup Full Document for Update Operations").
+fn full_document(field: &str, value: &Bson) -> Result<FullDocument> {
+    Ok(match string_option(field, value)? {
+        "default" => FullDocument::Default,
+        "updateLookup" => FullDocument::UpdateLookup,
+        "whenAvailable" => FullDocument::WhenAvailable,
+        "required" => FullDocument::Required,
+        other => return Err(bad_enum(field, other)),
+    })
+}
+
+/// `fullDocumentBeforeChange` (manual: "Change Streams with Document Pre- and Post-Images").
+fn before_change(field: &str, value: &Bson) -> Result<BeforeChange> {
+    Ok(match string_option(field, value)? {
+        "off" => BeforeChange::Off,
+        "whenAvailable" => BeforeChange::WhenAvailable,
+        "required" => BeforeChange::Required,
+        other => return Err(bad_enum(field, other)),
+    })
+}
+
+fn start_option(field: &str, value: &Bson) -> Result<StartAt> {
+    if field == "startAtOperationTime" {
+        let Bson::Timestamp(ts) = value else {
+            return Err(fields::wrong_type(STAGE, field, value, "timestamp"));
+        };
+        return Ok(StartAt::OperationTime(*ts));
+    }
+    let Bson::Document(token) = value else {
+        return Err(fields::wrong_type(STAGE, field, value, "object"));
+    };
+    let token = ResumeToken::decode(token)?;
+    Ok(if field == "resumeAfter" {
+        StartAt::ResumeAfter(token)
+    } else {
+        StartAt::StartAfter(token)
+    })
+}
+
 fn parse_options(spec: &Document) -> Result<Options> {
-    let mut update_lookup = false;
+    let mut shape = EventShape::default();
     let mut all_changes_for_cluster = false;
     let mut starts = Vec::new();
     for (field, value) in spec {
         match field.as_str() {
-            "fullDocument" => {
-                let Bson::String(mode) = value else {
-                    return Err(fields::wrong_type(STAGE, field, value, "string"));
-                };
-                update_lookup = match mode.as_str() {
-                    "default" => false,
-                    "updateLookup" => true,
-                    // Post-images need changeStreamPreAndPostImages, which is not kept.
-                    "whenAvailable" | "required" => {
-                        return Err(CommandError::not_supported(format!(
-                            "fullDocument: '{mode}' is not supported: post-images are not recorded"
-                        )));
-                    }
-                    _ => return Err(bad_enum(field, mode)),
-                };
-            }
-            "fullDocumentBeforeChange" => {
-                let Bson::String(mode) = value else {
-                    return Err(fields::wrong_type(STAGE, field, value, "string"));
-                };
-                match mode.as_str() {
-                    "off" => {}
-                    "whenAvailable" | "required" => {
-                        return Err(CommandError::not_supported(format!(
-                            "fullDocumentBeforeChange: '{mode}' is not supported: pre-images are not recorded"
-                        )));
-                    }
-                    _ => return Err(bad_enum(field, mode)),
-                }
-            }
-            "resumeAfter" | "startAfter" => {
-                let Bson::Document(token) = value else {
-                    return Err(fields::wrong_type(STAGE, field, value, "object"));
-                };
-                let token = ResumeToken::decode(token)?;
-                starts.push(if field == "resumeAfter" {
-                    StartAt::ResumeAfter(token)
-                } else {
-                    StartAt::StartAfter(token)
-                });
-            }
-            "startAtOperationTime" => {
-                let Bson::Timestamp(ts) = value else {
-                    return Err(fields::wrong_type(STAGE, field, value, "timestamp"));
-                };
-                starts.push(StartAt::OperationTime(*ts));
+            "fullDocument" => shape.full_document = full_document(field, value)?,
+            "fullDocumentBeforeChange" => shape.before_change = before_change(field, value)?,
+            "resumeAfter" | "startAfter" | "startAtOperationTime" => {
+                starts.push(start_option(field, value)?);
             }
             "allChangesForCluster" => {
                 all_changes_for_cluster = bool_option(field, value)?;
             }
-            "showExpandedEvents"
-            | "showMigrationEvents"
+            "showExpandedEvents" => shape.show_expanded = bool_option(field, value)?,
+            "showMigrationEvents"
             | "showSystemEvents"
             | "showRawUpdateDescription"
             | "allowToRunOnConfigDB"
@@ -663,7 +568,7 @@ fn parse_options(spec: &Document) -> Result<Options> {
     }
     Ok(Options {
         start: starts.pop().unwrap_or(StartAt::Now),
-        update_lookup,
+        shape,
         all_changes_for_cluster,
     })
 }
@@ -731,20 +636,45 @@ fn resolve_scope(ctx: &CommandContext, cmd: &Document, cluster: bool) -> Result<
     Ok(scope)
 }
 
-/// The stages after `$changeStream`; only those that transform one event at a time are allowed.
-fn parse_following_stages(stages: &[Bson]) -> Result<Option<Pipeline>> {
-    if stages.is_empty() {
-        return Ok(None);
-    }
-    for stage in stages {
-        if let Bson::Document(d) = stage
-            && d.contains_key(STAGE)
-        {
+/// `$changeStreamSplitLargeEvent`: only as the last stage, with no arguments (mongod's
+/// `DocumentSourceChangeStreamSplitLargeEvent`, 7.0 and 6.0.9+).
+const SPLIT_STAGE: &str = "$changeStreamSplitLargeEvent";
+
+/// The stages after `$changeStream`; only those that transform one event at a time are
+/// allowed, and `$changeStreamSplitLargeEvent` last. Returns them and whether the split stage
+/// ends the pipeline.
+fn parse_following_stages(stages: &[Bson]) -> Result<(Option<Pipeline>, bool)> {
+    let mut stages = stages;
+    let mut split = false;
+    for (i, stage) in stages.iter().enumerate() {
+        let Bson::Document(d) = stage else { continue };
+        if d.contains_key(STAGE) {
             return Err(CommandError::location(
                 40602,
                 "$changeStream is only valid as the first stage in a pipeline",
             ));
         }
+        if let Some(arg) = d.get(SPLIT_STAGE) {
+            if !matches!(arg, Bson::Document(a) if a.is_empty()) {
+                return Err(CommandError::location(
+                    7182800,
+                    "$changeStreamSplitLargeEvent spec should be an empty object",
+                ));
+            }
+            if i + 1 != stages.len() {
+                return Err(CommandError::location(
+                    7182802,
+                    "$changeStreamSplitLargeEvent must be the last stage in the pipeline",
+                ));
+            }
+            split = true;
+        }
+    }
+    if split {
+        stages = &stages[..stages.len() - 1];
+    }
+    if stages.is_empty() {
+        return Ok((None, split));
     }
     let pipeline = Pipeline::parse(stages)?;
     for name in pipeline.stage_names() {
@@ -755,7 +685,7 @@ fn parse_following_stages(stages: &[Bson]) -> Result<Option<Pipeline>> {
             ));
         }
     }
-    Ok(Some(pipeline))
+    Ok((Some(pipeline), split))
 }
 
 /// The most a reply's batch may hold (mongod's `BSONObjMaxUserSize`).
@@ -790,7 +720,7 @@ fn open_cursor(
     };
     let options = parse_options(spec)?;
     let scope = resolve_scope(ctx, cmd, options.all_changes_for_cluster)?;
-    let following = parse_following_stages(&pipeline[1..])?;
+    let (following, split_large) = parse_following_stages(&pipeline[1..])?;
     let batch_size = first_batch_size(cmd)?;
     let data = shared.data.lock();
     let position = match options.start {
@@ -810,14 +740,35 @@ fn open_cursor(
     };
     let mut cursor = ChangeStreamCursor {
         scope,
-        update_lookup: options.update_lookup,
+        shape: options.shape,
         pipeline: following,
+        split_large,
         position,
         closed: false,
         resumed_event: (position.stage == Stage::Event).then_some(position),
     };
     let batch = cursor.scan(&data, batch_size)?;
     Ok((cursor, batch))
+}
+
+/// Change streams read majority-committed data only: an explicit read concern level other
+/// than `majority` is refused with InvalidOptions, while no level at all is upgraded
+/// (mongod's `LiteParsed` `$changeStream`, `onlySingleReadConcernSupported`).
+fn check_read_concern(cmd: &Document) -> Result<()> {
+    let level = match cmd.get("readConcern") {
+        Some(Bson::Document(rc)) => rc.get_str("level").ok(),
+        _ => None,
+    };
+    match level {
+        None | Some("majority") => Ok(()),
+        Some(other) => Err(CommandError::new(
+            error::INVALID_OPTIONS,
+            format!(
+                "Aggregation stage $changeStream cannot run with a readConcern other than \
+                 'majority'. Current readConcern: {other}"
+            ),
+        )),
+    }
 }
 
 /// Opens a change stream for `aggregate` whose first stage is `$changeStream`; returns the
@@ -828,6 +779,7 @@ pub fn open(
     cmd: &Document,
     pipeline: &[Bson],
 ) -> Result<Document> {
+    check_read_concern(cmd)?;
     let (cursor, batch) = open_cursor(shared, ctx, cmd, pipeline)?;
     let ns = cursor.scope.cursor_ns();
     let token = cursor.post_batch_resume_token();
@@ -972,6 +924,7 @@ pub fn repl_set_get_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oplog::OplogOp;
     use crate::state::ServerOptions;
 
     fn shared(capacity: usize) -> Arc<Shared> {
@@ -1447,6 +1400,7 @@ mod tests {
             OplogOp::Rename {
                 from: Namespace::new("db", "c"),
                 to: Namespace::new("db", "d"),
+                drop_target: None,
             },
         );
         let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
@@ -1471,6 +1425,7 @@ mod tests {
             OplogOp::Rename {
                 from: Namespace::new("db", "tmp"),
                 to: Namespace::new("db", "c"),
+                drop_target: None,
             },
         );
         let (batch, _, closed) = next(&s, &mut coll, None).await.unwrap();
@@ -1540,6 +1495,7 @@ mod tests {
             &s,
             OplogOp::Create {
                 ns: Namespace::new("db", "new"),
+                description: Document::new(),
             },
         );
         let colls = |events: &[Document]| -> Vec<String> {
@@ -1602,14 +1558,10 @@ mod tests {
             err.errmsg,
             "BSON field '$changeStream.bogus' is an unknown field."
         );
-        assert_eq!(code(doc! {"fullDocument": "whenAvailable"}).code, 115);
-        assert_eq!(code(doc! {"fullDocument": "required"}).code, 115);
         assert_eq!(code(doc! {"fullDocument": "nope"}).code, 2);
-        assert_eq!(
-            code(doc! {"fullDocumentBeforeChange": "required"}).code,
-            115
-        );
-        assert_eq!(code(doc! {"showExpandedEvents": true}).code, 115);
+        assert_eq!(code(doc! {"fullDocumentBeforeChange": "always"}).code, 2);
+        assert_eq!(code(doc! {"showRawUpdateDescription": true}).code, 115);
+        assert_eq!(code(doc! {"showExpandedEvents": "yes"}).code, 14);
         assert_eq!(code(doc! {"resumeAfter": 1}).code, 14);
         assert!(
             open_on(
@@ -1661,6 +1613,8 @@ mod tests {
                 document_key: doc! {"_id": 1},
                 before: doc! {"_id": 1, "a": 1, "n": {"x": 1, "y": {"z": 1}, "gone": 1}, "arr": [1], "s": "same", "old": 1},
                 after: doc! {"_id": 1, "a": 2, "n": {"x": 1, "y": {"z": 2}}, "arr": [1, 2], "s": "same", "added": {"k": 1}},
+                pipeline: false,
+                images: false,
             },
         );
         let (batch, _, _) = next(&s, &mut plain, None).await.unwrap();
@@ -1670,8 +1624,8 @@ mod tests {
         assert_eq!(
             event.get_document("updateDescription").unwrap(),
             &doc! {
-                "updatedFields": {"a": 2, "n.y.z": 2, "arr": [1, 2], "added": {"k": 1}},
-                "removedFields": ["n.gone", "old"],
+                "updatedFields": {"a": 2, "added": {"k": 1}, "n.y.z": 2, "arr.1": 2},
+                "removedFields": ["old", "n.gone"],
                 "truncatedArrays": [],
             }
         );
@@ -1704,6 +1658,7 @@ mod tests {
                 ns: Namespace::new("db", "c"),
                 document_key: doc! {"_id": 1},
                 document: doc! {"_id": 1, "v": 2},
+                pre_image: None,
             },
         );
         write(
@@ -1711,6 +1666,7 @@ mod tests {
             OplogOp::Delete {
                 ns: Namespace::new("db", "c"),
                 document_key: doc! {"_id": 1},
+                pre_image: None,
             },
         );
         let (batch, _, _) = next(&s, &mut cursor, None).await.unwrap();

@@ -148,25 +148,34 @@ pub async fn get_more(
             ),
         ));
     }
-    let outcome = match &mut entry.kind {
-        CursorKind::Query(q) => {
+    let change_stream = matches!(entry.kind, CursorKind::ChangeStream(_));
+    let outcome = match (injected_failure(shared, ctx, &ns), &mut entry.kind) {
+        (Some(e), _) => Err(e),
+        (None, CursorKind::Query(q)) => {
             let data = shared.data.lock();
             q.next_batch(&data, batch_size)
                 .map(|(batch, done)| (batch, None, done))
         }
-        CursorKind::ChangeStream(cs) => changestream::get_more(shared, cs, batch_size, max_time)
-            .await
-            .map(|(batch, pbrt, done)| (batch, Some(pbrt), done))
-            .map_err(|e| {
-                // mongod labels resumable failures of a change stream's getMore
-                // (change-streams spec, "Resumable Error").
-                if error::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code) && e.labels.is_empty() {
-                    e.with_label("ResumableChangeStreamError")
-                } else {
-                    e
-                }
-            }),
+        (None, CursorKind::ChangeStream(cs)) => {
+            changestream::get_more(shared, cs, batch_size, max_time)
+                .await
+                .map(|(batch, pbrt, done)| (batch, Some(pbrt), done))
+        }
     };
+    // mongod labels a resumable failure of a change stream's getMore once the cursor is
+    // checked out (its `isResumableChangeStreamError` needs the originating aggregate), so
+    // failures after checkout get the label and `failCommand`'s, before it, do not
+    // (change-streams spec, "Resumable Error").
+    let outcome = outcome.map_err(|e| {
+        if change_stream
+            && error::RESUMABLE_CHANGE_STREAM_CODES.contains(&e.code)
+            && e.labels.is_empty()
+        {
+            e.with_label("ResumableChangeStreamError")
+        } else {
+            e
+        }
+    });
     checked_out.armed = false;
     match outcome {
         Err(e) => {
@@ -190,6 +199,31 @@ pub async fn get_more(
             Ok(doc! {"cursor": cursor})
         }
     }
+}
+
+/// The error `failGetMoreAfterCursorCheckout` injects, when it fires for this getMore: its
+/// `errorCode` (InternalError when none), narrowed by `appName` and `namespace` as
+/// `failCommand` is.
+fn injected_failure(shared: &Shared, ctx: &CommandContext, ns: &Namespace) -> Option<CommandError> {
+    let ns = ns.to_string();
+    let applies = |data: &Document| {
+        let app = data.get_str("appName").ok();
+        let namespace = data.get_str("namespace").ok();
+        app.is_none_or(|a| ctx.app_name.as_deref() == Some(a)) && namespace.is_none_or(|n| n == ns)
+    };
+    let data = shared
+        .failpoints
+        .lock()
+        .fire_if("failGetMoreAfterCursorCheckout", applies)?;
+    let code = data
+        .get("errorCode")
+        .and_then(crate::bsontype::as_i64)
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(error::INTERNAL_ERROR.code);
+    Some(CommandError::from_code(
+        code,
+        "Hit the 'failGetMoreAfterCursorCheckout' failpoint",
+    ))
 }
 
 /// Kills a checked-out cursor when dropped while armed; disarmed once its getMore has an

@@ -9,9 +9,10 @@
 use crate::error::{self, CommandError, Result};
 use crate::failpoint::{self, Triggered};
 use crate::handshake;
+use crate::retryable::RetryableWrite;
 use crate::state::{CommandContext, Shared};
 use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// What the connection learned about its client, kept across commands.
@@ -48,10 +49,6 @@ pub enum Outcome {
 /// What dispatch remembers between commands.
 #[derive(Default)]
 pub struct DispatchState {
-    /// The latest retryable write per session and its reply, so that a retry of the same
-    /// `txnNumber` is answered without executing again (retryable-writes spec; manual:
-    /// "Retryable Writes").
-    sessions: HashMap<Vec<u8>, (i64, Document)>,
     /// Open change-stream cursors: their failed getMores get `ResumableChangeStreamError`.
     change_stream_cursors: HashSet<i64>,
 }
@@ -60,6 +57,7 @@ pub struct DispatchState {
 /// write concern applies to.
 const WRITE_COMMANDS: &[&str] = &[
     "insert",
+    "collMod",
     "update",
     "delete",
     "findAndModify",
@@ -70,6 +68,20 @@ const WRITE_COMMANDS: &[&str] = &[
     "createIndexes",
     "dropIndexes",
 ];
+
+/// Whether the command writes: a write command, or an `aggregate` ending in `$out` or
+/// `$merge`, to which a write concern applies and which a secondary refuses (manual: "$out",
+/// "$merge").
+fn writes_data(name: &str, cmd: &Document) -> bool {
+    let writing_stage = |stage: &Bson| {
+        stage
+            .as_document()
+            .is_some_and(|s| s.contains_key("$out") || s.contains_key("$merge"))
+    };
+    WRITE_COMMANDS.contains(&name)
+        || (name == "aggregate"
+            && matches!(cmd.get("pipeline"), Some(Bson::Array(p)) if p.last().is_some_and(writing_stage)))
+}
 
 /// Commands that read user data; refused with NotPrimaryNoSecondaryOk while stepped down.
 const READ_COMMANDS: &[&str] = &[
@@ -93,6 +105,7 @@ fn is_known(name: &str) -> bool {
         || READ_COMMANDS.contains(&name)
         || OTHER_COMMANDS.contains(&name)
         || handshake::COMMANDS.contains(&name)
+        || crate::admin::COMMANDS.contains(&name)
 }
 
 /// mongod's database name rules (manual: "Naming Restrictions").
@@ -225,19 +238,30 @@ async fn execute(
         )
         .to_reply());
     }
+    let lsid = match cmd.get("lsid") {
+        Some(Bson::Document(d)) => Some(d.clone()),
+        _ => None,
+    };
+    if let Some(lsid) = &lsid {
+        shared.sessions.lock().touch(lsid);
+    }
+    let txn_number = cmd.get("txnNumber").and_then(crate::bsontype::as_i64);
+    let retryable_write = match (&lsid, txn_number) {
+        (Some(lsid), Some(txn)) if RETRYABLE_COMMANDS.contains(&name.as_str()) => {
+            Some(RetryableWrite::of(cmd, lsid, txn))
+        }
+        _ => None,
+    };
+    let retryable = retryable_write.is_some();
     let ctx = CommandContext {
         db: db.clone(),
         connection_id: conn.id,
         app_name: conn.app_name.clone(),
-        lsid: match cmd.get("lsid") {
-            Some(Bson::Document(d)) => Some(d.clone()),
-            _ => None,
-        },
-        txn_number: cmd.get("txnNumber").and_then(crate::bsontype::as_i64),
+        lsid,
+        txn_number,
+        retryable: retryable_write,
+        ..Default::default()
     };
-    let retryable = RETRYABLE_COMMANDS.contains(&name.as_str())
-        && ctx.lsid.is_some()
-        && ctx.txn_number.is_some();
     // Subscribed before anything can wait, so a later step-down is never missed.
     let mut interrupts = shared.topology.lock().subscribe_interrupts();
     let interruptible = !matches!(
@@ -289,7 +313,14 @@ async fn execute(
             }
         }
         if let Some(e) = error {
-            // Labels given to the fail point replace the ones mongod would add.
+            // Labels given to the fail point replace the ones mongod would add. A getMore
+            // fails here before its cursor is checked out, where mongod cannot tell it belongs
+            // to a change stream: it gets no ResumableChangeStreamError (change-streams spec
+            // test "does not resume if error does not contain ResumableChangeStreamError").
+            let labelling = Labelling {
+                change_stream: labelling.change_stream && name != "getMore",
+                ..labelling
+            };
             return Ok(match error_labels {
                 Some(_) => e.to_reply(),
                 None => label(e, labelling).to_reply(),
@@ -299,12 +330,18 @@ async fn execute(
         fp_wce = write_concern_error;
     }
 
+    if let Some(e) = max_time_always_times_out(shared, &name, cmd) {
+        return Ok(label(e, labelling).to_reply());
+    }
     // `biased`: a command that finishes without waiting is never interrupted.
     let result = tokio::select! {
         biased;
-        result = checks_then_run(shared, conn, &ctx, &name, cmd, retryable) => result,
+        result = checks_then_run(shared, conn, &ctx, &name, cmd) => result,
         _ = interrupted(&mut interrupts), if interruptible => Err(interrupted_error()),
     };
+    if ctx.hang_up_requested() {
+        return Err(Hangup);
+    }
     if labelling.change_stream || name == "killCursors" {
         track_change_stream_cursors(shared, &name, cmd, result.as_ref().ok());
     }
@@ -336,6 +373,23 @@ async fn execute(
         }
     }
     Ok(reply)
+}
+
+/// mongod's `maxTimeAlwaysTimeOut` fail point: an operation with a time limit exceeds it at
+/// its first interrupt check.
+fn max_time_always_times_out(shared: &Shared, name: &str, cmd: &Document) -> Option<CommandError> {
+    let limited = cmd
+        .get("maxTimeMS")
+        .and_then(crate::bsontype::as_i64)
+        .is_some_and(|ms| ms > 0);
+    if !limited || name == "configureFailPoint" {
+        return None;
+    }
+    shared.failpoints.lock().fire("maxTimeAlwaysTimeOut")?;
+    Some(CommandError::new(
+        error::MAX_TIME_MS_EXPIRED,
+        "operation exceeded time limit",
+    ))
 }
 
 /// Resolves at the next step-down.
@@ -570,29 +624,17 @@ fn not_secondary_ok_read(cmd: &Document) -> bool {
     }
 }
 
-fn session_key(lsid: &Document) -> Vec<u8> {
-    let mut key = Vec::new();
-    match lsid.get("id") {
-        Some(Bson::Binary(b)) => key.extend_from_slice(&b.bytes),
-        _ => {
-            let _ = lsid.to_writer(&mut key);
-        }
-    }
-    key
-}
-
 async fn checks_then_run(
     shared: &Arc<Shared>,
     conn: &mut ConnectionState,
     ctx: &CommandContext,
     name: &str,
     cmd: &mut Document,
-    retryable: bool,
 ) -> Result<Ran> {
     check_generic_arguments(name, cmd)?;
     crate::profile::authorize(shared.options.user.as_ref(), name, &ctx.db, cmd)?;
     shared.options.release.refuse_unknown_operators(name, cmd)?;
-    let writes = WRITE_COMMANDS.contains(&name);
+    let writes = writes_data(name, cmd);
     if writes || READ_COMMANDS.contains(&name) {
         let primary = shared.topology.lock().is_primary();
         if !primary && writes {
@@ -608,61 +650,11 @@ async fn checks_then_run(
             ));
         }
     }
-    let session = match (retryable, &ctx.lsid, ctx.txn_number) {
-        (true, Some(lsid), Some(txn)) => {
-            let key = session_key(lsid);
-            let topology = shared.topology.lock();
-            match topology.dispatch.sessions.get(&key) {
-                Some((latest, _)) if *latest > txn => {
-                    return Err(CommandError::from_code(
-                        225,
-                        format!(
-                            "Retryable write with txnNumber {txn} is prohibited on session {} because a newer retryable write with txnNumber {latest} has already started on this session.",
-                            lsid_display(lsid)
-                        ),
-                    ));
-                }
-                Some((latest, reply)) if *latest == txn => {
-                    return Ok(Ran {
-                        reply: reply.clone(),
-                        writes,
-                    });
-                }
-                _ => {}
-            }
-            Some((key, txn))
-        }
-        _ => None,
-    };
+    if let Some(write) = &ctx.retryable {
+        shared.data.lock().transactions.begin(write)?;
+    }
     let reply = route(shared, conn, ctx, name, cmd).await?;
-    if let Some((key, txn)) = session
-        && reply_ok(&reply)
-    {
-        let mut topology = shared.topology.lock();
-        let sessions = &mut topology.dispatch.sessions;
-        let newer = matches!(sessions.get(&key), Some((latest, _)) if *latest > txn);
-        if !newer {
-            sessions.insert(key, (txn, reply.clone()));
-        }
-    }
     Ok(Ran { reply, writes })
-}
-
-fn lsid_display(lsid: &Document) -> String {
-    match lsid.get("id") {
-        Some(Bson::Binary(b)) if b.bytes.len() == 16 => {
-            let h = hex::encode(&b.bytes);
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            )
-        }
-        _ => lsid.to_string(),
-    }
 }
 
 async fn route(
@@ -699,12 +691,13 @@ async fn route(
             if change_stream {
                 crate::changestream::open(s, ctx, cmd, pipeline)
             } else {
-                crud::aggregate(s, ctx, cmd)
+                crate::commands::aggregation::aggregate(s, ctx, cmd)
             }
         }
         "getMore" => crate::cursor::get_more(shared, ctx, cmd).await,
         "killCursors" => crate::cursor::kill_cursors(s, ctx, cmd),
         "create" => ddl::create(s, ctx, cmd),
+        "collMod" => crate::commands::collmod::coll_mod(s, ctx, cmd),
         "drop" => ddl::drop(s, ctx, cmd),
         "dropDatabase" => ddl::drop_database(s, ctx, cmd),
         "renameCollection" => ddl::rename_collection(s, ctx, cmd),
@@ -715,6 +708,7 @@ async fn route(
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
         "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
         "configureFailPoint" => failpoint::configure(s, ctx, cmd),
+        "getCmdLineOpts" | "getParameter" => crate::admin::run(s, ctx, name, cmd),
         other => handshake::run(s, conn, ctx, other, cmd).await,
     }
 }
@@ -891,25 +885,32 @@ mod tests {
     async fn retryable_write_replays_and_rejects_old_txn_numbers() {
         let s = shared();
         let lsid = doc! {"id": Binary { subtype: BinarySubtype::Uuid, bytes: vec![2; 16] }};
-        let remembered = doc! {"n": 1, "ok": 1.0};
-        s.topology
-            .lock()
-            .dispatch
-            .sessions
-            .insert(session_key(&lsid), (5, remembered));
         let cmd = |txn: i64| {
-            doc! {"insert": "c", "documents": [{"_id": 1}], "$db": "a",
-            "lsid": lsid.clone(), "txnNumber": txn}
+            doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}, "upsert": true}],
+            "$db": "a", "lsid": lsid.clone(), "txnNumber": txn}
         };
-        let r = run(&s, cmd(5)).await;
-        assert_eq!(r.get_i32("n").unwrap(), 1);
+        let first = run(&s, cmd(5)).await;
+        assert_eq!(first.get_i32("n").unwrap(), 1);
+        assert!(first.contains_key("upserted"));
+        // The retry is answered from the first execution: same reply, nothing applied again.
+        let retry = run(&s, cmd(5)).await;
+        assert_eq!(retry.get_i32("n").unwrap(), 1);
+        assert_eq!(
+            retry.get_array("upserted").unwrap(),
+            first.get_array("upserted").unwrap()
+        );
+        let stored = s
+            .data
+            .lock()
+            .lookup_document(&crate::oplog::Namespace::new("a", "c"), &doc! {"_id": 1});
+        assert_eq!(stored.unwrap().get_i32("n").unwrap(), 1);
         let r = run(&s, cmd(4)).await;
         assert_eq!(r.get_i32("code").unwrap(), 225);
         assert_eq!(r.get_str("codeName").unwrap(), "TransactionTooOld");
     }
 
     #[tokio::test]
-    async fn change_stream_failures_are_labelled_resumable() {
+    async fn change_stream_aggregate_failures_are_labelled_resumable() {
         let s = shared();
         run(
             &s,
@@ -934,13 +935,11 @@ mod tests {
         )
         .await;
         assert!(!r.contains_key("errorLabels"));
+        // failCommand fails a getMore before its cursor is checked out: mongod cannot tell it
+        // is a change stream's, and adds no label.
         s.topology.lock().dispatch.change_stream_cursors.insert(77);
         let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
-        assert_eq!(
-            r.get_array("errorLabels").unwrap(),
-            &vec![Bson::String("ResumableChangeStreamError".into())]
-        );
-        let r = run(&s, doc! {"getMore": 78i64, "collection": "c", "$db": "a"}).await;
+        assert_eq!(r.get_i32("code").unwrap(), 6);
         assert!(!r.contains_key("errorLabels"));
         // Labels given to the fail point are reported exactly.
         run(

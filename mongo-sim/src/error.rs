@@ -66,6 +66,7 @@ codes! {
     COMMAND_NOT_SUPPORTED = 115, "CommandNotSupported";
     INVALID_PIPELINE_OPERATOR = 168, "InvalidPipelineOperator";
     PRIMARY_STEPPED_DOWN = 189, "PrimarySteppedDown";
+    TRANSACTION_TOO_OLD = 225, "TransactionTooOld";
     CURSOR_IN_USE = 236, "CursorInUse";
     CURSOR_KILLED = 237, "CursorKilled";
     CONVERSION_FAILURE = 241, "ConversionFailure";
@@ -86,9 +87,12 @@ codes! {
 }
 
 /// Codes for which a change stream's getMore failure is resumable; mongod adds the
-/// `ResumableChangeStreamError` label for these (change-streams spec, "Resumable Error").
+/// `ResumableChangeStreamError` label for these (`error_labels.cpp`,
+/// `isResumableChangeStreamError`: retriable, network and stale-routing errors,
+/// RetryChangeStream and FailedToSatisfyReadPreference). CursorNotFound is not among them:
+/// drivers resume on it by its code.
 pub const RESUMABLE_CHANGE_STREAM_CODES: &[i32] = &[
-    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133, 43,
+    6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 13388, 234, 133,
 ];
 
 /// Codes for which mongod adds `RetryableWriteError` to a failed retryable write

@@ -1,9 +1,15 @@
-//! mongod's `failCommand` fail point (`configureFailPoint`), for fault injection in tests.
+//! mongod's fail points (`configureFailPoint`), for fault injection in tests.
 //!
-//! Semantics follow mongod's `failCommand` as described in the drivers' "Server Fail Point"
-//! test specification: it fires only for the listed commands (and the given `appName` and
-//! `namespace`), a `times` mode counts down only when it fires, and `configureFailPoint`
-//! itself is never failed.
+//! `failCommand` follows the drivers' "Server Fail Point" test specification: it fires only
+//! for the listed commands (and the given `appName` and `namespace`), a `times` mode counts
+//! down only when it fires, and `configureFailPoint` itself is never failed. The other fail
+//! points fire where mongod checks them in its code, with the data they were given:
+//! `failGetMoreAfterCursorCheckout` (a getMore fails with `errorCode` once its cursor is
+//! checked out, so mongod labels the error as it labels real ones), `onPrimaryTransactionalWrite`
+//! (after each statement of a retryable write: close the connection, and with
+//! `failBeforeCommitExceptionCode` fail the statement so it is not applied) and
+//! `maxTimeAlwaysTimeOut` (every operation with `maxTimeMS` exceeds it).
+//! Each counts how often it fired (`count` in the reply of the next `configureFailPoint`).
 
 use crate::error::{self, CommandError, Result};
 use crate::state::{CommandContext, Shared};
@@ -32,12 +38,46 @@ struct FailCommand {
     namespace: Option<String>,
 }
 
+/// The fail points mongod checks at one place in its code, rather than per command name.
+pub const SITE_FAIL_POINTS: &[&str] = &[
+    "failGetMoreAfterCursorCheckout",
+    "onPrimaryTransactionalWrite",
+    "maxTimeAlwaysTimeOut",
+];
+
+/// A configured site fail point: when it fires, and its `data`.
+#[derive(Debug, Clone)]
+struct SitePoint {
+    mode: Mode,
+    data: Document,
+}
+
 /// Configured fail points.
 #[derive(Default)]
 pub struct FailPoints {
     fail_command: Option<FailCommand>,
-    /// How often `failCommand` fired, over the server's lifetime (mongod's `timesEntered`).
-    times_entered: i64,
+    sites: std::collections::HashMap<&'static str, SitePoint>,
+    /// How often each fail point fired, over the server's lifetime (mongod's `timesEntered`).
+    times_entered: std::collections::HashMap<&'static str, i64>,
+}
+
+impl Mode {
+    /// Whether a fail point in this mode fires now, counting it down as mongod's
+    /// `shouldFail` does.
+    fn fires(&mut self) -> bool {
+        match self {
+            Mode::AlwaysOn => true,
+            Mode::Times(n) => {
+                *n -= 1;
+                true
+            }
+            Mode::Skip(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            Mode::Skip(_) => true,
+        }
+    }
 }
 
 /// What a fired `failCommand` does to a command.
@@ -78,22 +118,14 @@ impl FailPoints {
         {
             return None;
         }
-        match &mut fp.mode {
-            Mode::AlwaysOn => {}
-            Mode::Times(n) => {
-                *n -= 1;
-            }
-            Mode::Skip(n) if *n > 0 => {
-                *n -= 1;
-                return None;
-            }
-            Mode::Skip(_) => {}
+        if !fp.mode.fires() {
+            return None;
         }
         let fp = fp.clone();
         if fp.mode == Mode::Times(0) {
             self.fail_command = None;
         }
-        self.times_entered += 1;
+        *self.times_entered.entry("failCommand").or_default() += 1;
         let error = fp.error_code.map(|code| {
             let mut e =
                 CommandError::from_code(code, "Failing command via 'failCommand' failpoint");
@@ -110,6 +142,34 @@ impl FailPoints {
             write_concern_error: fp.write_concern_error,
             error_labels: fp.error_labels,
         })
+    }
+}
+
+impl FailPoints {
+    /// Whether the site fail point `name` fires now; its `data` when it does.
+    pub fn fire(&mut self, name: &str) -> Option<Document> {
+        self.fire_if(name, |_| true)
+    }
+
+    /// As [`FailPoints::fire`], for a fail point that applies only where `applies` accepts its
+    /// data (mongod's `executeIf`): one that does not apply is not counted down.
+    pub fn fire_if(&mut self, name: &str, applies: impl Fn(&Document) -> bool) -> Option<Document> {
+        let (key, point) = self.sites.iter_mut().find(|(k, _)| **k == name)?;
+        let key = *key;
+        if !applies(&point.data) || !point.mode.fires() {
+            return None;
+        }
+        let data = point.data.clone();
+        if point.mode == Mode::Times(0) {
+            self.sites.remove(key);
+        }
+        *self.times_entered.entry(key).or_default() += 1;
+        Some(data)
+    }
+
+    /// Whether the site fail point `name` is configured (it may still skip).
+    pub fn is_set(&self, name: &str) -> bool {
+        self.sites.contains_key(name)
     }
 }
 
@@ -320,7 +380,8 @@ pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
         }
         None => return Err(bad_value("configureFailPoint requires a fail point name")),
     };
-    if name != "failCommand" {
+    let site = SITE_FAIL_POINTS.iter().find(|n| **n == name).copied();
+    if name != "failCommand" && site.is_none() {
         return Err(CommandError::not_supported(format!(
             "mongo-sim does not support the fail point '{name}'"
         )));
@@ -329,27 +390,35 @@ pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
         Some(m) => parse_mode(m)?,
         None => return Err(bad_value("Missing mode argument")),
     };
-    let config = match mode {
-        None => None,
-        Some(mode) => {
-            let data = match cmd.get("data") {
-                Some(Bson::Document(d)) => d.clone(),
-                None => Document::new(),
-                Some(v) => {
-                    return Err(crate::fields::wrong_type(
-                        "configureFailPoint",
-                        "data",
-                        v,
-                        "object",
-                    ));
-                }
-            };
-            Some(parse_data(&data, mode)?)
+    let data = match cmd.get("data") {
+        Some(Bson::Document(d)) => d.clone(),
+        None => Document::new(),
+        Some(v) => {
+            return Err(crate::fields::wrong_type(
+                "configureFailPoint",
+                "data",
+                v,
+                "object",
+            ));
         }
     };
     let mut fps = shared.failpoints.lock();
-    let count = fps.times_entered;
-    fps.fail_command = config;
+    let key = site.unwrap_or("failCommand");
+    let count = fps.times_entered.get(key).copied().unwrap_or(0);
+    match site {
+        Some(site) => match mode {
+            Some(mode) => {
+                fps.sites.insert(site, SitePoint { mode, data });
+            }
+            None => {
+                fps.sites.remove(site);
+            }
+        },
+        None => {
+            let config = mode.map(|mode| parse_data(&data, mode)).transpose()?;
+            fps.fail_command = config;
+        }
+    }
     // mongod's `appendIntOrLL`: an int when it fits.
     let count = match i32::try_from(count) {
         Ok(n) => Bson::Int32(n),

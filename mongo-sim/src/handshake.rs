@@ -153,7 +153,6 @@ pub const COMMANDS: &[&str] = &[
     "killSessions",
     "connectionStatus",
     "whatsmyuri",
-    "getParameter",
     "replSetStepDown",
 ];
 
@@ -171,21 +170,35 @@ pub async fn run(
         "buildInfo" | "buildinfo" => Ok(build_info(shared)),
         "hostInfo" => Ok(host_info(shared)),
         "serverStatus" => Ok(server_status(shared)),
-        // Sessions hold no server-side state besides retryable-write replies, which expire
-        // with the server.
-        "endSessions" | "killSessions" => Ok(Document::new()),
+        "endSessions" | "killSessions" => Ok(end_sessions(shared, name, cmd)),
         "connectionStatus" => Ok(crate::profile::connection_status(
             shared.options.user.as_ref(),
             cmd,
         )),
         "whatsmyuri" => Ok(doc! {"you": conn.peer.clone()}),
-        "getParameter" => get_parameter(cmd),
         "replSetStepDown" => repl_set_step_down(shared, ctx, cmd),
         other => Err(CommandError::new(
             error::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
         )),
     }
+}
+
+/// `endSessions`/`killSessions` (manual: "endSessions"): the sessions leave the session cache;
+/// `killSessions` also forgets their retryable writes. Malformed entries are ignored, as
+/// mongod ignores unknown sessions.
+fn end_sessions(shared: &Shared, name: &str, cmd: &Document) -> Document {
+    let Ok(ids) = cmd.get_array(name) else {
+        return Document::new();
+    };
+    for lsid in ids.iter().filter_map(Bson::as_document) {
+        shared.sessions.lock().end(lsid);
+        if name == "killSessions" {
+            let key = crate::retryable::session_key(lsid);
+            shared.data.lock().transactions.forget(&key);
+        }
+    }
+    Document::new()
 }
 
 fn last_write(shared: &Shared, term: i64) -> Document {
@@ -491,49 +504,6 @@ fn server_status(shared: &Shared) -> Document {
     }
 }
 
-/// `getParameter` (manual: "getParameter") for the parameters drivers and tests ask about.
-fn get_parameter(cmd: &Document) -> Result<Document> {
-    let all = matches!(cmd.get("getParameter"), Some(Bson::String(s)) if s == "*");
-    let mut reply = Document::new();
-    let known = |name: &str| -> Option<Bson> {
-        match name {
-            "featureCompatibilityVersion" => Some(Bson::Document(doc! {"version": "7.0"})),
-            _ => None,
-        }
-    };
-    if all {
-        for name in ["featureCompatibilityVersion"] {
-            if let Some(v) = known(name) {
-                reply.insert(name, v);
-            }
-        }
-        return Ok(reply);
-    }
-    for key in cmd.keys().skip(1) {
-        if crate::fields::GENERIC_FIELDS.contains(&key.as_str()) {
-            continue;
-        }
-        match known(key) {
-            Some(v) => {
-                reply.insert(key.clone(), v);
-            }
-            None => {
-                return Err(CommandError::new(
-                    error::INVALID_OPTIONS,
-                    format!("no option found to get: {key}"),
-                ));
-            }
-        }
-    }
-    if reply.is_empty() {
-        return Err(CommandError::new(
-            error::INVALID_OPTIONS,
-            "no option found to get",
-        ));
-    }
-    Ok(reply)
-}
-
 /// `replSetStepDown: <secs>` (manual: "replSetStepDown"): the node becomes a secondary for
 /// that many seconds, commands in progress elsewhere are interrupted (connections stay open,
 /// as since mongod 4.2), then it is elected again.
@@ -772,14 +742,6 @@ mod tests {
         let ahead = doc! {"processId": s.topology.lock().process_id, "counter": 5i64};
         let err = hello_cmd(&s, &awaitable(&ahead, 10)).await.unwrap_err();
         assert_eq!(err.code, 31382);
-    }
-
-    #[test]
-    fn get_parameter_knows_the_feature_compatibility_version() {
-        let r = get_parameter(&doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).unwrap();
-        assert_eq!(r, doc! {"featureCompatibilityVersion": {"version": "7.0"}});
-        let err = get_parameter(&doc! {"getParameter": 1, "nope": 1}).unwrap_err();
-        assert_eq!(err.code, 72);
     }
 
     #[test]

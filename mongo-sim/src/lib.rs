@@ -9,8 +9,11 @@
 // Every handler returns mongod's full error shape; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod aggregate;
 pub mod bsontype;
+pub mod catalog;
+pub mod changeevent;
 pub mod changestream;
 pub mod commands;
 pub mod compare;
@@ -26,10 +29,13 @@ pub mod oplog;
 pub mod path;
 pub mod profile;
 pub mod query;
+pub mod retryable;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod storage;
 pub mod update;
+pub mod updatedesc;
 pub mod wire;
 
 pub use server::MongoSim;

@@ -41,19 +41,47 @@ pub enum OplogOp {
         document_key: Document,
         before: Document,
         after: Document,
+        /// A pipeline update, whose change is computed as mongod diffs two documents (with
+        /// its size bound), rather than from the fields the operators touched.
+        pipeline: bool,
+        /// The collection recorded pre- and post-images for this write
+        /// (`changeStreamPreAndPostImages` was enabled): `before` is the pre-image.
+        images: bool,
     },
     Replace {
         ns: Namespace,
         document_key: Document,
         document: Document,
+        /// The replaced version, when the collection records pre-images.
+        pre_image: Option<Arc<Document>>,
     },
     Delete {
         ns: Namespace,
         document_key: Document,
+        /// The deleted version, when the collection records pre-images.
+        pre_image: Option<Arc<Document>>,
     },
-    /// A collection was created (explicitly or by its first insert).
+    /// A collection was created (explicitly or by its first insert), or a view; `description`
+    /// is the event's `operationDescription` (`idIndex` and options, or `viewOn`/`pipeline`).
     Create {
         ns: Namespace,
+        description: Document,
+    },
+    /// Indexes were built (`createIndexes`, or `commitIndexBuild` for several at once).
+    CreateIndexes {
+        ns: Namespace,
+        indexes: Vec<Document>,
+    },
+    /// One index was dropped.
+    DropIndexes {
+        ns: Namespace,
+        index: Document,
+    },
+    /// `collMod`: what it changed, and the options before.
+    Modify {
+        ns: Namespace,
+        description: Document,
+        state_before: Document,
     },
     Drop {
         ns: Namespace,
@@ -61,10 +89,26 @@ pub enum OplogOp {
     Rename {
         from: Namespace,
         to: Namespace,
+        /// The UUID of the collection a `dropTarget` rename replaced.
+        drop_target: Option<Binary>,
     },
     DropDatabase {
         db: String,
     },
+}
+
+impl OplogOp {
+    /// The namespace a DDL entry's collection-scoped change events name, for the operations
+    /// only expanded change streams report.
+    pub fn ddl_namespace(&self) -> Option<&Namespace> {
+        match self {
+            OplogOp::Create { ns, .. }
+            | OplogOp::CreateIndexes { ns, .. }
+            | OplogOp::DropIndexes { ns, .. }
+            | OplogOp::Modify { ns, .. } => Some(ns),
+            _ => None,
+        }
+    }
 }
 
 /// One oplog entry.
@@ -93,6 +137,12 @@ pub struct Oplog {
     live: BTreeMap<Namespace, Option<Binary>>,
 }
 
+/// Where the oplog ended: the entries written after it can be undone.
+pub struct Savepoint {
+    next_seq: u64,
+    live: BTreeMap<Namespace, Option<Binary>>,
+}
+
 /// A cluster time as an ordered pair (seconds, counter).
 pub fn ts_key(ts: Timestamp) -> (u32, u32) {
     (ts.time, ts.increment)
@@ -111,6 +161,29 @@ impl Oplog {
             truncated_through: None,
             live: BTreeMap::new(),
         }
+    }
+
+    /// Where the oplog ends now, for [`Oplog::rollback`].
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            next_seq: self.next_seq,
+            live: self.live.clone(),
+        }
+    }
+
+    /// Removes the entries written since `savepoint`, as if the writes that made them had
+    /// never committed. Only for writes nobody has read yet (the caller holds the data lock
+    /// throughout); cluster times handed out stay used.
+    pub fn rollback(&mut self, savepoint: Savepoint) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|e| e.seq >= savepoint.next_seq)
+        {
+            self.entries.pop_back();
+        }
+        self.next_seq = savepoint.next_seq;
+        self.live = savepoint.live;
     }
 
     /// Sequence number of the newest entry (0 when empty).
@@ -170,7 +243,10 @@ impl Oplog {
             | OplogOp::Update { ns, .. }
             | OplogOp::Replace { ns, .. }
             | OplogOp::Delete { ns, .. }
-            | OplogOp::Create { ns } => {
+            | OplogOp::Create { ns, .. }
+            | OplogOp::CreateIndexes { ns, .. }
+            | OplogOp::DropIndexes { ns, .. }
+            | OplogOp::Modify { ns, .. } => {
                 // Looked up before `entry`, which would copy the namespace on every write.
                 let known = match self.live.get_mut(ns) {
                     Some(known) => known,
@@ -183,7 +259,7 @@ impl Oplog {
             OplogOp::Drop { ns } => {
                 self.live.remove(ns);
             }
-            OplogOp::Rename { from, to } => {
+            OplogOp::Rename { from, to, .. } => {
                 let uuid = self.live.remove(from).flatten().or_else(|| ui.clone());
                 self.live.insert(to.clone(), uuid);
             }
@@ -279,6 +355,7 @@ impl OplogEntry {
                 document_key,
                 before,
                 after,
+                ..
             } => (
                 "u",
                 ns.to_string(),
@@ -289,40 +366,77 @@ impl OplogEntry {
                 ns,
                 document_key,
                 document,
+                ..
             } => (
                 "u",
                 ns.to_string(),
                 document.clone(),
                 Some(document_key.clone()),
             ),
-            OplogOp::Delete { ns, document_key } => {
-                ("d", ns.to_string(), document_key.clone(), None)
+            OplogOp::Delete {
+                ns, document_key, ..
+            } => ("d", ns.to_string(), document_key.clone(), None),
+            OplogOp::Create { ns, description } => {
+                let mut o = doc! {"create": ns.coll.clone()};
+                o.extend(description.clone());
+                ("c", command_ns(&ns.db), o, None)
             }
-            OplogOp::Create { ns } => (
-                "c",
-                command_ns(&ns.db),
-                doc! {
-                    "create": ns.coll.clone(),
-                    "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"},
-                },
-                None,
-            ),
+            OplogOp::CreateIndexes { ns, indexes } => {
+                let o = match indexes.as_slice() {
+                    [one] => {
+                        let mut o = doc! {"createIndexes": ns.coll.clone()};
+                        o.extend(one.clone());
+                        o
+                    }
+                    many => doc! {"commitIndexBuild": ns.coll.clone(), "indexes": many.to_vec()},
+                };
+                ("c", command_ns(&ns.db), o, None)
+            }
+            OplogOp::DropIndexes { ns, index } => {
+                let name = index.get_str("name").unwrap_or_default().to_string();
+                let mut o2 = doc! {"dropIndexes": ns.coll.clone()};
+                o2.extend(index.clone());
+                (
+                    "c",
+                    command_ns(&ns.db),
+                    doc! {"dropIndexes": ns.coll.clone(), "index": name},
+                    Some(o2),
+                )
+            }
+            OplogOp::Modify {
+                ns,
+                description,
+                state_before,
+            } => {
+                let mut o = doc! {"collMod": ns.coll.clone()};
+                o.extend(description.clone());
+                let mut o2 = Document::new();
+                if let Ok(options) = state_before.get_document("collectionOptions") {
+                    o2.insert("collectionOptions_old", options.clone());
+                }
+                if let Ok(options) = state_before.get_document("indexOptions") {
+                    o2.insert("indexOptions_old", options.clone());
+                }
+                ("c", command_ns(&ns.db), o, Some(o2))
+            }
             OplogOp::Drop { ns } => (
                 "c",
                 command_ns(&ns.db),
                 doc! {"drop": ns.coll.clone()},
                 None,
             ),
-            OplogOp::Rename { from, to } => (
-                "c",
-                command_ns(&from.db),
-                doc! {
-                    "renameCollection": from.to_string(),
-                    "to": to.to_string(),
-                    "stayTemp": false,
-                },
-                None,
-            ),
+            OplogOp::Rename {
+                from,
+                to,
+                drop_target,
+            } => {
+                let mut o = doc! {"renameCollection": from.to_string(), "to": to.to_string()};
+                if let Some(uuid) = drop_target {
+                    o.insert("dropTarget", Bson::Binary(uuid.clone()));
+                }
+                o.insert("stayTemp", false);
+                ("c", command_ns(&from.db), o, None)
+            }
             OplogOp::DropDatabase { db } => ("c", command_ns(db), doc! {"dropDatabase": 1}, None),
         };
         let mut d = doc! {"op": op, "ns": ns};
@@ -496,6 +610,8 @@ mod tests {
                 document_key: doc! {"_id": 1},
                 before: doc! {"_id": 1, "a": 1, "n": {"x": 1}, "gone": 1},
                 after: doc! {"_id": 1, "a": 2, "n": {"x": 2}, "b": 1},
+                pipeline: false,
+                images: false,
             },
             Some(ui.clone()),
         );

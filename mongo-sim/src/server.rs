@@ -264,12 +264,20 @@ async fn connection_loop(stream: TcpStream, mut conn: ConnectionState, shared: &
             }
         };
         let bytes = match request {
+            Request::Msg(msg)
+                if msg.flags & wire::FLAG_EXHAUST_ALLOWED != 0 && is_get_more(&msg) =>
+            {
+                if stream_get_more(shared, &mut conn, msg, &mut write_half).await {
+                    continue;
+                }
+                return;
+            }
             Request::Msg(msg) => {
                 let more_to_come = msg.more_to_come();
                 let checksum = msg.checksum_present();
                 let request_id = msg.header.request_id;
-                // exhaustAllowed is not honoured: each reply is a single one, without
-                // moreToCome, and the client sends its next awaitable hello itself.
+                // exhaustAllowed on a hello is not honoured: each reply is a single one,
+                // without moreToCome, and the client sends its next awaitable hello itself.
                 match dispatch::run_command(shared, &mut conn, msg.body).await {
                     Outcome::CloseConnection => {
                         tracing::info!(connection = conn.id, "closing connection (fail point)");
@@ -300,6 +308,50 @@ async fn connection_loop(stream: TcpStream, mut conn: ConnectionState, shared: &
             tracing::debug!(connection = conn.id, error = %e, "write failed");
             return;
         }
+    }
+}
+
+fn is_get_more(msg: &wire::OpMsg) -> bool {
+    msg.body.keys().next().is_some_and(|k| k == "getMore")
+}
+
+/// An exhaust getMore (OP_MSG spec, `exhaustAllowed`): while the cursor stays open, each
+/// reply goes with `moreToCome` and the server runs the same getMore again, answering to its
+/// own previous reply, until a batch closes the cursor or a command fails. False when the
+/// connection must close.
+async fn stream_get_more(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionState,
+    msg: wire::OpMsg,
+    write_half: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> bool {
+    let checksum = if msg.checksum_present() {
+        wire::FLAG_CHECKSUM_PRESENT
+    } else {
+        0
+    };
+    let mut response_to = msg.header.request_id;
+    loop {
+        let reply = match dispatch::run_command(shared, conn, msg.body.clone()).await {
+            Outcome::Reply(reply) => reply,
+            Outcome::CloseConnection => return false,
+        };
+        let open = reply
+            .get_document("cursor")
+            .ok()
+            .and_then(|c| c.get("id"))
+            .and_then(crate::bsontype::as_i64)
+            .is_some_and(|id| id != 0);
+        let flags = checksum | if open { wire::FLAG_MORE_TO_COME } else { 0 };
+        let request_id = next_request_id();
+        let bytes = wire::encode_op_msg(request_id, response_to, flags, &reply, &[]);
+        if write_half.write_all(&bytes).await.is_err() {
+            return false;
+        }
+        if !open {
+            return true;
+        }
+        response_to = request_id;
     }
 }
 

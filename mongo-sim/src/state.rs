@@ -6,7 +6,8 @@ use crate::failpoint::FailPoints;
 use crate::handshake::Topology;
 use crate::storage::Data;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Instant;
 use tokio::sync::watch;
 
@@ -52,6 +53,8 @@ pub struct Shared {
     pub cursors: Mutex<Cursors>,
     pub failpoints: Mutex<FailPoints>,
     pub topology: Mutex<Topology>,
+    /// Sessions commands used (`$listLocalSessions`).
+    pub sessions: Mutex<crate::sessions::SessionCache>,
     /// The oplog's newest sequence number; change-stream getMores wait on changes.
     oplog_head: watch::Sender<u64>,
     next_connection_id: AtomicI64,
@@ -68,6 +71,7 @@ impl Shared {
             cursors: Mutex::new(Cursors::default()),
             failpoints: Mutex::new(FailPoints::default()),
             topology: Mutex::new(Topology::new()),
+            sessions: Mutex::new(crate::sessions::SessionCache::default()),
             oplog_head: watch::channel(0).0,
             next_connection_id: AtomicI64::new(1),
             started: Instant::now(),
@@ -109,4 +113,21 @@ pub struct CommandContext {
     pub lsid: Option<bson::Document>,
     /// `txnNumber` of a retryable write.
     pub txn_number: Option<i64>,
+    /// Set for a retryable write command (`insert`, `update`, `delete`, `findAndModify` with
+    /// `lsid` and `txnNumber`): its statements are recorded and replayed.
+    pub retryable: Option<crate::retryable::RetryableWrite>,
+    /// A fail point asked for the connection to be closed once the command has run.
+    pub hang_up: Arc<AtomicBool>,
+}
+
+impl CommandContext {
+    /// Asks for the connection to be closed, without a reply, once the command has run.
+    pub fn request_hang_up(&self) {
+        self.hang_up.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether something asked for the connection to be closed.
+    pub fn hang_up_requested(&self) -> bool {
+        self.hang_up.load(Ordering::Relaxed)
+    }
 }

@@ -25,6 +25,8 @@ pub const MAX_USER_DOCUMENT_SIZE: usize = 16 * 1024 * 1024;
 pub struct Data {
     pub databases: BTreeMap<String, Database>,
     pub oplog: Oplog,
+    /// Retryable writes' applied statements, changed with the writes under the same lock.
+    pub transactions: crate::retryable::TransactionTable,
 }
 
 impl Data {
@@ -32,6 +34,7 @@ impl Data {
         Self {
             databases: BTreeMap::new(),
             oplog: Oplog::new(oplog_capacity),
+            transactions: crate::retryable::TransactionTable::default(),
         }
     }
 
@@ -60,8 +63,13 @@ impl Data {
         let created = !db.collections.contains_key(&ns.coll);
         let coll = db.collections.entry(ns.coll.clone()).or_default();
         if created {
-            self.oplog
-                .record(OplogOp::Create { ns: ns.clone() }, Some(coll.ui()));
+            self.oplog.record(
+                OplogOp::Create {
+                    ns: ns.clone(),
+                    description: crate::catalog::create_description(&coll.options),
+                },
+                Some(coll.ui()),
+            );
         }
         (coll, created)
     }
@@ -86,7 +94,7 @@ impl Data {
         if self
             .databases
             .get(db)
-            .is_some_and(|d| d.collections.is_empty())
+            .is_some_and(|d| d.collections.is_empty() && d.views.is_empty())
         {
             self.databases.remove(db);
         }
@@ -104,16 +112,22 @@ impl Data {
         coll.documents.get(&rid).map(|d| Document::clone(d))
     }
 
+    /// The view at `ns`, when there is one.
+    pub fn view(&self, ns: &Namespace) -> Option<&crate::catalog::View> {
+        self.databases.get(&ns.db)?.views.get(&ns.coll)
+    }
+
     /// The collection's UUID, when it exists.
     pub fn collection_uuid(&self, ns: &crate::oplog::Namespace) -> Option<bson::Uuid> {
         self.collection(ns).map(|c| c.uuid)
     }
 }
 
-/// One database: its collections by name.
+/// One database: its collections and views by name.
 #[derive(Default)]
 pub struct Database {
     pub collections: BTreeMap<String, Collection>,
+    pub views: BTreeMap<String, crate::catalog::View>,
 }
 
 /// What `createIndexes` was asked for, as `listIndexes` reports it back.
@@ -125,6 +139,11 @@ pub struct IndexSpec {
     pub sparse: bool,
     /// Accepted and reported, but documents never expire.
     pub expire_after_seconds: Option<Bson>,
+    /// `partialFilterExpression`: only documents matching it are indexed (manual: "Partial
+    /// Indexes"), so a unique partial index constrains only those.
+    pub partial_filter: Option<Document>,
+    /// `background`, ignored since mongod 4.2 but kept in the catalog and listed back.
+    pub background: Option<bool>,
 }
 
 impl IndexSpec {
@@ -144,6 +163,12 @@ impl IndexSpec {
         if let Some(e) = &self.expire_after_seconds {
             d.insert("expireAfterSeconds", e.clone());
         }
+        if let Some(f) = &self.partial_filter {
+            d.insert("partialFilterExpression", f.clone());
+        }
+        if let Some(b) = self.background {
+            d.insert("background", b);
+        }
         d
     }
 
@@ -152,6 +177,7 @@ impl IndexSpec {
         self.unique == other.unique
             && self.sparse == other.sparse
             && self.expire_after_seconds == other.expire_after_seconds
+            && self.partial_filter == other.partial_filter
     }
 }
 
@@ -174,9 +200,14 @@ pub struct Index {
     pub spec: IndexSpec,
     /// Each key field: its path, the path's components, and whether it is descending.
     fields: Vec<(String, Vec<String>, bool)>,
+    /// Per key field: whether it is `"hashed"` (its key is the value's hash, manual: "Hashed
+    /// Indexes").
+    hashed: Vec<bool>,
     entries: BTreeSet<(Vec<u8>, u64)>,
     /// True once some document produced several keys (an array value).
     pub multikey: bool,
+    /// The parsed `partialFilterExpression`.
+    partial: Option<Matcher>,
 }
 
 static NULL_KEY: Bson = Bson::Null;
@@ -196,11 +227,23 @@ impl Index {
                 (k.clone(), parts, as_f64(v).is_some_and(|d| d < 0.0))
             })
             .collect();
+        let hashed = spec
+            .key
+            .values()
+            .map(|v| matches!(v, Bson::String(k) if k == "hashed"))
+            .collect();
+        // Validated by createIndexes before the spec gets here.
+        let partial = spec
+            .partial_filter
+            .as_ref()
+            .and_then(|f| Matcher::parse(f).ok());
         Index {
             spec,
             fields,
+            hashed,
             entries: BTreeSet::new(),
             multikey: false,
+            partial,
         }
     }
 
@@ -213,6 +256,18 @@ impl Index {
     /// sparse index when every key field is missing. Two array fields in one compound key
     /// are refused (manual: "Multikey Indexes", compound multikey limitation).
     fn keys<'a>(&self, doc: &'a Document) -> Result<Vec<GeneratedKey<'a>>> {
+        if let Some(partial) = &self.partial {
+            let vars = Variables::new(
+                bson::DateTime::now(),
+                bson::Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
+            );
+            if !partial.matches(doc, &vars)? {
+                return Ok(Vec::new());
+            }
+        }
         let mut per_field: Vec<Vec<&'a Bson>> = Vec::with_capacity(self.fields.len());
         let mut array_field: Option<&str> = None;
         let mut all_missing = true;
@@ -221,6 +276,12 @@ impl Index {
             let mut saw_array = false;
             if let Some(v) = doc.get(&parts[0]) {
                 collect_values(v, &parts[1..], &mut values, &mut saw_array);
+            }
+            if saw_array && self.hashed.get(per_field.len()).copied().unwrap_or(false) {
+                return Err(CommandError::from_code(
+                    16766,
+                    "Error: hashed indexes do not currently support array values",
+                ));
             }
             if saw_array {
                 if let Some(earlier) = array_field {
@@ -242,8 +303,14 @@ impl Index {
             return Ok(Vec::new());
         }
         let mut keys: Vec<GeneratedKey<'a>> = vec![(Vec::new(), Vec::new())];
-        for ((_, _, descending), values) in self.fields.iter().zip(per_field) {
-            if values.len() == 1 {
+        for (i, ((_, _, descending), values)) in self.fields.iter().zip(per_field).enumerate() {
+            if self.hashed[i] {
+                let hash = Bson::Int64(crate::hasher::hash64(values[0])?);
+                for (bytes, tuple) in &mut keys {
+                    push_component(bytes, &hash, false);
+                    tuple.push(values[0]);
+                }
+            } else if values.len() == 1 {
                 for (bytes, tuple) in &mut keys {
                     push_component(bytes, values[0], *descending);
                     tuple.push(values[0]);
@@ -502,7 +569,8 @@ pub fn bson_size(d: &Document) -> usize {
         .sum::<usize>()
 }
 
-fn value_size(v: &Bson) -> usize {
+/// The BSON size of one value, without its type byte and field name.
+pub fn value_size(v: &Bson) -> usize {
     match v {
         Bson::Double(_) | Bson::Int64(_) | Bson::DateTime(_) | Bson::Timestamp(_) => 8,
         Bson::Int32(_) => 4,
@@ -539,8 +607,11 @@ fn decimal_len(mut i: usize) -> usize {
 }
 
 /// One collection.
+#[derive(Clone)]
 pub struct Collection {
     pub uuid: Uuid,
+    /// What `create` and `collMod` set: validation, pre- and post-images.
+    pub options: crate::catalog::CollectionOptions,
     /// Documents in natural order, by record id. A stored version is never modified in
     /// place (a write replaces it), so the oplog entry that recorded it shares it instead of
     /// holding a copy.
@@ -561,6 +632,7 @@ impl Collection {
     pub fn new() -> Collection {
         Collection {
             uuid: Uuid::new(),
+            options: crate::catalog::CollectionOptions::default(),
             documents: BTreeMap::new(),
             indexes: vec![Index::new(IndexSpec {
                 name: "_id_".to_string(),
@@ -568,6 +640,8 @@ impl Collection {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
+                background: None,
             })],
             next_record_id: 1,
         }
@@ -658,6 +732,25 @@ impl Collection {
         Ok(old)
     }
 
+    /// Drops the oldest documents of a capped collection while it holds more than its bounds
+    /// allow (manual: "Capped Collections": insertion order, oldest out first). The
+    /// evictions are not written to the oplog.
+    pub fn evict_over_cap(&mut self) {
+        let Some(capped) = self.options.capped else {
+            return;
+        };
+        let mut size = self.data_size() as i64;
+        let too_many = |n: usize| capped.max.is_some_and(|max| n as i64 > max);
+        while self.documents.len() > 1 && (size > capped.size || too_many(self.documents.len())) {
+            let Some(&oldest) = self.documents.keys().next() else {
+                break;
+            };
+            if let Some(old) = self.delete_document(oldest) {
+                size -= bson_size(&old) as i64;
+            }
+        }
+    }
+
     /// Removes the document at `rid`, returning it.
     pub fn delete_document(&mut self, rid: u64) -> Option<Arc<Document>> {
         let old = self.documents.remove(&rid)?;
@@ -675,7 +768,7 @@ impl Collection {
     /// Natural order either way.
     pub fn candidates(&self, matcher: &Matcher) -> Vec<u64> {
         for index in &self.indexes {
-            if index.spec.sparse {
+            if index.spec.sparse || index.partial.is_some() || index.hashed.iter().any(|h| *h) {
                 continue;
             }
             let field = &index.fields[0].0;
@@ -778,7 +871,8 @@ pub fn identical_documents(a: &Document, b: &Document) -> bool {
             .all(|((ka, va), (kb, vb))| ka == kb && identical_values(va, vb))
 }
 
-fn identical_values(a: &Bson, b: &Bson) -> bool {
+/// Byte-level sameness of two values (field order and numeric types matter).
+pub fn identical_values(a: &Bson, b: &Bson) -> bool {
     match (a, b) {
         (Bson::Document(x), Bson::Document(y)) => identical_documents(x, y),
         (Bson::Array(x), Bson::Array(y)) => {
@@ -861,6 +955,8 @@ mod tests {
             unique: true,
             sparse: false,
             expire_after_seconds: None,
+            partial_filter: None,
+            background: None,
         }
     }
 
@@ -905,6 +1001,8 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -924,6 +1022,8 @@ mod tests {
                 unique: true,
                 sparse: true,
                 expire_after_seconds: None,
+                partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -942,6 +1042,8 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -1007,6 +1109,8 @@ mod tests {
                     unique: true,
                     sparse: false,
                     expire_after_seconds: None,
+                    partial_filter: None,
+                    background: None,
                 },
             )
             .unwrap_err();

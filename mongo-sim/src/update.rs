@@ -136,7 +136,21 @@ impl UpdateSpec {
             Bson::Document(d) if d.keys().next().is_some_and(|k| k.starts_with('$')) => {
                 Ok(UpdateSpec::Operators(OperatorUpdate::parse(d)?))
             }
-            Bson::Document(d) => Ok(UpdateSpec::Replacement(d.clone())),
+            Bson::Document(d) => {
+                // mongod 5.0+ stores `$`-prefixed names, but not at the top of a replacement
+                // (ObjectReplaceExecutor; manual: "Field Names").
+                if let Some(field) = d.keys().find(|k| k.starts_with('$')) {
+                    return Err(CommandError::new(
+                        crate::error::DOLLAR_PREFIXED_FIELD_NAME,
+                        format!(
+                            "The dollar ($) prefixed field '{field}' in '{field}' is not allowed in \
+                             the context of an update's replacement document. Consider using an \
+                             aggregation pipeline with $replaceWith."
+                        ),
+                    ));
+                }
+                Ok(UpdateSpec::Replacement(d.clone()))
+            }
             Bson::Array(stages) => Ok(UpdateSpec::Pipeline(UpdatePipeline::parse(stages)?)),
             _ => Err(CommandError::failed_to_parse(
                 "Update argument must be either an object or an array",

@@ -653,21 +653,38 @@ async fn driver_resumes_after_labelled_error_on_get_more() {
             .unwrap(),
         &doc! {"_id": 1}
     );
-    env.fail_command(
-        doc! {"times": 1}.into(),
-        doc! {"failCommands": ["getMore"], "errorCode": 91},
-    )
-    .await;
+    // An error after the cursor is checked out is labelled by the server's own rules, and
+    // the driver resumes.
+    let after_checkout = |times: i32| {
+        doc! {"configureFailPoint": "failGetMoreAfterCursorCheckout", "mode": {"times": times},
+        "data": {"errorCode": 91, "appName": env.app_name.clone()}}
+    };
+    env.admin(after_checkout(1)).await;
     c.insert_one(doc! {"_id": 2}).await.unwrap();
     let event = next_event(&mut stream).await;
-    env.fail_command_off().await;
     assert_eq!(event.get_document("documentKey").unwrap(), &doc! {"_id": 2});
 
     // The label itself, as mongod sends it on a raw getMore.
-    let reply = env
-        .run(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}})
-        .await;
-    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let open_raw = || async {
+        let reply = env
+            .run(doc! {"aggregate": "c", "pipeline": [{"$changeStream": {}}], "cursor": {}})
+            .await;
+        reply.get_document("cursor").unwrap().get_i64("id").unwrap()
+    };
+    let id = open_raw().await;
+    env.admin(after_checkout(1)).await;
+    let err = env
+        .db
+        .run_command(doc! {"getMore": id, "collection": "c", "maxTimeMS": 100_i64})
+        .await
+        .expect_err("getMore fails");
+    assert_eq!(error_code(&err), Some(91));
+    assert!(err.contains_label("ResumableChangeStreamError"), "{err}");
+
+    // failCommand fails the getMore before the cursor is checked out: no label, so the
+    // driver does not resume (change-streams spec tests, "does not resume if error does not
+    // contain ResumableChangeStreamError").
+    let id = open_raw().await;
     env.fail_command(
         doc! {"times": 1}.into(),
         doc! {"failCommands": ["getMore"], "errorCode": 91},
@@ -679,7 +696,16 @@ async fn driver_resumes_after_labelled_error_on_get_more() {
         .await
         .expect_err("getMore fails");
     assert_eq!(error_code(&err), Some(91));
-    assert!(err.contains_label("ResumableChangeStreamError"), "{err}");
+    assert!(!err.contains_label("ResumableChangeStreamError"), "{err}");
+    env.fail_command(
+        doc! {"times": 1}.into(),
+        doc! {"failCommands": ["getMore"], "errorCode": 91},
+    )
+    .await;
+    c.insert_one(doc! {"_id": 3}).await.unwrap();
+    let (err, events) = next_error(&mut stream).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(error_code(&err), Some(91));
 }
 
 // Manual: "Change Streams — Resumability" / error code 286 ChangeStreamHistoryLost with the

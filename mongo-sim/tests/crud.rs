@@ -1272,3 +1272,32 @@ async fn the_oplog_read_in_natural_order_with_a_limit_agrees_with_the_full_scan(
     .await;
     assert_eq!(second, vec![inserts[1].clone()]);
 }
+
+// mongod 5.0+ stores `$`-prefixed field names, but a replacement document may not have one
+// at its top (DollarPrefixedFieldName, "not allowed in the context of an update's
+// replacement document"); an operator update may not mix in a plain field (FailedToParse).
+#[tokio::test]
+async fn replacements_refuse_top_level_dollar_fields() {
+    let env = start("replacement_dollar").await;
+    env.coll("c").insert_one(doc! {"_id": 1}).await.unwrap();
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"a": 1, "$set": {"b": 1}}}]})
+        .await;
+    let error = reply.get_array("writeErrors").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(error.get_i32("code").unwrap(), 52);
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"b": 1}, "a": 1}}]})
+        .await;
+    let error = reply.get_array("writeErrors").unwrap()[0]
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(error.get_i32("code").unwrap(), 9);
+    let reply = env
+        .run(doc! {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"a": {"$b": 1}}}]})
+        .await;
+    assert_eq!(reply.get_i32("nModified").unwrap(), 1);
+}

@@ -394,3 +394,23 @@ async fn retryable_error_codes_are_retried() {
     let found = coll.find_one(doc! {"_id": 1}).await;
     assert_eq!(found.expect("find retried"), Some(doc! {"_id": 1}));
 }
+
+// mongod's `maxTimeAlwaysTimeOut`: an operation with maxTimeMS exceeds it (50); one without
+// runs. Server-wide, so against a shared deployment it takes the fail-point turn.
+#[tokio::test]
+async fn max_time_always_time_out_fails_timed_operations() {
+    let env = start("max_time_always").await;
+    let _turn = fail_point_turn().await;
+    env.admin(doc! {"configureFailPoint": "maxTimeAlwaysTimeOut", "mode": {"times": 1}})
+        .await;
+    let err = env
+        .db
+        .run_command(doc! {"find": "c", "maxTimeMS": 5000})
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(&err), Some(50));
+    env.db
+        .run_command(doc! {"find": "c", "maxTimeMS": 5000})
+        .await
+        .expect("the fail point fired once");
+}

@@ -778,3 +778,61 @@ async fn a_change_stream_resumes_across_a_step_down() {
     assert_eq!(key, Some(doc! {"_id": 2}));
     sim.shutdown().await;
 }
+
+// OP_MSG spec, `exhaustAllowed`: a getMore so flagged is answered with a stream of replies,
+// each with `moreToCome` and answering the previous one, until the cursor is exhausted.
+#[tokio::test]
+async fn exhaust_get_more_streams_the_rest_of_the_cursor() {
+    let sim = server().await;
+    let mut stream = connect(&sim).await;
+    let docs: Vec<Document> = (0..25).map(|i| doc! {"_id": i}).collect();
+    let insert = wire::encode_op_msg(
+        1,
+        0,
+        0,
+        &doc! {"insert": "c", "documents": docs, "$db": "db"},
+        &[],
+    );
+    exchange(&mut stream, &insert).await.expect("a reply");
+    let find = wire::encode_op_msg(
+        2,
+        0,
+        0,
+        &doc! {"find": "c", "batchSize": 10, "$db": "db"},
+        &[],
+    );
+    let reply = op_msg_body(&exchange(&mut stream, &find).await.expect("a reply"));
+    let id = reply.get_document("cursor").unwrap().get_i64("id").unwrap();
+    let get_more = wire::encode_op_msg(
+        3,
+        0,
+        wire::FLAG_EXHAUST_ALLOWED,
+        &doc! {"getMore": id, "collection": "c", "batchSize": 10, "$db": "db"},
+        &[],
+    );
+    stream.write_all(&get_more).await.unwrap();
+    let mut response_to = 3;
+    let mut seen = 10;
+    loop {
+        let bytes = wire::read_message(&mut stream)
+            .await
+            .unwrap()
+            .expect("a reply");
+        let Request::Msg(msg) = wire::decode(&bytes).unwrap() else {
+            panic!("not an OP_MSG");
+        };
+        assert_eq!(msg.header.response_to, response_to);
+        response_to = msg.header.request_id;
+        let cursor = msg.body.get_document("cursor").unwrap();
+        seen += cursor.get_array("nextBatch").unwrap().len();
+        let open = cursor.get_i64("id").unwrap() != 0;
+        assert_eq!(msg.more_to_come(), open);
+        if !open {
+            break;
+        }
+    }
+    assert_eq!(seen, 25);
+    // The connection serves ordinary commands afterwards.
+    let ping = wire::encode_op_msg(4, 0, 0, &doc! {"ping": 1, "$db": "admin"}, &[]);
+    assert!(exchange(&mut stream, &ping).await.is_some());
+}

@@ -8,13 +8,14 @@
 
 use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
-use crate::compare::{compare, values_equal};
+use crate::compare::{as_f64, compare, values_equal};
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
 use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
 use crate::oplog::{Namespace, OplogOp};
 use crate::query::Matcher;
+use crate::retryable::{self, Statement, StatementKind, StatementResult};
 use crate::state::{CommandContext, Shared};
 use crate::storage::{
     Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
@@ -170,7 +171,7 @@ pub fn check_collation(collation: Option<&Bson>) -> Result<()> {
 }
 
 /// `$$NOW`, `$$CLUSTER_TIME` and the command's `let` variables.
-fn variables(data: &Data, cmd: &Document, command: &str) -> Result<Variables> {
+pub(crate) fn variables(data: &Data, cmd: &Document, command: &str) -> Result<Variables> {
     let vars = Variables::new(bson::DateTime::now(), data.oplog.last_ts());
     match opt_document(cmd, command, "let")? {
         Some(l) => vars.with_let(l),
@@ -186,7 +187,84 @@ fn count_bson(n: usize) -> Bson {
 }
 
 /// Checks a `hint` against the collection's indexes (manual: "cursor.hint()").
-fn check_hint(coll: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
+/// `min`/`max` of `find` (manual: "cursor.min()", "cursor.max()"): the documents whose key in
+/// the hinted index lies at or above `min` and below `max`, in that index's order. Both bounds
+/// name the index's fields in its order.
+fn within_key_bounds<'a>(
+    selected: Vec<(u64, &'a Document)>,
+    coll: Option<&Collection>,
+    hint: Option<&Bson>,
+    min: Option<&Document>,
+    max: Option<&Document>,
+) -> Result<Vec<(u64, &'a Document)>> {
+    let Some(hint) = hint else {
+        return Err(CommandError::location(
+            51173,
+            "When using min()/max() a hint of which index to use must be provided",
+        ));
+    };
+    let index = coll.and_then(|c| match hint {
+        Bson::String(name) => c.index_by_name(name),
+        Bson::Document(key) => c.index_by_key(key),
+        _ => None,
+    });
+    let Some(index) = index else {
+        return Ok(Vec::new());
+    };
+    let pattern: Vec<(String, bool)> = index
+        .spec
+        .key
+        .iter()
+        .map(|(k, v)| (k.clone(), as_f64(v).is_some_and(|d| d < 0.0)))
+        .collect();
+    for bound in [min, max].into_iter().flatten() {
+        let same =
+            bound.len() == pattern.len() && bound.keys().zip(&pattern).all(|(k, (f, _))| k == f);
+        if !same {
+            return Err(CommandError::location(
+                51174,
+                "The index chosen is not valid for min()/max(): its key pattern does not match the bounds",
+            ));
+        }
+    }
+    let key_order = |d: &Document, bound: &Document| -> Ordering {
+        for ((field, descending), b) in pattern.iter().zip(bound.values()) {
+            let v = crate::path::get_path(d, field).unwrap_or(&Bson::Null);
+            let c = compare(v, b);
+            let c = if *descending { c.reverse() } else { c };
+            if c != Ordering::Equal {
+                return c;
+            }
+        }
+        Ordering::Equal
+    };
+    let mut kept: Vec<(u64, &Document)> = selected
+        .into_iter()
+        .filter(|(_, d)| {
+            min.is_none_or(|m| key_order(d, m) != Ordering::Less)
+                && max.is_none_or(|m| key_order(d, m) == Ordering::Less)
+        })
+        .collect();
+    let empty = Document::new();
+    let reference = min.or(max).unwrap_or(&empty);
+    kept.sort_by(|a, b| {
+        let (a, b) = (a.1, b.1);
+        pattern
+            .iter()
+            .zip(reference.keys())
+            .map(|((field, descending), _)| {
+                let x = crate::path::get_path(a, field).unwrap_or(&Bson::Null);
+                let y = crate::path::get_path(b, field).unwrap_or(&Bson::Null);
+                let c = compare(x, y);
+                if *descending { c.reverse() } else { c }
+            })
+            .find(|c| *c != Ordering::Equal)
+            .unwrap_or(Ordering::Equal)
+    });
+    Ok(kept)
+}
+
+pub(crate) fn check_hint(coll: Option<&Collection>, hint: Option<&Bson>) -> Result<()> {
     let (Some(coll), Some(hint)) = (coll, hint) else {
         return Ok(());
     };
@@ -265,11 +343,39 @@ impl Order {
 }
 
 /// Where a read takes its documents from.
-enum Source<'a> {
+pub(crate) enum Source<'a> {
     Collection(&'a Collection),
     /// `local.oplog.rs`, rendered from the oplog.
     Owned(Vec<Document>),
     Missing,
+}
+
+/// Views may be defined on views, up to this depth (mongod's `ViewGraph::kMaxViewDepth`).
+const MAX_VIEW_DEPTH: usize = 20;
+
+/// The documents of the view at `ns`: its pipeline run over its source.
+fn view_documents(data: &Data, ns: &Namespace, depth: usize) -> Result<Vec<Document>> {
+    let Some(view) = data.view(ns) else {
+        return Ok(data
+            .collection(ns)
+            .map(|c| c.documents.values().map(|d| Document::clone(d)).collect())
+            .unwrap_or_default());
+    };
+    if depth >= MAX_VIEW_DEPTH {
+        return Err(CommandError::new(
+            error::ErrorCode {
+                code: 288,
+                name: "ViewDepthLimitExceeded",
+            },
+            format!(
+                "View depth too deep or view cycle detected. Maximum depth is {MAX_VIEW_DEPTH}"
+            ),
+        ));
+    }
+    let source = Namespace::new(ns.db.clone(), view.view_on.clone());
+    let input = view_documents(data, &source, depth + 1)?;
+    let vars = Variables::new(bson::DateTime::now(), data.oplog.last_ts());
+    Pipeline::parse(&view.pipeline)?.run(input, &vars)
 }
 
 /// The first `want` oplog entries matching, in natural order (oldest first when `forward`),
@@ -301,17 +407,22 @@ fn oplog_in_natural_order(
 }
 
 impl<'a> Source<'a> {
-    fn open(data: &'a Data, ns: &Namespace) -> Source<'a> {
+    /// The documents of `ns`: a collection's, the oplog's, or those a view's pipeline makes
+    /// of its source (manual: "Views": a read of a view runs its pipeline first).
+    pub(crate) fn open(data: &'a Data, ns: &Namespace) -> Result<Source<'a>> {
         if is_oplog(ns) {
-            return Source::Owned(data.oplog.as_documents());
+            return Ok(Source::Owned(data.oplog.as_documents()));
         }
-        match data.collection(ns) {
+        if data.view(ns).is_some() {
+            return Ok(Source::Owned(view_documents(data, ns, 0)?));
+        }
+        Ok(match data.collection(ns) {
             Some(c) => Source::Collection(c),
             None => Source::Missing,
-        }
+        })
     }
 
-    fn collection(&self) -> Option<&Collection> {
+    pub(crate) fn collection(&self) -> Option<&Collection> {
         match self {
             Source::Collection(c) => Some(c),
             _ => None,
@@ -319,7 +430,11 @@ impl<'a> Source<'a> {
     }
 
     /// Matching documents with their record ids, in natural order.
-    fn select(&self, matcher: &Matcher, vars: &Variables) -> Result<Vec<(u64, &Document)>> {
+    pub(crate) fn select(
+        &self,
+        matcher: &Matcher,
+        vars: &Variables,
+    ) -> Result<Vec<(u64, &Document)>> {
         let mut out = Vec::new();
         match self {
             Source::Collection(c) => {
@@ -343,7 +458,7 @@ impl<'a> Source<'a> {
         Ok(out)
     }
 
-    fn all(&self) -> Vec<Document> {
+    pub(crate) fn all(&self) -> Vec<Document> {
         match self {
             Source::Collection(c) => c.documents.values().map(|d| Document::clone(d)).collect(),
             Source::Owned(docs) => docs.clone(),
@@ -358,7 +473,7 @@ impl<'a> Source<'a> {
 /// The document as stored: `_id` first, an ObjectId generated when missing (manual:
 /// "insert", "_id Field"). Takes the document by value so that the common case, `_id`
 /// already first as drivers send it, stores it without a copy.
-fn prepare_insert(doc: Document) -> Result<Document> {
+pub(crate) fn prepare_insert(doc: Document) -> Result<Document> {
     let prepared = match doc.get("_id") {
         Some(Bson::Array(_)) => {
             return Err(CommandError::bad_value("can't use an array for _id"));
@@ -411,10 +526,43 @@ fn prepare_insert(doc: Document) -> Result<Document> {
     Ok(prepared)
 }
 
-/// Stores a prepared document and records its insert.
-fn insert_prepared(data: &mut Data, ns: &Namespace, doc: Document) -> Result<u64> {
+/// Refuses a document the collection's validator rejects (manual: "Schema Validation");
+/// `old` is the version an update replaces.
+pub(crate) fn check_valid(
+    coll: &Collection,
+    new: &Document,
+    old: Option<&Document>,
+    bypass: bool,
+    cluster_time: bson::Timestamp,
+) -> Result<()> {
+    if coll.options.validator.is_none() {
+        return Ok(());
+    }
+    let vars = Variables::new(bson::DateTime::now(), cluster_time);
+    coll.options.validate(new, old, bypass, &vars)
+}
+
+/// Writes to a view fail as mongod's do (manual: "Views", read-only).
+pub fn check_not_view(data: &Data, ns: &Namespace) -> Result<()> {
+    match data.view(ns) {
+        Some(_) => Err(crate::catalog::not_supported_on_view(ns)),
+        None => Ok(()),
+    }
+}
+
+/// Stores a prepared document and records its insert; `bypass` skips document validation
+/// (`bypassDocumentValidation`).
+pub(crate) fn insert_prepared(
+    data: &mut Data,
+    ns: &Namespace,
+    doc: Document,
+    bypass: bool,
+) -> Result<u64> {
+    let cluster_time = data.oplog.last_ts();
     let (coll, _) = data.ensure_collection(ns);
+    check_valid(coll, &doc, None, bypass, cluster_time)?;
     let (rid, stored) = coll.insert_document(ns, doc)?;
+    coll.evict_over_cap();
     let ui = coll.ui();
     data.oplog.record(
         OplogOp::Insert {
@@ -477,6 +625,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
     validate_write_namespace(&ns)?;
     let documents = statement_array(cmd, "insert", "documents")?;
     let ordered = opt_bool(cmd, "insert", "ordered")?.unwrap_or(true);
+    let bypass = opt_bool(cmd, "insert", "bypassDocumentValidation")?.unwrap_or(false);
     for (i, d) in documents.iter().enumerate() {
         if !matches!(d, Bson::Document(_)) {
             return Err(wrong_type("insert", &format!("documents.{i}"), d, "object"));
@@ -487,6 +636,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
         _ => Vec::new(),
     };
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let mut n = 0;
     let mut errors = Vec::new();
     let docs = docs.into_iter().filter_map(|d| match d {
@@ -494,14 +644,28 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
         _ => None,
     });
     for (i, d) in docs.enumerate() {
-        match prepare_insert(d).and_then(|p| insert_prepared(&mut data, &ns, p)) {
-            Ok(_) => n += 1,
-            Err(e) => {
+        let mut doc = Some(d);
+        let mut run = |data: &mut Data| {
+            let d = doc.take().unwrap_or_default();
+            prepare_insert(d).and_then(|p| insert_prepared(data, &ns, p, bypass))
+        };
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|_| StatementResult::Insert,
+            replay: &|r| (r == StatementResult::Insert).then_some(0),
+            wrote: &|_| true,
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(_) => n += 1,
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     Ok(write_reply(n, errors))
@@ -623,13 +787,15 @@ fn replacement_document(old_id: &Bson, replacement: &Document) -> Result<Documen
 
 /// Applies `spec` to the document at `rid`, storing and recording it when it changed.
 /// Returns whether it changed (a no-op update writes nothing, manual: "update").
-fn update_record(
+pub(crate) fn update_record(
     data: &mut Data,
     ns: &Namespace,
     rid: u64,
     spec: &UpdateSpec,
     ctx: &UpdateContext<'_>,
+    bypass: bool,
 ) -> Result<bool> {
+    let cluster_time = data.oplog.last_ts();
     let Some((coll, oplog)) = data.collection_and_oplog(ns) else {
         return Ok(false);
     };
@@ -665,15 +831,18 @@ fn update_record(
             format!("Resulting document after update is larger than {MAX_USER_DOCUMENT_SIZE}"),
         ));
     }
+    check_valid(coll, &after, Some(before), bypass, cluster_time)?;
     let key = doc! {"_id": old_id};
     let recorded = after.clone();
     let before = coll.replace_document(ns, rid, after)?;
     let ui = coll.ui();
+    let images = coll.options.pre_and_post_images;
     let op = if spec.is_replacement() {
         OplogOp::Replace {
             ns: ns.clone(),
             document_key: key,
             document: recorded,
+            pre_image: images.then_some(before),
         }
     } else {
         OplogOp::Update {
@@ -681,6 +850,8 @@ fn update_record(
             document_key: key,
             before: Arc::unwrap_or_clone(before),
             after: recorded,
+            pipeline: matches!(spec, UpdateSpec::Pipeline(_)),
+            images,
         }
     };
     oplog.record(op, Some(ui));
@@ -752,15 +923,27 @@ enum Upserted {
     },
 }
 
+/// What an upsert is evaluated with: the variables, `arrayFilters`, and whether document
+/// validation is bypassed.
+struct UpsertEnv<'a> {
+    vars: &'a Variables,
+    array_filters: &'a [Document],
+    bypass: bool,
+}
+
 fn upsert(
     data: &mut Data,
     ns: &Namespace,
     filter: &Document,
     matcher: &Matcher,
     spec: &UpdateSpec,
-    vars: &Variables,
-    array_filters: &[Document],
+    env: &UpsertEnv<'_>,
 ) -> Result<Upserted> {
+    let UpsertEnv {
+        vars,
+        array_filters,
+        bypass,
+    } = *env;
     let insert_ctx = UpdateContext {
         is_upsert_insert: true,
         vars,
@@ -786,7 +969,7 @@ fn upsert(
     let doc = prepare_insert(built)?;
     let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
     let copy = doc.clone();
-    match insert_prepared(data, ns, doc) {
+    match insert_prepared(data, ns, doc, bypass) {
         Ok(rid) => Ok(Upserted::Inserted { id, rid }),
         Err(e)
             if e.code == error::DUPLICATE_KEY.code && upsert_retry_allowed(filter, &copy, &e) =>
@@ -804,7 +987,7 @@ fn upsert(
                 array_filters,
                 query: Some(matcher),
             };
-            let modified = update_record(data, ns, rid, spec, &ctx)?;
+            let modified = update_record(data, ns, rid, spec, &ctx, bypass)?;
             Ok(Upserted::Updated { rid, modified })
         }
         Err(e) => Err(e),
@@ -823,6 +1006,7 @@ fn run_update_statement(
     ns: &Namespace,
     stmt: &UpdateStatement,
     base_vars: &Variables,
+    bypass: bool,
 ) -> Result<UpdateOutcome> {
     let matcher = Matcher::parse(&stmt.q)?;
     let spec = UpdateSpec::parse(&stmt.u)?;
@@ -856,8 +1040,11 @@ fn run_update_statement(
                 &stmt.q,
                 &matcher,
                 &spec,
-                vars,
-                &stmt.array_filters,
+                &UpsertEnv {
+                    vars,
+                    array_filters: &stmt.array_filters,
+                    bypass,
+                },
             )? {
                 Upserted::Inserted { id, .. } => {
                     outcome.n = 1;
@@ -879,7 +1066,7 @@ fn run_update_statement(
     };
     for rid in rids {
         outcome.n += 1;
-        if update_record(data, ns, rid, &spec, &ctx)? {
+        if update_record(data, ns, rid, &spec, &ctx, bypass)? {
             outcome.modified += 1;
         }
     }
@@ -909,26 +1096,53 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
         .map(parse_update_statement)
         .collect::<Result<Vec<_>>>()?;
     let ordered = opt_bool(cmd, "update", "ordered")?.unwrap_or(true);
+    let bypass = opt_bool(cmd, "update", "bypassDocumentValidation")?.unwrap_or(false);
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let vars = variables(&data, cmd, "update")?;
     let (mut n, mut modified) = (0, 0);
     let mut upserted = Vec::new();
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
-        match run_update_statement(&mut data, &ns, stmt, &vars) {
-            Ok(o) => {
+        let mut run = |data: &mut Data| run_update_statement(data, &ns, stmt, &vars, bypass);
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|o: &UpdateOutcome| StatementResult::Update {
+                n: o.n,
+                modified: o.modified,
+                upserted: o.upserted.clone(),
+            },
+            replay: &|r| match r {
+                StatementResult::Update {
+                    n,
+                    modified,
+                    upserted,
+                } => Some(UpdateOutcome {
+                    n,
+                    modified,
+                    upserted,
+                }),
+                _ => None,
+            },
+            wrote: &|o: &UpdateOutcome| o.modified > 0 || o.upserted.is_some(),
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(o) => {
                 n += o.n;
                 modified += o.modified;
                 if let Some(id) = o.upserted {
                     upserted.push(doc! {"index": i as i32, "_id": id});
                 }
             }
-            Err(e) => {
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     let mut reply = doc! {"n": count_bson(n)};
@@ -990,14 +1204,37 @@ fn delete_record(data: &mut Data, ns: &Namespace, rid: u64) -> Option<Arc<Docume
     let (coll, oplog) = data.collection_and_oplog(ns)?;
     let old = coll.delete_document(rid)?;
     let ui = coll.ui();
+    let pre_image = coll.options.pre_and_post_images.then(|| old.clone());
     oplog.record(
         OplogOp::Delete {
             ns: ns.clone(),
             document_key: document_key(&old),
+            pre_image,
         },
         Some(ui),
     );
     Some(old)
+}
+
+/// Deletes what one statement selects; returns how many documents it deleted.
+fn run_delete_statement(
+    data: &mut Data,
+    ns: &Namespace,
+    stmt: &DeleteStatement,
+    vars: &Variables,
+) -> Result<usize> {
+    let matcher = Matcher::parse(&stmt.q)?;
+    let rids = match data.collection(ns) {
+        Some(c) => {
+            check_hint(Some(c), stmt.hint.as_ref())?;
+            c.matching(&matcher, vars, stmt.just_one)?
+        }
+        None => Vec::new(),
+    };
+    Ok(rids
+        .into_iter()
+        .filter(|rid| delete_record(data, ns, *rid).is_some())
+        .count())
 }
 
 /// `delete` (manual: "delete"): `{n, writeErrors?}`.
@@ -1016,31 +1253,32 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
         .collect::<Result<Vec<_>>>()?;
     let ordered = opt_bool(cmd, "delete", "ordered")?.unwrap_or(true);
     let mut data = shared.data.lock();
+    check_not_view(&data, &ns)?;
     let vars = variables(&data, cmd, "delete")?;
     let mut n = 0;
     let mut errors = Vec::new();
     for (i, stmt) in statements.iter().enumerate() {
-        let result = Matcher::parse(&stmt.q).and_then(|m| match data.collection(&ns) {
-            Some(c) => {
-                check_hint(Some(c), stmt.hint.as_ref())?;
-                c.matching(&m, &vars, stmt.just_one)
-            }
-            None => Ok(Vec::new()),
-        });
-        match result {
-            Ok(rids) => {
-                for rid in rids {
-                    if delete_record(&mut data, &ns, rid).is_some() {
-                        n += 1;
-                    }
-                }
-            }
-            Err(e) => {
+        let mut run = |data: &mut Data| run_delete_statement(data, &ns, stmt, &vars);
+        let kind = StatementKind {
+            run: &mut run,
+            record: &|n: &usize| StatementResult::Delete { n: *n },
+            replay: &|r| match r {
+                StatementResult::Delete { n } => Some(n),
+                _ => None,
+            },
+            wrote: &|n: &usize| *n > 0,
+        };
+        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+            Statement::Done(deleted) => n += deleted,
+            Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
                 if ordered {
                     break;
                 }
             }
+        }
+        if ctx.hang_up_requested() {
+            break;
         }
     }
     Ok(write_reply(n, errors))
@@ -1049,7 +1287,7 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
 // ---------------------------------------------------------------------------------------
 // find
 
-fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>> {
+pub(crate) fn opt_usize(cmd: &Document, command: &str, field: &str) -> Result<Option<usize>> {
     Ok(opt_count(cmd, command, field)?.map(|n| n as usize))
 }
 
@@ -1109,9 +1347,8 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     if opt_bool(cmd, CMD, "returnKey")?.unwrap_or(false) {
         return Err(CommandError::not_supported("returnKey is not supported"));
     }
-    if cmd.contains_key("min") || cmd.contains_key("max") {
-        return Err(CommandError::not_supported("min/max are not supported"));
-    }
+    let min = opt_document(cmd, CMD, "min")?;
+    let max = opt_document(cmd, CMD, "max")?;
     if await_data && !tailable {
         return Err(CommandError::failed_to_parse(
             "Cannot set 'awaitData' without also setting 'tailable'",
@@ -1125,9 +1362,12 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
 
     let data = shared.data.lock();
     if tailable {
-        if is_oplog(&ns) {
+        let capped = data
+            .collection(&ns)
+            .is_some_and(|c| c.options.capped.is_some());
+        if is_oplog(&ns) || capped {
             return Err(CommandError::not_supported(
-                "tailable cursors on the oplog are not supported",
+                "tailable cursors are not supported",
             ));
         }
         return Err(CommandError::bad_value(format!(
@@ -1147,14 +1387,17 @@ pub fn find(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
     // With the documents already read, nothing else is opened (`Missing` renders nothing).
     let source = match early {
         Some(_) => Source::Missing,
-        None => Source::open(&data, &ns),
+        None => Source::open(&data, &ns)?,
     };
     check_hint(source.collection(), hint)?;
     let mut selected = match &early {
         Some(docs) => docs.iter().map(|(rid, d)| (*rid, d)).collect(),
         None => source.select(&matcher, &vars)?,
     };
-    if early.is_none() {
+    if min.is_some() || max.is_some() {
+        selected = within_key_bounds(selected, source.collection(), hint, min, max)?;
+    }
+    if early.is_none() && (sort.is_some() || (min.is_none() && max.is_none())) {
         order.apply(&mut selected, |(_, d)| d);
     }
     let end = limit.map_or(selected.len(), |l| (skip + l).min(selected.len()));
@@ -1260,13 +1503,64 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
     let order = Order::parse(sort, None)?;
     let projection = fields.map(Projection::parse).transpose()?;
 
+    let request = FindAndModify {
+        ns,
+        query,
+        matcher,
+        order,
+        projection,
+        spec,
+        return_new,
+        upsert_requested,
+        array_filters,
+        bypass: opt_bool(cmd, CMD, "bypassDocumentValidation")?.unwrap_or(false),
+    };
     let mut data = shared.data.lock();
+    check_not_view(&data, &request.ns)?;
     let vars = variables(&data, cmd, CMD)?;
-    check_hint(data.collection(&ns), hint)?;
-    let target = {
-        let source = Source::open(&data, &ns);
-        let selected = source.select(&matcher, &vars)?;
-        match &order {
+    check_hint(data.collection(&request.ns), hint)?;
+    let mut run = |data: &mut Data| request.apply(data, &vars);
+    let kind = StatementKind {
+        run: &mut run,
+        record: &|reply: &Document| StatementResult::FindAndModify(reply.clone()),
+        replay: &|r| match r {
+            StatementResult::FindAndModify(reply) => Some(reply),
+            _ => None,
+        },
+        wrote: &|reply: &Document| {
+            reply
+                .get_document("lastErrorObject")
+                .is_ok_and(|l| l.get("n").and_then(as_i64) == Some(1))
+        },
+    };
+    let ns = request.ns.clone();
+    match retryable::run_statement(shared, ctx, &mut data, &ns, 0, kind) {
+        Statement::Done(reply) => Ok(reply),
+        Statement::Failed(e) => Err(e),
+    }
+}
+
+/// A parsed `findAndModify`.
+struct FindAndModify {
+    ns: Namespace,
+    query: Document,
+    matcher: Matcher,
+    order: Order,
+    projection: Option<Projection>,
+    /// `None` for `remove: true`.
+    spec: Option<UpdateSpec>,
+    return_new: bool,
+    upsert_requested: bool,
+    array_filters: Vec<Document>,
+    bypass: bool,
+}
+
+impl FindAndModify {
+    /// The record the command acts on: the first match in `sort` (or natural) order.
+    fn target(&self, data: &Data, vars: &Variables) -> Result<Option<u64>> {
+        let source = Source::open(data, &self.ns)?;
+        let selected = source.select(&self.matcher, vars)?;
+        Ok(match &self.order {
             Order::Natural { forward } => {
                 if *forward {
                     selected.first().map(|(rid, _)| *rid)
@@ -1278,81 +1572,79 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
                 .iter()
                 .min_by(|a, b| s.compare(a.1, b.1))
                 .map(|(rid, _)| *rid),
-        }
-    };
-    let project = |d: &Document| -> Result<Bson> {
-        Ok(Bson::Document(match &projection {
-            Some(p) => p.apply_matched(d, &vars, &matcher)?,
-            None => d.clone(),
-        }))
-    };
-    let Some(spec) = spec else {
-        let removed = target.and_then(|rid| delete_record(&mut data, &ns, rid));
-        return Ok(match removed {
-            Some(old) => doc! {"lastErrorObject": {"n": 1}, "value": project(&old)?},
-            None => doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null},
-        });
-    };
-    let ctx_update = UpdateContext {
-        is_upsert_insert: false,
-        vars: &vars,
-        array_filters: &array_filters,
-        query: Some(&matcher),
-    };
-    let stored = |data: &Data, rid: u64| -> Result<Bson> {
-        match data.collection(&ns).and_then(|c| c.documents.get(&rid)) {
-            Some(d) => project(d),
-            None => Ok(Bson::Null),
-        }
-    };
-    match target {
-        Some(rid) => {
-            let before = if return_new {
-                Bson::Null
-            } else {
-                stored(&data, rid)?
-            };
-            update_record(&mut data, &ns, rid, &spec, &ctx_update)?;
-            let value = if return_new {
-                stored(&data, rid)?
-            } else {
-                before
-            };
-            Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
-        }
-        None if upsert_requested => {
-            match upsert(
-                &mut data,
-                &ns,
-                &query,
-                &matcher,
-                &spec,
-                &vars,
-                &array_filters,
-            )? {
-                Upserted::Inserted { id, rid } => {
-                    let value = if return_new {
-                        stored(&data, rid)?
-                    } else {
-                        Bson::Null
-                    };
-                    Ok(doc! {
-                        "lastErrorObject": {"n": 1, "updatedExisting": false, "upserted": id},
-                        "value": value,
-                    })
-                }
-                Upserted::Updated { rid, .. } => {
-                    let value = if return_new {
-                        stored(&data, rid)?
-                    } else {
-                        Bson::Null
-                    };
-                    Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
-                }
+        })
+    }
+
+    /// Runs the command on the data; the reply's `lastErrorObject` and `value`.
+    fn apply(&self, data: &mut Data, vars: &Variables) -> Result<Document> {
+        let ns = &self.ns;
+        let target = self.target(data, vars)?;
+        let project = |d: &Document| -> Result<Bson> {
+            Ok(Bson::Document(match &self.projection {
+                Some(p) => p.apply_matched(d, vars, &self.matcher)?,
+                None => d.clone(),
+            }))
+        };
+        let Some(spec) = &self.spec else {
+            let removed = target.and_then(|rid| delete_record(data, ns, rid));
+            return Ok(match removed {
+                Some(old) => doc! {"lastErrorObject": {"n": 1}, "value": project(&old)?},
+                None => doc! {"lastErrorObject": {"n": 0}, "value": Bson::Null},
+            });
+        };
+        let stored = |data: &Data, rid: u64| -> Result<Bson> {
+            match data.collection(ns).and_then(|c| c.documents.get(&rid)) {
+                Some(d) => project(d),
+                None => Ok(Bson::Null),
             }
-        }
-        None => {
-            Ok(doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null})
+        };
+        let return_new = self.return_new;
+        match target {
+            Some(rid) => {
+                let before = if return_new {
+                    Bson::Null
+                } else {
+                    stored(data, rid)?
+                };
+                let ctx_update = UpdateContext {
+                    is_upsert_insert: false,
+                    vars,
+                    array_filters: &self.array_filters,
+                    query: Some(&self.matcher),
+                };
+                update_record(data, ns, rid, spec, &ctx_update, self.bypass)?;
+                let value = if return_new {
+                    stored(data, rid)?
+                } else {
+                    before
+                };
+                Ok(doc! {"lastErrorObject": {"n": 1, "updatedExisting": true}, "value": value})
+            }
+            None if self.upsert_requested => {
+                let env = UpsertEnv {
+                    vars,
+                    array_filters: &self.array_filters,
+                    bypass: self.bypass,
+                };
+                let (rid, last_error) =
+                    match upsert(data, ns, &self.query, &self.matcher, spec, &env)? {
+                        Upserted::Inserted { id, rid } => {
+                            (rid, doc! {"n": 1, "updatedExisting": false, "upserted": id})
+                        }
+                        Upserted::Updated { rid, .. } => {
+                            (rid, doc! {"n": 1, "updatedExisting": true})
+                        }
+                    };
+                let value = if return_new {
+                    stored(data, rid)?
+                } else {
+                    Bson::Null
+                };
+                Ok(doc! {"lastErrorObject": last_error, "value": value})
+            }
+            None => Ok(
+                doc! {"lastErrorObject": {"n": 0, "updatedExisting": false}, "value": Bson::Null},
+            ),
         }
     }
 }
@@ -1387,7 +1679,7 @@ pub fn count(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Do
     let matcher = Matcher::parse(&query)?;
     let data = shared.data.lock();
     let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
+    let source = Source::open(&data, &ns)?;
     check_hint(source.collection(), cmd.get("hint"))?;
     let total = source.select(&matcher, &vars)?.len();
     let mut n = total.saturating_sub(skip);
@@ -1448,7 +1740,7 @@ pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result
     let matcher = Matcher::parse(&query)?;
     let data = shared.data.lock();
     let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
+    let source = Source::open(&data, &ns)?;
     check_hint(source.collection(), cmd.get("hint"))?;
     let parts: Vec<&str> = key.split('.').collect();
     let mut values: Vec<&Bson> = Vec::new();
@@ -1461,106 +1753,6 @@ pub fn distinct(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result
     values.dedup_by(|a, b| compare(a, b) == Ordering::Equal);
     let values: Vec<Bson> = values.into_iter().cloned().collect();
     Ok(doc! {"values": values})
-}
-
-// ---------------------------------------------------------------------------------------
-// aggregate
-
-/// `aggregate` on a collection (manual: "aggregate"): runs the pipeline and replies as `find`
-/// does. `$changeStream` pipelines go to the change-stream module.
-pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
-    const CMD: &str = "aggregate";
-    let pipeline = match cmd.get("pipeline") {
-        Some(Bson::Array(a)) => a,
-        Some(other) => return Err(wrong_type(CMD, "pipeline", other, "array")),
-        None => return Err(missing(CMD, "pipeline")),
-    };
-    if let Some(Bson::Document(first)) = pipeline.first()
-        && first.contains_key("$changeStream")
-    {
-        return crate::changestream::open(shared, ctx, cmd, pipeline);
-    }
-    check_known_fields(
-        cmd,
-        CMD,
-        &[
-            "pipeline",
-            "cursor",
-            "let",
-            "allowDiskUse",
-            "explain",
-            "hint",
-            "collation",
-            "bypassDocumentValidation",
-        ],
-    )?;
-    if opt_bool(cmd, CMD, "explain")?.unwrap_or(false) {
-        return Err(CommandError::not_supported("explain is not supported"));
-    }
-    let batch_size = match cmd.get("cursor") {
-        Some(Bson::Document(c)) => {
-            for key in c.keys() {
-                if key != "batchSize" {
-                    return Err(CommandError::new(
-                        error::UNKNOWN_FIELD,
-                        format!("BSON field 'aggregate.cursor.{key}' is an unknown field."),
-                    ));
-                }
-            }
-            opt_usize(c, "aggregate.cursor", "batchSize")?
-        }
-        Some(other) => return Err(wrong_type(CMD, "cursor", other, "object")),
-        None => {
-            return Err(CommandError::failed_to_parse(
-                "The 'cursor' option is required, except for aggregate with the explain argument",
-            ));
-        }
-    };
-    let coll = match cmd.iter().next() {
-        Some((_, Bson::String(s))) => s.as_str(),
-        Some((_, v)) if as_i64(v) == Some(1) => {
-            return Err(CommandError::not_supported(
-                "aggregate: 1 is only supported with $changeStream",
-            ));
-        }
-        _ => {
-            return Err(collection_name(cmd, CMD)
-                .err()
-                .unwrap_or_else(|| missing(CMD, CMD)));
-        }
-    };
-    let ns = Namespace::new(ctx.db.clone(), coll);
-    validate_namespace(&ns)?;
-    opt_bool(cmd, CMD, "allowDiskUse")?;
-    check_collation(cmd.get("collation"))?;
-    // A leading $match picks its documents through the indexes like a find filter does.
-    let (leading, rest) = match pipeline.first() {
-        Some(Bson::Document(stage)) if stage.len() == 1 => match stage.get("$match") {
-            Some(Bson::Document(filter)) => (Some(Matcher::parse(filter)?), &pipeline[1..]),
-            _ => (None, &pipeline[..]),
-        },
-        _ => (None, &pipeline[..]),
-    };
-    let parsed = Pipeline::parse(rest)?;
-    let data = shared.data.lock();
-    let vars = variables(&data, cmd, CMD)?;
-    let source = Source::open(&data, &ns);
-    check_hint(source.collection(), cmd.get("hint"))?;
-    let input = match &leading {
-        Some(m) => source
-            .select(m, &vars)?
-            .into_iter()
-            .map(|(_, d)| d.clone())
-            .collect(),
-        None => source.all(),
-    };
-    drop(source);
-    let results = parsed.run(input, &vars)?;
-    drop(data);
-    let cursor_ns = ns.to_string();
-    Ok(cursor_reply(
-        shared, ns, cursor_ns, results, batch_size, false,
-    ))
 }
 
 #[cfg(test)]
@@ -1595,6 +1787,9 @@ mod tests {
                     OplogOp::Drop { .. } => "drop",
                     OplogOp::Rename { .. } => "rename",
                     OplogOp::DropDatabase { .. } => "dropDatabase",
+                    OplogOp::CreateIndexes { .. } => "createIndexes",
+                    OplogOp::DropIndexes { .. } => "dropIndexes",
+                    OplogOp::Modify { .. } => "modify",
                 }
                 .to_string()
             })
@@ -1612,6 +1807,8 @@ mod tests {
                 unique: true,
                 sparse: false,
                 expire_after_seconds: None,
+                partial_filter: None,
+                background: None,
             },
         )
         .unwrap();
@@ -2337,7 +2534,8 @@ mod tests {
     }
 
     #[test]
-    fn aggregate_requires_cursor_and_rejects_database_level() {
+    fn aggregate_requires_cursor_and_a_collectionless_first_stage_at_database_level() {
+        use crate::commands::aggregation::aggregate;
         let s = shared();
         let err = aggregate(&s, &ctx(), &doc! {"aggregate": "c", "pipeline": []}).unwrap_err();
         assert_eq!(err.code, 9);
@@ -2348,10 +2546,10 @@ mod tests {
         let err = aggregate(
             &s,
             &ctx(),
-            &doc! {"aggregate": 1, "pipeline": [], "cursor": {}},
+            &doc! {"aggregate": 1, "pipeline": [{"$match": {}}], "cursor": {}},
         )
         .unwrap_err();
-        assert_eq!(err.code, 115);
+        assert_eq!(err.code, 73);
         let err = aggregate(
             &s,
             &ctx(),

@@ -3,6 +3,7 @@
 
 #![allow(clippy::result_large_err)] // CommandError carries mongod's extra reply fields.
 
+use crate::catalog::{CollectionOptions, View};
 use crate::commands::crud::{
     check_collation, collection_name, cursor_reply, validate_namespace, validate_write_namespace,
 };
@@ -47,53 +48,81 @@ fn filtered(
     Ok(out)
 }
 
-/// `create` (manual: "create"): plain collections only; capped, time-series, clustered,
-/// validated collections and views fail with 115.
+/// `create` (manual: "create"): a collection with its options (validation, pre- and
+/// post-images), or a read-only view (`viewOn`, `pipeline`). Capped, time-series, clustered
+/// and encrypted collections fail with 115.
 pub fn create(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
     const CMD: &str = "create";
     const UNSUPPORTED: &[&str] = &[
-        "size",
-        "max",
         "autoIndexId",
         "idIndex",
         "storageEngine",
-        "validator",
-        "validationLevel",
-        "validationAction",
         "indexOptionDefaults",
-        "viewOn",
-        "pipeline",
         "timeseries",
         "expireAfterSeconds",
         "clusteredIndex",
-        "changeStreamPreAndPostImages",
         "encryptedFields",
     ];
     let coll = collection_name(cmd, CMD)?;
-    let mut allowed = vec!["capped", "collation"];
+    let mut allowed = vec![
+        "capped",
+        "size",
+        "max",
+        "collation",
+        "validator",
+        "validationLevel",
+        "validationAction",
+        "changeStreamPreAndPostImages",
+        "viewOn",
+        "pipeline",
+    ];
     allowed.extend_from_slice(UNSUPPORTED);
     check_known_fields(cmd, CMD, &allowed)?;
     let ns = Namespace::new(ctx.db.clone(), coll);
     validate_write_namespace(&ns)?;
-    if opt_bool(cmd, CMD, "capped")?.unwrap_or(false) {
-        return Err(CommandError::not_supported(
-            "capped collections are not supported",
-        ));
-    }
     if let Some(option) = UNSUPPORTED.iter().find(|o| cmd.contains_key(**o)) {
         return Err(CommandError::not_supported(format!(
             "the create option '{option}' is not supported"
         )));
     }
     check_collation(cmd.get("collation"))?;
+    let view = if cmd.contains_key("viewOn") || cmd.contains_key("pipeline") {
+        Some(View::parse(cmd, CMD)?)
+    } else {
+        None
+    };
+    let mut options = CollectionOptions::default();
+    options.apply(cmd, CMD)?;
+    options.capped = crate::catalog::Capped::parse(cmd)?;
     let mut data = shared.data.lock();
-    if data.collection(&ns).is_some() {
+    if data.collection(&ns).is_some() || data.view(&ns).is_some() {
         return Err(CommandError::new(
             error::NAMESPACE_EXISTS,
             format!("Collection {ns} already exists."),
         ));
     }
-    data.ensure_collection(&ns);
+    match view {
+        Some(view) => {
+            let description = view.to_document();
+            data.databases
+                .entry(ns.db.clone())
+                .or_default()
+                .views
+                .insert(ns.coll.clone(), view);
+            // A view has no UUID; only expanded change streams report its creation.
+            data.oplog.record(OplogOp::Create { ns, description }, None);
+        }
+        None => {
+            let db = data.databases.entry(ns.db.clone()).or_default();
+            let mut collection = crate::storage::Collection::new();
+            collection.options = options;
+            let description = crate::catalog::create_description(&collection.options);
+            let ui = collection.ui();
+            db.collections.insert(ns.coll.clone(), collection);
+            data.oplog
+                .record(OplogOp::Create { ns, description }, Some(ui));
+        }
+    }
     Ok(Document::new())
 }
 
@@ -112,6 +141,14 @@ pub fn drop(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Doc
         ));
     }
     let mut data = shared.data.lock();
+    // Dropping a view removes its definition; mongod reports it only to expanded streams
+    // through `system.views`, which this server does not keep.
+    if let Some(db) = data.databases.get_mut(&ns.db)
+        && db.views.remove(&ns.coll).is_some()
+    {
+        data.forget_if_empty(&ns.db);
+        return Ok(doc! {"ns": ns.to_string()});
+    }
     let removed = data
         .databases
         .get_mut(&ns.db)
@@ -217,6 +254,9 @@ pub fn rename_collection(
             "renameCollection across databases is not supported",
         ));
     }
+    // A `dropTarget` rename is one oplog entry naming the replaced collection's UUID
+    // (mongod 4.2+), not a drop followed by a rename.
+    let mut replaced = None;
     if let Some(target) = data.collection(&to) {
         if !drop_target {
             return Err(CommandError::new(
@@ -224,12 +264,10 @@ pub fn rename_collection(
                 "target namespace exists",
             ));
         }
-        let ui = target.ui();
+        replaced = Some(target.ui());
         if let Some(db) = data.databases.get_mut(&to.db) {
             db.collections.remove(&to.coll);
         }
-        data.oplog
-            .record(OplogOp::Drop { ns: to.clone() }, Some(ui));
     }
     let Some(moved) = data
         .databases
@@ -251,6 +289,7 @@ pub fn rename_collection(
         OplogOp::Rename {
             from: from.clone(),
             to: to.clone(),
+            drop_target: replaced,
         },
         Some(ui),
     );
@@ -260,6 +299,56 @@ pub fn rename_collection(
 
 fn id_index_document() -> Document {
     doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}
+}
+
+/// One `listCollections` entry per collection and view of `db`, in name order: a
+/// collection with its options, UUID and `_id` index, a view with its definition.
+fn collection_entries(data: &crate::storage::Data, db: &str, name_only: bool) -> Vec<Document> {
+    let mut entries: Vec<(String, Document)> = Vec::new();
+    if let Some(database) = data.databases.get(db) {
+        for (name, c) in &database.collections {
+            let entry = if name_only {
+                doc! {"name": name.clone(), "type": "collection"}
+            } else {
+                doc! {
+                    "name": name.clone(),
+                    "type": "collection",
+                    "options": c.options.to_document(),
+                    "info": {"readOnly": false, "uuid": Binary::from_uuid(c.uuid)},
+                    "idIndex": id_index_document(),
+                }
+            };
+            entries.push((name.clone(), entry));
+        }
+        for (name, view) in &database.views {
+            let entry = if name_only {
+                doc! {"name": name.clone(), "type": "view"}
+            } else {
+                doc! {
+                    "name": name.clone(),
+                    "type": "view",
+                    "options": view.to_document(),
+                    "info": {"readOnly": true},
+                }
+            };
+            entries.push((name.clone(), entry));
+        }
+    }
+    if db == "local" && !entries.iter().any(|(n, _)| n == "oplog.rs") {
+        let entry = if name_only {
+            doc! {"name": "oplog.rs", "type": "collection"}
+        } else {
+            doc! {
+                "name": "oplog.rs",
+                "type": "collection",
+                "options": {"capped": true, "size": 1_i64 << 30},
+                "info": {"readOnly": false},
+            }
+        };
+        entries.push(("oplog.rs".to_string(), entry));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.into_iter().map(|(_, e)| e).collect()
 }
 
 /// `listCollections` (manual: "listCollections"): one entry per collection, filtered by
@@ -282,46 +371,10 @@ pub fn list_collections(shared: &Shared, ctx: &CommandContext, cmd: &Document) -
     opt_bool(cmd, CMD, "authorizedCollections")?;
     let batch_size = cursor_batch_size(cmd, CMD)?;
     let vars = filter_variables(shared);
-    let mut entries = Vec::new();
-    {
+    let entries = {
         let data = shared.data.lock();
-        let mut names: Vec<(String, Option<bson::Uuid>)> = data
-            .databases
-            .get(&ctx.db)
-            .map(|db| {
-                db.collections
-                    .iter()
-                    .map(|(n, c)| (n.clone(), Some(c.uuid)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ctx.db == "local" && !names.iter().any(|(n, _)| n == "oplog.rs") {
-            names.push(("oplog.rs".to_string(), None));
-            names.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        for (name, uuid) in names {
-            let entry = if name_only {
-                doc! {"name": name, "type": "collection"}
-            } else {
-                match uuid {
-                    Some(uuid) => doc! {
-                        "name": name,
-                        "type": "collection",
-                        "options": {},
-                        "info": {"readOnly": false, "uuid": Binary::from_uuid(uuid)},
-                        "idIndex": id_index_document(),
-                    },
-                    None => doc! {
-                        "name": name,
-                        "type": "collection",
-                        "options": {"capped": true, "size": 1_i64 << 30},
-                        "info": {"readOnly": false},
-                    },
-                }
-            };
-            entries.push(entry);
-        }
-    }
+        collection_entries(&data, &ctx.db, name_only)
+    };
     let entries = filtered(entries, filter, &vars)?;
     let ns = Namespace::new(ctx.db.clone(), "$cmd.listCollections");
     let cursor_ns = ns.to_string();
@@ -396,11 +449,34 @@ fn spec_error(spec: &Document, cause: &str) -> CommandError {
     ))
 }
 
+/// A hashed index has one hashed field and cannot be unique (manual: "Hashed Indexes").
+fn check_hashed(key: &Document, unique: bool) -> Result<()> {
+    let hashed = key
+        .values()
+        .filter(|v| matches!(v, Bson::String(k) if k == "hashed"))
+        .count();
+    if hashed > 1 {
+        return Err(CommandError::location(
+            31303,
+            format!(
+                "A maximum of one index field is allowed to be hashed but found {hashed} for 'key' {}",
+                shell_document(key)
+            ),
+        ));
+    }
+    if hashed == 1 && unique {
+        return Err(CommandError::location(
+            16764,
+            "Currently hashed indexes cannot guarantee uniqueness. Use a regular index.",
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one `createIndexes` element (manual: "createIndexes", index specification
 /// options); index kinds other than ascending/descending B-trees fail with 115.
 fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
     const UNSUPPORTED: &[&str] = &[
-        "partialFilterExpression",
         "storageEngine",
         "weights",
         "default_language",
@@ -432,6 +508,9 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
             "v",
             "collation",
             "ns",
+            "partialFilterExpression",
+            // Obsolete, accepted and dropped from the spec (mongod's index_key_validate).
+            "dropDups",
         ]
         .contains(&field.as_str());
         if UNSUPPORTED.contains(&field.as_str()) {
@@ -502,10 +581,10 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
             ));
         }
         match value {
+            Bson::String(kind) if kind == "hashed" => {}
             Bson::String(kind) => {
                 return Err(
-                    if ["text", "2dsphere", "2d", "hashed", "geoHaystack"].contains(&kind.as_str())
-                    {
+                    if ["text", "2dsphere", "2d", "geoHaystack"].contains(&kind.as_str()) {
                         CommandError::not_supported(format!("{kind} indexes are not supported"))
                     } else {
                         CommandError::new(
@@ -538,7 +617,8 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
     check_collation(spec.get("collation"))?;
     let unique = opt_bool(spec, "createIndexes.indexes", "unique")?.unwrap_or(false);
     let sparse = opt_bool(spec, "createIndexes.indexes", "sparse")?.unwrap_or(false);
-    opt_bool(spec, "createIndexes.indexes", "background")?;
+    let background = opt_bool(spec, "createIndexes.indexes", "background")?;
+    check_hashed(&key, unique)?;
     let expire_after_seconds = match spec.get("expireAfterSeconds") {
         None => None,
         Some(v) if as_f64(v).is_some_and(|d| d >= 0.0) => {
@@ -557,12 +637,35 @@ fn parse_index_spec(raw: &Bson) -> Result<IndexSpec> {
             ));
         }
     };
+    let partial_filter = match spec.get("partialFilterExpression") {
+        None => None,
+        Some(Bson::Document(f)) => {
+            if sparse {
+                return Err(CommandError::new(
+                    error::CANNOT_CREATE_INDEX,
+                    "cannot mix \"partialFilterExpression\" and \"sparse\" options",
+                ));
+            }
+            Matcher::parse(f)?;
+            Some(f.clone())
+        }
+        Some(other) => {
+            return Err(crate::fields::wrong_type(
+                "createIndexes.indexes",
+                "partialFilterExpression",
+                other,
+                "object",
+            ));
+        }
+    };
     Ok(IndexSpec {
         name,
         key,
         unique,
         sparse,
         expire_after_seconds,
+        partial_filter,
+        background,
     })
 }
 
@@ -589,6 +692,7 @@ pub fn create_indexes(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> 
         .map(parse_index_spec)
         .collect::<Result<Vec<_>>>()?;
     let mut data = shared.data.lock();
+    crate::commands::crud::check_not_view(&data, &ns)?;
     let mut to_build: Vec<IndexSpec> = Vec::new();
     let existing_count = data.collection(&ns).map_or(1, |c| c.indexes.len());
     for spec in requested {
@@ -652,15 +756,33 @@ pub fn create_indexes(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> 
         });
     }
     let before = coll.indexes.len();
+    let empty = coll.documents.is_empty();
+    let built: Vec<Document> = to_build.iter().map(IndexSpec::to_document).collect();
     for spec in to_build {
         if let Err(e) = coll.create_index(&ns, spec) {
             coll.indexes.truncate(before);
             return Err(e);
         }
     }
+    let after = coll.indexes.len();
+    let ui = coll.ui();
+    // mongod logs one `createIndexes` entry per index built on an empty collection, and one
+    // `commitIndexBuild` naming all of them otherwise.
+    let batches: Vec<Vec<Document>> = if empty {
+        built.into_iter().map(|i| vec![i]).collect()
+    } else {
+        vec![built]
+    };
+    for indexes in batches {
+        let op = OplogOp::CreateIndexes {
+            ns: ns.clone(),
+            indexes,
+        };
+        data.oplog.record(op, Some(ui.clone()));
+    }
     Ok(doc! {
         "numIndexesBefore": before as i32,
-        "numIndexesAfter": coll.indexes.len() as i32,
+        "numIndexesAfter": after as i32,
         "createdCollectionAutomatically": created,
     })
 }
@@ -714,10 +836,7 @@ pub fn drop_indexes(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Re
     let was = c.indexes.len() as i32;
     let cannot_drop_id = || CommandError::new(error::INVALID_OPTIONS, "cannot drop _id index");
     let names: Vec<String> = match index {
-        Bson::String(s) if s == "*" => {
-            c.indexes.truncate(1);
-            return Ok(doc! {"nIndexesWas": was, "msg": "non-_id indexes dropped for collection"});
-        }
+        Bson::String(s) if s == "*" => c.indexes[1..].iter().map(|i| i.spec.name.clone()).collect(),
         Bson::String(s) => vec![s.clone()],
         Bson::Array(a) => a
             .iter()
@@ -752,8 +871,23 @@ pub fn drop_indexes(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Re
             ));
         }
     }
+    let mut dropped = Vec::new();
     for name in &names {
+        if let Some(index) = c.index_by_name(name) {
+            dropped.push(index.spec.to_document());
+        }
         c.drop_index(name);
+    }
+    let ui = c.ui();
+    for index in dropped {
+        let op = OplogOp::DropIndexes {
+            ns: ns.clone(),
+            index,
+        };
+        data.oplog.record(op, Some(ui.clone()));
+    }
+    if matches!(index, Bson::String(s) if s == "*") {
+        return Ok(doc! {"nIndexesWas": was, "msg": "non-_id indexes dropped for collection"});
     }
     Ok(doc! {"nIndexesWas": was})
 }
@@ -782,9 +916,9 @@ mod tests {
             .entries()
             .iter()
             .map(|e| match &e.op {
-                OplogOp::Create { ns } => format!("create {ns}"),
+                OplogOp::Create { ns, .. } => format!("create {ns}"),
                 OplogOp::Drop { ns } => format!("drop {ns}"),
-                OplogOp::Rename { from, to } => format!("rename {from} {to}"),
+                OplogOp::Rename { from, to, .. } => format!("rename {from} {to}"),
                 OplogOp::DropDatabase { db } => format!("dropDatabase {db}"),
                 OplogOp::Insert { ns, .. } => format!("insert {ns}"),
                 other => format!("{other:?}"),
@@ -815,12 +949,9 @@ mod tests {
             (48, "Collection db.c already exists.")
         );
         for opt in [
-            doc! {"create": "x", "capped": true, "size": 100},
+            doc! {"create": "x", "autoIndexId": false},
             doc! {"create": "x", "timeseries": {"timeField": "t"}},
-            doc! {"create": "x", "validator": {}},
-            doc! {"create": "x", "viewOn": "c", "pipeline": []},
             doc! {"create": "x", "clusteredIndex": {}},
-            doc! {"create": "x", "changeStreamPreAndPostImages": {"enabled": true}},
         ] {
             assert_eq!(create(&s, &ctx("db"), &opt).unwrap_err().code, 115, "{opt}");
         }
@@ -923,12 +1054,7 @@ mod tests {
         );
         assert_eq!(
             ops(&s),
-            vec![
-                "create db.a",
-                "create db.b",
-                "drop db.b",
-                "rename db.a db.b"
-            ]
+            vec!["create db.a", "create db.b", "rename db.a db.b"]
         );
     }
 
@@ -995,7 +1121,8 @@ mod tests {
             r,
             doc! {"numIndexesBefore": 1, "numIndexesAfter": 2, "createdCollectionAutomatically": true}
         );
-        assert_eq!(ops(&s), vec!["create db.c"]);
+        assert_eq!(ops(&s).len(), 2);
+        assert!(ops(&s)[1].starts_with("CreateIndexes"));
         let r = create_indexes(
             &s,
             &ctx("db"),
@@ -1030,7 +1157,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, 9);
-        for kind in ["text", "2dsphere", "hashed"] {
+        for kind in ["text", "2dsphere", "2d"] {
             let err = create_indexes(
                 &s,
                 &ctx("db"),
@@ -1039,6 +1166,19 @@ mod tests {
             .unwrap_err();
             assert_eq!(err.code, 115);
         }
+        // Hashed indexes exist, but not unique ones, and with one hashed field at most.
+        let hashed = |spec: Document| {
+            create_indexes(
+                &s,
+                &ctx("db"),
+                &doc! {"createIndexes": "c", "indexes": [spec]},
+            )
+        };
+        hashed(doc! {"key": {"h": "hashed"}, "name": "h_hashed"}).unwrap();
+        let err = hashed(doc! {"key": {"u": "hashed"}, "name": "u", "unique": true}).unwrap_err();
+        assert_eq!(err.code, 16764);
+        let err = hashed(doc! {"key": {"p": "hashed", "q": "hashed"}, "name": "pq"}).unwrap_err();
+        assert_eq!(err.code, 31303);
     }
 
     #[test]

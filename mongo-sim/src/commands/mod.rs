@@ -1,4 +1,6 @@
 //! Command handlers, grouped by what they act on.
 
+pub mod aggregation;
+pub mod collmod;
 pub mod crud;
 pub mod ddl;
