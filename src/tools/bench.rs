@@ -15,9 +15,17 @@
 //!   the read-model write, observed through a change stream on the read model;
 //! - **restart**: process start to the first applied event, with a stored checkpoint;
 //! - **catch-up**: drain rate after a stop during which events accumulated;
+//! - **fold**: a fresh projection with `start = "beginning"` folding the same number of stored
+//!   events from the event collection (the path of a first start, of a recovery from a lost
+//!   history and of the live rebuild);
 //! - **memory**: peak RSS of the daemon while draining a small and a large backlog.
 //!
-//! The last line printed is `ratios: projector/U=<x> projector/naive=<y>`.
+//! The drain, the catch-up and the fold also report CPU time (user + system) per event, of the
+//! daemon (its `/proc/<pid>/stat`) and of the embedded server (the `stat` of its runtime's
+//! threads): less noisy than wall time on a shared machine, and on one machine the daemon's
+//! CPU is taken from the server's share.
+//!
+//! The last line printed is `ratios: projector/U=<x> projector/naive=<y> fold/drain=<z>`.
 //!
 //! `--scale-out` runs a separate section instead ([`scale_out`]): one backlog drained by 1, 2
 //! and 3 daemon instances inside this process sharing a projection split into 3 partitions.
@@ -96,6 +104,11 @@ pub struct BenchReport {
     pub(crate) lag_p99: Duration,
     pub(crate) lag_max: Duration,
     pub(crate) catch_up_rate: f64,
+    /// A fresh projection folding `backlog` stored events (`start = "beginning"`).
+    pub(crate) fold_rate: f64,
+    pub(crate) backlog_cpu: CpuPerEvent,
+    pub(crate) catch_up_cpu: CpuPerEvent,
+    pub(crate) fold_cpu: CpuPerEvent,
     /// kill -9 in the middle of a drain; `None` when not run.
     pub crash: Option<CrashReport>,
     pub memory: Vec<(u64, u64, f64)>,
@@ -193,6 +206,11 @@ impl Daemon {
         Ok(Daemon { child, started })
     }
 
+    /// CPU time (user + system) the daemon has used so far.
+    fn cpu(&self) -> Option<Duration> {
+        stat_cpu(&std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?)
+    }
+
     /// Peak resident set size so far, in bytes (`VmHWM`).
     fn peak_rss(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -246,10 +264,32 @@ struct Setup {
 }
 
 impl Setup {
+    /// The example projection starting from "now": every figure but the fold resumes from a
+    /// stored checkpoint.
     fn new(client: &Client, name: &str, o: &BenchOptions, dir: &Path) -> BenchResult<Setup> {
+        Self::with_start(client, name, o, dir, "now")
+    }
+
+    /// The example projection as shipped, folding the event collection on its first start.
+    fn starting_from_the_beginning(
+        client: &Client,
+        name: &str,
+        o: &BenchOptions,
+        dir: &Path,
+    ) -> BenchResult<Setup> {
+        Self::with_start(client, name, o, dir, "beginning")
+    }
+
+    fn with_start(
+        client: &Client,
+        name: &str,
+        o: &BenchOptions,
+        dir: &Path,
+        start: &str,
+    ) -> BenchResult<Setup> {
         let mut text = EXAMPLE_CONFIG
             .replace("database = \"bank\"", &format!("database = \"{name}\""))
-            .replace("start = \"beginning\"", "start = \"now\"")
+            .replace("start = \"beginning\"", &format!("start = \"{start}\""))
             .replace("every = \"1s\"", "every = \"100ms\"")
             .replace(
                 "every_events = 10000 ",
@@ -324,8 +364,8 @@ impl Setup {
     }
 
     /// Starts the daemon on a backlog and waits until its checkpoint covers `expected`
-    /// events. Returns the daemon (still running), the drain rate and the restart time (to
-    /// the first event of the backlog applied).
+    /// events: the daemon (still running), the drain rate, the restart time (to the first event
+    /// of the backlog applied) and the CPU per event.
     async fn drain(
         &self,
         o: &BenchOptions,
@@ -333,10 +373,11 @@ impl Setup {
         first: &Document,
         backlog: u64,
         expected: i64,
-    ) -> BenchResult<(Daemon, f64, Duration)> {
+    ) -> BenchResult<Drain> {
         let accounts = self.db.collection::<Document>("accounts");
         let id = first.get("aggregateId").cloned().unwrap_or(Bson::Null);
         let seq = first.get_i64("sequenceNumber").unwrap_or(1);
+        let server = server_cpu();
         let daemon = Daemon::spawn(&o.daemon, &self.config, uri)?;
         let restart = loop {
             let applied = accounts
@@ -357,8 +398,86 @@ impl Setup {
             })
             .await?;
         let rate = backlog as f64 / (done - daemon.started).as_secs_f64();
-        Ok((daemon, rate, restart))
+        let cpu = CpuPerEvent::since(&daemon, server, backlog);
+        Ok(Drain {
+            daemon,
+            rate,
+            restart,
+            cpu,
+        })
     }
+}
+
+/// A daemon that has drained a backlog, still running, and what the drain measured.
+struct Drain {
+    daemon: Daemon,
+    rate: f64,
+    restart: Duration,
+    cpu: CpuPerEvent,
+}
+
+/// CPU time (user + system) per event of the daemon and of the embedded server over one
+/// measured stretch; `None` where it cannot be read (a server named by `MONGODB_URI`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuPerEvent {
+    pub daemon: Option<Duration>,
+    pub server: Option<Duration>,
+}
+
+impl CpuPerEvent {
+    /// From the daemon's start (its whole CPU time so far) and the server's CPU time then.
+    fn since(daemon: &Daemon, server_then: Option<Duration>, events: u64) -> CpuPerEvent {
+        let per = |d: Duration| d / events.max(1) as u32;
+        CpuPerEvent {
+            daemon: daemon.cpu().map(per),
+            server: server_cpu()
+                .zip(server_then)
+                .map(|(now, then)| per(now.saturating_sub(then))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let us = |d: Option<Duration>| match d {
+            Some(d) => format!("{:.1} µs", d.as_secs_f64() * 1e6),
+            None => "n/a".into(),
+        };
+        format!(
+            "CPU per event: daemon {}, server {}",
+            us(self.daemon),
+            us(self.server)
+        )
+    }
+}
+
+/// CPU time (user + system) from a `/proc/.../stat` line: fields 14 and 15 (`utime`,
+/// `stime`), counted after the parenthesised command name, which may hold spaces.
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+}
+
+/// CPU time of the embedded server so far: the threads of its runtime (named `mongo-sim...`)
+/// in this process; `None` when there are none (the server is `MONGODB_URI`).
+fn server_cpu() -> Option<Duration> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("mongo-sim") {
+            continue;
+        }
+        if let Some(cpu) = std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|s| stat_cpu(&s))
+        {
+            total = Some(total.unwrap_or(Duration::ZERO) + cpu);
+        }
+    }
+    total
 }
 
 /// U: `lanes` bare driver loops, each sending `update` commands of `batch_size` guarded
@@ -600,9 +719,10 @@ async fn memory(
     setup.with_checkpoint(o, uri).await?;
     let before = setup.events_handled().await?.unwrap_or(0);
     let first = append(&setup.events(), &mut setup.workload, n).await?;
-    let (daemon, rate, _) = setup.drain(o, uri, &first, n, before + n as i64).await?;
-    let rss = daemon.peak_rss().unwrap_or(0);
-    daemon.stop().await?;
+    let drained = setup.drain(o, uri, &first, n, before + n as i64).await?;
+    let rss = drained.daemon.peak_rss().unwrap_or(0);
+    let rate = drained.rate;
+    drained.daemon.stop().await?;
     let _ = client.database(&name).drop().await;
     Ok((n, rss, rate))
 }
@@ -724,6 +844,7 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
         .measure(&mut report)
         .await?;
     let _ = client.database("bench_projector").drop().await;
+    fold(&client, &o, &uri, &dir, &mut report).await?;
     for n in [o.memory_small, o.memory_large] {
         if n == 0 {
             continue;
@@ -740,6 +861,46 @@ pub async fn run(o: BenchOptions) -> BenchResult<BenchReport> {
     let _ = std::fs::remove_dir_all(&dir);
     print_summary(&report);
     Ok(report)
+}
+
+/// A fresh projection (`start = "beginning"`, no checkpoint) folding `backlog` stored events:
+/// timed from the daemon's start to its first checkpoint, which it writes only once the whole
+/// scan is applied; then the read model is checked to hold every event exactly once.
+async fn fold(
+    client: &Client,
+    o: &BenchOptions,
+    uri: &str,
+    dir: &Path,
+    report: &mut BenchReport,
+) -> BenchResult<()> {
+    let name = "bench_fold";
+    let _ = client.database(name).drop().await;
+    let mut setup = Setup::starting_from_the_beginning(client, name, o, dir)?;
+    append(&setup.events(), &mut setup.workload, o.backlog).await?;
+    let server = server_cpu();
+    let daemon = Daemon::spawn(&o.daemon, &setup.config, uri)?;
+    let done = setup
+        .wait_until("the fold", Duration::from_secs(1800), |h| h.is_some())
+        .await?;
+    report.fold_rate = o.backlog as f64 / (done - daemon.started).as_secs_f64();
+    report.fold_cpu = CpuPerEvent::since(&daemon, server, o.backlog);
+    daemon.stop().await?;
+    let applied = applied_total(&setup.db).await?;
+    if applied != o.backlog as i64 {
+        return Err(format!(
+            "the fold applied {applied} events of {} stored",
+            o.backlog
+        ));
+    }
+    let _ = client.database(name).drop().await;
+    println!(
+        "fold (fresh projection, start = \"beginning\", {} stored events): {:.0} events/s ({:.2} x the backlog drain); {}",
+        o.backlog,
+        report.fold_rate,
+        report.fold_rate / report.backlog_rate.max(1e-9),
+        report.fold_cpu.describe()
+    );
+    Ok(())
 }
 
 /// U and naive, the two figures the projector is compared with.
@@ -795,7 +956,7 @@ impl<'a> ProjectorRun<'a> {
 
     /// Appends `n` events while no daemon runs, then starts one and waits until it has
     /// drained them: the daemon (still running), the drain rate and the restart time.
-    async fn append_and_drain(&mut self, n: u64) -> BenchResult<(Daemon, f64, Duration)> {
+    async fn append_and_drain(&mut self, n: u64) -> BenchResult<Drain> {
         let setup = &mut self.setup;
         let first = append(&setup.events(), &mut setup.workload, n).await?;
         self.handled += n as i64;
@@ -805,16 +966,18 @@ impl<'a> ProjectorRun<'a> {
     /// Drains a backlog; returns the daemon still running, for the steady state.
     async fn drain_backlog(&mut self, report: &mut BenchReport) -> BenchResult<Daemon> {
         let o = self.o;
-        let (daemon, rate, restart) = self.append_and_drain(o.backlog).await?;
-        report.backlog_rate = rate;
-        report.restart = restart;
+        let drained = self.append_and_drain(o.backlog).await?;
+        report.backlog_rate = drained.rate;
+        report.restart = drained.restart;
+        report.backlog_cpu = drained.cpu;
         println!(
-            "projector (backlog of {} events): {:.0} events/s; restart to first applied event {:.0} ms",
+            "projector (backlog of {} events): {:.0} events/s; restart to first applied event {:.0} ms; {}",
             o.backlog,
-            rate,
-            restart.as_secs_f64() * 1e3
+            drained.rate,
+            drained.restart.as_secs_f64() * 1e3,
+            drained.cpu.describe()
         );
-        Ok(daemon)
+        Ok(drained.daemon)
     }
 
     /// Writes at a fixed rate (by default half the backlog drain) while the daemon runs, and
@@ -854,14 +1017,16 @@ impl<'a> ProjectorRun<'a> {
     /// Drains the events written while the daemon was stopped.
     async fn catch_up(&mut self, report: &mut BenchReport) -> BenchResult<()> {
         let o = self.o;
-        let (daemon, rate, _) = self.append_and_drain(o.catch_up).await?;
-        report.catch_up_rate = rate;
-        daemon.stop().await?;
+        let drained = self.append_and_drain(o.catch_up).await?;
+        report.catch_up_rate = drained.rate;
+        report.catch_up_cpu = drained.cpu;
+        drained.daemon.stop().await?;
         println!(
-            "catch-up (after a stop during which {} events accumulated): {:.0} events/s ({:.0}% of the backlog drain)",
+            "catch-up (after a stop during which {} events accumulated): {:.0} events/s ({:.0}% of the backlog drain); {}",
             o.catch_up,
-            rate,
-            100.0 * rate / report.backlog_rate
+            drained.rate,
+            100.0 * drained.rate / report.backlog_rate,
+            drained.cpu.describe()
         );
         Ok(())
     }
@@ -916,6 +1081,25 @@ fn print_summary(r: &BenchReport) {
         r.catch_up_rate,
         100.0 * r.catch_up_rate / r.backlog_rate.max(1e-9)
     );
+    println!(
+        "{:<44} {:>12.0} /s   >= backlog drain ({:.2} x)",
+        "fold from the event collection",
+        r.fold_rate,
+        r.fold_rate / r.backlog_rate.max(1e-9)
+    );
+    for (what, cpu) in [
+        ("backlog drain", r.backlog_cpu),
+        ("catch-up", r.catch_up_cpu),
+        ("fold", r.fold_cpu),
+    ] {
+        let us = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+        println!(
+            "{:<44} {:>9.1} µs daemon, {:.1} µs server   daemon <= 6",
+            format!("CPU per event, {what}"),
+            us(cpu.daemon),
+            us(cpu.server)
+        );
+    }
     if let Some(c) = &r.crash {
         println!(
             "{:<44} {:>12} ev   <= {} (one checkpoint interval)",
@@ -930,9 +1114,10 @@ fn print_summary(r: &BenchReport) {
         );
     }
     println!(
-        "ratios: projector/U={:.2} projector/naive={:.1}",
+        "ratios: projector/U={:.2} projector/naive={:.1} fold/drain={:.2}",
         r.backlog_rate / r.u_rate.max(1e-9),
-        r.backlog_rate / r.naive_rate.max(1e-9)
+        r.backlog_rate / r.naive_rate.max(1e-9),
+        r.fold_rate / r.backlog_rate.max(1e-9)
     );
 }
 
@@ -1215,5 +1400,28 @@ async fn wait_for_drain(
             return Err(format!("timed out draining: {handled} of {backlog} events"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_read_after_the_command_name_even_when_it_holds_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let line = "4242 (tokio (worker) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu = stat_cpu(line).unwrap();
+        assert!((cpu.as_secs_f64() - 300.0 / ticks).abs() < 1e-9, "{cpu:?}");
+        assert_eq!(stat_cpu("4242 (cut short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_can_read_its_own_cpu() {
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(stat_cpu(&own).is_some());
     }
 }
