@@ -116,6 +116,78 @@ proptest! {
     }
 }
 
+/// One batch holding two aggregates' runs of consecutive events, as a fold reads them, where
+/// the server refuses a link in the middle of the first run: the links before it are applied,
+/// the refused event is dead-lettered and its successors park behind it, and the other
+/// aggregate's run, which the refusal stopped the ordered write before, is applied in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_link_stops_only_its_own_chain() {
+    let env = TestEnv::new("refused_link").await;
+    let db = env.db.clone();
+    let mut applier = applier(&env, &db);
+    // `seen` is an array once the first event is applied: `$inc` on it is refused.
+    let mut projection = (*applier.config).clone();
+    projection.handlers.insert(
+        "Poison".to_string(),
+        mongo_projector::config::Handler::Operators(doc! {"$inc": {"seen": 1}}),
+    );
+    applier = Applier::new(
+        &mongo_projector::model::partition::Worker::whole(std::sync::Arc::new(projection)),
+        &db,
+        std::sync::Arc::new(Default::default()),
+    );
+    let mut documents = Vec::new();
+    for seq in 1..=5 {
+        let kind = if seq == 3 { "Poison" } else { "A" };
+        documents.push(event("agg-a", seq, kind, doc! {}));
+    }
+    for seq in 1..=3 {
+        documents.push(event("agg-b", seq, "B", doc! {}));
+    }
+    db.collection::<Document>("events")
+        .insert_many(documents.clone())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let lanes = Lanes::spawn(&applier, 1, &shutdown, Duration::ZERO, Duration::ZERO);
+    let mut dispatcher = Dispatcher::<()>::new(lanes, usize::MAX);
+    for document in &documents {
+        let e = decode_event(document, &applier.config.fields).unwrap();
+        let ticket = dispatcher.issue(());
+        dispatcher.route(ticket, e).await.unwrap();
+    }
+    dispatcher.hand_out_partial().await.unwrap();
+    let (watermark, failure) = dispatcher.finish().await;
+    assert!(failure.is_none(), "{failure:?}");
+    assert_eq!(
+        watermark.in_flight(),
+        0,
+        "every event reached its disposition"
+    );
+    let recorded = |id: &'static str| {
+        let db = db.clone();
+        async move {
+            let d = db
+                .collection::<Document>("accounts")
+                .find_one(doc! {"_id": id})
+                .await
+                .unwrap()
+                .unwrap();
+            let seen: Vec<i64> = d
+                .get_array("seen")
+                .unwrap()
+                .iter()
+                .filter_map(bson::Bson::as_i64)
+                .collect();
+            (seen, d.get_i64("lastSequenceNumber").unwrap())
+        }
+    };
+    assert_eq!(recorded("agg-a").await, (vec![1, 2], 2));
+    assert_eq!(recorded("agg-b").await, (vec![1, 2, 3], 3));
+    // agg-a 3 dead-lettered; 4 and 5 parked behind it.
+    assert_eq!(applier.parked.counts().await.unwrap(), (2, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_lanes_and_small_batches_survive_a_crash_exactly_once() {
     let env = TestEnv::new("lanes_crash").await;

@@ -17,7 +17,7 @@ use crate::store::park::{ParkReason, ParkedEvent, ParkedStore};
 use bson::{Bson, Document, doc};
 use futures_util::TryStreamExt;
 use mongodb::{Collection, Database};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -258,7 +258,7 @@ impl SequenceCache {
 }
 
 /// A round sorted out: the statements to write (with the item and its disposition once
-/// written), and the items that go the one-by-one way.
+/// written), chain by chain, and the items that go the one-by-one way.
 #[derive(Default)]
 struct RoundPlan {
     send: Vec<(usize, Disposition)>,
@@ -266,23 +266,48 @@ struct RoundPlan {
     slow: Vec<usize>,
 }
 
-/// Which of `count` statements an `update` reply's `writeErrors` refused.
-fn refused_statements(reply: &Document, count: usize) -> Vec<bool> {
-    let mut refused = vec![false; count];
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        for e in errors {
-            if let Bson::Document(e) = e
-                && let Some(index) = e
-                    .get("index")
-                    .and_then(Bson::as_i64)
-                    .or_else(|| e.get_i32("index").ok().map(i64::from))
-                && let Some(flag) = refused.get_mut(index as usize)
-            {
-                *flag = true;
-            }
+/// What an ordered `update` command did with one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Applied,
+    /// Refused, or did not match its guard.
+    Failed,
+    /// After the refused statement: the server did not run it.
+    NotAttempted,
+}
+
+/// The index of the statement an ordered `update` reply's `writeErrors` refused, if any.
+fn first_refused(reply: &Document) -> Option<usize> {
+    let errors = reply.get_array("writeErrors").ok()?;
+    errors
+        .iter()
+        .filter_map(|e| match e {
+            Bson::Document(e) => e
+                .get("index")
+                .and_then(Bson::as_i64)
+                .or_else(|| e.get_i32("index").ok().map(i64::from)),
+            _ => None,
+        })
+        .min()
+        .map(|index| index.max(0) as usize)
+}
+
+/// The batch's unfinished items, grouped by aggregate (in order of first appearance), each
+/// group in stream order.
+fn pending_by_aggregate(items: &[BatchItem], keys: &[AggregateKey]) -> Vec<Vec<usize>> {
+    let mut slot_of: HashMap<&AggregateKey, usize> = HashMap::new();
+    let mut pending: Vec<Vec<usize>> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if item.done.is_some() {
+            continue;
         }
+        let slot = *slot_of.entry(&keys[i]).or_insert_with(|| {
+            pending.push(Vec::new());
+            pending.len() - 1
+        });
+        pending[slot].push(i);
     }
-    refused
+    pending
 }
 
 /// One event of a batch and, once reached, its final disposition. A batch interrupted by a
@@ -380,74 +405,76 @@ impl Applier {
         self.parked.any_parked().await
     }
 
-    /// Takes a lane's batch (its events in stream order) to final dispositions, in rounds:
-    /// each round takes the next unfinished event of every aggregate in the batch, so one
-    /// aggregate's consecutive events go in successive rounds and are never reordered, while
-    /// a round writes many aggregates with one `update` command. `Err` only for transient
-    /// store errors; the caller retries the same items, and finished ones are left alone.
+    /// Takes a lane's batch (its events in stream order) to final dispositions, in rounds.
+    /// Each round writes, for every aggregate of the batch, the run of its pending events that
+    /// follow its stored sequence one by one (a chain), all in one ordered `update` command: a
+    /// live batch (many aggregates, one event each) and a fold's batch (a few aggregates, many
+    /// consecutive events each) both take one round trip. Anything else (a duplicate, a gap,
+    /// an event without handler or that cannot be rendered, a statement that did not match)
+    /// is settled from the cache or goes through [`Applier::handle`] one by one. `Err` only
+    /// for transient store errors; the caller retries the same items, and finished ones are
+    /// left alone.
     pub(crate) async fn handle_batch(
         &self,
         items: &mut [BatchItem],
         cache: &mut SequenceCache,
     ) -> Result<(), StoreError> {
-        let mut slot_of: HashMap<AggregateKey, usize> = HashMap::new();
-        let mut queues: Vec<(AggregateKey, VecDeque<usize>)> = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            if item.done.is_some() {
-                continue;
-            }
-            let key = AggregateKey::of(&item.event.aggregate_id);
-            let slot = *slot_of.entry(key.clone()).or_insert_with(|| {
-                queues.push((key, VecDeque::new()));
-                queues.len() - 1
-            });
-            queues[slot].1.push_back(i);
-        }
+        let keys: Vec<AggregateKey> = items
+            .iter()
+            .map(|item| AggregateKey::of(&item.event.aggregate_id))
+            .collect();
         loop {
-            let round: Vec<(AggregateKey, usize)> = queues
-                .iter()
-                .filter_map(|(k, q)| q.front().map(|i| (k.clone(), *i)))
-                .collect();
-            if round.is_empty() {
+            let pending = pending_by_aggregate(items, &keys);
+            if pending.is_empty() {
                 return Ok(());
             }
-            self.run_round(items, &round, cache).await?;
-            for (_, q) in &mut queues {
-                q.pop_front();
-            }
-            queues.retain(|(_, q)| !q.is_empty());
+            self.run_round(items, &keys, &pending, cache).await?;
         }
     }
 
-    /// One round: at most one event per aggregate. Aggregates whose stored sequence is not
-    /// known yet are probed first (one query), certain duplicates are settled from the cache,
-    /// the events that follow their stored predecessor are written with one `update` command,
-    /// and everything else (gaps, refusals, events without handler or that cannot be
-    /// rendered, statements that did not match) goes through [`Applier::handle`] one by one.
+    /// One round: aggregates whose stored sequence is not known yet are probed first (one
+    /// query), the chains are written with one command, and every aggregate's first event
+    /// that cannot be chained goes the one-by-one way. Every round finishes at least the first
+    /// pending event of every aggregate it does not leave for a later round, so rounds end.
     async fn run_round(
         &self,
         items: &mut [BatchItem],
-        round: &[(AggregateKey, usize)],
+        keys: &[AggregateKey],
+        pending: &[Vec<usize>],
         cache: &mut SequenceCache,
     ) -> Result<(), StoreError> {
-        self.probe_unknown(items, round, cache).await?;
-        let mut plan = self.plan_round(items, round, cache);
+        self.probe_unknown(items, keys, pending, cache).await?;
+        let mut plan = self.plan_round(items, keys, pending, cache);
         if !plan.send.is_empty() {
             let statements = std::mem::take(&mut plan.statements);
-            let matched = self.write_round(items, &plan.send, statements).await?;
+            let written = self.write_round(items, &plan.send, statements).await?;
             let maybe_parked = self.parked_watch.maybe_parked();
-            for ((i, kind), ok) in plan.send.iter().zip(matched) {
-                let key = AggregateKey::of(&items[*i].event.aggregate_id);
-                if !ok {
-                    cache.forget(&key);
-                    plan.slow.push(*i);
+            let mut broken: HashSet<&AggregateKey> = HashSet::new();
+            for ((i, kind), outcome) in plan.send.iter().zip(written) {
+                let key = &keys[*i];
+                if broken.contains(key) {
+                    // After a link that did not apply, the rest of the chain waits for the
+                    // next round (probed again).
                     continue;
                 }
-                cache.put(key, items[*i].event.sequence);
-                self.count_applied(*kind);
-                items[*i].done = Some(*kind);
-                if maybe_parked {
-                    self.release_successors(&items[*i].event).await?;
+                match outcome {
+                    Written::Applied => {
+                        cache.put(key.clone(), items[*i].event.sequence);
+                        self.count_applied(*kind);
+                        items[*i].done = Some(*kind);
+                        if maybe_parked {
+                            self.release_successors(&items[*i].event).await?;
+                        }
+                    }
+                    Written::Failed => {
+                        cache.forget(key);
+                        plan.slow.push(*i);
+                        broken.insert(key);
+                    }
+                    Written::NotAttempted => {
+                        cache.forget(key);
+                        broken.insert(key);
+                    }
                 }
             }
         }
@@ -455,96 +482,108 @@ impl Applier {
             let event = &items[i].event;
             // Whatever happens here may move the stored sequence in ways the cache cannot
             // follow (healing, released successors): it is probed again next time.
-            cache.forget(&AggregateKey::of(&event.aggregate_id));
+            cache.forget(&keys[i]);
             let disposition = self.handle(event).await?;
             items[i].done = Some(disposition);
         }
         Ok(())
     }
 
-    /// Reads, in one query, the stored sequence of every aggregate of the round the cache
-    /// does not know.
+    /// Reads, in one query, the stored sequence of every pending aggregate the cache does not
+    /// know.
     async fn probe_unknown(
         &self,
         items: &[BatchItem],
-        round: &[(AggregateKey, usize)],
+        keys: &[AggregateKey],
+        pending: &[Vec<usize>],
         cache: &mut SequenceCache,
     ) -> Result<(), StoreError> {
-        let unknown: Vec<Bson> = round
+        let unknown: Vec<usize> = pending
             .iter()
-            .filter(|(k, _)| cache.get(k).is_none())
-            .map(|(_, i)| items[*i].event.aggregate_id.clone())
+            .map(|chain| chain[0])
+            .filter(|i| cache.get(&keys[*i]).is_none())
             .collect();
         if !unknown.is_empty() {
-            let found = self.read_model.stored_sequences(&unknown).await?;
-            for id in &unknown {
-                let key = AggregateKey::of(id);
-                let stored = found.get(&key).copied().unwrap_or(0);
-                cache.put(key, stored);
+            let ids: Vec<Bson> = unknown
+                .iter()
+                .map(|i| items[*i].event.aggregate_id.clone())
+                .collect();
+            let found = self.read_model.stored_sequences(&ids).await?;
+            for i in unknown {
+                let stored = found.get(&keys[i]).copied().unwrap_or(0);
+                cache.put(keys[i].clone(), stored);
             }
         }
         Ok(())
     }
 
-    /// Sorts a round's events by what the cache says of their aggregate: duplicates are
-    /// settled here, next-in-order events become statements, the rest go the slow way.
+    /// Sorts each aggregate's pending events by what the cache says of it: leading duplicates
+    /// are settled here, the events that follow the stored sequence one by one become its
+    /// chain of statements, and a first event that cannot start a chain goes the slow way.
+    /// Events after a chain's end wait for the next round.
     fn plan_round(
         &self,
         items: &mut [BatchItem],
-        round: &[(AggregateKey, usize)],
+        keys: &[AggregateKey],
+        pending: &[Vec<usize>],
         cache: &SequenceCache,
     ) -> RoundPlan {
         let mut plan = RoundPlan::default();
-        for (key, i) in round {
-            let event = &items[*i].event;
-            let Some(change) = self.change_for(event) else {
-                plan.slow.push(*i);
-                continue;
-            };
-            let stored = cache.get(key).unwrap_or(0);
-            if stored >= event.sequence {
-                ProjectionStats::add(&self.stats.duplicates, 1);
-                items[*i].done = Some(Disposition::Duplicate);
-                continue;
-            }
-            if stored != event.sequence - 1 {
-                plan.slow.push(*i);
-                continue;
-            }
-            let kind = if matches!(change, Change::AdvanceOnly) {
-                Disposition::Skipped
-            } else {
-                Disposition::Applied
-            };
-            match guarded_statement(event, &change) {
-                Ok(statement) => {
-                    plan.send.push((*i, kind));
-                    plan.statements.push(statement);
+        for events in pending {
+            let stored = cache.get(&keys[events[0]]).unwrap_or(0);
+            let mut chained = 0;
+            for &i in events {
+                let event = &items[i].event;
+                if chained == 0 && event.sequence <= stored {
+                    ProjectionStats::add(&self.stats.duplicates, 1);
+                    items[i].done = Some(Disposition::Duplicate);
+                    continue;
                 }
-                Err(_) => plan.slow.push(*i),
+                let link = (event.sequence == stored + 1 + chained)
+                    .then(|| self.change_for(event))
+                    .flatten()
+                    .and_then(|change| {
+                        let kind = if matches!(change, Change::AdvanceOnly) {
+                            Disposition::Skipped
+                        } else {
+                            Disposition::Applied
+                        };
+                        guarded_statement(event, &change).ok().map(|s| (kind, s))
+                    });
+                match link {
+                    Some((kind, statement)) => {
+                        plan.send.push((i, kind));
+                        plan.statements.push(statement);
+                        chained += 1;
+                    }
+                    None => {
+                        if chained == 0 {
+                            plan.slow.push(i);
+                        }
+                        break;
+                    }
+                }
             }
         }
         plan
     }
 
-    /// Writes a round's statements with one `update` command; for each, whether it applied
-    /// its event.
+    /// Writes a round's statements with one ordered `update` command (the links of a chain
+    /// must apply in order); what became of each.
     async fn write_round(
         &self,
         items: &[BatchItem],
         send: &[(usize, Disposition)],
         statements: Vec<Document>,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Written>, StoreError> {
         let started = std::time::Instant::now();
-        // Unordered: each statement is a different aggregate, and one refused statement must
-        // not keep the others from being applied.
         let reply = self
             .read_model
             .db
             .run_command(doc! {
                 "update": &self.read_model.collection,
                 "updates": statements,
-                "ordered": false,
+                "ordered": true,
                 "writeConcern": {"w": "majority"},
             })
             .await?;
@@ -554,31 +593,47 @@ impl Applier {
                 wce.get_str("errmsg").unwrap_or("unknown").to_string(),
             ));
         }
-        let refused = refused_statements(&reply, send.len());
-        let written = refused.iter().filter(|r| !**r).count() as i64;
-        if reply_count(&reply, "n")? == written {
-            // The fast path: every statement that was not refused matched its guard.
-            return Ok(refused.iter().map(|r| !r).collect());
+        // Ordered: the server stops at the first refused statement.
+        let attempted = first_refused(&reply).unwrap_or(send.len()).min(send.len());
+        let mut written = vec![Written::NotAttempted; send.len()];
+        if reply_count(&reply, "n")? == attempted as i64 {
+            // The fast path: every statement before the refused one matched its guard.
+            written[..attempted].fill(Written::Applied);
+            if attempted < send.len() {
+                written[attempted] = Written::Failed;
+            }
+            return Ok(written);
         }
-        // Some did not match: only those are looked at. After the write, a stored sequence
-        // equal to the event's own means this statement applied it (the cache said the
-        // predecessor was stored, and only this lane writes this aggregate in order);
-        // anything else goes the one-by-one way.
-        let ids: Vec<Bson> = send
+        // Some did not match: after the write, a stored sequence between the event's own and
+        // the last attempted link of its chain means this command applied it (the cache said
+        // the chain's predecessor was stored, and only this lane writes this aggregate, in
+        // order); anything else goes the one-by-one way.
+        let mut last_link: HashMap<AggregateKey, i64> = HashMap::new();
+        for (i, _) in &send[..attempted] {
+            let e = &items[*i].event;
+            last_link.insert(AggregateKey::of(&e.aggregate_id), e.sequence);
+        }
+        let ids: Vec<Bson> = send[..attempted]
             .iter()
-            .zip(&refused)
-            .filter(|(_, r)| !**r)
-            .map(|((i, _), _)| items[*i].event.aggregate_id.clone())
+            .map(|(i, _)| items[*i].event.aggregate_id.clone())
             .collect();
         let now = self.read_model.stored_sequences(&ids).await?;
-        Ok(send
-            .iter()
-            .zip(&refused)
-            .map(|((i, _), r)| {
-                let e = &items[*i].event;
-                !*r && now.get(&AggregateKey::of(&e.aggregate_id)) == Some(&e.sequence)
-            })
-            .collect())
+        for (j, (i, _)) in send.iter().enumerate().take(attempted) {
+            let e = &items[*i].event;
+            let key = AggregateKey::of(&e.aggregate_id);
+            let applied = now
+                .get(&key)
+                .is_some_and(|stored| e.sequence <= *stored && *stored <= last_link[&key]);
+            written[j] = if applied {
+                Written::Applied
+            } else {
+                Written::Failed
+            };
+        }
+        if attempted < send.len() {
+            written[attempted] = Written::Failed;
+        }
+        Ok(written)
     }
 
     /// Records a malformed event as dead-lettered.
