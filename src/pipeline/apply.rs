@@ -400,9 +400,23 @@ impl Applier {
         Ok(disposition)
     }
 
-    /// True when some event of this worker's share is parked waiting for a predecessor.
-    async fn any_waiting(&self) -> Result<bool, StoreError> {
-        self.parked.any_parked().await
+    /// Whether an applied event may have parked successors to release. When the watch cannot
+    /// tell (at start, or after a park), one query of the parked collection decides, and
+    /// "nothing parked" is remembered until the next park: without it, a path that never
+    /// sweeps parked events (the fold of the event collection) would look up successors for
+    /// every event it applies.
+    async fn successors_may_be_parked(&self) -> Result<bool, StoreError> {
+        if !self.parked_watch.maybe_parked() {
+            return Ok(false);
+        }
+        // Read before the query: a park racing with it moves the epoch past this one, and
+        // the answer stays "maybe".
+        let epoch = self.parked_watch.epoch.load(Ordering::Acquire);
+        if self.parked.any_parked().await? {
+            return Ok(true);
+        }
+        self.parked_watch.clear_at.store(epoch, Ordering::Release);
+        Ok(false)
     }
 
     /// Takes a lane's batch (its events in stream order) to final dispositions, in rounds.
@@ -448,7 +462,7 @@ impl Applier {
         if !plan.send.is_empty() {
             let statements = std::mem::take(&mut plan.statements);
             let written = self.write_round(items, &plan.send, statements).await?;
-            let maybe_parked = self.parked_watch.maybe_parked();
+            let maybe_parked = self.successors_may_be_parked().await?;
             let mut broken: HashSet<&AggregateKey> = HashSet::new();
             for ((i, kind), outcome) in plan.send.iter().zip(written) {
                 let key = &keys[*i];
@@ -905,10 +919,7 @@ impl Applier {
     /// Parked events whose next attempt is due (at most 64). Also notes when nothing at all is
     /// parked any more, so that applied events stop looking for parked successors.
     pub async fn due_parked(&self) -> Result<Vec<ParkedEvent>, StoreError> {
-        let epoch = self.parked_watch.epoch.load(Ordering::Acquire);
-        if self.parked_watch.maybe_parked() && !self.any_waiting().await? {
-            self.parked_watch.clear_at.store(epoch, Ordering::Release);
-        }
+        self.successors_may_be_parked().await?;
         self.parked.due(64).await
     }
 
