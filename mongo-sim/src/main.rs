@@ -6,6 +6,11 @@ use mongo_sim::profile::{Privilege, Release, ServerVersion, SimulatedUser};
 use mongo_sim::{MongoSim, ServerOptions};
 use std::io::{IsTerminal, Write};
 
+// A server of owned document trees allocates and frees small values all the time; mimalloc
+// does that at a fraction of glibc's cost (BENCHMARKS.md, "CPU per event").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "mongo-sim", version, about)]
 struct Args {

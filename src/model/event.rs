@@ -6,6 +6,7 @@
 //! [`Malformed`] value that is dead-lettered with its reason.
 
 use crate::config::EventFields;
+use bson::raw::{RawBsonRef, RawDocument};
 use bson::{Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 
@@ -17,8 +18,9 @@ pub struct Event {
     /// Position of the event in its aggregate's history, from 1.
     pub sequence: i64,
     pub event_type: String,
-    /// The whole event document, for handlers (`${data.amount}`, `$$event`).
-    pub document: Document,
+    /// The whole event document as stored, for handlers (`${data.amount}`, `$$event`): kept as
+    /// BSON bytes, which handlers read values from without building a document tree.
+    pub document: RawDocumentBuf,
 }
 
 /// Why an event document cannot be projected.
@@ -44,36 +46,39 @@ pub(crate) struct ChangeEvent {
     pub event: Result<Event, Malformed>,
 }
 
-/// Decodes one raw change event. `Err` only when not even the resume token can be read
-/// (then the position itself is unknown and the stream must be re-opened).
+/// Decodes one raw change event, reading only the fields it needs from the bytes. `Err` only
+/// when not even the resume token can be read (then the position itself is unknown and the
+/// stream must be re-opened).
 pub(crate) fn decode_change(
     raw: &RawDocumentBuf,
     fields: &EventFields,
 ) -> Result<ChangeEvent, String> {
-    let doc = Document::try_from(raw.as_ref())
-        .map_err(|e| format!("change event is not valid BSON: {e}"))?;
-    let token = match doc.get("_id") {
-        Some(id @ Bson::Document(_)) => bson::from_bson::<ResumeToken>(id.clone())
+    let field = |name: &str| {
+        raw.get(name)
+            .map_err(|e| format!("change event is not valid BSON: {e}"))
+    };
+    let token = match field("_id")? {
+        Some(RawBsonRef::Document(id)) => bson::from_slice::<ResumeToken>(id.as_bytes())
             .map_err(|e| format!("change event has an unreadable resume token: {e}"))?,
         _ => return Err("change event has no resume token (_id)".to_string()),
     };
-    let cluster_time = match doc.get("clusterTime") {
-        Some(Bson::Timestamp(ts)) => Some(*ts),
+    let cluster_time = match field("clusterTime")? {
+        Some(RawBsonRef::Timestamp(ts)) => Some(ts),
         _ => None,
     };
-    let event = match doc.get_str("operationType") {
-        Ok("insert") => match doc.get("fullDocument") {
-            Some(Bson::Document(d)) => decode_event(d, fields),
+    let event = match field("operationType")? {
+        Some(RawBsonRef::String("insert")) => match field("fullDocument")? {
+            Some(RawBsonRef::Document(d)) => decode_raw_event(d, fields),
             _ => Err(Malformed {
                 reason: "insert change event without fullDocument".into(),
                 document: None,
             }),
         },
-        Ok(other) => Err(Malformed {
+        Some(RawBsonRef::String(other)) => Err(Malformed {
             reason: format!("unexpected change event operationType {other:?}"),
             document: None,
         }),
-        Err(_) => Err(Malformed {
+        _ => Err(Malformed {
             reason: "change event without operationType".into(),
             document: None,
         }),
@@ -85,29 +90,47 @@ pub(crate) fn decode_change(
     })
 }
 
-/// Decodes an event document (from a change event or read back from the event collection).
+/// Decodes an event document held as a tree (read back from the event collection or the
+/// parked collection, or written by a test).
 pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malformed> {
+    match RawDocumentBuf::from_document(doc) {
+        Ok(raw) => decode_raw_event(&raw, fields),
+        Err(e) => Err(Malformed {
+            reason: format!("event is not valid BSON: {e}"),
+            document: Some(doc.clone()),
+        }),
+    }
+}
+
+/// Decodes an event document from its BSON bytes (from a change event or the fold's scan).
+pub(crate) fn decode_raw_event(
+    doc: &RawDocument,
+    fields: &EventFields,
+) -> Result<Event, Malformed> {
     let malformed = |reason: String| Malformed {
         reason,
-        document: Some(doc.clone()),
+        document: Document::try_from(doc).ok(),
     };
-    let aggregate_id = match doc.get(&fields.aggregate_id) {
+    let get = |name: &str| {
+        doc.get(name)
+            .map_err(|e| malformed(format!("event is not valid BSON: {e}")))
+    };
+    let aggregate_id = match get(&fields.aggregate_id)? {
         None => return Err(malformed(format!("missing {}", fields.aggregate_id))),
-        Some(
-            v @ (Bson::String(_)
-            | Bson::ObjectId(_)
-            | Bson::Int32(_)
-            | Bson::Int64(_)
-            | Bson::Binary(_)),
-        ) => {
-            if matches!(v, Bson::String(s) if s.is_empty()) {
-                return Err(malformed(format!(
-                    "{} is an empty string",
-                    fields.aggregate_id
-                )));
-            }
-            v.clone()
+        Some(RawBsonRef::String("")) => {
+            return Err(malformed(format!(
+                "{} is an empty string",
+                fields.aggregate_id
+            )));
         }
+        Some(
+            v @ (RawBsonRef::String(_)
+            | RawBsonRef::ObjectId(_)
+            | RawBsonRef::Int32(_)
+            | RawBsonRef::Int64(_)
+            | RawBsonRef::Binary(_)),
+        ) => Bson::try_from(v.to_raw_bson())
+            .map_err(|e| malformed(format!("{} is not valid BSON: {e}", fields.aggregate_id)))?,
         Some(other) => {
             return Err(malformed(format!(
                 "{} has type {:?}; expected a string, ObjectId, integer or binary id",
@@ -116,10 +139,10 @@ pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malfo
             )));
         }
     };
-    let sequence = match doc.get(&fields.sequence_number) {
+    let sequence = match get(&fields.sequence_number)? {
         None => return Err(malformed(format!("missing {}", fields.sequence_number))),
-        Some(Bson::Int32(n)) => *n as i64,
-        Some(Bson::Int64(n)) => *n,
+        Some(RawBsonRef::Int32(n)) => n as i64,
+        Some(RawBsonRef::Int64(n)) => n,
         Some(other) => {
             return Err(malformed(format!(
                 "{} has type {:?}; expected an integer",
@@ -134,15 +157,15 @@ pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malfo
             fields.sequence_number
         )));
     }
-    let event_type = match doc.get(&fields.event_type) {
+    let event_type = match get(&fields.event_type)? {
         None => return Err(malformed(format!("missing {}", fields.event_type))),
-        Some(Bson::String(s)) if !s.is_empty() => s.clone(),
-        Some(Bson::String(_)) => {
+        Some(RawBsonRef::String("")) => {
             return Err(malformed(format!(
                 "{} is an empty string",
                 fields.event_type
             )));
         }
+        Some(RawBsonRef::String(s)) => s.to_string(),
         Some(other) => {
             return Err(malformed(format!(
                 "{} has type {:?}; expected a string",
@@ -155,7 +178,7 @@ pub fn decode_event(doc: &Document, fields: &EventFields) -> Result<Event, Malfo
         aggregate_id,
         sequence,
         event_type,
-        document: doc.clone(),
+        document: doc.to_raw_document_buf(),
     })
 }
 
@@ -222,6 +245,10 @@ mod tests {
         })
         .unwrap();
         let change = decode_change(&raw, &fields()).unwrap();
+        assert_eq!(
+            bson::to_bson(&change.token).unwrap(),
+            Bson::Document(doc! {"_data": "8200"})
+        );
         assert_eq!(
             change.cluster_time,
             Some(Timestamp {

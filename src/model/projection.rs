@@ -13,7 +13,8 @@
 
 use crate::config::{Handler, placeholder};
 use crate::model::event::Event;
-use bson::{Bson, Document, doc};
+use bson::raw::{RawArrayBuf, RawBinaryRef, RawBson, RawBsonRef, RawDocument};
+use bson::{Bson, RawDocumentBuf, rawdoc};
 
 /// The field of every read-model document that records the last applied sequence number.
 pub(crate) const SEQUENCE_FIELD: &str = "lastSequenceNumber";
@@ -28,110 +29,274 @@ impl std::fmt::Display for RenderError {
     }
 }
 
-/// What an event does to its read-model document.
+/// A handler compiled once per projection: its constant parts already encoded as BSON, its
+/// references to the event resolved per event by reading the event's bytes. Rendering a
+/// statement builds no document tree.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Change {
+pub(crate) struct Template {
+    update: Node,
+}
+
+/// What an event does to its read-model document.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Change<'a> {
     /// Run the handler's update.
-    Handler(Handler),
+    Handler(&'a Template),
     /// Only advance the sequence (an event type this projection skips).
     AdvanceOnly,
 }
 
-/// One statement of an `update` command (`{q, u, upsert}`) applying `event` under the guard.
-pub(crate) fn guarded_statement(event: &Event, change: &Change) -> Result<Document, RenderError> {
-    let seq = event.sequence;
-    let filter = if seq == 1 {
-        doc! {"_id": event.aggregate_id.clone(), SEQUENCE_FIELD: {"$exists": false}}
-    } else {
-        doc! {"_id": event.aggregate_id.clone(), SEQUENCE_FIELD: seq - 1}
-    };
-    let update = match change {
-        Change::AdvanceOnly => Bson::Document(doc! {"$set": {SEQUENCE_FIELD: seq}}),
-        Change::Handler(Handler::Operators(ops)) => {
-            let mut rendered = Document::new();
-            for (op, arg) in ops {
-                rendered.insert(op.clone(), substitute(arg, &event.document)?);
-            }
-            match rendered.get_mut("$set") {
-                Some(Bson::Document(set)) => {
-                    set.insert(SEQUENCE_FIELD, seq);
-                }
-                _ => {
-                    rendered.insert("$set", doc! {SEQUENCE_FIELD: seq});
-                }
-            }
-            Bson::Document(rendered)
-        }
-        Change::Handler(Handler::Pipeline(stages)) => {
-            let mut rendered: Vec<Bson> = stages
-                .iter()
-                .map(|s| inline_event(&Bson::Document(s.clone()), &event.document))
-                .collect();
-            rendered.push(Bson::Document(
-                doc! {"$set": {SEQUENCE_FIELD: {"$literal": seq}}},
-            ));
-            Bson::Array(rendered)
-        }
-    };
-    Ok(doc! {"q": filter, "u": update, "upsert": seq == 1})
+/// One part of a compiled update.
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    /// A value with no reference to the event, encoded once.
+    Const(RawBson),
+    /// `"${path}"` in an operator handler: the event's value at `path`, which must exist.
+    Value(Vec<String>),
+    /// `"$$event.path"` in a pipeline: `{$literal: value}`, or `"$$REMOVE"` when the event
+    /// has no such field (what the variable would evaluate to).
+    Literal(Vec<String>),
+    /// `"$$event"` in a pipeline: `{$literal: <the event document>}`.
+    WholeEvent,
+    /// The event's sequence number (64-bit).
+    Sequence,
+    Document(Vec<(String, Node)>),
+    Array(Vec<Node>),
 }
 
-/// Replaces every `"${path}"` string with the typed value at `path` of the event.
-fn substitute(v: &Bson, event: &Document) -> Result<Bson, RenderError> {
-    Ok(match v {
-        Bson::String(s) => match placeholder(s) {
-            Some(path) => lookup(event, path)
-                .cloned()
-                .ok_or_else(|| RenderError(format!("the event has no field {path}")))?,
-            None => v.clone(),
-        },
-        Bson::Document(d) => {
-            let mut out = Document::new();
-            for (k, v) in d {
-                out.insert(k.clone(), substitute(v, event)?);
+impl Template {
+    /// Compiles a handler; its `lastSequenceNumber` assignment is part of the template.
+    pub fn compile(handler: &Handler) -> Template {
+        let update = match handler {
+            Handler::Operators(ops) => {
+                let mut fields: Vec<(String, Node)> = ops
+                    .iter()
+                    .map(|(op, arg)| (op.clone(), Node::from_operator_arg(arg)))
+                    .collect();
+                let sequence = (SEQUENCE_FIELD.to_string(), Node::Sequence);
+                match fields.iter_mut().find(|(op, _)| op == "$set") {
+                    Some((_, Node::Document(set))) => set.push(sequence),
+                    Some((_, other)) => *other = Node::Document(vec![sequence]),
+                    None => fields.push(("$set".into(), Node::Document(vec![sequence]))),
+                }
+                Node::Document(fields)
             }
-            Bson::Document(out)
-        }
-        Bson::Array(a) => Bson::Array(
-            a.iter()
-                .map(|v| substitute(v, event))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
-/// Replaces `"$$event"` and `"$$event.path"` with the value as a `$literal` (or `$$REMOVE`
-/// when the event has no such field, which is what the variable would evaluate to).
-fn inline_event(v: &Bson, event: &Document) -> Bson {
-    match v {
-        Bson::String(s) if s == "$$event" => Bson::Document(doc! {"$literal": event.clone()}),
-        Bson::String(s) if s.starts_with("$$event.") => match lookup(event, &s["$$event.".len()..])
-        {
-            Some(value) => Bson::Document(doc! {"$literal": value.clone()}),
-            None => Bson::String("$$REMOVE".into()),
-        },
-        Bson::Document(d) if d.contains_key("$literal") => v.clone(),
-        Bson::Document(d) => {
-            let mut out = Document::new();
-            for (k, v) in d {
-                out.insert(k.clone(), inline_event(v, event));
+            Handler::Pipeline(stages) => {
+                let mut nodes: Vec<Node> = stages
+                    .iter()
+                    .map(|s| Node::from_pipeline_value(&Bson::Document(s.clone())))
+                    .collect();
+                nodes.push(Node::Document(vec![(
+                    "$set".into(),
+                    Node::Document(vec![(
+                        SEQUENCE_FIELD.into(),
+                        Node::Document(vec![("$literal".into(), Node::Sequence)]),
+                    )]),
+                )]));
+                Node::Array(nodes)
             }
-            Bson::Document(out)
+        };
+        Template {
+            update: update.folded(),
         }
-        Bson::Array(a) => Bson::Array(a.iter().map(|v| inline_event(v, event)).collect()),
-        other => other.clone(),
     }
 }
 
-/// The value at a dotted path of a document (no array traversal).
-pub(crate) fn lookup<'a>(doc: &'a Document, path: &str) -> Option<&'a Bson> {
-    let mut parts = path.split('.');
-    let mut cur = doc.get(parts.next()?)?;
-    for part in parts {
+impl Node {
+    /// A value of an operator handler: `"${path}"` strings refer to the event.
+    fn from_operator_arg(v: &Bson) -> Node {
+        match v {
+            Bson::String(s) => match placeholder(s) {
+                Some(path) => Node::Value(path.split('.').map(str::to_string).collect()),
+                None => Node::constant(v),
+            },
+            Bson::Document(d) => Node::Document(
+                d.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_operator_arg(v)))
+                    .collect(),
+            ),
+            Bson::Array(a) => Node::Array(a.iter().map(Node::from_operator_arg).collect()),
+            other => Node::constant(other),
+        }
+    }
+
+    /// A value of a pipeline handler: `"$$event"` and `"$$event.path"` refer to the event;
+    /// a `{$literal: ...}` document is left as written.
+    fn from_pipeline_value(v: &Bson) -> Node {
+        match v {
+            Bson::String(s) if s == "$$event" => Node::WholeEvent,
+            Bson::String(s) if s.starts_with("$$event.") => Node::Literal(
+                s["$$event.".len()..]
+                    .split('.')
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            Bson::Document(d) if d.contains_key("$literal") => Node::constant(v),
+            Bson::Document(d) => Node::Document(
+                d.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_pipeline_value(v)))
+                    .collect(),
+            ),
+            Bson::Array(a) => Node::Array(a.iter().map(Node::from_pipeline_value).collect()),
+            other => Node::constant(other),
+        }
+    }
+
+    fn constant(v: &Bson) -> Node {
+        // Every value of a parsed configuration is valid BSON.
+        Node::Const(RawBson::try_from(v.clone()).unwrap_or(RawBson::Null))
+    }
+
+    /// Documents and arrays whose parts are all constant become one encoded constant.
+    fn folded(self) -> Node {
+        match self {
+            Node::Document(fields) => {
+                let fields: Vec<(String, Node)> =
+                    fields.into_iter().map(|(k, n)| (k, n.folded())).collect();
+                if fields.iter().all(|(_, n)| matches!(n, Node::Const(_))) {
+                    let mut doc = RawDocumentBuf::new();
+                    for (k, n) in fields {
+                        if let Node::Const(v) = n {
+                            doc.append(k, v);
+                        }
+                    }
+                    Node::Const(RawBson::Document(doc))
+                } else {
+                    Node::Document(fields)
+                }
+            }
+            Node::Array(items) => {
+                let items: Vec<Node> = items.into_iter().map(Node::folded).collect();
+                if items.iter().all(|n| matches!(n, Node::Const(_))) {
+                    let mut array = RawArrayBuf::new();
+                    for n in items {
+                        if let Node::Const(v) = n {
+                            array.push(v);
+                        }
+                    }
+                    Node::Const(RawBson::Array(array))
+                } else {
+                    Node::Array(items)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// This node's value for one event.
+    fn render<'e>(&'e self, event: &'e Event) -> Result<Rendered<'e>, RenderError> {
+        Ok(match self {
+            Node::Const(v) => Rendered::Borrowed(v.as_raw_bson_ref()),
+            Node::Value(path) => {
+                Rendered::Borrowed(lookup(&event.document, path).ok_or_else(|| {
+                    RenderError(format!("the event has no field {}", path.join(".")))
+                })?)
+            }
+            Node::Literal(path) => match lookup(&event.document, path) {
+                Some(value) => {
+                    let mut literal = RawDocumentBuf::new();
+                    literal.append_ref("$literal", value);
+                    Rendered::Owned(RawBson::Document(literal))
+                }
+                None => Rendered::Borrowed(RawBsonRef::String("$$REMOVE")),
+            },
+            Node::WholeEvent => {
+                let mut literal = RawDocumentBuf::new();
+                literal.append_ref("$literal", RawBsonRef::Document(&event.document));
+                Rendered::Owned(RawBson::Document(literal))
+            }
+            Node::Sequence => Rendered::Borrowed(RawBsonRef::Int64(event.sequence)),
+            Node::Document(fields) => {
+                let mut doc = RawDocumentBuf::new();
+                for (key, node) in fields {
+                    node.render(event)?.append_to(&mut doc, key);
+                }
+                Rendered::Owned(RawBson::Document(doc))
+            }
+            Node::Array(items) => {
+                let mut array = RawArrayBuf::new();
+                for node in items {
+                    match node.render(event)? {
+                        Rendered::Borrowed(v) => array.push(v.to_raw_bson()),
+                        Rendered::Owned(v) => array.push(v),
+                    }
+                }
+                Rendered::Owned(RawBson::Array(array))
+            }
+        })
+    }
+}
+
+/// A rendered value: read from the template or the event in place, or built for this event.
+enum Rendered<'e> {
+    Borrowed(RawBsonRef<'e>),
+    Owned(RawBson),
+}
+
+impl Rendered<'_> {
+    fn append_to(self, doc: &mut RawDocumentBuf, key: &str) {
+        match self {
+            Rendered::Borrowed(v) => doc.append_ref(key, v),
+            Rendered::Owned(v) => doc.append(key, v),
+        }
+    }
+}
+
+/// One statement of an `update` command (`{q, u, upsert}`) applying `event` under the guard.
+pub(crate) fn guarded_statement(
+    event: &Event,
+    change: Change<'_>,
+) -> Result<RawDocumentBuf, RenderError> {
+    let seq = event.sequence;
+    let mut filter = RawDocumentBuf::new();
+    append_id(&mut filter, &event.aggregate_id);
+    if seq == 1 {
+        filter.append(SEQUENCE_FIELD, rawdoc! {"$exists": false});
+    } else {
+        filter.append(SEQUENCE_FIELD, seq - 1);
+    }
+    let mut statement = RawDocumentBuf::new();
+    statement.append("q", filter);
+    match change {
+        Change::AdvanceOnly => statement.append("u", rawdoc! {"$set": {SEQUENCE_FIELD: seq}}),
+        Change::Handler(template) => template
+            .update
+            .render(event)?
+            .append_to(&mut statement, "u"),
+    }
+    statement.append("upsert", seq == 1);
+    Ok(statement)
+}
+
+/// Appends an aggregate id (one of the types an event's id may have) as `_id`.
+fn append_id(doc: &mut RawDocumentBuf, id: &Bson) {
+    match id {
+        Bson::String(s) => doc.append_ref("_id", s.as_str()),
+        Bson::Int32(n) => doc.append("_id", *n),
+        Bson::Int64(n) => doc.append("_id", *n),
+        Bson::ObjectId(o) => doc.append("_id", *o),
+        Bson::Binary(b) => doc.append_ref(
+            "_id",
+            RawBinaryRef {
+                subtype: b.subtype,
+                bytes: &b.bytes,
+            },
+        ),
+        other => doc.append(
+            "_id",
+            RawBson::try_from(other.clone()).unwrap_or(RawBson::Null),
+        ),
+    }
+}
+
+/// The value at a dotted path of a document (no array traversal; array elements by index).
+fn lookup<'a>(doc: &'a RawDocument, path: &[String]) -> Option<RawBsonRef<'a>> {
+    let (first, rest) = path.split_first()?;
+    let mut cur = doc.get(first).ok()??;
+    for part in rest {
         cur = match cur {
-            Bson::Document(d) => d.get(part)?,
-            Bson::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            RawBsonRef::Document(d) => d.get(part).ok()??,
+            RawBsonRef::Array(a) => a.get(part.parse::<usize>().ok()?).ok()??,
             _ => return None,
         };
     }
@@ -142,23 +307,26 @@ pub(crate) fn lookup<'a>(doc: &'a Document, path: &str) -> Option<&'a Bson> {
 mod tests {
     use super::*;
 
+    use bson::{Document, doc};
+
     fn event(seq: i64, event_type: &str, data: Document) -> Event {
-        Event {
-            aggregate_id: Bson::String("acc-1".into()),
-            sequence: seq,
-            event_type: event_type.into(),
-            document: doc! {"aggregateId": "acc-1", "sequenceNumber": seq, "eventType": event_type, "data": data},
-        }
+        crate::model::event::decode_event(
+            &doc! {"aggregateId": "acc-1", "sequenceNumber": seq, "eventType": event_type, "data": data},
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    /// The statement for `event` under `handler`, as a document.
+    fn statement(event: &Event, handler: Handler) -> Result<Document, RenderError> {
+        let template = Template::compile(&handler);
+        guarded_statement(event, Change::Handler(&template)).map(|s| s.to_document().unwrap())
     }
 
     #[test]
     fn the_first_event_upserts_only_a_document_without_a_sequence() {
         let h = Handler::Operators(doc! {"$set": {"owner": "${data.owner}", "balance": 0i64}});
-        let s = guarded_statement(
-            &event(1, "AccountOpened", doc! {"owner": "ann"}),
-            &Change::Handler(h),
-        )
-        .unwrap();
+        let s = statement(&event(1, "AccountOpened", doc! {"owner": "ann"}), h).unwrap();
         assert_eq!(
             s,
             doc! {
@@ -172,11 +340,7 @@ mod tests {
     #[test]
     fn later_events_require_their_predecessor_and_never_upsert() {
         let h = Handler::Operators(doc! {"$inc": {"balance": "${data.amount}"}});
-        let s = guarded_statement(
-            &event(5, "Deposited", doc! {"amount": 7i64}),
-            &Change::Handler(h),
-        )
-        .unwrap();
+        let s = statement(&event(5, "Deposited", doc! {"amount": 7i64}), h).unwrap();
         assert_eq!(
             s,
             doc! {
@@ -192,11 +356,7 @@ mod tests {
         let h = Handler::Pipeline(vec![
             doc! {"$set": {"balance": {"$subtract": ["$balance", "$$event.data.amount"]}, "note": "$$event.data.missing"}},
         ]);
-        let s = guarded_statement(
-            &event(2, "Withdrawn", doc! {"amount": "$5"}),
-            &Change::Handler(h),
-        )
-        .unwrap();
+        let s = statement(&event(2, "Withdrawn", doc! {"amount": "$5"}), h).unwrap();
         let u = s.get_array("u").unwrap();
         assert_eq!(
             u[0],
@@ -213,14 +373,16 @@ mod tests {
     #[test]
     fn a_missing_placeholder_field_is_an_error_not_a_null() {
         let h = Handler::Operators(doc! {"$inc": {"balance": "${data.amount}"}});
-        let err =
-            guarded_statement(&event(2, "Deposited", doc! {}), &Change::Handler(h)).unwrap_err();
+        let err = statement(&event(2, "Deposited", doc! {}), h).unwrap_err();
         assert_eq!(err.0, "the event has no field data.amount");
     }
 
     #[test]
     fn skipped_event_types_only_advance_the_sequence() {
-        let s = guarded_statement(&event(3, "Audited", doc! {}), &Change::AdvanceOnly).unwrap();
+        let s = guarded_statement(&event(3, "Audited", doc! {}), Change::AdvanceOnly)
+            .unwrap()
+            .to_document()
+            .unwrap();
         assert_eq!(
             s.get_document("u").unwrap(),
             &doc! {"$set": {"lastSequenceNumber": 3i64}}

@@ -11,10 +11,11 @@ use crate::config::{ProjectionConfig, UnhandledPolicy};
 use crate::error::StoreError;
 use crate::model::event::{Event, Malformed, decode_event};
 use crate::model::partition::Worker;
-use crate::model::projection::{Change, SEQUENCE_FIELD, guarded_statement};
+use crate::model::projection::{Change, SEQUENCE_FIELD, Template, guarded_statement};
 use crate::ops::stats::ProjectionStats;
 use crate::store::park::{ParkReason, ParkedEvent, ParkedStore};
-use bson::{Bson, Document, doc};
+use bson::raw::RawArrayBuf;
+use bson::{Bson, Document, RawDocumentBuf, doc, rawdoc};
 use futures_util::TryStreamExt;
 use mongodb::{Collection, Database};
 use std::collections::{HashMap, HashSet};
@@ -66,18 +67,17 @@ impl ReadModel {
     }
 
     /// Runs one guarded statement for `event` and classifies the outcome.
-    pub async fn apply(&self, event: &Event, statement: &Document) -> Result<Outcome, StoreError> {
+    pub async fn apply(
+        &self,
+        event: &Event,
+        statement: &RawDocumentBuf,
+    ) -> Result<Outcome, StoreError> {
         // A concurrent writer could move the document between the update and the probe; the
         // probe then sees exactly `seq - 1` and the update is simply tried again.
         for _ in 0..3 {
             let reply = self
                 .db
-                .run_command(doc! {
-                    "update": &self.collection,
-                    "updates": [statement.clone()],
-                    "ordered": true,
-                    "writeConcern": {"w": "majority"},
-                })
+                .run_raw_command(self.update_command([statement.clone()]))
                 .await?;
             if let Ok(wce) = reply.get_document("writeConcernError") {
                 return Err(StoreError::WriteConcern(
@@ -129,6 +129,23 @@ impl ReadModel {
             "read model document {} kept changing under a guarded update",
             event.aggregate_id
         )))
+    }
+
+    /// An ordered `update` command of `statements`, with majority write concern, built as
+    /// BSON bytes: the statements are already encoded and are copied, not re-encoded.
+    fn update_command(
+        &self,
+        statements: impl IntoIterator<Item = RawDocumentBuf>,
+    ) -> RawDocumentBuf {
+        let mut updates = RawArrayBuf::new();
+        for statement in statements {
+            updates.push(statement);
+        }
+        let mut command = rawdoc! {"update": self.collection.as_str()};
+        command.append("updates", updates);
+        command.append("ordered", true);
+        command.append("writeConcern", rawdoc! {"w": "majority"});
+        command
     }
 
     /// The `lastSequenceNumber` stored for an aggregate (None: no document, or none recorded).
@@ -262,7 +279,7 @@ impl SequenceCache {
 #[derive(Default)]
 struct RoundPlan {
     send: Vec<(usize, Disposition)>,
-    statements: Vec<Document>,
+    statements: Vec<RawDocumentBuf>,
     slow: Vec<usize>,
 }
 
@@ -339,6 +356,8 @@ pub struct Applier {
     pub parked: ParkedStore,
     pub stats: Arc<ProjectionStats>,
     parked_watch: Arc<ParkedWatch>,
+    /// The handlers, compiled once, by event type.
+    templates: Arc<HashMap<String, Template>>,
 }
 
 /// Whether this projection may have parked events waiting for a predecessor: when it has none,
@@ -377,12 +396,20 @@ impl Applier {
             config,
             stats,
             parked_watch: Arc::new(ParkedWatch::new()),
+            templates: Arc::new(
+                worker
+                    .projection
+                    .handlers
+                    .iter()
+                    .map(|(event_type, h)| (event_type.clone(), Template::compile(h)))
+                    .collect(),
+            ),
         }
     }
 
-    fn change_for(&self, event: &Event) -> Option<Change> {
-        match self.config.handlers.get(&event.event_type) {
-            Some(h) => Some(Change::Handler(h.clone())),
+    fn change_for(&self, event: &Event) -> Option<Change<'_>> {
+        match self.templates.get(&event.event_type) {
+            Some(template) => Some(Change::Handler(template)),
             None => match self.config.unhandled {
                 UnhandledPolicy::Skip => Some(Change::AdvanceOnly),
                 UnhandledPolicy::Park => None,
@@ -562,7 +589,7 @@ impl Applier {
                         } else {
                             Disposition::Applied
                         };
-                        guarded_statement(event, &change).ok().map(|s| (kind, s))
+                        guarded_statement(event, change).ok().map(|s| (kind, s))
                     });
                 match link {
                     Some((kind, statement)) => {
@@ -588,18 +615,13 @@ impl Applier {
         &self,
         items: &[BatchItem],
         send: &[(usize, Disposition)],
-        statements: Vec<Document>,
+        statements: Vec<RawDocumentBuf>,
     ) -> Result<Vec<Written>, StoreError> {
         let started = std::time::Instant::now();
         let reply = self
             .read_model
             .db
-            .run_command(doc! {
-                "update": &self.read_model.collection,
-                "updates": statements,
-                "ordered": true,
-                "writeConcern": {"w": "majority"},
-            })
+            .run_raw_command(self.read_model.update_command(statements))
             .await?;
         self.stats.apply_seconds.observe(started.elapsed());
         if let Ok(wce) = reply.get_document("writeConcernError") {
@@ -694,7 +716,7 @@ impl Applier {
             .await?;
             return Ok(Ok(Disposition::Parked));
         };
-        let statement = match guarded_statement(event, &change) {
+        let statement = match guarded_statement(event, change) {
             Ok(s) => s,
             Err(e) => {
                 self.dead_letter(event, ParkReason::HandlerError, e.0)
@@ -893,7 +915,7 @@ impl Applier {
             }
         };
         let statement =
-            guarded_statement(&event, &Change::AdvanceOnly).map_err(|e| StoreError::Reply(e.0))?;
+            guarded_statement(&event, Change::AdvanceOnly).map_err(|e| StoreError::Reply(e.0))?;
         match self.read_model.apply(&event, &statement).await? {
             Outcome::Applied | Outcome::Duplicate { .. } => {
                 self.parked.remove_entry(&parked.id).await?;

@@ -5,11 +5,11 @@
 //! watermark says up to which aggregate everything is applied (where a rebuild resumes).
 
 use crate::error::StoreError;
-use crate::model::event::decode_event;
+use crate::model::event::decode_raw_event;
 use crate::model::partition::Worker;
 use crate::pipeline::apply::Applier;
 use crate::pipeline::dispatcher::Dispatcher;
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, RawDocumentBuf, doc};
 use futures_util::TryStreamExt;
 use mongodb::{Collection, Cursor, Database};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,8 @@ const SCAN_BATCH: u32 = 1000;
 
 /// A worker's share of the event collection, in fold order.
 pub(crate) struct Scan {
-    events: Collection<Document>,
+    /// Read as BSON bytes: an event's fields are read in place, without a document tree.
+    events: Collection<RawDocumentBuf>,
     filter: Document,
     sort: Document,
     aggregate_field: String,
@@ -27,7 +28,7 @@ pub(crate) struct Scan {
 
 /// An open scan.
 pub(crate) struct ScanCursor {
-    cursor: Cursor<Document>,
+    cursor: Cursor<RawDocumentBuf>,
     /// Documents read so far.
     pub scanned: u64,
     /// Set once every document was read.
@@ -42,7 +43,7 @@ impl Scan {
         let mut filter = p.filter.clone().unwrap_or_default();
         worker.restrict(&mut filter, &f.aggregate_id);
         Scan {
-            events: crate::store::majority_collection(db, &p.events),
+            events: crate::store::majority_collection(db, &p.events).clone_with_type(),
             filter,
             sort: doc! {&f.aggregate_id: 1, &f.sequence_number: 1},
             aggregate_field: f.aggregate_id.clone(),
@@ -93,7 +94,7 @@ impl ScanCursor {
             };
             read += 1;
             self.scanned += 1;
-            match decode_event(&doc, fields) {
+            match decode_raw_event(&doc, fields) {
                 Ok(event) => {
                     let ticket = dispatcher.issue(event.aggregate_id.clone());
                     dispatcher.route(ticket, event).await?;

@@ -154,7 +154,8 @@ impl ParkedStore {
             "aggregateId": event.aggregate_id.clone(),
             "sequenceNumber": event.sequence,
             "eventType": &event.event_type,
-            "event": event.document.clone(),
+            // Parking is the rare path: the event is stored as a document operators can read.
+            "event": event.document.to_document().unwrap_or_default(),
         }
     }
 

@@ -27,7 +27,7 @@
 use crate::config::{Config, Handler, ProjectionConfig, redact_uri};
 use crate::model::event::Event;
 use crate::model::partition::Partition;
-use crate::model::projection::{Change, guarded_statement};
+use crate::model::projection::{Change, Template, guarded_statement};
 use crate::pipeline::apply::{Outcome, ReadModel};
 use crate::store::checkpoint::CheckpointStore;
 use bson::oid::ObjectId;
@@ -781,7 +781,7 @@ fn probe_event(sequence: i64) -> Event {
         aggregate_id: Bson::String("doctor-probe".into()),
         sequence,
         event_type: "Probed".into(),
-        document: doc! {
+        document: bson::rawdoc! {
             "aggregateId": "doctor-probe",
             "sequenceNumber": sequence,
             "eventType": "Probed",
@@ -794,9 +794,10 @@ fn probe_event(sequence: i64) -> Event {
 /// document, event 1 again is a duplicate, event 3 is a gap.
 async fn guarded_upsert(db: &Database, scratch: &str) -> Probe<String> {
     let model = ReadModel::new(db.clone(), scratch);
-    let change = Change::Handler(Handler::Operators(
+    let template = Template::compile(&Handler::Operators(
         doc! {"$inc": {"balance": "${data.amount}"}},
     ));
+    let change = Change::Handler(&template);
     let steps = [
         (1, Outcome::Applied),
         (1, Outcome::Duplicate { stored: 1 }),
@@ -804,7 +805,7 @@ async fn guarded_upsert(db: &Database, scratch: &str) -> Probe<String> {
     ];
     for (seq, expected) in steps {
         let event = probe_event(seq);
-        let statement = guarded_statement(&event, &change).map_err(|e| e.to_string())?;
+        let statement = guarded_statement(&event, change).map_err(|e| e.to_string())?;
         let got = model.apply(&event, &statement).await?;
         if got != expected {
             return Err(format!("event {seq} gave {got:?} where mongod gives {expected:?}").into());
@@ -820,15 +821,16 @@ async fn pipeline_update(db: &Database, scratch: &str) -> Probe<()> {
     let id = "doctor-pipeline";
     let mut first = probe_event(1);
     first.aggregate_id = Bson::String(id.into());
-    let statement = guarded_statement(&first, &Change::AdvanceOnly).map_err(|e| e.to_string())?;
+    let statement = guarded_statement(&first, Change::AdvanceOnly).map_err(|e| e.to_string())?;
     model.apply(&first, &statement).await?;
     let mut event = probe_event(2);
     event.aggregate_id = Bson::String(id.into());
-    let change = Change::Handler(Handler::Pipeline(vec![doc! {"$set": {
+    let template = Template::compile(&Handler::Pipeline(vec![doc! {"$set": {
         "checkedAt": "$$NOW",
         "amount": "$$event.data.amount",
     }}]));
-    let statement = guarded_statement(&event, &change).map_err(|e| e.to_string())?;
+    let change = Change::Handler(&template);
+    let statement = guarded_statement(&event, change).map_err(|e| e.to_string())?;
     let got = model.apply(&event, &statement).await?;
     if got != Outcome::Applied {
         return Err(format!("the pipeline update gave {got:?}").into());
