@@ -11,9 +11,9 @@ use crate::expr::calendar::{
     unrecognized_zone, validate_date_format,
 };
 use crate::expr::common::{boxed, is_nullish, loc, object_arg, show, show_obj};
-use crate::expr::number::Num;
+use crate::expr::number::as_int64;
 use crate::expr::{Cx, Expr, Node, is_const, opt_const};
-use bson::Bson;
+use bson::{Bson, Document};
 use std::collections::HashMap;
 
 pub(crate) const DATE_PART_OPS: &[&str] = &[
@@ -178,18 +178,11 @@ pub(crate) fn parse_date_part(op: &str, arg: &Bson) -> Result<Node> {
     }))
 }
 
-const DATE_FROM_PARTS_FIELDS: &[&str] = &[
-    "year",
-    "month",
-    "day",
-    "hour",
-    "minute",
-    "second",
-    "millisecond",
-    "isoWeekYear",
-    "isoWeek",
-    "isoDayOfWeek",
-];
+/// The parts `$dateFromParts` takes: the time of day, evaluated first, then the date as a
+/// calendar date or as an ISO week date.
+const TIME_PARTS: [&str; 4] = ["hour", "minute", "second", "millisecond"];
+const CALENDAR_PARTS: [&str; 3] = ["year", "month", "day"];
+const ISO_WEEK_PARTS: [&str; 3] = ["isoWeekYear", "isoWeek", "isoDayOfWeek"];
 
 pub(crate) fn parse_date_from_parts(arg: &Bson) -> Result<Node> {
     let Bson::Document(d) = arg else {
@@ -205,7 +198,11 @@ pub(crate) fn parse_date_from_parts(arg: &Bson) -> Result<Node> {
             timezone = Some(boxed(Expr::parse(v)?));
             continue;
         }
-        let Some(name) = DATE_FROM_PARTS_FIELDS.iter().copied().find(|f| f == k) else {
+        let known = TIME_PARTS
+            .iter()
+            .chain(&CALENDAR_PARTS)
+            .chain(&ISO_WEEK_PARTS);
+        let Some(name) = known.copied().find(|f| f == k) else {
             return Err(loc(
                 40518,
                 format!("Unrecognized argument to $dateFromParts: {k}"),
@@ -235,29 +232,9 @@ pub(crate) fn parse_date_from_parts(arg: &Bson) -> Result<Node> {
     }
     let iso = has("isoWeekYear");
     // Evaluation order: time parts first, then the date parts.
-    let order: &[&str] = if iso {
-        &[
-            "hour",
-            "minute",
-            "second",
-            "millisecond",
-            "isoWeekYear",
-            "isoWeek",
-            "isoDayOfWeek",
-        ]
-    } else {
-        &[
-            "hour",
-            "minute",
-            "second",
-            "millisecond",
-            "year",
-            "month",
-            "day",
-        ]
-    };
+    let date_parts = if iso { ISO_WEEK_PARTS } else { CALENDAR_PARTS };
     let mut parts = Vec::new();
-    for name in order {
+    for name in TIME_PARTS.iter().chain(&date_parts) {
         if let Some(pos) = given.iter().position(|(n, _)| n == name) {
             parts.push(given.remove(pos));
         }
@@ -429,9 +406,18 @@ pub(crate) fn parse_date_arith(op: &str, arg: &Bson) -> Result<Node> {
     }))
 }
 
+/// An offset in minutes, or the name of a zone-database zone this server cannot place a
+/// date in (which fails only once a date has to be placed in it).
+type Zone = std::result::Result<i32, String>;
+
+/// A sub-expression's value, unless it is nullish.
+fn present(cx: &Cx, e: &Expr) -> Result<Option<Bson>> {
+    Ok(cx.eval(e)?.filter(|v| !is_nullish(Some(v))))
+}
+
 /// makeTimeZone: `None` when the timezone is nullish (the result is then null);
 /// `Some(Err(name))` for a zone-database name this server cannot resolve.
-fn eval_zone(cx: &Cx, timezone: Option<&Expr>) -> Result<Option<std::result::Result<i32, String>>> {
+fn eval_zone(cx: &Cx, timezone: Option<&Expr>) -> Result<Option<Zone>> {
     let Some(t) = timezone else {
         return Ok(Some(Ok(0)));
     };
@@ -586,31 +572,18 @@ impl DateArith {
             timezone,
         } = self;
         let null = Ok(Some(Bson::Null));
-        let Some(start) = cx.eval(start)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(start) = present(cx, start)? else {
             return null;
         };
-        let Some(unit) = cx.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(unit) = present(cx, unit)? else {
             return null;
         };
-        let Some(amount) = cx.eval(amount)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(amount) = present(cx, amount)? else {
             return null;
         };
         // An unresolvable zone-database name fails only once the date is computed.
-        let offset = match timezone {
-            None => Ok(0),
-            Some(t) => match cx.eval(t)? {
-                None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
-                Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
-                Some(other) => {
-                    return Err(loc(
-                        40517,
-                        format!(
-                            "timezone must evaluate to a string, found {}",
-                            type_name(&other)
-                        ),
-                    ));
-                }
-            },
+        let Some(offset) = eval_zone(cx, timezone.as_deref())? else {
+            return null;
         };
         let start = coerce_to_date(&start).map_err(|_| {
             loc(
@@ -625,20 +598,11 @@ impl DateArith {
             ));
         };
         let unit = TimeUnit::parse(&unit)?;
-        let amount = match Num::of(&amount)? {
-            Some(Num::Int(i)) => i as i64,
-            Some(Num::Long(i)) => i,
-            Some(Num::Double(d))
-                if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
-            {
-                d as i64
-            }
-            _ => {
-                return Err(loc(
-                    5166405,
-                    format!("{op} expects integer amount of time units"),
-                ));
-            }
+        let Some(amount) = as_int64(&amount)? else {
+            return Err(loc(
+                5166405,
+                format!("{op} expects integer amount of time units"),
+            ));
         };
         let amount = if *op == "$dateSubtract" {
             amount.checked_neg().ok_or_else(|| {
@@ -667,98 +631,11 @@ impl DateFromParts {
     /// ExpressionDateFromParts::evaluate: out-of-range parts roll over (month 13 is January of
     /// the next year) as timelib does.
     pub(crate) fn eval(&self, cx: &Cx) -> Result<Option<Bson>> {
-        let DateFromParts {
-            parts,
-            iso,
-            timezone,
-        } = self;
-        let (iso, timezone) = (*iso, timezone.as_deref());
-        let mut values: HashMap<&str, i64> = HashMap::new();
-        let mut timezone_done = false;
-        let mut offset = Ok(0);
-        for (name, e) in parts {
-            // The time zone is evaluated between the time parts and the date parts.
-            if !timezone_done && matches!(*name, "year" | "isoWeekYear") {
-                timezone_done = true;
-                match eval_zone(cx, timezone)? {
-                    Some(z) => offset = z,
-                    None => return Ok(Some(Bson::Null)),
-                }
-            }
-            let v = cx.eval(e)?;
-            if is_nullish(v.as_ref()) {
-                return Ok(Some(Bson::Null));
-            }
-            let v = v.unwrap_or(Bson::Null);
-            let n = match Num::of(&v)? {
-                Some(Num::Int(i)) => Some(i as i64),
-                Some(Num::Long(i)) => Some(i),
-                Some(Num::Double(d))
-                    if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
-                {
-                    Some(d as i64)
-                }
-                _ => None,
-            };
-            let Some(n) = n else {
-                return Err(loc(
-                    40515,
-                    format!(
-                        "'{name}' must evaluate to an integer, found {} with value {}",
-                        type_name(&v),
-                        show(&v)
-                    ),
-                ));
-            };
-            let bounded = matches!(
-                *name,
-                "month" | "day" | "hour" | "minute" | "isoWeek" | "isoDayOfWeek"
-            );
-            if bounded && !(-32768..=32767).contains(&n) {
-                return Err(loc(
-                    31034,
-                    format!(
-                        "'{name}' must evaluate to a value in the range [-32768, 32767]; value {n} is not in range"
-                    ),
-                ));
-            }
-            values.insert(name, n);
-        }
-        if !timezone_done {
-            match eval_zone(cx, timezone)? {
-                Some(z) => offset = z,
-                None => return Ok(Some(Bson::Null)),
-            }
-        }
-        let get = |n: &str, default: i64| values.get(n).copied().unwrap_or(default);
-        let days = if iso {
-            let year = get("isoWeekYear", 1970);
-            if !(1..=9999).contains(&year) {
-                return Err(loc(
-                    31095,
-                    format!(
-                        "'isoWeekYear' must evaluate to an integer in the range 1 to 9999, found {year}"
-                    ),
-                ));
-            }
-            // Monday of ISO week 1 is the Monday on or before January 4th.
-            let jan4 = days_from_civil(year, 1, 4);
-            let jan4_iso_wday = (jan4 + 3).rem_euclid(7) + 1;
-            jan4 - (jan4_iso_wday - 1) + (get("isoWeek", 1) - 1) * 7 + (get("isoDayOfWeek", 1) - 1)
-        } else {
-            let year = get("year", 1970);
-            if !(1..=9999).contains(&year) {
-                return Err(loc(
-                    40523,
-                    format!(
-                        "'year' must evaluate to an integer in the range 1 to 9999, found {year}"
-                    ),
-                ));
-            }
-            let months = year * 12 + get("month", 1) - 1;
-            let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
-            days_from_civil(y, m, 1) + get("day", 1) - 1
+        let Some((values, offset)) = self.eval_parts(cx)? else {
+            return Ok(Some(Bson::Null));
         };
+        let get = |n: &str, default: i64| values.get(n).copied().unwrap_or(default);
+        let days = days_of_parts(self.iso, &get)?;
         let offset = offset.map_err(|name| unrecognized_zone(&name))?;
         let ms = days
             .checked_mul(MS_PER_DAY)
@@ -771,9 +648,97 @@ impl DateFromParts {
         Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms))))
     }
 
+    /// The parts' values and the time zone, evaluated in mongod's order: the time zone
+    /// between the time parts and the date parts. `None` when one of them is nullish.
+    fn eval_parts(&self, cx: &Cx) -> Result<Option<(HashMap<&'static str, i64>, Zone)>> {
+        let timezone = self.timezone.as_deref();
+        let mut values = HashMap::new();
+        let mut offset = None;
+        for (name, e) in &self.parts {
+            if offset.is_none() && matches!(*name, "year" | "isoWeekYear") {
+                match eval_zone(cx, timezone)? {
+                    Some(z) => offset = Some(z),
+                    None => return Ok(None),
+                }
+            }
+            let v = cx.eval(e)?;
+            if is_nullish(v.as_ref()) {
+                return Ok(None);
+            }
+            values.insert(*name, part_value(name, &v.unwrap_or(Bson::Null))?);
+        }
+        let offset = match offset {
+            Some(z) => z,
+            None => match eval_zone(cx, timezone)? {
+                Some(z) => z,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some((values, offset)))
+    }
+
     pub(crate) fn is_foldable(&self) -> bool {
         self.parts.iter().all(|(_, e)| is_const(e)) && opt_const(&self.timezone)
     }
+}
+
+/// One part of `$dateFromParts`: an integer, within 16 bits for all but the years and the
+/// second and millisecond counts.
+fn part_value(name: &str, v: &Bson) -> Result<i64> {
+    let Some(n) = as_int64(v)? else {
+        return Err(loc(
+            40515,
+            format!(
+                "'{name}' must evaluate to an integer, found {} with value {}",
+                type_name(v),
+                show(v)
+            ),
+        ));
+    };
+    let bounded = matches!(
+        name,
+        "month" | "day" | "hour" | "minute" | "isoWeek" | "isoDayOfWeek"
+    );
+    if bounded && !(-32768..=32767).contains(&n) {
+        return Err(loc(
+            31034,
+            format!(
+                "'{name}' must evaluate to a value in the range [-32768, 32767]; value {n} is not in range"
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// Days since the epoch of the date `$dateFromParts` names by its ISO or calendar parts
+/// (`get` gives a part's value or its default).
+fn days_of_parts(iso: bool, get: &dyn Fn(&str, i64) -> i64) -> Result<i64> {
+    Ok(if iso {
+        let year = get("isoWeekYear", 1970);
+        if !(1..=9999).contains(&year) {
+            return Err(loc(
+                31095,
+                format!(
+                    "'isoWeekYear' must evaluate to an integer in the range 1 to 9999, found {year}"
+                ),
+            ));
+        }
+        // Monday of ISO week 1 is the Monday on or before January 4th.
+        let jan4 = days_from_civil(year, 1, 4);
+        let jan4_iso_wday = (jan4 + 3).rem_euclid(7) + 1;
+        jan4 - (jan4_iso_wday - 1) + (get("isoWeek", 1) - 1) * 7 + (get("isoDayOfWeek", 1) - 1)
+    } else {
+        let year = get("year", 1970);
+        if !(1..=9999).contains(&year) {
+            return Err(loc(
+                40523,
+                format!("'year' must evaluate to an integer in the range 1 to 9999, found {year}"),
+            ));
+        }
+        let months = year * 12 + get("month", 1) - 1;
+        let (y, m) = (months.div_euclid(12), months.rem_euclid(12) + 1);
+        days_from_civil(y, m, 1) + get("day", 1) - 1
+    })
 }
 
 impl DateToParts {
@@ -785,23 +750,8 @@ impl DateToParts {
             iso8601,
         } = self;
         let date = cx.eval(date)?;
-        let offset = match timezone {
-            None => Ok(0),
-            Some(t) => match cx.eval(t)? {
-                None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                    return Ok(Some(Bson::Null));
-                }
-                Some(Bson::String(s)) => resolve_timezone(&s)?.ok_or(s),
-                Some(other) => {
-                    return Err(loc(
-                        40517,
-                        format!(
-                            "timezone must evaluate to a string, found {}",
-                            type_name(&other)
-                        ),
-                    ));
-                }
-            },
+        let Some(offset) = eval_zone(cx, timezone.as_deref())? else {
+            return Ok(Some(Bson::Null));
         };
         let iso = match iso8601 {
             None => false,
@@ -826,34 +776,40 @@ impl DateToParts {
         };
         let ms = coerce_to_date(&date)?;
         let offset = offset.map_err(|name| unrecognized_zone(&name))?;
-        let p = DateParts::new(ms, offset);
-        let int = |v: i64| Bson::Int32(v as i32);
-        let parts = if iso {
-            bson::doc! {
-                "isoWeekYear": int(p.iso_year),
-                "isoWeek": int(p.iso_week),
-                "isoDayOfWeek": int(p.iso_wday),
-                "hour": int(p.hour),
-                "minute": int(p.minute),
-                "second": int(p.second),
-                "millisecond": int(p.milli),
-            }
-        } else {
-            bson::doc! {
-                "year": int(p.year),
-                "month": int(p.month),
-                "day": int(p.day),
-                "hour": int(p.hour),
-                "minute": int(p.minute),
-                "second": int(p.second),
-                "millisecond": int(p.milli),
-            }
-        };
-        Ok(Some(Bson::Document(parts)))
+        Ok(Some(Bson::Document(parts_document(
+            &DateParts::new(ms, offset),
+            iso,
+        ))))
     }
 
     pub(crate) fn is_foldable(&self) -> bool {
         is_const(&self.date) && opt_const(&self.timezone) && opt_const(&self.iso8601)
+    }
+}
+
+/// `$dateToParts`' result: ISO week-date or calendar parts, then the time of day.
+fn parts_document(p: &DateParts, iso: bool) -> Document {
+    let int = |v: i64| Bson::Int32(v as i32);
+    if iso {
+        bson::doc! {
+            "isoWeekYear": int(p.iso_year),
+            "isoWeek": int(p.iso_week),
+            "isoDayOfWeek": int(p.iso_wday),
+            "hour": int(p.hour),
+            "minute": int(p.minute),
+            "second": int(p.second),
+            "millisecond": int(p.milli),
+        }
+    } else {
+        bson::doc! {
+            "year": int(p.year),
+            "month": int(p.month),
+            "day": int(p.day),
+            "hour": int(p.hour),
+            "minute": int(p.minute),
+            "second": int(p.second),
+            "millisecond": int(p.milli),
+        }
     }
 }
 
@@ -867,32 +823,24 @@ impl DateTrunc {
             start_of_week,
         } = self;
         let null = Ok(Some(Bson::Null));
-        let Some(date) = cx.eval(date)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(date) = present(cx, date)? else {
             return null;
         };
-        let Some(unit) = cx.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(unit) = present(cx, unit)? else {
             return null;
         };
         let bin_size = match bin_size {
-            Some(b) => match cx.eval(b)?.filter(|v| !is_nullish(Some(v))) {
+            Some(b) => match present(cx, b)? {
                 Some(v) => Some(v),
                 None => return null,
             },
             None => None,
         };
-        let is_week = matches!(&unit, Bson::String(u) if u == "week");
-        let week_start = match start_of_week {
-            Some(e) if is_week => match cx.eval(e)?.filter(|v| !is_nullish(Some(v))) {
-                Some(v) => Some(v),
-                None => return null,
-            },
-            _ => None,
+        let Some((week_start, offset)) =
+            week_and_zone(cx, "$dateTrunc", &unit, start_of_week, timezone)?
+        else {
+            return null;
         };
-        let offset =
-            match eval_zone(cx, timezone.as_deref()).map_err(|e| zone_context("$dateTrunc", e))? {
-                Some(z) => z,
-                None => return null,
-            };
         let ms = coerce_to_date(&date).map_err(|_| {
             loc(
                 5439012,
@@ -902,61 +850,12 @@ impl DateTrunc {
                 ),
             )
         })?;
-        let Bson::String(unit) = unit else {
-            return Err(loc(
-                5439013,
-                format!(
-                    "$dateTrunc requires 'unit' to be a string, but got {}",
-                    type_name(&unit)
-                ),
-            ));
-        };
-        let unit = TimeUnit::parse(&unit).map_err(|_| {
-            loc(
-                5439014,
-                format!(
-                    "$dateTrunc parameter 'unit' value cannot be recognized as a time unit: {unit}"
-                ),
-            )
-        })?;
+        let unit = unit_arg("$dateTrunc", unit)?;
         let bin = match bin_size {
             None => 1,
-            Some(v) => {
-                let n = match Num::of(&v)? {
-                    Some(Num::Int(i)) => Some(i as i64),
-                    Some(Num::Long(i)) => Some(i),
-                    Some(Num::Double(d))
-                        if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
-                    {
-                        Some(d as i64)
-                    }
-                    _ => None,
-                };
-                let Some(n) = n else {
-                    return Err(loc(
-                        5439017,
-                        format!(
-                            "$dateTrunc requires 'binSize' to be a 64-bit integer, but got value '{}' of type {}",
-                            show(&v),
-                            type_name(&v)
-                        ),
-                    ));
-                };
-                if n <= 0 {
-                    return Err(loc(
-                        5439018,
-                        format!(
-                            "$dateTrunc requires 'binSize' to be greater than 0, but got value {n}"
-                        ),
-                    ));
-                }
-                n
-            }
+            Some(v) => bin_size_arg(&v)?,
         };
-        let week_start = match week_start {
-            None => 0,
-            Some(v) => day_of_week_index("$dateTrunc", &v)?,
-        };
+        let week_start = week_start_index("$dateTrunc", week_start)?;
         let offset = offset.map_err(|name| unrecognized_zone(&name))?;
         let out = truncate_date(ms, unit, bin, offset, week_start)?;
         Ok(Some(Bson::DateTime(bson::DateTime::from_millis(out))))
@@ -971,6 +870,27 @@ impl DateTrunc {
     }
 }
 
+/// `binSize` of `$dateTrunc`: a positive 64-bit integer.
+fn bin_size_arg(v: &Bson) -> Result<i64> {
+    let Some(n) = as_int64(v)? else {
+        return Err(loc(
+            5439017,
+            format!(
+                "$dateTrunc requires 'binSize' to be a 64-bit integer, but got value '{}' of type {}",
+                show(v),
+                type_name(v)
+            ),
+        ));
+    };
+    if n <= 0 {
+        return Err(loc(
+            5439018,
+            format!("$dateTrunc requires 'binSize' to be greater than 0, but got value {n}"),
+        ));
+    }
+    Ok(n)
+}
+
 impl DateDiff {
     pub(crate) fn eval(&self, cx: &Cx) -> Result<Option<Bson>> {
         let DateDiff {
@@ -981,28 +901,20 @@ impl DateDiff {
             start_of_week,
         } = self;
         let null = Ok(Some(Bson::Null));
-        let Some(start) = cx.eval(start)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(start) = present(cx, start)? else {
             return null;
         };
-        let Some(end) = cx.eval(end)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(end) = present(cx, end)? else {
             return null;
         };
-        let Some(unit) = cx.eval(unit)?.filter(|v| !is_nullish(Some(v))) else {
+        let Some(unit) = present(cx, unit)? else {
             return null;
         };
-        let is_week = matches!(&unit, Bson::String(u) if u == "week");
-        let week_start = match start_of_week {
-            Some(e) if is_week => match cx.eval(e)? {
-                None | Some(Bson::Null) | Some(Bson::Undefined) => return null,
-                Some(v) => Some(v),
-            },
-            _ => None,
+        let Some((week_start, offset)) =
+            week_and_zone(cx, "$dateDiff", &unit, start_of_week, timezone)?
+        else {
+            return null;
         };
-        let offset =
-            match eval_zone(cx, timezone.as_deref()).map_err(|e| zone_context("$dateDiff", e))? {
-                Some(z) => z,
-                None => return null,
-            };
         let as_date = |v: &Bson, what: &str| {
             coerce_to_date(v).map_err(|_| {
                 loc(
@@ -1015,27 +927,8 @@ impl DateDiff {
             })
         };
         let (start, end) = (as_date(&start, "startDate")?, as_date(&end, "endDate")?);
-        let Bson::String(unit) = unit else {
-            return Err(loc(
-                5439013,
-                format!(
-                    "$dateDiff requires 'unit' to be a string, but got {}",
-                    type_name(&unit)
-                ),
-            ));
-        };
-        let unit = TimeUnit::parse(&unit).map_err(|_| {
-            loc(
-                5439014,
-                format!(
-                    "$dateDiff parameter 'unit' value cannot be recognized as a time unit: {unit}"
-                ),
-            )
-        })?;
-        let week_start = match week_start {
-            None => 0,
-            Some(v) => day_of_week_index("$dateDiff", &v)?,
-        };
+        let unit = unit_arg("$dateDiff", unit)?;
+        let week_start = week_start_index("$dateDiff", week_start)?;
         let offset = offset.map_err(|name| unrecognized_zone(&name))?;
         Ok(Some(Bson::Int64(date_diff(
             start, end, unit, offset, week_start,
@@ -1048,6 +941,56 @@ impl DateDiff {
             && is_const(&self.unit)
             && opt_const(&self.timezone)
             && opt_const(&self.start_of_week)
+    }
+}
+
+/// `startOfWeek` (read only for the unit "week") and `timezone` of `$dateTrunc` and
+/// `$dateDiff`, in mongod's order; `None` when either is nullish (the result is then null).
+fn week_and_zone(
+    cx: &Cx,
+    op: &str,
+    unit: &Bson,
+    start_of_week: &Option<Box<Expr>>,
+    timezone: &Option<Box<Expr>>,
+) -> Result<Option<(Option<Bson>, Zone)>> {
+    let is_week = matches!(unit, Bson::String(u) if u == "week");
+    let week_start = match start_of_week {
+        Some(e) if is_week => match present(cx, e)? {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        _ => None,
+    };
+    let Some(zone) = eval_zone(cx, timezone.as_deref()).map_err(|e| zone_context(op, e))? else {
+        return Ok(None);
+    };
+    Ok(Some((week_start, zone)))
+}
+
+/// The `unit` of `$dateTrunc` and `$dateDiff`.
+fn unit_arg(op: &str, unit: Bson) -> Result<TimeUnit> {
+    let Bson::String(unit) = unit else {
+        return Err(loc(
+            5439013,
+            format!(
+                "{op} requires 'unit' to be a string, but got {}",
+                type_name(&unit)
+            ),
+        ));
+    };
+    TimeUnit::parse(&unit).map_err(|_| {
+        loc(
+            5439014,
+            format!("{op} parameter 'unit' value cannot be recognized as a time unit: {unit}"),
+        )
+    })
+}
+
+/// A `startOfWeek` as a day index (0 = Sunday); Sunday when there is none.
+fn week_start_index(op: &str, week_start: Option<Bson>) -> Result<i64> {
+    match week_start {
+        None => Ok(0),
+        Some(v) => day_of_week_index(op, &v),
     }
 }
 

@@ -59,6 +59,21 @@ pub(crate) fn as_int32(v: &Bson) -> Result<Option<i64>> {
     })
 }
 
+/// A number with an integral value that fits a long (a double such as `2.0` included); the
+/// date operators take their counts and parts this way.
+pub(crate) fn as_int64(v: &Bson) -> Result<Option<i64>> {
+    Ok(match Num::of(v)? {
+        Some(Num::Int(i)) => Some(i as i64),
+        Some(Num::Long(i)) => Some(i),
+        Some(Num::Double(d))
+            if d.fract() == 0.0 && d >= i64::MIN as f64 && d < 9.223372036854776e18 =>
+        {
+            Some(d as i64)
+        }
+        _ => None,
+    })
+}
+
 /// An integer result: int when every input was int and it fits, long otherwise.
 pub(crate) fn narrow(v: i64, any_long: bool) -> Bson {
     match i32::try_from(v) {
