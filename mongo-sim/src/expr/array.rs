@@ -252,25 +252,17 @@ fn eval_slice(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
             ),
         ));
     };
-    let arg2 = arg2.unwrap_or(Bson::Null);
-    let Some(n2) = Num::of(&arg2)? else {
-        return Err(loc(
+    let n2 = slice_int(
+        &arg2.unwrap_or(Bson::Null),
+        (
             28725,
-            format!(
-                "Second argument to $slice must be a numeric value, but is of type: {}",
-                type_name(&arg2)
-            ),
-        ));
-    };
-    let Some(n2) = as_int32(&arg2)? else {
-        return Err(loc(
+            "Second argument to $slice must be a numeric value, but is of type: ",
+        ),
+        (
             28726,
-            format!(
-                "Second argument to $slice can't be represented as a 32-bit integer: {}",
-                format_double(n2.f64())
-            ),
-        ));
-    };
+            "Second argument to $slice can't be represented as a 32-bit integer: ",
+        ),
+    )?;
     let len = items.len() as i64;
     let (start, end) = if !has_position {
         if n2 >= 0 {
@@ -287,25 +279,17 @@ fn eval_slice(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
         if is_nullish(count.as_ref()) {
             return Ok(Some(Bson::Null));
         }
-        let count = count.unwrap_or(Bson::Null);
-        let Some(c) = Num::of(&count)? else {
-            return Err(loc(
+        let c = slice_int(
+            &count.unwrap_or(Bson::Null),
+            (
                 28727,
-                format!(
-                    "Third argument to $slice must be numeric, but is of type: {}",
-                    type_name(&count)
-                ),
-            ));
-        };
-        let Some(c) = as_int32(&count)? else {
-            return Err(loc(
+                "Third argument to $slice must be numeric, but is of type: ",
+            ),
+            (
                 28728,
-                format!(
-                    "Third argument to $slice can't be represented as a 32-bit integer: {}",
-                    format_double(c.f64())
-                ),
-            ));
-        };
+                "Third argument to $slice can't be represented as a 32-bit integer: ",
+            ),
+        )?;
         if c <= 0 {
             return Err(loc(
                 28729,
@@ -317,6 +301,23 @@ fn eval_slice(vals: Vec<Option<Bson>>) -> Result<Option<Bson>> {
     Ok(Some(Bson::Array(
         items[start as usize..end as usize].to_vec(),
     )))
+}
+
+/// The position or count of `$slice`: a number representable as a 32-bit integer. The
+/// errors are mongod's code and message prefix for a non-number and for any other value.
+fn slice_int(v: &Bson, not_numeric: (i32, &str), not_int32: (i32, &str)) -> Result<i64> {
+    let Some(n) = Num::of(v)? else {
+        return Err(loc(
+            not_numeric.0,
+            format!("{}{}", not_numeric.1, type_name(v)),
+        ));
+    };
+    as_int32(v)?.ok_or_else(|| {
+        loc(
+            not_int32.0,
+            format!("{}{}", not_int32.1, format_double(n.f64())),
+        )
+    })
 }
 
 fn reverse_array(v: Option<Bson>) -> Result<Option<Bson>> {
@@ -497,6 +498,20 @@ pub(crate) fn parse_reduce(arg: &Bson) -> Result<Node> {
     }))
 }
 
+/// The array `input` evaluates to, `None` when it is nullish; `not_array` is the error for
+/// anything else.
+fn input_array(
+    cx: &Cx,
+    input: &Expr,
+    not_array: impl FnOnce(&Bson) -> CommandError,
+) -> Result<Option<Vec<Bson>>> {
+    match cx.eval(input)? {
+        None | Some(Bson::Null) | Some(Bson::Undefined) => Ok(None),
+        Some(Bson::Array(items)) => Ok(Some(items)),
+        Some(other) => Err(not_array(&other)),
+    }
+}
+
 impl Filter {
     pub(crate) fn eval(&self, cx: &Cx) -> Result<Option<Bson>> {
         let Filter {
@@ -505,20 +520,14 @@ impl Filter {
             cond,
             limit,
         } = self;
-        let items = match cx.eval(input)? {
-            None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                return Ok(Some(Bson::Null));
-            }
-            Some(Bson::Array(items)) => items,
-            Some(other) => {
-                return Err(loc(
-                    28651,
-                    format!(
-                        "input to $filter must be an array not {}",
-                        type_name(&other)
-                    ),
-                ));
-            }
+        let items = input_array(cx, input, |other| {
+            loc(
+                28651,
+                format!("input to $filter must be an array not {}", type_name(other)),
+            )
+        })?;
+        let Some(items) = items else {
+            return null();
         };
         if items.is_empty() {
             return Ok(Some(Bson::Array(items)));
@@ -570,17 +579,14 @@ fn filter_limit(cx: &Cx, l: &Expr) -> Result<Option<usize>> {
 impl Map {
     pub(crate) fn eval(&self, cx: &Cx) -> Result<Option<Bson>> {
         let Map { input, var, body } = self;
-        let items = match cx.eval(input)? {
-            None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                return Ok(Some(Bson::Null));
-            }
-            Some(Bson::Array(items)) => items,
-            Some(other) => {
-                return Err(loc(
-                    16883,
-                    format!("input to $map must be an array not {}", type_name(&other)),
-                ));
-            }
+        let items = input_array(cx, input, |other| {
+            loc(
+                16883,
+                format!("input to $map must be an array not {}", type_name(other)),
+            )
+        })?;
+        let Some(items) = items else {
+            return null();
         };
         let mut scope = cx.vars.clone();
         let mut out = Vec::with_capacity(items.len());
@@ -599,20 +605,17 @@ impl Reduce {
             initial,
             body,
         } = self;
-        let items = match cx.eval(input)? {
-            None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                return Ok(Some(Bson::Null));
-            }
-            Some(Bson::Array(items)) => items,
-            Some(other) => {
-                return Err(loc(
-                    40080,
-                    format!(
-                        "$reduce requires that 'input' be an array, found: {}",
-                        show(&other)
-                    ),
-                ));
-            }
+        let items = input_array(cx, input, |other| {
+            loc(
+                40080,
+                format!(
+                    "$reduce requires that 'input' be an array, found: {}",
+                    show(other)
+                ),
+            )
+        })?;
+        let Some(items) = items else {
+            return null();
         };
         let mut acc = cx.eval(initial)?;
         let mut scope = cx.vars.clone();
@@ -837,20 +840,17 @@ pub(crate) fn parse_sort_array(arg: &Bson) -> Result<Node> {
 impl SortArray {
     pub(crate) fn eval(&self, cx: &Cx) -> Result<Option<Bson>> {
         let SortArray { input, sort_by } = self;
-        let mut items = match cx.eval(input)? {
-            None | Some(Bson::Null) | Some(Bson::Undefined) => {
-                return Ok(Some(Bson::Null));
-            }
-            Some(Bson::Array(items)) => items,
-            Some(other) => {
-                return Err(loc(
-                    2942504,
-                    format!(
-                        "The input argument to $sortArray must be an array, but was of type: {}",
-                        type_name(&other)
-                    ),
-                ));
-            }
+        let items = input_array(cx, input, |other| {
+            loc(
+                2942504,
+                format!(
+                    "The input argument to $sortArray must be an array, but was of type: {}",
+                    type_name(other)
+                ),
+            )
+        })?;
+        let Some(mut items) = items else {
+            return null();
         };
         match sort_by {
             SortBy::Value(asc) => items.sort_by(|a, b| {

@@ -143,41 +143,7 @@ pub(crate) fn parse_switch(arg: &Bson) -> Result<Node> {
                     ));
                 };
                 for b in items {
-                    let Bson::Document(bd) = b else {
-                        return Err(loc(
-                            40062,
-                            format!(
-                                "$switch expected each branch to be an object, found: {}",
-                                type_name(b)
-                            ),
-                        ));
-                    };
-                    let (mut case, mut then) = (None, None);
-                    for (bk, bv) in bd {
-                        match bk.as_str() {
-                            "case" => case = Some(Expr::parse(bv)?),
-                            "then" => then = Some(Expr::parse(bv)?),
-                            _ => {
-                                return Err(loc(
-                                    40063,
-                                    format!("$switch found an unknown argument to a branch: {bk}"),
-                                ));
-                            }
-                        }
-                    }
-                    let case = case.ok_or_else(|| {
-                        loc(
-                            40064,
-                            "$switch requires each branch have a 'case' expression",
-                        )
-                    })?;
-                    let then = then.ok_or_else(|| {
-                        loc(
-                            40065,
-                            "$switch requires each branch have a 'then' expression.",
-                        )
-                    })?;
-                    branches.push((case, then));
+                    branches.push(parse_branch(b)?);
                 }
             }
             "default" => default = Some(boxed(Expr::parse(v)?)),
@@ -193,6 +159,45 @@ pub(crate) fn parse_switch(arg: &Bson) -> Result<Node> {
         return Err(loc(40068, "$switch requires at least one branch."));
     }
     Ok(Node::Switch(Switch { branches, default }))
+}
+
+/// One `{case, then}` of `$switch`'s branches.
+fn parse_branch(b: &Bson) -> Result<(Expr, Expr)> {
+    let Bson::Document(bd) = b else {
+        return Err(loc(
+            40062,
+            format!(
+                "$switch expected each branch to be an object, found: {}",
+                type_name(b)
+            ),
+        ));
+    };
+    let (mut case, mut then) = (None, None);
+    for (bk, bv) in bd {
+        match bk.as_str() {
+            "case" => case = Some(Expr::parse(bv)?),
+            "then" => then = Some(Expr::parse(bv)?),
+            _ => {
+                return Err(loc(
+                    40063,
+                    format!("$switch found an unknown argument to a branch: {bk}"),
+                ));
+            }
+        }
+    }
+    let case = case.ok_or_else(|| {
+        loc(
+            40064,
+            "$switch requires each branch have a 'case' expression",
+        )
+    })?;
+    let then = then.ok_or_else(|| {
+        loc(
+            40065,
+            "$switch requires each branch have a 'then' expression.",
+        )
+    })?;
+    Ok((case, then))
 }
 
 #[cfg(test)]
