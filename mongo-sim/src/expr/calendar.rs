@@ -71,8 +71,7 @@ pub(crate) fn validate_date_format(format: &str) -> Result<()> {
     Ok(())
 }
 
-/// A `timezone` argument as an offset in minutes. Only UTC and fixed offsets are known; an
-/// Olson name is reported as unrecognized rather than silently treated as UTC.
+/// mongod's error for a time zone it does not know (or, here, cannot place a date in).
 pub(crate) fn unrecognized_zone(tz: &str) -> CommandError {
     loc(
         40485,
@@ -102,6 +101,8 @@ fn looks_like_zone_name(tz: &str) -> bool {
         })
 }
 
+/// A `timezone` argument as an offset in minutes. Only UTC and fixed offsets are known; an
+/// Olson name is reported as unrecognized rather than silently treated as UTC.
 fn parse_timezone(tz: &str) -> Result<i32> {
     // The zone database names whose offset is fixed; every other Olson name is rejected.
     const UTC_NAMES: &[&str] = &[
@@ -127,12 +128,7 @@ fn parse_timezone(tz: &str) -> Result<i32> {
     if UTC_NAMES.contains(&tz) {
         return Ok(0);
     }
-    let bad = || {
-        loc(
-            40485,
-            format!("unrecognized time zone identifier: \"{tz}\""),
-        )
-    };
+    let bad = || unrecognized_zone(tz);
     // Etc/GMT+5 is five hours *behind* UTC (POSIX sign convention).
     if let Some(rest) = tz.strip_prefix("Etc/GMT") {
         let hours: i32 = rest.parse().map_err(|_| bad())?;

@@ -165,6 +165,9 @@ pub struct Expr {
     node: Node,
 }
 
+/// An expression: a constant, a reference, an object or array of expressions, an operator
+/// taking a list of arguments (evaluated by its family), or an operator with named
+/// arguments, whose node type its family defines.
 #[derive(Debug, Clone)]
 enum Node {
     Const(Bson),
@@ -177,34 +180,33 @@ enum Node {
     },
     Object(Vec<(String, Expr)>),
     Array(Vec<Expr>),
-    /// An operator taking a list of arguments, evaluated by its family.
     Op {
         family: Family,
         op: &'static str,
         args: Vec<Expr>,
     },
     Switch(crate::expr::conditional::Switch),
+    Let(crate::expr::variables::Let),
     Filter(crate::expr::array::Filter),
     Map(crate::expr::array::Map),
     Reduce(crate::expr::array::Reduce),
-    Let(crate::expr::variables::Let),
-    Convert(crate::expr::conversion::Convert),
-    DateToString(crate::expr::date::DateToString),
+    Zip(crate::expr::array::Zip),
+    SortArray(crate::expr::array::SortArray),
     GetField(crate::expr::object::GetField),
     SetField(crate::expr::object::SetField),
-    SortArray(crate::expr::array::SortArray),
     Trim(crate::expr::string::Trim),
     Replace(crate::expr::string::Replace),
-    Zip(crate::expr::array::Zip),
+    Regex(crate::expr::regexp::Regex),
+    Convert(crate::expr::conversion::Convert),
+    DateToString(crate::expr::date::DateToString),
+    DatePart(crate::expr::date::DatePart),
     DateArith(crate::expr::date::DateArith),
     DateFromParts(crate::expr::date::DateFromParts),
     DateToParts(crate::expr::date::DateToParts),
-    /// `$rand`: never folded, a new value per evaluation.
-    Rand,
-    Regex(crate::expr::regexp::Regex),
     DateTrunc(crate::expr::date::DateTrunc),
     DateDiff(crate::expr::date::DateDiff),
-    DatePart(crate::expr::date::DatePart),
+    /// `$rand`: never folded, a new value per evaluation.
+    Rand,
 }
 
 /// How many arguments an operator takes, as mongod's `ExpressionFixedArity` /
@@ -529,6 +531,7 @@ impl Cx<'_> {
         }
     }
 
+    /// Evaluates `e` in this context; the families evaluate their arguments through it.
     fn eval(&self, e: &Expr) -> Result<Option<Bson>> {
         match &e.node {
             Node::Const(v) => Ok(Some(v.clone())),
@@ -538,26 +541,26 @@ impl Cx<'_> {
             Node::Array(items) => self.eval_array(items),
             Node::Op { family, op, args } => family.eval(self, op, args),
             Node::Switch(n) => n.eval(self),
+            Node::Let(n) => n.eval(self),
             Node::Filter(n) => n.eval(self),
             Node::Map(n) => n.eval(self),
             Node::Reduce(n) => n.eval(self),
-            Node::Let(n) => n.eval(self),
-            Node::Convert(n) => n.eval(self),
-            Node::DateToString(n) => n.eval(self),
+            Node::Zip(n) => n.eval(self),
+            Node::SortArray(n) => n.eval(self),
             Node::GetField(n) => n.eval(self),
             Node::SetField(n) => n.eval(self),
             Node::Trim(n) => n.eval(self),
             Node::Replace(n) => n.eval(self),
-            Node::Zip(n) => n.eval(self),
+            Node::Regex(n) => n.eval(self),
+            Node::Convert(n) => n.eval(self),
+            Node::DateToString(n) => n.eval(self),
+            Node::DatePart(n) => n.eval(self),
             Node::DateArith(n) => n.eval(self),
             Node::DateFromParts(n) => n.eval(self),
             Node::DateToParts(n) => n.eval(self),
-            Node::Rand => Ok(Some(Bson::Double(rand::random::<f64>()))),
-            Node::Regex(n) => n.eval(self),
             Node::DateTrunc(n) => n.eval(self),
             Node::DateDiff(n) => n.eval(self),
-            Node::DatePart(n) => n.eval(self),
-            Node::SortArray(n) => n.eval(self),
+            Node::Rand => Ok(Some(Bson::Double(rand::random::<f64>()))),
         }
     }
 

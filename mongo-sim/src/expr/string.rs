@@ -6,9 +6,9 @@ use crate::bsontype::type_name;
 use crate::error::Result;
 use crate::expr::Arity::{Exactly, Range, Variadic};
 use crate::expr::calendar::{DEFAULT_DATE_FORMAT, format_date};
-use crate::expr::common::boxed;
 use crate::expr::common::{
-    decimal_unsupported, format_double, is_nullish, loc, null, show, take, type_of, unrecognized,
+    boxed, decimal_unsupported, format_double, is_nullish, loc, null, show, take, type_of,
+    unrecognized,
 };
 use crate::expr::number::{Num, as_int32, index_arg, narrow};
 use crate::expr::{Arity, Cx, Expr, Node};
