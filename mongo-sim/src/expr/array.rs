@@ -7,11 +7,11 @@ use crate::compare::compare;
 use crate::error::{CommandError, Result};
 use crate::expr::Arity::{Exactly, Range, Variadic};
 use crate::expr::common::{
-    boxed, cmp_values, format_double, is_nullish, loc, null, object_arg, show, take, type_of,
+    cmp_values, format_double, is_nullish, loc, null, object_arg, show, take, type_of,
     unrecognized, validate_field_name, validate_user_var_name,
 };
 use crate::expr::number::{Num, as_int32, index_arg, narrow};
-use crate::expr::{Arity, Cx, Expr, Node, is_truthy};
+use crate::expr::{Arity, Cx, Expr, Node, boxed, is_truthy};
 use bson::Bson;
 use std::cmp::Ordering;
 

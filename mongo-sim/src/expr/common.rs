@@ -4,7 +4,6 @@
 use crate::bsontype::type_name;
 use crate::compare::compare;
 use crate::error::{COMMAND_NOT_SUPPORTED, CommandError, INVALID_PIPELINE_OPERATOR, Result};
-use crate::expr::Expr;
 use bson::{Bson, Document};
 use std::cmp::Ordering;
 
@@ -186,10 +185,6 @@ pub(crate) fn check_var_name_chars(name: &str, code: i32) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-pub(crate) fn boxed(e: Expr) -> Box<Expr> {
-    Box::new(e)
 }
 
 pub(crate) fn object_arg<'a>(v: &'a Bson, code: i32, msg: &str) -> Result<&'a Document> {

@@ -4,8 +4,8 @@
 use crate::bsontype::type_name;
 use crate::error::Result;
 use crate::expr::Arity::{Exactly, Variadic};
-use crate::expr::common::{boxed, is_nullish, loc, object_arg, unrecognized};
-use crate::expr::{Arity, Cx, Expr, Family, Node, is_truthy};
+use crate::expr::common::{is_nullish, loc, object_arg, unrecognized};
+use crate::expr::{Arity, Cx, Expr, Family, Node, boxed, is_truthy};
 use bson::Bson;
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[("$cond", Exactly(3)), ("$ifNull", Variadic)];

@@ -7,10 +7,10 @@ use crate::error::{CONVERSION_FAILURE, CommandError, Result};
 use crate::expr::Arity::Exactly;
 use crate::expr::calendar::{DEFAULT_DATE_FORMAT, format_date, parse_date_string};
 use crate::expr::common::{
-    boxed, decimal_unsupported, format_double, is_nullish, null, take, type_of, unrecognized,
+    decimal_unsupported, format_double, is_nullish, null, take, type_of, unrecognized,
 };
 use crate::expr::number::Num;
-use crate::expr::{Arity, Cx, Expr, Node, is_const, opt_const};
+use crate::expr::{Arity, Cx, Expr, Node, boxed, is_const, opt_const};
 use bson::{Bson, oid::ObjectId};
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[

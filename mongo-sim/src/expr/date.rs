@@ -10,9 +10,9 @@ use crate::expr::calendar::{
     day_of_week_index, days_from_civil, format_date, resolve_timezone, truncate_date,
     unrecognized_zone, validate_date_format,
 };
-use crate::expr::common::{boxed, is_nullish, loc, object_arg, show, show_obj};
+use crate::expr::common::{is_nullish, loc, object_arg, show, show_obj};
 use crate::expr::number::as_int64;
-use crate::expr::{Cx, Expr, Node, is_const, opt_const};
+use crate::expr::{Cx, Expr, Node, boxed, is_const, opt_const};
 use bson::{Bson, Document};
 use std::collections::HashMap;
 

@@ -36,8 +36,6 @@ mod object;
 mod regexp;
 mod set;
 mod string;
-#[cfg(test)]
-mod tests;
 mod variables;
 
 use crate::error::Result;
@@ -466,6 +464,10 @@ fn opt_const(e: &Option<Box<Expr>>) -> bool {
     e.as_deref().is_none_or(is_const)
 }
 
+fn boxed(e: Expr) -> Box<Expr> {
+    Box::new(e)
+}
+
 /// Constant folding as mongod's `optimize()` does it right after parsing: an expression whose
 /// operands are all constants is evaluated once, so its errors (`{$divide: [1, 0]}`) surface
 /// before any document is read, even in a branch that would never be taken. A `$cond` with a
@@ -600,3 +602,6 @@ pub fn is_truthy(v: Option<&Bson>) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests;

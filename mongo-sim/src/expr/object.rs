@@ -4,8 +4,8 @@
 use crate::bsontype::type_name;
 use crate::error::Result;
 use crate::expr::Arity::{Exactly, Variadic};
-use crate::expr::common::{boxed, loc, null, show, take, unrecognized};
-use crate::expr::{Arity, Cx, Expr, Node};
+use crate::expr::common::{loc, null, show, take, unrecognized};
+use crate::expr::{Arity, Cx, Expr, Node, boxed};
 use bson::{Bson, Document};
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[

@@ -2,8 +2,8 @@
 
 use crate::bsontype::type_name;
 use crate::error::{CommandError, Result};
-use crate::expr::common::{boxed, loc};
-use crate::expr::{Cx, Expr, Node};
+use crate::expr::common::loc;
+use crate::expr::{Cx, Expr, Node, boxed};
 use bson::Bson;
 
 /// `$regexMatch`, `$regexFind`, `$regexFindAll`.

@@ -7,11 +7,10 @@ use crate::error::Result;
 use crate::expr::Arity::{Exactly, Range, Variadic};
 use crate::expr::calendar::{DEFAULT_DATE_FORMAT, format_date};
 use crate::expr::common::{
-    boxed, decimal_unsupported, format_double, is_nullish, loc, null, show, take, type_of,
-    unrecognized,
+    decimal_unsupported, format_double, is_nullish, loc, null, show, take, type_of, unrecognized,
 };
 use crate::expr::number::{Num, as_int32, index_arg, narrow};
-use crate::expr::{Arity, Cx, Expr, Node};
+use crate::expr::{Arity, Cx, Expr, Node, boxed};
 use bson::Bson;
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[

@@ -3,9 +3,9 @@
 use crate::bsontype::type_name;
 use crate::error::Result;
 use crate::expr::common::{
-    boxed, check_var_name_chars, loc, object_arg, validate_field_name, validate_user_var_name,
+    check_var_name_chars, loc, object_arg, validate_field_name, validate_user_var_name,
 };
-use crate::expr::{Cx, Expr, Node};
+use crate::expr::{Cx, Expr, Node, boxed};
 use bson::{Bson, Document};
 
 fn parse_field_path(path: &str) -> Result<Vec<String>> {
