@@ -19,17 +19,7 @@ pub(crate) fn eval(cx: &Cx, op: &str, args: &[Expr]) -> Result<Option<Bson>> {
     match op {
         "$mergeObjects" => merge_objects(vals),
         "$objectToArray" => object_to_array(take(&mut vals, 0)),
-        "$arrayToObject" => match take(&mut vals, 0) {
-            None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
-            Some(Bson::Array(items)) => array_to_object(items).map(Some),
-            Some(other) => Err(loc(
-                40386,
-                format!(
-                    "$arrayToObject requires an array input, found: {}",
-                    type_name(&other)
-                ),
-            )),
-        },
+        "$arrayToObject" => eval_array_to_object(take(&mut vals, 0)),
         _ => Err(unrecognized(op)),
     }
 }
@@ -71,6 +61,20 @@ fn object_to_array(v: Option<Bson>) -> Result<Option<Bson>> {
             40390,
             format!(
                 "$objectToArray requires a document input, found: {}",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
+fn eval_array_to_object(v: Option<Bson>) -> Result<Option<Bson>> {
+    match v {
+        None | Some(Bson::Null) | Some(Bson::Undefined) => null(),
+        Some(Bson::Array(items)) => array_to_object(items).map(Some),
+        Some(other) => Err(loc(
+            40386,
+            format!(
+                "$arrayToObject requires an array input, found: {}",
                 type_name(&other)
             ),
         )),

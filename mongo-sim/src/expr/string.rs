@@ -40,11 +40,7 @@ pub(crate) fn eval(cx: &Cx, op: &str, args: &[Expr]) -> Result<Option<Bson>> {
         ))),
         "$split" => split(take(&mut vals, 0), take(&mut vals, 1)),
         "$substrBytes" => substr_bytes(&vals),
-        "$strcasecmp" => {
-            let a = coerce_to_string(vals[0].as_ref())?.to_ascii_uppercase();
-            let b = coerce_to_string(vals[1].as_ref())?.to_ascii_uppercase();
-            Ok(Some(Bson::Int32(a.as_bytes().cmp(b.as_bytes()) as i32)))
-        }
+        "$strcasecmp" => strcasecmp(&vals),
         "$strLenCP" => str_len_cp(&vals),
         "$substrCP" => eval_substr_cp(vals),
         "$indexOfBytes" | "$indexOfCP" => eval_index_of_string(op, &vals),
@@ -95,6 +91,12 @@ fn coerce_to_string(v: Option<&Bson>) -> Result<String> {
             ));
         }
     })
+}
+
+fn strcasecmp(vals: &[Option<Bson>]) -> Result<Option<Bson>> {
+    let a = coerce_to_string(vals[0].as_ref())?.to_ascii_uppercase();
+    let b = coerce_to_string(vals[1].as_ref())?.to_ascii_uppercase();
+    Ok(Some(Bson::Int32(a.as_bytes().cmp(b.as_bytes()) as i32)))
 }
 
 fn str_len_bytes(vals: &[Option<Bson>]) -> Result<Option<Bson>> {
