@@ -636,6 +636,20 @@ pub(crate) struct Zip {
     longest: bool,
 }
 
+/// `inputs` or `defaults` of `$zip`: an array of expressions.
+fn expression_list(v: &Bson, what: &str, code: i32) -> Result<Vec<Expr>> {
+    let Bson::Array(items) = v else {
+        return Err(loc(
+            code,
+            format!(
+                "{what} must be an array of expressions, found {}",
+                type_name(v)
+            ),
+        ));
+    };
+    items.iter().map(Expr::parse).collect()
+}
+
 pub(crate) fn parse_zip(arg: &Bson) -> Result<Node> {
     let Bson::Document(d) = arg else {
         return Err(loc(
@@ -649,30 +663,8 @@ pub(crate) fn parse_zip(arg: &Bson) -> Result<Node> {
     let (mut inputs, mut defaults, mut longest) = (Vec::new(), Vec::new(), false);
     for (k, v) in d {
         match k.as_str() {
-            "inputs" => {
-                let Bson::Array(items) = v else {
-                    return Err(loc(
-                        34461,
-                        format!(
-                            "inputs must be an array of expressions, found {}",
-                            type_name(v)
-                        ),
-                    ));
-                };
-                inputs = items.iter().map(Expr::parse).collect::<Result<_>>()?;
-            }
-            "defaults" => {
-                let Bson::Array(items) = v else {
-                    return Err(loc(
-                        34462,
-                        format!(
-                            "defaults must be an array of expressions, found {}",
-                            type_name(v)
-                        ),
-                    ));
-                };
-                defaults = items.iter().map(Expr::parse).collect::<Result<_>>()?;
-            }
+            "inputs" => inputs = expression_list(v, "inputs", 34461)?,
+            "defaults" => defaults = expression_list(v, "defaults", 34462)?,
             "useLongestLength" => {
                 // mongod names the type of the whole argument here, which is always object.
                 let Bson::Boolean(b) = v else {

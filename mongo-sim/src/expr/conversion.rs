@@ -10,7 +10,7 @@ use crate::expr::common::{
     decimal_unsupported, format_double, is_nullish, null, take, type_of, unrecognized,
 };
 use crate::expr::number::Num;
-use crate::expr::{Arity, Cx, Expr, Node, boxed, is_const, opt_const};
+use crate::expr::{Arity, Cx, Expr, Node, is_const, named_args, opt_const};
 use bson::{Bson, oid::ObjectId};
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[
@@ -78,21 +78,10 @@ pub(crate) fn parse_convert(arg: &Bson) -> Result<Node> {
             type_name(arg)
         )));
     };
-    let (mut input, mut to, mut on_error, mut on_null) = (None, None, None, None);
-    for (k, v) in d {
-        let e = Expr::parse(v)?;
-        match k.as_str() {
-            "input" => input = Some(boxed(e)),
-            "to" => to = Some(boxed(e)),
-            "onError" => on_error = Some(boxed(e)),
-            "onNull" => on_null = Some(boxed(e)),
-            _ => {
-                return Err(CommandError::failed_to_parse(format!(
-                    "$convert found an unknown argument: {k}"
-                )));
-            }
-        }
-    }
+    let [input, to, on_error, on_null] =
+        named_args(d, ["input", "to", "onError", "onNull"], |k| {
+            CommandError::failed_to_parse(format!("$convert found an unknown argument: {k}"))
+        })?;
     let input = input
         .ok_or_else(|| CommandError::failed_to_parse("Missing 'input' parameter to $convert"))?;
     let to =

@@ -12,7 +12,7 @@ use crate::expr::calendar::{
 };
 use crate::expr::common::{is_nullish, loc, object_arg, show, show_obj};
 use crate::expr::number::as_int64;
-use crate::expr::{Cx, Expr, Node, boxed, is_const, opt_const};
+use crate::expr::{Cx, Expr, Node, boxed, is_const, named_args, opt_const};
 use bson::{Bson, Document};
 use std::collections::HashMap;
 
@@ -101,22 +101,13 @@ pub(crate) fn parse_date_to_string(arg: &Bson) -> Result<Node> {
         18629,
         "$dateToString only supports an object as its argument",
     )?;
-    let (mut date, mut format, mut timezone, mut on_null) = (None, None, None, None);
-    for (k, v) in d {
-        let e = boxed(Expr::parse(v)?);
-        match k.as_str() {
-            "date" => date = Some(e),
-            "format" => format = Some(e),
-            "timezone" => timezone = Some(e),
-            "onNull" => on_null = Some(e),
-            _ => {
-                return Err(loc(
-                    18534,
-                    format!("Unrecognized argument to $dateToString: {k}"),
-                ));
-            }
-        }
-    }
+    let [date, format, timezone, on_null] =
+        named_args(d, ["date", "format", "timezone", "onNull"], |k| {
+            loc(
+                18534,
+                format!("Unrecognized argument to $dateToString: {k}"),
+            )
+        })?;
     let date = date.ok_or_else(|| loc(18628, "Missing 'date' parameter to $dateToString"))?;
     Ok(Node::DateToString(DateToString {
         date,
@@ -253,21 +244,9 @@ pub(crate) fn parse_date_to_parts(arg: &Bson) -> Result<Node> {
             "$dateToParts only supports an object as its argument",
         ));
     };
-    let (mut date, mut timezone, mut iso8601) = (None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "date" => date = e,
-            "timezone" => timezone = e,
-            "iso8601" => iso8601 = e,
-            _ => {
-                return Err(loc(
-                    40520,
-                    format!("Unrecognized argument to $dateToParts: {k}"),
-                ));
-            }
-        }
-    }
+    let [date, timezone, iso8601] = named_args(d, ["date", "timezone", "iso8601"], |k| {
+        loc(40520, format!("Unrecognized argument to $dateToParts: {k}"))
+    })?;
     let date = date.ok_or_else(|| loc(40522, "Missing 'date' parameter to $dateToParts"))?;
     Ok(Node::DateToParts(DateToParts {
         date,
@@ -283,26 +262,18 @@ pub(crate) fn parse_date_trunc(arg: &Bson) -> Result<Node> {
             "$dateTrunc only supports an object as its argument",
         ));
     };
-    let (mut date, mut unit, mut bin_size, mut timezone, mut start_of_week) =
-        (None, None, None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "date" => date = e,
-            "unit" => unit = e,
-            "binSize" => bin_size = e,
-            "timezone" => timezone = e,
-            "startOfWeek" => start_of_week = e,
-            _ => {
-                return Err(loc(
-                    5439008,
-                    format!(
-                        "Unrecognized argument to $dateTrunc: {k}. Expected arguments are date, unit, and optionally, binSize, timezone, startOfWeek"
-                    ),
-                ));
-            }
-        }
-    }
+    let [date, unit, bin_size, timezone, start_of_week] = named_args(
+        d,
+        ["date", "unit", "binSize", "timezone", "startOfWeek"],
+        |k| {
+            loc(
+                5439008,
+                format!(
+                    "Unrecognized argument to $dateTrunc: {k}. Expected arguments are date, unit, and optionally, binSize, timezone, startOfWeek"
+                ),
+            )
+        },
+    )?;
     let date = date.ok_or_else(|| loc(5439009, "Missing 'date' parameter to $dateTrunc"))?;
     let unit = unit.ok_or_else(|| loc(5439010, "Missing 'unit' parameter to $dateTrunc"))?;
     Ok(Node::DateTrunc(DateTrunc {
@@ -330,24 +301,11 @@ pub(crate) fn parse_date_diff(arg: &Bson) -> Result<Node> {
             "$dateDiff only supports an object as its argument",
         ));
     };
-    let (mut start, mut end, mut unit, mut timezone, mut start_of_week) =
-        (None, None, None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "startDate" => start = e,
-            "endDate" => end = e,
-            "unit" => unit = e,
-            "timezone" => timezone = e,
-            "startOfWeek" => start_of_week = e,
-            _ => {
-                return Err(loc(
-                    5166302,
-                    format!("Unrecognized argument to $dateDiff: {k}"),
-                ));
-            }
-        }
-    }
+    let [start, end, unit, timezone, start_of_week] = named_args(
+        d,
+        ["startDate", "endDate", "unit", "timezone", "startOfWeek"],
+        |k| loc(5166302, format!("Unrecognized argument to $dateDiff: {k}")),
+    )?;
     let start = start.ok_or_else(|| loc(5166303, "Missing 'startDate' parameter to $dateDiff"))?;
     let end = end.ok_or_else(|| loc(5166304, "Missing 'endDate' parameter to $dateDiff"))?;
     let unit = unit.ok_or_else(|| loc(5166305, "Missing 'unit' parameter to $dateDiff"))?;
@@ -373,24 +331,18 @@ pub(crate) fn parse_date_arith(op: &str, arg: &Bson) -> Result<Node> {
             format!("{op} expects an object as its argument"),
         ));
     };
-    let (mut start, mut unit, mut amount, mut timezone) = (None, None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "startDate" => start = e,
-            "unit" => unit = e,
-            "amount" => amount = e,
-            "timezone" => timezone = e,
-            _ => {
-                return Err(loc(
-                    5166401,
-                    format!(
-                        "Unrecognized argument to {op}: {k}. Expected arguments are startDate, unit, amount, and optionally timezone."
-                    ),
-                ));
-            }
-        }
-    }
+    let [start, unit, amount, timezone] = named_args(
+        d,
+        ["startDate", "unit", "amount", "timezone"],
+        |k| {
+            loc(
+                5166401,
+                format!(
+                    "Unrecognized argument to {op}: {k}. Expected arguments are startDate, unit, amount, and optionally timezone."
+                ),
+            )
+        },
+    )?;
     let (Some(start), Some(unit), Some(amount)) = (start, unit, amount) else {
         return Err(loc(
             5166402,

@@ -38,7 +38,7 @@ mod set;
 mod string;
 mod variables;
 
-use crate::error::Result;
+use crate::error::{CommandError, Result};
 use crate::expr::array::{parse_filter, parse_map, parse_reduce, parse_sort_array, parse_zip};
 use crate::expr::common::{
     decimal_unsupported, loc, show, show_obj, unrecognized, validate_field_name,
@@ -365,6 +365,25 @@ fn parse_args(arg: &Bson) -> Result<Vec<Expr>> {
         Bson::Array(items) => items.iter().map(Expr::parse).collect(),
         other => Ok(vec![Expr::parse(other)?]),
     }
+}
+
+/// The fields of an operator's argument object, each parsed as an expression (before its
+/// name is checked, as mongod does for these operators) and put in the slot of its name in
+/// `names`; another name is the error `unknown` gives.
+fn named_args<const N: usize>(
+    d: &Document,
+    names: [&str; N],
+    unknown: impl Fn(&str) -> CommandError,
+) -> Result<[Option<Box<Expr>>; N]> {
+    let mut args = std::array::from_fn(|_| None);
+    for (k, v) in d {
+        let e = boxed(Expr::parse(v)?);
+        let Some(i) = names.iter().position(|n| n == k) else {
+            return Err(unknown(k));
+        };
+        args[i] = Some(e);
+    }
+    Ok(args)
 }
 
 fn parse_operator(op: &str, arg: &Bson) -> Result<Expr> {

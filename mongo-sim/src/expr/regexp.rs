@@ -3,7 +3,7 @@
 use crate::bsontype::type_name;
 use crate::error::{CommandError, Result};
 use crate::expr::common::loc;
-use crate::expr::{Cx, Expr, Node, boxed};
+use crate::expr::{Cx, Expr, Node, named_args};
 use bson::Bson;
 
 /// `$regexMatch`, `$regexFind`, `$regexFindAll`.
@@ -31,16 +31,9 @@ pub(crate) fn parse_regex(op: &str, arg: &Bson) -> Result<Node> {
             ),
         ));
     };
-    let (mut input, mut regex, mut options) = (None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "input" => input = e,
-            "regex" => regex = e,
-            "options" => options = e,
-            _ => return Err(loc(31024, format!("{op} found an unknown argument: {k}"))),
-        }
-    }
+    let [input, regex, options] = named_args(d, ["input", "regex", "options"], |k| {
+        loc(31024, format!("{op} found an unknown argument: {k}"))
+    })?;
     let input = input.ok_or_else(|| loc(31022, format!("{op} requires 'input' parameter")))?;
     let regex = regex.ok_or_else(|| loc(31023, format!("{op} requires 'regex' parameter")))?;
     // A constant pattern is compiled (and rejected) up front, as ExpressionRegex::optimize does.

@@ -10,7 +10,7 @@ use crate::expr::common::{
     decimal_unsupported, format_double, is_nullish, loc, null, show, take, type_of, unrecognized,
 };
 use crate::expr::number::{Num, as_int32, index_arg, narrow};
-use crate::expr::{Arity, Cx, Expr, Node, boxed};
+use crate::expr::{Arity, Cx, Expr, Node, boxed, named_args};
 use bson::Bson;
 
 pub(crate) const OPERATORS: &[(&str, Arity)] = &[
@@ -432,16 +432,9 @@ pub(crate) fn parse_replace(op: &str, arg: &Bson) -> Result<Node> {
             ),
         ));
     };
-    let (mut input, mut find, mut replacement) = (None, None, None);
-    for (k, v) in d {
-        let e = Some(boxed(Expr::parse(v)?));
-        match k.as_str() {
-            "input" => input = e,
-            "find" => find = e,
-            "replacement" => replacement = e,
-            _ => return Err(loc(51750, format!("{op} found an unknown argument: {k}"))),
-        }
-    }
+    let [input, find, replacement] = named_args(d, ["input", "find", "replacement"], |k| {
+        loc(51750, format!("{op} found an unknown argument: {k}"))
+    })?;
     let input =
         input.ok_or_else(|| loc(51749, format!("{op} requires 'input' to be specified")))?;
     let find = find.ok_or_else(|| loc(51748, format!("{op} requires 'find' to be specified")))?;
