@@ -254,7 +254,7 @@ async fn execute(
         shared
             .failpoints
             .lock()
-            .evaluate(&name, &ctx, ns.as_deref())
+            .evaluate(&name, ctx.app_name.as_deref(), ns.as_deref())
     };
     let labelling = Labelling {
         retryable_write: retryable,
@@ -670,7 +670,7 @@ async fn route(
         "listIndexes" => ddl::list_indexes(s, ctx, cmd),
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
         "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
-        "configureFailPoint" => failpoint::configure(s, ctx, cmd),
+        "configureFailPoint" => failpoint::configure(&s.failpoints, &ctx.db, cmd),
         "getCmdLineOpts" | "getParameter" => crate::admin::run(s, ctx, name, cmd),
         other => handshake::run(s, conn, ctx, other, cmd).await,
     }
