@@ -8,6 +8,7 @@
 
 use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
+use crate::commands::statement::{Statement, StatementKind, run_statement};
 use crate::compare::{as_f64, compare, values_equal};
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, Result};
@@ -15,7 +16,7 @@ use crate::expr::Variables;
 use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
 use crate::oplog::{Namespace, OplogOp};
 use crate::query::Matcher;
-use crate::retryable::{self, Statement, StatementKind, StatementResult};
+use crate::retryable::StatementResult;
 use crate::state::{CommandContext, Shared};
 use crate::storage::{
     Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
@@ -655,7 +656,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
             replay: &|r| (r == StatementResult::Insert).then_some(0),
             wrote: &|_| true,
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(_) => n += 1,
             Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
@@ -1126,7 +1127,7 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
             },
             wrote: &|o: &UpdateOutcome| o.modified > 0 || o.upserted.is_some(),
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(o) => {
                 n += o.n;
                 modified += o.modified;
@@ -1268,7 +1269,7 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
             },
             wrote: &|n: &usize| *n > 0,
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(deleted) => n += deleted,
             Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
@@ -1534,7 +1535,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
         },
     };
     let ns = request.ns.clone();
-    match retryable::run_statement(shared, ctx, &mut data, &ns, 0, kind) {
+    match run_statement(shared, ctx, &mut data, &ns, 0, kind) {
         Statement::Done(reply) => Ok(reply),
         Statement::Failed(e) => Err(e),
     }

@@ -4,3 +4,4 @@ pub mod aggregation;
 pub mod collmod;
 pub mod crud;
 pub mod ddl;
+pub(crate) mod statement;
