@@ -10,7 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::aggregate::Pipeline;
-use crate::changeevent::{BeforeChange, EventShape, FullDocument};
+use crate::changeevent::{BeforeChange, EventShape, FullDocument, Scope, is_internal_db};
 use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, ErrorCode, Result};
 use crate::expr::Variables;
@@ -201,37 +201,6 @@ impl ResumeToken {
             kind,
         })
     }
-}
-
-/// What a stream watches (manual: "Watch a Collection, Database, or Deployment").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Scope {
-    Collection(Namespace),
-    Database(String),
-    Cluster,
-}
-
-impl Scope {
-    pub(crate) fn covers(&self, ns: &Namespace) -> bool {
-        match self {
-            Scope::Collection(watched) => watched == ns,
-            Scope::Database(db) => &ns.db == db && !ns.coll.starts_with("system."),
-            Scope::Cluster => !is_internal_db(&ns.db) && !ns.coll.starts_with("system."),
-        }
-    }
-
-    /// The namespace the cursor is registered under, as the driver will name it in `getMore`.
-    fn cursor_ns(&self) -> Namespace {
-        match self {
-            Scope::Collection(ns) => ns.clone(),
-            Scope::Database(db) => Namespace::new(db.clone(), "$cmd.aggregate"),
-            Scope::Cluster => Namespace::new("admin", "$cmd.aggregate"),
-        }
-    }
-}
-
-pub(crate) fn is_internal_db(db: &str) -> bool {
-    matches!(db, "admin" | "config" | "local")
 }
 
 /// An open change stream's position and options.
