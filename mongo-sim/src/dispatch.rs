@@ -6,6 +6,8 @@
 //! a resumable change-stream error where it is one; hellos and the step-down itself are not
 //! interrupted.
 
+use crate::commands::crud;
+use crate::commands::ddl;
 use crate::error::{self, CommandError, Result};
 use crate::failpoint::{self, Triggered};
 use crate::handshake;
@@ -67,7 +69,7 @@ const READ_COMMANDS: &[&str] = &[
 /// Writes that may carry a `txnNumber` (retryable-writes spec, "Supported Write Operations").
 const RETRYABLE_COMMANDS: &[&str] = &["insert", "update", "delete", "findAndModify"];
 
-const OTHER_COMMANDS: &[&str] = &["killCursors", "replSetGetStatus", "configureFailPoint"];
+const OTHER_COMMANDS: &[&str] = &["killCursors", "configureFailPoint"];
 
 fn is_known(name: &str) -> bool {
     WRITE_COMMANDS.contains(&name)
@@ -627,7 +629,6 @@ async fn route(
     name: &str,
     cmd: &mut Document,
 ) -> Result<Document> {
-    use crate::commands::{crud, ddl};
     let s: &Shared = shared;
     match name {
         "insert" => crud::insert(s, ctx, cmd),
@@ -652,13 +653,13 @@ async fn route(
             };
             let change_stream = opens_change_stream(cmd);
             if change_stream {
-                crate::changestream::open(s, ctx, cmd, pipeline)
+                crate::commands::aggregation::change_stream(s, ctx, cmd, pipeline)
             } else {
                 crate::commands::aggregation::aggregate(s, ctx, cmd)
             }
         }
-        "getMore" => crate::cursor::get_more(shared, ctx, cmd).await,
-        "killCursors" => crate::cursor::kill_cursors(s, ctx, cmd),
+        "getMore" => crate::commands::getmore::get_more(shared, ctx, cmd).await,
+        "killCursors" => crate::commands::getmore::kill_cursors(s, ctx, cmd),
         "create" => ddl::create(s, ctx, cmd),
         "collMod" => crate::commands::collmod::coll_mod(s, ctx, cmd),
         "drop" => ddl::drop(s, ctx, cmd),
@@ -669,7 +670,6 @@ async fn route(
         "createIndexes" => ddl::create_indexes(s, ctx, cmd),
         "listIndexes" => ddl::list_indexes(s, ctx, cmd),
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
-        "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
         "configureFailPoint" => failpoint::configure(&s.failpoints, &ctx.db, cmd),
         "getCmdLineOpts" | "getParameter" => crate::admin::run(s, ctx, name, cmd),
         other => handshake::run(s, conn, ctx, other, cmd).await,

@@ -1,6 +1,6 @@
 //! Handshake and topology: `hello`/`isMaster` as the primary of a single-node replica set,
-//! `ping`, `buildInfo`, `hostInfo`, `serverStatus`, `endSessions`, and the test-only
-//! `replSetStepDown`.
+//! `ping`, `buildInfo`, `hostInfo`, `serverStatus`, `endSessions`, `replSetGetStatus` (one
+//! PRIMARY member with the oplog's optimes), and the test-only `replSetStepDown`.
 //!
 //! Replies follow mongod 7.0 and the Server Discovery and Monitoring specification: the
 //! fields drivers use to classify the server (`setName`, `hosts`, `me`, `primary`,
@@ -20,10 +20,10 @@
 //! answered at once with the new topology. When the step-down runs out the node is elected
 //! again with a larger `electionId` and the counter moves once more.
 
-use crate::error::{self, CommandError, Result};
+use crate::error::{self, CommandError, ErrorCode, Result};
 use crate::state::{CommandContext, ConnectionState, Shared};
 use bson::oid::ObjectId;
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document, Timestamp, doc};
 use std::time::Duration;
 
 /// The server version announced by `buildInfo` and `serverStatus` by default; `ServerOptions`
@@ -53,6 +53,7 @@ pub const COMMANDS: &[&str] = &[
     "connectionStatus",
     "whatsmyuri",
     "replSetStepDown",
+    "replSetGetStatus",
 ];
 
 /// Runs one of [`COMMANDS`]; only an awaitable hello ever waits.
@@ -76,6 +77,7 @@ pub async fn run(
         )),
         "whatsmyuri" => Ok(doc! {"you": conn.peer.clone()}),
         "replSetStepDown" => repl_set_step_down(shared, ctx, cmd),
+        "replSetGetStatus" => repl_set_get_status(shared, ctx, cmd),
         other => Err(CommandError::new(
             error::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -439,6 +441,87 @@ fn repl_set_step_down(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> 
     Ok(Document::new())
 }
 
+/// `replSetGetStatus`: one PRIMARY member, with the oplog's first and last optimes.
+///
+/// The oldest retained entry is not part of mongod's reply; clients read it from
+/// `local.oplog.rs`.
+fn repl_set_get_status(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    let _ = cmd;
+    if ctx.db != "admin" {
+        return Err(CommandError::new(
+            ErrorCode {
+                code: 13,
+                name: "Unauthorized",
+            },
+            "replSetGetStatus may only be run against the admin database",
+        ));
+    }
+    let (last_ts, last_wall) = {
+        let data = shared.data.lock();
+        let oplog = &data.oplog;
+        let wall = oplog
+            .entries()
+            .back()
+            .map_or_else(bson::DateTime::now, |e| e.wall);
+        (oplog.last_ts(), wall)
+    };
+    let now = std::time::SystemTime::now();
+    let uptime = shared.started.elapsed();
+    let elected = now.checked_sub(uptime).unwrap_or(now);
+    let elected_secs = elected
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let election_time = Timestamp {
+        time: u32::try_from(elected_secs).unwrap_or(u32::MAX),
+        increment: 1,
+    };
+    let optime = doc! {"ts": last_ts, "t": 1i64};
+    let optime_date = bson::DateTime::from_millis(i64::from(last_ts.time) * 1000);
+    Ok(doc! {
+        "set": shared.options.replica_set.clone(),
+        "date": bson::DateTime::from_system_time(now),
+        "myState": 1,
+        "term": 1i64,
+        "syncSourceHost": "",
+        "syncSourceId": -1,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": 1,
+        "writeMajorityCount": 1,
+        "votingMembersCount": 1,
+        "writableVotingMembersCount": 1,
+        "optimes": {
+            "lastCommittedOpTime": optime.clone(),
+            "lastCommittedWallTime": last_wall,
+            "readConcernMajorityOpTime": optime.clone(),
+            "appliedOpTime": optime.clone(),
+            "durableOpTime": optime.clone(),
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+        },
+        "members": [{
+            "_id": 0,
+            "name": shared.host.clone(),
+            "health": 1.0,
+            "state": 1,
+            "stateStr": "PRIMARY",
+            "uptime": i32::try_from(uptime.as_secs()).unwrap_or(i32::MAX),
+            "optime": optime,
+            "optimeDate": optime_date,
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+            "syncSourceHost": "",
+            "syncSourceId": -1,
+            "infoMessage": "",
+            "electionTime": election_time,
+            "electionDate": bson::DateTime::from_system_time(elected),
+            "configVersion": 1,
+            "configTerm": 1,
+            "self": true,
+            "lastHeartbeatMessage": "",
+        }],
+    })
+}
+
 trait WithCodeName {
     fn with_code_name(self, name: &str) -> Self;
 }
@@ -657,5 +740,35 @@ mod tests {
                 Bson::Int32(0)
             ]
         );
+    }
+
+    #[test]
+    fn repl_set_get_status_reports_one_primary_on_admin_only() {
+        let s = shared();
+        let insert = crate::oplog::OplogOp::Insert {
+            ns: crate::oplog::Namespace::new("db", "c"),
+            document: std::sync::Arc::new(doc! {"_id": 1}),
+        };
+        let last = s.data.lock().oplog.record(insert, None);
+        let cmd = doc! {"replSetGetStatus": 1};
+        let err = repl_set_get_status(&s, &ctx("db"), &cmd).unwrap_err();
+        assert_eq!(err.code, 13);
+        assert_eq!(err.code_name, "Unauthorized");
+        let reply = repl_set_get_status(&s, &ctx("admin"), &cmd).unwrap();
+        assert_eq!(reply.get_str("set").unwrap(), "rs0");
+        assert_eq!(reply.get_i32("myState").unwrap(), 1);
+        let optimes = reply.get_document("optimes").unwrap();
+        assert_eq!(
+            optimes.get_document("appliedOpTime").unwrap(),
+            &doc! {"ts": last, "t": 1i64}
+        );
+        let members = reply.get_array("members").unwrap();
+        assert_eq!(members.len(), 1);
+        let Bson::Document(me) = &members[0] else {
+            panic!("member is a document")
+        };
+        assert_eq!(me.get_str("stateStr").unwrap(), "PRIMARY");
+        assert_eq!(me.get_str("name").unwrap(), "127.0.0.1:4000");
+        assert!(me.get_bool("self").unwrap());
     }
 }

@@ -10,7 +10,7 @@ use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
 use crate::commands::statement::{Statement, StatementKind, run_statement};
 use crate::compare::{as_f64, compare, values_equal};
-use crate::cursor::{CursorEntry, CursorKind};
+use crate::cursor::{CursorEntry, CursorKind, QueryCursor, take_batch};
 use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
 use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
@@ -31,55 +31,6 @@ use std::sync::Arc;
 /// How many documents a first batch holds when the client gives no `batchSize` (manual:
 /// "Cursor Batches").
 pub const DEFAULT_FIRST_BATCH: usize = 101;
-
-/// The byte budget of one batch: a reply must stay within the 16 MiB message limit.
-const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Results of a `find` or `aggregate` still to be returned by `getMore`.
-pub struct QueryCursor {
-    remaining: VecDeque<Document>,
-}
-
-impl QueryCursor {
-    /// A cursor over results already computed (a snapshot taken when the command ran).
-    pub fn new(remaining: VecDeque<Document>) -> QueryCursor {
-        QueryCursor { remaining }
-    }
-
-    /// The next batch (default: everything left, bounded by 16 MiB) and whether the cursor is
-    /// exhausted.
-    pub fn next_batch(
-        &mut self,
-        data: &Data,
-        batch_size: Option<usize>,
-    ) -> Result<(Vec<Document>, bool)> {
-        let _ = data;
-        let limit = batch_size.filter(|n| *n > 0).unwrap_or(usize::MAX);
-        let batch = take_batch(&mut self.remaining, limit);
-        Ok((batch, self.remaining.is_empty()))
-    }
-}
-
-/// Takes up to `limit` documents, stopping before the batch would exceed 16 MiB (one
-/// document always goes, as mongod never returns an empty batch for a large document).
-fn take_batch(remaining: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    while batch.len() < limit {
-        let Some(next) = remaining.front() else {
-            break;
-        };
-        let size = bson_size(next);
-        if !batch.is_empty() && bytes + size > BATCH_BYTES {
-            break;
-        }
-        bytes += size;
-        if let Some(doc) = remaining.pop_front() {
-            batch.push(doc);
-        }
-    }
-    batch
-}
 
 /// The `{cursor: {firstBatch, id, ns}}` reply, registering a cursor for what does not fit in
 /// the first batch.
@@ -2377,13 +2328,6 @@ mod tests {
                 Bson::Document(doc! {"_id": 248})
             ]
         );
-
-        let mut q = QueryCursor::new((0..3).map(|i| doc! {"i": i}).collect());
-        let data = s.data.lock();
-        let (b, done) = q.next_batch(&data, Some(2)).unwrap();
-        assert_eq!((b.len(), done), (2, false));
-        let (b, done) = q.next_batch(&data, None).unwrap();
-        assert_eq!((b.len(), done), (1, true));
     }
 
     #[test]
