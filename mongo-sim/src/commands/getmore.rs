@@ -34,12 +34,7 @@ pub(crate) async fn get_more(
     };
     let coll = match cmd.get("collection") {
         Some(Bson::String(c)) => c.clone(),
-        _ => {
-            return Err(CommandError::new(
-                error::NO_SUCH_KEY,
-                "BSON field 'getMore.collection' is missing but a required field",
-            ));
-        }
+        _ => return Err(no_such_key("getMore", "collection")),
     };
     let batch_size = match cmd.get("batchSize") {
         None => None,
@@ -140,6 +135,14 @@ pub(crate) async fn get_more(
     }
 }
 
+/// A required field missing, as mongod reports it for these two commands (NoSuchKey).
+fn no_such_key(command: &str, field: &str) -> CommandError {
+    CommandError::new(
+        error::NO_SUCH_KEY,
+        format!("BSON field '{command}.{field}' is missing but a required field"),
+    )
+}
+
 /// The error `failGetMoreAfterCursorCheckout` injects, when it fires for this getMore: its
 /// `errorCode` (InternalError when none), narrowed by `appName` and `namespace` as
 /// `failCommand` is.
@@ -189,12 +192,7 @@ pub(crate) fn kill_cursors(
 ) -> Result<Document> {
     let ids = match cmd.get("cursors") {
         Some(Bson::Array(ids)) => ids.clone(),
-        _ => {
-            return Err(CommandError::new(
-                error::NO_SUCH_KEY,
-                "BSON field 'killCursors.cursors' is missing but a required field",
-            ));
-        }
+        _ => return Err(no_such_key("killCursors", "cursors")),
     };
     let mut killed = Vec::new();
     let mut not_found = Vec::new();
