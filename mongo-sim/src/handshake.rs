@@ -666,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn awaitable_hello_waits_for_a_topology_change_or_its_time_limit() {
-        let s = std::sync::Arc::new(shared());
+        let s = shared();
         let tv = s.topology.lock().topology_version();
         // Nothing changes: answered once maxAwaitTimeMS has passed, with the same version.
         let started = Instant::now();
@@ -681,13 +681,12 @@ mod tests {
             .expect("answered at once")
             .unwrap();
         // A step-down answers a waiting hello with the new topology.
-        let waiting = tokio::spawn({
-            let s = s.clone();
-            let cmd = awaitable(&tv, 600_000);
-            async move { hello_cmd(&s, &cmd).await.unwrap() }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
+        let cmd = awaitable(&tv, 600_000);
+        let mut waiting = std::pin::pin!(hello_cmd(&s, &cmd));
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_pending(),
+            "the hello waits for a change"
+        );
         s.topology.lock().step_down(1);
         let r = tokio::time::timeout(limit, waiting).await.unwrap().unwrap();
         assert!(!r.get_bool("isWritablePrimary").unwrap());
