@@ -11,7 +11,6 @@
 //!   time); `required` fails with NoMatchingDocument when the image is missing (manual:
 //!   "Change Streams with Document Pre- and Post-Images").
 
-use crate::changestream::Scope;
 use crate::error::{CommandError, ErrorCode, Result};
 use crate::oplog::{Namespace, OplogEntry, OplogOp};
 use crate::storage::Data;
@@ -48,6 +47,38 @@ pub struct EventShape {
     pub show_expanded: bool,
     pub full_document: FullDocument,
     pub before_change: BeforeChange,
+}
+
+/// What a stream watches (manual: "Watch a Collection, Database, or Deployment").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    Collection(Namespace),
+    Database(String),
+    Cluster,
+}
+
+impl Scope {
+    pub(crate) fn covers(&self, ns: &Namespace) -> bool {
+        match self {
+            Scope::Collection(watched) => watched == ns,
+            Scope::Database(db) => &ns.db == db && !ns.coll.starts_with("system."),
+            Scope::Cluster => !is_internal_db(&ns.db) && !ns.coll.starts_with("system."),
+        }
+    }
+
+    /// The namespace the cursor is registered under, as the driver will name it in `getMore`.
+    pub(crate) fn cursor_ns(&self) -> Namespace {
+        match self {
+            Scope::Collection(ns) => ns.clone(),
+            Scope::Database(db) => Namespace::new(db.clone(), "$cmd.aggregate"),
+            Scope::Cluster => Namespace::new("admin", "$cmd.aggregate"),
+        }
+    }
+}
+
+/// The databases a cluster-wide stream leaves out and no narrower stream may watch.
+pub(crate) fn is_internal_db(db: &str) -> bool {
+    matches!(db, "admin" | "config" | "local")
 }
 
 /// One event an oplog entry yields for a stream, before it gets its token.
@@ -217,7 +248,7 @@ pub(crate) fn events_for(
                 RawEvent::new("dropDatabase", None, doc! {"ns": {"db": db.clone()}}),
                 RawEvent::invalidate(),
             ],
-            Scope::Cluster if !crate::changestream::is_internal_db(db) => {
+            Scope::Cluster if !is_internal_db(db) => {
                 vec![RawEvent::new(
                     "dropDatabase",
                     None,

@@ -10,17 +10,16 @@
 #![allow(clippy::result_large_err)]
 
 use crate::aggregate::Pipeline;
-use crate::changeevent::{BeforeChange, EventShape, FullDocument};
-use crate::cursor::{CursorEntry, CursorKind};
-use crate::error::{self, CommandError, ErrorCode, Result};
+use crate::changeevent::{BeforeChange, EventShape, FullDocument, Scope, is_internal_db};
+use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
 use crate::fields;
 use crate::oplog::{Namespace, ts_key};
-use crate::state::{CommandContext, Shared};
 use crate::storage::Data;
 use bson::{Bson, Document, Timestamp, doc};
-use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The first byte of every resume token this server issues.
 const TOKEN_VERSION: u8 = 1;
@@ -203,37 +202,6 @@ impl ResumeToken {
     }
 }
 
-/// What a stream watches (manual: "Watch a Collection, Database, or Deployment").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Scope {
-    Collection(Namespace),
-    Database(String),
-    Cluster,
-}
-
-impl Scope {
-    pub(crate) fn covers(&self, ns: &Namespace) -> bool {
-        match self {
-            Scope::Collection(watched) => watched == ns,
-            Scope::Database(db) => &ns.db == db && !ns.coll.starts_with("system."),
-            Scope::Cluster => !is_internal_db(&ns.db) && !ns.coll.starts_with("system."),
-        }
-    }
-
-    /// The namespace the cursor is registered under, as the driver will name it in `getMore`.
-    fn cursor_ns(&self) -> Namespace {
-        match self {
-            Scope::Collection(ns) => ns.clone(),
-            Scope::Database(db) => Namespace::new(db.clone(), "$cmd.aggregate"),
-            Scope::Cluster => Namespace::new("admin", "$cmd.aggregate"),
-        }
-    }
-}
-
-pub(crate) fn is_internal_db(db: &str) -> bool {
-    matches!(db, "admin" | "config" | "local")
-}
-
 /// An open change stream's position and options.
 pub struct ChangeStreamCursor {
     scope: Scope,
@@ -253,8 +221,18 @@ pub struct ChangeStreamCursor {
 }
 
 impl ChangeStreamCursor {
+    /// The namespace the cursor is registered under, as the driver will name it in `getMore`.
+    pub(crate) fn ns(&self) -> Namespace {
+        self.scope.cursor_ns()
+    }
+
+    /// Whether the stream has delivered its `invalidate` event: it has nothing more to give.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// The post-batch resume token for the current position.
-    fn post_batch_resume_token(&self) -> Document {
+    pub(crate) fn post_batch_resume_token(&self) -> Document {
         let kind = match self.position.stage {
             Stage::HighWater => TokenKind::HighWaterMark,
             // A stream closes exactly at its invalidate event.
@@ -588,8 +566,7 @@ fn invalid_namespace(errmsg: String) -> CommandError {
 }
 
 /// The stream's scope from the command's target (manual: "Change Streams", availability).
-fn resolve_scope(ctx: &CommandContext, cmd: &Document, cluster: bool) -> Result<Scope> {
-    let db = ctx.db.as_str();
+fn resolve_scope(db: &str, cmd: &Document, cluster: bool) -> Result<Scope> {
     let scope = match cmd.get("aggregate") {
         Some(Bson::String(coll)) => {
             if cluster {
@@ -703,8 +680,8 @@ fn first_batch_size(cmd: &Document) -> Result<usize> {
 
 /// Parses the command, positions the stream and reads its first batch.
 fn open_cursor(
-    shared: &Shared,
-    ctx: &CommandContext,
+    data: &Mutex<Data>,
+    db: &str,
     cmd: &Document,
     pipeline: &[Bson],
 ) -> Result<(ChangeStreamCursor, Vec<Document>)> {
@@ -719,10 +696,10 @@ fn open_cursor(
         ));
     };
     let options = parse_options(spec)?;
-    let scope = resolve_scope(ctx, cmd, options.all_changes_for_cluster)?;
+    let scope = resolve_scope(db, cmd, options.all_changes_for_cluster)?;
     let (following, split_large) = parse_following_stages(&pipeline[1..])?;
     let batch_size = first_batch_size(cmd)?;
-    let data = shared.data.lock();
+    let data = data.lock();
     let position = match options.start {
         StartAt::Now => Point::high_water(data.oplog.last_ts()),
         StartAt::OperationTime(ts) => Point::before(ts),
@@ -771,43 +748,27 @@ fn check_read_concern(cmd: &Document) -> Result<()> {
     }
 }
 
-/// Opens a change stream for `aggregate` whose first stage is `$changeStream`; returns the
-/// full command reply body (`cursor: {firstBatch, id, ns, postBatchResumeToken}`).
-pub fn open(
-    shared: &Shared,
-    ctx: &CommandContext,
+/// Opens a change stream for `aggregate` on `db` whose first stage is `$changeStream`: the
+/// stream, positioned after its first batch, and that batch.
+pub(crate) fn open(
+    data: &Mutex<Data>,
+    db: &str,
     cmd: &Document,
     pipeline: &[Bson],
-) -> Result<Document> {
+) -> Result<(ChangeStreamCursor, Vec<Document>)> {
     check_read_concern(cmd)?;
-    let (cursor, batch) = open_cursor(shared, ctx, cmd, pipeline)?;
-    let ns = cursor.scope.cursor_ns();
-    let token = cursor.post_batch_resume_token();
-    let id = if cursor.closed {
-        0
-    } else {
-        shared.cursors.lock().register(CursorEntry {
-            ns: ns.clone(),
-            kind: CursorKind::ChangeStream(Box::new(cursor)),
-        })
-    };
-    Ok(doc! {
-        "cursor": {
-            "firstBatch": batch,
-            "postBatchResumeToken": token,
-            "id": id,
-            "ns": ns.to_string(),
-        }
-    })
+    open_cursor(data, db, cmd, pipeline)
 }
 
 /// One `getMore` on a change stream: the batch, the post-batch resume token, and whether the
 /// cursor is now closed (after `invalidate`).
 ///
 /// With nothing to return it waits for the oplog to grow, up to `max_time` (awaitData), and
-/// returns as soon as an event is available.
-pub async fn get_more(
-    shared: &Arc<Shared>,
+/// returns as soon as an event is available. `head` sees every change of the oplog's head from
+/// before the first read on, so a write landing after a read still wakes the wait.
+pub(crate) async fn get_more(
+    data: &Mutex<Data>,
+    mut head: watch::Receiver<u64>,
     cursor: &mut ChangeStreamCursor,
     batch_size: Option<usize>,
     max_time: Option<Duration>,
@@ -817,12 +778,10 @@ pub async fn get_more(
         Some(n) => n,
     };
     let deadline = Instant::now() + max_time.unwrap_or(DEFAULT_AWAIT);
-    // Subscribing before reading means a write landing after the read still wakes us.
-    let mut head = shared.subscribe_oplog();
     loop {
         head.borrow_and_update();
         let batch = {
-            let data = shared.data.lock();
+            let data = data.lock();
             cursor.scan(&data, limit)?
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -836,115 +795,29 @@ pub async fn get_more(
     }
 }
 
-/// `replSetGetStatus`: one PRIMARY member, with the oplog's first and last optimes.
-///
-/// The oldest retained entry is not part of mongod's reply; clients read it from
-/// `local.oplog.rs`.
-pub fn repl_set_get_status(
-    shared: &Shared,
-    ctx: &CommandContext,
-    cmd: &Document,
-) -> Result<Document> {
-    let _ = cmd;
-    if ctx.db != "admin" {
-        return Err(CommandError::new(
-            ErrorCode {
-                code: 13,
-                name: "Unauthorized",
-            },
-            "replSetGetStatus may only be run against the admin database",
-        ));
-    }
-    let (last_ts, last_wall) = {
-        let data = shared.data.lock();
-        let oplog = &data.oplog;
-        let wall = oplog
-            .entries()
-            .back()
-            .map_or_else(bson::DateTime::now, |e| e.wall);
-        (oplog.last_ts(), wall)
-    };
-    let now = std::time::SystemTime::now();
-    let uptime = shared.started.elapsed();
-    let elected = now.checked_sub(uptime).unwrap_or(now);
-    let elected_secs = elected
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let election_time = Timestamp {
-        time: u32::try_from(elected_secs).unwrap_or(u32::MAX),
-        increment: 1,
-    };
-    let optime = doc! {"ts": last_ts, "t": 1i64};
-    let optime_date = bson::DateTime::from_millis(i64::from(last_ts.time) * 1000);
-    Ok(doc! {
-        "set": shared.options.replica_set.clone(),
-        "date": bson::DateTime::from_system_time(now),
-        "myState": 1,
-        "term": 1i64,
-        "syncSourceHost": "",
-        "syncSourceId": -1,
-        "heartbeatIntervalMillis": 2000i64,
-        "majorityVoteCount": 1,
-        "writeMajorityCount": 1,
-        "votingMembersCount": 1,
-        "writableVotingMembersCount": 1,
-        "optimes": {
-            "lastCommittedOpTime": optime.clone(),
-            "lastCommittedWallTime": last_wall,
-            "readConcernMajorityOpTime": optime.clone(),
-            "appliedOpTime": optime.clone(),
-            "durableOpTime": optime.clone(),
-            "lastAppliedWallTime": last_wall,
-            "lastDurableWallTime": last_wall,
-        },
-        "members": [{
-            "_id": 0,
-            "name": shared.host.clone(),
-            "health": 1.0,
-            "state": 1,
-            "stateStr": "PRIMARY",
-            "uptime": i32::try_from(uptime.as_secs()).unwrap_or(i32::MAX),
-            "optime": optime,
-            "optimeDate": optime_date,
-            "lastAppliedWallTime": last_wall,
-            "lastDurableWallTime": last_wall,
-            "syncSourceHost": "",
-            "syncSourceId": -1,
-            "infoMessage": "",
-            "electionTime": election_time,
-            "electionDate": bson::DateTime::from_system_time(elected),
-            "configVersion": 1,
-            "configTerm": 1,
-            "self": true,
-            "lastHeartbeatMessage": "",
-        }],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::oplog::OplogOp;
-    use crate::state::ServerOptions;
+    use std::sync::Arc;
 
-    fn shared(capacity: usize) -> Arc<Shared> {
-        let options = ServerOptions {
-            oplog_capacity: capacity,
-            ..ServerOptions::default()
-        };
-        Arc::new(Shared::new(options, "127.0.0.1:27017".to_string()))
+    /// What streams read: the data, and the oplog head a waiting getMore watches.
+    struct Server {
+        data: Mutex<Data>,
+        head: watch::Sender<u64>,
     }
 
-    fn ctx(db: &str) -> CommandContext {
-        CommandContext {
-            db: db.to_string(),
-            ..CommandContext::default()
-        }
+    fn shared(capacity: usize) -> Arc<Server> {
+        Arc::new(Server {
+            data: Mutex::new(Data::new(capacity)),
+            head: watch::channel(0).0,
+        })
     }
 
-    fn write(shared: &Shared, op: OplogOp) -> Timestamp {
-        let ts = shared.data.lock().oplog.record(op, None);
-        shared.publish_oplog_head();
+    fn write(server: &Server, op: OplogOp) -> Timestamp {
+        let mut data = server.data.lock();
+        let ts = data.oplog.record(op, None);
+        server.head.send_replace(data.oplog.head_seq());
         ts
     }
 
@@ -956,7 +829,7 @@ mod tests {
     }
 
     fn open_on(
-        shared: &Shared,
+        shared: &Server,
         db: &str,
         target: Bson,
         spec: Document,
@@ -968,14 +841,14 @@ mod tests {
             batch_size.map_or_else(Document::new, |n| doc! {"batchSize": n}),
         );
         open_cursor(
-            shared,
-            &ctx(db),
+            &shared.data,
+            db,
             &cmd,
             &[Bson::Document(doc! {STAGE: spec})],
         )
     }
 
-    fn watch_coll(shared: &Shared, spec: Document) -> (ChangeStreamCursor, Vec<Document>) {
+    fn watch_coll(shared: &Server, spec: Document) -> (ChangeStreamCursor, Vec<Document>) {
         open_on(shared, "db", "c".into(), spec, None).unwrap()
     }
 
@@ -995,11 +868,12 @@ mod tests {
     }
 
     async fn next(
-        shared: &Arc<Shared>,
+        shared: &Server,
         cursor: &mut ChangeStreamCursor,
         batch_size: Option<usize>,
     ) -> Result<(Vec<Document>, Document, bool)> {
-        get_more(shared, cursor, batch_size, Some(Duration::ZERO)).await
+        let head = shared.head.subscribe();
+        get_more(&shared.data, head, cursor, batch_size, Some(Duration::ZERO)).await
     }
 
     fn ts(time: u32, increment: u32) -> Timestamp {
@@ -1364,32 +1238,6 @@ mod tests {
         assert_eq!(op_types(&after), ["insert"]);
     }
 
-    #[test]
-    fn an_invalidate_in_the_first_batch_closes_the_cursor() {
-        let s = shared(100);
-        let start = s.data.lock().oplog.tick();
-        write(
-            &s,
-            OplogOp::Drop {
-                ns: Namespace::new("db", "c"),
-            },
-        );
-        let cmd = doc! {"aggregate": "c", "cursor": {}};
-        let reply = open(
-            &s,
-            &ctx("db"),
-            &cmd,
-            &[Bson::Document(
-                doc! {STAGE: {"startAtOperationTime": start}},
-            )],
-        )
-        .unwrap();
-        let cursor = reply.get_document("cursor").unwrap();
-        assert_eq!(cursor.get_i64("id").unwrap(), 0);
-        assert_eq!(cursor.get_array("firstBatch").unwrap().len(), 2);
-        assert!(s.cursors.lock().is_empty());
-    }
-
     #[tokio::test]
     async fn renaming_away_invalidates_a_collection_stream_only() {
         let s = shared(100);
@@ -1575,8 +1423,8 @@ mod tests {
         );
         let stage_err = |stage: Document| {
             open_cursor(
-                &s,
-                &ctx("db"),
+                &s.data,
+                "db",
                 &doc! {"aggregate": "c", "cursor": {}},
                 &[Bson::Document(doc! {STAGE: {}}), Bson::Document(stage)],
             )
@@ -1591,8 +1439,8 @@ mod tests {
         );
         assert_eq!(stage_err(doc! {STAGE: {}}).code, 40602);
         let err = open_cursor(
-            &s,
-            &ctx("db"),
+            &s.data,
+            "db",
             &doc! {"aggregate": "c"},
             &[Bson::Document(doc! {STAGE: 1})],
         )
@@ -1689,7 +1537,9 @@ mod tests {
         let waiter = {
             let s = s.clone();
             tokio::spawn(async move {
-                let result = get_more(&s, &mut cursor, None, Some(Duration::from_secs(60))).await;
+                let head = s.head.subscribe();
+                let wait = Some(Duration::from_secs(60));
+                let result = get_more(&s.data, head, &mut cursor, None, wait).await;
                 (result, cursor)
             })
         };
@@ -1707,62 +1557,16 @@ mod tests {
     async fn an_idle_get_more_returns_an_empty_batch_after_max_time() {
         let s = shared(100);
         let (mut cursor, _) = watch_coll(&s, doc! {});
-        let (batch, pbrt, closed) =
-            get_more(&s, &mut cursor, None, Some(Duration::from_millis(20)))
-                .await
-                .unwrap();
+        let head = s.head.subscribe();
+        let wait = Some(Duration::from_millis(20));
+        let (batch, pbrt, closed) = get_more(&s.data, head, &mut cursor, None, wait)
+            .await
+            .unwrap();
         assert!(batch.is_empty());
         assert!(!closed);
         assert_eq!(
             ResumeToken::decode(&pbrt).unwrap().kind,
             TokenKind::HighWaterMark
         );
-    }
-
-    #[tokio::test]
-    async fn cursors_are_registered_under_the_namespace_get_more_names() {
-        let s = shared(100);
-        let cmd = doc! {"aggregate": 1, "cursor": {}};
-        let reply = open(&s, &ctx("db"), &cmd, &[Bson::Document(doc! {STAGE: {}})]).unwrap();
-        let cursor = reply.get_document("cursor").unwrap();
-        let keys: Vec<&str> = cursor.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["firstBatch", "postBatchResumeToken", "id", "ns"]);
-        assert_eq!(cursor.get_str("ns").unwrap(), "db.$cmd.aggregate");
-        let id = cursor.get_i64("id").unwrap();
-        assert_ne!(id, 0);
-        write(&s, insert("db", "c", 1));
-        let get_more_cmd = doc! {"getMore": id, "collection": "$cmd.aggregate", "maxTimeMS": 0};
-        let reply = crate::cursor::get_more(&s, &ctx("db"), &get_more_cmd)
-            .await
-            .unwrap();
-        let cursor = reply.get_document("cursor").unwrap();
-        assert_eq!(cursor.get_i64("id").unwrap(), id);
-        assert_eq!(cursor.get_array("nextBatch").unwrap().len(), 1);
-        assert!(cursor.get_document("postBatchResumeToken").is_ok());
-    }
-
-    #[test]
-    fn repl_set_get_status_reports_one_primary_on_admin_only() {
-        let s = shared(10);
-        let last = write(&s, insert("db", "c", 1));
-        let err = repl_set_get_status(&s, &ctx("db"), &doc! {"replSetGetStatus": 1}).unwrap_err();
-        assert_eq!(err.code, 13);
-        assert_eq!(err.code_name, "Unauthorized");
-        let reply = repl_set_get_status(&s, &ctx("admin"), &doc! {"replSetGetStatus": 1}).unwrap();
-        assert_eq!(reply.get_str("set").unwrap(), "rs0");
-        assert_eq!(reply.get_i32("myState").unwrap(), 1);
-        let optimes = reply.get_document("optimes").unwrap();
-        assert_eq!(
-            optimes.get_document("appliedOpTime").unwrap(),
-            &doc! {"ts": last, "t": 1i64}
-        );
-        let members = reply.get_array("members").unwrap();
-        assert_eq!(members.len(), 1);
-        let Bson::Document(me) = &members[0] else {
-            panic!("member is a document")
-        };
-        assert_eq!(me.get_str("stateStr").unwrap(), "PRIMARY");
-        assert_eq!(me.get_str("name").unwrap(), "127.0.0.1:27017");
-        assert!(me.get_bool("self").unwrap());
     }
 }

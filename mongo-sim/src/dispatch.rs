@@ -6,37 +6,15 @@
 //! a resumable change-stream error where it is one; hellos and the step-down itself are not
 //! interrupted.
 
+use crate::commands::crud;
+use crate::commands::ddl;
 use crate::error::{self, CommandError, Result};
 use crate::failpoint::{self, Triggered};
 use crate::handshake;
 use crate::retryable::RetryableWrite;
-use crate::state::{CommandContext, Shared};
+use crate::state::{CommandContext, ConnectionState, Shared};
 use bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
-use std::collections::HashSet;
 use std::sync::Arc;
-
-/// What the connection learned about its client, kept across commands.
-#[derive(Debug, Clone)]
-pub struct ConnectionState {
-    pub id: i64,
-    /// `client.application.name` from the handshake (matched by `failCommand`'s `appName`).
-    pub app_name: Option<String>,
-    /// The client's address, for `whatsmyuri`.
-    pub peer: String,
-    /// A `hello` has been answered; client metadata may not be sent again.
-    pub handshake_done: bool,
-}
-
-impl ConnectionState {
-    pub fn new(id: i64, peer: String) -> Self {
-        Self {
-            id,
-            app_name: None,
-            peer,
-            handshake_done: false,
-        }
-    }
-}
 
 /// The result of one command for the connection loop.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +22,6 @@ pub enum Outcome {
     Reply(Document),
     /// A fail point asked for the socket to be closed without a reply.
     CloseConnection,
-}
-
-/// What dispatch remembers between commands.
-#[derive(Default)]
-pub struct DispatchState {
-    /// Open change-stream cursors: their failed getMores get `ResumableChangeStreamError`.
-    change_stream_cursors: HashSet<i64>,
 }
 
 /// Commands that write; refused with NotWritablePrimary while stepped down, and the ones a
@@ -98,7 +69,7 @@ const READ_COMMANDS: &[&str] = &[
 /// Writes that may carry a `txnNumber` (retryable-writes spec, "Supported Write Operations").
 const RETRYABLE_COMMANDS: &[&str] = &["insert", "update", "delete", "findAndModify"];
 
-const OTHER_COMMANDS: &[&str] = &["killCursors", "replSetGetStatus", "configureFailPoint"];
+const OTHER_COMMANDS: &[&str] = &["killCursors", "configureFailPoint"];
 
 fn is_known(name: &str) -> bool {
     WRITE_COMMANDS.contains(&name)
@@ -285,7 +256,7 @@ async fn execute(
         shared
             .failpoints
             .lock()
-            .evaluate(&name, &ctx, ns.as_deref())
+            .evaluate(&name, ctx.app_name.as_deref(), ns.as_deref())
     };
     let labelling = Labelling {
         retryable_write: retryable,
@@ -456,12 +427,7 @@ fn is_change_stream_operation(shared: &Shared, name: &str, cmd: &Document) -> bo
     match name {
         "aggregate" => opens_change_stream(cmd),
         "getMore" => match cmd.get("getMore") {
-            Some(Bson::Int64(id)) => shared
-                .topology
-                .lock()
-                .dispatch
-                .change_stream_cursors
-                .contains(id),
+            Some(Bson::Int64(id)) => shared.change_stream_cursors.lock().contains(id),
             _ => false,
         },
         _ => false,
@@ -478,8 +444,7 @@ fn reply_cursor_id(reply: &Document) -> Option<i64> {
 
 /// Keeps the set of open change-stream cursors current.
 fn track_change_stream_cursors(shared: &Shared, name: &str, cmd: &Document, ran: Option<&Ran>) {
-    let mut topology = shared.topology.lock();
-    let open = &mut topology.dispatch.change_stream_cursors;
+    let mut open = shared.change_stream_cursors.lock();
     match name {
         "aggregate" => {
             if let Some(id) = ran.and_then(|r| reply_cursor_id(&r.reply))
@@ -664,7 +629,6 @@ async fn route(
     name: &str,
     cmd: &mut Document,
 ) -> Result<Document> {
-    use crate::commands::{crud, ddl};
     let s: &Shared = shared;
     match name {
         "insert" => crud::insert(s, ctx, cmd),
@@ -689,13 +653,13 @@ async fn route(
             };
             let change_stream = opens_change_stream(cmd);
             if change_stream {
-                crate::changestream::open(s, ctx, cmd, pipeline)
+                crate::commands::aggregation::change_stream(s, ctx, cmd, pipeline)
             } else {
                 crate::commands::aggregation::aggregate(s, ctx, cmd)
             }
         }
-        "getMore" => crate::cursor::get_more(shared, ctx, cmd).await,
-        "killCursors" => crate::cursor::kill_cursors(s, ctx, cmd),
+        "getMore" => crate::commands::getmore::get_more(shared, ctx, cmd).await,
+        "killCursors" => crate::commands::getmore::kill_cursors(s, ctx, cmd),
         "create" => ddl::create(s, ctx, cmd),
         "collMod" => crate::commands::collmod::coll_mod(s, ctx, cmd),
         "drop" => ddl::drop(s, ctx, cmd),
@@ -706,8 +670,7 @@ async fn route(
         "createIndexes" => ddl::create_indexes(s, ctx, cmd),
         "listIndexes" => ddl::list_indexes(s, ctx, cmd),
         "dropIndexes" => ddl::drop_indexes(s, ctx, cmd),
-        "replSetGetStatus" => crate::changestream::repl_set_get_status(s, ctx, cmd),
-        "configureFailPoint" => failpoint::configure(s, ctx, cmd),
+        "configureFailPoint" => failpoint::configure(&s.failpoints, &ctx.db, cmd),
         "getCmdLineOpts" | "getParameter" => crate::admin::run(s, ctx, name, cmd),
         other => handshake::run(s, conn, ctx, other, cmd).await,
     }
@@ -937,7 +900,7 @@ mod tests {
         assert!(!r.contains_key("errorLabels"));
         // failCommand fails a getMore before its cursor is checked out: mongod cannot tell it
         // is a change stream's, and adds no label.
-        s.topology.lock().dispatch.change_stream_cursors.insert(77);
+        s.change_stream_cursors.lock().insert(77);
         let r = run(&s, doc! {"getMore": 77i64, "collection": "c", "$db": "a"}).await;
         assert_eq!(r.get_i32("code").unwrap(), 6);
         assert!(!r.contains_key("errorLabels"));
@@ -962,6 +925,6 @@ mod tests {
             doc! {"killCursors": "c", "cursors": [77i64], "$db": "a"},
         )
         .await;
-        assert!(s.topology.lock().dispatch.change_stream_cursors.is_empty());
+        assert!(s.change_stream_cursors.lock().is_empty());
     }
 }

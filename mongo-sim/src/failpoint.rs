@@ -12,8 +12,8 @@
 //! Each counts how often it fired (`count` in the reply of the next `configureFailPoint`).
 
 use crate::error::{self, CommandError, Result};
-use crate::state::{CommandContext, Shared};
 use bson::{Bson, Document, doc};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,12 +96,12 @@ pub struct Triggered {
 }
 
 impl FailPoints {
-    /// Decides whether `failCommand` fires for `command` (on `namespace`, `db.coll`, when the
-    /// command names a collection), counting it down if so.
+    /// Decides whether `failCommand` fires for `command` (from a client named `app_name`, on
+    /// `namespace`, `db.coll`, when the command names a collection), counting it down if so.
     pub fn evaluate(
         &mut self,
         command: &str,
-        ctx: &CommandContext,
+        app_name: Option<&str>,
         namespace: Option<&str>,
     ) -> Option<Triggered> {
         let fp = self.fail_command.as_mut()?;
@@ -109,7 +109,7 @@ impl FailPoints {
             return None;
         }
         if let Some(app) = &fp.app_name
-            && ctx.app_name.as_deref() != Some(app.as_str())
+            && app_name != Some(app.as_str())
         {
             return None;
         }
@@ -357,10 +357,10 @@ fn parse_data(data: &Document, mode: Mode) -> Result<FailCommand> {
     })
 }
 
-/// `configureFailPoint` (manual: "configureFailPoint"); the reply's `count` is how often the
-/// fail point fired before this call.
-pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
-    if ctx.db != "admin" {
+/// `configureFailPoint` run on database `db` (manual: "configureFailPoint"); the reply's `count`
+/// is how often the fail point fired before this call.
+pub fn configure(failpoints: &Mutex<FailPoints>, db: &str, cmd: &Document) -> Result<Document> {
+    if db != "admin" {
         let mut e = CommandError::from_code(
             13,
             "configureFailPoint may only be run against the admin database.",
@@ -402,7 +402,7 @@ pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
             ));
         }
     };
-    let mut fps = shared.failpoints.lock();
+    let mut fps = failpoints.lock();
     let key = site.unwrap_or("failCommand");
     let count = fps.times_entered.get(key).copied().unwrap_or(0);
     match site {
@@ -430,29 +430,21 @@ pub fn configure(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::ServerOptions;
 
-    fn shared() -> Shared {
-        Shared::new(ServerOptions::default(), "h:1".to_string())
+    fn failpoints() -> Mutex<FailPoints> {
+        Mutex::new(FailPoints::default())
     }
 
-    fn admin() -> CommandContext {
-        CommandContext {
-            db: "admin".into(),
-            ..Default::default()
-        }
-    }
-
-    fn fire(s: &Shared, cmd: &str) -> Option<Triggered> {
-        s.failpoints.lock().evaluate(cmd, &admin(), Some("db.c"))
+    fn fire(s: &Mutex<FailPoints>, cmd: &str) -> Option<Triggered> {
+        s.lock().evaluate(cmd, None, Some("db.c"))
     }
 
     #[test]
     fn times_counts_down_only_for_listed_commands() {
-        let s = shared();
+        let s = failpoints();
         let r = configure(
             &s,
-            &admin(),
+            "admin",
             &doc! {"configureFailPoint": "failCommand", "mode": {"times": 2},
             "data": {"failCommands": ["ping"], "errorCode": 91}},
         )
@@ -467,7 +459,7 @@ mod tests {
         assert!(fire(&s, "ping").is_none());
         let r = configure(
             &s,
-            &admin(),
+            "admin",
             &doc! {"configureFailPoint": "failCommand", "mode": "off"},
         )
         .unwrap();
@@ -476,10 +468,10 @@ mod tests {
 
     #[test]
     fn skip_lets_the_first_commands_pass() {
-        let s = shared();
+        let s = failpoints();
         configure(
             &s,
-            &admin(),
+            "admin",
             &doc! {"configureFailPoint": "failCommand", "mode": {"skip": 1},
             "data": {"failCommands": ["ping"], "closeConnection": true}},
         )
@@ -491,41 +483,36 @@ mod tests {
 
     #[test]
     fn app_name_and_namespace_narrow_the_fail_point() {
-        let s = shared();
+        let s = failpoints();
         configure(
             &s,
-            &admin(),
+            "admin",
             &doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
             "data": {"failCommands": ["insert"], "appName": "a", "namespace": "db.c",
                      "errorCode": 10107, "errorLabels": ["X"]}},
         )
         .unwrap();
         assert!(fire(&s, "insert").is_none());
-        let ctx = CommandContext {
-            app_name: Some("a".into()),
-            ..admin()
-        };
-        let mut fps = s.failpoints.lock();
-        assert!(fps.evaluate("insert", &ctx, Some("db.other")).is_none());
-        let t = fps.evaluate("insert", &ctx, Some("db.c")).unwrap();
+        let mut fps = s.lock();
+        assert!(
+            fps.evaluate("insert", Some("a"), Some("db.other"))
+                .is_none()
+        );
+        let t = fps.evaluate("insert", Some("a"), Some("db.c")).unwrap();
         assert_eq!(t.error.unwrap().labels, vec!["X".to_string()]);
     }
 
     #[test]
     fn only_failcommand_on_admin_is_accepted() {
-        let s = shared();
-        let ctx = CommandContext {
-            db: "test".into(),
-            ..Default::default()
-        };
+        let s = failpoints();
         let cmd = doc! {"configureFailPoint": "failCommand", "mode": "off"};
-        assert_eq!(configure(&s, &ctx, &cmd).unwrap_err().code, 13);
+        assert_eq!(configure(&s, "test", &cmd).unwrap_err().code, 13);
         let cmd = doc! {"configureFailPoint": "other", "mode": "off"};
-        let e = configure(&s, &admin(), &cmd).unwrap_err();
+        let e = configure(&s, "admin", &cmd).unwrap_err();
         assert_eq!(e.code, 115);
         assert!(e.errmsg.contains("other"));
         let cmd = doc! {"configureFailPoint": "failCommand", "mode": {"times": -1},
         "data": {"failCommands": ["ping"]}};
-        assert_eq!(configure(&s, &admin(), &cmd).unwrap_err().code, 2);
+        assert_eq!(configure(&s, "admin", &cmd).unwrap_err().code, 2);
     }
 }

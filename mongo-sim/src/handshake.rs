@@ -1,6 +1,6 @@
 //! Handshake and topology: `hello`/`isMaster` as the primary of a single-node replica set,
-//! `ping`, `buildInfo`, `hostInfo`, `serverStatus`, `endSessions`, and the test-only
-//! `replSetStepDown`.
+//! `ping`, `buildInfo`, `hostInfo`, `serverStatus`, `endSessions`, `replSetGetStatus` (one
+//! PRIMARY member with the oplog's optimes), and the test-only `replSetStepDown`.
 //!
 //! Replies follow mongod 7.0 and the Server Discovery and Monitoring specification: the
 //! fields drivers use to classify the server (`setName`, `hosts`, `me`, `primary`,
@@ -20,13 +20,11 @@
 //! answered at once with the new topology. When the step-down runs out the node is elected
 //! again with a larger `electionId` and the counter moves once more.
 
-use crate::dispatch::{ConnectionState, DispatchState};
-use crate::error::{self, CommandError, Result};
-use crate::state::{CommandContext, Shared};
+use crate::error::{self, CommandError, ErrorCode, Result};
+use crate::state::{CommandContext, ConnectionState, Shared};
 use bson::oid::ObjectId;
-use bson::{Bson, Document, doc};
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use bson::{Bson, Document, Timestamp, doc};
+use std::time::Duration;
 
 /// The server version announced by `buildInfo` and `serverStatus` by default; `ServerOptions`
 /// may name another release ([`crate::profile`]).
@@ -39,105 +37,6 @@ pub const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
 pub const LOGICAL_SESSION_TIMEOUT_MINUTES: i32 = 30;
 /// Connections mongod would still accept, as reported in `serverStatus.connections`.
 const MAX_CONNECTIONS: i64 = 838_860;
-
-/// The replica set's view of itself: who is primary, since when, and any step-down in force.
-pub struct Topology {
-    pub election_id: ObjectId,
-    pub set_version: i32,
-    /// The election term; `electionId` is derived from it as mongod does.
-    pub term: i64,
-    /// Until when a `replSetStepDown` keeps this node a secondary.
-    pub stepped_down_until: Option<Instant>,
-    /// `topologyVersion.processId`: one per server start.
-    pub process_id: ObjectId,
-    /// `topologyVersion.counter`; awaitable hellos wait for it to move.
-    version: watch::Sender<i64>,
-    /// Bumped by each step-down; commands in progress then fail with 11602.
-    interrupts: watch::Sender<u64>,
-    pub connections_current: i64,
-    pub connections_total_created: i64,
-    /// What command dispatch remembers between commands (retryable-write replies, change
-    /// stream cursors).
-    pub dispatch: DispatchState,
-    /// `serverStatus.opcounters`: insert, query, update, delete, getmore, command.
-    pub opcounters: [i64; 6],
-}
-
-/// mongod's `OID::fromTerm`: the maximal timestamp followed by the term, so a later term
-/// always gives a larger `electionId`.
-fn election_id_for_term(term: i64) -> ObjectId {
-    let mut bytes = [0u8; 12];
-    bytes[..4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xff]);
-    bytes[4..].copy_from_slice(&term.to_be_bytes());
-    ObjectId::from_bytes(bytes)
-}
-
-impl Topology {
-    pub fn new() -> Self {
-        Self {
-            election_id: election_id_for_term(1),
-            set_version: 1,
-            term: 1,
-            stepped_down_until: None,
-            process_id: ObjectId::new(),
-            version: watch::channel(0).0,
-            interrupts: watch::channel(0).0,
-            connections_current: 0,
-            connections_total_created: 0,
-            dispatch: DispatchState::default(),
-            opcounters: [0; 6],
-        }
-    }
-
-    /// Whether this node is primary now; a step-down that has run out ends with a new
-    /// election (a larger term and `electionId`).
-    pub fn is_primary(&mut self) -> bool {
-        match self.stepped_down_until {
-            None => true,
-            Some(until) if Instant::now() >= until => {
-                self.stepped_down_until = None;
-                self.term += 1;
-                self.election_id = election_id_for_term(self.term);
-                self.version.send_modify(|counter| *counter += 1);
-                true
-            }
-            Some(_) => false,
-        }
-    }
-
-    /// Steps down for `secs`: the topology changes and commands in progress are interrupted.
-    pub fn step_down(&mut self, secs: u64) {
-        self.stepped_down_until = Some(Instant::now() + Duration::from_secs(secs));
-        self.version.send_modify(|counter| *counter += 1);
-        self.interrupts.send_modify(|generation| *generation += 1);
-    }
-
-    /// `topologyVersion.counter` now.
-    pub fn counter(&self) -> i64 {
-        *self.version.borrow()
-    }
-
-    /// `topologyVersion` as hello reports it.
-    pub fn topology_version(&self) -> Document {
-        doc! {"processId": self.process_id, "counter": self.counter()}
-    }
-
-    /// A receiver that sees every later topology change.
-    pub fn subscribe_changes(&self) -> watch::Receiver<i64> {
-        self.version.subscribe()
-    }
-
-    /// A receiver that sees every later step-down.
-    pub fn subscribe_interrupts(&self) -> watch::Receiver<u64> {
-        self.interrupts.subscribe()
-    }
-}
-
-impl Default for Topology {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Commands this module answers.
 pub const COMMANDS: &[&str] = &[
@@ -154,6 +53,7 @@ pub const COMMANDS: &[&str] = &[
     "connectionStatus",
     "whatsmyuri",
     "replSetStepDown",
+    "replSetGetStatus",
 ];
 
 /// Runs one of [`COMMANDS`]; only an awaitable hello ever waits.
@@ -177,6 +77,7 @@ pub async fn run(
         )),
         "whatsmyuri" => Ok(doc! {"you": conn.peer.clone()}),
         "replSetStepDown" => repl_set_step_down(shared, ctx, cmd),
+        "replSetGetStatus" => repl_set_get_status(shared, ctx, cmd),
         other => Err(CommandError::new(
             error::COMMAND_NOT_FOUND,
             format!("no such command: '{other}'"),
@@ -540,6 +441,87 @@ fn repl_set_step_down(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> 
     Ok(Document::new())
 }
 
+/// `replSetGetStatus`: one PRIMARY member, with the oplog's first and last optimes.
+///
+/// The oldest retained entry is not part of mongod's reply; clients read it from
+/// `local.oplog.rs`.
+fn repl_set_get_status(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {
+    let _ = cmd;
+    if ctx.db != "admin" {
+        return Err(CommandError::new(
+            ErrorCode {
+                code: 13,
+                name: "Unauthorized",
+            },
+            "replSetGetStatus may only be run against the admin database",
+        ));
+    }
+    let (last_ts, last_wall) = {
+        let data = shared.data.lock();
+        let oplog = &data.oplog;
+        let wall = oplog
+            .entries()
+            .back()
+            .map_or_else(bson::DateTime::now, |e| e.wall);
+        (oplog.last_ts(), wall)
+    };
+    let now = std::time::SystemTime::now();
+    let uptime = shared.started.elapsed();
+    let elected = now.checked_sub(uptime).unwrap_or(now);
+    let elected_secs = elected
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let election_time = Timestamp {
+        time: u32::try_from(elected_secs).unwrap_or(u32::MAX),
+        increment: 1,
+    };
+    let optime = doc! {"ts": last_ts, "t": 1i64};
+    let optime_date = bson::DateTime::from_millis(i64::from(last_ts.time) * 1000);
+    Ok(doc! {
+        "set": shared.options.replica_set.clone(),
+        "date": bson::DateTime::from_system_time(now),
+        "myState": 1,
+        "term": 1i64,
+        "syncSourceHost": "",
+        "syncSourceId": -1,
+        "heartbeatIntervalMillis": 2000i64,
+        "majorityVoteCount": 1,
+        "writeMajorityCount": 1,
+        "votingMembersCount": 1,
+        "writableVotingMembersCount": 1,
+        "optimes": {
+            "lastCommittedOpTime": optime.clone(),
+            "lastCommittedWallTime": last_wall,
+            "readConcernMajorityOpTime": optime.clone(),
+            "appliedOpTime": optime.clone(),
+            "durableOpTime": optime.clone(),
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+        },
+        "members": [{
+            "_id": 0,
+            "name": shared.host.clone(),
+            "health": 1.0,
+            "state": 1,
+            "stateStr": "PRIMARY",
+            "uptime": i32::try_from(uptime.as_secs()).unwrap_or(i32::MAX),
+            "optime": optime,
+            "optimeDate": optime_date,
+            "lastAppliedWallTime": last_wall,
+            "lastDurableWallTime": last_wall,
+            "syncSourceHost": "",
+            "syncSourceId": -1,
+            "infoMessage": "",
+            "electionTime": election_time,
+            "electionDate": bson::DateTime::from_system_time(elected),
+            "configVersion": 1,
+            "configTerm": 1,
+            "self": true,
+            "lastHeartbeatMessage": "",
+        }],
+    })
+}
+
 trait WithCodeName {
     fn with_code_name(self, name: &str) -> Self;
 }
@@ -555,6 +537,7 @@ impl WithCodeName for CommandError {
 mod tests {
     use super::*;
     use crate::state::ServerOptions;
+    use std::time::Instant;
 
     fn shared() -> Shared {
         Shared::new(ServerOptions::default(), "127.0.0.1:4000".to_string())
@@ -683,7 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn awaitable_hello_waits_for_a_topology_change_or_its_time_limit() {
-        let s = std::sync::Arc::new(shared());
+        let s = shared();
         let tv = s.topology.lock().topology_version();
         // Nothing changes: answered once maxAwaitTimeMS has passed, with the same version.
         let started = Instant::now();
@@ -698,13 +681,12 @@ mod tests {
             .expect("answered at once")
             .unwrap();
         // A step-down answers a waiting hello with the new topology.
-        let waiting = tokio::spawn({
-            let s = s.clone();
-            let cmd = awaitable(&tv, 600_000);
-            async move { hello_cmd(&s, &cmd).await.unwrap() }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
+        let cmd = awaitable(&tv, 600_000);
+        let mut waiting = std::pin::pin!(hello_cmd(&s, &cmd));
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_pending(),
+            "the hello waits for a change"
+        );
         s.topology.lock().step_down(1);
         let r = tokio::time::timeout(limit, waiting).await.unwrap().unwrap();
         assert!(!r.get_bool("isWritablePrimary").unwrap());
@@ -757,5 +739,35 @@ mod tests {
                 Bson::Int32(0)
             ]
         );
+    }
+
+    #[test]
+    fn repl_set_get_status_reports_one_primary_on_admin_only() {
+        let s = shared();
+        let insert = crate::oplog::OplogOp::Insert {
+            ns: crate::oplog::Namespace::new("db", "c"),
+            document: std::sync::Arc::new(doc! {"_id": 1}),
+        };
+        let last = s.data.lock().oplog.record(insert, None);
+        let cmd = doc! {"replSetGetStatus": 1};
+        let err = repl_set_get_status(&s, &ctx("db"), &cmd).unwrap_err();
+        assert_eq!(err.code, 13);
+        assert_eq!(err.code_name, "Unauthorized");
+        let reply = repl_set_get_status(&s, &ctx("admin"), &cmd).unwrap();
+        assert_eq!(reply.get_str("set").unwrap(), "rs0");
+        assert_eq!(reply.get_i32("myState").unwrap(), 1);
+        let optimes = reply.get_document("optimes").unwrap();
+        assert_eq!(
+            optimes.get_document("appliedOpTime").unwrap(),
+            &doc! {"ts": last, "t": 1i64}
+        );
+        let members = reply.get_array("members").unwrap();
+        assert_eq!(members.len(), 1);
+        let Bson::Document(me) = &members[0] else {
+            panic!("member is a document")
+        };
+        assert_eq!(me.get_str("stateStr").unwrap(), "PRIMARY");
+        assert_eq!(me.get_str("name").unwrap(), "127.0.0.1:4000");
+        assert!(me.get_bool("self").unwrap());
     }
 }

@@ -34,6 +34,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod storage;
+pub(crate) mod topology;
 pub mod update;
 pub mod updatedesc;
 pub mod wire;

@@ -7,17 +7,10 @@
 //! `txnNumber` at a time (a newer one starts afresh, an older one is refused with
 //! TransactionTooOld) and the statement ids executed under it. Statement ids come from the
 //! command (`stmtIds`, or `stmtId` for the first statement), else from the statement's index.
-//! A statement is recorded only when it succeeded: a failed one runs again on retry.
-//!
-//! The `onPrimaryTransactionalWrite` fail point fires after each statement that wrote, as
-//! mongod's does in `onWriteOpCompletedOnPrimary`: it closes the connection
-//! (`closeConnection`, true unless given as false) and, with `failBeforeCommitExceptionCode`,
-//! fails the statement so that its write is undone and not recorded.
+//! A statement is recorded only when it succeeded: a failed one runs again on retry
+//! (`commands::statement` runs, records and replays them).
 
 use crate::error::{CommandError, Result};
-use crate::oplog::{Namespace, Savepoint};
-use crate::state::{CommandContext, Shared};
-use crate::storage::{Collection, Data};
 use bson::{Bson, Document};
 use std::collections::HashMap;
 
@@ -81,7 +74,8 @@ impl TransactionTable {
         record.executed.get(&stmt).cloned()
     }
 
-    fn record(&mut self, write: &RetryableWrite, stmt: i32, result: StatementResult) {
+    /// Notes that statement `stmt` of this write was applied with `result`.
+    pub(crate) fn record(&mut self, write: &RetryableWrite, stmt: i32, result: StatementResult) {
         let record = self.sessions.entry(write.session.clone()).or_default();
         if record.txn_number == write.txn_number {
             record.executed.insert(stmt, result);
@@ -100,7 +94,7 @@ impl TransactionTable {
 pub struct RetryableWrite {
     session: Vec<u8>,
     /// The session id as mongod prints it in errors.
-    display: String,
+    pub(crate) display: String,
     pub txn_number: i64,
     /// `stmtIds` of the command, one per statement.
     stmt_ids: Option<Vec<i32>>,
@@ -167,114 +161,6 @@ fn lsid_display(lsid: &Document) -> String {
             )
         }
         _ => lsid.to_string(),
-    }
-}
-
-/// What became of one statement run through [`run_statement`].
-pub enum Statement<T> {
-    /// Applied now, or replayed from its first execution.
-    Done(T),
-    /// Failed; nothing of it was applied.
-    Failed(CommandError),
-}
-
-/// How to run, record and replay one kind of statement.
-pub struct StatementKind<'a, T> {
-    pub run: &'a mut dyn FnMut(&mut Data) -> Result<T>,
-    pub record: &'a dyn Fn(&T) -> StatementResult,
-    pub replay: &'a dyn Fn(StatementResult) -> Option<T>,
-    /// Whether the statement wrote, so that it counts for the fail point.
-    pub wrote: &'a dyn Fn(&T) -> bool,
-}
-
-/// Runs the `index`-th statement of the command on `ns`: replayed when this retryable write
-/// already applied it, otherwise run, recorded, and passed through `onPrimaryTransactionalWrite`.
-pub fn run_statement<T>(
-    shared: &Shared,
-    ctx: &CommandContext,
-    data: &mut Data,
-    ns: &Namespace,
-    index: usize,
-    kind: StatementKind<'_, T>,
-) -> Statement<T> {
-    let Some(write) = &ctx.retryable else {
-        return match (kind.run)(data) {
-            Ok(v) => Statement::Done(v),
-            Err(e) => Statement::Failed(e),
-        };
-    };
-    let stmt = write.stmt_id(index);
-    if let Some(done) = data.transactions.executed(write, stmt)
-        && let Some(v) = (kind.replay)(done)
-    {
-        return Statement::Done(v);
-    }
-    let watched = shared
-        .failpoints
-        .lock()
-        .is_set("onPrimaryTransactionalWrite");
-    let before = watched.then(|| Snapshot::take(data, ns));
-    let value = match (kind.run)(data) {
-        Ok(v) => v,
-        Err(e) => return Statement::Failed(e),
-    };
-    if (kind.wrote)(&value)
-        && let Some(fired) = shared.failpoints.lock().fire("onPrimaryTransactionalWrite")
-    {
-        let close = !matches!(fired.get("closeConnection"), Some(Bson::Boolean(false)));
-        if close {
-            ctx.request_hang_up();
-        }
-        if let Some(code) = fired
-            .get("failBeforeCommitExceptionCode")
-            .and_then(crate::bsontype::as_i64)
-        {
-            if let Some(snapshot) = before {
-                snapshot.restore(data, ns);
-            }
-            return Statement::Failed(CommandError::from_code(
-                code as i32,
-                format!(
-                    "Failing write for {}:{} due to failpoint. The write must not be reflected.",
-                    write.display, write.txn_number
-                ),
-            ));
-        }
-    }
-    data.transactions.record(write, stmt, (kind.record)(&value));
-    Statement::Done(value)
-}
-
-/// The state one statement may change: its collection and the oplog's end, kept while
-/// `onPrimaryTransactionalWrite` may ask for the statement to be undone.
-struct Snapshot {
-    collection: Option<Collection>,
-    oplog: Savepoint,
-}
-
-impl Snapshot {
-    fn take(data: &Data, ns: &Namespace) -> Snapshot {
-        Snapshot {
-            collection: data.collection(ns).cloned(),
-            oplog: data.oplog.savepoint(),
-        }
-    }
-
-    fn restore(self, data: &mut Data, ns: &Namespace) {
-        match self.collection {
-            Some(c) => {
-                if let Some(slot) = data.collection_mut(ns) {
-                    *slot = c;
-                }
-            }
-            None => {
-                if let Some(db) = data.databases.get_mut(&ns.db) {
-                    db.collections.remove(&ns.coll);
-                }
-                data.forget_if_empty(&ns.db);
-            }
-        }
-        data.oplog.rollback(self.oplog);
     }
 }
 

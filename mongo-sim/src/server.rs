@@ -6,9 +6,9 @@
 //! A step-down closes no connection (as since mongod 4.2): it interrupts the commands in
 //! progress, which dispatch answers with an error.
 
-use crate::dispatch::{self, ConnectionState, Outcome};
+use crate::dispatch::{self, Outcome};
 use crate::error::CommandError;
-use crate::state::{ServerOptions, Shared};
+use crate::state::{ConnectionState, ServerOptions, Shared};
 use crate::wire::{self, Request};
 use bson::{Bson, Document};
 use std::io;

@@ -1,11 +1,13 @@
 //! The server's shared state: data, cursors, fail points and topology, each behind its own
-//! lock, plus the notification that wakes change-stream `getMore`s waiting for new writes.
+//! lock, plus the notification that wakes change-stream `getMore`s waiting for new writes; and
+//! what one connection and one command carry to the handlers.
 
 use crate::cursor::Cursors;
 use crate::failpoint::FailPoints;
-use crate::handshake::Topology;
 use crate::storage::Data;
+use crate::topology::Topology;
 use parking_lot::Mutex;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Instant;
@@ -55,6 +57,9 @@ pub struct Shared {
     pub topology: Mutex<Topology>,
     /// Sessions commands used (`$listLocalSessions`).
     pub sessions: Mutex<crate::sessions::SessionCache>,
+    /// The open cursors that are change streams, so that a failed `getMore` on one is labelled
+    /// `ResumableChangeStreamError` where mongod labels it.
+    pub(crate) change_stream_cursors: Mutex<HashSet<i64>>,
     /// The oplog's newest sequence number; change-stream getMores wait on changes.
     oplog_head: watch::Sender<u64>,
     next_connection_id: AtomicI64,
@@ -72,6 +77,7 @@ impl Shared {
             failpoints: Mutex::new(FailPoints::default()),
             topology: Mutex::new(Topology::new()),
             sessions: Mutex::new(crate::sessions::SessionCache::default()),
+            change_stream_cursors: Mutex::new(HashSet::new()),
             oplog_head: watch::channel(0).0,
             next_connection_id: AtomicI64::new(1),
             started: Instant::now(),
@@ -98,6 +104,29 @@ impl Shared {
     /// A receiver that sees every later change of the oplog head.
     pub fn subscribe_oplog(&self) -> watch::Receiver<u64> {
         self.oplog_head.subscribe()
+    }
+}
+
+/// What the connection learned about its client, kept across commands.
+#[derive(Debug, Clone)]
+pub struct ConnectionState {
+    pub id: i64,
+    /// `client.application.name` from the handshake (matched by `failCommand`'s `appName`).
+    pub app_name: Option<String>,
+    /// The client's address, for `whatsmyuri`.
+    pub peer: String,
+    /// A `hello` has been answered; client metadata may not be sent again.
+    pub handshake_done: bool,
+}
+
+impl ConnectionState {
+    pub fn new(id: i64, peer: String) -> Self {
+        Self {
+            id,
+            app_name: None,
+            peer,
+            handshake_done: false,
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+
+use common::poll_until;
+
 async fn server() -> MongoSim {
     mongo_sim::server::start_default()
         .await
@@ -511,89 +515,128 @@ async fn step_down_keeps_connections_and_a_new_primary_is_elected() {
     sim.shutdown().await;
 }
 
+/// `serverStatus.opcounters.getmore`: the getMores the server has begun.
+fn get_mores(status: &Document) -> i64 {
+    status
+        .get_document("opcounters")
+        .unwrap()
+        .get_i64("getmore")
+        .unwrap()
+}
+
+/// One check of the driver's server monitor, as its SDAM events report it.
+#[derive(Debug, Clone)]
+enum Heartbeat {
+    Started { awaited: bool },
+    Succeeded { awaited: bool, reply: Document },
+    Failed,
+}
+
+/// The monitor's checks so far, in order.
+type Heartbeats = std::sync::Arc<std::sync::Mutex<Vec<Heartbeat>>>;
+
+fn topology_version(reply: &Document) -> Option<&Document> {
+    reply.get_document("topologyVersion").ok()
+}
+
+/// Whether the reply to a monitor's check says the server is the primary.
+fn says_primary(beat: &Heartbeat) -> Option<bool> {
+    match beat {
+        Heartbeat::Succeeded { reply, .. } => reply.get_bool("isWritablePrimary").ok(),
+        _ => None,
+    }
+}
+
+/// Awaitable hellos answered with nothing new: each awaitable hello carries the
+/// `topologyVersion` of the reply before it, and the server must hold it until that changes
+/// (or `maxAwaitTimeMS`, far beyond a test, passes). An answer that changes nothing has the
+/// driver ask again at once, in a tight loop.
+fn answered_without_a_change(beats: &[Heartbeat]) -> Vec<Document> {
+    let mut asked_with: Option<Document> = None;
+    let mut wrong = Vec::new();
+    for beat in beats {
+        match beat {
+            Heartbeat::Succeeded { awaited, reply } => {
+                let answered = topology_version(reply).cloned();
+                if *awaited && answered.is_some() && answered == asked_with {
+                    wrong.push(reply.clone());
+                }
+                asked_with = answered;
+            }
+            Heartbeat::Failed => asked_with = None,
+            Heartbeat::Started { .. } => {}
+        }
+    }
+    wrong
+}
+
 // SDAM "Streaming Protocol": the driver streams hello once it sees topologyVersion; the
-// server holds each awaitable hello, so an idle client sends only a few in two seconds, and
-// a step-down reaches the driver without waiting for the next heartbeat.
+// server holds each awaitable hello until the topology changes, so an idle or stepped-down
+// server is not asked in a tight loop, and a step-down, and the election that ends it, reach
+// the driver without waiting for the next heartbeat.
 #[tokio::test]
 async fn awaitable_hellos_do_not_spin_and_report_a_step_down_at_once() {
-    use mongodb::ServerType;
     use mongodb::event::EventHandler;
     use mongodb::event::sdam::SdamEvent;
-    use std::sync::{Arc, Mutex};
 
     let sim = server().await;
-    let secondary_seen: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let heartbeats = Heartbeats::default();
     let mut options = ClientOptions::parse(sim.uri()).await.expect("uri parses");
     options.server_selection_timeout = Some(Duration::from_secs(10));
     // Far beyond the test: only streaming can report the step-down in time.
     options.heartbeat_freq = Some(Duration::from_secs(60));
     options.sdam_event_handler = Some(EventHandler::callback({
-        let seen = secondary_seen.clone();
+        let heartbeats = heartbeats.clone();
         move |event: SdamEvent| {
-            if let SdamEvent::ServerDescriptionChanged(e) = event
-                && e.new_description.server_type() == ServerType::RsSecondary
-            {
-                seen.lock().unwrap().get_or_insert_with(Instant::now);
-            }
+            let beat = match event {
+                SdamEvent::ServerHeartbeatStarted(e) => Heartbeat::Started { awaited: e.awaited },
+                SdamEvent::ServerHeartbeatSucceeded(e) => Heartbeat::Succeeded {
+                    awaited: e.awaited,
+                    reply: e.reply,
+                },
+                SdamEvent::ServerHeartbeatFailed(_) => Heartbeat::Failed,
+                _ => return,
+            };
+            heartbeats.lock().unwrap().push(beat);
         }
     }));
     let client = Client::with_options(options).expect("client");
     assert_driver_works(&client).await;
+    let beats = || heartbeats.lock().unwrap().clone();
 
-    let commands = |status: &Document| {
-        status
-            .get_document("opcounters")
-            .unwrap()
-            .get_i64("command")
-            .unwrap()
-    };
-    let first = run(&client, "admin", doc! {"serverStatus": 1})
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let second = run(&client, "admin", doc! {"serverStatus": 1})
-        .await
-        .unwrap();
-    let idle = commands(&second) - commands(&first);
-    assert!(idle < 20, "{idle} commands in two idle seconds");
+    // Idle: the monitor's awaitable hello stays unanswered while other commands come and go.
+    let limit = Duration::from_secs(30);
+    let streaming = poll_until(limit, "an awaitable hello", || async {
+        beats()
+            .iter()
+            .rposition(|b| matches!(b, Heartbeat::Started { awaited: true }))
+    })
+    .await;
+    for _ in 0..10 {
+        run(&client, "admin", doc! {"serverStatus": 1})
+            .await
+            .unwrap();
+    }
+    let answered = beats()[streaming + 1..].to_vec();
+    assert!(
+        answered.is_empty(),
+        "an awaitable hello was answered although nothing changed: {:?}",
+        answered.first()
+    );
 
-    let stepped = Instant::now();
+    // The step-down answers it at once: the driver learns of it from the held hello.
     run(&client, "admin", doc! {"replSetStepDown": 3})
         .await
         .unwrap();
-    let deadline = stepped + Duration::from_secs(30);
-    while secondary_seen.lock().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the driver never saw the step-down"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let seen_after = secondary_seen.lock().unwrap().unwrap() - stepped;
+    let secondary = poll_until(limit, "the driver to see the step-down", || async {
+        beats().into_iter().find(|b| says_primary(b) == Some(false))
+    })
+    .await;
     assert!(
-        seen_after < Duration::from_secs(20),
-        "the step-down took {seen_after:?} to reach the driver"
+        matches!(secondary, Heartbeat::Succeeded { awaited: true, .. }),
+        "{secondary:?}"
     );
-
-    // While stepped down the awaitable hellos are held too: no tight loop.
-    let raw = |sim: &MongoSim| {
-        let port = sim.port();
-        async move {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let status =
-                wire::encode_op_msg(1, 0, 0, &doc! {"serverStatus": 1, "$db": "admin"}, &[]);
-            op_msg_body(&exchange(&mut s, &status).await.expect("a reply"))
-        }
-    };
-    let first = raw(&sim).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let second = raw(&sim).await;
-    let stepped_down = commands(&second) - commands(&first);
-    assert!(
-        stepped_down < 20,
-        "{stepped_down} commands in 1.5 s stepped down"
-    );
-    // Writes work again after the election.
+    // Writes work again after the election, which the held hello reports too.
     run(&client, "admin", doc! {"ping": 1}).await.unwrap();
     client
         .database("test")
@@ -601,6 +644,26 @@ async fn awaitable_hellos_do_not_spin_and_report_a_step_down_at_once() {
         .insert_one(doc! {"_id": 1})
         .await
         .expect("a write after the election");
+    let beats = beats();
+    let stepped_down = beats
+        .iter()
+        .position(|b| says_primary(b) == Some(false))
+        .unwrap();
+    let elected = beats[stepped_down..]
+        .iter()
+        .find(|b| says_primary(b) == Some(true));
+    assert!(
+        matches!(elected, Some(Heartbeat::Succeeded { awaited: true, .. })),
+        "the election reached the driver through an awaitable hello: {elected:?}"
+    );
+    // Neither while primary nor while stepped down was an awaitable hello answered early.
+    let early = answered_without_a_change(&beats);
+    assert!(
+        early.is_empty(),
+        "{} awaitable hellos answered with nothing new, the first: {:?}",
+        early.len(),
+        early.first()
+    );
     sim.shutdown().await;
 }
 
@@ -660,15 +723,10 @@ fn own_runtime_serves_synchronous_callers() {
 async fn step_down_interrupts_commands_still_waiting() {
     let sim = server().await;
     let admin = client(&sim, None).await;
-    run(
-        &admin,
-        "admin",
-        doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
-        "data": {"failCommands": ["ping"], "blockConnection": true,
-                 "blockTimeMS": 60_000, "appName": "waiting"}},
-    )
-    .await
-    .unwrap();
+    let blocking = doc! {"configureFailPoint": "failCommand", "mode": "alwaysOn",
+    "data": {"failCommands": ["ping"], "blockConnection": true,
+             "blockTimeMS": 60_000, "appName": "waiting"}};
+    run(&admin, "admin", blocking.clone()).await.unwrap();
     let mut waiting = connect(&sim).await;
     let hello = wire::encode_op_msg(
         1,
@@ -700,7 +758,24 @@ async fn step_down_interrupts_commands_still_waiting() {
         &[],
     );
     stream.write_all(&get_more).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both wait in the server before the step-down: the ping has hit its fail point, which
+    // fires after the command listens for step-downs (setting the fail point again, as it is,
+    // reports how often it fired), and the getMore is counted, in the same step in which it
+    // starts listening.
+    poll_until(
+        Duration::from_secs(30),
+        "the ping and the getMore",
+        || async {
+            let fired = run(&admin, "admin", blocking.clone()).await.unwrap();
+            let status = run(&admin, "admin", doc! {"serverStatus": 1})
+                .await
+                .unwrap();
+            let pings = fired.get_i32("count").unwrap();
+            let get_mores = get_mores(&status);
+            (pings == 1 && get_mores == 1).then_some(())
+        },
+    )
+    .await;
 
     let mut other = connect(&sim).await;
     let step_down = wire::encode_op_msg(3, 0, 0, &doc! {"replSetStepDown": 1, "$db": "admin"}, &[]);
@@ -761,8 +836,14 @@ async fn a_change_stream_resumes_across_a_step_down() {
     coll.insert_one(doc! {"_id": 1}).await.unwrap();
     let event = stream.next().await.expect("an event").expect("no error");
     assert_eq!(event.document_key, Some(doc! {"_id": 1}));
+    let status = || run(&client, "admin", doc! {"serverStatus": 1});
+    let before = get_mores(&status().await.unwrap());
     let next = tokio::spawn(async move { stream.next().await.map(|e| e.map(|e| e.document_key)) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stream's next getMore waits in the server before the step-down.
+    poll_until(Duration::from_secs(30), "the stream's getMore", || async {
+        (get_mores(&status().await.unwrap()) > before).then_some(())
+    })
+    .await;
     run(&client, "admin", doc! {"replSetStepDown": 1})
         .await
         .unwrap();

@@ -1,7 +1,8 @@
 //! `aggregate` (manual: "aggregate"): over a collection or a view, or over the database
 //! (`aggregate: 1`) from a stage that makes its own documents (`$documents`,
 //! `$listLocalSessions`); a final `$out` or `$merge` writes the results to a collection
-//! (manual: "$out", "$merge") instead of returning them.
+//! (manual: "$out", "$merge") instead of returning them. A first stage `$changeStream` opens a
+//! change stream (`changestream`) instead.
 //!
 //! `$out` builds the new contents in a temporary collection (with the target's indexes and
 //! options) and renames it over the target, as mongod does, so the target changes all at
@@ -15,6 +16,7 @@ use crate::commands::crud::{
     cursor_reply, insert_prepared, opt_usize, prepare_insert, update_record, validate_namespace,
     validate_write_namespace, variables,
 };
+use crate::cursor::{CursorEntry, CursorKind};
 use crate::error::{self, CommandError, Result};
 use crate::expr::{Expr, Variables};
 use crate::fields::{check_known_fields, missing, opt_bool, wrong_type};
@@ -26,6 +28,36 @@ use crate::update::{UpdateContext, UpdateSpec};
 use bson::{Bson, Document, doc};
 
 const CMD: &str = "aggregate";
+
+/// `aggregate` whose first stage is `$changeStream`: opens the stream and registers its cursor,
+/// unless its first batch already closed it; the full command reply body (`cursor: {firstBatch,
+/// postBatchResumeToken, id, ns}`).
+pub(crate) fn change_stream(
+    shared: &Shared,
+    ctx: &CommandContext,
+    cmd: &Document,
+    pipeline: &[Bson],
+) -> Result<Document> {
+    let (cursor, batch) = crate::changestream::open(&shared.data, &ctx.db, cmd, pipeline)?;
+    let ns = cursor.ns();
+    let token = cursor.post_batch_resume_token();
+    let id = if cursor.is_closed() {
+        0
+    } else {
+        shared.cursors.lock().register(CursorEntry {
+            ns: ns.clone(),
+            kind: CursorKind::ChangeStream(Box::new(cursor)),
+        })
+    };
+    Ok(doc! {
+        "cursor": {
+            "firstBatch": batch,
+            "postBatchResumeToken": token,
+            "id": id,
+            "ns": ns.to_string(),
+        }
+    })
+}
 
 /// `aggregate` other than a change stream.
 pub fn aggregate(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<Document> {

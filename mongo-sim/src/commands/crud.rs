@@ -8,14 +8,15 @@
 
 use crate::aggregate::{Pipeline, Projection, SortSpec};
 use crate::bsontype::{as_i64, type_name};
+use crate::commands::statement::{Statement, StatementKind, run_statement};
 use crate::compare::{as_f64, compare, values_equal};
-use crate::cursor::{CursorEntry, CursorKind};
+use crate::cursor::{CursorEntry, CursorKind, QueryCursor, take_batch};
 use crate::error::{self, CommandError, Result};
 use crate::expr::Variables;
 use crate::fields::{check_known_fields, missing, opt_bool, opt_count, opt_document, wrong_type};
 use crate::oplog::{Namespace, OplogOp};
 use crate::query::Matcher;
-use crate::retryable::{self, Statement, StatementKind, StatementResult};
+use crate::retryable::StatementResult;
 use crate::state::{CommandContext, Shared};
 use crate::storage::{
     Collection, Data, MAX_USER_DOCUMENT_SIZE, bson_size, document_key, identical_documents,
@@ -30,55 +31,6 @@ use std::sync::Arc;
 /// How many documents a first batch holds when the client gives no `batchSize` (manual:
 /// "Cursor Batches").
 pub const DEFAULT_FIRST_BATCH: usize = 101;
-
-/// The byte budget of one batch: a reply must stay within the 16 MiB message limit.
-const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Results of a `find` or `aggregate` still to be returned by `getMore`.
-pub struct QueryCursor {
-    remaining: VecDeque<Document>,
-}
-
-impl QueryCursor {
-    /// A cursor over results already computed (a snapshot taken when the command ran).
-    pub fn new(remaining: VecDeque<Document>) -> QueryCursor {
-        QueryCursor { remaining }
-    }
-
-    /// The next batch (default: everything left, bounded by 16 MiB) and whether the cursor is
-    /// exhausted.
-    pub fn next_batch(
-        &mut self,
-        data: &Data,
-        batch_size: Option<usize>,
-    ) -> Result<(Vec<Document>, bool)> {
-        let _ = data;
-        let limit = batch_size.filter(|n| *n > 0).unwrap_or(usize::MAX);
-        let batch = take_batch(&mut self.remaining, limit);
-        Ok((batch, self.remaining.is_empty()))
-    }
-}
-
-/// Takes up to `limit` documents, stopping before the batch would exceed 16 MiB (one
-/// document always goes, as mongod never returns an empty batch for a large document).
-fn take_batch(remaining: &mut VecDeque<Document>, limit: usize) -> Vec<Document> {
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    while batch.len() < limit {
-        let Some(next) = remaining.front() else {
-            break;
-        };
-        let size = bson_size(next);
-        if !batch.is_empty() && bytes + size > BATCH_BYTES {
-            break;
-        }
-        bytes += size;
-        if let Some(doc) = remaining.pop_front() {
-            batch.push(doc);
-        }
-    }
-    batch
-}
 
 /// The `{cursor: {firstBatch, id, ns}}` reply, registering a cursor for what does not fit in
 /// the first batch.
@@ -655,7 +607,7 @@ pub fn insert(shared: &Shared, ctx: &CommandContext, cmd: &mut Document) -> Resu
             replay: &|r| (r == StatementResult::Insert).then_some(0),
             wrote: &|_| true,
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(_) => n += 1,
             Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
@@ -1126,7 +1078,7 @@ pub fn update(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
             },
             wrote: &|o: &UpdateOutcome| o.modified > 0 || o.upserted.is_some(),
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(o) => {
                 n += o.n;
                 modified += o.modified;
@@ -1268,7 +1220,7 @@ pub fn delete(shared: &Shared, ctx: &CommandContext, cmd: &Document) -> Result<D
             },
             wrote: &|n: &usize| *n > 0,
         };
-        match retryable::run_statement(shared, ctx, &mut data, &ns, i, kind) {
+        match run_statement(shared, ctx, &mut data, &ns, i, kind) {
             Statement::Done(deleted) => n += deleted,
             Statement::Failed(e) => {
                 errors.push(e.to_write_error(i));
@@ -1534,7 +1486,7 @@ pub fn find_and_modify(shared: &Shared, ctx: &CommandContext, cmd: &Document) ->
         },
     };
     let ns = request.ns.clone();
-    match retryable::run_statement(shared, ctx, &mut data, &ns, 0, kind) {
+    match run_statement(shared, ctx, &mut data, &ns, 0, kind) {
         Statement::Done(reply) => Ok(reply),
         Statement::Failed(e) => Err(e),
     }
@@ -2376,13 +2328,6 @@ mod tests {
                 Bson::Document(doc! {"_id": 248})
             ]
         );
-
-        let mut q = QueryCursor::new((0..3).map(|i| doc! {"i": i}).collect());
-        let data = s.data.lock();
-        let (b, done) = q.next_batch(&data, Some(2)).unwrap();
-        assert_eq!((b.len(), done), (2, false));
-        let (b, done) = q.next_batch(&data, None).unwrap();
-        assert_eq!((b.len(), done), (1, true));
     }
 
     #[test]

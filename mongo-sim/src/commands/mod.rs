@@ -4,3 +4,5 @@ pub mod aggregation;
 pub mod collmod;
 pub mod crud;
 pub mod ddl;
+pub(crate) mod getmore;
+pub(crate) mod statement;
